@@ -1,0 +1,3 @@
+from attn_cli.cli import main
+
+raise SystemExit(main())

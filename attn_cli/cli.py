@@ -1,0 +1,194 @@
+"""The attn-cli command line: parse options, call the library, choose a renderer. No maths here.
+
+Heavy imports (numpy, tokenizers, rich) happen inside the commands, so `--help` and
+`--version` stay instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attn_cli import __version__
+
+app = typer.Typer(
+    name="attn-cli",
+    help="See self-attention number by number: tokenize, embed, and run attention step by step.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+def error_line(message: str) -> None:
+    from attn_cli.trace import printable
+
+    sys.stderr.write(f"attn-cli: error: {printable(message)}\n")
+    sys.stderr.flush()
+
+
+@contextmanager
+def user_errors():
+    """AttnError -> one line on stderr and its exit code (2: usage/input, 1: other)."""
+    from attn_cli.errors import AttnError
+
+    try:
+        yield
+    except AttnError as exc:
+        if _state["debug"]:
+            raise
+        error_line(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attn-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+) -> None:
+    """attn-cli: a command-line attention inspector."""
+    _state["debug"] = debug
+
+
+# Display options shared by `explain` and `show`.
+Precision = Annotated[int, typer.Option("--precision", "-p", min=0, max=12,
+                                        help="Decimals shown in tables (exports keep full precision).")]
+Color = Annotated[bool | None, typer.Option("--color/--no-color",
+                                            help="Force colours on or off (default: on for a terminal, off if NO_COLOR is set).")]
+Width = Annotated[int | None, typer.Option("--width", min=20, max=100000,
+                                           help="Render for this many columns (default: the terminal's).")]
+MaxRows = Annotated[int, typer.Option("--max-rows", min=1,
+                                      help="Rows shown per step table before '… k more rows'.")]
+
+
+def _render(traces, precision, color, width, max_rows) -> None:
+    from attn_cli.render.common import RenderOptions, make_console
+    from attn_cli.render.steps import render_steps
+
+    console = make_console(color=color, width=width)
+    opts = RenderOptions(precision=precision, max_rows=max_rows)
+    for trace in traces:
+        render_steps(console, trace, opts)
+
+
+def _write_exports(traces, json_path: str | None, npz_path: str | None) -> None:
+    from attn_cli import export
+
+    if json_path is not None:
+        data = export.dumps_traces(traces)
+        if json_path == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            export.atomic_write(json_path, data)
+    if npz_path is not None:
+        export.atomic_write(npz_path, export.npz_bytes(traces))
+
+
+@app.command()
+def explain(
+    text: Annotated[str | None, typer.Argument(
+        help="The text. '-' or no TEXT with piped stdin: read stdin, one input per non-empty line.",
+        show_default=False)] = None,
+    tokenizer: Annotated[str | None, typer.Option(
+        "--tokenizer", metavar="PATH",
+        help="A tokenizer.json, or a directory holding one (default: the bundled MiniLM-L6 / bert-base-uncased WordPiece).")] = None,
+    special: Annotated[bool, typer.Option(
+        "--special/--no-special", help="Add the tokenizer's special tokens ([CLS], [SEP]).")] = False,
+    embeddings: Annotated[str, typer.Option(
+        "--embeddings", "-e", metavar="minilm|random|PATH",
+        help="minilm: the bundled MiniLM-L6 table (384-d); random: seeded vectors (see --dim, --seed); "
+             "PATH: a .npy/.npz table (row i = token id i) or a word2vec/GloVe text file.")] = "minilm",
+    dim: Annotated[int | None, typer.Option("--dim", help="Vector size for --embeddings random (default 8).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for random embeddings (same numbers on every machine).")] = 0,
+    scale: Annotated[bool, typer.Option("--scale", help="Add W_scaled = W_raw/√d before the softmax.")] = False,
+    json_out: Annotated[str | None, typer.Option(
+        "--json", metavar="PATH", help="Write the trace as JSON ('-' = stdout, and no tables). Several inputs: JSON Lines.")] = None,
+    npz_out: Annotated[str | None, typer.Option(
+        "--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive.")] = None,
+    precision: Precision = 2,
+    color: Color = None,
+    width: Width = None,
+    max_rows: MaxRows = 24,
+) -> None:
+    """Tokenize TEXT, embed it, and show self-attention step by step: X, W_raw = X·Xᵀ, W = softmax, Y = W·X."""
+    with user_errors():
+        from attn_cli.inputs import read_texts
+        from attn_cli.pipeline import ToyOptions, explain_texts
+
+        texts = read_texts(text, sys.stdin)
+        opts = ToyOptions(tokenizer=tokenizer, special=special, embeddings=embeddings, dim=dim,
+                          seed=seed, scale=scale)
+        traces = list(explain_texts(texts, opts))
+        _write_exports(traces, json_out, npz_out)
+        if json_out != "-":
+            _render(traces, precision, color, width, max_rows)
+
+
+@app.command()
+def show(
+    file: Annotated[Path, typer.Argument(help="A trace saved with --json (JSON or JSON Lines); '-' reads stdin.",
+                                         show_default=False)],
+    precision: Precision = 2,
+    color: Color = None,
+    width: Width = None,
+    max_rows: MaxRows = 24,
+) -> None:
+    """Render a saved trace exactly as `explain` printed it."""
+    with user_errors():
+        from attn_cli.errors import InputError
+        from attn_cli.export import loads_traces
+
+        if str(file) == "-":
+            data, source = sys.stdin.buffer.read(), "stdin"
+        else:
+            try:
+                data, source = file.read_bytes(), str(file)
+            except FileNotFoundError:
+                raise InputError(f"{file} does not exist") from None
+            except OSError as exc:
+                raise InputError(f"cannot read {file}: {exc.strerror}") from None
+        _render(loads_traces(data, source), precision, color, width, max_rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: one-line errors, quiet pipes, 130 on Ctrl-C."""
+    import signal
+
+    # `attn-cli explain … | head -1`: die quietly like cat does instead of a BrokenPipeError.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="attn-cli", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        sys.stderr.write("attn-cli: interrupted\n")
+        return 130
+    except KeyboardInterrupt:
+        sys.stderr.write("attn-cli: interrupted\n")
+        return 130
+    except typer.TyperException as exc:  # usage errors from the option parser
+        error_line(f"{exc.format_message()} (see attn-cli --help)")
+        return getattr(exc, "exit_code", 2)
+    except Exception as exc:  # a bug: say so in one line unless --debug
+        if debug:
+            raise
+        error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        return 1

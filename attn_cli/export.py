@@ -1,0 +1,191 @@
+"""Trace <-> JSON (orjson), NPZ export, and atomic file writes."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from attn_cli.errors import InputError, OutputError
+from attn_cli.trace import KINDS, Trace, TraceStep
+
+FORMAT = "attn-cli/trace"
+VERSION = 1
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "trace-v1.schema.json"
+
+
+def trace_document(trace: Trace) -> dict[str, Any]:
+    """The JSON document of one trace. Matrices stay numpy arrays (orjson writes them directly,
+    at full precision); -inf (masked) cells become null."""
+    steps = []
+    for s in trace.steps:
+        entry: dict[str, Any] = {
+            "name": s.name,
+            "formula": s.formula,
+            "description": s.description,
+            "kind": s.kind,
+            "shape": list(s.shape),
+            "rows": s.rows,
+            "cols": s.cols,
+        }
+        if s.layer is not None:
+            entry["layer"] = s.layer
+        if s.head is not None:
+            entry["head"] = s.head
+        entry["data"] = np.ascontiguousarray(s.data)
+        steps.append(entry)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "text": trace.text,
+        "tokens": trace.tokens,
+        "token_ids": trace.token_ids,
+        "config": trace.config,
+        "notes": trace.notes,
+        "steps": steps,
+    }
+
+
+def dumps_traces(traces: list[Trace]) -> bytes:
+    """One trace: one JSON document. Several: JSON Lines, one trace per line."""
+    opt = orjson.OPT_SERIALIZE_NUMPY
+    lines = [orjson.dumps(trace_document(t), option=opt) for t in traces]
+    return b"\n".join(lines) + b"\n"
+
+
+def loads_traces(data: bytes, source: str = "<input>") -> list[Trace]:
+    """Parse a JSON trace or a JSON Lines file of traces, with one-line errors."""
+    try:
+        docs = [orjson.loads(data)]
+    except orjson.JSONDecodeError as whole_err:
+        docs = []
+        lines = [ln for ln in data.splitlines() if ln.strip()]
+        if len(lines) < 2:
+            raise InputError(f"{source}: not valid JSON ({whole_err})") from None
+        for i, line in enumerate(lines, 1):
+            try:
+                docs.append(orjson.loads(line))
+            except orjson.JSONDecodeError as err:
+                raise InputError(f"{source} line {i}: not valid JSON ({err})") from None
+    if not docs or docs == [None]:
+        raise InputError(f"{source}: empty")
+    return [trace_from_document(d, source if len(docs) == 1 else f"{source} line {i}")
+            for i, d in enumerate(docs, 1)]
+
+
+def _need(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise InputError(f"{where}: {what}")
+
+
+def trace_from_document(doc: Any, where: str) -> Trace:
+    _need(isinstance(doc, dict), where, "not an attn-cli trace (expected a JSON object)")
+    _need(doc.get("format") == FORMAT, where, f"not an attn-cli trace (format is not {FORMAT!r})")
+    version = doc.get("version")
+    _need(isinstance(version, int), where, "trace has no integer 'version'")
+    _need(version <= VERSION, where,
+          f"trace version {version} is newer than this attn-cli reads ({VERSION}): upgrade attn-cli")
+    for key, typ in (("text", str), ("tokens", list), ("token_ids", list), ("config", dict),
+                     ("steps", list)):
+        _need(isinstance(doc.get(key), typ), where, f"trace field '{key}' is missing or not a {typ.__name__}")
+    tokens, ids = doc["tokens"], doc["token_ids"]
+    _need(all(isinstance(t, str) for t in tokens), where, "'tokens' must be strings")
+    _need(len(ids) == len(tokens) and all(isinstance(i, int) for i in ids), where,
+          "'token_ids' must be integers, one per token")
+    notes = doc.get("notes", [])
+    _need(isinstance(notes, list) and all(isinstance(n, str) for n in notes), where,
+          "'notes' must be a list of strings")
+    steps = [_step_from_entry(e, f"{where} step {i}") for i, e in enumerate(doc["steps"])]
+    return Trace(doc["text"], tokens, ids, doc["config"], steps, notes)
+
+
+def _step_from_entry(e: Any, where: str) -> TraceStep:
+    _need(isinstance(e, dict), where, "not an object")
+    for key in ("name", "formula", "description", "kind"):
+        _need(isinstance(e.get(key), str), where, f"'{key}' is missing or not a string")
+    _need(e["kind"] in KINDS, where, f"unknown kind {e['kind']!r}")
+    rows, cols, shape = e.get("rows"), e.get("cols"), e.get("shape")
+    _need(isinstance(rows, list) and isinstance(cols, list), where, "'rows'/'cols' must be lists")
+    _need(shape == [len(rows), len(cols)], where, "'shape' does not match 'rows' and 'cols'")
+    try:
+        data = np.array(e.get("data"), dtype=np.float64)  # null -> nan
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: 'data' is not a matrix of numbers") from None
+    _need(data.shape == tuple(shape), where, f"'data' has shape {data.shape}, expected {tuple(shape)}")
+    data[np.isnan(data)] = -np.inf  # null marks a masked cell
+    extra = {}
+    for key in ("layer", "head"):
+        if e.get(key) is not None:
+            _need(isinstance(e[key], int), where, f"'{key}' must be an integer")
+            extra[key] = e[key]
+    return TraceStep(e["name"], e["formula"], e["description"], data,
+                     [str(r) for r in rows], [str(c) for c in cols], e["kind"], **extra)
+
+
+def npz_bytes(traces: list[Trace]) -> bytes:
+    """All matrices as .npz arrays ('0/03_W_raw', or '0/05_W@L2H5'), plus each trace's JSON
+    without the matrices under '<i>/trace.json'."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, t in enumerate(traces):
+        doc = trace_document(t)
+        for j, (step, entry) in enumerate(zip(t.steps, doc["steps"], strict=True)):
+            where = "" if step.where == "" else "@" + step.where.replace("layer ", "L").replace(
+                " · head ", "H").replace("head ", "H")
+            arrays[f"{i}/{j:03d}_{step.name}{where}"] = step.data
+            entry.pop("data")
+        arrays[f"{i}/trace.json"] = np.frombuffer(orjson.dumps(doc), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write all of `data` or nothing: a temp file beside the target, then a rename.
+
+    Devices and pipes (/dev/null, /dev/stdout, a FIFO) are written directly: renaming over
+    them would replace the device node.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"cannot write {path}: it is a directory")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: directory {parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, (st.st_mode & 0o7777) if st else (0o666 & ~umask))
+        os.replace(tmp, path)
+    except BaseException as exc:  # includes KeyboardInterrupt: never leave a partial file
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise

