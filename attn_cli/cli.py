@@ -56,23 +56,50 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
 ) -> None:
     """attn-cli: a command-line attention inspector."""
     _state["debug"] = debug
 
 
 # Display options shared by `explain` and `show`.
-Precision = Annotated[int, typer.Option("--precision", "-p", min=0, max=12,
-                                        help="Decimals shown in tables (exports keep full precision).")]
-Color = Annotated[bool | None, typer.Option("--color/--no-color",
-                                            help="Force colours on or off (default: on for a terminal, off if NO_COLOR is set).")]
-Width = Annotated[int | None, typer.Option("--width", min=20, max=100000,
-                                           help="Render for this many columns (default: the terminal's).")]
-MaxRows = Annotated[int, typer.Option("--max-rows", min=1,
-                                      help="Rows shown per step table before '… k more rows'.")]
+Precision = Annotated[
+    int,
+    typer.Option(
+        "--precision",
+        "-p",
+        min=0,
+        max=12,
+        help="Decimals shown in tables (exports keep full precision).",
+    ),
+]
+Color = Annotated[
+    bool | None,
+    typer.Option(
+        "--color/--no-color",
+        help="Force colours on or off (default: on for a terminal, off if NO_COLOR is set).",
+    ),
+]
+Width = Annotated[
+    int | None,
+    typer.Option(
+        "--width",
+        min=20,
+        max=100000,
+        help="Render for this many columns (default: the terminal's).",
+    ),
+]
+MaxRows = Annotated[
+    int, typer.Option("--max-rows", min=1, help="Rows shown per step table before '… k more rows'.")
+]
 
 
 def _render(traces, precision, color, width, max_rows) -> None:
@@ -101,25 +128,59 @@ def _write_exports(traces, json_path: str | None, npz_path: str | None) -> None:
 
 @app.command()
 def explain(
-    text: Annotated[str | None, typer.Argument(
-        help="The text. '-' or no TEXT with piped stdin: read stdin, one input per non-empty line.",
-        show_default=False)] = None,
-    tokenizer: Annotated[str | None, typer.Option(
-        "--tokenizer", metavar="PATH",
-        help="A tokenizer.json, or a directory holding one (default: the bundled MiniLM-L6 / bert-base-uncased WordPiece).")] = None,
-    special: Annotated[bool, typer.Option(
-        "--special/--no-special", help="Add the tokenizer's special tokens ([CLS], [SEP]).")] = False,
-    embeddings: Annotated[str, typer.Option(
-        "--embeddings", "-e", metavar="minilm|random|PATH",
-        help="minilm: the bundled MiniLM-L6 table (384-d); random: seeded vectors (see --dim, --seed); "
-             "PATH: a .npy/.npz table (row i = token id i) or a word2vec/GloVe text file.")] = "minilm",
-    dim: Annotated[int | None, typer.Option("--dim", help="Vector size for --embeddings random (default 8).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for random embeddings (same numbers on every machine).")] = 0,
-    scale: Annotated[bool, typer.Option("--scale", help="Add W_scaled = W_raw/√d before the softmax.")] = False,
-    json_out: Annotated[str | None, typer.Option(
-        "--json", metavar="PATH", help="Write the trace as JSON ('-' = stdout, and no tables). Several inputs: JSON Lines.")] = None,
-    npz_out: Annotated[str | None, typer.Option(
-        "--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive.")] = None,
+    text: Annotated[
+        str | None,
+        typer.Argument(
+            help="The text. '-' or no TEXT with piped stdin: read stdin, one input per non-empty line.",
+            show_default=False,
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            metavar="PATH",
+            help="A tokenizer.json, or a directory holding one (default: the bundled MiniLM-L6 / bert-base-uncased WordPiece).",
+        ),
+    ] = None,
+    special: Annotated[
+        bool,
+        typer.Option(
+            "--special/--no-special", help="Add the tokenizer's special tokens ([CLS], [SEP])."
+        ),
+    ] = False,
+    embeddings: Annotated[
+        str,
+        typer.Option(
+            "--embeddings",
+            "-e",
+            metavar="minilm|random|PATH",
+            help="minilm: the bundled MiniLM-L6 table (384-d); random: seeded vectors (see --dim, --seed); "
+            "PATH: a .npy/.npz table (row i = token id i) or a word2vec/GloVe text file.",
+        ),
+    ] = "minilm",
+    dim: Annotated[
+        int | None, typer.Option("--dim", help="Vector size for --embeddings random (default 8).")
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed for random embeddings (same numbers on every machine)."),
+    ] = 0,
+    scale: Annotated[
+        bool, typer.Option("--scale", help="Add W_scaled = W_raw/√d before the softmax.")
+    ] = False,
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="PATH",
+            help="Write the trace as JSON ('-' = stdout, and no tables). Several inputs: JSON Lines.",
+        ),
+    ] = None,
+    npz_out: Annotated[
+        str | None,
+        typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
+    ] = None,
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
@@ -131,8 +192,14 @@ def explain(
         from attn_cli.pipeline import ToyOptions, explain_texts
 
         texts = read_texts(text, sys.stdin)
-        opts = ToyOptions(tokenizer=tokenizer, special=special, embeddings=embeddings, dim=dim,
-                          seed=seed, scale=scale)
+        opts = ToyOptions(
+            tokenizer=tokenizer,
+            special=special,
+            embeddings=embeddings,
+            dim=dim,
+            seed=seed,
+            scale=scale,
+        )
         traces = list(explain_texts(texts, opts))
         _write_exports(traces, json_out, npz_out)
         if json_out != "-":
@@ -141,8 +208,13 @@ def explain(
 
 @app.command()
 def show(
-    file: Annotated[Path, typer.Argument(help="A trace saved with --json (JSON or JSON Lines); '-' reads stdin.",
-                                         show_default=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A trace saved with --json (JSON or JSON Lines); '-' reads stdin.",
+            show_default=False,
+        ),
+    ],
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
@@ -190,5 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line unless --debug
         if debug:
             raise
-        error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        error_line(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+        )
         return 1

@@ -33,15 +33,23 @@ def embed(
     seed: int = 0,
 ) -> Embedding:
     if dim is not None and source != "random":
-        raise InputError("--dim applies only to --embeddings random (other tables have their own size)")
+        raise InputError(
+            "--dim applies only to --embeddings random (other tables have their own size)"
+        )
     if source == BUNDLED:
-        return Embedding(bundled_embeddings(ids), {"embeddings": "minilm-l6 (bundled, int8)", "dim": 384})
+        return Embedding(
+            bundled_embeddings(ids), {"embeddings": "minilm-l6 (bundled, int8)", "dim": 384}
+        )
     if source == "random":
         d = DEFAULT_RANDOM_DIM if dim is None else dim
         return Embedding(
             random_embeddings(ids, d, seed),
-            {"embeddings": "random", "dim": d, "seed": seed,
-             "distribution": "uniform(-sqrt(3/d), sqrt(3/d)) per token id"},
+            {
+                "embeddings": "random",
+                "dim": d,
+                "seed": seed,
+                "distribution": "uniform(-sqrt(3/d), sqrt(3/d)) per token id",
+            },
         )
     return file_embeddings(tokens, ids, Path(source).expanduser())
 
@@ -133,10 +141,14 @@ def _load_array(path: Path) -> np.ndarray:
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise InputError(f"{path.name} holds Python objects (pickle), which are never loaded") from None
+            raise InputError(
+                f"{path.name} holds Python objects (pickle), which are never loaded"
+            ) from None
         raise InputError(f"{path.name} is not a readable numpy file ({exc})") from None
     except Exception as exc:
-        raise InputError(f"{path.name} is not a readable numpy file ({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"{path.name} is not a readable numpy file ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _rows_from_table(table: np.ndarray, ids: list[int], path: Path) -> np.ndarray:
@@ -191,11 +203,15 @@ def _vectors_from_text(tokens: list[str], path: Path) -> tuple[np.ndarray, list[
                     try:
                         found[parts[0]] = np.array(parts[1:], dtype=np.float64)
                     except ValueError:
-                        raise InputError(f"{path.name} line {lineno}: not a list of numbers") from None
+                        raise InputError(
+                            f"{path.name} line {lineno}: not a list of numbers"
+                        ) from None
                     if len(found) == len(wanted):
                         break
     except UnicodeDecodeError:
-        raise InputError(f"{path.name} is neither .npy/.npz nor a UTF-8 word2vec/GloVe text file") from None
+        raise InputError(
+            f"{path.name} is neither .npy/.npz nor a UTF-8 word2vec/GloVe text file"
+        ) from None
     if dim is None:
         raise InputError(f"{path.name} holds no vectors")
     X = np.zeros((len(tokens), dim))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -75,8 +76,10 @@ def loads_traces(data: bytes, source: str = "<input>") -> list[Trace]:
                 raise InputError(f"{source} line {i}: not valid JSON ({err})") from None
     if not docs or docs == [None]:
         raise InputError(f"{source}: empty")
-    return [trace_from_document(d, source if len(docs) == 1 else f"{source} line {i}")
-            for i, d in enumerate(docs, 1)]
+    return [
+        trace_from_document(d, source if len(docs) == 1 else f"{source} line {i}")
+        for i, d in enumerate(docs, 1)
+    ]
 
 
 def _need(cond: bool, where: str, what: str) -> None:
@@ -89,18 +92,36 @@ def trace_from_document(doc: Any, where: str) -> Trace:
     _need(doc.get("format") == FORMAT, where, f"not an attn-cli trace (format is not {FORMAT!r})")
     version = doc.get("version")
     _need(isinstance(version, int), where, "trace has no integer 'version'")
-    _need(version <= VERSION, where,
-          f"trace version {version} is newer than this attn-cli reads ({VERSION}): upgrade attn-cli")
-    for key, typ in (("text", str), ("tokens", list), ("token_ids", list), ("config", dict),
-                     ("steps", list)):
-        _need(isinstance(doc.get(key), typ), where, f"trace field '{key}' is missing or not a {typ.__name__}")
+    _need(
+        version <= VERSION,
+        where,
+        f"trace version {version} is newer than this attn-cli reads ({VERSION}): upgrade attn-cli",
+    )
+    for key, typ in (
+        ("text", str),
+        ("tokens", list),
+        ("token_ids", list),
+        ("config", dict),
+        ("steps", list),
+    ):
+        _need(
+            isinstance(doc.get(key), typ),
+            where,
+            f"trace field '{key}' is missing or not a {typ.__name__}",
+        )
     tokens, ids = doc["tokens"], doc["token_ids"]
     _need(all(isinstance(t, str) for t in tokens), where, "'tokens' must be strings")
-    _need(len(ids) == len(tokens) and all(isinstance(i, int) for i in ids), where,
-          "'token_ids' must be integers, one per token")
+    _need(
+        len(ids) == len(tokens) and all(isinstance(i, int) for i in ids),
+        where,
+        "'token_ids' must be integers, one per token",
+    )
     notes = doc.get("notes", [])
-    _need(isinstance(notes, list) and all(isinstance(n, str) for n in notes), where,
-          "'notes' must be a list of strings")
+    _need(
+        isinstance(notes, list) and all(isinstance(n, str) for n in notes),
+        where,
+        "'notes' must be a list of strings",
+    )
     steps = [_step_from_entry(e, f"{where} step {i}") for i, e in enumerate(doc["steps"])]
     return Trace(doc["text"], tokens, ids, doc["config"], steps, notes)
 
@@ -117,15 +138,25 @@ def _step_from_entry(e: Any, where: str) -> TraceStep:
         data = np.array(e.get("data"), dtype=np.float64)  # null -> nan
     except (TypeError, ValueError):
         raise InputError(f"{where}: 'data' is not a matrix of numbers") from None
-    _need(data.shape == tuple(shape), where, f"'data' has shape {data.shape}, expected {tuple(shape)}")
+    _need(
+        data.shape == tuple(shape), where, f"'data' has shape {data.shape}, expected {tuple(shape)}"
+    )
     data[np.isnan(data)] = -np.inf  # null marks a masked cell
     extra = {}
     for key in ("layer", "head"):
         if e.get(key) is not None:
             _need(isinstance(e[key], int), where, f"'{key}' must be an integer")
             extra[key] = e[key]
-    return TraceStep(e["name"], e["formula"], e["description"], data,
-                     [str(r) for r in rows], [str(c) for c in cols], e["kind"], **extra)
+    return TraceStep(
+        e["name"],
+        e["formula"],
+        e["description"],
+        data,
+        [str(r) for r in rows],
+        [str(c) for c in cols],
+        e["kind"],
+        **extra,
+    )
 
 
 def npz_bytes(traces: list[Trace]) -> bytes:
@@ -135,8 +166,12 @@ def npz_bytes(traces: list[Trace]) -> bytes:
     for i, t in enumerate(traces):
         doc = trace_document(t)
         for j, (step, entry) in enumerate(zip(t.steps, doc["steps"], strict=True)):
-            where = "" if step.where == "" else "@" + step.where.replace("layer ", "L").replace(
-                " · head ", "H").replace("head ", "H")
+            where = (
+                ""
+                if step.where == ""
+                else "@"
+                + step.where.replace("layer ", "L").replace(" · head ", "H").replace("head ", "H")
+            )
             arrays[f"{i}/{j:03d}_{step.name}{where}"] = step.data
             entry.pop("data")
         arrays[f"{i}/trace.json"] = np.frombuffer(orjson.dumps(doc), dtype=np.uint8)
@@ -182,10 +217,8 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         os.chmod(tmp, (st.st_mode & 0o7777) if st else (0o666 & ~umask))
         os.replace(tmp, path)
     except BaseException as exc:  # includes KeyboardInterrupt: never leave a partial file
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise

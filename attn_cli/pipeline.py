@@ -52,39 +52,61 @@ def toy_steps(X: np.ndarray, labels: list[str], scale: bool) -> list[TraceStep]:
     dims = dim_labels(d)
     steps = [
         TraceStep(
-            "X", "embed(tokens)",
+            "X",
+            "embed(tokens)",
             f"Each of the {n} tokens becomes a row vector of {d} numbers; so far every vector "
             "is independent of the others.",
-            X, labels, dims, "vectors",
+            X,
+            labels,
+            dims,
+            "vectors",
         ),
         TraceStep(
-            "W_raw", "X·Xᵀ",
+            "W_raw",
+            "X·Xᵀ",
             "Cell (i, j) is the dot product of token i and token j: large when they point the "
             "same way. Not normalised: values can exceed 1, and the matrix is symmetric.",
-            s.W_raw, labels, labels, "scores",
+            s.W_raw,
+            labels,
+            labels,
+            "scores",
         ),
     ]
     if s.W_scaled is not None:
-        steps.append(TraceStep(
-            "W_scaled", "W_raw/√d",
-            f"Divided by √d = {np.sqrt(d):.3g}: dot products grow with the dimension, and large "
-            "scores would push the softmax into saturation (one weight near 1, the rest near 0).",
-            s.W_scaled, labels, labels, "scores",
-        ))
+        steps.append(
+            TraceStep(
+                "W_scaled",
+                "W_raw/√d",
+                f"Divided by √d = {np.sqrt(d):.3g}: dot products grow with the dimension, and large "
+                "scores would push the softmax into saturation (one weight near 1, the rest near 0).",
+                s.W_scaled,
+                labels,
+                labels,
+                "scores",
+            )
+        )
     steps += [
         TraceStep(
-            "W", "softmax(W_scaled) per row" if scale else "softmax(W_raw) per row",
+            "W",
+            "softmax(W_scaled) per row" if scale else "softmax(W_raw) per row",
             "Each row is normalised with a softmax (row max subtracted first, for stability): "
             "all weights are now between 0 and 1 and every row sums to 1 — how much each token "
             "attends to every token.",
-            s.W, labels, labels, "weights",
+            s.W,
+            labels,
+            labels,
+            "weights",
         ),
         TraceStep(
-            "Y", "W·X",
+            "Y",
+            "W·X",
             "Each output row is a weighted mix of all token vectors, weighted by that token's row "
             "of W: every token now carries context from the others. (The seed writes Y = Xᵀ·W with "
             "tokens as columns; with tokens as rows it is Y = W·X.)",
-            s.Y, labels, dims, "vectors",
+            s.Y,
+            labels,
+            dims,
+            "vectors",
         ),
     ]
     return steps

@@ -68,8 +68,12 @@ def format_number(v: float, precision: int) -> str:
 
 
 # coolwarm-like diverging scale and a sequential "Blues", as RGB anchor points.
-_DIVERGING = np.array([(59, 76, 192), (141, 176, 254), (242, 242, 242), (244, 154, 123), (180, 4, 38)], float)
-_SEQUENTIAL = np.array([(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)], float)
+_DIVERGING = np.array(
+    [(59, 76, 192), (141, 176, 254), (242, 242, 242), (244, 154, 123), (180, 4, 38)], float
+)
+_SEQUENTIAL = np.array(
+    [(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)], float
+)
 LEVELS = 33  # quantisation of the colour scales: cached styles, and what a terminal can show
 
 
@@ -125,5 +129,7 @@ class Scale:
         for lv in range(0, LEVELS, 4):
             text.append("  ", style=level_style(self.diverging, lv))
         text.append(" " + format_number(self.vmax, precision))
-        text.append("   (diverging around 0)" if self.diverging else "   (0 to table max)", style="dim")
+        text.append(
+            "   (diverging around 0)" if self.diverging else "   (0 to table max)", style="dim"
+        )
         return text

@@ -19,8 +19,18 @@ COL_OVERHEAD = 3  # padding either side plus the column separator (box.SIMPLE_HE
 def trace_header(trace: Trace) -> Group:
     cfg = trace.config
     bits = [f"{len(trace.tokens)} tokens"]
-    for key in ("pipeline", "embeddings", "model", "dim", "heads", "d_k", "seed", "scale", "causal",
-                "temperature"):
+    for key in (
+        "pipeline",
+        "embeddings",
+        "model",
+        "dim",
+        "heads",
+        "d_k",
+        "seed",
+        "scale",
+        "causal",
+        "temperature",
+    ):
         if key in cfg and cfg[key] not in (None, False):
             bits.append(f"{key}={cfg[key]}" if not isinstance(cfg[key], bool) else key)
     title = Text("attn-cli · ")
@@ -63,8 +73,12 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) ->
     if step.where:
         title.append(f"  [{step.where}]", style="dim")
     table = Table(
-        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-        pad_edge=False, padding=(0, 1),
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
     )
     table.add_column(Text(""), no_wrap=True, style="bold")
     for j in range(k):
@@ -97,11 +111,13 @@ def render_steps(console: Console, trace: Trace, opts: RenderOptions) -> None:
     console.print(trace_header(trace))
     n = len(trace.tokens)
     if n > opts.max_rows:
-        console.print(Text(
-            f"{n} tokens: each table shows its first {opts.max_rows} rows and the columns that fit. "
-            "Use --view heatmap to see whole matrices, or --view top for every token's summary.",
-            style="yellow",
-        ))
+        console.print(
+            Text(
+                f"{n} tokens: each table shows its first {opts.max_rows} rows and the columns that fit. "
+                "Use --view heatmap to see whole matrices, or --view top for every token's summary.",
+                style="yellow",
+            )
+        )
     console.print()
     for step in trace.steps:
         render_step(console, step, opts)
@@ -128,17 +144,29 @@ def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
         title.append(" — who attends to whom most, from W")
         if step.where:
             title.append(f"  [{step.where}]", style="dim")
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-                      pad_edge=False, padding=(0, 1))
-        for name, just in (("token", "left"), ("attends most to", "left"), ("weight", "right"),
-                           ("strongest other", "left"), ("weight", "right")):
+        table = Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            padding=(0, 1),
+        )
+        for name, just in (
+            ("token", "left"),
+            ("attends most to", "left"),
+            ("weight", "right"),
+            ("strongest other", "left"),
+            ("weight", "right"),
+        ):
             table.add_column(Text(name), justify=just, no_wrap=True)
         shown = min(len(step.rows), opts.max_rows)
         for i in range(shown):
             j, o = int(top[i]), int(other[i])
             table.add_row(
                 Text(printable(step.rows[i]), style="bold"),
-                Text(printable(step.cols[j])), Text(format_number(w[i, j], opts.precision)),
+                Text(printable(step.cols[j])),
+                Text(format_number(w[i, j], opts.precision)),
                 Text(printable(step.cols[o]) if o >= 0 else "—"),
                 Text(format_number(w[i, o], opts.precision) if o >= 0 else ""),
             )
