@@ -140,7 +140,7 @@ def _load_array(path: Path) -> np.ndarray:
     except InputError:
         raise
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        if "pickle" in str(exc).lower() or "python objects" in str(exc).lower():
             raise InputError(
                 f"{path.name} holds Python objects (pickle), which are never loaded"
             ) from None

