@@ -116,12 +116,12 @@ def _write_exports(traces, json_path: str | None, npz_path: str | None) -> None:
     from attn_cli import export
 
     if json_path is not None:
-        data = export.dumps_traces(traces)
         if json_path == "-":
-            sys.stdout.buffer.write(data)
+            for chunk in export.json_chunks(traces):
+                sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
         else:
-            export.atomic_write(json_path, data)
+            export.atomic_write(json_path, export.json_chunks(traces))
     if npz_path is not None:
         export.atomic_write(npz_path, export.npz_bytes(traces))
 

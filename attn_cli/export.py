@@ -8,6 +8,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -53,11 +54,16 @@ def trace_document(trace: Trace) -> dict[str, Any]:
     }
 
 
+def json_chunks(traces: list[Trace]) -> Iterator[bytes]:
+    """One newline-terminated JSON document per trace: a single trace is a JSON file, several
+    are JSON Lines. Written chunk by chunk, so a large trace is never copied into a join."""
+    opt = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+    for t in traces:
+        yield orjson.dumps(trace_document(t), option=opt)
+
+
 def dumps_traces(traces: list[Trace]) -> bytes:
-    """One trace: one JSON document. Several: JSON Lines, one trace per line."""
-    opt = orjson.OPT_SERIALIZE_NUMPY
-    lines = [orjson.dumps(trace_document(t), option=opt) for t in traces]
-    return b"\n".join(lines) + b"\n"
+    return b"".join(json_chunks(traces))
 
 
 def loads_traces(data: bytes, source: str = "<input>") -> list[Trace]:
@@ -180,7 +186,12 @@ def npz_bytes(traces: list[Trace]) -> bytes:
     return buf.getvalue()
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
+def _write_all(f, data: bytes | Iterable[bytes]) -> None:
+    for chunk in [data] if isinstance(data, bytes | bytearray) else data:
+        f.write(chunk)
+
+
+def atomic_write(path: str | Path, data: bytes | Iterable[bytes]) -> None:
     """Write all of `data` or nothing: a temp file beside the target, then a rename.
 
     Devices and pipes (/dev/null, /dev/stdout, a FIFO) are written directly: renaming over
@@ -198,7 +209,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     if st is not None and not stat.S_ISREG(st.st_mode):
         try:
             with open(path, "wb") as f:
-                f.write(data)
+                _write_all(f, data)
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror}") from None
         return
@@ -211,7 +222,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            _write_all(f, data)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, (st.st_mode & 0o7777) if st else (0o666 & ~umask))

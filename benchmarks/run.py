@@ -1,0 +1,206 @@
+"""attn-cli benchmarks: each figure measured side by side with its baseline, in one run.
+
+    python benchmarks/run.py            # the full table (a few minutes)
+    python benchmarks/run.py --quick    # smoke run: every row, few repetitions
+    python benchmarks/run.py --only cold_start,toy_4096
+
+Sides alternate (A, B, A, B, …) after a warm-up, so machine noise hits both; the table reports
+medians and the ratio attn-cli / baseline (for throughput rows, attn-cli / baseline of
+bytes per second). Peak memory is the child's ru_maxrss from os.wait4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+ATTN = shutil.which("attn-cli", path=str(Path(PY).parent)) or shutil.which("attn-cli")
+
+
+@dataclass
+class Row:
+    figure: str
+    baseline: str
+    target: str
+    ours: float | None = None  # median seconds (or bytes/s for throughput)
+    base: float | None = None
+    ratio: float | None = None
+    unit: str = "s"
+    extra: dict = field(default_factory=dict)
+    skipped: str | None = None
+    met: bool | None = None
+
+
+def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
+    """Wall time and peak RSS (bytes) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {err.strip()[-300:]}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def alternate(a: Callable[[], float], b: Callable[[], float], reps: int, warmup: int = 1):
+    for _ in range(warmup):
+        a(), b()
+    ta, tb = [], []
+    for _ in range(reps):
+        ta.append(a())
+        tb.append(b())
+    return statistics.median(ta), statistics.median(tb)
+
+
+# ---------------------------------------------------------------- rows
+
+
+def cold_start(reps: int) -> Row:
+    row = Row('cold start: attn-cli explain "hi how are you"',
+              'python -c "import numpy, tokenizers, typer, rich.console, rich.table"', "≤ 1.2×")
+    ours = [ATTN, "explain", "hi how are you"]
+    base = [PY, "-c", "import numpy, tokenizers, typer, rich.console, rich.table"]
+    row.ours, row.base = alternate(lambda: run_child(ours)[0], lambda: run_child(base)[0], reps)
+    row.ratio = row.ours / row.base
+    row.met = row.ratio <= 1.2
+    return row
+
+
+def toy_4096(reps: int) -> Row:
+    import numpy as np
+
+    from attn_cli.embeddings import random_embeddings
+    from attn_cli.pipeline import toy_steps
+    from attn_cli.trace import token_labels
+
+    n, d = 4096, 64
+    row = Row(f"toy pipeline trace, n = {n}, d = {d} (in-process)",
+              "bare numpy: X·Xᵀ, stable softmax, W·X on the same array", "≤ 1.3×")
+    ids = list(range(1000, 1000 + n))
+    x = random_embeddings(ids, d, 0)
+    labels = token_labels([f"t{i}" for i in ids])
+
+    def ours() -> float:
+        t0 = time.perf_counter()
+        toy_steps(x, labels, False)
+        return time.perf_counter() - t0
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        w = x @ x.T
+        e = np.exp(w - w.max(axis=1, keepdims=True))
+        w = e / e.sum(axis=1, keepdims=True)
+        _ = w @ x
+        return time.perf_counter() - t0
+
+    row.ours, row.base = alternate(ours, bare, reps)
+    row.ratio = row.ours / row.base
+    row.met = row.ratio <= 1.3
+    return row
+
+
+def json_2048(reps: int) -> Row:
+    import numpy as np
+    import orjson
+
+    from attn_cli.embeddings import random_embeddings
+    from attn_cli.export import json_chunks
+    from attn_cli.pipeline import toy_steps
+    from attn_cli.trace import Trace, token_labels
+
+    n = 2048
+    row = Row(f"JSON export of a {n}-token toy trace", "orjson.dumps of the same arrays (bytes/s)",
+              "≥ 0.8×", unit="MB/s")
+    ids = list(range(1000, 1000 + n))
+    tokens = [f"t{i}" for i in ids]
+    trace = Trace("x", tokens, ids, {"pipeline": "toy"},
+                  toy_steps(random_embeddings(ids, 64, 0), token_labels(tokens), False))
+    arrays = [np.ascontiguousarray(s.data) for s in trace.steps]
+    sizes = {}
+
+    def ours() -> float:
+        t0 = time.perf_counter()
+        sizes["ours"] = sum(len(c) for c in json_chunks([trace]))
+        return time.perf_counter() - t0
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        sizes["base"] = len(orjson.dumps(arrays, option=orjson.OPT_SERIALIZE_NUMPY))
+        return time.perf_counter() - t0
+
+    t_ours, t_base = alternate(ours, bare, reps)
+    row.ours, row.base = sizes["ours"] / t_ours / 1e6, sizes["base"] / t_base / 1e6
+    row.ratio = row.ours / row.base
+    row.met = row.ratio >= 0.8
+    return row
+
+
+ROWS: dict[str, Callable[[int], Row]] = {
+    "cold_start": cold_start,
+    "toy_4096": toy_4096,
+    "json_2048": json_2048,
+}
+REPS = {"cold_start": 15, "toy_4096": 7, "json_2048": 7}
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    if unit == "s":
+        return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
+    return f"{v:.0f} {unit}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
+    ap.add_argument("--only", help="comma-separated row names: " + ", ".join(ROWS))
+    ap.add_argument("--json", dest="json_out", help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    if ATTN is None:
+        print("attn-cli is not installed in this environment (pip install .)", file=sys.stderr)
+        return 2
+    names = args.only.split(",") if args.only else list(ROWS)
+    rows = []
+    for name in names:
+        reps = 2 if args.quick else REPS.get(name, 5)
+        try:
+            rows.append(ROWS[name](reps))
+        except Exception as exc:  # a row that cannot run says why; the others still run
+            rows.append(Row(name, "—", "—", skipped=f"{type(exc).__name__}: {exc}"))
+    stamp = time.strftime("%Y-%m-%d")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"attn-cli benchmarks · {stamp} · {machine}{' · QUICK' if args.quick else ''}")
+    print("| figure | attn-cli | baseline | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if r.skipped:
+            print(f"| {r.figure} | skipped: {r.skipped} | | | | |")
+            continue
+        extra = "".join(f"; {k} {v}" for k, v in r.extra.items())
+        print(f"| {r.figure} | {fmt(r.ours, r.unit)}{extra} | {fmt(r.base, r.unit)} ({r.baseline}) | "
+              f"{r.ratio:.2f}× | {r.target} | {'yes' if r.met else 'no'} |")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps([r.__dict__ for r in rows], indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))
+    raise SystemExit(main())
