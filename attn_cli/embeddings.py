@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +95,8 @@ def random_embeddings(ids: list[int], dim: int, seed: int) -> np.ndarray:
 
 
 def sha256_file(path: Path) -> str:
+    import hashlib  # only for user files: keeps it off the start-up path
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

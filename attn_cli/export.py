@@ -7,8 +7,8 @@ import io
 import os
 import stat
 import tempfile
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -19,7 +19,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +52,9 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {err.strip()[-300:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {err.strip()[-300:]}"
+        )
     return elapsed, usage.ru_maxrss * 1024
 
 
@@ -71,8 +72,11 @@ def alternate(a: Callable[[], float], b: Callable[[], float], reps: int, warmup:
 
 
 def cold_start(reps: int) -> Row:
-    row = Row('cold start: attn-cli explain "hi how are you"',
-              'python -c "import numpy, tokenizers, typer, rich.console, rich.table"', "≤ 1.2×")
+    row = Row(
+        'cold start: attn-cli explain "hi how are you"',
+        'python -c "import numpy, tokenizers, typer, rich.console, rich.table"',
+        "≤ 1.2×",
+    )
     ours = [ATTN, "explain", "hi how are you"]
     base = [PY, "-c", "import numpy, tokenizers, typer, rich.console, rich.table"]
     row.ours, row.base = alternate(lambda: run_child(ours)[0], lambda: run_child(base)[0], reps)
@@ -89,8 +93,11 @@ def toy_4096(reps: int) -> Row:
     from attn_cli.trace import token_labels
 
     n, d = 4096, 64
-    row = Row(f"toy pipeline trace, n = {n}, d = {d} (in-process)",
-              "bare numpy: X·Xᵀ, stable softmax, W·X on the same array", "≤ 1.3×")
+    row = Row(
+        f"toy pipeline trace, n = {n}, d = {d} (in-process)",
+        "bare numpy: X·Xᵀ, stable softmax, W·X on the same array",
+        "≤ 1.3×",
+    )
     ids = list(range(1000, 1000 + n))
     x = random_embeddings(ids, d, 0)
     labels = token_labels([f"t{i}" for i in ids])
@@ -124,12 +131,21 @@ def json_2048(reps: int) -> Row:
     from attn_cli.trace import Trace, token_labels
 
     n = 2048
-    row = Row(f"JSON export of a {n}-token toy trace", "orjson.dumps of the same arrays (bytes/s)",
-              "≥ 0.8×", unit="MB/s")
+    row = Row(
+        f"JSON export of a {n}-token toy trace",
+        "orjson.dumps of the same arrays (bytes/s)",
+        "≥ 0.8×",
+        unit="MB/s",
+    )
     ids = list(range(1000, 1000 + n))
     tokens = [f"t{i}" for i in ids]
-    trace = Trace("x", tokens, ids, {"pipeline": "toy"},
-                  toy_steps(random_embeddings(ids, 64, 0), token_labels(tokens), False))
+    trace = Trace(
+        "x",
+        tokens,
+        ids,
+        {"pipeline": "toy"},
+        toy_steps(random_embeddings(ids, 64, 0), token_labels(tokens), False),
+    )
     arrays = [np.ascontiguousarray(s.data) for s in trace.steps]
     sizes = {}
 
@@ -193,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r.figure} | skipped: {r.skipped} | | | | |")
             continue
         extra = "".join(f"; {k} {v}" for k, v in r.extra.items())
-        print(f"| {r.figure} | {fmt(r.ours, r.unit)}{extra} | {fmt(r.base, r.unit)} ({r.baseline}) | "
-              f"{r.ratio:.2f}× | {r.target} | {'yes' if r.met else 'no'} |")
+        print(
+            f"| {r.figure} | {fmt(r.ours, r.unit)}{extra} | {fmt(r.base, r.unit)} ({r.baseline}) | "
+            f"{r.ratio:.2f}× | {r.target} | {'yes' if r.met else 'no'} |"
+        )
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps([r.__dict__ for r in rows], indent=1, default=str))
+        Path(args.json_out).write_text(
+            json.dumps([r.__dict__ for r in rows], indent=1, default=str)
+        )
     return 0
 
 

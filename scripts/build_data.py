@@ -43,7 +43,9 @@ def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     step[step == 0] = 1.0
     q = np.clip(np.rint(table / step[:, None]), -127, 127)
     q_norm = np.linalg.norm(q, axis=1)
-    scale = np.divide(np.linalg.norm(table, axis=1), q_norm, out=np.ones_like(q_norm), where=q_norm > 0)
+    scale = np.divide(
+        np.linalg.norm(table, axis=1), q_norm, out=np.ones_like(q_norm), where=q_norm > 0
+    )
     return q.astype(np.int8), scale.astype(np.float32)
 
 

@@ -17,10 +17,12 @@ E = math.e
 def test_row_softmax_hand_example():
     w = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 2.0]])
     # e/(2e+1), 1/(2e+1), e/(2e+1) and 1/(2+e), 1/(2+e), e/(2+e)
-    expected = np.array([
-        [E / (2 * E + 1), 1 / (2 * E + 1), E / (2 * E + 1)],
-        [1 / (2 + E), 1 / (2 + E), E / (2 + E)],
-    ])
+    expected = np.array(
+        [
+            [E / (2 * E + 1), 1 / (2 * E + 1), E / (2 * E + 1)],
+            [1 / (2 + E), 1 / (2 + E), E / (2 + E)],
+        ]
+    )
     np.testing.assert_allclose(att.row_softmax(w), expected, atol=1e-12)
 
 

@@ -82,26 +82,46 @@ def test_word2vec_header_is_skipped(tmp_path):
     assert doc["notes"] == []
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda p: np.save(p / "e.npy", np.full((30522, 2), np.nan)),
-     "e.npy: the vector for token 'hi' (id 7632) contains NaN or inf"),
-    (lambda p: np.save(p / "e.npy", np.ones(10)),
-     "e.npy has shape (10,): an embedding table must be 2-D (vocab × dim)"),
-    (lambda p: np.save(p / "e.npy", np.ones((10, 2))),
-     "e.npy has 10 rows but token id 7632 needs row 7632 (row i must be the vector of token id i)"),
-    (lambda p: np.save(p / "e.npy", np.ones((30522, 2), dtype=complex)),
-     "e.npy has dtype complex128: embeddings must be real numbers"),
-    (lambda p: np.save(p / "e.npy", np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True),
-     "e.npy holds Python objects (pickle), which are never loaded"),
-    (lambda p: (p / "e.npy").write_bytes(b"\x93NUMPY garbage"),
-     "e.npy is not a readable numpy file"),
-    (lambda p: (p / "e.txt").write_text("hi 1 2\nhow 1\n"),
-     "e.txt line 2: 1 numbers, earlier lines have 2"),
-    (lambda p: (p / "e.txt").write_text("hi one two\n"),
-     "e.txt line 1: not a list of numbers"),
-    (lambda p: (p / "e.txt").write_bytes(b"\xff\xfe\x00junk"),
-     "e.txt is neither .npy/.npz nor a UTF-8 word2vec/GloVe text file"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: np.save(p / "e.npy", np.full((30522, 2), np.nan)),
+            "e.npy: the vector for token 'hi' (id 7632) contains NaN or inf",
+        ),
+        (
+            lambda p: np.save(p / "e.npy", np.ones(10)),
+            "e.npy has shape (10,): an embedding table must be 2-D (vocab × dim)",
+        ),
+        (
+            lambda p: np.save(p / "e.npy", np.ones((10, 2))),
+            "e.npy has 10 rows but token id 7632 needs row 7632 (row i must be the vector of token id i)",
+        ),
+        (
+            lambda p: np.save(p / "e.npy", np.ones((30522, 2), dtype=complex)),
+            "e.npy has dtype complex128: embeddings must be real numbers",
+        ),
+        (
+            lambda p: np.save(
+                p / "e.npy", np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True
+            ),
+            "e.npy holds Python objects (pickle), which are never loaded",
+        ),
+        (
+            lambda p: (p / "e.npy").write_bytes(b"\x93NUMPY garbage"),
+            "e.npy is not a readable numpy file",
+        ),
+        (
+            lambda p: (p / "e.txt").write_text("hi 1 2\nhow 1\n"),
+            "e.txt line 2: 1 numbers, earlier lines have 2",
+        ),
+        (lambda p: (p / "e.txt").write_text("hi one two\n"), "e.txt line 1: not a list of numbers"),
+        (
+            lambda p: (p / "e.txt").write_bytes(b"\xff\xfe\x00junk"),
+            "e.txt is neither .npy/.npz nor a UTF-8 word2vec/GloVe text file",
+        ),
+    ],
+)
 def test_bad_embedding_files_are_one_line_errors(tmp_path, make, message):
     make(tmp_path)
     path = next(tmp_path.iterdir())
@@ -114,15 +134,20 @@ def test_bad_embedding_files_are_one_line_errors(tmp_path, make, message):
 def test_missing_embeddings_file():
     r = invoke(["explain", "hi", "-e", "/nonexistent/e.npy"])
     assert r.exit_code == 2
-    assert r.stderr == ("attn-cli: error: --embeddings: /nonexistent/e.npy does not exist "
-                        "(use 'minilm', 'random', or a .npy/.npz/.txt file)\n")
+    assert r.stderr == (
+        "attn-cli: error: --embeddings: /nonexistent/e.npy does not exist "
+        "(use 'minilm', 'random', or a .npy/.npz/.txt file)\n"
+    )
 
 
-@pytest.mark.parametrize(("dim", "message"), [
-    ("0", "--dim must be between 1 and 65536, got 0"),
-    ("-3", "--dim must be between 1 and 65536, got -3"),
-    ("100000000", "--dim must be between 1 and 65536, got 100000000"),
-])
+@pytest.mark.parametrize(
+    ("dim", "message"),
+    [
+        ("0", "--dim must be between 1 and 65536, got 0"),
+        ("-3", "--dim must be between 1 and 65536, got -3"),
+        ("100000000", "--dim must be between 1 and 65536, got 100000000"),
+    ],
+)
 def test_bad_dim(dim, message):
     r = invoke(["explain", "hi", "-e", "random", "--dim", dim])
     assert r.exit_code == 2

@@ -69,7 +69,8 @@ def test_hand_computed_example_through_the_cli(hand_embeddings):
     np.testing.assert_allclose(step(doc, "W_raw"), [[1, 0, 1], [0, 1, 1], [1, 1, 2]], atol=1e-6)
     np.testing.assert_allclose(step(doc, "W"), [[a, b, a], [b, a, a], [c, c, d]], atol=1e-6)
     np.testing.assert_allclose(
-        step(doc, "Y"), [[0.8446376, 0.5776812], [0.5776812, 0.8446376], [0.7880585, 0.7880585]],
+        step(doc, "Y"),
+        [[0.8446376, 0.5776812], [0.5776812, 0.8446376], [0.7880585, 0.7880585]],
         atol=1e-6,
     )
 
@@ -80,7 +81,9 @@ def test_hand_computed_example_with_scale(hand_embeddings):
     doc = load(r)
     assert [s["name"] for s in doc["steps"]] == ["X", "W_raw", "W_scaled", "W", "Y"]
     s = 2**-0.5
-    np.testing.assert_allclose(step(doc, "W_scaled"), [[s, 0, s], [0, s, s], [s, s, 2 * s]], atol=1e-6)
+    np.testing.assert_allclose(
+        step(doc, "W_scaled"), [[s, 0, s], [0, s, s], [s, s, 2 * s]], atol=1e-6
+    )
     np.testing.assert_allclose(step(doc, "W")[0], [0.4011121, 0.1977758, 0.4011121], atol=1e-6)
     np.testing.assert_allclose(step(doc, "W")[2], [0.2482551, 0.2482551, 0.5034898], atol=1e-6)
     assert doc["config"]["scale"] is True
@@ -193,7 +196,9 @@ def test_random_embeddings_are_deterministic_and_seeded():
 
 def test_random_embeddings_follow_the_documented_recipe():
     """uniform(±√(3/d)) from the top 53 bits of PCG64(SeedSequence([seed, 0, token_id]))."""
-    doc = load(invoke(["explain", "hi", "-e", "random", "--dim", "4", "--seed", "3", "--json", "-"]))
+    doc = load(
+        invoke(["explain", "hi", "-e", "random", "--dim", "4", "--seed", "3", "--json", "-"])
+    )
     bits = np.random.PCG64(np.random.SeedSequence([3, 0, 7632])).random_raw(4)
     u = (bits >> np.uint64(11)).astype(np.float64) / 2.0**53
     np.testing.assert_array_equal(step(doc, "X")[0], (2 * u - 1) * math.sqrt(3 / 4))

@@ -20,11 +20,14 @@ def validate(doc: dict) -> None:
     jsonschema.Draft202012Validator(SCHEMA).validate(doc)
 
 
-@pytest.mark.parametrize("args", [
-    ["hi how are you"],
-    ["the cat sat on the mat", "--scale", "--special"],
-    ["hi how are you", "-e", "random", "--dim", "3", "--seed", "1"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hi how are you"],
+        ["the cat sat on the mat", "--scale", "--special"],
+        ["hi how are you", "-e", "random", "--dim", "3", "--seed", "1"],
+    ],
+)
 def test_exports_validate_against_the_shipped_schema(args):
     r = invoke(["explain", *args, "--json", "-"])
     assert r.exit_code == 0, r.stderr
@@ -64,10 +67,13 @@ def test_round_trip_keeps_every_number_and_label():
     assert dumps_traces(traces) == r.stdout.encode()
 
 
-@pytest.mark.parametrize("args", [
-    ["hi how are you"],
-    ["the cat sat on the mat", "--scale"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hi how are you"],
+        ["the cat sat on the mat", "--scale"],
+    ],
+)
 def test_show_renders_exactly_what_explain_printed(tmp_path, args):
     path = tmp_path / "t.json"
     shown = invoke(["explain", *args, "--json", str(path), "--width", "90", "-p", "3"])
@@ -100,8 +106,8 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
 
 def test_atomic_write_to_dev_null_does_not_replace_the_device():
     atomic_write("/dev/null", b"x")
-    import stat
     import os
+    import stat
 
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 

@@ -16,8 +16,13 @@ def toy_trace(tokens: list[str]) -> Trace:
     from attn_cli.pipeline import toy_steps
 
     x = np.arange(len(tokens) * 2, dtype=float).reshape(len(tokens), 2) / 10
-    return Trace(" ".join(tokens), tokens, list(range(len(tokens))), {"pipeline": "toy"},
-                 toy_steps(x, token_labels(tokens), False))
+    return Trace(
+        " ".join(tokens),
+        tokens,
+        list(range(len(tokens))),
+        {"pipeline": "toy"},
+        toy_steps(x, token_labels(tokens), False),
+    )
 
 
 def render(trace: Trace, color: bool | None, width: int = 100, **env) -> str:
@@ -85,8 +90,15 @@ def test_long_input_shows_a_window_and_says_so():
 
 
 def test_masked_cells_show_minus_infinity():
-    step = TraceStep("W_masked", "m", "d", np.array([[0.5, -np.inf], [0.1, 0.2]]), ["a", "b"],
-                     ["a", "b"], "scores")
+    step = TraceStep(
+        "W_masked",
+        "m",
+        "d",
+        np.array([[0.5, -np.inf], [0.1, 0.2]]),
+        ["a", "b"],
+        ["a", "b"],
+        "scores",
+    )
     trace = Trace("a b", ["a", "b"], [0, 1], {}, [step])
     out = render(trace, color=False)
     assert "−∞" in out
