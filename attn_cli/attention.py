@@ -91,3 +91,42 @@ def entropy(p: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
     return -terms.sum(axis=-1)
+
+
+class MultiHeadSteps(NamedTuple):
+    """Every intermediate of multi-head attention: per-head Q/K/V and attention steps, then the
+    concatenated head outputs and the output projection."""
+
+    Q: list[np.ndarray]  # per head, (n, d_k)
+    K: list[np.ndarray]  # per head, (n, d_k)
+    V: list[np.ndarray]  # per head, (n, d_v)
+    heads: list[AttentionSteps]
+    Y_concat: np.ndarray  # (n, H·d_v)
+    O: np.ndarray | None  # (n, d_out), only with an output projection
+
+
+def multi_head_attention(
+    x: np.ndarray,
+    w_q: np.ndarray,
+    w_k: np.ndarray,
+    w_v: np.ndarray,
+    heads: int,
+    b_q: np.ndarray | None = None,
+    b_k: np.ndarray | None = None,
+    b_v: np.ndarray | None = None,
+    w_o: np.ndarray | None = None,
+    b_o: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> MultiHeadSteps:
+    """Project X to queries, keys and values, attend within each head, concatenate, project."""
+    q = linear(x, w_q, b_q)  # [n, d] @ [d, H·d_k] -> [n, H·d_k]
+    k = linear(x, w_k, b_k)  # [n, d] @ [d, H·d_k] -> [n, H·d_k]
+    v = linear(x, w_v, b_v)  # [n, d] @ [d, H·d_v] -> [n, H·d_v]
+    qs, ks, vs = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
+    per_head = [
+        attention(qh, kh, vh, mask, temperature) for qh, kh, vh in zip(qs, ks, vs, strict=True)
+    ]
+    y_concat = np.concatenate([h.Y for h in per_head], axis=-1)  # H × [n, d_v] -> [n, H·d_v]
+    o = None if w_o is None else linear(y_concat, w_o, b_o)  # [n, H·d_v] @ [H·d_v, d_o]
+    return MultiHeadSteps(qs, ks, vs, per_head, y_concat, o)

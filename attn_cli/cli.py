@@ -126,80 +126,157 @@ def _write_exports(traces, json_path: str | None, npz_path: str | None) -> None:
         export.atomic_write(npz_path, export.npz_bytes(traces))
 
 
+QKV = "Q/K/V attention"
+TextArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="The text. '-' or no TEXT with piped stdin: read stdin, one input per non-empty line.",
+        show_default=False,
+    ),
+]
+TokenizerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokenizer",
+        metavar="PATH",
+        help="A tokenizer.json, or a directory holding one (default: the bundled MiniLM-L6 / "
+        "bert-base-uncased WordPiece).",
+    ),
+]
+SpecialOpt = Annotated[
+    bool,
+    typer.Option(
+        "--special/--no-special", help="Add the tokenizer's special tokens ([CLS], [SEP])."
+    ),
+]
+EmbeddingsOpt = Annotated[
+    str,
+    typer.Option(
+        "--embeddings",
+        "-e",
+        metavar="minilm|random|PATH",
+        help="minilm: the bundled MiniLM-L6 table (384-d); random: seeded vectors (see --dim, --seed); "
+        "PATH: a .npy/.npz table (row i = token id i) or a word2vec/GloVe text file.",
+    ),
+]
+DimOpt = Annotated[
+    int | None, typer.Option("--dim", help="Vector size for --embeddings random (default 8).")
+]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Seed for random embeddings and projections (same numbers on every machine)."
+    ),
+]
+ScaleOpt = Annotated[
+    bool, typer.Option("--scale", help="Add W_scaled = W_raw/√d before the softmax.")
+]
+QkvOpt = Annotated[
+    bool,
+    typer.Option(
+        "--qkv",
+        rich_help_panel=QKV,
+        help="The parametric pipeline: Q = X·W_q, K = X·W_k, V = X·W_v, W = softmax(Q·Kᵀ/√d_k), Y = W·V.",
+    ),
+]
+HeadsOpt = Annotated[
+    int, typer.Option("--heads", rich_help_panel=QKV, help="Number of attention heads.")
+]
+DkOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--d-k",
+        rich_help_panel=QKV,
+        help="Query/key (and value) size per head (default d / heads).",
+    ),
+]
+CausalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--causal", rich_help_panel=QKV, help="Mask future tokens: −∞ above the diagonal."
+    ),
+]
+TemperatureOpt = Annotated[
+    float,
+    typer.Option(
+        "--temperature",
+        "-T",
+        rich_help_panel=QKV,
+        help="W = softmax(W_scaled / T): T < 1 sharpens, T > 1 flattens.",
+    ),
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        metavar="FILE.npz",
+        rich_help_panel=QKV,
+        help="Your projections: W_q, W_k, W_v (d × heads·d_k) and optional W_o, b_q, b_k, b_v, b_o "
+        "(default: seeded uniform ±1/√fan_in).",
+    ),
+]
+JsonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--json",
+        metavar="PATH",
+        help="Write the trace as JSON ('-' = stdout, and no tables). Several inputs: JSON Lines.",
+    ),
+]
+NpzOpt = Annotated[
+    str | None,
+    typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
+]
+
+
 @app.command()
 def explain(
-    text: Annotated[
-        str | None,
-        typer.Argument(
-            help="The text. '-' or no TEXT with piped stdin: read stdin, one input per non-empty line.",
-            show_default=False,
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            "--tokenizer",
-            metavar="PATH",
-            help="A tokenizer.json, or a directory holding one (default: the bundled MiniLM-L6 / bert-base-uncased WordPiece).",
-        ),
-    ] = None,
-    special: Annotated[
-        bool,
-        typer.Option(
-            "--special/--no-special", help="Add the tokenizer's special tokens ([CLS], [SEP])."
-        ),
-    ] = False,
-    embeddings: Annotated[
-        str,
-        typer.Option(
-            "--embeddings",
-            "-e",
-            metavar="minilm|random|PATH",
-            help="minilm: the bundled MiniLM-L6 table (384-d); random: seeded vectors (see --dim, --seed); "
-            "PATH: a .npy/.npz table (row i = token id i) or a word2vec/GloVe text file.",
-        ),
-    ] = "minilm",
-    dim: Annotated[
-        int | None, typer.Option("--dim", help="Vector size for --embeddings random (default 8).")
-    ] = None,
-    seed: Annotated[
-        int,
-        typer.Option("--seed", help="Seed for random embeddings (same numbers on every machine)."),
-    ] = 0,
-    scale: Annotated[
-        bool, typer.Option("--scale", help="Add W_scaled = W_raw/√d before the softmax.")
-    ] = False,
-    json_out: Annotated[
-        str | None,
-        typer.Option(
-            "--json",
-            metavar="PATH",
-            help="Write the trace as JSON ('-' = stdout, and no tables). Several inputs: JSON Lines.",
-        ),
-    ] = None,
-    npz_out: Annotated[
-        str | None,
-        typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
-    ] = None,
+    text: TextArg = None,
+    tokenizer: TokenizerOpt = None,
+    special: SpecialOpt = False,
+    embeddings: EmbeddingsOpt = "minilm",
+    dim: DimOpt = None,
+    seed: SeedOpt = 0,
+    scale: ScaleOpt = False,
+    qkv: QkvOpt = False,
+    heads: HeadsOpt = 1,
+    d_k: DkOpt = None,
+    causal: CausalOpt = False,
+    temperature: TemperatureOpt = 1.0,
+    weights: WeightsOpt = None,
+    json_out: JsonOpt = None,
+    npz_out: NpzOpt = None,
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
     max_rows: MaxRows = 24,
 ) -> None:
-    """Tokenize TEXT, embed it, and show self-attention step by step: X, W_raw = X·Xᵀ, W = softmax, Y = W·X."""
+    """Tokenize TEXT, embed it, and show self-attention step by step.
+
+    Default (seed 001): X, W_raw = X·Xᵀ, W = row softmax, Y = W·X.
+    With --qkv (seed 000): learned projections, Q·Kᵀ/√d_k, optional causal mask and
+    temperature, several heads.
+    """
     with user_errors():
         from attn_cli.inputs import read_texts
-        from attn_cli.pipeline import ToyOptions, explain_texts
+        from attn_cli.pipeline import ExplainOptions, explain_texts
 
-        texts = read_texts(text, sys.stdin)
-        opts = ToyOptions(
+        opts = ExplainOptions(
             tokenizer=tokenizer,
             special=special,
             embeddings=embeddings,
             dim=dim,
             seed=seed,
             scale=scale,
+            qkv=qkv,
+            heads=heads,
+            d_k=d_k,
+            causal=causal,
+            temperature=temperature,
+            weights=weights,
         )
+        opts.check()
+        texts = read_texts(text, sys.stdin)
         traces = list(explain_texts(texts, opts))
         _write_exports(traces, json_out, npz_out)
         if json_out != "-":

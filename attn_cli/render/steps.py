@@ -40,6 +40,11 @@ def trace_header(trace: Trace) -> Group:
     return Group(*parts)
 
 
+def compact_table() -> Table:
+    """No outer edges, a rule under the header, one space either side of each column."""
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+
+
 def _visible_cols(widths: list[int], label_w: int, width: int, total: int) -> int:
     """How many leading columns fit, leaving room for a '… k more' column when some are cut."""
     used = label_w
@@ -68,18 +73,7 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) ->
     k = _visible_cols(widths, label_w, width, n_cols)
     scale = Scale.for_kind(step.kind, step.data)
 
-    title = Text(step.name, style="bold")
-    title.append(" = " + step.formula)
-    if step.where:
-        title.append(f"  [{step.where}]", style="dim")
-    table = Table(
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1),
-    )
+    table = compact_table()
     table.add_column(Text(""), no_wrap=True, style="bold")
     for j in range(k):
         table.add_column(Text(col_labels[j]), justify="right", no_wrap=True)
@@ -98,8 +92,17 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) ->
     return table
 
 
+def step_title(step: TraceStep) -> Text:
+    title = Text(step.name, style="bold")
+    title.append(" = " + step.formula)
+    if step.where:
+        title.append(f"   {step.where}", style="dim")
+    return title
+
+
 def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
     color = colors_on(console)
+    console.print(step_title(step))
     console.print(step_table(step, opts, console.width, color))
     if color:
         console.print(Scale.for_kind(step.kind, step.data).legend(opts.precision))
@@ -131,7 +134,10 @@ def strongest(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     others = weights.astype(float, copy=True)
     n = min(others.shape)
     others[np.arange(n), np.arange(n)] = -np.inf
-    other = np.where(others.shape[1] > 1, np.argmax(others, axis=1), -1)
+    other = np.argmax(others, axis=1) if others.shape[1] > 1 else np.full(len(top), -1)
+    # A row whose best other weight is 0 (a masked or one-hot row) has no "strongest other".
+    if len(top):
+        other = np.where(others[np.arange(len(other)), other] > 0, other, -1)
     return top, other
 
 
@@ -143,15 +149,9 @@ def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
         title = Text("Context", style="bold")
         title.append(" — who attends to whom most, from W")
         if step.where:
-            title.append(f"  [{step.where}]", style="dim")
-        table = Table(
-            title=title,
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            show_edge=False,
-            pad_edge=False,
-            padding=(0, 1),
-        )
+            title.append(f"   {step.where}", style="dim")
+        console.print(title)
+        table = compact_table()
         for name, just in (
             ("token", "left"),
             ("attends most to", "left"),
