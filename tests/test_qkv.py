@@ -234,11 +234,8 @@ def test_masked_cells_render_as_minus_infinity():
     r = invoke(["explain", "hi how are you", "--qkv", "--causal", "-e", "random", "--dim", "4"])
     assert r.exit_code == 0, r.stderr
     block = r.stdout.split("W_masked =")[1].split("\n\n")[0]
-    rows = [
-        line
-        for line in block.splitlines()
-        if line.split()[:1] in (["hi"], ["how"], ["are"], ["you"])
-    ]
+    body = block.split("───\n")[-1].splitlines()  # the rows below the header rule
+    rows = [line for line in body if line.split()[:1] in (["hi"], ["how"], ["are"], ["you"])]
     assert [row.count("−∞") for row in rows] == [3, 2, 1, 0]  # the strict upper triangle
 
 
