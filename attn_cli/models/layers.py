@@ -1,0 +1,91 @@
+"""Transformer building blocks in numpy (float32, like the checkpoints)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from attn_cli.attention import MultiHeadSteps
+
+
+class LayerSteps(NamedTuple):
+    """What one transformer layer computed: its input, every attention step, its output."""
+
+    x: np.ndarray  # (n, d) the layer's input hidden states
+    attn: MultiHeadSteps  # per-head Q, K, V, scores, weights, outputs; Y_concat; O
+    out: np.ndarray  # (n, d) the layer's output hidden states
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + np.float32(eps)) * g + b
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf without scipy: erfc(z) = t·exp(−z² + P(t)), t = 1/(1 + z/2), relative error < 1.2e-7
+    (Numerical Recipes' Chebyshev fit), evaluated in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    z = np.abs(x64)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -1.26551223 + t * (
+        1.00002368
+        + t
+        * (
+            0.37409196
+            + t
+            * (
+                0.09678418
+                + t
+                * (
+                    -0.18628806
+                    + t
+                    * (
+                        0.27886807
+                        + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))
+                    )
+                )
+            )
+        )
+    )
+    erfc = t * np.exp(-z * z + poly)
+    return np.where(x64 >= 0, 1.0 - erfc, erfc - 1.0).astype(np.asarray(x).dtype)
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    """BERT's GELU: x·Φ(x) = x/2 · (1 + erf(x/√2))."""
+    return 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GPT-2's GELU ('gelu_new'): x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    return 0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x**3)))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+ACTIVATIONS = {
+    "gelu": gelu_erf,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "relu": relu,
+}
+
+
+def activation(name: str):
+    from attn_cli.errors import InputError
+
+    if name not in ACTIVATIONS:
+        raise InputError(
+            f"activation {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
+        )
+    return ACTIVATIONS[name]
+
+
+def get(w: Mapping, name: str) -> np.ndarray:
+    return w[name]
