@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
-from attn_cli.render.steps import compact_table, trace_header
+from attn_cli.render.steps import trace_header
 from attn_cli.render.summary import dominant_pattern
 from attn_cli.trace import Trace
 
-SHORT = {"previous": "prev", "self": "self", "first": "first", "broad": "broad"}
+# One letter per pattern keeps a 12-head row inside 80 columns.
+CODES = {"previous": "P", "self": "S", "[SEP]": "E", "broad": "·"}
+LEGEND = (
+    "P previous token · S itself · F first token ([CLS]) · E [SEP] · "
+    "· broad (no pattern ≥ 0.40; the number is its relative entropy)"
+)
 
 
 def attention_maps(trace: Trace) -> dict[tuple[int, int], object]:
     """(layer, head) -> the W step; layer/head None count as 0."""
     return {(s.layer or 0, s.head or 0): s for s in trace.steps_named("W")}
+
+
+def cell(name: str, score: float) -> str:
+    code = CODES.get(name, "F")  # any other name is the first-token pattern ([CLS], <s>, first)
+    return f"{code}{score:.2f}".replace("0.", ".", 1).replace("1.00", "1.0")
 
 
 def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None:
@@ -25,19 +36,18 @@ def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None
     heads = sorted({k[1] for k in maps})
     console.print(
         Text(
-            f"{len(maps)} attention maps ({len(layers)} layers × {len(heads)} heads): each cell names the "
-            "pattern the head follows most and its mean weight (prev = previous token, self = itself, "
-            "[CLS]/first = the first token, [SEP]; broad = no pattern ≥ 0.40, shown with its relative "
-            "entropy). Pick one with --layer/--head for every step.",
+            f"{len(maps)} attention maps, {len(layers)} layers × {len(heads)} heads: the pattern each "
+            "head follows most, with its mean weight. Pick one with --layer N --head N for every step.",
             style="italic",
         )
     )
+    console.print(Text(LEGEND, style="dim"))
     color = colors_on(console)
     scale = Scale(False, 1.0)
-    table = compact_table()
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 0), show_header=True)
     table.add_column(Text("layer"), justify="right", no_wrap=True, style="bold")
     for h in heads:
-        table.add_column(Text(f"h{h}"), justify="left", no_wrap=True)
+        table.add_column(Text(f" h{h}"), justify="right", no_wrap=True, min_width=5)
     for layer in layers:
         row = [Text(str(layer))]
         for h in heads:
@@ -46,10 +56,8 @@ def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None
                 row.append(Text(""))
                 continue
             name, score = dominant_pattern(step.data, trace.tokens)
-            label = f"{SHORT.get(name, name)} {score:.2f}".replace("0.", ".", 1)
-            row.append(
-                Text(label, style=scale.style(score if name != "broad" else 0.0) if color else "")
-            )
+            style = scale.style(0.0 if name == "broad" else score) if color else ""
+            row.append(Text(" ") + Text(cell(name, score), style=style))
         table.add_row(*row)
     console.print(table)
     console.print()
