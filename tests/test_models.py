@@ -149,7 +149,7 @@ def test_cli_model_tables_default_to_one_head_and_overview_for_all(tiny_bert):
         ["explain", "hi how are you", "-m", str(tiny_bert), "--layer", "all", "--head", "all"]
     )
     assert every.exit_code == 0, every.stderr
-    assert "8 attention maps (2 layers × 4 heads)" in every.stdout
+    assert "8 attention maps, 2 layers × 4 heads" in every.stdout
     assert "W_raw = " not in every.stdout
 
 
