@@ -7,7 +7,7 @@ import io
 import numpy as np
 
 from attn_cli.render.common import RenderOptions, Scale, format_number, make_console
-from attn_cli.render.steps import render_steps, strongest
+from attn_cli.render.steps import render_steps, top_two
 from attn_cli.trace import Trace, TraceStep, printable, token_labels
 from tests.conftest import ANSI, invoke
 
@@ -118,11 +118,11 @@ def test_format_number():
     assert format_number(2.5e30, 2) == "2.50e+30"
 
 
-def test_strongest_other_excludes_the_diagonal():
-    w = np.array([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
-    top, other = strongest(w)
-    assert top.tolist() == [0, 1, 2]
-    assert other.tolist() == [1, 2, 0]
+def test_top_two():
+    w = np.array([[0.7, 0.2, 0.1], [0.1, 0.4, 0.5], [0.3, 0.3, 0.4], [1.0, 0.0, 0.0]])
+    top, second = top_two(w)
+    assert top.tolist() == [0, 2, 2, 0]
+    assert second.tolist() == [1, 1, 0, -1]
 
 
 def test_token_labels_for_repeats_and_collisions():

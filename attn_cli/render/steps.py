@@ -127,25 +127,23 @@ def render_steps(console: Console, trace: Trace, opts: RenderOptions) -> None:
     render_context(console, trace, opts)
 
 
-def strongest(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each row: the column with the largest weight, and the largest other than the
-    diagonal (the token itself), as index arrays (-1 when a row has no other column)."""
-    top = np.argmax(weights, axis=1)
-    others = weights.astype(float, copy=True)
-    n = min(others.shape)
-    others[np.arange(n), np.arange(n)] = -np.inf
-    other = np.argmax(others, axis=1) if others.shape[1] > 1 else np.full(len(top), -1)
-    # A row whose best other weight is 0 (a masked or one-hot row) has no "strongest other".
-    if len(top):
-        other = np.where(others[np.arange(len(other)), other] > 0, other, -1)
-    return top, other
+def top_two(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row: the column with the largest weight and the runner-up, as index arrays
+    (-1 where a row has no runner-up with any weight, e.g. a masked first row)."""
+    n_rows, n_cols = weights.shape
+    order = np.argsort(-weights, axis=1, kind="stable")
+    top = order[:, 0]
+    if n_cols < 2:
+        return top, np.full(n_rows, -1)
+    second = order[:, 1]
+    return top, np.where(weights[np.arange(n_rows), second] > 0, second, -1)
 
 
 def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
-    """For each token, the token it attends to most (and the strongest other token)."""
+    """For each token, the token it attends to most, and the runner-up."""
     for step in trace.steps_named("W"):
         w = step.data
-        top, other = strongest(w)
+        top, other = top_two(w)
         title = Text("Context", style="bold")
         title.append(" — who attends to whom most, from W")
         if step.where:
@@ -156,7 +154,7 @@ def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
             ("token", "left"),
             ("attends most to", "left"),
             ("weight", "right"),
-            ("strongest other", "left"),
+            ("then", "left"),
             ("weight", "right"),
         ):
             table.add_column(Text(name), justify=just, no_wrap=True)
