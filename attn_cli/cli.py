@@ -102,14 +102,47 @@ MaxRows = Annotated[
 ]
 
 
-def _render(traces, views, precision, color, width, max_rows) -> None:
+def _render(traces, views, display: dict) -> None:
+    """Print every view of every trace; with --svg/--html also record it, in colour."""
     from attn_cli.render.common import RenderOptions, make_console
-    from attn_cli.render.views import render
+    from attn_cli.render.views import parse_range, render
 
-    console = make_console(color=color, width=width)
-    opts = RenderOptions(precision=precision, max_rows=max_rows)
+    if display["pool"] not in ("max", "mean"):
+        from attn_cli.errors import InputError
+
+        raise InputError(f"--pool takes max or mean, got {display['pool']!r}")
+    opts = RenderOptions(
+        precision=display["precision"],
+        max_rows=display["max_rows"],
+        top_k=display["top_k"],
+        rows=parse_range(display["rows"], "--rows"),
+        cols=parse_range(display["cols"], "--cols"),
+        pool=display["pool"],
+    )
+    console = make_console(color=display["color"], width=display["width"])
+    recorder = None
+    if display["svg"] or display["html"]:
+        import io
+
+        recorder = make_console(
+            color=display["color"] is not False,
+            width=console.width,
+            file=io.StringIO(),
+            record=True,
+        )
     for trace in traces:
         render(console, trace, views, opts)
+        if recorder is not None:
+            render(recorder, trace, views, opts)
+    if recorder is not None:
+        from attn_cli.export import atomic_write
+
+        if display["svg"]:
+            atomic_write(
+                display["svg"], recorder.export_svg(title="attn-cli", clear=False).encode()
+            )
+        if display["html"]:
+            atomic_write(display["html"], recorder.export_html(clear=False).encode())
 
 
 def _write_exports(traces, json_path: str | None, npz_path: str | None) -> None:
@@ -258,14 +291,67 @@ ViewOpt = Annotated[
     typer.Option(
         "--view",
         metavar="VIEW",
-        help="What to show: auto (steps, or the overview for many heads), steps, overview. "
-        "Repeatable or comma-separated.",
+        help="What to show, repeatable or comma-separated: auto (steps, or the overview for "
+        "several layers × heads), steps, overview, summary, top, heatmap, geometry, grid.",
+        rich_help_panel="Views",
+    ),
+]
+TopKOpt = Annotated[
+    int,
+    typer.Option(
+        "--top-k",
+        min=1,
+        help="Tokens listed per row by --view top/summary.",
+        rich_help_panel="Views",
+    ),
+]
+RowsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rows", metavar="A:B", help="Heatmap zoom: query tokens A … B-1.", rich_help_panel="Views"
+    ),
+]
+ColsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cols", metavar="C:D", help="Heatmap zoom: key tokens C … D-1.", rich_help_panel="Views"
+    ),
+]
+PoolOpt = Annotated[
+    str,
+    typer.Option(
+        "--pool",
+        metavar="max|mean",
+        help="How the heatmap shrinks a matrix that does not fit: the max or the mean of each block.",
+        rich_help_panel="Views",
+    ),
+]
+SvgOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--svg",
+        metavar="PATH",
+        help="Also save what was printed as SVG, with colours.",
+        rich_help_panel="Views",
+    ),
+]
+HtmlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--html",
+        metavar="PATH",
+        help="Also save what was printed as HTML, with colours.",
+        rich_help_panel="Views",
     ),
 ]
 NpzOpt = Annotated[
     str | None,
     typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
 ]
+
+
+# Views about the whole model: with --model and no --layer/--head they take every layer and head.
+WHOLE_MODEL_VIEWS = ("grid", "overview", "summary")
 
 
 @app.command()
@@ -289,6 +375,12 @@ def explain(
     json_out: JsonOpt = None,
     npz_out: NpzOpt = None,
     view: ViewOpt = None,
+    top_k: TopKOpt = 3,
+    rows: RowsOpt = None,
+    cols: ColsOpt = None,
+    pool: PoolOpt = "max",
+    svg: SvgOpt = None,
+    html: HtmlOpt = None,
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
@@ -321,7 +413,8 @@ def explain(
             model=model,
             layer=layer,
             head=head,
-            all_by_default=json_out is not None,
+            all_by_default=json_out is not None
+            or any(v.strip() in WHOLE_MODEL_VIEWS for vs in (view or []) for v in vs.split(",")),
         )
         opts.check()
         views = parse_views(view)
@@ -329,7 +422,22 @@ def explain(
         traces = list(explain_texts(texts, opts))
         _write_exports(traces, json_out, npz_out)
         if json_out != "-":
-            _render(traces, views, precision, color, width, max_rows)
+            _render(
+                traces,
+                views,
+                dict(
+                    precision=precision,
+                    color=color,
+                    width=width,
+                    max_rows=max_rows,
+                    top_k=top_k,
+                    rows=rows,
+                    cols=cols,
+                    pool=pool,
+                    svg=svg,
+                    html=html,
+                ),
+            )
 
 
 @app.command()
@@ -342,6 +450,12 @@ def show(
         ),
     ],
     view: ViewOpt = None,
+    top_k: TopKOpt = 3,
+    rows: RowsOpt = None,
+    cols: ColsOpt = None,
+    pool: PoolOpt = "max",
+    svg: SvgOpt = None,
+    html: HtmlOpt = None,
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
@@ -364,7 +478,22 @@ def show(
                 raise InputError(f"{file} does not exist") from None
             except OSError as exc:
                 raise InputError(f"cannot read {file}: {exc.strerror}") from None
-        _render(loads_traces(data, source), views, precision, color, width, max_rows)
+        _render(
+            loads_traces(data, source),
+            views,
+            dict(
+                precision=precision,
+                color=color,
+                width=width,
+                max_rows=max_rows,
+                top_k=top_k,
+                rows=rows,
+                cols=cols,
+                pool=pool,
+                svg=svg,
+                html=html,
+            ),
+        )
 
 
 @app.command()

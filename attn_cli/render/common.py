@@ -20,6 +20,7 @@ class RenderOptions:
     top_k: int = 3
     rows: tuple[int, int] | None = None  # heatmap zoom, half-open token ranges
     cols: tuple[int, int] | None = None
+    pool: str = "max"  # heatmap block pooling: max or mean
     layer: int | None = None  # grid / overview filters (None = all)
     head: int | None = None
 

@@ -7,7 +7,6 @@ from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
-from attn_cli.render.steps import trace_header
 from attn_cli.render.summary import dominant_pattern
 from attn_cli.trace import Trace
 
@@ -30,7 +29,6 @@ def cell(name: str, score: float) -> str:
 
 
 def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None:
-    console.print(trace_header(trace))
     maps = attention_maps(trace)
     layers = sorted({k[0] for k in maps})
     heads = sorted({k[1] for k in maps})

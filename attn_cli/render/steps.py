@@ -34,7 +34,8 @@ def trace_header(trace: Trace) -> Group:
         if key in cfg and cfg[key] not in (None, False):
             bits.append(f"{key}={cfg[key]}" if not isinstance(cfg[key], bool) else key)
     title = Text("attn-cli · ")
-    title.append(printable(trace.text[:60]) + ("…" if len(trace.text) > 60 else ""), style="bold")
+    text = " ".join(trace.text.split())  # a pasted file's newlines and indents, folded
+    title.append(printable(text[:60]) + ("…" if len(text) > 60 else ""), style="bold")
     parts: list = [Rule(title, align="left"), Text(" · ".join(bits), style="dim")]
     parts += [Text("note: " + n, style="yellow") for n in trace.notes]
     return Group(*parts)
@@ -69,7 +70,8 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) ->
         max([cell_len(col_labels[j])] + [len(cells[i][j]) for i in range(show_rows)])
         for j in range(cand_cols)
     ]
-    label_w = max([cell_len(r) for r in row_labels] + [1])
+    more_rows = f"… {n_rows - show_rows} more rows" if show_rows < n_rows else ""
+    label_w = max([cell_len(r) for r in row_labels] + [cell_len(more_rows), 1])
     k = _visible_cols(widths, label_w, width, n_cols)
     scale = Scale.for_kind(step.kind, step.data)
 
@@ -87,8 +89,8 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) ->
         if k < n_cols:
             row.append(Text("…"))
         table.add_row(*row)
-    if show_rows < n_rows:
-        table.add_row(Text(f"… {n_rows - show_rows} more rows", style="dim"))
+    if more_rows:
+        table.add_row(Text(more_rows, style="dim"))
     return table
 
 
@@ -111,7 +113,6 @@ def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
 
 
 def render_steps(console: Console, trace: Trace, opts: RenderOptions) -> None:
-    console.print(trace_header(trace))
     n = len(trace.tokens)
     if n > opts.max_rows:
         console.print(

@@ -8,7 +8,7 @@ from attn_cli.errors import InputError
 from attn_cli.render.common import RenderOptions
 from attn_cli.trace import Trace
 
-VIEWS = ("auto", "steps", "overview")
+VIEWS = ("auto", "steps", "overview", "summary", "top", "heatmap", "geometry", "grid")
 
 
 def auto_view(trace: Trace) -> str:
@@ -31,13 +31,38 @@ def parse_views(values: list[str] | None) -> list[str]:
 
 
 def render(console: Console, trace: Trace, views: list[str], opts: RenderOptions) -> None:
+    from attn_cli.render import pictures, top
     from attn_cli.render.overview import render_overview
     from attn_cli.render.steps import render_steps
 
+    renderers = {
+        "steps": render_steps,
+        "overview": render_overview,
+        "summary": top.render_summary,
+        "top": top.render_top,
+        "heatmap": pictures.render_heatmap,
+        "geometry": pictures.render_geometry,
+        "grid": pictures.render_grid,
+    }
+    from attn_cli.render.steps import trace_header
+
+    console.print(trace_header(trace))
     for view in views:
-        if view == "auto":
-            view = auto_view(trace)
-        if view == "steps":
-            render_steps(console, trace, opts)
-        elif view == "overview":
-            render_overview(console, trace, opts)
+        renderers[auto_view(trace) if view == "auto" else view](console, trace, opts)
+
+
+def parse_range(value: str | None, flag: str) -> tuple[int, int] | None:
+    """'A:B' (either side may be empty) -> half-open (A, B)."""
+    if value is None:
+        return None
+    a, sep, b = value.partition(":")
+    try:
+        lo = int(a) if a.strip() else 0
+        hi = int(b) if b.strip() else 1 << 62
+    except ValueError:
+        lo = hi = -1
+    if not sep or lo < 0 or hi <= lo:
+        raise InputError(
+            f"{flag} takes a range A:B of token positions with 0 <= A < B, got {value!r}"
+        )
+    return lo, hi

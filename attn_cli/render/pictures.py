@@ -1,0 +1,255 @@
+"""Pictures of a trace: a pooled heatmap, a layer × head grid of thumbnails, and seed 001's
+geometric illustration (token vectors before and after attention, in 2-D)."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.cells import cell_len
+from rich.color import Color
+from rich.console import Console
+from rich.style import Style
+from rich.text import Text
+
+from attn_cli.render.common import (
+    LEVELS,
+    RenderOptions,
+    Scale,
+    colors_on,
+    format_number,
+    level_style,
+)
+from attn_cli.render.pooling import mean_pairwise_distance, pca_2d, pool
+from attn_cli.trace import Trace, TraceStep, printable
+
+SHADES = " ░▒▓█"  # without colour, a cell's level is its shade
+LABEL_W = 12
+
+
+def _bg(level_style_: Style) -> Color:
+    return level_style_.bgcolor
+
+
+def _rows_to_text(levels: np.ndarray, diverging: bool, color: bool) -> list[Text]:
+    """Each pair of matrix rows becomes one line of '▀' (top row = foreground, bottom =
+    background), so cells come out roughly square; without colour, one shade per cell."""
+    lines = []
+    if not color:
+        for row in levels:
+            lines.append(
+                Text("".join(SHADES[int(v * (len(SHADES) - 1) / (LEVELS - 1) + 0.5)] for v in row))
+            )
+        return lines
+    for i in range(0, len(levels), 2):
+        top = levels[i]
+        bottom = levels[i + 1] if i + 1 < len(levels) else None
+        t = Text()
+        for j, lv in enumerate(top):
+            fg = _bg(level_style(diverging, int(lv)))
+            bg = _bg(level_style(diverging, int(bottom[j]))) if bottom is not None else None
+            t.append("▀", style=Style(color=fg, bgcolor=bg))
+        lines.append(t)
+    return lines
+
+
+def _zoom(step: TraceStep, opts: RenderOptions) -> tuple[np.ndarray, int, int]:
+    r0, r1 = opts.rows or (0, step.data.shape[0])
+    c0, c1 = opts.cols or (0, step.data.shape[1])
+    r1, c1 = min(r1, step.data.shape[0]), min(c1, step.data.shape[1])
+    return step.data[r0:r1, c0:c1], r0, c0
+
+
+def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
+    color = colors_on(console)
+    maps = [s for s in trace.steps if s.kind == "weights"] or [
+        s for s in trace.steps if s.kind == "scores"
+    ]
+    for step in maps:
+        m, r0, c0 = _zoom(step, opts)
+        if m.size == 0:
+            console.print(Text(f"{step.name}: the --rows/--cols range is empty"))
+            continue
+        room = max(8, console.width - LABEL_W - 1)
+        width = min(m.shape[1], room)
+        # Colour packs two matrix rows into each line ('▀'), so as many rows as columns looks
+        # square; shades use one line per row, so half as many.
+        out_rows = min(m.shape[0], width if color else max(8, width // 2))
+        pooled, rs, cs = pool(m, out_rows, width, opts.pool)
+        scale = Scale.for_kind(step.kind, pooled)
+        levels = scale.levels(pooled)
+        # Small matrices get wider cells (up to 4 characters) so they stay readable.
+        f = max(1, min(4, room // len(cs)))
+        row_rep = f if color else max(1, f // 2)
+        levels = np.repeat(np.repeat(levels, f, axis=1), row_rep, axis=0)
+        title = Text(f"{step.name} heatmap", style="bold")
+        if step.where:
+            title.append(f"   {step.where}", style="dim")
+        console.print(title)
+        block_r, block_c = m.shape[0] / len(rs), m.shape[1] / len(cs)
+        if block_r > 1 or block_c > 1:
+            console.print(
+                Text(
+                    f"{m.shape[0]}×{m.shape[1]} cells shown as {len(rs)}×{len(cs)}: each character is the "
+                    f"{opts.pool} of a ~{block_r:.0f}×{block_c:.0f} block",
+                    style="dim",
+                )
+            )
+        # Column ticks: the key token's position, every 10 characters.
+        ticks = [" "] * (len(cs) * f)
+        for j in range(0, len(cs), max(1, 10 // f)):
+            for k, ch in enumerate(str(c0 + int(cs[j]))):
+                if j * f + k < len(ticks):
+                    ticks[j * f + k] = ch
+        console.print(Text(" " * LABEL_W + " " + "".join(ticks), style="dim"))
+        per_line = 2 if color else 1
+        lines = _rows_to_text(levels, scale.diverging, color)
+        last = -1
+        for li, line in enumerate(lines):
+            i = (li * per_line) // row_rep  # the pooled row this line starts with
+            label = ""
+            if i != last and i < len(rs):
+                pos = r0 + int(rs[i])
+                label = f"{pos} {printable(step.rows[pos])}"
+                last = i
+            while cell_len(label) > LABEL_W:
+                label = label[:-1]
+            console.print(Text(label + " " * (LABEL_W - cell_len(label)) + " ") + line)
+        if color:
+            console.print(scale.legend(opts.precision))
+        else:
+            lo = format_number(-scale.vmax if scale.diverging else 0.0, opts.precision)
+            console.print(
+                Text(
+                    f"shades ' ░▒▓█': {lo} … {format_number(scale.vmax, opts.precision)}",
+                    style="dim",
+                )
+            )
+        console.print()
+
+
+def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
+    """BertViz's 'model view' in a terminal: a thumbnail heatmap per layer × head."""
+    maps = {(s.layer or 0, s.head or 0): s for s in trace.steps_named("W")}
+    if not maps:
+        console.print(Text("no attention weights (W) in this trace"))
+        return
+    layers = sorted({k[0] for k in maps})
+    heads = sorted({k[1] for k in maps})
+    color = colors_on(console)
+    n = max(s.data.shape[0] for s in maps.values())
+    label_w = 4
+    # Thumbnail side: as large as fits every head across the width, at most the token count.
+    side = max(2, min(n, 16, (console.width - label_w) // len(heads) - 1))
+    console.print(
+        Text(
+            f"{len(layers)} layers × {len(heads)} heads, each map max-pooled to {side}×{side}"
+            + ("" if n <= side else f" from {n}×{n}"),
+            style="dim",
+        )
+    )
+    header = Text(" " * label_w)
+    for h in heads:
+        header.append(f"h{h}".ljust(side + 1)[: side + 1], style="bold")
+    console.print(header)
+    for layer in layers:
+        blocks = []
+        for h in heads:
+            step = maps.get((layer, h))
+            if step is None:
+                blocks.append([Text(" " * side)] * (side // 2 if color else side))
+                continue
+            pooled, _, _ = pool(step.data, side, side, "max")
+            levels = Scale(False, 1.0).levels(pooled)
+            blocks.append(_rows_to_text(levels, False, color))
+        height = max(len(b) for b in blocks)
+        for li in range(height):
+            line = Text(f"L{layer}".ljust(label_w) if li == 0 else " " * label_w, style="bold")
+            for b in blocks:
+                line.append_text(b[li] if li < len(b) else Text(" " * side))
+                line.append(" ")
+            console.print(line)
+        console.print()
+
+
+def geometry_pair(trace: Trace) -> tuple[TraceStep, TraceStep] | None:
+    """X and the first later step in the same space (Y, then O, then H)."""
+    xs = trace.steps_named("X")
+    if not xs:
+        return None
+    x = xs[0]
+    for name in ("Y", "O", "H"):
+        for s in trace.steps_named(name):
+            if s.data.shape == x.data.shape:
+                return x, s
+    return None
+
+
+def render_geometry(console: Console, trace: Trace, opts: RenderOptions) -> None:
+    """Seed 001's picture: each token before (○, X) and after (●, Y) attention, projected to 2-D
+    by one PCA fitted to both, with a measure of how much the points moved together."""
+    pair = geometry_pair(trace)
+    if pair is None:
+        console.print(
+            Text(
+                "geometry needs X and an output (Y, O or H) of the same shape; this trace has none"
+            )
+        )
+        return
+    x, y = pair
+    n = x.data.shape[0]
+    pts = pca_2d(np.vstack([x.data, y.data]))  # one shared projection: [2n, d] -> [2n, 2]
+    width = max(20, min(console.width - 2, 78))
+    height = max(8, min(18, width // 4))
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    cols = np.rint((pts[:, 0] - lo[0]) / span[0] * (width - 1)).astype(int)
+    rows = np.rint((hi[1] - pts[:, 1]) / span[1] * (height - 1)).astype(int)
+    grid = [[(" ", "")] * width for _ in range(height)]
+    color = colors_on(console)
+
+    def free(r: int, c: int, length: int) -> bool:
+        return (
+            c >= 0 and c + length <= width and all(grid[r][c + k][0] == " " for k in range(length))
+        )
+
+    def put(r: int, c: int, s: str, style: str) -> None:
+        for k, ch in enumerate(s):
+            grid[r][c + k] = (ch, style)
+
+    for i in range(2 * n):
+        before = i < n
+        if free(rows[i], cols[i], 1):
+            put(rows[i], cols[i], "○" if before else "●", "dim" if before else "bold")
+    # Labels whole or not at all: right of the marker, else left of it. "After" labels first.
+    for i in list(range(n, 2 * n)) + list(range(n)):
+        step_ = y if i >= n else x
+        label = printable(step_.rows[i % n])[:10]
+        style = ("bold cyan" if color else "") if i >= n else "dim"
+        for c in (cols[i] + 1, cols[i] - cell_len(label)):
+            if free(rows[i], c, cell_len(label)):
+                put(rows[i], c, label, style)
+                break
+    console.print(
+        Text(f"Geometry: {x.name} (○, before) and {y.name} (●, after) on one 2-D PCA", style="bold")
+    )
+    for r in range(height):
+        line = Text("│")
+        for ch, style in grid[r]:
+            line.append(ch, style=style or None)
+        console.print(line)
+    console.print(Text("└" + "─" * width))
+    before, after = mean_pairwise_distance(x.data), mean_pairwise_distance(y.data)
+    change = (after - before) / before * 100 if before else 0.0
+    console.print(
+        Text(
+            f"Mean pairwise distance: {format_number(before, opts.precision)} before → "
+            f"{format_number(after, opts.precision)} after ({change:+.0f}%), in all {x.data.shape[1]} "
+            "dimensions. "
+            + (
+                "The points moved closer together: each token now mixes in the others."
+                if after < before
+                else "The points did not move closer together."
+            ),
+            style="italic",
+        )
+    )
+    console.print()

@@ -1,0 +1,108 @@
+"""The `top` and `summary` views: who attends to whom, how spread out, and which heads follow
+well-known patterns."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+from rich.text import Text
+
+from attn_cli.attention import entropy
+from attn_cli.render.common import RenderOptions, format_number
+from attn_cli.render.steps import compact_table
+from attn_cli.render.summary import head_patterns, relative_entropy
+from attn_cli.trace import Trace, TraceStep, printable
+
+
+def _title(what: str, step: TraceStep) -> Text:
+    t = Text(what, style="bold")
+    if step.where:
+        t.append(f"   {step.where}", style="dim")
+    return t
+
+
+def received(w: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k tokens that receive the most attention: column sums (how many rows' worth of
+    weight lands on each token)."""
+    col = w.sum(axis=0)
+    order = np.argsort(-col, kind="stable")[:k]
+    return [(int(j), float(col[j])) for j in order]
+
+
+def render_top(console: Console, trace: Trace, opts: RenderOptions) -> None:
+    """Every token's top-k attended tokens, its entropy, then the most-attended tokens."""
+    p = opts.precision
+    for step in trace.steps_named("W"):
+        w = step.data
+        k = min(opts.top_k, w.shape[1])
+        console.print(_title(f"Top {k} attended tokens per token, from W", step))
+        table = compact_table()
+        table.add_column(Text("token"), no_wrap=True, style="bold")
+        table.add_column(Text(f"top {k} (weight)"), no_wrap=True)
+        table.add_column(Text("entropy"), justify="right", no_wrap=True)
+        table.add_column(Text("vs uniform"), justify="right", no_wrap=True)
+        order = np.argsort(-w, axis=1, kind="stable")[:, :k]
+        h, rel = entropy(w), relative_entropy(w)
+        for i in range(w.shape[0]):
+            picks = "  ".join(
+                f"{printable(step.cols[j])} {format_number(w[i, j], p)}"
+                for j in order[i]
+                if w[i, j] > 0
+            )
+            table.add_row(
+                Text(printable(step.rows[i])),
+                Text(picks),
+                Text(format_number(h[i], p)),
+                Text(format_number(rel[i], p)),
+            )
+        console.print(table)
+        most = ", ".join(
+            f"{printable(step.cols[j])} {format_number(v, p)}" for j, v in received(w, k)
+        )
+        console.print(Text(f"Most attention received (column sums, out of {w.shape[0]}): {most}"))
+        console.print(
+            Text(
+                "Entropy is in nats; 'vs uniform' divides it by log(n): 1 = spread evenly, "
+                "0 = all on one token.",
+                style="italic",
+            )
+        )
+        console.print()
+
+
+def render_summary(console: Console, trace: Trace, opts: RenderOptions) -> None:
+    """One row per attention map: spread, most-attended tokens, and named pattern scores."""
+    maps = trace.steps_named("W")
+    if not maps:
+        console.print(Text("no attention weights (W) in this trace"))
+        return
+    p = opts.precision
+    patterns = [head_patterns(s.data, trace.tokens) for s in maps]
+    names = list(dict.fromkeys(n for pat in patterns for n in pat))
+    console.print(Text("Summary of every attention map", style="bold"))
+    table = compact_table()
+    table.add_column(Text("map"), no_wrap=True, style="bold")
+    table.add_column(Text("entropy"), justify="right", no_wrap=True)
+    table.add_column(Text("vs unif."), justify="right", no_wrap=True)
+    table.add_column(Text(f"most received (top {opts.top_k})"), no_wrap=True)
+    for n in names:
+        table.add_column(Text(n), justify="right", no_wrap=True)
+    for s, pat in zip(maps, patterns, strict=True):
+        w = s.data
+        most = " ".join(printable(s.cols[j]) for j, _ in received(w, opts.top_k))
+        table.add_row(
+            Text(s.where or "W"),
+            Text(format_number(float(entropy(w).mean()), p)),
+            Text(format_number(float(relative_entropy(w).mean()), p)),
+            Text(most),
+            *[Text(format_number(pat[n], p) if n in pat else "") for n in names],
+        )
+    console.print(table)
+    console.print(
+        Text(
+            "Pattern scores are mean weights: previous = on the token just before, self = on itself, "
+            "[CLS]/first = on the first token, [SEP] = on [SEP] tokens. Entropy: mean over rows.",
+            style="italic",
+        )
+    )
+    console.print()

@@ -1,0 +1,148 @@
+"""Every view renders from a Trace alone, for toy, Q/K/V and model traces, and `show`
+reproduces `explain` exactly."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.conftest import ANSI, SAMPLES, invoke, minilm_dir
+
+VIEWS = ["steps", "overview", "summary", "top", "heatmap", "geometry", "grid"]
+TRACES = {
+    "toy": ["the cat sat on the mat"],
+    "qkv": [
+        "the cat sat on the mat",
+        "--qkv",
+        "--heads",
+        "2",
+        "--causal",
+        "-e",
+        "random",
+        "--dim",
+        "8",
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", TRACES)
+@pytest.mark.parametrize("view", VIEWS)
+def test_every_view_renders_and_show_matches(tmp_path, kind, view):
+    path = tmp_path / "t.json"
+    shown = invoke(["explain", *TRACES[kind], "--view", view, "--json", str(path), "--width", "90"])
+    assert shown.exit_code == 0, shown.stderr
+    assert shown.stdout.strip() and "Traceback" not in shown.stdout
+    again = invoke(["show", str(path), "--view", view, "--width", "90"])
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout == shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 90
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("view", VIEWS)
+def test_every_view_renders_for_a_model_trace(tmp_path, view):
+    minilm_dir()
+    path = tmp_path / "m.json"
+    r = invoke(
+        [
+            "explain",
+            "the bank of the river",
+            "--model",
+            "minilm",
+            "--view",
+            view,
+            "--json",
+            str(path),
+            "--width",
+            "100",
+        ]
+    )
+    assert r.exit_code == 0, r.stderr
+    again = invoke(["show", str(path), "--view", view, "--width", "100"])
+    assert again.stdout == r.stdout
+    if view in ("grid", "overview"):
+        assert "6 layers × 12 heads" in r.stdout
+
+
+def test_views_combine_and_header_prints_once():
+    r = invoke(["explain", "hi how are you", "--view", "top,geometry", "--view", "summary"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.count("attn-cli · hi how are you") == 1
+    assert "Top 3 attended tokens" in r.stdout and "Geometry:" in r.stdout and "Summary" in r.stdout
+
+
+def test_unknown_view_is_an_error():
+    r = invoke(["explain", "hi", "--view", "pie"])
+    assert r.exit_code == 2
+    assert r.stderr == (
+        "attn-cli: error: --view 'pie' is not a view (choose from auto, steps, "
+        "overview, summary, top, heatmap, geometry, grid)\n"
+    )
+
+
+def test_top_lists_k_tokens_with_weights_and_entropy():
+    r = invoke(["explain", "hi how are you", "--view", "top", "--top-k", "2"])
+    row = next(line for line in r.stdout.splitlines() if line.startswith("hi "))
+    assert row.split()[:5] == ["hi", "hi", "0.65", "how", "0.13"]
+    assert "Most attention received" in r.stdout
+
+
+def test_geometry_reports_the_movement():
+    r = invoke(["explain", "hi how are you", "--view", "geometry"])
+    assert "Mean pairwise distance: 1.43 before → 0.51 after (-65%)" in r.stdout
+
+
+def test_long_input_heatmap_fits_and_says_how_it_pooled():
+    text = (SAMPLES / "long.txt").read_text()
+    r = invoke(["explain", text, "--view", "heatmap", "--width", "80"])
+    assert r.exit_code == 0, r.stderr
+    assert "2048×2048 cells shown as" in r.stdout and "each character is the max" in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    mean = invoke(["explain", text, "--view", "heatmap", "--pool", "mean", "--width", "80"])
+    assert "each character is the mean" in mean.stdout
+
+
+def test_heatmap_zoom():
+    r = invoke(
+        ["explain", "the cat sat on the mat", "--view", "heatmap", "--rows", "2:4", "--cols", "0:3"]
+    )
+    assert r.exit_code == 0, r.stderr
+    labels = [line.split()[1] for line in r.stdout.splitlines() if line[:2] in ("2 ", "3 ")]
+    assert labels == ["sat", "on"]
+
+
+@pytest.mark.parametrize("bad", ["3", "4:2", "a:b", "-1:2"])
+def test_bad_zoom_ranges(bad):
+    r = invoke(["explain", "hi how", "--view", "heatmap", "--rows", bad])
+    assert r.exit_code == 2
+    assert r.stderr == (
+        f"attn-cli: error: --rows takes a range A:B of token positions with "
+        f"0 <= A < B, got {bad!r}\n"
+    )
+
+
+def test_long_steps_view_shows_a_window_and_points_to_heatmap():
+    text = (SAMPLES / "long.txt").read_text()
+    r = invoke(["explain", text, "--width", "80"])
+    words = " ".join(r.stdout.split())
+    assert "2048 tokens: each table shows its first 24 rows" in words
+    assert "Use --view heatmap to see whole matrices" in words
+    assert "… 2024 more rows" in r.stdout
+    assert max(len(line.rstrip()) for line in r.stdout.splitlines()) <= 80
+    assert ".…" not in r.stdout  # no number squeezed into '-0.…'
+
+
+def test_svg_and_html_are_saved_with_colour(tmp_path):
+    svg, html = tmp_path / "hi.svg", tmp_path / "hi.html"
+    r = invoke(["explain", "hi how are you", "--svg", str(svg), "--html", str(html)])
+    assert r.exit_code == 0, r.stderr
+    assert not ANSI.search(r.stdout)
+    root = ET.fromstring(svg.read_text())
+    assert root.tag.endswith("svg")
+    text = "".join(root.itertext()).replace("\u00a0", " ")
+    for label in ("hi", "how", "are", "you", "W_raw"):
+        assert label in text
+    assert 'fill="#' in svg.read_text()  # coloured cells
+    assert "background-color" in html.read_text() or "color:" in html.read_text()
+    assert not list(tmp_path.glob(".*tmp"))
