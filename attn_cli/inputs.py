@@ -27,6 +27,19 @@ def texts_from_stdin(raw: bytes) -> list[str]:
 def read_texts(text: str | None, stdin) -> list[str]:
     """TEXT as given; '-', or no TEXT with stdin not a terminal, reads stdin."""
     if text is not None and text != "-":
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Undecodable argv bytes arrive as lone surrogates (PEP 383): report the byte.
+            try:
+                raw = text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = None
+            if raw is not None:
+                decode_utf8(raw, "the text")
+            raise InputError(
+                "the text holds unpaired surrogate characters, which are not text"
+            ) from None
         if not text.strip():
             raise InputError(f"the text is empty or only whitespace: {EXAMPLE}")
         return [text]

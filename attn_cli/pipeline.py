@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ def explain_texts(texts: Iterable[str], opts: ExplainOptions) -> Iterator[Trace]
     projections: dict[int, Projections] = {}
     for text in texts:
         tokens, ids = tokenize(tok, text, opts.special)
+        check_fits_in_memory(len(ids), 4 * opts.heads + 2 if opts.qkv else 4)
         emb = embed(tokens, ids, opts.embeddings, opts.dim, opts.seed)
         config = {
             "pipeline": "qkv" if opts.qkv else "toy",
@@ -111,7 +113,8 @@ def explain_texts(texts: Iterable[str], opts: ExplainOptions) -> Iterator[Trace]
         labels = token_labels(tokens)
         if not opts.qkv:
             config["scale"] = opts.scale
-            trace.steps = toy_steps(emb.X, labels, opts.scale)
+            with np.errstate(over="ignore", invalid="ignore"):
+                trace.steps = toy_steps(emb.X, labels, opts.scale)
         else:
             d = emb.X.shape[1]
             if d not in projections:
@@ -130,7 +133,9 @@ def explain_texts(texts: Iterable[str], opts: ExplainOptions) -> Iterator[Trace]
             if opts.weights is None:
                 config["seed"] = opts.seed  # the projections' seed, even with other embeddings
             trace.notes += proj.notes
-            trace.steps = qkv_steps(emb.X, labels, proj, opts.causal, opts.temperature)
+            with np.errstate(over="ignore", invalid="ignore"):
+                trace.steps = qkv_steps(emb.X, labels, proj, opts.causal, opts.temperature)
+        check_finite(trace)
         yield trace
 
 
@@ -155,6 +160,38 @@ def _model_traces(texts: Iterable[str], opts: ExplainOptions) -> Iterator[Trace]
                 "heads: choose with --layer N|all and --head N|all"
             )
         yield trace
+
+
+def check_finite(trace: Trace) -> None:
+    """Huge vectors can overflow float64 in X·Xᵀ; say so rather than show inf or NaN. Masked
+    cells (-inf in W_masked) are the only non-finite numbers a trace may hold."""
+    for step in trace.steps:
+        data = step.data
+        bad = np.isnan(data) | np.isposinf(data)
+        if step.name != "W_masked":
+            bad |= np.isneginf(data)
+        if bad.any():
+            raise InputError(
+                f"the scores overflowed ({step.name} holds ±inf): the vectors are too large; scale them down"
+            )
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(n: int, matrices: int, itemsize: int = 8) -> None:
+    """Not an arbitrary cap: refuse only what this machine cannot hold. The toy pipeline keeps
+    about `matrices` n × n arrays alive at once (scores, weights, softmax temporaries)."""
+    need, have = n * n * itemsize * matrices, physical_memory()
+    if have is not None and need > 0.8 * have:
+        raise InputError(
+            f"the text is {n:,} tokens: its n × n attention matrices need about {need / 2**30:.0f} GiB, "
+            f"more than this machine's {have / 2**30:.0f} GiB; use a shorter text"
+        )
 
 
 def _projections(opts: ExplainOptions, d: int) -> Projections:

@@ -71,6 +71,10 @@ class Model:
             raise InputError(
                 f"token id {max(ids)} is outside {ckpt.name}'s vocabulary ({cfg['vocab_size']})"
             )
+        from attn_cli.pipeline import check_fits_in_memory
+
+        kept = (ckpt.layers if sel.layer is None else 1) * (ckpt.heads if sel.head is None else 1)
+        check_fits_in_memory(len(ids), 4 * kept + ckpt.heads * 3, itemsize=4)
         labels = token_labels(tokens)
         config = {
             "pipeline": "model",
