@@ -77,7 +77,7 @@ def check(result) -> None:
     if result.exit_code == 2:
         assert result.stderr.startswith("attn-cli: error: ") and result.stderr.count("\n") == 1
         return
-    for line in result.stdout.splitlines():
+    for line in result.stdout.split("\n")[:-1]:  # JSON Lines split on \n only, not on U+0085
         doc = orjson.loads(line)
         VALIDATOR.validate(doc)
         for step in doc["steps"]:
