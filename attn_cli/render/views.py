@@ -19,6 +19,17 @@ def auto_view(trace: Trace) -> str:
     return "overview" if several_layers and several_heads else "steps"
 
 
+RENDERERS = {
+    "steps": ("steps", "render_steps"),
+    "overview": ("overview", "render_overview"),
+    "summary": ("top", "render_summary"),
+    "top": ("top", "render_top"),
+    "heatmap": ("pictures", "render_heatmap"),
+    "geometry": ("pictures", "render_geometry"),
+    "grid": ("pictures", "render_grid"),
+}
+
+
 def parse_views(values: list[str] | None) -> list[str]:
     """--view is repeatable and comma-separated."""
     views = [
@@ -31,24 +42,15 @@ def parse_views(values: list[str] | None) -> list[str]:
 
 
 def render(console: Console, trace: Trace, views: list[str], opts: RenderOptions) -> None:
-    from attn_cli.render import pictures, top
-    from attn_cli.render.overview import render_overview
-    from attn_cli.render.steps import render_steps
+    from importlib import import_module
 
-    renderers = {
-        "steps": render_steps,
-        "overview": render_overview,
-        "summary": top.render_summary,
-        "top": top.render_top,
-        "heatmap": pictures.render_heatmap,
-        "geometry": pictures.render_geometry,
-        "grid": pictures.render_grid,
-    }
     from attn_cli.render.steps import trace_header
 
     console.print(trace_header(trace))
     for view in views:
-        renderers[auto_view(trace) if view == "auto" else view](console, trace, opts)
+        name = auto_view(trace) if view == "auto" else view
+        module, function = RENDERERS[name]  # imported on first use: start-up stays light
+        getattr(import_module(f"attn_cli.render.{module}"), function)(console, trace, opts)
 
 
 def parse_range(value: str | None, flag: str) -> tuple[int, int] | None:
