@@ -11,31 +11,36 @@ def block_edges(n: int, blocks: int) -> np.ndarray:
     return np.unique(np.linspace(0, n, blocks + 1)[:-1].astype(np.int64))
 
 
-def pool(
-    m: np.ndarray, out_rows: int, out_cols: int, how: str = "max"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pool(m: np.ndarray, out_rows: int, out_cols: int, how: str = "max") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reduce m to at most out_rows × out_cols by max- or mean-pooling blocks of cells.
 
-    Works on the matrix in place (np.ufunc.reduceat), so an n × n input never gets copied:
-    the only temporaries are out_rows × n and out_rows × out_cols. -inf (masked) cells are
-    ignored by 'mean' unless a whole block is masked.
+    Each block of whole rows is contiguous, so it is reduced in one pass over memory; the
+    n × n input is never copied (the temporaries are one block's mask at most, and
+    out_rows × n). -inf (masked) cells are ignored by 'mean' unless a whole block is masked.
     Returns (pooled, row_starts, col_starts).
     """
+    if how not in ("max", "mean"):
+        raise ValueError(how)
     r = block_edges(m.shape[0], out_rows)
     c = block_edges(m.shape[1], out_cols)
+    r_end = np.append(r[1:], m.shape[0])
     if how == "max":
-        return np.maximum.reduceat(np.maximum.reduceat(m, r, axis=0), c, axis=1), r, c
-    if how != "mean":
-        raise ValueError(how)
-    finite = np.isfinite(m)
-    if finite.all():
-        sums = np.add.reduceat(np.add.reduceat(m, r, axis=0, dtype=np.float64), c, axis=1)
-        counts = np.outer(np.diff(np.append(r, m.shape[0])), np.diff(np.append(c, m.shape[1])))
-        return (sums / counts).astype(m.dtype, copy=False), r, c
-    vals = np.where(finite, m, 0.0)
-    sums = np.add.reduceat(np.add.reduceat(vals, r, axis=0), c, axis=1)
-    counts = np.add.reduceat(np.add.reduceat(finite.astype(np.int64), r, axis=0), c, axis=1)
-    return np.divide(sums, counts, out=np.full(sums.shape, -np.inf), where=counts > 0), r, c
+        rows = np.stack([m[a:b].max(axis=0) for a, b in zip(r, r_end, strict=True)])  # [R, n]
+        return np.maximum.reduceat(rows, c, axis=1), r, c  # [R, n] -> [R, C]
+    sums = np.empty((len(r), m.shape[1]))
+    counts = np.empty((len(r), m.shape[1]))
+    for i, (a, b) in enumerate(zip(r, r_end, strict=True)):
+        block = m[a:b]
+        finite = np.isfinite(block)
+        if finite.all():
+            sums[i] = block.sum(axis=0, dtype=np.float64)
+            counts[i] = b - a
+        else:
+            sums[i] = np.where(finite, block, 0).sum(axis=0, dtype=np.float64)
+            counts[i] = finite.sum(axis=0)
+    sums, counts = np.add.reduceat(sums, c, axis=1), np.add.reduceat(counts, c, axis=1)
+    mean = np.divide(sums, counts, out=np.full(sums.shape, -np.inf), where=counts > 0)
+    return mean.astype(m.dtype, copy=False), r, c
 
 
 def pca_2d(points: np.ndarray) -> np.ndarray:
