@@ -165,6 +165,8 @@ def _render(traces, views, display: dict) -> None:
 
 
 def _write_exports(traces, json_path: str | None, npz_path: str | None) -> None:
+    if json_path is None and npz_path is None:
+        return  # keep orjson and the exporter off the plain `explain` path
     from attn_cli import export
 
     if json_path is not None:
