@@ -11,7 +11,9 @@ def block_edges(n: int, blocks: int) -> np.ndarray:
     return np.unique(np.linspace(0, n, blocks + 1)[:-1].astype(np.int64))
 
 
-def pool(m: np.ndarray, out_rows: int, out_cols: int, how: str = "max") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pool(
+    m: np.ndarray, out_rows: int, out_cols: int, how: str = "max"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reduce m to at most out_rows × out_cols by max- or mean-pooling blocks of cells.
 
     Each block of whole rows is contiguous, so it is reduced in one pass over memory; the

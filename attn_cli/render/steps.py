@@ -76,11 +76,15 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) ->
     scale = Scale.for_kind(step.kind, step.data)
 
     table = compact_table()
-    table.add_column(Text(""), no_wrap=True, style="bold")
+    # Widths are already known exactly: giving them to Rich skips its per-cell measuring.
+    table.add_column(Text(""), no_wrap=True, style="bold", width=label_w)
     for j in range(k):
-        table.add_column(Text(col_labels[j]), justify="right", no_wrap=True)
+        table.add_column(Text(col_labels[j]), justify="right", no_wrap=True, width=widths[j])
     if k < n_cols:
-        table.add_column(Text(f"… {n_cols - k} more"), justify="left", no_wrap=True, style="dim")
+        more = f"… {n_cols - k} more"
+        table.add_column(
+            Text(more), justify="left", no_wrap=True, style="dim", width=cell_len(more)
+        )
     for i in range(show_rows):
         row: list = [Text(row_labels[i])]
         for j in range(k):
