@@ -410,8 +410,10 @@ def explain(
     """Tokenize TEXT, embed it, and show self-attention step by step.
 
     Default (seed 001): X, W_raw = X·Xᵀ, W = row softmax, Y = W·X.
-    With --qkv (seed 000): learned projections, Q·Kᵀ/√d_k, optional causal mask and
-    temperature, several heads.
+
+    --qkv (seed 000): learned Q/K/V projections, scaling, causal mask, temperature, heads.
+
+    --model: a real checkpoint (BERT/MiniLM, GPT-2) in numpy, any layer and head.
     """
     with user_errors():
         from attn_cli.inputs import read_texts
