@@ -371,10 +371,6 @@ NpzOpt = Annotated[
 ]
 
 
-# Views about the whole model: with --model and no --layer/--head they take every layer and head.
-WHOLE_MODEL_VIEWS = ("grid", "overview", "summary")
-
-
 @app.command()
 def explain(
     text: TextArg = None,
@@ -418,8 +414,9 @@ def explain(
     with user_errors():
         from attn_cli.inputs import read_texts
         from attn_cli.pipeline import ExplainOptions, explain_texts
-        from attn_cli.render.views import parse_views
+        from attn_cli.render.views import WHOLE_MODEL_VIEWS, parse_views
 
+        views = parse_views(view)
         opts = ExplainOptions(
             tokenizer=tokenizer,
             special=special,
@@ -436,11 +433,11 @@ def explain(
             model=model,
             layer=layer,
             head=head,
-            all_by_default=json_out is not None
-            or any(v.strip() in WHOLE_MODEL_VIEWS for vs in (view or []) for v in vs.split(",")),
+            all_by_default=json_out is not None or any(v in WHOLE_MODEL_VIEWS for v in views),
         )
+        # Checked here too (explain_texts checks again) so a bad option is reported before
+        # waiting on stdin.
         opts.check()
-        views = parse_views(view)
         texts = read_texts(text, sys.stdin)
         traces = list(explain_texts(texts, opts))
         _write_exports(traces, json_out, npz_out)

@@ -87,10 +87,6 @@ class ExplainOptions:
             raise InputError(f"--temperature must be a positive number, got {self.temperature:g}")
 
 
-# Kept for callers that only know the toy pipeline.
-ToyOptions = ExplainOptions
-
-
 def explain_texts(texts: Iterable[str], opts: ExplainOptions) -> Iterator[Trace]:
     """One trace per text, sharing one tokenizer (and one set of projection weights)."""
     opts.check()

@@ -57,10 +57,6 @@ class Trace:
     steps: list[TraceStep] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def labels(self) -> list[str]:
-        return token_labels(self.tokens)
-
     def find(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:
         for step in self.steps:
             if step.name == name and step.layer == layer and step.head == head:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -85,7 +84,3 @@ def activation(name: str):
             f"activation {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
         )
     return ACTIVATIONS[name]
-
-
-def get(w: Mapping, name: str) -> np.ndarray:
-    return w[name]

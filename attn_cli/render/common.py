@@ -21,8 +21,6 @@ class RenderOptions:
     rows: tuple[int, int] | None = None  # heatmap zoom, half-open token ranges
     cols: tuple[int, int] | None = None
     pool: str = "max"  # heatmap block pooling: max or mean
-    layer: int | None = None  # grid / overview filters (None = all)
-    head: int | None = None
 
 
 def make_console(
@@ -119,9 +117,14 @@ class Scale:
         return np.rint(t * (LEVELS - 1)).astype(int)
 
     def style(self, value: float) -> Style:
-        if value == -np.inf:
-            return MASKED_STYLE
-        return level_style(self.diverging, int(self.levels(np.array([value]))[0]))
+        return self.styles(np.array([value]))[0]
+
+    def styles(self, values: np.ndarray) -> list[Style]:
+        """One style per value (a 1-D array): the cached level style, or masked for -inf."""
+        return [
+            MASKED_STYLE if v == -np.inf else level_style(self.diverging, int(lv))
+            for v, lv in zip(values, self.levels(values), strict=True)
+        ]
 
     def legend(self, precision: int) -> Text:
         lo = -self.vmax if self.diverging else 0.0

@@ -3,9 +3,10 @@ geometric illustration (token vectors before and after attention, in 2-D)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from rich.cells import cell_len
-from rich.color import Color
 from rich.console import Console
 from rich.style import Style
 from rich.text import Text
@@ -25,8 +26,12 @@ SHADES = " ░▒▓█"  # without colour, a cell's level is its shade
 LABEL_W = 12
 
 
-def _bg(level_style_: Style) -> Color:
-    return level_style_.bgcolor
+@lru_cache(maxsize=4096)
+def half_block_style(diverging: bool, top: int, bottom: int | None) -> Style:
+    """'▀' coloured by two levels: the top cell as foreground, the bottom one as background."""
+    fg = level_style(diverging, top).bgcolor
+    bg = None if bottom is None else level_style(diverging, bottom).bgcolor
+    return Style(color=fg, bgcolor=bg)
 
 
 def _rows_to_text(levels: np.ndarray, diverging: bool, color: bool) -> list[Text]:
@@ -44,9 +49,8 @@ def _rows_to_text(levels: np.ndarray, diverging: bool, color: bool) -> list[Text
         bottom = levels[i + 1] if i + 1 < len(levels) else None
         t = Text()
         for j, lv in enumerate(top):
-            fg = _bg(level_style(diverging, int(lv)))
-            bg = _bg(level_style(diverging, int(bottom[j]))) if bottom is not None else None
-            t.append("▀", style=Style(color=fg, bgcolor=bg))
+            below = None if bottom is None else int(bottom[j])
+            t.append("▀", style=half_block_style(diverging, int(lv), below))
         lines.append(t)
     return lines
 

@@ -57,7 +57,8 @@ def _visible_cols(widths: list[int], label_w: int, width: int, total: int) -> in
     return len(widths)
 
 
-def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) -> Table:
+def step_table(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | None) -> Table:
+    """The step's matrix as a table fitted to `width`; cells coloured by `scale` (None: plain)."""
     n_rows, n_cols = step.data.shape
     show_rows = min(n_rows, opts.max_rows)
     data = step.data[:show_rows]
@@ -73,7 +74,6 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) ->
     more_rows = f"… {n_rows - show_rows} more rows" if show_rows < n_rows else ""
     label_w = max([cell_len(r) for r in row_labels] + [cell_len(more_rows), 1])
     k = _visible_cols(widths, label_w, width, n_cols)
-    scale = Scale.for_kind(step.kind, step.data)
 
     table = compact_table()
     # Widths are already known exactly: giving them to Rich skips its per-cell measuring.
@@ -87,9 +87,9 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, color: bool) ->
         )
     for i in range(show_rows):
         row: list = [Text(row_labels[i])]
+        styles = scale.styles(data[i, :k]) if scale is not None else [""] * k
         for j in range(k):
-            v = float(data[i, j])
-            row.append(Text(cells[i][j], style=scale.style(v) if color else ""))
+            row.append(Text(cells[i][j], style=styles[j]))
         if k < n_cols:
             row.append(Text("…"))
         table.add_row(*row)
@@ -107,11 +107,11 @@ def step_title(step: TraceStep) -> Text:
 
 
 def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
-    color = colors_on(console)
+    scale = Scale.for_kind(step.kind, step.data) if colors_on(console) else None
     console.print(step_title(step))
-    console.print(step_table(step, opts, console.width, color))
-    if color:
-        console.print(Scale.for_kind(step.kind, step.data).legend(opts.precision))
+    console.print(step_table(step, opts, console.width, scale))
+    if scale is not None:
+        console.print(scale.legend(opts.precision))
     console.print(Text(step.description, style="italic"))
     console.print()
 

@@ -19,6 +19,9 @@ def auto_view(trace: Trace) -> str:
     return "overview" if several_layers and several_heads else "steps"
 
 
+# Views about the whole model: with --model and no --layer/--head they take every layer and head.
+WHOLE_MODEL_VIEWS = ("grid", "overview", "summary")
+
 RENDERERS = {
     "steps": ("steps", "render_steps"),
     "overview": ("overview", "render_overview"),
