@@ -1,0 +1,167 @@
+"""ALTI, Aggregation of Layer-wise Token-to-token Interactions (Ferrando et al. 2022,
+"Measuring the Mixing of Contextual Information in the Transformer").
+
+The attention block's output for token i is split into one vector per input token j:
+
+    pre-norm  (GPT-2, Llama …):  y_i = resid_i + O_i          T_i(x_j) = S_ij + [i = j]·resid_j
+    post-norm (BERT):            y_i = LN(resid_i + O_i)      T_i(x_j) = L_i(S_ij + [i = j]·x_j)
+
+with S_ij = Σ_h α_ij⁽ʰ⁾ f_h(x_j) (see norms.py) and L_i the layer norm made linear by freezing
+token i's standard deviation: L_i(z) = (z − mean(z)) ⊙ γ / σ_i. What no token owns (b_O, and
+for post-norm L_i(b_O) + β) is left over, so y_i = Σ_j T_i(x_j) + bias_i exactly.
+
+A token contributes as much as its piece is close to the whole, in L1:
+    c_ij = max(0, ‖y_i‖₁ − ‖y_i − T_i(x_j)‖₁) / Σ_k max(0, ‖y_i‖₁ − ‖y_i − T_i(x_k)‖₁)
+and the layers' C are multiplied (rolled out) like attention rollout, without adding I (the
+residual is already inside T).
+
+σ_i here is the one the model used, √(var(z_i) + ε) (the authors' code adds ε to the values
+and uses the unbiased std: a difference of order ε and 1/d).
+The feed-forward block acts on each token alone, so it does not mix tokens and is left out,
+as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from attn_cli.attention import AttentionParams
+from attn_cli.methods.norms import pair_reduce
+from attn_cli.methods.rollout import chain
+from attn_cli.methods.texts import text
+from attn_cli.trace import TraceStep
+
+
+class PostNorm(NamedTuple):
+    """A norm applied to (residual + attention output), as in post-LN BERT."""
+
+    weight: np.ndarray  # γ (d,)
+    bias: np.ndarray | None  # β (d,) or None
+    eps: float
+    rms: bool = False  # RMSNorm: no mean subtraction, σ = √(mean(z²) + ε)
+
+
+class Decomposition(NamedTuple):
+    """Everything ALTI needs for one layer, except the (n, n, d) pieces themselves."""
+
+    y: np.ndarray  # (n, d) the attention block's output
+    bias: np.ndarray  # (n, d) or (d,) the part no token owns
+    sigma: np.ndarray | None  # (n, 1) post-norm: each token's frozen σ_i
+
+
+def _center(z: np.ndarray, norm: PostNorm) -> np.ndarray:
+    return z if norm.rms else z - z.mean(axis=-1, keepdims=True)
+
+
+def decompose(
+    resid: np.ndarray, o: np.ndarray, p: AttentionParams, norm: PostNorm | None
+) -> Decomposition:
+    """y (the block output), the unowned bias and σ, from the forward pass's residual and O."""
+    b_o = np.zeros(o.shape[1], dtype=np.float64) if p.b_o is None else p.b_o.astype(np.float64)
+    z = resid.astype(np.float64) + o
+    if norm is None:
+        return Decomposition(z, b_o, None)
+    zc = _center(z, norm)
+    sigma = np.sqrt((zc * zc).mean(axis=-1, keepdims=True) + norm.eps)  # [n, 1]
+    gamma = norm.weight.astype(np.float64)
+    y = zc / sigma * gamma + (0.0 if norm.bias is None else norm.bias)
+    bias = _center(b_o[None, :], norm) / sigma * gamma + (0.0 if norm.bias is None else norm.bias)
+    return Decomposition(y, bias, sigma)
+
+
+def pieces(
+    s: np.ndarray,
+    rows: slice,
+    cols: slice,
+    resid: np.ndarray,
+    dec: Decomposition,
+    norm: PostNorm | None,
+) -> np.ndarray:
+    """T_i(x_j) for a block of pairs, from its S block (r, c, d): residual on the diagonal, then
+    the frozen norm L_i for post-norm layers."""
+    t = s.astype(np.float64, copy=True)
+    i = np.arange(rows.start, rows.stop)
+    j = np.arange(cols.start, cols.stop)
+    ri, cj = np.nonzero(i[:, None] == j[None, :])  # diagonal pairs inside this block
+    t[ri, cj] += resid[i[ri]]
+    if norm is not None:
+        assert dec.sigma is not None
+        t = _center(t, norm) / dec.sigma[rows, :, None] * norm.weight
+    return t
+
+
+def alti_distances(
+    weights: np.ndarray,
+    v: np.ndarray,
+    p: AttentionParams,
+    resid: np.ndarray,
+    o: np.ndarray,
+    norm: PostNorm | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """‖y_i − T_i(x_j)‖₁ for every pair (n, n), and ‖y_i‖₁ (n,). O(n²) memory."""
+    dec = decompose(resid, o, p, norm)
+    r64 = resid.astype(np.float64)
+
+    def reduce(rows: slice, cols: slice, s: np.ndarray) -> np.ndarray:
+        t = pieces(s, rows, cols, r64, dec, norm)
+        return np.abs(dec.y[rows, None, :] - t).sum(axis=-1)
+
+    return pair_reduce(weights, v, p, reduce), np.abs(dec.y).sum(axis=-1)
+
+
+def contributions(distances: np.ndarray, y_l1: np.ndarray) -> np.ndarray:
+    """c_ij = max(0, ‖y_i‖₁ − d_ij), rows normalised to sum to 1 (all-zero rows stay 0)."""
+    c = np.maximum(0.0, y_l1[:, None] - distances)
+    total = c.sum(axis=-1, keepdims=True)
+    return np.divide(c, total, out=np.zeros_like(c), where=total > 0)
+
+
+def alti_layer(
+    weights: np.ndarray,
+    v: np.ndarray,
+    p: AttentionParams,
+    resid: np.ndarray,
+    o: np.ndarray,
+    norm: PostNorm | None = None,
+) -> np.ndarray:
+    """One layer's ALTI contributions C (n, n): rows are outputs, columns the layer's inputs."""
+    return contributions(*alti_distances(weights, v, p, resid, o, norm))
+
+
+def alti_rollout(per_layer: Sequence[np.ndarray]) -> np.ndarray:
+    """C⁽ˡ⁾ ··· C⁽⁰⁾ for every layer: (L, n, n)."""
+    return chain(per_layer)
+
+
+def alti_steps(
+    per_layer: Sequence[np.ndarray],
+    rolled: np.ndarray | None,
+    labels: Sequence[str],
+    layers: Sequence[int] | None = None,
+) -> list[TraceStep]:
+    """ "alti" (per layer) and "alti_rollout" steps, kind "weights" (rows sum to 1)."""
+    steps = []
+    for i in range(len(per_layer)) if layers is None else layers:
+        for name, data in (
+            ("alti", per_layer[i]),
+            ("alti_rollout", None if rolled is None else rolled[i]),
+        ):
+            if data is None:
+                continue
+            formula, description = text(name, layer=i)
+            steps.append(
+                TraceStep(
+                    name,
+                    formula,
+                    description,
+                    np.asarray(data, dtype=np.float32),
+                    list(labels),
+                    list(labels),
+                    "weights",
+                    layer=i,
+                )
+            )
+    return steps

@@ -1,0 +1,142 @@
+"""Attention norms (Kobayashi et al. 2020, "Attention is Not Only a Weight").
+
+A head's output for token i is Σ_j α_ij · f(x_j) with f(x) = (x·W_V + b_V)·W_O⁽ʰ⁾, where W_O⁽ʰ⁾
+is the head's rows of the output projection. The weight α_ij says how much i looks at j; the
+norm ‖α_ij · f(x_j)‖ says how much j actually moves i. Summed over the heads of a layer,
+Σ_h Σ_j α_ij⁽ʰ⁾ f_h(x_j) + b_O is exactly the attention output O.
+
+With grouped key/value heads, head h reads value head kv_head_of(h): f_h(x_j) = V[kv(h)]_j·W_O⁽ʰ⁾
+(the values V already include b_V).
+
+Memory stays O(n²): the summed vectors Σ_h α_ij⁽ʰ⁾ f_h(x_j) are (n, n, d) and are only ever built
+one block of (query rows × key columns) at a time (`pair_blocks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from attn_cli.attention import AttentionParams, kv_head_of
+from attn_cli.methods.texts import text
+from attn_cli.trace import TraceStep
+
+# Largest block of (rows × cols × d) floats built at once (64 MB of float32).
+BLOCK_ELEMENTS = 1 << 24
+
+
+def head_output_weights(p: AttentionParams) -> np.ndarray:
+    """W_O split into the heads' row blocks: (H, d_v, d_o); head h owns rows h·d_v … (h+1)·d_v − 1."""
+    if p.w_o is None:
+        raise ValueError("attention norms need the output projection W_O")
+    return p.w_o.reshape(p.heads, p.d_v, p.w_o.shape[1])
+
+
+def transformed_vectors(v: np.ndarray, p: AttentionParams, cols: slice = slice(None)) -> np.ndarray:
+    """f_h(x_j) = V[kv(h)]_j · W_O⁽ʰ⁾ for every head and the key positions `cols`: (H, c, d_o).
+
+    `v` is the forward pass's (KV, n, d_v) values (biases included)."""
+    w_o = head_output_weights(p)
+    kv = np.array([kv_head_of(h, p.heads, p.kv) for h in range(p.heads)])
+    return np.matmul(v[kv, cols, :], w_o)  # [H, c, d_v] @ [H, d_v, d_o] -> [H, c, d_o]
+
+
+def value_norms(v: np.ndarray, p: AttentionParams) -> np.ndarray:
+    """‖f_h(x_j)‖ for every head and token: (H, n). Computed a block of tokens at a time."""
+    n = v.shape[1]
+    d_o = head_output_weights(p).shape[2]
+    step = max(1, BLOCK_ELEMENTS // (p.heads * d_o))
+    out = np.empty((p.heads, n), dtype=np.float64)
+    for s in range(0, n, step):
+        f = transformed_vectors(v, p, slice(s, s + step))
+        out[:, s : s + step] = np.linalg.norm(f, axis=-1)
+    return out
+
+
+def attention_norms(weights: np.ndarray, v: np.ndarray, p: AttentionParams) -> np.ndarray:
+    """‖α_ij⁽ʰ⁾ · f_h(x_j)‖ = α_ij⁽ʰ⁾ · ‖f_h(x_j)‖ per head: (H, n, n)."""
+    return weights * value_norms(v, p)[:, None, :]
+
+
+def pair_blocks(
+    weights: np.ndarray, v: np.ndarray, p: AttentionParams
+) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """Blocks of S_ij = Σ_h α_ij⁽ʰ⁾ f_h(x_j): yields (rows, cols, S) with S (r, c, d_o).
+
+    Key columns are the outer loop so each block of f is computed once; a block never holds
+    more than about BLOCK_ELEMENTS floats.
+    """
+    heads, n_q, n_k = weights.shape
+    d_o = head_output_weights(p).shape[2]
+    cols_step = max(1, min(n_k, BLOCK_ELEMENTS // (heads * d_o)))
+    for c0 in range(0, n_k, cols_step):
+        cols = slice(c0, min(c0 + cols_step, n_k))
+        f = transformed_vectors(v, p, cols).transpose(1, 0, 2)  # [c, H, d_o]
+        c = f.shape[0]
+        rows_step = max(1, BLOCK_ELEMENTS // (c * d_o))
+        for r0 in range(0, n_q, rows_step):
+            rows = slice(r0, min(r0 + rows_step, n_q))
+            a = weights[:, rows, cols].transpose(2, 1, 0)  # [c, r, H]
+            s = np.matmul(a, f)  # per key j: [r, H] @ [H, d_o] -> [c, r, d_o]
+            yield rows, cols, s.transpose(1, 0, 2)  # [r, c, d_o]
+
+
+def pair_reduce(
+    weights: np.ndarray,
+    v: np.ndarray,
+    p: AttentionParams,
+    reduce: Callable[[slice, slice, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """(n, n) matrix whose block [rows, cols] is reduce(rows, cols, S_block)."""
+    out = np.empty(weights.shape[1:], dtype=np.float64)
+    for rows, cols, s in pair_blocks(weights, v, p):
+        out[rows, cols] = reduce(rows, cols, s)
+    return out
+
+
+def summed_attention_norms(weights: np.ndarray, v: np.ndarray, p: AttentionParams) -> np.ndarray:
+    """‖Σ_h α_ij⁽ʰ⁾ f_h(x_j)‖ for every pair: (n, n), in O(n²) memory."""
+    return pair_reduce(weights, v, p, lambda r, c, s: np.linalg.norm(s, axis=-1))
+
+
+def norms_steps(
+    per_head: np.ndarray | None,
+    summed: np.ndarray | None,
+    labels: Sequence[str],
+    layer: int,
+    heads: Sequence[int] | None = None,
+) -> list[TraceStep]:
+    """ "norms" steps (one per head) and a "norms_sum" step for the layer, kind "relevance"."""
+    steps = []
+    if per_head is not None:
+        for h in range(len(per_head)) if heads is None else heads:
+            formula, description = text("norms", layer=layer, head=h)
+            steps.append(
+                TraceStep(
+                    "norms",
+                    formula,
+                    description,
+                    per_head[h].astype(np.float32),
+                    list(labels),
+                    list(labels),
+                    "relevance",
+                    layer=layer,
+                    head=h,
+                )
+            )
+    if summed is not None:
+        formula, description = text("norms_sum", layer=layer)
+        steps.append(
+            TraceStep(
+                "norms_sum",
+                formula,
+                description,
+                summed.astype(np.float32),
+                list(labels),
+                list(labels),
+                "relevance",
+                layer=layer,
+            )
+        )
+    return steps
