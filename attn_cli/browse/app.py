@@ -1,0 +1,543 @@
+"""The Textual app behind `attn-cli browse`: a layer × head grid, the selected step as a
+heatmap, the selected token's numbers and geometry, and BertViz's neuron view. It reads only
+Trace objects, so a saved trace browses exactly like a fresh run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rich.style import Style
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Static
+
+from attn_cli.browse.model import (
+    Key,
+    Neuron,
+    TraceIndex,
+    geometry_at,
+    has_token_rows,
+    is_token_map,
+    neuron_at,
+    token_info,
+)
+from attn_cli.browse.widgets import (
+    DIM,
+    LABEL,
+    PINNED,
+    GeometryView,
+    Heatmap,
+    ThumbGrid,
+    exact,
+    fit,
+    where_label,
+)
+from attn_cli.render.common import Scale, format_number
+from attn_cli.trace import Trace, TraceStep, printable, token_labels
+
+KEYS = [
+    ("← → / h l", "previous / next head"),
+    ("↑ ↓ / k j", "previous / next layer"),
+    ("tab / shift+tab", "next / previous step (Q, K, V, W_raw, … W, Y)"),
+    ("[ ]", "previous / next token: pins its row and column"),
+    (", .", "previous / next key token (the cell cursor)"),
+    ("enter", "neuron view of query × key (q, k, q⊙k, sum, score, weight)"),
+    ("hover a cell", "its exact value (row token, column token, value)"),
+    ("click a row label", "select that token"),
+    ("click a cell", "select query and key; click it again: neuron view"),
+    ("click a thumbnail", "open that layer and head"),
+    ("n", "numbers in the cells: auto / on / off"),
+    ("< >", "previous / next input (several texts)"),
+    ("?", "this list"),
+    ("escape", "close a view"),
+    ("q", "quit"),
+]
+
+
+class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    #help { width: auto; max-width: 90%; height: auto; max-height: 100%;
+            border: round $accent; background: $surface; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("escape,question_mark,enter", "app.pop_screen", "close"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        text = Text("Keys\n", style="bold")
+        width = max(len(k) for k, _ in KEYS)
+        for k, what in KEYS:
+            text.append(k.ljust(width + 2), LABEL)
+            text.append(what + "\n")
+        text.append("escape or ? closes this list", DIM)
+        yield Static(text, id="help")
+
+
+class NeuronScreen(Screen[tuple[int, int, Key]]):
+    """q_i, k_j, q⊙k per dimension, their sum (the W_raw cell), the score steps and the
+    weight, plus the query's whole row so the softmax's other inputs are visible."""
+
+    DEFAULT_CSS = """
+    NeuronScreen { layout: vertical; }
+    #n-title { height: 1; background: $panel; }
+    #n-body { height: 1fr; }
+    #n-dims { width: 1fr; min-width: 30; scrollbar-size-vertical: 1; }
+    #n-side { width: 1fr; scrollbar-size-vertical: 1; padding-left: 1; }
+    """
+    BINDINGS = [
+        Binding("escape,enter,backspace", "back", "back"),
+        Binding("left_square_bracket", "query(-1)", "query", show=False),
+        Binding("right_square_bracket", "query(1)", "query", show=False),
+        Binding("comma", "key_token(-1)", "key", show=False),
+        Binding("full_stop", "key_token(1)", "key", show=False),
+        Binding("left,h", "head(-1)", "head", show=False),
+        Binding("right,l", "head(1)", "head", show=False),
+        Binding("up,k", "layer(-1)", "layer", show=False),
+        Binding("down,j", "layer(1)", "layer", show=False),
+        Binding("question_mark", "app.push_screen('help')", "keys"),
+    ]
+
+    def __init__(self, index: TraceIndex, key: Key, i: int, j: int, precision: int = 4) -> None:
+        super().__init__()
+        self.index, self.key, self.i, self.j = index, key, i, j
+        self.precision = precision
+        self.labels = token_labels(index.trace.tokens)
+        self.neuron: Neuron | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="n-title")
+        with Horizontal(id="n-body"):
+            yield VerticalScroll(Static(id="n-dims-text"), id="n-dims")
+            yield VerticalScroll(Static(id="n-side-text"), id="n-side")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for sid in ("#n-dims", "#n-side"):
+            self.query_one(sid).can_focus = False
+        self.update_view()
+
+    def tok(self, i: int) -> str:
+        return f"{printable(self.labels[i])} ({i})"
+
+    def update_view(self) -> None:
+        self.neuron = neuron_at(self.index, self.key, self.i, self.j)
+        title = Text(" Neuron view", style="bold")
+        where = where_label(self.key)
+        if where:
+            title.append(f"  {where}")
+        title.append("  query ")
+        title.append(self.tok(self.i), PINNED)
+        title.append(" → key ")
+        title.append(self.tok(self.j), PINNED)
+        self.query_one("#n-title", Static).update(title)
+        dims = self.query_one("#n-dims-text", Static)
+        side = self.query_one("#n-side-text", Static)
+        if self.neuron is None:
+            dims.update(
+                Text(
+                    "This trace has no query and key vectors for this head (needs Q and K, or X for X·Xᵀ)."
+                )
+            )
+            side.update(Text(""))
+            return
+        dims.update(self.dims_text(self.neuron))
+        side.update(self.side_text(self.neuron))
+
+    def dims_text(self, nv: Neuron) -> Text:
+        p = self.precision
+        vals = [nv.q, nv.k, nv.product, np.cumsum(nv.product)]
+        widths = [max(6, *(len(format_number(float(v), p)) for v in col)) for col in vals]
+        heads = ["dim", nv.q_name.lower() or "q", nv.k_name.lower() or "k", "q⊙k", "Σ so far"]
+        dim_w = max(3, len(str(nv.d_k - 1)) + 1)
+        t = Text()
+        t.append(heads[0].ljust(dim_w), LABEL)
+        for h, w in zip(heads[1:], widths, strict=True):
+            t.append(" " + h.rjust(w), LABEL)
+        t.append("\n")
+        scales = [Scale.for_kind("vectors", c) for c in vals[:3]]
+        for d in range(nv.d_k):
+            t.append(str(d).ljust(dim_w), DIM)
+            for c, (col, w) in enumerate(zip(vals, widths, strict=True)):
+                v = float(col[d])
+                t.append(" ")
+                style = scales[c].style(v) if c < 3 else None
+                t.append(format_number(v, p).rjust(w), style)
+            t.append("\n")
+        t.append(f"Σ q⊙k over {nv.d_k} dimensions = ", LABEL)
+        t.append(format_number(nv.total, p))
+        return t
+
+    def side_text(self, nv: Neuron) -> Text:
+        t = Text()
+        t.append(f"q: row {nv.i} of {nv.q_name} (", DIM)
+        t.append(printable(self.labels[nv.i]))
+        t.append(f")\nk: row {nv.j} of {nv.k_name} (", DIM)
+        t.append(printable(self.labels[nv.j]))
+        t.append(f")\nd_k = {nv.d_k}\n\n", DIM)
+        f64 = np.dtype(np.float64)
+        rows: list[tuple[str, str]] = [("Σ q⊙k = q·k", repr(nv.total))]
+        if nv.raw is not None:
+            ok = math.isclose(nv.raw.value, nv.total, rel_tol=1e-4, abs_tol=1e-5)
+            rows.append(("W_raw cell " + ("✓" if ok else "≠ Σ"), exact(nv.raw.value, f64)))
+        if nv.scaled is not None:
+            if nv.scaled_from_trace:
+                rows.append(("W_scaled cell", exact(nv.scaled, f64)))
+            else:
+                rows.append((f"W_raw/√{nv.d_k} (no W_scaled)", repr(nv.scaled)))
+        for c in nv.scores:
+            if c.name not in ("W_raw", "W_scaled"):
+                rows.append((f"{printable(c.name)} cell", exact(c.value, f64)))
+        if nv.weight is not None:
+            rows.append(("W cell (softmax)", exact(nv.weight, f64)))
+        name_w = max(len(r[0]) for r in rows)
+        for name, value in rows:
+            t.append(name.ljust(name_w + 1), LABEL)
+            t.append(value + "\n")
+        # The query's whole row: the softmax's inputs and outputs for every key.
+        cols = [c for c in nv.scores if c.name in ("W_raw", "W_scaled", "W_masked")] or nv.scores
+        t.append("\nThis query over every key\n", "bold")
+        key_w = min(12, max(len(printable(lb)) for lb in self.labels)) + 1
+        t.append("key".ljust(key_w), LABEL)
+        for c in cols:
+            t.append(c.name.rjust(9), LABEL)
+        if nv.weights_row is not None:
+            t.append("W".rjust(8), LABEL)
+        t.append("\n")
+        for j in range(len(self.labels)):
+            mark = PINNED if j == nv.j else None
+            t.append(fit(printable(self.labels[j]), key_w - 1).ljust(key_w), mark or LABEL)
+            for c in cols:
+                t.append(format_number(float(c.row[j]), 2).rjust(9), mark)
+            if nv.weights_row is not None:
+                t.append(format_number(float(nv.weights_row[j]), 3).rjust(8), mark)
+            t.append("\n")
+        return t
+
+    def action_back(self) -> None:
+        self.dismiss((self.i, self.j, self.key))
+
+    def action_query(self, d: int) -> None:
+        self.i = min(max(self.i + d, 0), self.index.n - 1)
+        self.update_view()
+
+    def action_key_token(self, d: int) -> None:
+        self.j = min(max(self.j + d, 0), self.index.n - 1)
+        self.update_view()
+
+    def action_head(self, d: int) -> None:
+        self.key = self.index.move(self.key, 0, d)
+        self.update_view()
+
+    def action_layer(self, d: int) -> None:
+        self.key = self.index.move(self.key, d, 0)
+        self.update_view()
+
+
+class MainScreen(Screen[None]):
+    DEFAULT_CSS = """
+    MainScreen { layout: vertical; }
+    #title { height: 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
+    #band { height: auto; max-height: 45%; }
+    #grid-wrap { width: auto; height: auto; scrollbar-size-vertical: 1; }
+    ThumbGrid { width: auto; }
+    #token { width: 1fr; height: auto; padding-left: 2; }
+    #lower { height: 1fr; }
+    #main { width: 3fr; }
+    GeometryView { width: 2fr; max-width: 48; height: 1fr; padding-left: 1; }
+    #tabs { height: auto; background: $panel; }
+    #steptitle { height: 2; text-wrap: nowrap; text-overflow: ellipsis; }
+    #value { height: 2; background: $boost; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+    BINDINGS = [
+        Binding("left,h", "head(-1)", "head", show=False),
+        Binding("right,l", "head(1)", "head", show=False),
+        Binding("up,k", "layer(-1)", "layer", show=False),
+        Binding("down,j", "layer(1)", "layer", show=False),
+        Binding("tab", "step(1)", "step"),
+        Binding("shift+tab", "step(-1)", "step", show=False),
+        Binding("left_square_bracket", "token(-1)", "token", show=False),
+        Binding("right_square_bracket", "token(1)", "token", show=False),
+        Binding("comma", "key_token(-1)", "key", show=False),
+        Binding("full_stop", "key_token(1)", "key", show=False),
+        Binding("enter", "neuron", "neuron"),
+        Binding("n", "numbers", "numbers", show=False),
+        Binding("less_than_sign", "trace(-1)", "input", show=False),
+        Binding("greater_than_sign", "trace(1)", "input", show=False),
+        Binding("question_mark", "app.push_screen('help')", "keys"),
+    ]
+
+    def __init__(self, traces: list[Trace], precision: int = 2, top_k: int = 3) -> None:
+        super().__init__()
+        self.traces = traces
+        self.precision, self.top_k = precision, top_k
+        self.numbers: bool | None = None
+        self.hover: tuple[int, int] | None = None
+        self._load(0)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _load(self, t: int) -> None:
+        self.trace_i = t
+        self.index = TraceIndex(self.traces[t])
+        self.labels = token_labels(self.index.trace.tokens)
+        self.key: Key = self.index.first_key()
+        self.step_i = self.index.default_step(self.key)
+        self.qtok: int = 0
+        m = self.index.maps.get(self.key)
+        self.key_token: int = (
+            int(np.argmax(m.data[0])) if m is not None and is_token_map(m, self.index.n) else 0
+        )
+
+    @property
+    def steps(self) -> list[TraceStep]:
+        return self.index.steps_at(self.key)
+
+    @property
+    def step(self) -> TraceStep:
+        return self.steps[self.step_i]
+
+    @property
+    def weights(self) -> TraceStep | None:
+        m = self.index.maps.get(self.key)
+        return m if m is not None and is_token_map(m, self.index.n) else None
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="title")
+        with Horizontal(id="band"):
+            with VerticalScroll(id="grid-wrap"):
+                yield ThumbGrid(id="grid")
+            yield Static(id="token")
+        with Horizontal(id="lower"):
+            with Vertical(id="main"):
+                yield Static(id="tabs")
+                yield Static(id="steptitle")
+                yield Heatmap(precision=self.precision, id="heatmap")
+                yield Static(id="value")
+            yield GeometryView(id="geometry")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#grid-wrap").can_focus = False
+        self.update_view()
+
+    def update_view(self) -> None:
+        self._update_title()
+        self.query_one(ThumbGrid).set_index(self.index, self.key)
+        self._update_tabs()
+        self.query_one(Heatmap).show(
+            self.step,
+            self.index.n,
+            self.qtok,
+            self.key_token,
+            self.numbers,
+        )
+        self._update_token()
+        self.query_one(GeometryView).set_geometry(geometry_at(self.index, self.key), self.qtok)
+        self._update_value()
+
+    def _update_title(self) -> None:
+        trace = self.index.trace
+        t = Text(" attn-cli browse  ", style="bold")
+        t.append(fit(printable(trace.text), 60))
+        if len(self.traces) > 1:
+            t.append(f"   input {self.trace_i + 1}/{len(self.traces)}", DIM)
+        model = trace.config.get("model") or trace.config.get("pipeline")
+        if model:
+            t.append(f"   {printable(str(model))}", DIM)
+        self.query_one("#title", Static).update(t)
+
+    def _update_tabs(self) -> None:
+        t = Text()
+        for i, s in enumerate(self.steps):
+            if i:
+                t.append(" ")
+            t.append(printable(s.name), PINNED if i == self.step_i else DIM)
+        self.query_one("#tabs", Static).update(t)
+
+    def _update_token(self) -> None:
+        t = Text()
+        q = self.qtok
+        t.append("▸ token ", "bold")
+        t.append(f"{q} ")
+        t.append(printable(self.labels[q]), PINNED)
+        t.append("\n")
+        w = self.weights
+        if w is None:
+            t.append("no attention weights here", DIM)
+            self.query_one("#token", Static).update(t)
+            return
+        info = token_info(w.data, q, self.top_k)
+        t.append(f"top {self.top_k} attended ({w.name} row)\n", DIM)
+        label_w = min(14, max((len(printable(self.labels[j])) for j, _ in info.top), default=1) + 1)
+        for j, v in info.top:
+            t.append("  ")
+            t.append(fit(printable(self.labels[j]), label_w - 1).ljust(label_w))
+            t.append(format_number(v, 3))
+            bar = int(round(v * 10))
+            t.append(" " + "█" * bar, Style(color="blue"))
+            t.append("\n")
+        t.append("entropy ", DIM)
+        t.append(f"{format_number(info.entropy, 3)} nats")
+        t.append(f" ({format_number(info.relative, 2)} of uniform)\n", DIM)
+        t.append("received ", DIM)
+        t.append(format_number(info.received, 3))
+        t.append(" (column sum)", DIM)
+        self.query_one("#token", Static).update(t)
+
+    def _update_value(self) -> None:
+        step = self.step
+        head = Text()
+        head.append(printable(step.name), "bold")
+        if step.formula:
+            head.append(" = " + printable(step.formula))
+        where = where_label((step.layer, step.head)) or where_label(self.key)
+        shape = "×".join(str(x) for x in step.data.shape)
+        head.append(f"   {where}  {step.kind} {shape}", DIM)
+        head.append("\n")
+        head.append(printable(step.description), DIM)
+        title = self.query_one("#steptitle", Static)
+        title.update(head)
+        n = self.index.n
+        heat = self.query_one(Heatmap)
+        t = Text()
+        if is_token_map(step, n):
+            t.append("cursor ", DIM)
+            t.append(self._cell_text(step, self.qtok, self.key_token))
+            t.append("  enter: neuron view", DIM)
+        elif has_token_rows(step, n):
+            t.append("token ", DIM)
+            t.append(printable(self.labels[self.qtok]), PINNED)
+            t.append(f"  row {self.qtok}", DIM)
+        t.append("\n")
+        if heat.hover is not None:
+            t.append("mouse  ", DIM)
+            t.append(self._cell_text(step, *heat.hover))
+        elif not heat.numbers:
+            t.append("hover a cell for its value; n: numbers", DIM)
+        self.query_one("#value", Static).update(t)
+
+    def _cell_text(self, step: TraceStep, i: int, j: int) -> Text:
+        t = Text()
+        t.append(printable(step.rows[i]), LABEL)
+        t.append(" → " if is_token_map(step, self.index.n) else " · ")
+        t.append(printable(step.cols[j]), LABEL)
+        t.append(f"  {printable(step.name)} = ")
+        t.append(exact(float(step.data[i, j]), step.data.dtype))
+        return t
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _set_key(self, key: Key) -> None:
+        if key == self.key:
+            return
+        name = self.step.name
+        self.key = key
+        names = [s.name for s in self.steps]
+        self.step_i = names.index(name) if name in names else self.index.default_step(key)
+        self.update_view()
+
+    def action_head(self, d: int) -> None:
+        self._set_key(self.index.move(self.key, 0, d))
+
+    def action_layer(self, d: int) -> None:
+        self._set_key(self.index.move(self.key, d, 0))
+
+    def action_step(self, d: int) -> None:
+        self.step_i = (self.step_i + d) % len(self.steps)
+        self.update_view()
+
+    def action_token(self, d: int) -> None:
+        self.qtok = min(max(self.qtok + d, 0), self.index.n - 1)
+        self.update_view()
+
+    def action_key_token(self, d: int) -> None:
+        self.key_token = min(max(self.key_token + d, 0), self.index.n - 1)
+        self.update_view()
+
+    def action_numbers(self) -> None:
+        heat = self.query_one(Heatmap)
+        self.numbers = {None: not heat.numbers, True: False, False: None}[self.numbers]
+        self.update_view()
+
+    def action_trace(self, d: int) -> None:
+        t = min(max(self.trace_i + d, 0), len(self.traces) - 1)
+        if t != self.trace_i:
+            self._load(t)
+            self.update_view()
+
+    def action_neuron(self) -> None:
+        if neuron_at(self.index, self.key, self.qtok, self.key_token) is None:
+            self.notify(
+                "no neuron view here: this trace has no query/key vectors for this map",
+                markup=False,
+            )
+            return
+        self.app.push_screen(
+            NeuronScreen(self.index, self.key, self.qtok, self.key_token), self._from_neuron
+        )
+
+    def _from_neuron(self, result: tuple[int, int, Key] | None) -> None:
+        if result is not None:
+            self.qtok, self.key_token, key = result
+            if key != self.key:
+                self._set_key(key)
+        self.update_view()
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def on_thumb_grid_picked(self, message: ThumbGrid.Picked) -> None:
+        self._set_key(message.key)
+
+    def on_heatmap_hovered(self, message: Heatmap.Hovered) -> None:
+        self._update_value()
+
+    def on_heatmap_clicked(self, message: Heatmap.Clicked) -> None:
+        heat = self.query_one(Heatmap)
+        if message.col is None:
+            if heat.token_rows:
+                self.qtok = message.row
+                self.update_view()
+            return
+        if not heat.token_map:
+            if heat.token_rows:
+                self.qtok = message.row
+                self.update_view()
+            return
+        if (message.row, message.col) == (self.qtok, self.key_token):
+            self.action_neuron()
+            return
+        self.qtok, self.key_token = message.row, message.col
+        self.update_view()
+
+
+class BrowseApp(App[None]):
+    """`attn-cli browse`: explore every layer, head, step and token of one or more traces."""
+
+    TITLE = "attn-cli browse"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("q", "quit", "quit")]
+    SCREENS = {"help": HelpScreen}
+
+    def __init__(self, traces: list[Trace], precision: int = 2, top_k: int = 3) -> None:
+        super().__init__()
+        if not traces:
+            raise ValueError("BrowseApp needs at least one trace")
+        self.traces = traces
+        self.precision, self.top_k = precision, top_k
+
+    def on_mount(self) -> None:
+        self.push_screen(MainScreen(self.traces, self.precision, self.top_k))
+
+    @property
+    def main(self) -> MainScreen:
+        for screen in self.screen_stack:
+            if isinstance(screen, MainScreen):
+                return screen
+        raise LookupError("main screen not mounted")
