@@ -1,0 +1,365 @@
+"""The forward pass shared by the Llama-style decoders (Llama, Mistral, Qwen, Gemma, Phi-3).
+
+Each layer, pre-norm with RMSNorm:
+  X    = input_layernorm(h)
+  Q, K, V = X·W_q (+ b_q), X·W_k (+ b_k), X·W_v (+ b_v)      K, V have kv_heads heads
+  Q_norm, K_norm = RMSNorm over each head's vector            (Qwen3, Gemma 3)
+  Q_rot, K_rot   = rotary embedding (position enters here)
+  W = softmax(cap(Q_rot·K_rotᵀ · scale), causal + sliding-window mask);  Y = W·V;  O = Y_concat·W_o
+  h = h + O                       (Gemma 2/3: h + post_attention_layernorm(O))
+  h = h + MLP(post_attention_layernorm(h))    MLP(x) = down(act(gate(x)) ⊙ up(x))
+                                  (Gemma 2/3: pre_ and post_feedforward_layernorm around it)
+then the final norm and the LM head (tied to the embeddings when the config says so).
+
+A family file describes its differences as a `Spec` per model_type; this module runs them.
+Weights are torch Linear [out, in]; they are read one layer at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from attn_cli.attention import (
+    AttentionParams,
+    QKStage,
+    causal_mask,
+    multi_head_attention,
+    sliding_window_mask,
+    softcap,
+)
+from attn_cli.errors import InputError
+from attn_cli.models import rope
+from attn_cli.models.layers import activation, rms_norm
+from attn_cli.models.registry import Config, Dims, LayerSteps, WeightSource
+from attn_cli.models.weights import expect_shape, matmul_rows_t
+
+ANCHOR = "embed_tokens.weight"
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one model_type differs from Llama."""
+
+    norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + w)
+    embed_scale: bool = False  # Gemma: embeddings × √hidden_size
+    qkv_bias: bool | None = None  # True: always (Qwen2); None: config attention_bias
+    o_bias: bool | None = None  # False: never (Qwen2); None: config attention_bias
+    mlp_bias_key: str | None = None  # config key switching MLP biases on (Llama's mlp_bias)
+    qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm on each head's q and k before RoPE
+    fused: bool = False  # Phi-3: one qkv_proj and one gate_up_proj
+    sandwich: bool = False  # Gemma 2/3: norms after attention and around the MLP
+    act_keys: tuple[str, ...] = ("hidden_act",)
+    default_act: str = "silu"
+    scale_key: str | None = None  # Gemma 2/3: scale = query_pre_attn_scalar^-½
+    attn_softcap: bool = (
+        False  # Gemma 2: attn_logit_softcapping (Gemma 3 ignores it, as transformers does)
+    )
+    final_softcap: bool = False  # Gemma 2/3: final_logit_softcapping
+    tie_default: bool = False  # tie_word_embeddings when config.json does not say
+    # Which layers slide ('sliding_attention') and how wide the window is (None: no layer does).
+    layer_types: Callable[[Config], list[str]] = lambda cfg: [FULL] * int(cfg["num_hidden_layers"])
+    window: Callable[[Config], int | None] = lambda cfg: None
+    default_theta: float = rope.DEFAULT_THETA
+    local_theta_key: str | None = None  # Gemma 3's rope_local_base_freq (hub-style configs)
+
+
+def head_dim(cfg: Config) -> int:
+    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+
+
+def kv_heads(cfg: Config) -> int:
+    return int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+
+
+def dims(cfg: Config) -> Dims:
+    return Dims(
+        int(cfg["num_hidden_layers"]),
+        int(cfg["num_attention_heads"]),
+        kv_heads(cfg),
+        int(cfg["hidden_size"]),
+        head_dim(cfg),
+        int(cfg["vocab_size"]),
+        None,
+    )
+
+
+def window(spec: Spec, cfg: Config) -> int | None:
+    """The sliding window width, or None when no layer slides."""
+    w = spec.window(cfg)
+    return None if w is None else int(w)
+
+
+def all_layers(kind: str) -> Callable[[Config], list[str]]:
+    return lambda cfg: [kind] * int(cfg["num_hidden_layers"])
+
+
+def config_window(
+    key: str = "sliding_window", default: int | None = None
+) -> Callable[[Config], int | None]:
+    return lambda cfg: cfg.get(key, default)
+
+
+def layer_kinds(spec: Spec, cfg: Config) -> list[str]:
+    """'full_attention' or 'sliding_attention' for each layer."""
+    if window(spec, cfg) is None:
+        return [FULL] * int(cfg["num_hidden_layers"])
+    return spec.layer_types(cfg)
+
+
+def tied(spec: Spec, cfg: Config, w: WeightSource) -> bool:
+    return bool(cfg.get("tie_word_embeddings", spec.tie_default)) or "lm_head.weight" not in w
+
+
+def activation_name(spec: Spec, cfg: Config) -> str:
+    for key in spec.act_keys:
+        if cfg.get(key):
+            return str(cfg[key])
+    return spec.default_act
+
+
+def scale(spec: Spec, cfg: Config) -> float | None:
+    """The score scale: 1/√head_dim (None), or Gemma's query_pre_attn_scalar^-½."""
+    if spec.scale_key is None or cfg.get(spec.scale_key) is None:
+        return None
+    return float(cfg[spec.scale_key]) ** -0.5
+
+
+def rotaries(spec: Spec, cfg: Config) -> dict[str, rope.Rotary]:
+    d = head_dim(cfg)
+    return {
+        kind: rope.rotary(cfg, d, kind, spec.default_theta, spec.local_theta_key)
+        for kind in sorted(set(layer_kinds(spec, cfg)))
+    }
+
+
+def check(spec: Spec, w: WeightSource, cfg: Config) -> None:
+    """Config options this code runs, and every tensor's shape against config.json."""
+    d, heads, kv, hd = (
+        int(cfg["hidden_size"]),
+        int(cfg["num_attention_heads"]),
+        kv_heads(cfg),
+        head_dim(cfg),
+    )
+    layers, inter, vocab = (
+        int(cfg["num_hidden_layers"]),
+        int(cfg["intermediate_size"]),
+        int(cfg["vocab_size"]),
+    )
+    if heads % kv:
+        raise InputError(
+            f"config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
+        )
+    if cfg.get("use_bidirectional_attention"):
+        raise InputError(
+            "config.json: use_bidirectional_attention is not supported (decoders only)"
+        )
+    activation(activation_name(spec, cfg))  # refuses unknown activations by name
+    kinds = layer_kinds(spec, cfg)
+    if len(kinds) != layers or any(k not in (FULL, SLIDING) for k in kinds):
+        raise InputError(
+            f"config.json: layer_types must list {layers} entries of {FULL!r} or {SLIDING!r}"
+        )
+    width = window(spec, cfg)
+    if width is not None and width < 1:
+        raise InputError(f"config.json: sliding_window {width} must be at least 1")
+    rotaries(spec, cfg)  # refuses unsupported rope types by name
+    expect_shape(w, ANCHOR, (vocab, d))
+    bias = _biases(spec, cfg)
+    for i in range(layers):
+        p = f"layers.{i}."
+        expect_shape(w, p + "input_layernorm.weight", (d,))
+        expect_shape(w, p + "post_attention_layernorm.weight", (d,))
+        if spec.sandwich:
+            expect_shape(w, p + "pre_feedforward_layernorm.weight", (d,))
+            expect_shape(w, p + "post_feedforward_layernorm.weight", (d,))
+        a = p + "self_attn."
+        if spec.fused:
+            expect_shape(w, a + "qkv_proj.weight", ((heads + 2 * kv) * hd, d))
+            expect_shape(w, p + "mlp.gate_up_proj.weight", (2 * inter, d))
+        else:
+            for name, out in (("q", heads * hd), ("k", kv * hd), ("v", kv * hd)):
+                expect_shape(w, a + f"{name}_proj.weight", (out, d))
+                if bias["qkv"]:
+                    expect_shape(w, a + f"{name}_proj.bias", (out,))
+            expect_shape(w, p + "mlp.gate_proj.weight", (inter, d))
+            expect_shape(w, p + "mlp.up_proj.weight", (inter, d))
+        expect_shape(w, a + "o_proj.weight", (d, heads * hd))
+        if bias["o"]:
+            expect_shape(w, a + "o_proj.bias", (d,))
+        expect_shape(w, p + "mlp.down_proj.weight", (d, inter))
+        if spec.qk_norm:
+            expect_shape(w, a + "q_norm.weight", (hd,))
+            expect_shape(w, a + "k_norm.weight", (hd,))
+    expect_shape(w, "norm.weight", (d,))
+    if not tied(spec, cfg, w):
+        expect_shape(w, "lm_head.weight", (vocab, d))
+
+
+def _biases(spec: Spec, cfg: Config) -> dict[str, bool]:
+    attention_bias = bool(cfg.get("attention_bias", False))
+    return {
+        "qkv": attention_bias if spec.qkv_bias is None else spec.qkv_bias,
+        "o": attention_bias if spec.o_bias is None else spec.o_bias,
+        "mlp": bool(spec.mlp_bias_key and cfg.get(spec.mlp_bias_key)),
+    }
+
+
+def embed(spec: Spec, w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
+    """Token embeddings (Gemma: × √hidden_size, the scale rounded to float32 as transformers
+    does for a float32 model)."""
+    x = w.rows(ANCHOR, ids)
+    if spec.embed_scale:
+        x = x * np.float32(math.sqrt(int(cfg["hidden_size"])))
+    return x
+
+
+def _norm(spec: Spec, w: WeightSource, name: str, x: np.ndarray, eps: float) -> np.ndarray:
+    return rms_norm(x, w[name], eps, spec.norm_offset)
+
+
+def _linear(w: WeightSource, name: str, bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A torch Linear's weight [out, in] as [in, out], and its bias if the layer has one."""
+    return w[name + ".weight"].T, (w[name + ".bias"] if bias else None)
+
+
+def qk_hook(
+    spec: Spec,
+    w: WeightSource,
+    prefix: str,
+    eps: float,
+    rot: rope.Rotary,
+    cos: np.ndarray,
+    sin: np.ndarray,
+) -> Callable[[np.ndarray, np.ndarray], list[QKStage]]:
+    """q/k norms (if the model has them), then the rotary embedding: stages 'norm' and 'rot'."""
+
+    def hook(q: np.ndarray, k: np.ndarray) -> list[QKStage]:
+        stages: list[QKStage] = []
+        if spec.qk_norm:
+            q = rms_norm(q, w[prefix + "q_norm.weight"], eps, spec.norm_offset)
+            k = rms_norm(k, w[prefix + "k_norm.weight"], eps, spec.norm_offset)
+            stages.append(("norm", q, k))
+        stages.append(("rot", rot.apply(q, cos, sin), rot.apply(k, cos, sin)))
+        return stages
+
+    return hook
+
+
+def layers(spec: Spec, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
+    n = len(x)
+    heads, kv, hd = int(cfg["num_attention_heads"]), kv_heads(cfg), head_dim(cfg)
+    eps = float(cfg.get("rms_norm_eps", 1e-6))
+    act = activation(activation_name(spec, cfg))
+    bias = _biases(spec, cfg)
+    kinds = layer_kinds(spec, cfg)
+    rots = rotaries(spec, cfg)
+    tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
+    width = window(spec, cfg)
+    masks = {FULL: causal_mask(n)}
+    if width is not None:
+        masks[SLIDING] = sliding_window_mask(n, width)
+    s = scale(spec, cfg)
+    cap = cfg.get("attn_logit_softcapping") if spec.attn_softcap else None
+    x = x.astype(np.float32, copy=False)
+    for i in range(int(cfg["num_hidden_layers"])):
+        p = f"layers.{i}."
+        a = p + "self_attn."
+        kind = kinds[i]
+        a_in = _norm(
+            spec, w, p + "input_layernorm.weight", x, eps
+        )  # X: what W_q, W_k, W_v multiply
+        if spec.fused:
+            qkv = w[a + "qkv_proj.weight"].T  # [d, (H + 2·KV)·hd]
+            wq, wk, wv = np.split(qkv, [heads * hd, (heads + kv) * hd], axis=1)
+            bq = bk = bv = None
+        else:
+            (wq, bq), (wk, bk), (wv, bv) = (
+                _linear(w, a + f"{name}_proj", bias["qkv"]) for name in ("q", "k", "v")
+            )
+        wo, bo = _linear(w, a + "o_proj", bias["o"])
+        params = AttentionParams(wq, wk, wv, heads, kv, bq, bk, bv, wo, bo)
+        cos, sin = tables[kind]
+        hook = qk_hook(spec, w, a, eps, rots[kind], cos, sin)
+        steps = multi_head_attention(
+            a_in, params, masks[kind], hook, scale=s, cap=None if cap is None else float(cap)
+        )
+        assert steps.O is not None
+        o = steps.O
+        if spec.sandwich:
+            o = _norm(spec, w, p + "post_attention_layernorm.weight", o, eps)
+        h = x + o  # residual
+        m = _norm(
+            spec,
+            w,
+            p
+            + ("pre_feedforward_layernorm" if spec.sandwich else "post_attention_layernorm")
+            + ".weight",
+            h,
+            eps,
+        )
+        ff = _mlp(spec, w, p + "mlp.", m, act, bias["mlp"])
+        if spec.sandwich:
+            ff = _norm(spec, w, p + "post_feedforward_layernorm.weight", ff, eps)
+        out = h + ff
+        yield LayerSteps(x, a_in, steps, out)
+        x = out
+
+
+def _mlp(
+    spec: Spec,
+    w: WeightSource,
+    p: str,
+    x: np.ndarray,
+    act: Callable[[np.ndarray], np.ndarray],
+    bias: bool,
+) -> np.ndarray:
+    """down(act(gate(x)) ⊙ up(x)): SwiGLU with SiLU, GeGLU with tanh-GELU."""
+    if spec.fused:
+        gate_up = x @ w[p + "gate_up_proj.weight"].T  # [n, d] @ [d, 2·inter]
+        gate, up = np.split(gate_up, 2, axis=-1)
+    else:
+        wg, bg = _linear(w, p + "gate_proj", bias)
+        gate = x @ wg if bg is None else x @ wg + bg  # [n, d] @ [d, inter]
+        wu, bu = _linear(w, p + "up_proj", bias)
+        up = x @ wu if bu is None else x @ wu + bu
+    wd, bd = _linear(w, p + "down_proj", bias)
+    hidden = act(gate) * up
+    return hidden @ wd if bd is None else hidden @ wd + bd  # [n, inter] @ [inter, d]
+
+
+def final(spec: Spec, w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
+    return _norm(spec, w, "norm.weight", h, float(cfg.get("rms_norm_eps", 1e-6)))
+
+
+def logits(spec: Spec, w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
+    """Next-token logits (n, vocab): final hidden states times the LM head, read in row blocks
+    (tied: the token embeddings); Gemma 2/3 soft-cap them with final_logit_softcapping."""
+    head = ANCHOR if tied(spec, cfg, w) else "lm_head.weight"
+    out = matmul_rows_t(w, head, h.astype(np.float32, copy=False))
+    cap = cfg.get("final_logit_softcapping") if spec.final_softcap else None
+    return out if cap is None else softcap(out, float(cap))
+
+
+def spec_for(specs: Mapping[str, Spec], cfg: Config) -> Spec:
+    kind = str(cfg.get("model_type"))
+    if kind not in specs:
+        raise InputError(f"model_type {kind!r} is not one of {', '.join(specs)}")
+    return specs[kind]
+
+
+def bind(specs: Mapping[str, Spec]) -> dict[str, Any]:
+    """The Family callables for a set of model_types, each dispatching on config model_type."""
+    return {
+        "dims": dims,
+        "check": lambda w, cfg: check(spec_for(specs, cfg), w, cfg),
+        "embed": lambda w, ids, cfg: embed(spec_for(specs, cfg), w, ids, cfg),
+        "layers": lambda w, x, cfg: layers(spec_for(specs, cfg), w, x, cfg),
+        "final": lambda w, h, cfg: final(spec_for(specs, cfg), w, h, cfg),
+        "logits": lambda w, h, cfg: logits(spec_for(specs, cfg), w, h, cfg),
+    }

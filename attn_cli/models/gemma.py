@@ -1,0 +1,87 @@
+"""Gemma, Gemma 2 and Gemma 3 (text): Llama-style decoders with Gemma's quirks.
+
+- RMSNorm multiplies by (1 + w); the embeddings are scaled by √hidden_size; GeGLU MLP (tanh GELU).
+- Gemma 2/3: extra RMSNorms after attention and around the MLP; scores scaled by
+  query_pre_attn_scalar^-½ instead of head_dim^-½; sliding-window layers alternating with global
+  ones (Gemma 2: every other layer; Gemma 3: five local layers, then one global, whose rotary
+  bases differ: rope_local_base_freq for local layers).
+- Gemma 2: attention scores soft-capped, cap·tanh(s / cap) (attn_logit_softcapping), and the
+  final logits too (final_logit_softcapping).
+- Gemma 3: RMSNorm on each head's queries and keys before the rotary embedding; its
+  attention is not soft-capped (transformers ignores attn_logit_softcapping there) but its
+  final logits are when final_logit_softcapping is set.
+"""
+
+from __future__ import annotations
+
+from attn_cli.models._decoder import ANCHOR, FULL, SLIDING, Spec, bind, config_window
+from attn_cli.models.registry import Config, Family, Wording
+
+
+def _alternating(default_pattern: int):
+    """Layer i slides unless (i + 1) is a multiple of the pattern (transformers' default)."""
+
+    def layer_types(cfg: Config) -> list[str]:
+        if cfg.get("layer_types"):
+            return [str(t) for t in cfg["layer_types"]]
+        pattern = int(cfg.get("sliding_window_pattern", default_pattern))
+        return [
+            SLIDING if (i + 1) % pattern else FULL for i in range(int(cfg["num_hidden_layers"]))
+        ]
+
+    return layer_types
+
+
+GEMMA = dict(norm_offset=1.0, embed_scale=True, tie_default=True, default_act="gelu_pytorch_tanh")
+SPECS = {
+    "gemma": Spec(**GEMMA, act_keys=("hidden_activation", "hidden_act")),  # type: ignore[arg-type]
+    "gemma2": Spec(
+        **GEMMA,  # type: ignore[arg-type]
+        act_keys=("hidden_activation", "hidden_act"),
+        sandwich=True,
+        scale_key="query_pre_attn_scalar",
+        attn_softcap=True,
+        final_softcap=True,
+        layer_types=_alternating(2),
+        window=config_window("sliding_window", 4096),
+    ),
+    "gemma3_text": Spec(
+        **GEMMA,  # type: ignore[arg-type]
+        act_keys=("hidden_activation",),
+        sandwich=True,
+        qk_norm=True,
+        scale_key="query_pre_attn_scalar",
+        final_softcap=True,  # attn_logit_softcapping is ignored by Gemma 3 (as in transformers)
+        layer_types=_alternating(6),
+        window=config_window("sliding_window", 4096),
+        default_theta=1_000_000.0,
+        local_theta_key="rope_local_base_freq",
+    ),
+}
+
+
+def _x_description(i: int) -> str:
+    source = "the scaled token embeddings" if i == 0 else f"layer {i - 1}'s output"
+    return (
+        f"Layer {i}'s input ({source}) after the layer's RMSNorm (input_layernorm, which "
+        "multiplies by 1 + w): what W_q, W_k and W_v multiply."
+    )
+
+
+FAMILY = Family(
+    name="gemma",
+    model_types=tuple(SPECS),
+    anchor=ANCHOR,
+    causal=True,
+    norm="pre- and post-RMSNorm (1 + w)",
+    **bind(SPECS),
+    wording=Wording(
+        x_formula="input_layernorm(hidden states)",
+        x_description=_x_description,
+        mask=(
+            "The model reads left to right: a token may not look at later tokens, so their scores "
+            "are −∞; in sliding-window (local) layers, neither at tokens more than sliding_window back."
+        ),
+        final="The model's output: one vector per token after every layer and the final RMSNorm.",
+    ),
+)

@@ -1,0 +1,314 @@
+"""Checkpoint tensors as a read-only mapping of float32 numpy arrays, read on access.
+
+The safetensors files are memory-mapped and their headers parsed here (the format is an 8-byte
+header length, a JSON header, then raw little-endian data), so every dtype a checkpoint uses is
+readable, bfloat16 included (numpy has no bfloat16, and the safetensors numpy API refuses it).
+A tensor is converted to float32 only when a layer asks for it, exactly:
+
+  F32   as stored
+  F16   widened (every float16 is a float32)
+  BF16  a bit shift: bfloat16 is the top half of a float32, so (u16 << 16) viewed as float32
+
+After a tensor is converted, its pages of the mapping are released (madvise DONTNEED), so the
+process holds about one layer's float32 weights at a time, never the whole model.
+
+A sharded checkpoint (model.safetensors.index.json + model-0000k-of-0000n.safetensors) is one
+mapping over all its files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from attn_cli.errors import InputError
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+# safetensors dtype -> numpy dtype as stored (little-endian); BF16 is read as raw uint16.
+STORED: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+FLOATS = ("F64", "F32", "F16", "BF16")
+MAX_HEADER = 100_000_000  # bytes; the format's own limit
+
+
+def bf16_to_f32(u16: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exactly: the 16 bits are a float32's top half."""
+    return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """A stored tensor as a new float32 array (never a view of the file)."""
+    if dtype == "BF16":
+        return bf16_to_f32(raw)
+    return raw.astype(np.float32)  # astype copies, also for float32
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: int  # index into the shard list
+    dtype: str  # safetensors dtype, e.g. "BF16"
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    stop: int
+
+
+class _Shard:
+    """One memory-mapped safetensors file and its parsed header."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(8)
+                if len(head) < 8:
+                    raise ValueError("file is shorter than a safetensors header")
+                n = int.from_bytes(head, "little")
+                if n > min(MAX_HEADER, size - 8):
+                    raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
+                header = json.loads(f.read(n))
+                self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"{path.name} is not a readable safetensors file ({str(exc)[:120]})"
+            ) from None
+        if not isinstance(header, dict):
+            raise InputError(
+                f"{path.name} is not a readable safetensors file (header is not an object)"
+            )
+        self.size = size
+        self.base = 8 + n
+        self.header = {k: v for k, v in header.items() if k != "__metadata__"}
+
+    def tensors(self, file_index: int) -> dict[str, TensorInfo]:
+        out = {}
+        for key, meta in self.header.items():
+            try:
+                dtype = str(meta["dtype"])
+                shape = tuple(int(s) for s in meta["shape"])
+                start, stop = (int(o) for o in meta["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"{self.path.name}: malformed header entry for {key!r}") from None
+            if dtype not in STORED:
+                raise InputError(
+                    f"{self.path.name}: {key!r} has dtype {dtype}, which is not supported"
+                )
+            count = int(np.prod(shape, dtype=np.int64))
+            if not 0 <= start <= stop or stop - start != count * STORED[dtype].itemsize:
+                raise InputError(f"{self.path.name}: {key!r} has inconsistent data offsets")
+            if self.base + stop > self.size:
+                raise InputError(
+                    f"{self.path.name}: {key!r} lies beyond the end of the file (truncated?)"
+                )
+            out[key] = TensorInfo(file_index, dtype, shape, self.base + start, self.base + stop)
+        return out
+
+    def view(self, t: TensorInfo, offset: int = 0, count: int | None = None) -> np.ndarray:
+        """The stored elements [offset, offset + count) as a flat read-only view of the mapping."""
+        dtype = STORED[t.dtype]
+        total = (t.stop - t.start) // dtype.itemsize
+        count = total - offset if count is None else count
+        if self.map is None or count == 0:
+            return np.zeros(0, dtype=dtype)
+        return np.frombuffer(
+            self.map, dtype=dtype, count=count, offset=t.start + offset * dtype.itemsize
+        )
+
+    def release(self, start: int, stop: int) -> None:
+        """Drop the mapping's pages in [start, stop) from this process (they stay in the file)."""
+        if (
+            self.map is None
+            or not hasattr(self.map, "madvise")
+            or not hasattr(mmap, "MADV_DONTNEED")
+        ):
+            return
+        page = mmap.PAGESIZE
+        lo = start - start % page
+        hi = min(self.size, stop + (-stop) % page)
+        if hi > lo:
+            with contextlib.suppress(OSError, ValueError):
+                self.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def shard_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: a directory, its index, or one file."""
+    if path.is_dir():
+        if (path / SINGLE).is_file():
+            return [path / SINGLE]
+        if (path / INDEX).is_file():
+            return shard_files(path / INDEX)
+        raise InputError(f"{path} has no {SINGLE} (nor a sharded {INDEX})")
+    if path.name.endswith(".index.json"):
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            files = sorted(set(index["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise InputError(
+                f"{path.name} is not a valid safetensors index (no weight_map)"
+            ) from None
+        out = []
+        for name in files:
+            f = path.parent / str(name)
+            if Path(name).name != name or not f.is_file():
+                raise InputError(f"{path.name} lists {name!r}, which is not in {path.parent}")
+            out.append(f)
+        if not out:
+            raise InputError(f"{path.name} lists no weight files")
+        return out
+    return [path]
+
+
+class SafetensorsWeights(Mapping[str, np.ndarray]):
+    """A checkpoint (one safetensors file, a sharded index, or a directory with either) as a
+    mapping of float32 arrays, with any wrapper prefix ('bert.', 'transformer.', 'model.')
+    removed from the names that carry it; other names ('lm_head.weight') stay. `rename` maps the
+    remaining names (a family's checkpoint quirks)."""
+
+    def __init__(self, path: Path, anchor: str, rename: Callable[[str], str] | None = None) -> None:
+        path = Path(path)
+        self.path = path
+        self._shards = [_Shard(f) for f in shard_files(path)]
+        tensors: dict[str, TensorInfo] = {}
+        for i, shard in enumerate(self._shards):
+            tensors.update(shard.tensors(i))
+        prefix = next((k[: -len(anchor)] for k in tensors if k.endswith(anchor)), None)
+        if prefix is None:
+            raise InputError(
+                f"{path.name}: no tensor named {anchor!r}: not a checkpoint of this architecture"
+            )
+        self._tensors: dict[str, TensorInfo] = {}
+        for key, info in tensors.items():
+            name = key[len(prefix) :] if key.startswith(prefix) else key
+            self._tensors[rename(name) if rename else name] = info
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise InputError(f"{self.path.name}: missing tensor {name!r}") from None
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype ('BF16', 'F16', 'F32' …)."""
+        return self.info(name).dtype
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        t = self.info(name)
+        if t.dtype not in FLOATS:
+            raise InputError(
+                f"{self.path.name}: {name!r} is {t.dtype}, not a floating-point tensor"
+            )
+        shard = self._shards[t.file]
+        out = to_float32(shard.view(t), t.dtype).reshape(t.shape)
+        shard.release(t.start, t.stop)
+        return out
+
+    def rows(self, name: str, ids: list[int]) -> np.ndarray:
+        """Rows `ids` of a 2-D table (embeddings), reading only those rows."""
+        t = self.info(name)
+        if len(t.shape) != 2 or t.dtype not in FLOATS:
+            raise InputError(f"{self.path.name}: {name!r} is not a 2-D floating-point table")
+        rows, width = t.shape
+        shard = self._shards[t.file]
+        out = np.empty((len(ids), width), dtype=np.float32)
+        size = STORED[t.dtype].itemsize
+        for r, i in enumerate(ids):
+            if not 0 <= i < rows:
+                raise InputError(f"token id {i} is outside {name!r} ({rows} rows)")
+            out[r] = to_float32(shard.view(t, i * width, width), t.dtype)
+        for i in ids:
+            shard.release(t.start + i * width * size, t.start + (i + 1) * width * size)
+        return out
+
+    def row_blocks(self, name: str, block: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+        """A 2-D table in blocks of rows, each converted to float32 and released in turn:
+        (first row, block). For the LM head: logits without the whole table in float32."""
+        t = self.info(name)
+        rows, width = t.shape
+        shard = self._shards[t.file]
+        size = STORED[t.dtype].itemsize
+        for start in range(0, rows, block):
+            stop = min(rows, start + block)
+            raw = shard.view(t, start * width, (stop - start) * width)
+            yield start, to_float32(raw, t.dtype).reshape(stop - start, width)
+            shard.release(t.start + start * width * size, t.start + stop * width * size)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.info(name).shape
+
+    def parameters(self) -> int:
+        """How many numbers the checkpoint stores."""
+        return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self._tensors.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def matmul_rows_t(w: object, name: str, h: np.ndarray, block: int = 4096) -> np.ndarray:
+    """h · Tᵀ for a 2-D table T = w[name] (vocab, d): the LM head. Reads T in row blocks when the
+    source can (`row_blocks`), so the whole table is never in float32 at once."""
+    blocks = getattr(w, "row_blocks", None)
+    if blocks is None:
+        return h @ w[name].T  # type: ignore[index]
+    rows = w.shape(name)[0]  # type: ignore[attr-defined]
+    out = np.empty((h.shape[0], rows), dtype=np.float32)
+    for start, t in blocks(name, block):
+        out[:, start : start + t.shape[0]] = h @ t.T  # [n, d] @ [d, b] -> [n, b]
+    return out
+
+
+def header_summary(directory: Path) -> tuple[int, str] | None:
+    """(parameter count, stored float dtypes, e.g. 'BF16') of a checkpoint directory, read from
+    its safetensors headers only; None when it has no readable safetensors weights."""
+    try:
+        files = shard_files(directory)
+    except InputError:
+        return None
+    count, dtypes = 0, set()
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if n > MAX_HEADER:
+                    return None
+                header = json.loads(fh.read(n))
+            for key, meta in header.items():
+                if key == "__metadata__":
+                    continue
+                count += int(np.prod(meta["shape"], dtype=np.int64))
+                dtypes.add(str(meta["dtype"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    return count, "/".join(sorted(dtypes))
+
+
+def expect_shape(w, name: str, shape: tuple[int, ...]) -> None:
+    """Shapes are checked against config.json while loading (picoGPT style)."""
+    got = w.shape(name)
+    if got != shape:
+        where = getattr(getattr(w, "path", None), "name", "checkpoint")
+        raise InputError(f"{where}: {name} has shape {got}, config.json implies {shape}")

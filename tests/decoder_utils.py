@@ -1,0 +1,150 @@
+"""Run a decoder family end to end without the CLI: embed -> layers -> final -> logits.
+
+A small adapter for the decoder tests; the application's Model does the same through the
+registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attn_cli.models.registry import Family, family_for
+from attn_cli.models.weights import SafetensorsWeights
+
+
+def family(model_type: str) -> Family:
+    f = family_for(model_type)
+    assert f is not None, f"no family for {model_type!r}"
+    return f
+
+
+def run(directory: Path, ids: list[int], config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every layer's attention steps and the final logits for token ids `ids`."""
+    cfg = config or json.loads((Path(directory) / "config.json").read_text())
+    fam = family(cfg["model_type"])
+    w = SafetensorsWeights(Path(directory), fam.anchor, fam.rename)
+    fam.check(w, cfg)
+    x = fam.embed(w, ids, cfg)
+    layers = []
+    for steps in fam.layers(w, x, cfg):
+        layers.append(steps)
+        x = steps.out
+    h = fam.final(w, x, cfg)
+    assert fam.logits is not None
+    return {"family": fam, "layers": layers, "hidden": h, "logits": fam.logits(w, h, cfg)}
+
+
+def attention_maps(result: dict[str, Any]) -> np.ndarray:
+    """(layers, heads, n, n)"""
+    return np.stack([s.attn.attn.W for s in result["layers"]])
+
+
+# Tiny random models of every family: hidden 64, 3 layers, 4 query heads sharing 2 key/value
+# heads, sliding windows of 4 tokens where the family has them, every option switched on.
+COMMON = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+)
+TINY: dict[str, dict[str, Any]] = {
+    "llama": dict(
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+        tie_word_embeddings=True,
+    ),
+    "mistral": dict(sliding_window=4, tie_word_embeddings=False),
+    "qwen2": dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    "qwen3": dict(
+        head_dim=24, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    ),
+    "gemma": dict(head_dim=16),
+    "gemma2": dict(
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=4,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=5.0,
+    ),
+    "gemma3_text": dict(
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=5.0,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+        },
+    ),
+    "phi3": dict(partial_rotary_factor=0.5, sliding_window=4, pad_token_id=0),
+}
+
+
+def build_random_model(
+    model_type: str,
+    directory: Path,
+    seed: int = 0,
+    shard: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    **config: Any,
+):
+    """A random transformers model of `model_type` saved as bfloat16 safetensors in `directory`
+    (sharded when `shard` is a max_shard_size). Weights are drawn larger than transformers'
+    init so attention is far from uniform. Returns the config dict written."""
+    import torch
+    import transformers
+
+    kwargs = {**COMMON, **TINY.get(model_type, {}), **(overrides or {}), **config}
+    cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    gemma = model_type.startswith("gemma")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                # q/k norms set every head vector's size: large, so the scores are not flat
+                p.copy_(torch.randn_like(p) * 0.3 + (1.5 if gemma else 2.5))
+            elif name.endswith("norm.weight"):
+                # (1 + w) for Gemma, w otherwise: both around 1, not all equal
+                p.copy_(torch.randn_like(p) * 0.2 + (0.0 if gemma else 1.0))
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+            else:
+                p.normal_(0.0, 0.25)
+    model = model.to(torch.bfloat16)
+    kw = {} if shard is None else {"max_shard_size": shard}
+    model.save_pretrained(directory, **kw)
+    return json.loads((Path(directory) / "config.json").read_text())
+
+
+def reference(directory: Path, ids: list[int]) -> dict[str, Any]:
+    """transformers' eager float32 forward pass on the saved directory."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(directory), dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), output_attentions=True, output_hidden_states=True)
+    return {
+        "attentions": np.stack([a[0].numpy() for a in out.attentions]),
+        "logits": out.logits[0].numpy(),
+        "hidden": out.hidden_states[-1][0].numpy(),
+    }

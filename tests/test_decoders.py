@@ -1,0 +1,178 @@
+"""Modern decoders in numpy against transformers (eager attention, float32).
+
+transformers builds a random tiny model of every family (hidden 64, 3 layers, 4 query heads on
+2 key/value heads, weights large enough that attention is far from uniform), saves it in
+bfloat16 (some sharded), and runs it in float32 from those files; our families run on the same
+files. Every attention map must agree within 1e-4 and the final logits within 1e-3."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attn_cli.errors import InputError
+from tests.conftest import require
+from tests.decoder_utils import TINY, attention_maps, build_random_model, family, reference, run
+
+SHARDED = {"qwen2", "gemma2", "phi3"}
+IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]  # 14 tokens > every window (4)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """model_type -> directory of a random bf16 checkpoint, built once per session."""
+    require("torch")
+    require("transformers")
+    built: dict[str, Path] = {}
+
+    def get(model_type: str) -> Path:
+        if model_type not in built:
+            d = tmp_path_factory.mktemp(model_type)
+            build_random_model(model_type, d, shard="60KB" if model_type in SHARDED else None)
+            built[model_type] = d
+        return built[model_type]
+
+    return get
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("model_type", sorted(TINY))
+def test_every_attention_map_and_the_logits_match_transformers(tiny_models, model_type):
+    d = tiny_models(model_type)
+    assert (d / "model.safetensors.index.json").is_file() == (model_type in SHARDED)
+    ref = reference(d, IDS)
+    ours = run(d, IDS)
+    maps = attention_maps(ours)
+    cfg = json.loads((d / "config.json").read_text())
+    assert maps.shape == (3, 4, len(IDS), len(IDS))
+    assert ref["attentions"].shape == maps.shape
+    # far from uniform: the mean row entropy is well below a uniform causal row's
+    causal_uniform = np.mean([np.log(i + 1) for i in range(len(IDS))])
+    entropy = -(maps * np.log(np.where(maps > 0, maps, 1.0))).sum(-1).mean()
+    assert entropy < 0.8 * causal_uniform
+    for layer in range(3):
+        for head in range(4):
+            np.testing.assert_allclose(
+                maps[layer, head],
+                ref["attentions"][layer, head],
+                atol=1e-4,
+                err_msg=f"{model_type} layer {layer} head {head}",
+            )
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-3)
+    # the steps that lead there are recorded: masks, stages, grouped heads
+    steps = ours["layers"][0].attn
+    assert steps.Q.shape == (4, len(IDS), cfg.get("head_dim") or 16)
+    assert steps.K.shape[0] == 2 and steps.V.shape[0] == 2
+    names = [s[0] for s in steps.stages]
+    assert names == (["norm", "rot"] if model_type in ("qwen3", "gemma3_text") else ["rot"])
+    assert steps.attn.W_masked is not None and np.isneginf(steps.attn.W_masked[0, 0, 1:]).all()
+    assert (steps.attn.W_capped is not None) == (model_type == "gemma2")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "gemma2", "gemma3_text", "phi3"])
+def test_sliding_window_layers_hide_tokens_further_back(tiny_models, model_type):
+    d = tiny_models(model_type)
+    ours = run(d, IDS)
+    cfg = json.loads((d / "config.json").read_text())
+    kinds = cfg.get("layer_types") or ["sliding_attention"] * 3
+    n = len(IDS)
+    i, j = np.indices((n, n))
+    for layer, kind in enumerate(kinds):
+        w = ours["layers"][layer].attn.attn.W
+        outside = j > i if kind == "full_attention" else (j > i) | (j <= i - 4)
+        assert (w[:, outside] == 0).all(), (model_type, layer, kind)
+        assert (w[:, ~outside] > 0).all(), (model_type, layer, kind)
+    assert "sliding_attention" in kinds
+
+
+def _hub_style(cfg: dict) -> dict:
+    """The same config as hub checkpoints write it: rope_theta / rope_scaling (Gemma 3:
+    rope_local_base_freq), no rope_parameters."""
+    hub = dict(cfg)
+    params = hub.pop("rope_parameters")
+    if "full_attention" in params:  # Gemma 3: per layer type
+        full, local = dict(params["full_attention"]), params["sliding_attention"]
+        hub["rope_theta"] = full.pop("rope_theta")
+        hub["rope_local_base_freq"] = local["rope_theta"]
+        hub["rope_scaling"] = full if full.get("rope_type", "default") != "default" else None
+    else:
+        params = dict(params)
+        hub["rope_theta"] = params.pop("rope_theta")
+        kind = params.pop("rope_type", "default")
+        hub["rope_scaling"] = None if kind == "default" else {"type": kind, **params}
+    return hub
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma3_text"])
+def test_hub_style_and_transformers5_style_rope_keys_give_the_same_numbers(
+    tiny_models, tmp_path, model_type
+):
+    d = tiny_models(model_type)
+    cfg = json.loads((d / "config.json").read_text())
+    assert "rope_parameters" in cfg  # transformers 5 writes this form
+    hub = tmp_path / "hub"
+    shutil.copytree(d, hub)
+    (hub / "config.json").write_text(json.dumps(_hub_style(cfg)))
+    new, old = run(d, IDS), run(hub, IDS)
+    np.testing.assert_array_equal(attention_maps(new), attention_maps(old))
+    np.testing.assert_array_equal(new["logits"], old["logits"])
+    # and transformers reads the hub-style file to the same model
+    np.testing.assert_allclose(old["logits"], reference(hub, IDS)["logits"], atol=1e-3)
+
+
+@pytest.mark.reference
+def test_float16_checkpoints_are_widened_exactly(tmp_path):
+    torch = require("torch")
+    transformers = require("transformers")
+    src = tmp_path / "bf16"
+    build_random_model("llama", src)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float16)
+    f16 = tmp_path / "f16"
+    model.save_pretrained(f16)
+    ours, ref = run(f16, IDS), reference(f16, IDS)
+    np.testing.assert_allclose(attention_maps(ours), ref["attentions"], atol=1e-4)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-3)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "'yarn'"),
+        (
+            {"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+            "'dynamic'",
+        ),
+        ({"num_key_value_heads": 3}, "num_key_value_heads"),
+        ({"hidden_act": "tanhshrink"}, "tanhshrink"),
+        ({"hidden_size": 32}, "shape"),
+    ],
+)
+def test_unsupported_configs_are_refused_in_one_line(tiny_models, change, message):
+    d = tiny_models("llama")
+    cfg = {**json.loads((d / "config.json").read_text()), **change}
+    with pytest.raises(InputError, match=message):
+        run(d, IDS, cfg)
+
+
+def test_every_family_is_registered():
+    for model_type in (
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+    ):
+        fam = family(model_type)
+        assert fam.causal and fam.logits is not None
+        assert "input_layernorm" in fam.wording.x_formula
+    assert "sliding" in family("gemma2").wording.mask
