@@ -3,7 +3,8 @@
     pip install ".[reference]"      # torch + transformers: this script only, never at run time
     python scripts/make_fixtures.py
 
-Run once; the outputs are committed, so tests/test_fixtures.py checks the numpy forward pass of
+Run once; the outputs are committed (`python scripts/make_fixtures.py --check` rebuilds them in
+a temporary directory and compares), so tests/test_fixtures.py checks the numpy forward pass of
 every architecture against transformers on every developer run, without torch.
 
 Writes, for tiny_bert/ and tiny_gpt2/:
@@ -206,11 +207,11 @@ def run(model, kind: str, ids: list[int]) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in result.items()}
 
 
-def write(kind: str) -> None:
+def write(kind: str, root: Path = FIXTURES) -> None:
     tok = bert_tokenizer() if kind == "bert" else gpt2_tokenizer()
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     config, model = build_bert(vocab_size) if kind == "bert" else build_gpt2(vocab_size)
-    out = FIXTURES / f"tiny_{kind}"
+    out = root / f"tiny_{kind}"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -255,11 +256,54 @@ def write(kind: str) -> None:
     sizes = ", ".join(
         f"{p.relative_to(out)} {p.stat().st_size} B" for p in sorted(out.rglob("*.*"))
     )
-    print(f"wrote {out.relative_to(ROOT)}: {sizes}")
+    print(f"wrote {out}: {sizes}")
+
+
+def check() -> int:
+    """Rebuild the fixtures in a temporary directory and compare them with the committed ones:
+    weights, tokenizers and configs byte for byte, expected.npz arrays within 1e-6 (another
+    torch build may round differently). Exit status 1 on any difference."""
+    import tempfile
+
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("bert", "gpt2"):
+            write(kind, Path(tmp))
+        for new in sorted(Path(tmp).rglob("*.*")):
+            rel = new.relative_to(tmp)
+            old = FIXTURES / rel
+            if not old.is_file():
+                problems.append(f"{rel}: not committed")
+            elif new.suffix != ".npz":
+                if new.read_bytes() != old.read_bytes():
+                    problems.append(f"{rel}: differs")
+            else:
+                with np.load(new) as a, np.load(old) as b:
+                    if sorted(a.files) != sorted(b.files):
+                        problems.append(f"{rel}: other arrays")
+                        continue
+                    for k in a.files:
+                        x, y = a[k], b[k]
+                        same = (
+                            x.shape == y.shape and np.allclose(x, y, rtol=0, atol=1e-6)
+                            if x.dtype.kind == "f"
+                            else np.array_equal(x, y)
+                        )
+                        if not same:
+                            problems.append(f"{rel}: {k} differs")
+    for p in problems:
+        print("make_fixtures --check:", p)
+    print("make_fixtures --check:", "differences found" if problems else "the fixtures match")
+    return 1 if problems else 0
 
 
 def main() -> None:
-    torch.manual_seed(SEED)
+    import sys
+
+    if sys.argv[1:] == ["--check"]:
+        raise SystemExit(check())
+    if sys.argv[1:]:
+        raise SystemExit("usage: python scripts/make_fixtures.py [--check]")
     for kind in ("bert", "gpt2"):
         write(kind)
 
