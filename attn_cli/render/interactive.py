@@ -1,0 +1,277 @@
+"""The interactive page: one self-contained HTML file (inline CSS, JS and data, no network).
+
+Layer, head and map selectors; BertViz's head view (two columns of tokens joined by lines whose
+opacity is the weight; hovering a token shows exactly what it attends to, or what attends to
+it); a heatmap with a tooltip; a layer × head overview; and the step tables of the selected head.
+In Jupyter the same page is shown inline in an iframe (`trace_repr_html`).
+
+The page embeds the Trace as JSON, rounded to a few significant digits: every tokens × tokens map
+(the pre-softmax score maps are dropped first when they would make the page too large), and the
+top-left corner of every other matrix. Token text is data: it is JSON-escaped here and only ever
+inserted with textContent by the script.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import orjson
+
+from attn_cli.errors import InputError
+from attn_cli.trace import Trace, TraceStep, printable, token_labels
+
+SIGNIFICANT = 4
+# Numbers of tokens × tokens maps embedded before the pre-softmax maps (W_raw, W_scaled,
+# W_masked) are left out; the attention weights W are always embedded.
+MAP_BUDGET = 4_000_000
+# Other matrices (X, Q, K, V, Y, W_q …) are embedded as their top-left corner, like the terminal
+# tables, while the total stays under TABLE_BUDGET numbers.
+TABLE_ROWS = 24
+TABLE_COLS = 32
+TABLE_BUDGET = 1_000_000
+PRE_SOFTMAX = ("W_raw", "W_scaled", "W_masked")
+
+# Content-Security-Policy: nothing may be fetched, only the inline script and style run.
+_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data: blob:; base-uri 'none'; form-action 'none'"
+)
+
+
+def round_significant(data: np.ndarray, digits: int = SIGNIFICANT) -> np.ndarray:
+    """`data` rounded to `digits` significant digits, so each number prints short (0.1235,
+    not 0.12345678); -0.0 becomes 0.0 and non-finite values stay as they are."""
+    a = np.array(data, dtype=np.float64)
+    ok = np.isfinite(a) & (np.abs(a) >= 1e-300)
+    x = a[ok]
+    shift = digits - 1 - np.floor(np.log10(np.abs(x))).astype(np.int64)
+    up = shift >= 0
+    # Scale by an exact power of ten, round, and undo the scaling with the same power: the
+    # result is the double nearest to the rounded decimal, which prints as that decimal.
+    p_up = 10.0 ** shift[up]
+    p_down = 10.0 ** (-shift[~up])
+    x[up] = np.rint(x[up] * p_up) / p_up
+    x[~up] = np.rint(x[~up] / p_down) * p_down
+    a[ok] = x
+    a[np.isfinite(a) & ~ok] = 0.0
+    return a + 0.0  # -0.0 -> 0.0
+
+
+def _is_map(step: TraceStep, labels: list[str]) -> bool:
+    """A tokens × tokens map: both axes are the trace's tokens."""
+    return step.rows == labels and step.cols == labels
+
+
+def _step_entry(step: TraceStep, labels: list[str], square: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": step.name,
+        "formula": step.formula,
+        "description": step.description,
+        "kind": step.kind,
+        "layer": step.layer,
+        "head": step.head,
+        "shape": list(step.shape),
+        "square": square,
+        "data": None,
+    }
+    return entry
+
+
+def page_data(
+    traces: list[Trace],
+    title: str = "attn-cli",
+    *,
+    map_budget: int = MAP_BUDGET,
+    table_budget: int = TABLE_BUDGET,
+    table_rows: int = TABLE_ROWS,
+    table_cols: int = TABLE_COLS,
+) -> dict[str, Any]:
+    """What the page embeds: per trace its text, tokens, labels, config, notes and steps, each
+    step with its metadata and (some of) its numbers, rounded to SIGNIFICANT digits. A
+    matrix's masked (-inf) cells are null."""
+    out = []
+    for trace in traces:
+        labels = token_labels(trace.tokens)
+        squares = [_is_map(s, labels) for s in trace.steps]
+        n_map = len(labels) ** 2
+        # Maps in priority order: the weights first, the pre-softmax scores last.
+        order = sorted(
+            (i for i, sq in enumerate(squares) if sq),
+            key=lambda i: trace.steps[i].name in PRE_SOFTMAX,
+        )
+        keep_map: set[int] = set()
+        used = 0
+        for i in order:
+            if used + n_map <= map_budget or trace.steps[i].name == "W":
+                keep_map.add(i)
+                used += n_map
+        tables = [i for i, sq in enumerate(squares) if not sq]
+        table_cells = sum(
+            min(trace.steps[i].shape[0], table_rows) * min(trace.steps[i].shape[1], table_cols)
+            for i in tables
+        )
+        keep_tables = table_cells <= table_budget
+        steps = []
+        for i, step in enumerate(trace.steps):
+            entry = _step_entry(step, labels, squares[i])
+            if squares[i]:
+                if i in keep_map:
+                    entry["data"] = round_significant(step.data)
+            else:
+                r = min(step.shape[0], table_rows)
+                c = min(step.shape[1], table_cols)
+                if keep_tables:
+                    entry["data"] = round_significant(step.data[:r, :c])
+                # Axis labels travel only when they are not the token labels.
+                rows, cols = step.rows[:r], step.cols[:c]
+                if rows != labels[:r] or r != len(labels):
+                    entry["rows"] = [printable(x) for x in rows]
+                if cols != labels[:c] or c != len(labels):
+                    entry["cols"] = [printable(x) for x in cols]
+            steps.append(entry)
+        omitted = []
+        dropped = sorted({trace.steps[i].name for i in order if i not in keep_map})
+        if dropped:
+            omitted.append(
+                f"To keep this page small, the maps {', '.join(dropped)} are not embedded "
+                f"({sum(squares)} maps of {len(labels)} × {len(labels)} tokens); "
+                "the JSON export (--json) has every number."
+            )
+        if not keep_tables and tables:
+            omitted.append(
+                "The vector and parameter tables are described but their numbers are not "
+                "embedded (too many); the JSON export (--json) has every number."
+            )
+        out.append(
+            {
+                "text": _clean(trace.text),
+                "tokens": [_clean(t) for t in trace.tokens],
+                "labels": labels,
+                "config": trace.config,
+                "notes": trace.notes,
+                "omitted": " ".join(omitted) or None,
+                "steps": steps,
+            }
+        )
+    return {"title": title, "significant": SIGNIFICANT, "traces": out}
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates (from undecodable input) cannot be written as UTF-8 JSON: replace them."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _json_for_script(doc: dict[str, Any]) -> str:
+    """JSON safe inside <script>: '<', '>' and '&' only occur inside JSON strings, where their
+    \\u escapes mean the same, so no token text can close the script element."""
+    text = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY, default=_default).decode()
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _default(obj: Any) -> Any:
+    """Config values orjson cannot write (numpy scalars handled natively; anything else as str)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return str(obj)
+
+
+@cache
+def _asset(name: str) -> str:
+    return resources.files("attn_cli.render").joinpath(name).read_text(encoding="utf-8")
+
+
+_BODY = """\
+<header>
+  <div class="titles">
+    <h1><span class="brand">attn-cli</span>{title}</h1>
+    <p id="text"></p>
+    <p id="meta"></p>
+    <ul id="notes" hidden></ul>
+  </div>
+  <button id="theme" type="button">Dark</button>
+</header>
+<nav class="controls" aria-label="What to show">
+  <label hidden>Trace <select id="trace"></select></label>
+  <label>Layer <select id="layer"></select></label>
+  <label>Head <select id="head"></select></label>
+  <label>Map <select id="step"></select></label>
+  <span class="hint">hover a token · click to pin · ←/→ head · ↑/↓ layer</span>
+</nav>
+<p id="size-note" class="info" hidden></p>
+<div class="grid">
+  <div class="col">
+    <section class="card" id="headview">
+      <h2>Head view <span class="sub">· <span id="hv-title"></span> · <span id="hv-where"></span></span></h2>
+      <p class="info" id="hv-info"></p>
+      <div class="hv-scroll"><div class="hv">
+        <div class="hv-col hv-left" id="hv-left"></div>
+        <canvas id="hv-canvas"></canvas>
+        <div class="hv-col hv-right" id="hv-right"></div>
+      </div></div>
+    </section>
+    <section class="card" id="overview" hidden>
+      <h2>All layers and heads <span class="sub">· <span id="ov-step"></span> · click one to select it</span></h2>
+      <div class="thumbs" id="thumbs"></div>
+    </section>
+  </div>
+  <div class="col">
+    <section class="card" id="heatmap">
+      <h2>Heatmap <span class="sub">· <span id="hm-title"></span> = <code id="hm-formula"></code> · <span id="hm-where"></span></span></h2>
+      <div class="hm-wrap"><canvas id="hm"></canvas></div>
+      <div id="legend"><span id="legend-lo" class="num"></span><canvas id="legend-bar"></canvas><span id="legend-hi" class="num"></span><span id="legend-kind"></span><span class="masked-key" id="masked-key"><i></i>masked (−∞)</span></div>
+    </section>
+  </div>
+</div>
+<section id="steps"><h2>Steps<span class="sub" id="steps-where"></span></h2><div id="step-list"></div></section>
+<footer>
+  Made by attn-cli. This page is self-contained: it loads nothing and sends nothing.
+  Numbers are rounded to {digits} significant digits; matrices other than the tokens × tokens maps
+  show at most their first {rows} rows and {cols} columns. Masked cells (−∞) are hatched.
+  The JSON export (<code>--json</code>) has every number at full precision.
+</footer>
+<div id="tip" role="tooltip" hidden></div>
+"""
+
+
+def interactive_html(traces: list[Trace], title: str = "attn-cli") -> str:
+    """One self-contained HTML document showing `traces` (a selector when several)."""
+    if not traces:
+        raise InputError("no trace to show")
+    doc = page_data(traces, title)
+    shown_title = "" if title == "attn-cli" else f' <span class="sub">{html.escape(title)}</span>'
+    body = _BODY.format(title=shown_title, digits=SIGNIFICANT, rows=TABLE_ROWS, cols=TABLE_COLS)
+    return "".join(
+        [
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
+            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
+            f"<title>{html.escape(title)}</title>\n",
+            "<style>\n",
+            _asset("interactive.css"),
+            "</style>\n</head>\n<body>\n",
+            body,
+            '<script type="application/json" id="attn-data">',
+            _json_for_script(doc),
+            "</script>\n<script>\n",
+            _asset("interactive.js"),
+            "</script>\n</body>\n</html>\n",
+        ]
+    )
+
+
+def trace_repr_html(trace: Trace, height: int = 760) -> str:
+    """The interactive page for Jupyter (`Trace._repr_html_`): inline, in a sandboxed iframe
+    whose `srcdoc` holds the whole page, so its script runs in notebooks and it still loads
+    nothing."""
+    page = interactive_html([trace], title="attn-cli")
+    return (
+        '<iframe class="attn-cli" sandbox="allow-scripts" '
+        f'style="width:100%;height:{int(height)}px;border:1px solid #ccd2db;border-radius:8px;'
+        'resize:vertical;overflow:auto" '
+        f'srcdoc="{html.escape(page, quote=True)}"></iframe>'
+    )
