@@ -203,7 +203,6 @@ def shell_env(tmp_path_factory) -> dict[str, str]:
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         NO_COLOR="1",
         PYTHONIOENCODING="utf-8",
-        LC_ALL="C.UTF-8",
     )
     return env
 
