@@ -152,7 +152,7 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
         p = self.precision
         vals = [nv.q, nv.k, nv.product, np.cumsum(nv.product)]
         widths = [max(6, *(len(format_number(float(v), p)) for v in col)) for col in vals]
-        heads = ["dim", nv.q_name.lower() or "q", nv.k_name.lower() or "k", "q⊙k", "Σ so far"]
+        heads = ["dim", "q", "k", "q⊙k", "Σ so far"]
         dim_w = max(3, len(str(nv.d_k - 1)) + 1)
         t = Text()
         t.append(heads[0].ljust(dim_w), LABEL)
@@ -188,7 +188,10 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
             if nv.scaled_from_trace:
                 rows.append(("W_scaled cell", exact(nv.scaled, f64)))
             else:
-                rows.append((f"W_raw/√{nv.d_k} (no W_scaled)", repr(nv.scaled)))
+                w_step = self.index.step_named(self.key, "W")
+                unused = w_step is not None and "W_raw" in w_step.formula
+                note = "not applied here" if unused else "computed"
+                rows.append((f"W_raw/√{nv.d_k} ({note})", repr(nv.scaled)))
         for c in nv.scores:
             if c.name not in ("W_raw", "W_scaled"):
                 rows.append((f"{printable(c.name)} cell", exact(c.value, f64)))
@@ -319,8 +322,8 @@ class MainScreen(Screen[None]):
                 yield Static(id="tabs")
                 yield Static(id="steptitle")
                 yield Heatmap(precision=self.precision, id="heatmap")
-                yield Static(id="value")
             yield GeometryView(id="geometry")
+        yield Static(id="value")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -409,8 +412,7 @@ class MainScreen(Screen[None]):
         t = Text()
         if is_token_map(step, n):
             t.append("cursor ", DIM)
-            t.append(self._cell_text(step, self.qtok, self.key_token))
-            t.append("  enter: neuron view", DIM)
+            t.append_text(self._cell_text(step, self.qtok, self.key_token))
         elif has_token_rows(step, n):
             t.append("token ", DIM)
             t.append(printable(self.labels[self.qtok]), PINNED)
@@ -418,16 +420,16 @@ class MainScreen(Screen[None]):
         t.append("\n")
         if heat.hover is not None:
             t.append("mouse  ", DIM)
-            t.append(self._cell_text(step, *heat.hover))
+            t.append_text(self._cell_text(step, *heat.hover))
         elif not heat.numbers:
             t.append("hover a cell for its value; n: numbers", DIM)
         self.query_one("#value", Static).update(t)
 
     def _cell_text(self, step: TraceStep, i: int, j: int) -> Text:
         t = Text()
-        t.append(printable(step.rows[i]), LABEL)
+        t.append(fit(printable(step.rows[i]), 16), LABEL)
         t.append(" → " if is_token_map(step, self.index.n) else " · ")
-        t.append(printable(step.cols[j]), LABEL)
+        t.append(fit(printable(step.cols[j]), 16), LABEL)
         t.append(f"  {printable(step.name)} = ")
         t.append(exact(float(step.data[i, j]), step.data.dtype))
         return t

@@ -497,12 +497,12 @@ class GeometryView(Widget, can_focus=False):
             return Text("no geometry: needs X and Y rows", style="dim")
         labels_x = [printable(r) for r in g.x.rows]
         labels_y = [printable(r) for r in g.y.rows]
-        width = max(8, self.size.width - 1)
+        width = max(8, self.size.width - 1)  # the canvas plus its '│' axis
         if g.shared:
             title = Text(f"○ {g.x.name} before, ● {g.y.name} after (one PCA)", style="bold")
             body = self._canvas(width, [(g.px, "○", labels_x), (g.py, "●", labels_y)])
         else:
-            half = max(4, (width - 2) // 2)
+            half = max(4, (width - 2) // 2)  # two canvases, two axes and one space
             title = Text(f"○ {g.x.name} (PCA) │ ● {g.y.name} (own PCA)", style="bold")
             left = self._canvas(half, [(g.px, "○", labels_x)])
             right = self._canvas(half, [(g.py, "●", labels_y)])
