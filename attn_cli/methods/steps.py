@@ -159,8 +159,15 @@ def method_steps(
             if parts is None:
                 raise InputError("head detectors need a model")
             prefix, suffix = parts.special_wrap()
-            vocab = parts.family.dims(parts.config).vocab
-            seq = repeated_random_tokens(opt.induction_length, vocab, opt.seed, prefix=prefix)
+            dims = parts.family.dims(parts.config)
+            length = opt.induction_length
+            if dims.max_positions is not None:  # the repeated sequence must fit the positions
+                length = min(length, (dims.max_positions - len(prefix) - len(suffix)) // 2)
+            if length < 2:
+                raise InputError(
+                    "head detectors: the model has too few positions for a repeated sequence"
+                )
+            seq = repeated_random_tokens(length, dims.vocab, opt.seed, prefix=prefix)
             seq += suffix
             attn = attention_stack(forward(parts, seq))
             steps += detector_steps(
@@ -172,7 +179,7 @@ def method_steps(
                 )
             )
             notes.append(
-                f"Head detectors ran on {opt.induction_length} random tokens repeated twice "
+                f"Head detectors ran on {length} random tokens repeated twice "
                 f"(seed {opt.seed}), not on the text."
             )
     return steps, notes
