@@ -47,9 +47,7 @@ def smollm2_dir(request) -> Path:
     )
     config = loaded.config.to_dict()
     config.pop("quantization_config", None)  # a model with it refuses save_pretrained
-    clean = transformers.AutoModelForCausalLM.from_config(
-        type(loaded.config).from_dict(config)
-    )
+    clean = transformers.AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config))
     clean.load_state_dict(loaded.state_dict(), strict=True)
     clean.to(torch.bfloat16).save_pretrained(out)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
