@@ -1,0 +1,293 @@
+"""The tokenizer stored in a GGUF file's metadata, rebuilt with HF ``tokenizers`` so that it
+gives the same ids as llama.cpp (src/llama-vocab.cpp).
+
+- ``tokenizer.ggml.model == "gpt2"``: byte-level BPE with the file's vocabulary and merges.
+  The text is first split by the regular expressions llama.cpp uses for the pre-tokenizer
+  named in ``tokenizer.ggml.pre`` (each one splits the pieces of the previous one, keeping
+  matches and the text between them), then mapped to GPT-2's byte alphabet. Pre-tokenizers
+  marked ``ignore_merges`` in llama.cpp (llama3, tekken, ...) take a whole piece that is a
+  token as that token.
+- ``tokenizer.ggml.model == "llama"``: SentencePiece-style BPE. llama.cpp replaces spaces
+  with U+2581, prefixes one after the start and after every special token (when
+  ``add_space_prefix``), then repeatedly merges the adjacent pair whose concatenation is the
+  highest-scoring token; characters that form no token fall back to <0xXX> byte tokens. Here:
+  a Prepend+Replace normaliser (applied to each piece between special tokens, like llama.cpp)
+  and a BPE whose merges are every split of a token into two tokens, ranked by the score of
+  the merged token.
+- Tokens of type CONTROL, USER_DEFINED and UNKNOWN are added tokens (matched in the raw
+  text); CONTROL and UNKNOWN are special. llama.cpp's ``tokenize(..., special=False)``
+  matches only USER_DEFINED ones: set ``tokenizer.encode_special_tokens = True`` for that.
+- BOS / EOS are added by a TemplateProcessing post-processor exactly when
+  ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` say (llama.cpp's defaults otherwise:
+  BOS for SentencePiece and llama3-style vocabularies).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attn_cli.errors import InputError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+# llama_token_type (gguf tokenizer.ggml.token_type)
+UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
+
+_CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (
+    _CONTRACTIONS
+    + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    _CONTRACTIONS
+    + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN35 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN = (
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
+    r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O = (
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+" + _CONTRACTIONS + "?"
+    r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*" + _CONTRACTIONS + "?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SEED_CODER = (
+    _CONTRACTIONS
+    + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
+_DEFAULT = [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]"]
+
+# tokenizer.ggml.pre -> (regular expressions in order, ignore_merges, llama.cpp's add_bos default)
+_PRE: dict[str, tuple[list[str], bool, bool]] = {}
+
+
+def _pre(names: str, regexes: list[str], ignore_merges: bool = False, bos: bool = False) -> None:
+    for n in names.split():
+        _PRE[n] = (regexes, ignore_merges, bos)
+
+
+_pre("default", _DEFAULT)
+_pre("llama3 llama-v3 llama-bpe falcon3 falcon-h1 pixtral midm-2.0 lfm2", [_LLAMA3], True, True)
+_pre("dbrx smaug-bpe chatglm-bpe", [_LLAMA3])
+_pre("falcon", [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, "[0-9][0-9][0-9]"])
+_pre(
+    "starcoder refact command-r smollm codeshell exaone minerva-7b mellum2",
+    [r"\p{N}", _GPT2],
+)
+_pre("gpt-2 phi-2 jina-es jina-de gigachat jina-v2-es jina-v2-de a.x-4.0 mellum", [_GPT2])
+_pre("mpt olmo jais trillion granite-docling exaone4 modern-bert", [_GPT2])
+_pre("qwen2 deepseek-r1-qwen kormo f2llmv2 megrez stablelm2 hunyuan solar-open", [_QWEN2])
+_pre("qwen35", [_QWEN35])
+_pre("poro-chat bloom gpt3-finnish", [_BLOOM])
+_pre("viking", [_BLOOM, r"\p{N}"])
+_pre("tekken", [_TEKKEN], True, True)
+_pre("gpt-4o llama4 kanana2 talkie minimax-m2", [_GPT4O])
+_pre("seed-coder", [_SEED_CODER])
+_pre("grok-2", [_QWEN2])
+
+# Texts llama.cpp always treats as control tokens (end-of-generation / FIM detection).
+_AUTO_CONTROL_EOG = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+}  # fmt: skip
+# ... and these when the matching tokenizer.ggml.<key> is not in the metadata.
+_AUTO_CONTROL_IF_UNSET = {
+    "eot_token_id": {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+                     "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>",
+                     "<end_of_utterance>"},
+    "eom_token_id": {"<|eom_id|>"},
+    "fim_pre_token_id": {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>",
+                         "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"},
+    "fim_suf_token_id": {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>",
+                         "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"},
+    "fim_mid_token_id": {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>",
+                         "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"},
+    "fim_pad_token_id": {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"},
+    "fim_rep_token_id": {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"},
+    "fim_sep_token_id": {"<|file_sep|>"},
+}  # fmt: skip
+
+
+def _strings(meta: dict[str, Any], key: str, fname: str) -> list[str]:
+    v = meta.get(key)
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise InputError(f"{fname}: metadata {key} is missing or not a list of strings")
+    return v
+
+
+def _token_types(meta: dict[str, Any], n: int, fname: str) -> np.ndarray:
+    v = meta.get("tokenizer.ggml.token_type")
+    if v is None:
+        return np.full(n, NORMAL, dtype=np.int64)
+    if not isinstance(v, np.ndarray) or v.shape[0] < n:
+        raise InputError(f"{fname}: tokenizer.ggml.token_type does not cover the vocabulary")
+    return v[:n].astype(np.int64)
+
+
+def _special_id(meta: dict[str, Any], key: str, n: int) -> int | None:
+    v = meta.get(f"tokenizer.ggml.{key}")
+    if isinstance(v, int | np.integer) and not isinstance(v, bool) and 0 <= int(v) < n:
+        return int(v)
+    return None
+
+
+def build_tokenizer(meta: dict[str, Any], fname: str = "model.gguf") -> Tokenizer:
+    """A ``tokenizers.Tokenizer`` equal to llama.cpp's for this file. Raises InputError."""
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+
+    kind = meta.get("tokenizer.ggml.model")
+    if kind not in ("gpt2", "llama"):
+        raise InputError(f"{fname}: tokenizer model {kind!r} is not supported (gpt2 and llama are)")
+    tokens = _strings(meta, "tokenizer.ggml.tokens", fname)
+    n = len(tokens)
+    if n == 0:
+        raise InputError(f"{fname}: the vocabulary is empty")
+    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    types = _token_types(meta, n, fname)
+
+    # token attributes as llama.cpp derives them
+    control = types == CONTROL
+    user = types == USER_DEFINED
+    unknown = types == UNKNOWN
+    for i, t in enumerate(tokens):
+        if t in _AUTO_CONTROL_EOG:
+            control[i] = True
+    for key, texts in _AUTO_CONTROL_IF_UNSET.items():
+        if f"tokenizer.ggml.{key}" not in meta:
+            for i, t in enumerate(tokens):
+                if t in texts:
+                    control[i] = True
+    for i, t in enumerate(tokens):  # gpt-oss: always user-defined
+        if t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
+            control[i], user[i] = False, True
+
+    bos_id = _special_id(meta, "bos_token_id", n)
+    eos_id = _special_id(meta, "eos_token_id", n)
+    unk_id = _special_id(meta, "unknown_token_id", n)
+    pre = meta.get("tokenizer.ggml.pre")
+
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        vocab[t] = i  # a repeated text maps to its last id, as in llama.cpp
+
+    if kind == "gpt2":
+        pre_name = "default" if not pre else str(pre)
+        if pre_name not in _PRE:
+            raise InputError(
+                f"{fname}: pre-tokenizer {pre_name!r} (tokenizer.ggml.pre) is not supported"
+            )
+        regexes, ignore_merges, add_bos_default = _PRE[pre_name]
+        merges = []
+        for m in _strings(meta, "tokenizer.ggml.merges", fname):
+            p = m.find(" ", 1)
+            if p < 0:
+                continue
+            a, b = m[:p], m[p + 1 :]
+            if a in vocab and b in vocab and a + b in vocab:
+                merges.append((a, b))
+        model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
+        tok = Tokenizer(model)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        tok.decoder = decoders.ByteLevel()
+        add_bos_default_v = add_bos_default
+    else:
+        scores_v = meta.get("tokenizer.ggml.scores")
+        if isinstance(scores_v, np.ndarray) and scores_v.shape[0] >= n:
+            scores = scores_v[:n].astype(np.float64)
+        else:
+            scores = np.zeros(n)
+        merges = _spm_merges(tokens, scores, types, vocab)
+        unk = tokens[unk_id] if unk_id is not None else None
+        model = models.BPE(
+            vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True
+        )
+        tok = Tokenizer(model)
+        add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        steps = [normalizers.Prepend("▁")] if add_prefix else []
+        tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+        decs = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if add_prefix:
+            decs.append(decoders.Strip(" ", 1, 0))
+        tok.decoder = decoders.Sequence(decs)
+        add_bos_default_v = True
+
+    # added tokens: CONTROL / UNKNOWN special, USER_DEFINED plain; llama.cpp strips around
+    # Phi-3's special tokens by the model name.
+    name = str(meta.get("general.name") or "").lower()
+    phi3 = "phi-3" in name or "phi3" in name
+    added: list[AddedToken] = []
+    for i in np.flatnonzero(control | user | unknown).tolist():
+        t = tokens[i]
+        rstrip = phi3 and t not in ("<unk>", "<s>", "<|endoftext|>")
+        special = not (user[i] and not control[i])
+        added.append(AddedToken(t, special=special, normalized=False, rstrip=rstrip))
+    if phi3 and "</s>" in vocab and not (control | user | unknown)[vocab["</s>"]]:
+        added.append(AddedToken("</s>", special=False, normalized=False, rstrip=True))
+    if added:
+        tok.add_special_tokens([at for at in added if at.special])
+        tok.add_tokens([at for at in added if not at.special])
+    for at in added:
+        got = tok.token_to_id(at.content)
+        if got is None or tokens[got] != at.content:
+            raise InputError(f"{fname}: cannot place token {at.content!r} in the vocabulary")
+
+    add_bos = meta.get("tokenizer.ggml.add_bos_token", add_bos_default_v)
+    add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
+    single: list[str] = []
+    specials: list[tuple[str, int]] = []
+    if add_bos and bos_id is not None:
+        single.append(f"{tokens[bos_id]}:0")
+        specials.append((tokens[bos_id], bos_id))
+    single.append("$A:0")
+    if add_eos and eos_id is not None:
+        single.append(f"{tokens[eos_id]}:0")
+        if eos_id != bos_id:
+            specials.append((tokens[eos_id], eos_id))
+    if specials:
+        tok.post_processor = processors.TemplateProcessing(
+            single=" ".join(single),
+            pair=" ".join(single + [s.replace("$A", "$B").replace(":0", ":1") for s in single]),
+            special_tokens=specials,
+        )
+    return tok
+
+
+def _spm_merges(
+    tokens: list[str], scores: np.ndarray, types: np.ndarray, vocab: dict[str, int]
+) -> list[tuple[str, str]]:
+    """Every split of a token into two tokens, best-scoring merged token first."""
+    found: list[tuple[float, int, int, str, str]] = []
+    for i, t in enumerate(tokens):
+        if len(t) < 2 or types[i] == BYTE or vocab.get(t) != i:
+            continue
+        s = -float(scores[i])
+        for k in range(1, len(t)):
+            a, b = t[:k], t[k:]
+            if a in vocab and b in vocab:
+                found.append((s, i, vocab[a], a, b))
+    found.sort(key=lambda x: (x[0], x[1], x[2]))
+    return [(a, b) for _, _, _, a, b in found]
