@@ -311,42 +311,66 @@ def test_alti_hand_computed_pre_norm():
     np.testing.assert_allclose(alti.alti_layer(w, v, p, x, o), [[1, 0], [0.25, 0.75]])
 
 
-def alti_loop(w, x, p, resid, o, norm):
-    """ALTI written out pair by pair from the paper's formulas."""
+def alti_loop(w, x, p, resid, o, kind, g):
+    """ALTI written out pair by pair from the paper's formulas. kind: "pre" (y = r + O),
+    "bert" (y = LN(r + O), γ = β = g), "gemma" (y = r + RMSNorm(O)·g)."""
     n = len(x)
-    z = resid.astype(np.float64) + o
-    if norm is None:
-        y = z
-        sigma = np.ones(n)
-    else:
+    if kind == "pre":
+        y, sigma = resid + o, np.ones(n)
+    elif kind == "bert":
+        z = resid.astype(np.float64) + o
         mu = z.mean(-1)
-        sigma = np.sqrt(((z - mu[:, None]) ** 2).mean(-1) + norm.eps)
-        y = (z - mu[:, None]) / sigma[:, None] * norm.weight + norm.bias
+        sigma = np.sqrt(((z - mu[:, None]) ** 2).mean(-1) + 1e-5)
+        y = (z - mu[:, None]) / sigma[:, None] * g + g
+    else:
+        sigma = np.sqrt((o.astype(np.float64) ** 2).mean(-1) + 1e-5)
+        y = resid + o / sigma[:, None] * g
+    bias = p.b_o.astype(np.float64)
     c = np.zeros((n, n))
     for i in range(n):
+        pieces = []
         for j in range(n):
-            t = sum(w[h, i, j] * f_loop(x, p, h, j) for h in range(p.heads)) + (i == j) * resid[j]
-            if norm is not None:
-                t = (t - t.mean()) / sigma[i] * norm.weight
+            t = sum(w[h, i, j] * f_loop(x, p, h, j) for h in range(p.heads))
+            if kind == "pre":
+                t = t + (i == j) * resid[j]
+            elif kind == "bert":
+                t = t + (i == j) * resid[j]
+                t = (t - t.mean()) / sigma[i] * g
+            else:
+                t = t / sigma[i] * g + (i == j) * resid[j]
+            pieces.append(t)
             c[i, j] = max(0.0, np.abs(y[i]).sum() - np.abs(y[i] - t).sum())
-        c[i] /= c[i].sum()
+        # the pieces and what no token owns add up to the block output
+        unowned = {
+            "pre": bias,
+            "bert": (bias - bias.mean()) / sigma[i] * g + g,
+            "gemma": bias / sigma[i] * g,
+        }[kind]
+        np.testing.assert_allclose(sum(pieces) + unowned, y[i], rtol=1e-4, atol=1e-4)
+        if c[i].sum() > 0:  # a row where every piece is farther than ‖y_i‖₁ stays 0
+            c[i] /= c[i].sum()
     return c
 
 
-@pytest.mark.parametrize("post", [False, True])
-def test_alti_matches_loop_with_grouped_kv(post, monkeypatch):
+@pytest.mark.parametrize("kind", ["pre", "bert", "gemma"])
+def test_alti_matches_loop_with_grouped_kv(kind, monkeypatch):
     rng = np.random.default_rng(7)
     p = random_params(rng, kv=2)
     resid = rng.normal(size=(5, 6)).astype(np.float32)
-    x = resid if post else layer_norm(resid, np.float32(1.0), np.float32(0.0), 1e-5)
-    a = multi_head_attention(x, p, None if post else causal_mask(5))
-    norm = alti.PostNorm(rng.normal(size=6), rng.normal(size=6), 1e-5) if post else None
+    x = resid if kind == "bert" else layer_norm(resid, np.float32(1.0), np.float32(0.0), 1e-5)
+    a = multi_head_attention(x, p, None if kind == "bert" else causal_mask(5))
+    g = 1 + 0.3 * rng.normal(size=6)  # γ near 1, as trained norms are
+    norm = {
+        "pre": None,
+        "bert": alti.PostNorm(g, g, 1e-5),
+        "gemma": alti.PostNorm(g, None, 1e-5, rms=True, applies_to="attn"),
+    }[kind]
     monkeypatch.setattr(norms, "BLOCK_ELEMENTS", 7)
     got = alti.alti_layer(a.attn.W, a.V, p, resid, a.O, norm)
-    np.testing.assert_allclose(
-        got, alti_loop(a.attn.W, x, p, resid, a.O, norm), rtol=1e-4, atol=1e-6
-    )
-    np.testing.assert_allclose(got.sum(-1), 1.0)
+    want = alti_loop(a.attn.W, x, p, resid, a.O, kind, g)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    sums = got.sum(-1)  # 1, or 0 for a row where no piece is close enough to y_i (random weights)
+    assert np.all(np.isclose(sums, 1.0) | (sums == 0)) and np.isclose(sums, 1.0).sum() >= 3
 
 
 def test_alti_decomposition_reconstructs_gpt2_block_output():

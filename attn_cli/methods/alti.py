@@ -5,9 +5,11 @@ The attention block's output for token i is split into one vector per input toke
 
     pre-norm  (GPT-2, Llama …):  y_i = resid_i + O_i          T_i(x_j) = S_ij + [i = j]·resid_j
     post-norm (BERT):            y_i = LN(resid_i + O_i)      T_i(x_j) = L_i(S_ij + [i = j]·x_j)
+    sandwich  (Gemma 2/3):       y_i = resid_i + N(O_i)       T_i(x_j) = L_i(S_ij) + [i = j]·resid_j
 
 with S_ij = Σ_h α_ij⁽ʰ⁾ f_h(x_j) (see norms.py) and L_i the layer norm made linear by freezing
-token i's standard deviation: L_i(z) = (z − mean(z)) ⊙ γ / σ_i. What no token owns (b_O, and
+token i's standard deviation: L_i(z) = (z − mean(z)) ⊙ γ / σ_i (RMSNorm: no mean, σ_i the
+root mean square). What no token owns (b_O, and
 for post-norm L_i(b_O) + β) is left over, so y_i = Σ_j T_i(x_j) + bias_i exactly.
 
 A token contributes as much as its piece is close to the whole, in L1:
@@ -36,12 +38,14 @@ from attn_cli.trace import TraceStep
 
 
 class PostNorm(NamedTuple):
-    """A norm applied to (residual + attention output), as in post-LN BERT."""
+    """A norm after the attention: on (residual + O) as in post-LN BERT ("sum"), or on O alone
+    before the residual is added as in Gemma 2/3 ("attn")."""
 
-    weight: np.ndarray  # γ (d,)
+    weight: np.ndarray  # γ (d,): the effective scale (Gemma's 1 + w already added)
     bias: np.ndarray | None  # β (d,) or None
     eps: float
     rms: bool = False  # RMSNorm: no mean subtraction, σ = √(mean(z²) + ε)
+    applies_to: str = "sum"  # "sum": N(resid + O); "attn": resid + N(O)
 
 
 class Decomposition(NamedTuple):
@@ -61,14 +65,16 @@ def decompose(
 ) -> Decomposition:
     """y (the block output), the unowned bias and σ, from the forward pass's residual and O."""
     b_o = np.zeros(o.shape[1], dtype=np.float64) if p.b_o is None else p.b_o.astype(np.float64)
-    z = resid.astype(np.float64) + o
+    r64 = resid.astype(np.float64)
     if norm is None:
-        return Decomposition(z, b_o, None)
-    zc = _center(z, norm)
+        return Decomposition(r64 + o, b_o, None)
+    on_sum = norm.applies_to == "sum"
+    zc = _center(r64 + o if on_sum else o.astype(np.float64), norm)
     sigma = np.sqrt((zc * zc).mean(axis=-1, keepdims=True) + norm.eps)  # [n, 1]
     gamma = norm.weight.astype(np.float64)
-    y = zc / sigma * gamma + (0.0 if norm.bias is None else norm.bias)
-    bias = _center(b_o[None, :], norm) / sigma * gamma + (0.0 if norm.bias is None else norm.bias)
+    beta = 0.0 if norm.bias is None else norm.bias.astype(np.float64)
+    y = zc / sigma * gamma + beta + (0.0 if on_sum else r64)
+    bias = _center(b_o[None, :], norm) / sigma * gamma + beta
     return Decomposition(y, bias, sigma)
 
 
@@ -86,10 +92,14 @@ def pieces(
     i = np.arange(rows.start, rows.stop)
     j = np.arange(cols.start, cols.stop)
     ri, cj = np.nonzero(i[:, None] == j[None, :])  # diagonal pairs inside this block
-    t[ri, cj] += resid[i[ri]]
+    residual_inside = norm is None or norm.applies_to == "sum"
+    if residual_inside:
+        t[ri, cj] += resid[i[ri]]
     if norm is not None:
         assert dec.sigma is not None
         t = _center(t, norm) / dec.sigma[rows, :, None] * norm.weight
+        if not residual_inside:
+            t[ri, cj] += resid[i[ri]]
     return t
 
 

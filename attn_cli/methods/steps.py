@@ -35,7 +35,7 @@ class ModelParts:
     tokenizer: Any = None  # a `tokenizers.Tokenizer`: decodes lens candidates, special tokens
     # Post-norm families: layer i's norm on (residual + attention output) as (γ, β, ε); taken
     # from `Family.attn_out_norm` when not given here.
-    attn_out_norm: Callable[[WeightSource, int, Config], tuple[Any, Any, float]] | None = None
+    attn_out_norm: Callable[[WeightSource, int, Config], Any] | None = None
 
     def decode(self, token_id: int) -> str:
         if self.tokenizer is None:
@@ -89,11 +89,13 @@ def attention_stack(layer_steps: Sequence[LayerSteps]) -> np.ndarray:
 
 
 def post_norms(parts: ModelParts, n_layers: int) -> list[PostNorm | None]:
-    """Each layer's norm on (residual + attention output), or None for pre-norm layers.
+    """Each layer's norm after the attention, or None for pre-norm layers.
 
-    Post-norm families provide it as `Family.attn_out_norm(w, i, cfg) -> (γ, β, ε)`."""
+    A family whose `norm` mentions "post" provides it as `Family.attn_out_norm(w, i, cfg)`,
+    returning (γ, β, ε) for a LayerNorm on (residual + O) (BERT), or a `PostNorm` (e.g. Gemma's
+    RMSNorm on O alone: PostNorm(1 + w, None, ε, rms=True, applies_to="attn"))."""
     fam = parts.family
-    if not fam.norm.lower().startswith("post"):
+    if "post" not in fam.norm.lower():
         return [None] * n_layers
     hook = parts.attn_out_norm or getattr(fam, "attn_out_norm", None)
     if hook is None:
@@ -102,8 +104,8 @@ def post_norms(parts: ModelParts, n_layers: int) -> list[PostNorm | None]:
         )
     out: list[PostNorm | None] = []
     for i in range(n_layers):
-        g, b, eps = hook(parts.weights, i, parts.config)
-        out.append(PostNorm(g, b, float(eps)))
+        got = hook(parts.weights, i, parts.config)
+        out.append(got if isinstance(got, PostNorm) else PostNorm(got[0], got[1], float(got[2])))
     return out
 
 
