@@ -468,3 +468,47 @@ def test_run_browser_without_textual(monkeypatch):
         run_browser([synthetic()])
     with pytest.raises(InputError, match="nothing to browse"):
         run_browser([])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_q_quits_a_real_terminal_and_restores_it(tmp_path):
+    """run_browser in a pseudo-terminal: it draws, `q` returns, and the terminal gets its
+    normal screen, cursor and mouse reporting back."""
+    import os
+    import pty
+    import select
+    import time
+
+    sample = str(SAMPLES / "hi.json")
+    code = (
+        "from attn_cli.export import loads_traces; from attn_cli.browse import run_browser; "
+        f"run_browser(loads_traces(open({sample!r}, 'rb').read())); print('RETURNED')"
+    )
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child process
+        os.environ["TERM"] = "xterm-256color"
+        os.execvp(sys.executable, [sys.executable, "-c", code])
+    out = b""
+
+    def read_until(marker: bytes, timeout: float) -> None:
+        nonlocal out
+        end = time.time() + timeout
+        while marker not in out and time.time() < end:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:
+                    return
+
+    try:
+        read_until(b"attn-cli browse", 30)
+        assert b"attn-cli browse" in out
+        os.write(fd, b"q")
+        read_until(b"RETURNED", 30)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert status == 0 and b"RETURNED" in out
+    restored = out[out.rindex(b"\x1b[?1049l") :]  # leaves the alternate screen …
+    assert b"\x1b[?25h" in restored  # … shows the cursor
+    assert b"\x1b[?1000l" in out[out.rindex(b"attn-cli browse") :]  # mouse reporting off

@@ -50,7 +50,7 @@ KEYS = [
     ("click a row label", "select that token"),
     ("click a cell", "select query and key; click it again: neuron view"),
     ("click a thumbnail", "open that layer and head"),
-    ("n", "numbers in the cells: auto / on / off"),
+    ("n", "numbers in the cells on / off (colour only)"),
     ("< >", "previous / next input (several texts)"),
     ("?", "this list"),
     ("escape", "close a view"),
@@ -348,7 +348,7 @@ class MainScreen(Screen[None]):
     def _update_title(self) -> None:
         trace = self.index.trace
         t = Text(" attn-cli browse  ", style="bold")
-        t.append(fit(printable(trace.text), 60))
+        t.append(fit(printable(" ".join(trace.text.split())), 60))
         if len(self.traces) > 1:
             t.append(f"   input {self.trace_i + 1}/{len(self.traces)}", DIM)
         model = trace.config.get("model") or trace.config.get("pipeline")
@@ -464,8 +464,7 @@ class MainScreen(Screen[None]):
         self.update_view()
 
     def action_numbers(self) -> None:
-        heat = self.query_one(Heatmap)
-        self.numbers = {None: not heat.numbers, True: False, False: None}[self.numbers]
+        self.numbers = not self.query_one(Heatmap).numbers
         self.update_view()
 
     def action_trace(self, d: int) -> None:

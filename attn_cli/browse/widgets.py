@@ -28,6 +28,7 @@ from attn_cli.trace import TraceStep, printable
 
 PINNED = Style(reverse=True, bold=True)
 CURSOR = Style(reverse=True, bold=True, underline=True)
+PIN_CELL = Style(bold=True, underline=True)  # cells of the selected token's row and column
 LABEL = Style(bold=True)
 DIM = Style(dim=True)
 
@@ -80,6 +81,8 @@ class ThumbGrid(Widget, can_focus=False):
         self._cache: dict[tuple[Key, int], list[Text]] = {}
 
     def set_index(self, index: TraceIndex, selected: Key) -> None:
+        if index is self.index and selected == self.selected:
+            return  # a few hundred styled cells: redraw only when something changed
         if index is not self.index:
             self._cache.clear()
         self.index, self.selected = index, selected
@@ -250,6 +253,7 @@ class Heatmap(ScrollView, can_focus=False):
         self._row_labels: list[str] = []
         self._col_labels: list[str] = []
         self._num_w = 4
+        self._rows_cache: dict[tuple[int, bool, int], list[Segment]] = {}
 
     # -- state ------------------------------------------------------------------------------
 
@@ -277,6 +281,7 @@ class Heatmap(ScrollView, can_focus=False):
             )
             self._num_w = max(4, widest + 1)
             self.hover = None
+            self._rows_cache.clear()
         self._layout()
         if new_step:
             self.scroll_to(0, 0, animate=False)
@@ -345,6 +350,22 @@ class Heatmap(ScrollView, can_focus=False):
             return s.rjust(self.cell_w - 1)[: self.cell_w - 1] + " "
         return "··" if value == -np.inf else "  "
 
+    def _row_cells(self, i: int) -> list[Segment]:
+        """Row i's coloured cells, cached per step and cell mode (drawing is per line)."""
+        key = (i, self.numbers, self.cell_w)
+        cells = self._rows_cache.get(key)
+        if cells is None:
+            assert self.step is not None and self._scale is not None
+            row = self.step.data[i]
+            cells = [
+                Segment(self.cell_text(float(v)), st)
+                for v, st in zip(row, self._scale.styles(row), strict=True)
+            ]
+            if len(self._rows_cache) > 4096:
+                self._rows_cache.clear()
+            self._rows_cache[key] = cells
+        return cells
+
     def _label(self, text: str, style: Style) -> list[Segment]:
         body = fit(text, self.label_w - 1)
         return [Segment(body, style), Segment(" " * (self.label_w - cell_len(body)))]
@@ -380,16 +401,16 @@ class Heatmap(ScrollView, can_focus=False):
         i = y - 1 + scroll_y
         if i >= self.rows:
             return Strip.blank(width)
-        row = self.step.data[i]
-        styles = self._scale.styles(row)
         pinned_row = pin_rows and i == self.qtok
-        segs: list[Segment] = []
-        for j, (v, st) in enumerate(zip(row, styles, strict=True)):
-            if pin_cols and i == self.qtok and j == self.key_token:
-                st = st + CURSOR
-            elif pinned_row or (pin_cols and j == self.qtok):
-                st = st + Style(bold=True, underline=True)
-            segs.append(Segment(self.cell_text(float(v)), st))
+        segs = list(self._row_cells(i))
+        if pinned_row:
+            segs = [Segment(text, st + PIN_CELL) for text, st, _ in segs]
+        if pin_cols and self.qtok is not None and self.qtok < len(segs) and not pinned_row:
+            text, st, _ = segs[self.qtok]
+            segs[self.qtok] = Segment(text, st + PIN_CELL)
+        if pin_cols and i == self.qtok and self.key_token is not None:
+            text, st, _ = segs[self.key_token]
+            segs[self.key_token] = Segment(text, st + CURSOR)
         label = self._row_labels[i]
         left = self._label(("▸" if pinned_row else "") + label, PINNED if pinned_row else LABEL)
         return Strip(left + list(Strip(segs).crop(scroll_x, scroll_x + view))).adjust_cell_length(
