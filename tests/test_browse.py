@@ -512,3 +512,55 @@ def test_q_quits_a_real_terminal_and_restores_it(tmp_path):
     restored = out[out.rindex(b"\x1b[?1049l") :]  # leaves the alternate screen …
     assert b"\x1b[?25h" in restored  # … shows the cursor
     assert b"\x1b[?1000l" in out[out.rindex(b"attn-cli browse") :]  # mouse reporting off
+
+
+def test_neuron_uses_the_operands_named_by_w_raw():
+    """A model that rotates q and k (RoPE) keeps Q and K and adds the rotated steps; W_raw's
+    formula names the vectors actually multiplied."""
+    trace = synthetic(layers=1, heads=1)
+    raw = trace.find("W_raw", 0, 0)
+    raw.formula = "Q_rot·K_rotᵀ"
+    q_rot = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
+    k_rot = np.array([[1.0, 1.0], [3.0, 0.0], [0.0, 5.0]])
+    at = {"layer": 0, "head": 0}
+    trace.steps += [
+        TraceStep("Q_rot", "rope(Q)", "", q_rot, LABELS, ["q0", "q1"], "vectors", **at),
+        TraceStep("K_rot", "rope(K)", "", k_rot, LABELS, ["k0", "k1"], "vectors", **at),
+    ]
+    raw.data = np.array([[2.0, 6.0, 0.0], [2.0, 0.0, 10.0], [0.0, 3.0, -5.0]])  # by hand
+    nv = neuron_at(TraceIndex(trace), (0, 0), 2, 2)
+    assert nv is not None and (nv.q_name, nv.k_name) == ("Q_rot", "K_rot")
+    np.testing.assert_array_equal(nv.product, [0.0, -5.0])
+    assert nv.total == raw.data[2, 2] == -5.0
+
+
+def test_no_neuron_view_without_query_and_key_vectors():
+    w = W0.copy()
+    trace = Trace(
+        "x", TOKENS, [1, 2, 3], {}, [TraceStep("W", "", "", w, LABELS, LABELS, "weights")]
+    )
+    app = BrowseApp([trace])
+
+    async def script(pilot):
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        assert any("no neuron view here" in n.message for n in app._notifications)
+
+    run(app, script)
+
+
+def test_clicking_a_thumbnail_opens_that_map():
+    trace = synthetic()
+    app = BrowseApp([trace])
+
+    async def script(pilot):
+        s = main_screen(app)
+        grid = app.screen.query_one(ThumbGrid)
+        label_w, side, gap = grid._geometry(grid.size.width)
+        lines_per = math.ceil(side / 2)
+        # Layer 1 (second block of lines below the header), head 1 (second thumbnail).
+        await pilot.click(ThumbGrid, offset=(label_w + (side + gap) + 1, 1 + lines_per))
+        assert s.key == (1, 1) and s.step is trace.find("W", 1, 1)
+
+    run(app, script)
