@@ -1,14 +1,27 @@
 """The maths of self-attention, in plain numpy.
 
 Pure functions: arrays in, arrays out. No I/O, no printing. Tokens are rows throughout:
-X is (n, d) with one row per token, so the seed's Y = Xᵀ·W (tokens as columns) is Y = W·X here.
+X is (n, d) with one row per token, so "Y = Xᵀ·W" with tokens as columns is Y = W·X here.
+Several heads are stacked on a leading axis: Q is (H, n, d_k).
+
+One attention layer, in the order the functions run:
+  project      Q = X·W_q + b_q, K = X·W_k + b_k, V = X·W_v + b_v, split into heads
+  qk_hook      optional: q/k norms, rotary embeddings … (named stages, each kept)
+  attend       W_raw = Q·Kᵀ, W_scaled, (W_capped), (W_masked), W = softmax, Y = W·V
+  combine      Y_concat = [Y⁽⁰⁾ … Y⁽ᴴ⁻¹⁾], O = Y_concat·W_o + b_o
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
+# Rows of the score matrix computed per BLAS call: bounds temporaries, and keeps every call a
+# plain GEMM (see `scores`).
+SCORE_BLOCK = 4096
 
 
 def row_softmax(w: np.ndarray) -> np.ndarray:
@@ -30,60 +43,11 @@ def causal_mask(n: int) -> np.ndarray:
     return np.tri(n, dtype=bool)
 
 
-class AttentionSteps(NamedTuple):
-    """Every intermediate of scaled dot-product attention, in the order it is computed."""
-
-    W_raw: np.ndarray  # (n_q, n_k) scores, q·k
-    W_scaled: np.ndarray  # (n_q, n_k) scores / √d_k
-    W_masked: np.ndarray | None  # (n_q, n_k) with -inf where the mask forbids a position
-    W: np.ndarray  # (n_q, n_k) rows sum to 1
-    Y: np.ndarray  # (n_q, d_v) weighted mix of the values
-
-
-def attention(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    mask: np.ndarray | None = None,
-    temperature: float = 1.0,
-) -> AttentionSteps:
-    """softmax(q·kᵀ / √d_k / T, masked) · v, keeping every step."""
-    d_k = q.shape[-1]
-    w_raw = q @ k.T  # [n_q, d_k] @ [d_k, n_k] -> [n_q, n_k]
-    w_scaled = w_raw / np.sqrt(d_k)
-    w_masked = None if mask is None else np.where(mask, w_scaled, -np.inf)
-    logits = w_scaled if w_masked is None else w_masked
-    w = row_softmax(logits / temperature if temperature != 1.0 else logits)
-    y = w @ v  # [n_q, n_k] @ [n_k, d_v] -> [n_q, d_v]
-    return AttentionSteps(w_raw, w_scaled, w_masked, w, y)
-
-
-class ToySteps(NamedTuple):
-    """Seed 001's parameter-free self-attention: the token vectors are their own q, k and v."""
-
-    W_raw: np.ndarray
-    W_scaled: np.ndarray | None
-    W: np.ndarray
-    Y: np.ndarray
-
-
-def toy_self_attention(x: np.ndarray, scale: bool = False) -> ToySteps:
-    """W_raw = X·Xᵀ, (W_scaled = W_raw/√d), W = row_softmax(·), Y = W·X."""
-    w_raw = x @ x.T  # [n, d] @ [d, n] -> [n, n], symmetric
-    w_scaled = w_raw / np.sqrt(x.shape[1]) if scale else None
-    w = row_softmax(w_raw if w_scaled is None else w_scaled)
-    y = w @ x  # [n, n] @ [n, d] -> [n, d]
-    return ToySteps(w_raw, w_scaled, w, y)
-
-
-def split_heads(w: np.ndarray, heads: int) -> list[np.ndarray]:
-    """(d, H·d_h) -> H matrices of (d, d_h): head h owns columns h·d_h … (h+1)·d_h − 1."""
-    return np.split(w, heads, axis=-1)
-
-
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """x·W (+ b), weights stored [in, out]."""
-    return x @ w if b is None else x @ w + b
+def sliding_window_mask(n: int, window: int) -> np.ndarray:
+    """Causal, and only the last `window` tokens: True where i - window < j <= i."""
+    i = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    return (j <= i) & (j > i - window)
 
 
 def entropy(p: np.ndarray) -> np.ndarray:
@@ -93,40 +57,188 @@ def entropy(p: np.ndarray) -> np.ndarray:
     return -terms.sum(axis=-1)
 
 
-class MultiHeadSteps(NamedTuple):
-    """Every intermediate of multi-head attention: per-head Q/K/V and attention steps, then the
-    concatenated head outputs and the output projection."""
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x·W (+ b), weights stored [in, out]."""
+    return x @ w if b is None else x @ w + b
 
-    Q: list[np.ndarray]  # per head, (n, d_k)
-    K: list[np.ndarray]  # per head, (n, d_k)
-    V: list[np.ndarray]  # per head, (n, d_v)
-    heads: list[AttentionSteps]
+
+def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """(n, H·d_h) -> (H, n, d_h): head h owns columns h·d_h … (h+1)·d_h − 1."""
+    n = x.shape[0]
+    return x.reshape(n, heads, -1).transpose(1, 0, 2)
+
+
+def merge_heads(y: np.ndarray) -> np.ndarray:
+    """(H, n, d_h) -> (n, H·d_h): the heads side by side, head 0 first."""
+    return y.transpose(1, 0, 2).reshape(y.shape[1], -1)
+
+
+def kv_group(heads: int, kv_heads: int) -> int:
+    """How many query heads share one key/value head (grouped-query attention)."""
+    return heads // kv_heads
+
+
+def kv_head_of(h: int, heads: int, kv_heads: int) -> int:
+    """The key/value head query head h reads: h // (H / kv_heads)."""
+    return h // kv_group(heads, kv_heads)
+
+
+def repeat_kv(k: np.ndarray, heads: int) -> np.ndarray:
+    """(KV, n, d) -> (H, n, d): each key/value head repeated for the query heads sharing it."""
+    group = heads // k.shape[0]
+    return k if group == 1 else np.repeat(k, group, axis=0)
+
+
+def scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """q·kᵀ over the last two axes: (…, n_q, d) × (…, n_k, d) -> (…, n_q, n_k).
+
+    Computed in row blocks against a transposed copy of k, so no BLAS call ever sees the same
+    buffer twice: for `x @ x.T` numpy takes a SYRK shortcut, and OpenBLAS's threaded SYRK
+    crashes from n ≈ 16k (and has returned wrong float32 results on some CPUs).
+    """
+    k_t = np.ascontiguousarray(np.swapaxes(k, -1, -2))  # [..., d, n_k], a buffer of its own
+    n_q = q.shape[-2]
+    if n_q <= SCORE_BLOCK:
+        return q @ k_t
+    out = np.empty((*q.shape[:-1], k_t.shape[-1]), dtype=np.result_type(q, k_t))
+    for start in range(0, n_q, SCORE_BLOCK):
+        stop = min(start + SCORE_BLOCK, n_q)
+        out[..., start:stop, :] = q[..., start:stop, :] @ k_t
+    return out
+
+
+def softcap(w: np.ndarray, cap: float) -> np.ndarray:
+    """cap·tanh(w / cap): large scores are squashed smoothly into (−cap, cap) (Gemma 2)."""
+    return cap * np.tanh(w / cap)
+
+
+class AttentionSteps(NamedTuple):
+    """Every intermediate of scaled dot-product attention, heads stacked on axis 0."""
+
+    W_raw: np.ndarray  # (H, n_q, n_k) scores, q·k
+    W_scaled: np.ndarray  # (H, n_q, n_k) scores × scale (1/√d_k unless the model says otherwise)
+    W_capped: np.ndarray | None  # (H, n_q, n_k) soft-capped scores, only with a cap
+    W_masked: np.ndarray | None  # (H, n_q, n_k) with -inf where the mask forbids a position
+    W: np.ndarray  # (H, n_q, n_k) rows sum to 1
+    Y: np.ndarray  # (H, n_q, d_v) weighted mix of the values
+
+
+def attend(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None = None,
+    scale: float | None = None,
+    cap: float | None = None,
+    temperature: float = 1.0,
+) -> AttentionSteps:
+    """softmax(cap(q·kᵀ · scale), masked) / T) · v, keeping every step.
+
+    q is (H, n, d_k); k and v are (KV, n, d) with KV dividing H (grouped key/value heads are
+    shared by H / KV query heads each). scale defaults to 1/√d_k.
+    """
+    heads, d_k = q.shape[0], q.shape[-1]
+    k, v = repeat_kv(k, heads), repeat_kv(v, heads)  # [KV, n, d] -> [H, n, d]
+    w_raw = scores(q, k)  # [H, n, d_k] @ [H, d_k, n] -> [H, n, n]
+    s = 1.0 / np.sqrt(d_k) if scale is None else scale
+    w_scaled = w_raw * np.asarray(s, dtype=w_raw.dtype)
+    w_capped = None if cap is None else softcap(w_scaled, cap)
+    logits = w_scaled if w_capped is None else w_capped
+    w_masked = None if mask is None else np.where(mask, logits, -np.inf)
+    if w_masked is not None:
+        logits = w_masked
+    w = row_softmax(logits / temperature if temperature != 1.0 else logits)
+    y = w @ v  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
+    return AttentionSteps(w_raw, w_scaled, w_capped, w_masked, w, y)
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    """One attention layer's projections, stored [in, out] so Q = X·W_q."""
+
+    w_q: np.ndarray  # (d, H·d_k)
+    w_k: np.ndarray  # (d, KV·d_k)
+    w_v: np.ndarray  # (d, KV·d_v)
+    heads: int
+    kv_heads: int | None = None  # None: one key/value head per query head
+    b_q: np.ndarray | None = None
+    b_k: np.ndarray | None = None
+    b_v: np.ndarray | None = None
+    w_o: np.ndarray | None = None  # (H·d_v, d_o)
+    b_o: np.ndarray | None = None
+
+    @property
+    def kv(self) -> int:
+        return self.heads if self.kv_heads is None else self.kv_heads
+
+    @property
+    def d_k(self) -> int:
+        return self.w_q.shape[1] // self.heads
+
+    @property
+    def d_v(self) -> int:
+        return self.w_v.shape[1] // self.kv
+
+
+def project(x: np.ndarray, p: AttentionParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Queries, keys and values, split into heads: (H, n, d_k), (KV, n, d_k), (KV, n, d_v)."""
+    q = split_heads(linear(x, p.w_q, p.b_q), p.heads)  # [n, d] @ [d, H·d_k] -> [H, n, d_k]
+    k = split_heads(linear(x, p.w_k, p.b_k), p.kv)  # [n, d] @ [d, KV·d_k] -> [KV, n, d_k]
+    v = split_heads(linear(x, p.w_v, p.b_v), p.kv)  # [n, d] @ [d, KV·d_v] -> [KV, n, d_v]
+    return q, k, v
+
+
+# A hook transforms queries and keys before the scores (q/k norms, rotary embeddings). It
+# returns named stages, each a (q, k) pair, in order; the last stage is what gets scored.
+QKStage = tuple[str, np.ndarray, np.ndarray]
+QKHook = Callable[[np.ndarray, np.ndarray], list[QKStage]]
+
+
+class MultiHeadSteps(NamedTuple):
+    """Every intermediate of multi-head attention."""
+
+    Q: np.ndarray  # (H, n, d_k) as projected
+    K: np.ndarray  # (KV, n, d_k)
+    V: np.ndarray  # (KV, n, d_v)
+    stages: list[QKStage]  # what the hook did to q and k, e.g. [("norm", …), ("rot", …)]
+    attn: AttentionSteps
     Y_concat: np.ndarray  # (n, H·d_v)
-    O: np.ndarray | None  # (n, d_out), only with an output projection
+    O: np.ndarray | None  # (n, d_o), only with an output projection
+    params: AttentionParams
 
 
 def multi_head_attention(
     x: np.ndarray,
-    w_q: np.ndarray,
-    w_k: np.ndarray,
-    w_v: np.ndarray,
-    heads: int,
-    b_q: np.ndarray | None = None,
-    b_k: np.ndarray | None = None,
-    b_v: np.ndarray | None = None,
-    w_o: np.ndarray | None = None,
-    b_o: np.ndarray | None = None,
+    p: AttentionParams,
     mask: np.ndarray | None = None,
+    qk_hook: QKHook | None = None,
+    scale: float | None = None,
+    cap: float | None = None,
     temperature: float = 1.0,
 ) -> MultiHeadSteps:
-    """Project X to queries, keys and values, attend within each head, concatenate, project."""
-    q = linear(x, w_q, b_q)  # [n, d] @ [d, H·d_k] -> [n, H·d_k]
-    k = linear(x, w_k, b_k)  # [n, d] @ [d, H·d_k] -> [n, H·d_k]
-    v = linear(x, w_v, b_v)  # [n, d] @ [d, H·d_v] -> [n, H·d_v]
-    qs, ks, vs = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
-    per_head = [
-        attention(qh, kh, vh, mask, temperature) for qh, kh, vh in zip(qs, ks, vs, strict=True)
-    ]
-    y_concat = np.concatenate([h.Y for h in per_head], axis=-1)  # H × [n, d_v] -> [n, H·d_v]
-    o = None if w_o is None else linear(y_concat, w_o, b_o)  # [n, H·d_v] @ [H·d_v, d_o]
-    return MultiHeadSteps(qs, ks, vs, per_head, y_concat, o)
+    """Project X, transform q and k (hook), attend within each head, concatenate, project."""
+    q, k, v = project(x, p)
+    stages = [] if qk_hook is None else qk_hook(q, k)
+    q_s, k_s = (q, k) if not stages else stages[-1][1:]
+    a = attend(q_s, k_s, v, mask, scale, cap, temperature)
+    y_concat = merge_heads(a.Y)  # [H, n, d_v] -> [n, H·d_v]
+    o = None if p.w_o is None else linear(y_concat, p.w_o, p.b_o)  # [n, H·d_v] @ [H·d_v, d_o]
+    return MultiHeadSteps(q, k, v, stages, a, y_concat, o, p)
+
+
+class ToySteps(NamedTuple):
+    """Parameter-free self-attention: the token vectors are their own queries, keys and values."""
+
+    W_raw: np.ndarray
+    W_scaled: np.ndarray | None
+    W: np.ndarray
+    Y: np.ndarray
+
+
+def toy_self_attention(x: np.ndarray, scale: bool = False) -> ToySteps:
+    """W_raw = X·Xᵀ, (W_scaled = W_raw/√d), W = row_softmax(·), Y = W·X."""
+    w_raw = scores(x, x)  # [n, d] @ [d, n] -> [n, n], symmetric
+    w_scaled = w_raw / np.sqrt(x.shape[1]) if scale else None
+    w = row_softmax(w_raw if w_scaled is None else w_scaled)
+    y = w @ x  # [n, n] @ [n, d] -> [n, d]
+    return ToySteps(w_raw, w_scaled, w, y)

@@ -7,6 +7,7 @@ Heavy imports (numpy, tokenizers, rich) happen inside the commands, so `--help` 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -37,10 +38,11 @@ def error_line(message: str) -> None:
 @contextmanager
 def user_errors():
     """AttnError -> one line on stderr and its exit code (2: usage/input, 1: other)."""
-    from attn_cli.errors import AttnError
+    from attn_cli.errors import AttnError, flag_vocabulary
 
     try:
-        yield
+        with flag_vocabulary():
+            yield
     except AttnError as exc:
         if _state["debug"]:
             raise
@@ -121,8 +123,47 @@ def _display(params: dict) -> dict:
     return {k: params[k] for k in DISPLAY}
 
 
-def _render(traces, views, display: dict) -> None:
-    """Print every view of every trace; with --svg/--html also record it, in colour."""
+def _emit(
+    traces: Iterable,
+    views: list[str] | None,
+    display: dict,
+    json_path: str | None = None,
+    npz_path: str | None = None,
+    export_steps: list[str] | None = None,
+) -> None:
+    """Stream traces: each is rendered (views None: not at all), written to the exports and
+    released before the next one is computed. With --svg/--html what was printed is also
+    recorded, in colour."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        render_one = _renderer(views, display, stack) if views is not None else None
+        json_file = npz = None
+        if json_path is not None or npz_path is not None:
+            from attn_cli import export
+
+            if json_path == "-":
+                json_file = sys.stdout.buffer
+            elif json_path is not None:
+                json_file = stack.enter_context(export.atomic_file(json_path))
+            if npz_path is not None:
+                npz = stack.enter_context(
+                    export.NpzWriter(stack.enter_context(export.atomic_file(npz_path)))
+                )
+        for trace in traces:
+            if json_file is not None or npz is not None:
+                kept = export.only_steps(trace, export_steps)
+                if json_file is not None:
+                    for chunk in export.json_chunks([kept]):
+                        json_file.write(chunk)
+                    json_file.flush()
+                if npz is not None:
+                    npz.add(kept)
+            if render_one is not None:
+                render_one(trace)
+
+
+def _renderer(views: list[str], display: dict, stack):
     from attn_cli.render.common import RenderOptions, make_console
     from attn_cli.render.views import parse_range, render
 
@@ -149,35 +190,23 @@ def _render(traces, views, display: dict) -> None:
             file=io.StringIO(),
             record=True,
         )
-    for trace in traces:
+        stack.callback(_save_recording, recorder, display)
+
+    def render_one(trace) -> None:
         render(console, trace, views, opts)
         if recorder is not None:
             render(recorder, trace, views, opts)
-    if recorder is not None:
-        from attn_cli.export import atomic_write
 
-        if display["svg"]:
-            atomic_write(
-                display["svg"], recorder.export_svg(title="attn-cli", clear=False).encode()
-            )
-        if display["html"]:
-            atomic_write(display["html"], recorder.export_html(clear=False).encode())
+    return render_one
 
 
-def _write_exports(traces, json_path: str | None, npz_path: str | None) -> None:
-    if json_path is None and npz_path is None:
-        return  # keep orjson and the exporter off the plain `explain` path
-    from attn_cli import export
+def _save_recording(recorder, display: dict) -> None:
+    from attn_cli.export import atomic_write
 
-    if json_path is not None:
-        if json_path == "-":
-            for chunk in export.json_chunks(traces):
-                sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-        else:
-            export.atomic_write(json_path, export.json_chunks(traces))
-    if npz_path is not None:
-        export.atomic_write(npz_path, export.npz_bytes(traces))
+    if display["svg"]:
+        atomic_write(display["svg"], recorder.export_svg(title="attn-cli", clear=False).encode())
+    if display["html"]:
+        atomic_write(display["html"], recorder.export_html(clear=False).encode())
 
 
 QKV = "Q/K/V attention"
@@ -365,6 +394,16 @@ HtmlOpt = Annotated[
         rich_help_panel="Views",
     ),
 ]
+StepsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--steps",
+        metavar="NAMES",
+        help="Steps written by --json/--npz, e.g. W or W,Y, or all. Default: a model's attention "
+        "maps W (about 60 MB of JSON for 380 tokens × 72 heads); every step but the parameter "
+        "matrices W_q/W_k/W_v/W_o otherwise.",
+    ),
+]
 NpzOpt = Annotated[
     str | None,
     typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
@@ -391,6 +430,7 @@ def explain(
     head: HeadOpt = None,
     json_out: JsonOpt = None,
     npz_out: NpzOpt = None,
+    steps: StepsOpt = None,
     view: ViewOpt = None,
     top_k: TopKOpt = 3,
     rows: RowsOpt = None,
@@ -412,12 +452,12 @@ def explain(
     --model: a real checkpoint (BERT/MiniLM, GPT-2) in numpy, any layer and head.
     """
     with user_errors():
+        from attn_cli.api import Options, explain_all, load_model, parse_steps
         from attn_cli.inputs import read_texts
-        from attn_cli.pipeline import ExplainOptions, explain_texts
         from attn_cli.render.views import WHOLE_MODEL_VIEWS, parse_views
 
         views = parse_views(view)
-        opts = ExplainOptions(
+        opts = Options(
             tokenizer=tokenizer,
             special=special,
             embeddings=embeddings,
@@ -433,16 +473,56 @@ def explain(
             model=model,
             layer=layer,
             head=head,
-            all_by_default=json_out is not None or any(v in WHOLE_MODEL_VIEWS for v in views),
         )
-        # Checked here too (explain_texts checks again) so a bad option is reported before
-        # waiting on stdin.
+        # Checked before waiting on stdin, so a bad option is reported at once.
         opts.check()
-        texts = read_texts(text, sys.stdin)
-        traces = list(explain_texts(texts, opts))
-        _write_exports(traces, json_out, npz_out)
-        if json_out != "-":
-            _render(traces, views, _display(locals()))
+        export_steps = parse_steps(steps) if steps is not None else None
+        if model is None:
+            texts = read_texts(text, sys.stdin)
+            traces = explain_all(texts, **vars(opts))
+        else:
+            m = load_model(model)
+            every = json_out is not None or any(v in WHOLE_MODEL_VIEWS for v in views)
+            traces = _model_traces(m, text, layer, head, every)
+        if steps is None and (json_out is not None or npz_out is not None):
+            export_steps = _default_export_steps(model is not None)
+        shown = None if json_out == "-" else views
+        _emit(traces, shown, _display(locals()), json_out, npz_out, export_steps)
+
+
+def _model_traces(m, text: str | None, layer: str | None, head: str | None, every: bool):
+    """--layer/--head unset: every layer and head for exports and whole-model views, else the
+    middle layer's head 0, with a note saying how to choose."""
+    from attn_cli.inputs import read_texts
+
+    d = m.dims
+    chosen_layer = layer if layer is not None else ("all" if every else d.layers // 2)
+    chosen_head = head if head is not None else ("all" if every else 0)
+    traces = m.traces([], layers=chosen_layer, heads=chosen_head)  # checks the options now
+    del traces
+    texts = read_texts(text, sys.stdin)
+    note = None
+    if (layer is None or head is None) and not every:
+        shown_layer = "all" if str(chosen_layer).lower() == "all" else chosen_layer
+        shown_head = "all" if str(chosen_head).lower() == "all" else chosen_head
+        note = (
+            f"showing layer {shown_layer}, head {shown_head} of {d.layers} layers × {d.heads} "
+            "heads: choose with --layer N|all and --head N|all"
+        )
+    for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head):
+        if note is not None:
+            trace.notes.append(note)
+        yield trace
+
+
+def _default_export_steps(model: bool) -> list[str] | None:
+    """What --json/--npz write without --steps: a model's attention maps (W); everything but
+    the parameter matrices otherwise. --steps all writes every step."""
+    from attn_cli.narrate import PARAMETER_STEPS, STEP_NAMES
+
+    if model:
+        return ["W"]
+    return [n for n in STEP_NAMES if n not in PARAMETER_STEPS]
 
 
 @app.command()
@@ -483,7 +563,7 @@ def show(
                 raise InputError(f"{file} does not exist") from None
             except OSError as exc:
                 raise InputError(f"cannot read {file}: {exc.strerror}") from None
-        _render(loads_traces(data, source), views, _display(locals()))
+        _emit(loads_traces(data, source), views, _display(locals()))
 
 
 @app.command()

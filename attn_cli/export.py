@@ -9,7 +9,7 @@ import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -54,7 +54,18 @@ def trace_document(trace: Trace) -> dict[str, Any]:
     }
 
 
-def json_chunks(traces: list[Trace]) -> Iterator[bytes]:
+def only_steps(trace: Trace, names: list[str] | None) -> Trace:
+    """The trace with just the named steps (None: all of them)."""
+    if names is None:
+        return trace
+    wanted = set(names)
+    kept = [s for s in trace.steps if s.name in wanted]
+    return Trace(
+        trace.text, trace.tokens, trace.token_ids, trace.config, kept, trace.notes, trace.raw_tokens
+    )
+
+
+def json_chunks(traces: Iterable[Trace]) -> Iterator[bytes]:
     """One newline-terminated JSON document per trace: a single trace is a JSON file, several
     are JSON Lines. Written chunk by chunk, so a large trace is never copied into a join."""
     opt = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
@@ -165,39 +176,72 @@ def _step_from_entry(e: Any, where: str) -> TraceStep:
     )
 
 
-def npz_bytes(traces: list[Trace]) -> bytes:
-    """All matrices as .npz arrays ('0/03_W_raw', or '0/05_W@L2H5'), plus each trace's JSON
+def npz_arrays(i: int, t: Trace) -> Iterator[tuple[str, np.ndarray]]:
+    """One trace's matrices as .npz entries ('0/03_W_raw', or '0/05_W@L2H5'), then its JSON
     without the matrices under '<i>/trace.json'."""
-    arrays: dict[str, np.ndarray] = {}
-    for i, t in enumerate(traces):
-        doc = trace_document(t)
-        for j, (step, entry) in enumerate(zip(t.steps, doc["steps"], strict=True)):
-            where = (
-                ""
-                if step.where == ""
-                else "@"
-                + step.where.replace("layer ", "L").replace(" · head ", "H").replace("head ", "H")
-            )
-            arrays[f"{i}/{j:03d}_{step.name}{where}"] = step.data
-            entry.pop("data")
-        arrays[f"{i}/trace.json"] = np.frombuffer(orjson.dumps(doc), dtype=np.uint8)
+    doc = trace_document(t)
+    for j, (step, entry) in enumerate(zip(t.steps, doc["steps"], strict=True)):
+        where = (
+            ""
+            if step.where == ""
+            else "@"
+            + step.where.replace("layer ", "L").replace(" · head ", "H").replace("head ", "H")
+        )
+        yield f"{i}/{j:03d}_{step.name}{where}", step.data
+        entry.pop("data")
+    yield f"{i}/trace.json", np.frombuffer(orjson.dumps(doc), dtype=np.uint8)
+
+
+def npz_bytes(traces: Iterable[Trace]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    with NpzWriter(buf) as npz:
+        for t in traces:
+            npz.add(t)
     return buf.getvalue()
 
 
-def _write_all(f, data: bytes | Iterable[bytes]) -> None:
-    for chunk in [data] if isinstance(data, bytes | bytearray) else data:
-        f.write(chunk)
+class NpzWriter:
+    """Traces appended to a .npz archive one at a time (np.load reads it): nothing is held
+    back for a final np.savez."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        import zipfile
+
+        self._zip = zipfile.ZipFile(file, "w", allowZip64=True)
+        self._count = 0
+
+    def add(self, t: Trace) -> None:
+        for name, array in npz_arrays(self._count, t):
+            with self._zip.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+        self._count += 1
+
+    def __enter__(self) -> NpzWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._zip.close()
 
 
 def atomic_write(path: str | Path, data: bytes | Iterable[bytes]) -> None:
-    """Write all of `data` or nothing: a temp file beside the target, then a rename.
+    """Write all of `data` or nothing: a temp file beside the target, then a rename."""
+    with atomic_file(path) as f:
+        for chunk in [data] if isinstance(data, bytes | bytearray) else data:
+            f.write(chunk)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """A file to write that appears at `path` whole, or not at all: a temp file beside the
+    target, renamed over it when the block ends without an error.
 
     Devices and pipes (/dev/null, /dev/stdout, a FIFO) are written directly: renaming over
-    them would replace the device node.
+    them would replace the device node. A symlink is written through: its target is
+    replaced (atomically) and the link stays, as editors do.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -209,7 +253,7 @@ def atomic_write(path: str | Path, data: bytes | Iterable[bytes]) -> None:
     if st is not None and not stat.S_ISREG(st.st_mode):
         try:
             with open(path, "wb") as f:
-                _write_all(f, data)
+                yield f
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror}") from None
         return
@@ -222,7 +266,7 @@ def atomic_write(path: str | Path, data: bytes | Iterable[bytes]) -> None:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_all(f, data)
+            yield f
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, (st.st_mode & 0o7777) if st else (0o666 & ~umask))

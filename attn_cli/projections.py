@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attn_cli.attention import AttentionParams
 from attn_cli.embeddings import load_npz, seeded_uniform, sha256_file
 from attn_cli.errors import InputError
 
@@ -33,6 +34,20 @@ class Projections:
     @property
     def d_k(self) -> int:
         return self.W_q.shape[1] // self.heads
+
+    @property
+    def params(self) -> AttentionParams:
+        return AttentionParams(
+            self.W_q,
+            self.W_k,
+            self.W_v,
+            self.heads,
+            b_q=self.b_q,
+            b_k=self.b_k,
+            b_v=self.b_v,
+            w_o=self.W_o,
+            b_o=self.b_o,
+        )
 
     @property
     def d_v(self) -> int:

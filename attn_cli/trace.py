@@ -7,10 +7,15 @@ run that produced it.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderResult
 
 # What a step's matrix holds; decides its colour scale and how its axes are labelled.
 KINDS = (
@@ -18,6 +23,9 @@ KINDS = (
     "scores",  # tokens × tokens, unnormalised (W_raw, W_scaled, W_masked): diverging
     "weights",  # tokens × tokens, rows sum to 1 (W): sequential
     "parameters",  # dimensions × dimensions (W_q, W_k, W_v, W_o): diverging
+    "relevance",  # tokens × tokens, non-negative contributions (norms, ALTI, rollout): sequential
+    "prediction",  # candidate tokens × one column of probabilities (next token, logit lens)
+    "heads",  # layers × heads, one number per head (detector scores, corpus statistics)
 )
 
 
@@ -50,12 +58,21 @@ class TraceStep:
 
 @dataclass
 class Trace:
+    """Everything one run computed: the tokens, how they were made (config), and every step.
+
+    >>> t = attn_cli.explain("hi how are you")
+    >>> t.attention().shape            # (layers, heads, n, n)
+    (1, 1, 4, 4)
+    """
+
     text: str
     tokens: list[str]
     token_ids: list[int]
     config: dict[str, Any]
     steps: list[TraceStep] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The tokenizer's own pieces ("Ġthe") where `tokens` shows them as readable text (" the").
+    raw_tokens: list[str] | None = None
 
     def find(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:
         for step in self.steps:
@@ -65,6 +82,164 @@ class Trace:
 
     def steps_named(self, name: str) -> list[TraceStep]:
         return [s for s in self.steps if s.name == name]
+
+    # --- the public face -----------------------------------------------------------------
+
+    @property
+    def layers(self) -> list[int | None]:
+        """The layers this trace holds attention maps for, in order (None: no layer)."""
+        return sorted({s.layer for s in self.steps_named("W")}, key=_order)
+
+    @property
+    def heads(self) -> list[int | None]:
+        return sorted({s.head for s in self.steps_named("W")}, key=_order)
+
+    @property
+    def step_names(self) -> list[str]:
+        """Names of the steps present, in the order they first appear."""
+        return list(dict.fromkeys(s.name for s in self.steps))
+
+    def step(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:
+        """One step by name, layer and head; with one layer (head) present, it is the default."""
+        from attn_cli.errors import InputError
+
+        matching = self.steps_named(name)
+        if not matching:
+            raise InputError(
+                f"name={name!r}: this trace has no such step (it has {', '.join(self.step_names)})"
+            )
+        for key, value in (("layer", layer), ("head", head)):
+            present = sorted({getattr(s, key) for s in matching}, key=_order)
+            if value is None and len(present) == 1:
+                continue
+            if value not in present:
+                shown = ", ".join("none" if p is None else str(p) for p in present)
+                raise InputError(f"{key}={value!r}: step {name} is present for {key}s {shown}")
+            matching = [s for s in matching if getattr(s, key) == value]
+        return matching[0]
+
+    def attention(self, name: str = "W") -> np.ndarray:
+        """Every attention map of step `name` as one array (layers, heads, n, n), ordered by
+        layer and head. The toy pipeline gives (1, 1, n, n)."""
+        from attn_cli.errors import InputError
+
+        maps = self.steps_named(name)
+        if not maps:
+            raise InputError(f"name={name!r}: this trace has no {name} step")
+        layers = sorted({s.layer for s in maps}, key=_order)
+        heads = sorted({s.head for s in maps}, key=_order)
+        n_q, n_k = maps[0].data.shape
+        out = np.full((len(layers), len(heads), n_q, n_k), np.nan)
+        li = {v: i for i, v in enumerate(layers)}
+        hi = {v: i for i, v in enumerate(heads)}
+        for s in maps:
+            out[li[s.layer], hi[s.head]] = s.data
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write the trace as JSON (atomically); `attn_cli.load(path)` reads it back."""
+        from attn_cli.export import atomic_write, json_chunks
+
+        atomic_write(path, json_chunks([self]))
+
+    def show(
+        self,
+        view: str | Sequence[str] = "auto",
+        console: Console | None = None,
+        width: int | None = None,
+        **display: Any,
+    ) -> None:
+        """Render views (steps, overview, summary, top, heatmap, geometry, grid) to the console."""
+        from attn_cli.render.common import RenderOptions, make_console
+        from attn_cli.render.views import parse_views, render
+
+        views = parse_views([view] if isinstance(view, str) else list(view))
+        render(console or make_console(width=width), self, views, RenderOptions(**display))
+
+    @classmethod
+    def from_attentions(
+        cls,
+        tokens: Sequence[str],
+        attentions: Any,
+        text: str | None = None,
+        model: str | None = None,
+    ) -> Trace:
+        """A trace from any model's attention weights: (layers, heads, n, n) — an array, or a
+        sequence of per-layer arrays such as transformers' `output_attentions` (a batch axis of
+        size 1 is dropped; torch tensors are converted with .numpy())."""
+        from attn_cli.errors import InputError
+
+        layers = (
+            [_to_numpy(a) for a in attentions] if isinstance(attentions, list | tuple) else None
+        )
+        arr = np.stack(layers) if layers is not None else _to_numpy(attentions)
+        if arr.ndim == 5 and arr.shape[1] == 1:
+            arr = arr[:, 0]  # (layers, batch=1, heads, n, n)
+        n = len(tokens)
+        if arr.ndim != 4 or arr.shape[2:] != (n, n):
+            raise InputError(
+                f"attentions has shape {arr.shape}: expected (layers, heads, {n}, {n}) for {n} tokens"
+            )
+        tokens = [str(t) for t in tokens]
+        labels = token_labels(tokens)
+        steps = [
+            TraceStep(
+                "W",
+                "attention weights",
+                f"Attention weights of layer {i}, head {h}, as the model computed them: row i is "
+                "where token i looks.",
+                np.asarray(arr[i, h], dtype=np.float64),
+                labels,
+                labels,
+                "weights",
+                i,
+                h,
+            )
+            for i in range(arr.shape[0])
+            for h in range(arr.shape[1])
+        ]
+        config: dict[str, Any] = {
+            "pipeline": "attentions",
+            "layers": arr.shape[0],
+            "heads": arr.shape[1],
+            "layer": "all",
+            "head": "all",
+        }
+        if model is not None:
+            config["model"] = model
+        return cls(text if text is not None else " ".join(tokens), tokens, [-1] * n, config, steps)
+
+    def __repr__(self) -> str:
+        maps = len(self.steps_named("W"))
+        what = self.config.get("model") or self.config.get("pipeline", "?")
+        text = self.text if len(self.text) <= 40 else self.text[:39] + "…"
+        return (
+            f"<Trace {what} · {len(self.tokens)} tokens · {len(self.steps)} steps · "
+            f"{maps} attention map{'s' if maps != 1 else ''} · {text!r}>"
+        )
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """In Jupyter (and anywhere Rich prints a Trace) it displays its views."""
+        import io
+
+        from rich.text import Text
+
+        from attn_cli.render.common import RenderOptions, make_console
+        from attn_cli.render.views import render
+
+        inner = make_console(color=True, width=options.max_width, file=io.StringIO(), record=True)
+        render(inner, self, ["auto"], RenderOptions())
+        yield Text.from_ansi(inner.export_text(styles=True))
+
+
+def _order(v: int | None) -> int:
+    return -1 if v is None else v
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor: converted without importing torch
+        a = a.detach().cpu().float().numpy()
+    return np.asarray(a, dtype=np.float64)
 
 
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")

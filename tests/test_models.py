@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from attn_cli.models.run import Model, Selection
+from attn_cli import load_model
 from attn_cli.tokenizer import BUNDLED_TOKENIZER
 from tests.conftest import SAMPLES, invoke, minilm_dir, require
 
@@ -34,11 +34,12 @@ def reference_outputs(model_dir, text: str, tokenizer_ids: list[int]):
 
 
 def check_against_transformers(model_dir, name: str, texts: list[str]) -> None:
-    m = Model(name)
+    m = load_model(name)
     for text in texts:
-        trace = m.trace(text, Selection(None, None))
+        trace = m.trace(text, layers="all", heads="all")
         attentions, hidden = reference_outputs(model_dir, text, trace.token_ids)
-        assert len(trace.steps_named("W")) == m.ckpt.layers * m.ckpt.heads
+        assert len(trace.steps_named("W")) == m.dims.layers * m.dims.heads
+        np.testing.assert_allclose(trace.attention(), np.stack(attentions), atol=1e-5)
         for layer, ref in enumerate(attentions):  # ref: (heads, n, n)
             for head in range(ref.shape[0]):
                 ours = trace.find("W", layer, head).data
@@ -49,7 +50,7 @@ def check_against_transformers(model_dir, name: str, texts: list[str]) -> None:
 @pytest.mark.reference
 def test_minilm_matches_transformers_on_every_layer_and_head():
     d = minilm_dir()
-    lengths = [len(Model("minilm").trace(t, Selection(0, 0)).tokens) for t in SENTENCES]
+    lengths = [len(load_model("minilm").trace(t, layers=0, heads=0).tokens) for t in SENTENCES]
     assert max(lengths) >= 100
     check_against_transformers(d, "minilm", SENTENCES)
 
@@ -121,7 +122,7 @@ def test_random_gpt2_matches_transformers(tiny_gpt2):
     check_against_transformers(
         tiny_gpt2, str(tiny_gpt2), ["hi how are you", "the cat sat on the mat"]
     )
-    trace = Model(str(tiny_gpt2)).trace("the cat sat on the mat", Selection(1, 2))
+    trace = load_model(tiny_gpt2).trace("the cat sat on the mat", layers=1, heads=2)
     masked = trace.find("W_masked", 1, 2).data
     assert np.all(np.isneginf(masked[np.triu_indices(6, 1)]))
     assert np.all(trace.find("W", 1, 2).data[np.triu_indices(6, 1)] == 0)
@@ -129,7 +130,9 @@ def test_random_gpt2_matches_transformers(tiny_gpt2):
 
 @pytest.mark.reference
 def test_cli_model_json_has_every_layer_and_head(tiny_gpt2):
-    r = invoke(["explain", "hi how are you", "--model", str(tiny_gpt2), "--json", "-"])
+    r = invoke(
+        ["explain", "hi how are you", "--model", str(tiny_gpt2), "--json", "-", "--steps", "all"]
+    )
     assert r.exit_code == 0, r.stderr
     doc = orjson.loads(r.stdout)
     ws = [(s["layer"], s["head"]) for s in doc["steps"] if s["name"] == "W"]

@@ -3,6 +3,8 @@ and agreement with torch's scaled_dot_product_attention and MultiheadAttention."
 
 from __future__ import annotations
 
+import math
+
 import json
 
 import jsonschema
@@ -20,7 +22,7 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 
 def run_json(args: list[str], input: str | None = None) -> dict:
-    r = invoke(["explain", *args, "--json", "-"], input=input)
+    r = invoke(["explain", *args, "--json", "-", "--steps", "all"], input=input)
     assert r.exit_code == 0, r.stderr
     return orjson.loads(r.stdout)
 
@@ -145,20 +147,37 @@ def test_properties(n, d_k, heads, causal, temperature, seed):
     x = rng.normal(size=(n, d))
     w = [rng.normal(size=(d, heads * d_k)) for _ in range(3)]
     mask = att.causal_mask(n) if causal else None
-    m = att.multi_head_attention(x, *w, heads, mask=mask, temperature=temperature)
-    for h, a in enumerate(m.heads):
-        np.testing.assert_allclose(a.W.sum(axis=1), 1.0, atol=1e-12)
+    p = att.AttentionParams(*w, heads)
+    m = att.multi_head_attention(x, p, mask=mask, temperature=temperature)
+    for h in range(heads):
+        # Independent computation, one head at a time with plain loops over the formula.
+        cols = slice(h * d_k, (h + 1) * d_k)
+        q, k, v = x @ w[0][:, cols], x @ w[1][:, cols], x @ w[2][:, cols]
+        expected = np.zeros((n, n))
+        for i in range(n):
+            logits = [
+                (q[i] @ k[j]) / math.sqrt(d_k) / temperature
+                if (not causal or j <= i)
+                else -math.inf
+                for j in range(n)
+            ]
+            top = max(logits)
+            e = [math.exp(z - top) for z in logits]
+            expected[i] = [v_ / sum(e) for v_ in e]
+        W = m.attn.W[h]
+        np.testing.assert_allclose(W, expected, atol=1e-9)
+        np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-12)
         if causal:
-            assert np.all(a.W[np.triu_indices(n, 1)] == 0.0)
-        np.testing.assert_allclose(a.Y, a.W @ m.V[h], atol=1e-9)
+            assert np.all(W[np.triu_indices(n, 1)] == 0.0)
+        np.testing.assert_allclose(m.attn.Y[h], np.einsum("ij,jd->id", expected, v), atol=1e-9)
 
 
 def test_small_temperature_approaches_one_hot():
     rng = np.random.default_rng(0)
     q, k, v = rng.normal(size=(5, 3)), rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
-    cold = att.attention(q, k, v, temperature=1e-3).W
+    cold = att.attend(q[None], k[None], v[None], temperature=1e-3).W[0]
     np.testing.assert_allclose(cold.max(axis=1), 1.0, atol=1e-6)
-    warm = att.attention(q, k, v, temperature=1e3).W
+    warm = att.attend(q[None], k[None], v[None], temperature=1e3).W[0]
     np.testing.assert_allclose(warm, 0.2, atol=1e-3)
 
 

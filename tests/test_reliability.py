@@ -40,7 +40,7 @@ def test_hundred_thousand_characters():
 
 
 def test_too_many_tokens_for_this_machine(monkeypatch):
-    monkeypatch.setattr("attn_cli.pipeline.physical_memory", lambda: 2**30)
+    monkeypatch.setattr("attn_cli.api.physical_memory", lambda: 2**30)
     r = invoke(["explain", " ".join(["hi"] * 9000)])
     assert r.exit_code == 2
     assert r.stderr == err(
@@ -220,7 +220,7 @@ def test_internal_errors_are_one_line_unless_debug(capsys, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr("attn_cli.pipeline.toy_steps", boom)
+    monkeypatch.setattr("attn_cli.narrate.toy_steps", boom)
     code, _, e = run_main(["explain", "hi"], capsys)
     assert code == 1
     assert e == err("internal error: RuntimeError: kaput (rerun with --debug for the traceback)")

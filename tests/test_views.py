@@ -30,7 +30,10 @@ TRACES = {
 @pytest.mark.parametrize("view", VIEWS)
 def test_every_view_renders_and_show_matches(tmp_path, kind, view):
     path = tmp_path / "t.json"
-    shown = invoke(["explain", *TRACES[kind], "--view", view, "--json", str(path), "--width", "90"])
+    shown = invoke(
+        ["explain", *TRACES[kind], "--view", view, "--json", str(path), "--steps", "all"]
+        + ["--width", "90"]
+    )
     assert shown.exit_code == 0, shown.stderr
     assert shown.stdout.strip() and "Traceback" not in shown.stdout
     again = invoke(["show", str(path), "--view", view, "--width", "90"])
@@ -54,6 +57,8 @@ def test_every_view_renders_for_a_model_trace(tmp_path, view):
             view,
             "--json",
             str(path),
+            "--steps",
+            "all",
             "--width",
             "100",
         ]

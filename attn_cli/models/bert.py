@@ -3,20 +3,33 @@ bidirectional attention and exact (erf) GELU. Weights as torch stores them: Line
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import numpy as np
 
-from attn_cli.attention import multi_head_attention
+from attn_cli.attention import AttentionParams, multi_head_attention
 from attn_cli.errors import InputError
-from attn_cli.models.layers import LayerSteps, activation, layer_norm
+from attn_cli.models.layers import activation, layer_norm
+from attn_cli.models.registry import Config, Dims, Family, LayerSteps, WeightSource, Wording
+from attn_cli.models.weights import expect_shape
 
 ANCHOR = "embeddings.word_embeddings.weight"
 
 
-def check_shapes(w, cfg: dict) -> None:
-    from attn_cli.models.checkpoint import expect_shape
+def dims(cfg: Config) -> Dims:
+    d, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    return Dims(
+        int(cfg["num_hidden_layers"]),
+        heads,
+        heads,
+        d,
+        d // heads,
+        int(cfg["vocab_size"]),
+        int(cfg["max_position_embeddings"]),
+    )
 
+
+def check(w: WeightSource, cfg: Config) -> None:
     d, inter = cfg["hidden_size"], cfg["intermediate_size"]
     if d % cfg["num_attention_heads"]:
         raise InputError(f"config.json: hidden_size {d} is not divisible by num_attention_heads")
@@ -35,36 +48,37 @@ def check_shapes(w, cfg: dict) -> None:
         expect_shape(w, p + "output.dense.weight", (d, inter))
 
 
-def embed(w, ids: list[int], cfg: dict) -> np.ndarray:
-    """word + position + token-type (all 0: one segment) embeddings, then LayerNorm."""
+def embed(
+    w: WeightSource, ids: list[int], cfg: Config, segments: list[int] | None = None
+) -> np.ndarray:
+    """word + position + token-type embeddings, then LayerNorm. `segments` are the
+    token_type_ids (0 for the first sentence, 1 for the second of a pair)."""
     n = len(ids)
-    rows = w.rows(ANCHOR, ids) if hasattr(w, "rows") else w[ANCHOR][ids]
-    x = (
-        rows
-        + w["embeddings.position_embeddings.weight"][:n]
-        + w["embeddings.token_type_embeddings.weight"][0]
-    )
+    types = w["embeddings.token_type_embeddings.weight"]
+    seg = types[0] if segments is None else types[np.asarray(segments)]
+    x = w.rows(ANCHOR, ids) + w["embeddings.position_embeddings.weight"][:n] + seg
     return layer_norm(
         x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg["layer_norm_eps"]
     )
 
 
-def linear_params(w: Mapping, name: str) -> tuple[np.ndarray, np.ndarray]:
+def linear_params(w: WeightSource, name: str) -> tuple[np.ndarray, np.ndarray]:
     """A torch Linear's weight [out, in] as [in, out], and its bias."""
     return w[name + ".weight"].T, w[name + ".bias"]
 
 
-def layers(w: Mapping, x: np.ndarray, cfg: dict) -> Iterator[LayerSteps]:
+def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
     heads, eps = cfg["num_attention_heads"], cfg["layer_norm_eps"]
     act = activation(cfg.get("hidden_act", "gelu"))
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
-
         (wq, bq), (wk, bk), (wv, bv) = (
             linear_params(w, p + f"attention.self.{n}") for n in ("query", "key", "value")
         )
         wo, bo = linear_params(w, p + "attention.output.dense")
-        a = multi_head_attention(x, wq, wk, wv, heads, bq, bk, bv, wo, bo)  # bidirectional
+        params = AttentionParams(wq, wk, wv, heads, b_q=bq, b_k=bk, b_v=bv, w_o=wo, b_o=bo)
+        a = multi_head_attention(x, params)  # bidirectional: no mask
+        assert a.O is not None
         h = layer_norm(
             a.O + x,
             w[p + "attention.output.LayerNorm.weight"],
@@ -77,9 +91,32 @@ def layers(w: Mapping, x: np.ndarray, cfg: dict) -> Iterator[LayerSteps]:
         out = layer_norm(
             ff + h, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps
         )
-        yield LayerSteps(x, a, out)
+        yield LayerSteps(x, x, a, out)
         x = out
 
 
-def final(w: Mapping, h: np.ndarray, cfg: dict) -> np.ndarray:
+def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
     return h  # BERT's last hidden state is the last layer's output
+
+
+def _x_description(i: int) -> str:
+    return " (the embeddings, after LayerNorm)." if i == 0 else f" (layer {i - 1}'s output)."
+
+
+FAMILY = Family(
+    name="bert",
+    model_types=("bert",),
+    anchor=ANCHOR,
+    causal=False,
+    norm="post-LayerNorm",
+    dims=dims,
+    check=check,
+    embed=embed,
+    layers=layers,
+    final=final,
+    wording=Wording(
+        x_formula="hidden states",
+        x_description=_x_description,
+        final="The model's output: one vector per token after every layer.",
+    ),
+)

@@ -3,20 +3,33 @@ GELU, a final LayerNorm. Conv1D weights are already [in, out]."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import numpy as np
 
-from attn_cli.attention import causal_mask, multi_head_attention
+from attn_cli.attention import AttentionParams, causal_mask, multi_head_attention
 from attn_cli.errors import InputError
-from attn_cli.models.layers import LayerSteps, activation, layer_norm
+from attn_cli.models.layers import activation, layer_norm
+from attn_cli.models.registry import Config, Dims, Family, LayerSteps, WeightSource, Wording
+from attn_cli.models.weights import expect_shape
 
 ANCHOR = "wte.weight"
 
 
-def check_shapes(w, cfg: dict) -> None:
-    from attn_cli.models.checkpoint import expect_shape
+def dims(cfg: Config) -> Dims:
+    d, heads = int(cfg["n_embd"]), int(cfg["n_head"])
+    return Dims(
+        int(cfg["n_layer"]),
+        heads,
+        heads,
+        d,
+        d // heads,
+        int(cfg["vocab_size"]),
+        int(cfg["n_positions"]),
+    )
 
+
+def check(w: WeightSource, cfg: Config) -> None:
     d = cfg["n_embd"]
     inner = cfg.get("n_inner") or 4 * d
     if d % cfg["n_head"]:
@@ -37,12 +50,11 @@ def check_shapes(w, cfg: dict) -> None:
     expect_shape(w, "ln_f.weight", (d,))
 
 
-def embed(w, ids: list[int], cfg: dict) -> np.ndarray:
-    rows = w.rows(ANCHOR, ids) if hasattr(w, "rows") else w[ANCHOR][ids]
-    return rows + w["wpe.weight"][: len(ids)]  # token + position
+def embed(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
+    return w.rows(ANCHOR, ids) + w["wpe.weight"][: len(ids)]  # token + position
 
 
-def layers(w: Mapping, x: np.ndarray, cfg: dict) -> Iterator[LayerSteps]:
+def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
     heads, eps = cfg["n_head"], cfg.get("layer_norm_epsilon", 1e-5)
     act = activation(cfg.get("activation_function", "gelu_new"))
     mask = causal_mask(len(x))
@@ -52,26 +64,54 @@ def layers(w: Mapping, x: np.ndarray, cfg: dict) -> Iterator[LayerSteps]:
         c_attn, b_attn = w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]  # [d, 3d]
         wq, wk, wv = np.split(c_attn, 3, axis=1)
         bq, bk, bv = np.split(b_attn, 3)
-        a = multi_head_attention(
-            a_in,
+        params = AttentionParams(
             wq,
             wk,
             wv,
             heads,
-            bq,
-            bk,
-            bv,
-            w[p + "attn.c_proj.weight"],
-            w[p + "attn.c_proj.bias"],
-            mask,
+            b_q=bq,
+            b_k=bk,
+            b_v=bv,
+            w_o=w[p + "attn.c_proj.weight"],
+            b_o=w[p + "attn.c_proj.bias"],
         )
+        a = multi_head_attention(a_in, params, mask)
+        assert a.O is not None
         h = x + a.O  # residual
         m = layer_norm(h, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
         ff = act(m @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])  # [n, d] -> [n, 4d]
         out = h + ff @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]  # -> [n, d]
-        yield LayerSteps(a_in, a, out)  # X is ln_1(hidden): what W_q, W_k, W_v multiply
+        yield LayerSteps(x, a_in, a, out)  # X is ln_1(hidden): what W_q, W_k, W_v multiply
         x = out
 
 
-def final(w: Mapping, h: np.ndarray, cfg: dict) -> np.ndarray:
+def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
     return layer_norm(h, w["ln_f.weight"], w["ln_f.bias"], cfg.get("layer_norm_epsilon", 1e-5))
+
+
+def logits(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
+    """Next-token logits: the final hidden states times the (tied) token embeddings."""
+    return h @ w[ANCHOR].T  # [n, d] @ [d, vocab]
+
+
+FAMILY = Family(
+    name="gpt2",
+    model_types=("gpt2",),
+    anchor=ANCHOR,
+    causal=True,
+    norm="pre-LayerNorm",
+    dims=dims,
+    check=check,
+    embed=embed,
+    layers=layers,
+    final=final,
+    logits=logits,
+    wording=Wording(
+        x_formula="ln_1(hidden states)",
+        x_description=lambda i: (
+            " after the layer's first LayerNorm (GPT-2 normalises before attention)."
+        ),
+        mask="GPT-2 reads left to right: a token may not look at later tokens, so their scores are −∞.",
+        final="The model's output: one vector per token after every layer and the final LayerNorm.",
+    ),
+)

