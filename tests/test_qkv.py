@@ -3,9 +3,8 @@ and agreement with torch's scaled_dot_product_attention and MultiheadAttention."
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 
 import jsonschema
 import numpy as np
