@@ -1,0 +1,173 @@
+"""Make the torch-free golden fixtures of the modern decoders, once, with transformers.
+
+  tests/fixtures/tiny_llama/    a random Llama (hidden 32, 2 layers, 4 query heads on 2 key/value
+                                heads, llama3 rope scaling), a byte-level BPE tokenizer
+  tests/fixtures/tiny_gemma3/   a random Gemma 3 text model (q/k norms, 1 + w norms, √d embedding
+                                scale, a sliding-window layer then a global one with their own
+                                rotary bases, final-logit soft-capping), sharded, with a
+                                SentencePiece-style tokenizer (▁ spaces, <0xNN> byte fallback)
+
+Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
+expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
+logits of the last three positions (3, vocab) from the eager float32 pass on those files. The tests compare attn-cli's
+numpy forward pass against them without torch.
+
+Run:  python scripts/make_decoder_fixtures.py     (needs torch and transformers)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.decoder_utils import build_random_model, reference  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+SENTENCE = "the cat sat\non the café mat"
+CORPUS = [
+    "the cat sat on the mat",
+    "the dog sat on the rug",
+    "a cat and a dog on a mat",
+    "the quick brown fox jumps over the lazy dog",
+    "attention is all you need",
+    "hi how are you",
+] * 4
+
+LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
+SMALL = dict(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=128,
+)
+
+
+def byte_level_tokenizer(vocab_size: int):
+    """GPT-2 / Llama 3 / SmolLM style: every byte is a symbol, spaces become Ġ."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+def sentencepiece_tokenizer(vocab_size: int):
+    """Llama 2 / Gemma style: spaces are ▁, characters outside the vocabulary fall back to
+    byte tokens <0x00> … <0xFF> (ordinary vocabulary entries, as in those checkpoints), and
+    <bos> starts every sequence."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    base = Tokenizer(models.BPE())
+    base.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(specials) - len(byte_tokens), show_progress=False
+    )
+    base.train_from_iterator(CORPUS, trainer)
+    model = json.loads(base.to_str())["model"]
+    vocab = {t: i for i, t in enumerate(specials + byte_tokens)}
+    for token, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = base.normalizer
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return tok
+
+
+def make(name: str, model_type: str, tokenizer, shard: str | None = None, **config) -> None:
+    d = FIXTURES / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    build_random_model(
+        model_type, d, seed=1234, shard=shard, overrides={**SMALL, "vocab_size": vocab, **config}
+    )
+    tokenizer.save(str(d / "tokenizer.json"))
+    ids = tokenizer.encode(SENTENCE).ids
+    ref = reference(d, ids)
+    np.savez_compressed(
+        d / "expected.npz",
+        ids=np.asarray(ids, dtype=np.int64),
+        attentions=ref["attentions"].astype(np.float32),
+        logits=ref["logits"][-LAST:].astype(np.float32),
+    )
+    for f in d.glob("generation_config.json"):
+        f.unlink()
+    size = sum(f.stat().st_size for f in d.iterdir())
+    print(f"{d.relative_to(ROOT)}: {len(ids)} tokens, {size / 1024:.0f} KB")
+
+
+def main() -> None:
+    make(
+        "tiny_llama",
+        "llama",
+        byte_level_tokenizer(300),
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=None,
+    )
+    make(
+        "tiny_gemma3",
+        "gemma3_text",
+        sentencepiece_tokenizer(320),
+        shard="20KB",
+        query_pre_attn_scalar=8,
+        sliding_window=3,
+        layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=5.0,
+        attn_logit_softcapping=None,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+        },
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+
+
+if __name__ == "__main__":
+    main()
