@@ -403,14 +403,18 @@ class Heatmap(ScrollView, can_focus=False):
             return Strip.blank(width)
         pinned_row = pin_rows and i == self.qtok
         segs = list(self._row_cells(i))
+
+        def mark(j: int, extra: Style) -> None:
+            text, st, _ = segs[j]
+            segs[j] = Segment(text, (st or Style()) + extra)
+
         if pinned_row:
-            segs = [Segment(text, st + PIN_CELL) for text, st, _ in segs]
-        if pin_cols and self.qtok is not None and self.qtok < len(segs) and not pinned_row:
-            text, st, _ = segs[self.qtok]
-            segs[self.qtok] = Segment(text, st + PIN_CELL)
+            for j in range(len(segs)):
+                mark(j, PIN_CELL)
+        elif pin_cols and self.qtok is not None and self.qtok < len(segs):
+            mark(self.qtok, PIN_CELL)
         if pin_cols and i == self.qtok and self.key_token is not None:
-            text, st, _ = segs[self.key_token]
-            segs[self.key_token] = Segment(text, st + CURSOR)
+            mark(self.key_token, CURSOR)
         label = self._row_labels[i]
         left = self._label(("▸" if pinned_row else "") + label, PINNED if pinned_row else LABEL)
         return Strip(left + list(Strip(segs).crop(scroll_x, scroll_x + view))).adjust_cell_length(
