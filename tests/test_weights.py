@@ -1,0 +1,189 @@
+"""Checkpoint weights (attn_cli.models.weights) and checkpoint resolution (checkpoint.py).
+
+Safetensors files are written by hand here (8-byte header length, JSON header, raw bytes), so
+the reader is checked against the format itself, not against another reader."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attn_cli.errors import InputError
+from attn_cli.models import checkpoint
+from attn_cli.models.weights import SafetensorsWeights, bf16_to_f32, matmul_rows_t
+from tests.conftest import ROOT, require
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
+    """name -> (dtype, shape, raw little-endian bytes)"""
+    header, offset, blobs = {}, 0, []
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        offset += len(data)
+        blobs.append(data)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+def bf16_bytes(values: list[float]) -> bytes:
+    """Values exactly representable in bfloat16, stored as the top 2 bytes of each float32."""
+    return b"".join(struct.pack("<f", v)[2:] for v in values)
+
+
+def test_bf16_is_the_top_half_of_a_float32():
+    values = [1.0, -2.5, 0.15625, 2.0**127, -(2.0**-126), 0.0, -0.0, float("inf")]
+    f32 = np.array(values, dtype=np.float32)
+    u16 = (f32.view(np.uint32) >> 16).astype(np.uint16)
+    np.testing.assert_array_equal(bf16_to_f32(u16), f32)
+    # a hand-checked pattern: 0x3FC0 = sign 0, exponent 127, mantissa .1 (binary) = 1.5
+    assert bf16_to_f32(np.array([0x3FC0], dtype=np.uint16))[0] == 1.5
+
+
+def test_reads_bf16_f16_f32_exactly_with_the_prefix_removed(tmp_path):
+    bf = [1.0, -2.5, 0.15625, 1024.0, -0.0078125, 96.0]
+    half = np.array([1.0, 65504.0, 5.960464477539063e-08, -0.333251953125], dtype="<f2")
+    f32 = np.arange(6, dtype="<f4") / 7
+    write_safetensors(
+        tmp_path / "model.safetensors",
+        {
+            "model.embed_tokens.weight": ("BF16", (3, 2), bf16_bytes(bf)),
+            "model.norm.weight": ("F16", (4,), half.tobytes()),
+            "lm_head.weight": ("F32", (2, 3), f32.tobytes()),
+            "model.step": ("I64", (1,), struct.pack("<q", 7)),
+        },
+    )
+    w = SafetensorsWeights(tmp_path, "embed_tokens.weight")
+    assert sorted(w) == ["embed_tokens.weight", "lm_head.weight", "norm.weight", "step"]
+    emb = w["embed_tokens.weight"]
+    assert emb.dtype == np.float32 and emb.shape == (3, 2)
+    assert emb.tolist() == [[1.0, -2.5], [0.15625, 1024.0], [-0.0078125, 96.0]]
+    assert w["norm.weight"].tolist() == [1.0, 65504.0, 5.960464477539063e-08, -0.333251953125]
+    np.testing.assert_array_equal(w["lm_head.weight"], f32.reshape(2, 3))
+    assert w.dtype("embed_tokens.weight") == "BF16" and w.shape("lm_head.weight") == (2, 3)
+    np.testing.assert_array_equal(w.rows("embed_tokens.weight", [2, 0, 2]), emb[[2, 0, 2]])
+    with pytest.raises(InputError, match="not a floating-point"):
+        w["step"]
+    with pytest.raises(InputError, match="missing tensor 'nope'"):
+        w["nope"]
+    with pytest.raises(InputError, match="outside"):
+        w.rows("embed_tokens.weight", [3])
+    renamed = SafetensorsWeights(tmp_path, "embed_tokens.weight", rename=lambda n: n.upper())
+    assert "NORM.WEIGHT" in renamed
+
+
+def test_a_sharded_checkpoint_is_one_mapping(tmp_path):
+    a = np.arange(8, dtype="<f4").reshape(4, 2)
+    write_safetensors(
+        tmp_path / "model-00001-of-00002.safetensors",
+        {"model.embed_tokens.weight": ("F32", (4, 2), a.tobytes())},
+    )
+    write_safetensors(
+        tmp_path / "model-00002-of-00002.safetensors",
+        {"model.norm.weight": ("BF16", (2,), bf16_bytes([2.0, 0.5]))},
+    )
+    index = {
+        "metadata": {},
+        "weight_map": {
+            "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+            "model.norm.weight": "model-00002-of-00002.safetensors",
+        },
+    }
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    for source in (tmp_path, tmp_path / "model.safetensors.index.json"):
+        w = SafetensorsWeights(source, "embed_tokens.weight")
+        np.testing.assert_array_equal(w["embed_tokens.weight"], a)
+        assert w["norm.weight"].tolist() == [2.0, 0.5]
+        assert w.parameters() == 10
+    index["weight_map"]["model.x"] = "../elsewhere.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="elsewhere"):
+        SafetensorsWeights(tmp_path, "embed_tokens.weight")
+
+
+def test_lm_head_in_row_blocks_equals_the_full_product(tmp_path):
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(37, 8)).astype(np.float32)
+    bits = (table.view(np.uint32) >> 16).astype("<u2")  # truncate to bf16
+    write_safetensors(
+        tmp_path / "model.safetensors", {"embed_tokens.weight": ("BF16", (37, 8), bits.tobytes())}
+    )
+    w = SafetensorsWeights(tmp_path, "embed_tokens.weight")
+    full = (bits.astype(np.uint32) << 16).view(np.float32)
+    h = rng.normal(size=(3, 8)).astype(np.float32)
+    np.testing.assert_allclose(
+        matmul_rows_t(w, "embed_tokens.weight", h, block=5), h @ full.T, rtol=1e-6, atol=1e-6
+    )
+    assert [start for start, _ in w.row_blocks("embed_tokens.weight", 16)] == [0, 16, 32]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[:5], "shorter than a safetensors header"),
+        (lambda b: struct.pack("<Q", 10**12) + b[8:], "does not fit"),
+        (lambda b: b[:-3], "beyond the end"),
+        (lambda b: b[:8] + b"{not json" + b[17:], "not a readable safetensors"),
+    ],
+)
+def test_damaged_files_are_refused_in_one_line(tmp_path, damage, message):
+    write_safetensors(
+        tmp_path / "model.safetensors", {"embed_tokens.weight": ("F32", (2, 2), bytes(16))}
+    )
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(damage(f.read_bytes()))
+    with pytest.raises(InputError, match=message):
+        SafetensorsWeights(tmp_path, "embed_tokens.weight")
+
+
+@pytest.mark.reference
+def test_bf16_conversion_agrees_with_torch_on_every_bit_pattern():
+    torch = require("torch")
+    bits = np.arange(65536, dtype=np.uint16)
+    ours = bf16_to_f32(bits)
+    ref = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))  # NaNs included
+
+
+def test_sharded_checkpoints_resolve_and_are_listed_with_family_and_size(tmp_path, monkeypatch):
+    ckpt = checkpoint.resolve(str(FIXTURES / "tiny_gemma3"))
+    assert ckpt.family.name == "gemma" and ckpt.weights_path == FIXTURES / "tiny_gemma3"
+    status = checkpoint._status(FIXTURES / "tiny_llama")
+    w = SafetensorsWeights(FIXTURES / "tiny_llama", "embed_tokens.weight")
+    count = w.parameters()
+    assert 10_000 < count < 100_000
+    assert (
+        status
+        == f"llama, {count / 1000:.1f}K parameters (BF16), 2 layers × 4 heads (2 key/value heads), ready"
+    )
+    assert checkpoint._status(FIXTURES / "tiny_gemma3").startswith("gemma (gemma3_text), ")
+    # the hub cache layout: models--org--name/snapshots/<rev>/
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "abc"
+    snap.parent.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(FIXTURES / "tiny_gemma3", snap)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    found = {name: status for name, _, status in checkpoint.discover()}
+    assert found["org/tiny"].endswith("ready") and "gemma" in found["org/tiny"]
+    assert checkpoint.resolve("org/tiny").path == snap
+
+
+def test_a_directory_without_safetensors_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(InputError, match="no model.safetensors"):
+        checkpoint.resolve(str(tmp_path))
+    (tmp_path / "pytorch_model.bin.index.json").write_text("{}")
+    with pytest.raises(InputError, match="pickle"):
+        checkpoint.resolve(str(tmp_path))
