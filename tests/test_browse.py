@@ -564,3 +564,48 @@ def test_clicking_a_thumbnail_opens_that_map():
         assert s.key == (1, 1) and s.step is trace.find("W", 1, 1)
 
     run(app, script)
+
+
+def test_a_real_decoder_run_browses_with_rope_and_mask(tmp_path):
+    """The tiny Llama fixture (RoPE, causal mask) run by the CLI and saved with every step: the
+    neuron view multiplies Q_rot and K_rot, its sum is the W_raw cell, and masked keys show −∞."""
+    from .conftest import ROOT, invoke
+
+    model = ROOT / "tests" / "fixtures" / "tiny_llama"
+    if not (model / "config.json").exists():
+        pytest.skip("tiny_llama fixture not present")
+    out = tmp_path / "llama.json"
+    result = invoke(
+        [
+            "explain",
+            "the bank of the river",
+            "--model",
+            str(model),
+            "--json",
+            str(out),
+            "--steps",
+            "all",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    trace = loads_traces(out.read_bytes())[0]
+    app = BrowseApp([trace])
+
+    async def script(pilot):
+        await pilot.press("down", "right")  # layer 1, head 1
+        for _ in range(4):
+            await pilot.press("right_square_bracket")
+        s = main_screen(app)
+        await pilot.press(*["comma"] * s.key_token)  # key 0
+        await pilot.press("enter")
+        nv = app.screen.neuron
+        assert (nv.q_name, nv.k_name) == ("Q_rot", "K_rot")
+        raw = trace.find("W_raw", 1, 1).data[4, 0]
+        assert nv.total == pytest.approx(raw, rel=1e-5)
+        np.testing.assert_allclose(nv.q, trace.find("Q_rot", 1, 1).data[4])
+        np.testing.assert_allclose(nv.k, trace.find("K_rot", 1, 1).data[0])
+        assert nv.weight == trace.find("W", 1, 1).data[4, 0]
+        side = text_of(app.screen, "#n-side-text")
+        assert "W_raw cell ✓" in side and "−∞" in side  # keys after the query are masked
+
+    run(app, script)

@@ -88,6 +88,7 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
     #n-body { height: 1fr; }
     #n-dims { width: 1fr; min-width: 30; scrollbar-size-vertical: 1; }
     #n-side { width: 1fr; scrollbar-size-vertical: 1; padding-left: 1; }
+    #n-dims-text, #n-side-text { text-wrap: nowrap; text-overflow: ellipsis; }
     """
     BINDINGS = [
         Binding("escape,enter,backspace", "back", "back"),
@@ -202,7 +203,9 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
             t.append(name.ljust(name_w + 1), LABEL)
             t.append(value + "\n")
         # The query's whole row: the softmax's inputs and outputs for every key.
-        cols = [c for c in nv.scores if c.name in ("W_raw", "W_scaled", "W_masked")] or nv.scores
+        # W_raw and the softmax's input (the last score step), then W: the softmax's inputs and
+        # outputs for every key of this query, in three columns that fit 80 columns.
+        cols = nv.scores[:1] + nv.scores[-1:] if len(nv.scores) > 1 else nv.scores
         t.append("\nThis query over every key\n", "bold")
         key_w = min(12, max(len(printable(lb)) for lb in self.labels)) + 1
         t.append("key".ljust(key_w), LABEL)
