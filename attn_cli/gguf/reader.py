@@ -227,3 +227,18 @@ def open_gguf(path: str | os.PathLike[str], name: str | None = None) -> GGUFChec
     if not p.is_file():
         raise InputError(f"{p} is not a file")
     return GGUFCheckpoint(p, name)
+
+
+def read_tensor(path: str | os.PathLike[str], gguf_name: str) -> np.ndarray:
+    """One tensor of any GGUF file by its GGUF name, dequantised to float32 in numpy order
+    (GGUF ``ne`` reversed), without HF fix-ups. For inspection and tests."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"{p} is not a file")
+    mf = MappedFile(p)
+    header = parse_header(mf.mm, mf.size, p)
+    info = header.tensors.get(gguf_name)
+    if info is None:
+        raise InputError(f"{p.name}: no tensor {gguf_name!r}")
+    raw = mf.uint8(info.offset, info.nbytes).reshape(info.n_rows, info.row_bytes)
+    return np.array(dequantize_rows(raw, info), dtype=np.float32).reshape(info.shape)

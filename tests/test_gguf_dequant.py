@@ -1,0 +1,151 @@
+"""Dequantisation against ggml itself: data quantised by ggml's C reference quantisers
+(libggml-base from llama-cpp-python, called through ctypes), read back by attn_cli.gguf,
+must equal ggml's own C dequantisation bit for bit, for every supported type."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attn_cli.errors import InputError
+from tests.conftest import require
+
+# type -> (ggml type id, block size, bytes per block)
+TYPES = {
+    "F16": (1, 1, 2),
+    "BF16": (30, 1, 2),
+    "Q4_0": (2, 32, 18),
+    "Q4_1": (3, 32, 20),
+    "Q5_0": (6, 32, 22),
+    "Q5_1": (7, 32, 24),
+    "Q8_0": (8, 32, 34),
+    "Q2_K": (10, 256, 84),
+    "Q3_K": (11, 256, 110),
+    "Q4_K": (12, 256, 144),
+    "Q5_K": (13, 256, 176),
+    "Q6_K": (14, 256, 210),
+}
+
+
+def ggml_base() -> ctypes.CDLL:
+    """llama-cpp-python's libggml-base, whose quantize_row_*_ref / dequantize_row_* are the
+    C code llama.cpp runs."""
+    llama_cpp = require("llama_cpp")
+    lib = Path(llama_cpp.__file__).resolve().parent / "lib"
+    found = sorted(lib.glob("libggml-base.so*")) + sorted(lib.glob("libggml-base*.dylib"))
+    if not found:
+        pytest.fail(f"libggml-base not found in {lib}")
+    return ctypes.CDLL(str(found[0]))
+
+
+def ggml_quantize(lib: ctypes.CDLL, x: np.ndarray, t: str) -> np.ndarray:
+    """float32 [rows, n] -> raw bytes [rows, row_bytes] as ggml writes them."""
+    _, block, size = TYPES[t]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, n = x.shape
+    out = np.zeros((rows, n // block * size), dtype=np.uint8)
+    fp = x.ctypes.data_as(ctypes.c_void_p)
+    op = out.ctypes.data_as(ctypes.c_void_p)
+    if t == "F16":
+        fn = lib.ggml_fp32_to_fp16_row
+    elif t == "BF16":
+        fn = lib.ggml_fp32_to_bf16_row_ref
+    else:
+        fn = getattr(lib, f"quantize_row_{t[:2].lower()}{t[2:]}_ref")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    fn(fp, op, x.size)
+    return out
+
+
+def ggml_dequantize(lib: ctypes.CDLL, raw: np.ndarray, t: str, n: int) -> np.ndarray:
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    out = np.zeros((raw.shape[0], n), dtype=np.float32)
+    if t == "F16":
+        fn = lib.ggml_fp16_to_fp32_row
+    elif t == "BF16":
+        fn = lib.ggml_bf16_to_fp32_row
+    else:
+        fn = getattr(lib, f"dequantize_row_{t[:2].lower()}{t[2:]}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    fn(raw.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), out.size)
+    return out
+
+
+def write_raw(path: Path, tensors: dict[str, tuple[str, np.ndarray, int]]) -> Path:
+    """A GGUF file with raw tensors: name -> (type, bytes [rows, row_bytes], row length)."""
+    gguf = require("gguf")
+    w = gguf.GGUFWriter(str(path), "llama")
+    for name, (t, raw, n) in tensors.items():
+        w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType(TYPES[t][0]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.reference
+def test_every_type_equals_ggml(tmp_path):
+    from attn_cli.gguf.reader import read_tensor
+
+    lib = ggml_base()
+    rng = np.random.default_rng(7)
+    tensors = {}
+    refs = {}
+    for t in TYPES:
+        n = 512
+        # heavy-tailed values with a few outliers, as real weights have
+        x = (rng.standard_t(4, size=(5, n)) * 0.05).astype(np.float32)
+        x[0, :7] = [3.0, -2.5, 0.0, 1e-4, -1e-4, 40.0, -0.0]
+        raw = ggml_quantize(lib, x, t)
+        tensors[f"w.{t}"] = (t, raw, n)
+        refs[t] = ggml_dequantize(lib, raw, t, n)
+        assert np.abs(refs[t] - x).max() < 2.0 + 0.1 * np.abs(x).max()  # sane quantisation
+    path = write_raw(tmp_path / "types.gguf", tensors)
+    for t, ref in refs.items():
+        got = read_tensor(path, f"w.{t}")
+        assert got.dtype == np.float32 and got.shape == ref.shape, t
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32), err_msg=t)
+
+
+def test_unsupported_type_is_refused_by_name(tmp_path):
+    """An IQ2_XXS tensor in a model: one InputError naming the type, before any work."""
+    from attn_cli.gguf import open_gguf
+    from tests.test_gguf_writer import TINY, llama_shapes, random_state, write_gguf
+
+    gguf = require("gguf")
+    path = write_gguf(tmp_path / "m.gguf", "llama", TINY, random_state(llama_shapes(TINY)))
+    # rewrite one tensor's type id in place: F32 (0) -> IQ2_XXS (16) needs a different size,
+    # so build the file again with a raw IQ2_XXS tensor of the right byte size instead
+    r = gguf.GGUFReader(str(path))
+    w = gguf.GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture":
+            continue
+        v = f.contents()
+        vt = f.types[0]
+        if vt == gguf.GGUFValueType.ARRAY:
+            w.add_array(k, v)
+        else:
+            w.add_key_value(k, v, vt)
+    for t in r.tensors:
+        data = np.array(t.data)
+        if t.name == "blk.0.ffn_up.weight":
+            continue
+        w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+    w.add_tensor(
+        "blk.0.ffn_up.weight",
+        np.zeros((64, 66), dtype=np.uint8),  # 64 rows of 256 values: one 66-byte block each
+        raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS,
+    )
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(InputError, match=r"IQ2_XXS \(e\.g\. blk\.0\.ffn_up\.weight\)"):
+        open_gguf(tmp_path / "iq.gguf")
