@@ -455,8 +455,10 @@ def test_importing_attn_cli_and_browse_does_not_import_textual():
 
 
 def test_run_browser_needs_a_terminal(monkeypatch):
-    monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
-    with pytest.raises(InputError, match="needs a terminal"):
+    import io
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    with pytest.raises(InputError, match="needs a terminal, and stdout is not one"):
         run_browser([synthetic()])
 
 
@@ -471,22 +473,28 @@ def test_run_browser_without_textual(monkeypatch):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
-def test_q_quits_a_real_terminal_and_restores_it(tmp_path):
+@pytest.mark.parametrize("stdin", ["terminal", "file"])
+def test_q_quits_a_real_terminal_and_restores_it(stdin):
     """run_browser in a pseudo-terminal: it draws, `q` returns, and the terminal gets its
-    normal screen, cursor and mouse reporting back."""
+    normal screen, cursor and mouse reporting back. With the trace on stdin (`show - --browse
+    < saved.json`), keys still come from the terminal."""
     import os
     import pty
     import select
     import time
 
     sample = str(SAMPLES / "hi.json")
+    read = "sys.stdin.buffer.read()" if stdin == "file" else f"open({sample!r}, 'rb').read()"
     code = (
-        "from attn_cli.export import loads_traces; from attn_cli.browse import run_browser; "
-        f"run_browser(loads_traces(open({sample!r}, 'rb').read())); print('RETURNED')"
+        "import sys; from attn_cli.export import loads_traces; "
+        "from attn_cli.browse import run_browser; "
+        f"run_browser(loads_traces({read})); print('RETURNED')"
     )
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child process
         os.environ["TERM"] = "xterm-256color"
+        if stdin == "file":
+            os.dup2(os.open(sample, os.O_RDONLY), 0)
         os.execvp(sys.executable, [sys.executable, "-c", code])
     out = b""
 

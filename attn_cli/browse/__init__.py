@@ -6,6 +6,7 @@ attn_cli, or this package, stays light and works without Textual installed.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -28,19 +29,45 @@ def textual_missing() -> bool:
 
 def run_browser(traces: list[Trace], precision: int = 2, top_k: int = 3) -> None:
     """Open the browser on these traces; returns when the user quits (q), with the terminal
-    restored. One-line InputError when Textual is missing or there is no terminal."""
+    restored. Keys come from the terminal even when stdin was a pipe (already read). One-line
+    InputError when Textual is missing or stdout is not a terminal."""
     if not traces:
         raise InputError("nothing to browse: no input text")
     if textual_missing():
         raise InputError(f"attn-cli browse needs Textual: {INSTALL_HINT}")
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not _isatty(sys.stdout):
         raise InputError(
-            "attn-cli browse needs a terminal (stdin and stdout): pass the text as an argument, "
-            "or save a trace with --json and run `attn-cli show FILE --browse`"
+            "attn-cli browse needs a terminal, and stdout is not one: use explain or show to "
+            "print tables, or --html for a page"
         )
+    if not _isatty(sys.stdin):
+        _keys_from_terminal()
     from attn_cli.browse.app import BrowseApp
 
     BrowseApp(traces, precision=precision, top_k=top_k).run()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _keys_from_terminal() -> None:
+    """stdin was a pipe or a file (the text or the saved trace came from it, and has been read
+    by now): read keys from the controlling terminal instead, as `less` does."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        raise InputError(
+            "attn-cli browse reads keys from a terminal, and there is none to open "
+            "(stdin is not a terminal and /dev/tty is unavailable)"
+        ) from None
+    try:
+        os.dup2(fd, 0)
+    finally:
+        os.close(fd)
 
 
 def __getattr__(name: str) -> Any:
