@@ -617,3 +617,72 @@ def test_a_real_decoder_run_browses_with_rope_and_mask(tmp_path):
         assert "W_raw cell ✓" in side and "−∞" in side  # keys after the query are masked
 
     run(app, script)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI: `attn-cli browse TEXT [explain's options]` and `attn-cli show FILE --browse`
+
+WIRED = hasattr(__import__("attn_cli.cli").cli, "browse")
+needs_wiring = pytest.mark.skipif(
+    not WIRED, reason="the browse command is not wired into cli.py yet"
+)
+
+
+@needs_wiring
+def test_cli_browse_without_a_terminal_is_one_line_error():
+    from .conftest import invoke
+
+    for args in (["browse", "hi how are you"], ["show", str(SAMPLES / "hi.json"), "--browse"]):
+        result = invoke(args)
+        assert result.exit_code == 2
+        assert "needs a terminal, and stdout is not one" in result.output
+        assert "Traceback" not in result.output
+
+
+@needs_wiring
+def test_cli_browse_without_textual_says_how_to_install(monkeypatch):
+    import attn_cli.browse as browse
+
+    from .conftest import invoke
+
+    monkeypatch.setattr(browse, "textual_missing", lambda: True)
+    result = invoke(["browse", "hi", "--model", "no-such-model"])
+    assert result.exit_code == 2
+    # Said before the model is looked for (no model error), in one line.
+    assert "needs Textual: pip install 'attn-cli[browse]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@needs_wiring
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["browse", "hi how are you", "--qkv", "--heads", "2", "--causal"],
+        ["show", "SAMPLE", "--browse"],
+    ],
+)
+def test_cli_browse_in_a_terminal(args):
+    """The commands draw the browser in a pseudo-terminal and `q` exits with status 0."""
+    import os
+    import pty
+    import select
+    import time
+
+    args = [str(SAMPLES / "hi.json") if a == "SAMPLE" else a for a in args]
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child process
+        os.environ["TERM"] = "xterm-256color"
+        os.execvp(sys.executable, [sys.executable, "-m", "attn_cli", *args])
+    out = b""
+    try:
+        end = time.time() + 60
+        while b"quit" not in out and time.time() < end:
+            if select.select([fd], [], [], 0.1)[0]:
+                out += os.read(fd, 65536)
+        assert b"quit" in out, out[-500:]
+        os.write(fd, b"q")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.WEXITSTATUS(status) == 0

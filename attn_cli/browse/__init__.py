@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from attn_cli.browse.app import BrowseApp
     from attn_cli.trace import Trace
 
-__all__ = ["BrowseApp", "run_browser", "textual_missing"]
+__all__ = ["BrowseApp", "require_browser", "run_browser", "textual_missing"]
 
 INSTALL_HINT = "pip install 'attn-cli[browse]' (or: pip install textual)"
 
@@ -27,12 +27,9 @@ def textual_missing() -> bool:
     return importlib.util.find_spec("textual") is None
 
 
-def run_browser(traces: list[Trace], precision: int = 2, top_k: int = 3) -> None:
-    """Open the browser on these traces; returns when the user quits (q), with the terminal
-    restored. Keys come from the terminal even when stdin was a pipe (already read). One-line
-    InputError when Textual is missing or stdout is not a terminal."""
-    if not traces:
-        raise InputError("nothing to browse: no input text")
+def require_browser() -> None:
+    """The checks run_browser makes, for the CLI to call before it runs a model or reads a
+    large file: one-line InputError when Textual is missing or stdout is not a terminal."""
     if textual_missing():
         raise InputError(f"attn-cli browse needs Textual: {INSTALL_HINT}")
     if not _isatty(sys.stdout):
@@ -40,6 +37,15 @@ def run_browser(traces: list[Trace], precision: int = 2, top_k: int = 3) -> None
             "attn-cli browse needs a terminal, and stdout is not one: use explain or show to "
             "print tables, or --html for a page"
         )
+
+
+def run_browser(traces: list[Trace], precision: int = 2, top_k: int = 3) -> None:
+    """Open the browser on these traces; returns when the user quits (q), with the terminal
+    restored. Keys come from the terminal even when stdin was a pipe (already read). One-line
+    InputError when Textual is missing or stdout is not a terminal."""
+    if not traces:
+        raise InputError("nothing to browse: no input text")
+    require_browser()
     if not _isatty(sys.stdin):
         _keys_from_terminal()
     from attn_cli.browse.app import BrowseApp
