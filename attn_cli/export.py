@@ -22,6 +22,22 @@ VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "trace-v1.schema.json"
 
 
+# A model computes attention weights in float32 and agrees with its reference implementation
+# to about 1e-6; digits beyond that are noise, and writing them made a 380-token export of
+# every layer and head 138 MB instead of 87 MB.
+WEIGHT_DECIMALS = 6
+
+
+def export_array(s: TraceStep) -> np.ndarray:
+    """The matrix as written: float32 attention weights rounded to WEIGHT_DECIMALS decimals
+    (written as the shortest decimal that reads back to that value); everything else at
+    the precision it was computed in."""
+    data = np.ascontiguousarray(s.data)
+    if s.kind == "weights" and data.dtype == np.float32:
+        return np.round(data.astype(np.float64), WEIGHT_DECIMALS)
+    return data
+
+
 def trace_document(trace: Trace) -> dict[str, Any]:
     """The JSON document of one trace. Matrices stay numpy arrays (orjson writes them directly,
     at full precision); -inf (masked) cells become null."""
@@ -40,7 +56,7 @@ def trace_document(trace: Trace) -> dict[str, Any]:
             entry["layer"] = s.layer
         if s.head is not None:
             entry["head"] = s.head
-        entry["data"] = np.ascontiguousarray(s.data)
+        entry["data"] = export_array(s)
         steps.append(entry)
     return {
         "format": FORMAT,
