@@ -52,7 +52,7 @@ MAX_HEADER = 100_000_000  # bytes; the format's own limit
 
 def bf16_to_f32(u16: np.ndarray) -> np.ndarray:
     """bfloat16 bits (uint16) -> float32, exactly: the 16 bits are a float32's top half."""
-    return (u16.astype(np.uint32) << 16).view(np.float32)
+    return np.left_shift(u16, 16, dtype=np.uint32).view(np.float32)  # one pass, no temporary
 
 
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -133,20 +133,24 @@ class _Shard:
             self.map, dtype=dtype, count=count, offset=t.start + offset * dtype.itemsize
         )
 
-    def release(self, start: int, stop: int) -> None:
-        """Drop the mapping's pages in [start, stop) from this process (they stay in the file)."""
-        if (
-            self.map is None
-            or not hasattr(self.map, "madvise")
-            or not hasattr(mmap, "MADV_DONTNEED")
-        ):
+    def _advise(self, advice: str, start: int, stop: int) -> None:
+        option = getattr(mmap, advice, None)
+        if self.map is None or option is None or not hasattr(self.map, "madvise"):
             return
         page = mmap.PAGESIZE
         lo = start - start % page
         hi = min(self.size, stop + (-stop) % page)
         if hi > lo:
             with contextlib.suppress(OSError, ValueError):
-                self.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+                self.map.madvise(option, lo, hi - lo)
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Ask the kernel to read [start, stop) ahead: fewer page faults while converting."""
+        self._advise("MADV_WILLNEED", start, stop)
+
+    def release(self, start: int, stop: int) -> None:
+        """Drop the mapping's pages in [start, stop) from this process (they stay in the file)."""
+        self._advise("MADV_DONTNEED", start, stop)
 
 
 def shard_files(path: Path) -> list[Path]:
@@ -217,6 +221,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
                 f"{self.path.name}: {name!r} is {t.dtype}, not a floating-point tensor"
             )
         shard = self._shards[t.file]
+        shard.prefetch(t.start, t.stop)
         out = to_float32(shard.view(t), t.dtype).reshape(t.shape)
         shard.release(t.start, t.stop)
         return out
@@ -247,6 +252,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         size = STORED[t.dtype].itemsize
         for start in range(0, rows, block):
             stop = min(rows, start + block)
+            shard.prefetch(t.start + start * width * size, t.start + stop * width * size)
             raw = shard.view(t, start * width, (stop - start) * width)
             yield start, to_float32(raw, t.dtype).reshape(stop - start, width)
             shard.release(t.start + start * width * size, t.start + stop * width * size)

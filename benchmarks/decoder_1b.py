@@ -1,0 +1,304 @@
+"""Benchmark row: a 1B-class random Llama, attn-cli's numpy forward pass vs transformers.
+
+    python benchmarks/decoder_1b.py                 # write the checkpoint once, then time both
+    python benchmarks/decoder_1b.py --runs 3        # alternate the two sides 3 times
+    python benchmarks/decoder_1b.py --cli           # time `attn-cli explain … --model DIR`
+
+The checkpoint (hidden 2048, 16 layers, 32 heads, 8 key/value heads, intermediate 8192,
+vocabulary 32000, tied embeddings: 1.1B parameters, 2.2 GB of bfloat16 safetensors) is written
+with numpy alone, no torch, into a cache directory (ATTN_CLI_BENCH_DIR, default
+/tmp/attn-cli-bench/llama-1b). Both sides run in fresh processes on the same 128 token ids,
+same run, alternating:
+
+  attn-cli      every layer through the llama family (all attention steps computed), layer 8
+                head 3 kept, the next-token prediction of the last position (the work of
+                `attn-cli explain TEXT --model DIR --layer 8 --head 3`; --cli runs exactly that)
+  transformers  AutoModelForCausalLM.from_pretrained(DIR, dtype=float32,
+                attn_implementation="eager"), one forward pass with output_attentions=True
+
+Reported: whole-process wall time, CPU time (user + system) and peak RSS (ru_maxrss of each
+child, from os.wait4), and the ratios (targets: ≥ 3× faster, ≤ 0.3× peak memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "hidden_act": "silu",
+    "rope_theta": 500000.0,
+    "rope_scaling": None,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "bfloat16",
+}
+N_TOKENS = 128
+LAYER, HEAD = 8, 3
+TEXT_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "while",
+    "the",
+    "cat",
+    "sleeps",
+    "on",
+    "a",
+    "warm",
+    "mat",
+]
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("ATTN_CLI_BENCH_DIR", "/tmp/attn-cli-bench/llama-1b"))
+
+
+def tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+    d, inter, heads, kv, hd = (
+        cfg["hidden_size"],
+        cfg["intermediate_size"],
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["head_dim"],
+    )
+    out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (cfg["vocab_size"], d))]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [
+            (p + "input_layernorm.weight", (d,)),
+            (p + "self_attn.q_proj.weight", (heads * hd, d)),
+            (p + "self_attn.k_proj.weight", (kv * hd, d)),
+            (p + "self_attn.v_proj.weight", (kv * hd, d)),
+            (p + "self_attn.o_proj.weight", (d, heads * hd)),
+            (p + "post_attention_layernorm.weight", (d,)),
+            (p + "mlp.gate_proj.weight", (inter, d)),
+            (p + "mlp.up_proj.weight", (inter, d)),
+            (p + "mlp.down_proj.weight", (d, inter)),
+        ]
+    out.append(("model.norm.weight", (d,)))
+    return out
+
+
+def write_checkpoint(d: Path) -> None:
+    """Random bf16 weights (normal, std 0.02 like an initialised model; norms 1), written in
+    chunks so writing never holds more than a few MB."""
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    specs = tensors(CONFIG)
+    header, offset = {}, 0
+    for name, shape in specs:
+        size = 2 * int(np.prod(shape))
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    rng = np.random.default_rng(0)
+    tmp = d / "model.safetensors.partial"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for name, shape in specs:
+            count = int(np.prod(shape))
+            if name.endswith("norm.weight"):
+                f.write((np.ones(count, np.float32).view(np.uint32) >> 16).astype("<u2").tobytes())
+                continue
+            for start in range(0, count, 1 << 22):
+                n = min(1 << 22, count - start)
+                x = rng.standard_normal(n, dtype=np.float32) * np.float32(0.02)
+                f.write((x.view(np.uint32) >> 16).astype("<u2").tobytes())
+    tmp.rename(d / "model.safetensors")
+    (d / "config.json").write_text(json.dumps(CONFIG, indent=2))
+    from attn_cli.tokenizer import BUNDLED_TOKENIZER  # 30522 WordPiece tokens < 32000
+
+    shutil.copy(BUNDLED_TOKENIZER, d / "tokenizer.json")
+
+
+def token_ids(d: Path) -> tuple[str, list[int]]:
+    """A text of exactly N_TOKENS tokens (special tokens included) and its ids."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    words: list[str] = []
+    i = 0
+    while True:
+        candidate = " ".join([*words, TEXT_WORDS[i % len(TEXT_WORDS)]])
+        if len(tok.encode(candidate).ids) > N_TOKENS:
+            break
+        words.append(TEXT_WORDS[i % len(TEXT_WORDS)])
+        i += 1
+    text = " ".join(words)
+    ids = tok.encode(text).ids
+    while len(ids) < N_TOKENS:  # pad with one more short word if the last one was long
+        text += " a"
+        ids = tok.encode(text).ids
+    return text, ids[:N_TOKENS]
+
+
+def child_ours(d: Path, ids: list[int]) -> None:
+    import numpy as np
+
+    from attn_cli.models.registry import family_for
+    from attn_cli.models.weights import SafetensorsWeights
+
+    cfg = json.loads((d / "config.json").read_text())
+    fam = family_for(cfg["model_type"])
+    assert fam is not None and fam.logits is not None
+    w = SafetensorsWeights(d, fam.anchor, fam.rename)
+    fam.check(w, cfg)
+    x = fam.embed(w, ids, cfg)
+    kept = None
+    for i, steps in enumerate(fam.layers(w, x, cfg)):
+        if i == LAYER:
+            kept = steps.attn.attn.W[HEAD].copy()
+        x = steps.out
+    h = fam.final(w, x, cfg)
+    logits = fam.logits(w, h[-1:], cfg)[0]
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    top = np.argsort(-p)[:5]
+    assert kept is not None and kept.shape == (len(ids), len(ids))
+    print(json.dumps({"top": top.tolist(), "p": p[top].tolist()}))
+
+
+def child_transformers(d: Path, ids: list[int]) -> None:
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(d), dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), output_attentions=True)
+    p = torch.softmax(out.logits[0, -1], -1)
+    top = torch.topk(p, 5)
+    print(json.dumps({"top": top.indices.tolist(), "p": top.values.tolist()}))
+
+
+def run_child(cmd: list[str]) -> tuple[float, int, str, float]:
+    """Wall time, peak RSS (bytes), stdout and CPU time (user + system) of one child process."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - t0
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text, error = out.read().decode(), err.read().decode(errors="replace")
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd[:5])} … failed ({code}): {error.strip()[-500:]}")
+    return elapsed, usage.ru_maxrss * 1024, text, usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", type=Path, default=default_dir())
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--cli", action="store_true", help="time the attn-cli command itself")
+    ap.add_argument("--child", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    d = args.dir
+    if args.child:
+        ids = json.loads((d / "ids.json").read_text())
+        (child_ours if args.child == "ours" else child_transformers)(d, ids)
+        return
+    if not (d / "model.safetensors").is_file():
+        t0 = time.perf_counter()
+        write_checkpoint(d)
+        print(f"wrote {d} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    text, ids = token_ids(d)
+    (d / "ids.json").write_text(json.dumps(ids))
+    script = str(Path(__file__).resolve())
+    if args.cli:
+        attn = shutil.which("attn-cli", path=str(Path(PY).parent)) or "attn-cli"
+        ours_cmd = [
+            attn,
+            "explain",
+            text,
+            "--model",
+            str(d),
+            "--layer",
+            str(LAYER),
+            "--head",
+            str(HEAD),
+        ]
+    else:
+        ours_cmd = [PY, script, "--dir", str(d), "--child", "ours"]
+    ref_cmd = [PY, script, "--dir", str(d), "--child", "transformers"]
+    results: dict[str, list[tuple[float, int, float]]] = {"attn-cli": [], "transformers": []}
+    outputs = {}
+    for _ in range(args.runs):
+        for side, cmd in (("attn-cli", ours_cmd), ("transformers", ref_cmd)):
+            t, rss, out, cpu = run_child(cmd)
+            results[side].append((t, rss, cpu))
+            outputs[side] = out.strip().splitlines()[-1] if out.strip() else ""
+            print(
+                f"{side:13s} {t:7.2f} s  {cpu:7.2f} s CPU  {rss / 2**20:8.0f} MiB", file=sys.stderr
+            )
+    ours_t = statistics.median(t for t, _, _ in results["attn-cli"])
+    ref_t = statistics.median(t for t, _, _ in results["transformers"])
+    ours_c = statistics.median(c for _, _, c in results["attn-cli"])
+    ref_c = statistics.median(c for _, _, c in results["transformers"])
+    ours_m = max(m for _, m, _ in results["attn-cli"])
+    ref_m = max(m for _, m, _ in results["transformers"])
+    row = {
+        "row": "1B-class random Llama (bf16), 128 tokens, --layer 8 --head 3",
+        "attn_cli_s": round(ours_t, 2),
+        "transformers_s": round(ref_t, 2),
+        "speedup": round(ref_t / ours_t, 2),
+        "attn_cli_cpu_s": round(ours_c, 2),
+        "transformers_cpu_s": round(ref_c, 2),
+        "cpu_ratio": round(ref_c / ours_c, 2),
+        "attn_cli_peak_mib": round(ours_m / 2**20),
+        "transformers_peak_mib": round(ref_m / 2**20),
+        "memory_ratio": round(ours_m / ref_m, 3),
+        "targets": "speedup >= 3, memory_ratio <= 0.3",
+        "same_top5": None
+        if args.cli
+        else (json.loads(outputs["attn-cli"])["top"] == json.loads(outputs["transformers"])["top"]),
+        "runs": args.runs,
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(row, indent=2))
+
+
+if __name__ == "__main__":
+    main()
