@@ -92,6 +92,7 @@ class Options:
     scale: bool = False
     # The Q/K/V pipeline:
     qkv: bool = False
+    norm: bool = True  # X_norm = LayerNorm(X) before the projections (Q/K/V only)
     heads: int = 1
     d_k: int | None = None
     causal: bool = False
@@ -106,7 +107,7 @@ class Options:
 
     def check(self) -> None:
         """Options that cannot go together are errors, never silent overrides."""
-        for name in ("special", "scale", "qkv", "causal"):
+        for name in ("special", "scale", "qkv", "norm", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{opt(name, getattr(self, name))}: must be True or False")
         for name in ("heads", "seed"):
@@ -122,6 +123,7 @@ class Options:
                 name
                 for name, on in (
                     ("qkv", self.qkv),
+                    ("norm", not self.norm),
                     ("weights", self.weights is not None),
                     ("embeddings", str(self.embeddings) != "minilm"),
                     ("dim", self.dim is not None),
@@ -153,6 +155,7 @@ class Options:
                     ("causal", self.causal),
                     ("temperature", self.temperature != 1.0),
                     ("weights", self.weights is not None),
+                    ("norm", not self.norm),
                 )
                 if on
             ]
@@ -192,7 +195,7 @@ def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
 
 def _pipeline_traces(texts: Iterable[str], opts: Options) -> Iterator[Trace]:
     from attn_cli.embeddings import embed
-    from attn_cli.projections import Projections
+    from attn_cli.projections import NORM_EPS, Projections, layer_norm
     from attn_cli.tokenizer import load_tokenizer, tokenize, tokenizer_name
 
     tok = load_tokenizer(opts.tokenizer)
@@ -234,9 +237,15 @@ def _pipeline_traces(texts: Iterable[str], opts: Options) -> Iterator[Trace]:
                 if opts.weights is None:
                     config["seed"] = opts.seed  # the projections' seed, even with other embeddings
                 trace.notes += proj.notes
+                x_norm = layer_norm(emb.X) if opts.norm else None
+                config["norm"] = f"layernorm (eps {NORM_EPS:g})" if opts.norm else False
                 mask = att.causal_mask(len(ids)) if opts.causal else None
-                m = att.multi_head_attention(emb.X, proj.params, mask, temperature=opts.temperature)
-                steps = narrate.qkv_steps(emb.X, labels, m, opts.temperature)
+                x_in = emb.X if x_norm is None else x_norm
+                m = att.multi_head_attention(x_in, proj.params, mask, temperature=opts.temperature)
+                origin = "seeded" if opts.weights is None else Path(opts.weights).name
+                steps = narrate.qkv_steps(
+                    emb.X, labels, m, opts.temperature, x_norm, NORM_EPS, origin
+                )
         trace.steps = [s for s in steps if keep(s.name)]
         check_finite(trace)
         yield trace

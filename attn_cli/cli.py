@@ -262,6 +262,14 @@ QkvOpt = Annotated[
         help="The parametric pipeline: Q = X·W_q, K = X·W_k, V = X·W_v, W = softmax(Q·Kᵀ/√d_k), Y = W·V.",
     ),
 ]
+NormOpt = Annotated[
+    bool,
+    typer.Option(
+        "--norm/--no-norm",
+        rich_help_panel=QKV,
+        help="X_norm = LayerNorm(X) before the projections, as transformers do.",
+    ),
+]
 HeadsOpt = Annotated[
     int, typer.Option("--heads", rich_help_panel=QKV, help="Number of attention heads.")
 ]
@@ -420,6 +428,7 @@ def explain(
     seed: SeedOpt = 0,
     scale: ScaleOpt = False,
     qkv: QkvOpt = False,
+    norm: NormOpt = True,
     heads: HeadsOpt = 1,
     d_k: DkOpt = None,
     causal: CausalOpt = False,
@@ -465,6 +474,7 @@ def explain(
             seed=seed,
             scale=scale,
             qkv=qkv,
+            norm=norm,
             heads=heads,
             d_k=d_k,
             causal=causal,

@@ -109,7 +109,10 @@ def file_embeddings(tokens: list[str], ids: list[int], path: Path) -> Embedding:
         raise InputError(
             f"--embeddings: {path} does not exist (use 'minilm', 'random', or a .npy/.npz/.txt file)"
         )
-    config = {"embeddings": str(path), "embeddings_sha256": sha256_file(path)}
+    config: dict[str, str | int] = {
+        "embeddings": str(path),
+        "embeddings_sha256": sha256_file(path),
+    }
     notes: list[str] = []
     if path.suffix in (".npy", ".npz"):
         X = _rows_from_table(_load_array(path), ids, path)

@@ -31,6 +31,7 @@ PARAMETER_STEPS = ("W_q", "W_k", "W_v", "W_o")
 # Every step name a trace can hold, in pipeline order (for `steps=` / `--steps`).
 STEP_NAMES = (
     "X",
+    "X_norm",
     "W_q",
     "W_k",
     "W_v",
@@ -136,8 +137,8 @@ def toy_steps(X: np.ndarray, labels: list[str], s: ToySteps) -> list[TraceStep]:
             "Y",
             "W·X",
             "Each output row is a weighted mix of all token vectors, weighted by that token's row "
-            "of W: every token now carries context from the others. (The seed writes Y = Xᵀ·W with "
-            "tokens as columns; with tokens as rows it is Y = W·X.)",
+            "of W: every token now carries context from the others. (Texts that keep tokens as "
+            "columns write it with transposes; with tokens as rows it is Y = W·X.)",
             s.Y,
             labels,
             dims,
@@ -158,8 +159,11 @@ def input_step(
     )
 
 
-def projection_steps(p: AttentionParams, h: int, head: int | None) -> list[TraceStep]:
-    """W_q, W_k, W_v of one head (the Q/K/V pipeline shows its parameters)."""
+def projection_steps(
+    p: AttentionParams, h: int, head: int | None, origin: str = "learned"
+) -> list[TraceStep]:
+    """W_q, W_k, W_v of one head (the Q/K/V pipeline shows its parameters). `origin` says where
+    the numbers come from: "learned", "seeded" (random, untrained) or a file name."""
     d = p.w_q.shape[0]
     of = f" of head {h}" if head is not None else ""
     sup = superscript(h) if head is not None else ""
@@ -171,12 +175,25 @@ def projection_steps(p: AttentionParams, h: int, head: int | None) -> list[Trace
         ("v", p.w_v, p.d_v, g),
     ):
         block = w[:, owner * width : (owner + 1) * width]
+        shape = f"{d}×{block.shape[1]}"
+        role = f"a token's vector times this matrix gives {ROLE[letter]}."
+        if origin == "seeded":
+            formula = f"random {shape} matrix{sup}"
+            description = (
+                f"The {letter.upper()} projection{of}: {role} In a trained model it is learned; "
+                "here it is seeded random numbers (untrained), so what it picks out is arbitrary."
+            )
+        elif origin == "learned":
+            formula = f"learned {shape} matrix{sup}"
+            description = f"The learned {letter.upper()} projection{of}: {role}"
+        else:
+            formula = f"{shape} matrix{sup} from {origin}"
+            description = f"The {letter.upper()} projection{of}, from {origin}: {role}"
         steps.append(
             TraceStep(
                 f"W_{letter}",
-                f"learned {d}×{block.shape[1]} matrix{sup}",
-                f"The learned {letter.upper()} projection{of}: a token's vector times this matrix "
-                f"gives {ROLE[letter]}.",
+                formula,
+                description,
                 block,
                 dim_labels(d),
                 dim_labels(width, letter),
@@ -218,8 +235,8 @@ def qkv_vector_steps(
         formula = f"X·W_{lo}{sup}" + (f" + b_{lo}" if bias is not None else "")
         if voice.teaching:
             description = (
-                f"{PLURAL[letter]}{of}: one row per token, each token's vector sent through the "
-                f"learned W_{lo} into {width} numbers."
+                f"{PLURAL[letter]}{of}: one row per token, each token's vector sent through "
+                f"W_{lo} into {width} numbers."
             )
         else:
             description = {
@@ -407,7 +424,7 @@ def head_steps(
 
 
 def combine_steps(
-    m: MultiHeadSteps, labels: list[str], layer: int | None = None
+    m: MultiHeadSteps, labels: list[str], layer: int | None = None, origin: str = "learned"
 ) -> list[TraceStep]:
     """Y_concat (several heads) and O = Y_concat·W_o (with an output projection)."""
     p, H = m.params, m.params.heads
@@ -419,8 +436,8 @@ def combine_steps(
             TraceStep(
                 "Y_concat",
                 f"[Y{superscript(0)} … Y{superscript(H - 1)}]",
-                f"The {H} heads' outputs side by side. Each head attended with its own learned W_q, "
-                "W_k and W_v, so each can pick up a different relation between the tokens.",
+                f"The {H} heads' outputs side by side. Each head attended with its own W_q, W_k and "
+                "W_v, so each can pick up a different relation between the tokens.",
                 m.Y_concat,
                 labels,
                 concat_cols,
@@ -433,7 +450,8 @@ def combine_steps(
         steps.append(
             TraceStep(
                 "W_o",
-                f"learned, {p.w_o.shape[0]}×{p.w_o.shape[1]}",
+                {"learned": "learned", "seeded": "random"}.get(origin, f"from {origin}")
+                + f", {p.w_o.shape[0]}×{p.w_o.shape[1]}",
                 "The output projection: mixes what the heads found back into one vector per token.",
                 p.w_o,
                 concat_cols if H > 1 else dim_labels(d_v, "v"),
@@ -457,27 +475,54 @@ def combine_steps(
     return steps
 
 
+def norm_step(X_norm: np.ndarray, labels: list[str], eps: float) -> TraceStep:
+    """X_norm = LayerNorm(X): the Q/K/V pipeline's input, as a transformer normalises it."""
+    d = X_norm.shape[1]
+    return TraceStep(
+        "X_norm",
+        "LayerNorm(X)",
+        f"Each token's vector is centred and scaled to mean 0 and variance 1 over its {d} numbers "
+        f"((x − mean)/√(variance + {eps:g})), as transformers normalise a layer's input before "
+        "the projections. Without it, small embeddings give near-zero scores and every row of W "
+        "comes out almost uniform.",
+        X_norm,
+        labels,
+        dim_labels(d),
+        "vectors",
+    )
+
+
 def qkv_steps(
-    X: np.ndarray, labels: list[str], m: MultiHeadSteps, temperature: float
+    X: np.ndarray,
+    labels: list[str],
+    m: MultiHeadSteps,
+    temperature: float,
+    X_norm: np.ndarray | None = None,
+    eps: float = 1e-5,
+    origin: str = "learned",
 ) -> list[TraceStep]:
-    """The learnable pipeline as described steps: X, then each head's W_q/W_k/W_v, Q/K/V and
-    attention steps, then Y_concat and O."""
+    """The Q/K/V pipeline as described steps: X, (X_norm), then each head's W_q/W_k/W_v, Q/K/V
+    and attention steps, then Y_concat and O."""
     n, d = X.shape
     H = m.params.heads
+    into = "the input to the projections"
+    if X_norm is not None:
+        into = "normalised, then sent through the projections"
     steps = [
         input_step(
             X,
             labels,
             "embed(tokens)",
-            f"Each of the {n} tokens becomes a row vector of {d} numbers: the input to the learned "
-            "projections.",
+            f"Each of the {n} tokens becomes a row vector of {d} numbers: {into}.",
         )
     ]
+    if X_norm is not None:
+        steps.append(norm_step(X_norm, labels, eps))
     for h in range(H):
         head = h if H > 1 else None
-        steps += projection_steps(m.params, h, head)
+        steps += projection_steps(m.params, h, head, origin)
         steps += head_steps(m, h, head, labels, TEACHING, temperature=temperature)
-    return steps + combine_steps(m, labels)
+    return steps + combine_steps(m, labels, origin=origin)
 
 
 def model_layer_steps(

@@ -14,7 +14,16 @@ from attn_cli.embeddings import load_npz, seeded_uniform, sha256_file
 from attn_cli.errors import InputError
 
 KEYS = ("W_q", "W_k", "W_v", "W_o", "b_q", "b_k", "b_v", "b_o")
-INIT = "uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), no biases"
+INIT = "uniform(-sqrt(3/fan_in), sqrt(3/fan_in)) (variance 1/fan_in), no biases"
+NORM_EPS = 1e-5
+
+
+def layer_norm(X: np.ndarray, eps: float = NORM_EPS) -> np.ndarray:
+    """Each row centred and scaled to mean 0, variance 1: (x − mean)/√(var + eps), no learned
+    scale or shift (they would be 1 and 0 at initialisation)."""
+    mean = X.mean(axis=-1, keepdims=True)
+    var = ((X - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (X - mean) / np.sqrt(var + eps)
 
 
 @dataclass
@@ -60,8 +69,13 @@ def check_heads(heads: int) -> None:
 
 
 def seeded_projections(d: int, heads: int, d_k: int | None, seed: int) -> Projections:
-    """W_q, W_k, W_v ~ U(±1/√d) and, with several heads, W_o ~ U(±1/√(H·d_k)): the bound of
-    torch.nn.Linear's default init, drawn exactly as the random embeddings are (stream 1)."""
+    """W_q, W_k, W_v ~ U(±√(3/d)) and, with several heads, W_o ~ U(±√(3/(H·d_k))), drawn
+    exactly as the random embeddings are (stream 1).
+
+    Variance 1/fan_in (LeCun's init) keeps the variance of a vector through a projection: with
+    X_norm's unit-variance entries, q and k entries have variance 1, so q·k has variance d_k
+    and q·k/√d_k variance 1 — the assumption under which "Attention Is All You Need" (§3.2.1)
+    motivates the √d_k. Scores of that size give rows of W that visibly differ."""
     check_heads(heads)
     if d_k is None:
         if d % heads:
@@ -71,7 +85,7 @@ def seeded_projections(d: int, heads: int, d_k: int | None, seed: int) -> Projec
         raise InputError(f"--d-k must be between 1 and 65536, got {d_k}")
 
     def uniform(key: int, rows: int, cols: int) -> np.ndarray:
-        bound = 1.0 / np.sqrt(rows)
+        bound = np.sqrt(3.0 / rows)
         u = seeded_uniform(seed, 1, key, rows * cols).reshape(rows, cols)
         return (2.0 * u - 1.0) * bound
 
@@ -150,7 +164,11 @@ def load_projections(path: Path, d: int, heads: int, d_k: int | None) -> Project
         arrays["W_k"],
         arrays["W_v"],
         heads,
-        **{k: arrays.get(k) for k in ("W_o", "b_q", "b_k", "b_v", "b_o")},
+        W_o=arrays.get("W_o"),
+        b_q=arrays.get("b_q"),
+        b_k=arrays.get("b_k"),
+        b_v=arrays.get("b_v"),
+        b_o=arrays.get("b_o"),
         config={"weights": str(path), "weights_sha256": sha256_file(path)},
     )
     if heads > 1 and proj.W_o is None:

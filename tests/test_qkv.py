@@ -46,7 +46,15 @@ def two_tokens(tmp_path):
         W_k=np.array([[1.0, 0.0], [1.0, 1.0]]),
         W_v=np.array([[2.0, 0.0], [0.0, 1.0]]),
     )
-    return ["hi how", "--qkv", "-e", str(tmp_path / "x.npy"), "--weights", str(tmp_path / "w.npz")]
+    return [
+        "hi how",
+        "--qkv",
+        "--no-norm",
+        "-e",
+        str(tmp_path / "x.npy"),
+        "--weights",
+        str(tmp_path / "w.npz"),
+    ]
 
 
 P, Q1 = 0.33023845, 0.66976155  # softmax([0, 1/√2])
@@ -82,23 +90,52 @@ def test_hand_checked_causal_and_temperature(two_tokens):
     )
 
 
+def test_hand_checked_layer_norm(two_tokens):
+    """X = I (2-D): each row has mean 1/2 and variance 1/4, so X_norm = ±0.5/√(0.25 + 1e-5)."""
+    doc = run_json([a for a in two_tokens if a != "--no-norm"])
+    names = [s["name"] for s in doc["steps"]]
+    assert names[:3] == ["X", "X_norm", "W_q"]
+    z = 0.5 / math.sqrt(0.25 + 1e-5)
+    np.testing.assert_allclose(get(doc, "X_norm"), [[z, -z], [-z, z]], rtol=1e-12)
+    np.testing.assert_allclose(get(doc, "Q"), [[z, 0], [-z, 0]], rtol=1e-12)  # X_norm·W_q
+    assert doc["config"]["norm"] == "layernorm (eps 1e-05)"
+    assert run_json(two_tokens)["config"]["norm"] is False
+
+
 def test_identity_projections_reproduce_the_toy_pipeline_with_scale(tmp_path):
+    """W_q = W_k = W_v = I turns Q/K/V attention into the parameter-free pipeline with --scale:
+    on X itself with --no-norm, and on LayerNorm(X) by default (the toy pipeline run on a
+    table whose rows were normalised the same way)."""
     d = 384
     eye = np.eye(d)
     np.savez(tmp_path / "id.npz", W_q=eye, W_k=eye, W_v=eye)
-    toy = run_json(["the cat sat on the mat", "--scale"])
-    qkv = run_json(["the cat sat on the mat", "--qkv", "--weights", str(tmp_path / "id.npz")])
-    # Same maths; only the last bit may differ, because numpy sends X @ X.T (one buffer) to a
-    # symmetric BLAS kernel and Q @ K.T (two buffers) to a general one.
+    text = "the cat sat on the mat"
+    toy = run_json([text, "--scale"])
+    qkv = run_json([text, "--qkv", "--no-norm", "--weights", str(tmp_path / "id.npz")])
+    # Same maths; only the last bits may differ (different BLAS call shapes).
     for name in ("X", "W_raw", "W_scaled", "W", "Y"):
         np.testing.assert_allclose(get(qkv, name), get(toy, name), rtol=1e-12, atol=1e-15)
+    normed = run_json([text, "--qkv", "--weights", str(tmp_path / "id.npz")])
+    x = get(toy, "X")
+    ln = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(get(normed, "X_norm"), ln, rtol=1e-12, atol=1e-15)
+    table = np.zeros((30522, d))
+    table[doc_ids(toy)] = ln
+    np.save(tmp_path / "ln.npy", table)
+    toy_ln = run_json([text, "--scale", "-e", str(tmp_path / "ln.npy")])
+    for name in ("W_raw", "W_scaled", "W", "Y"):
+        np.testing.assert_allclose(get(normed, name), get(toy_ln, name), rtol=1e-9, atol=1e-12)
+
+
+def doc_ids(doc: dict) -> list[int]:
+    return doc["token_ids"]
 
 
 def test_multi_head_export_has_every_step_for_both_heads():
     doc = run_json(["the cat sat on the mat", "--qkv", "--heads", "2", "--causal"])
     jsonschema.Draft202012Validator(SCHEMA).validate(doc)
     per_head = ["W_q", "W_k", "W_v", "Q", "K", "V", "W_raw", "W_scaled", "W_masked", "W", "Y"]
-    expected = [("X", None)] + [(n, h) for h in (0, 1) for n in per_head]
+    expected = [("X", None), ("X_norm", None)] + [(n, h) for h in (0, 1) for n in per_head]
     expected += [("Y_concat", None), ("W_o", None), ("O", None)]
     assert [(s["name"], s.get("head")) for s in doc["steps"]] == expected
     cfg = doc["config"]
@@ -128,7 +165,8 @@ def test_seeded_projections_are_deterministic_and_documented():
     np.testing.assert_array_equal(get(a, "W_q"), get(b, "W_q"))
     bits = np.random.PCG64(np.random.SeedSequence([5, 1, 0])).random_raw(16)
     u = (bits >> np.uint64(11)).astype(np.float64) / 2.0**53
-    np.testing.assert_array_equal(get(a, "W_q"), ((2 * u - 1) * 0.5).reshape(4, 4))
+    # U(±√(3/d)), d = 4: variance 1/d, so X_norm's unit variance survives the projection.
+    np.testing.assert_array_equal(get(a, "W_q"), ((2 * u - 1) * math.sqrt(0.75)).reshape(4, 4))
 
 
 @settings(max_examples=60, deadline=None)
@@ -304,7 +342,10 @@ def test_matches_torch_multihead_attention(tmp_path, causal):
         ]
         + (["--causal"] if causal else [])
     )
-    x = torch.tensor(get(doc, "X"))[None]  # batch of 1
+    # X_norm is torch's LayerNorm without a learned scale and shift.
+    ln = torch.nn.LayerNorm(d, eps=1e-5, elementwise_affine=False, dtype=torch.float64)
+    x = ln(torch.tensor(get(doc, "X")))[None]  # batch of 1
+    np.testing.assert_allclose(get(doc, "X_norm"), x[0].numpy(), atol=1e-12)
     mha = torch.nn.MultiheadAttention(d, heads, bias=True, batch_first=True, dtype=torch.float64)
     with torch.no_grad():
         # torch stores Linear weights [out, in]; attn-cli stores [in, out].

@@ -8,7 +8,7 @@ from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
 from attn_cli.render.summary import dominant_pattern
-from attn_cli.trace import Trace
+from attn_cli.trace import Trace, TraceStep
 
 # One letter per pattern keeps a 12-head row inside 80 columns.
 CODES = {"previous": "P", "self": "S", "[SEP]": "E", "broad": "·"}
@@ -18,7 +18,7 @@ LEGEND = (
 )
 
 
-def attention_maps(trace: Trace) -> dict[tuple[int, int], object]:
+def attention_maps(trace: Trace) -> dict[tuple[int, int], TraceStep]:
     """(layer, head) -> the W step; layer/head None count as 0."""
     return {(s.layer or 0, s.head or 0): s for s in trace.steps_named("W")}
 

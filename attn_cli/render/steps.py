@@ -155,14 +155,14 @@ def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
             title.append(f"   {step.where}", style="dim")
         console.print(title)
         table = compact_table()
-        for name, just in (
-            ("token", "left"),
-            ("attends most to", "left"),
-            ("weight", "right"),
-            ("then", "left"),
-            ("weight", "right"),
+        for name, right in (
+            ("token", False),
+            ("attends most to", False),
+            ("weight", True),
+            ("then", False),
+            ("weight", True),
         ):
-            table.add_column(Text(name), justify=just, no_wrap=True)
+            table.add_column(Text(name), justify="right" if right else "left", no_wrap=True)
         shown = min(len(step.rows), opts.max_rows)
         for i in range(shown):
             j, o = int(top[i]), int(other[i])

@@ -37,7 +37,7 @@ def dominant_pattern(w: np.ndarray, tokens: list[str]) -> tuple[str, float]:
     """The strongest named pattern, or 'broad' (with its mean relative entropy) if none
     takes at least 40% of the weight."""
     scores = head_patterns(w, tokens)
-    name = max(scores, key=scores.get)
+    name = max(scores, key=lambda k: scores[k])
     if scores[name] >= 0.4:
         return name, scores[name]
     return "broad", float(np.mean(relative_entropy(w)))
