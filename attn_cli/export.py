@@ -58,11 +58,15 @@ def trace_document(trace: Trace) -> dict[str, Any]:
             entry["head"] = s.head
         entry["data"] = export_array(s)
         steps.append(entry)
-    return {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "text": trace.text,
         "tokens": trace.tokens,
+    }
+    if trace.raw_tokens is not None:
+        doc["raw_tokens"] = trace.raw_tokens
+    return doc | {
         "token_ids": trace.token_ids,
         "config": trace.config,
         "notes": trace.notes,
@@ -155,8 +159,19 @@ def trace_from_document(doc: Any, where: str) -> Trace:
         where,
         "'notes' must be a list of strings",
     )
+    raw = doc.get("raw_tokens")
+    _need(
+        raw is None
+        or (
+            isinstance(raw, list)
+            and len(raw) == len(tokens)
+            and all(isinstance(t, str) for t in raw)
+        ),
+        where,
+        "'raw_tokens' must be strings, one per token",
+    )
     steps = [_step_from_entry(e, f"{where} step {i}") for i, e in enumerate(doc["steps"])]
-    return Trace(doc["text"], tokens, ids, doc["config"], steps, notes)
+    return Trace(doc["text"], tokens, ids, doc["config"], steps, notes, raw)
 
 
 def _step_from_entry(e: Any, where: str) -> TraceStep:

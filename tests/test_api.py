@@ -147,6 +147,14 @@ def test_from_attentions_takes_arrays_and_renders_every_view():
         assert buf.getvalue().strip(), view
     with pytest.raises(InputError, match=r"expected \(layers, heads, 3, 3\)"):
         attn_cli.Trace.from_attentions(["a", "b", "c"], A)
+    import jsonschema
+    import orjson
+
+    from attn_cli.export import SCHEMA_PATH, dumps_traces, loads_traces
+
+    data = dumps_traces([t])
+    jsonschema.validate(orjson.loads(data), orjson.loads(SCHEMA_PATH.read_bytes()))
+    np.testing.assert_array_equal(loads_traces(data)[0].attention(), A)
 
 
 @pytest.mark.reference
