@@ -95,6 +95,10 @@ def level_style(diverging: bool, level: int) -> Style:
 MASKED_STYLE = Style(color="grey62", bgcolor="grey23")
 
 
+# Kinds whose values are never negative: a sequential scale (0 … max), not a diverging one.
+NON_NEGATIVE_KINDS = ("weights", "relevance", "prediction", "heads")
+
+
 @dataclass(frozen=True)
 class Scale:
     """Maps values to colour levels: diverging around 0 (±vmax) or sequential (0 … vmax)."""
@@ -106,7 +110,7 @@ class Scale:
     def for_kind(cls, kind: str, data: np.ndarray) -> Scale:
         finite = data[np.isfinite(data)]
         vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
-        return cls(kind != "weights", vmax if vmax > 0 else 1.0)
+        return cls(kind not in NON_NEGATIVE_KINDS, vmax if vmax > 0 else 1.0)
 
     def levels(self, values: np.ndarray) -> np.ndarray:
         if self.diverging:
