@@ -72,7 +72,17 @@ def test_toy_properties(x, scale):
     np.testing.assert_allclose(s.W.sum(axis=1), 1.0, atol=1e-12)
     assert np.all(s.W >= 0)
     np.testing.assert_array_equal(s.W_raw, s.W_raw.T)
-    np.testing.assert_allclose(s.Y, s.W @ x, atol=1e-9)
+    # Independently: dot products, a softmax and the weighted sums, one cell at a time.
+    n, d = x.shape
+    c = 1 / math.sqrt(d) if scale else 1.0
+    for i in range(n):
+        logits = [c * sum(x[i, k] * x[j, k] for k in range(d)) for j in range(n)]
+        top = max(logits)
+        e = [math.exp(z - top) for z in logits]
+        w = [v / sum(e) for v in e]
+        np.testing.assert_allclose(s.W[i], w, atol=1e-9)
+        y = [sum(w[j] * x[j, k] for j in range(n)) for k in range(d)]
+        np.testing.assert_allclose(s.Y[i], y, atol=1e-8)
     if scale:
         np.testing.assert_allclose(s.W_scaled, s.W_raw / np.sqrt(x.shape[1]), atol=1e-12)
 

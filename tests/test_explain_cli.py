@@ -96,7 +96,12 @@ def test_stdin_is_read_when_no_text_is_given():
     assert doc["tokens"] == ["hi", "how", "are", "you"]
     w, x, y = step(doc, "W"), step(doc, "X"), step(doc, "Y")
     np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(y, w @ x, atol=1e-5)
+    # From X alone, with einsum (not the pipeline's own W): softmax(X·Xᵀ)·X.
+    scores = np.einsum("id,jd->ij", x, x)
+    expected_w = np.exp(scores - scores.max(1, keepdims=True))
+    expected_w /= expected_w.sum(1, keepdims=True)
+    np.testing.assert_allclose(w, expected_w, atol=1e-12)
+    np.testing.assert_allclose(y, np.einsum("ij,jd->id", expected_w, x), atol=1e-12)
 
 
 def test_dash_reads_stdin_and_each_line_is_one_trace():
