@@ -78,11 +78,12 @@ def main() -> None:
     w.add_vocab_size(48)
     w.add_file_type(7)
     toks, types = byte_vocab(48)
+    toks[-1] = "!!"  # one merge, so the vocabulary is a complete BPE (llama.cpp needs merges)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(toks)
     w.add_token_types(types)
-    w.add_token_merges([])
+    w.add_token_merges(["! !"])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     expected: dict[str, np.ndarray] = {}
@@ -169,7 +170,8 @@ def main() -> None:
                     ids = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
                     cases.append({"text": text, "special": special, "add_bos": add_bos, "ids": ids})
         out = path.with_suffix(".ids.json")
-        out.write_text(json.dumps(cases, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        lines = ",\n".join(json.dumps(c, ensure_ascii=False) for c in cases)
+        out.write_text(f"[\n{lines}\n]\n", encoding="utf-8")
     for f in sorted(OUT.iterdir()):
         print(f"{f.stat().st_size:7d}  {f.relative_to(ROOT)}")
 

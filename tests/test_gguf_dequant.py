@@ -80,7 +80,7 @@ def write_raw(path: Path, tensors: dict[str, tuple[str, np.ndarray, int]]) -> Pa
     """A GGUF file with raw tensors: name -> (type, bytes [rows, row_bytes], row length)."""
     gguf = require("gguf")
     w = gguf.GGUFWriter(str(path), "llama")
-    for name, (t, raw, n) in tensors.items():
+    for name, (t, raw, _n) in tensors.items():
         w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType(TYPES[t][0]))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -114,14 +114,13 @@ def test_every_type_equals_ggml(tmp_path):
 
 
 def test_unsupported_type_is_refused_by_name(tmp_path):
-    """An IQ2_XXS tensor in a model: one InputError naming the type, before any work."""
+    """An IQ4_NL tensor in a model: one InputError naming the type, before any work."""
     from attn_cli.gguf import open_gguf
     from tests.test_gguf_writer import TINY, llama_shapes, random_state, write_gguf
 
     gguf = require("gguf")
     path = write_gguf(tmp_path / "m.gguf", "llama", TINY, random_state(llama_shapes(TINY)))
-    # rewrite one tensor's type id in place: F32 (0) -> IQ2_XXS (16) needs a different size,
-    # so build the file again with a raw IQ2_XXS tensor of the right byte size instead
+    # copy the file with one tensor replaced by a raw IQ4_NL tensor of the same shape
     r = gguf.GGUFReader(str(path))
     w = gguf.GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
     for k, f in r.fields.items():
@@ -140,12 +139,12 @@ def test_unsupported_type_is_refused_by_name(tmp_path):
         w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
     w.add_tensor(
         "blk.0.ffn_up.weight",
-        np.zeros((64, 66), dtype=np.uint8),  # 64 rows of 256 values: one 66-byte block each
-        raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS,
+        np.zeros((64, 18), dtype=np.uint8),  # 64 rows of 32 values: one 18-byte block each
+        raw_dtype=gguf.GGMLQuantizationType.IQ4_NL,
     )
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(InputError, match=r"IQ2_XXS \(e\.g\. blk\.0\.ffn_up\.weight\)"):
+    with pytest.raises(InputError, match=r"IQ4_NL \(e\.g\. blk\.0\.ffn_up\.weight\)"):
         open_gguf(tmp_path / "iq.gguf")

@@ -155,6 +155,14 @@ class GGUFHeader:
     value_types: dict[str, str] = field(default_factory=dict)
 
 
+def show(text: str, limit: int = 60) -> str:
+    """Text from the file (a key, a tensor name) made safe and short for a one-line message."""
+    from attn_cli.trace import printable
+
+    cut = text[:limit]
+    return repr(printable(cut) + ("…" if len(text) > limit else ""))
+
+
 class _Bad(Exception):
     """Internal: a malformed header; turned into one InputError with the file name."""
 
@@ -271,8 +279,9 @@ def parse_header(buf: Any, size: int, path: Path) -> GGUFHeader:
             key = cur.string("metadata key", limit=1 << 16)
             if key in meta:
                 raise _Bad(f"duplicate metadata key {key!r}")
-            vtype = cur.u32(f"type of {key}")
-            meta[key] = _value(cur, vtype, key)
+            label = show(key)
+            vtype = cur.u32(f"type of {label}")
+            meta[key] = _value(cur, vtype, label)
             vtypes[key] = _VTYPE_NAMES.get(vtype, str(vtype))
         alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
         if (
@@ -287,32 +296,33 @@ def parse_header(buf: Any, size: int, path: Path) -> GGUFHeader:
         names: set[str] = set()
         for i in range(n_tensors):
             name = cur.string(f"name of tensor {i}", limit=1 << 10)
+            label = show(name)
             if len(name.encode("utf-8", errors="replace")) >= MAX_NAME:
-                raise _Bad(f"tensor name {name[:40]!r}... is longer than {MAX_NAME - 1} bytes")
+                raise _Bad(f"tensor name {label} is longer than {MAX_NAME - 1} bytes")
             if name in names:
-                raise _Bad(f"duplicate tensor {name!r}")
+                raise _Bad(f"duplicate tensor {label}")
             names.add(name)
-            n_dims = cur.u32(f"dimension count of {name}")
+            n_dims = cur.u32(f"dimension count of {label}")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise _Bad(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
-            ne = tuple(cur.u64(f"shape of {name}") for _ in range(n_dims))
+                raise _Bad(f"tensor {label} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+            ne = tuple(cur.u64(f"shape of {label}") for _ in range(n_dims))
             if any(d < 1 or d > MAX_DIM for d in ne):
-                raise _Bad(f"tensor {name!r} has an absurd shape {list(ne)}")
-            type_id = cur.u32(f"type of {name}")
-            offset = cur.u64(f"offset of {name}")
+                raise _Bad(f"tensor {label} has an absurd shape {list(ne)}")
+            type_id = cur.u32(f"type of {label}")
+            offset = cur.u64(f"offset of {label}")
             if type_id not in GGML_TYPES:
-                raise _Bad(f"tensor {name!r} has unknown ggml type id {type_id}")
+                raise _Bad(f"tensor {label} has unknown ggml type id {type_id}")
             tname, block, bsize = GGML_TYPES[type_id]
             if ne[0] % block:
                 raise _Bad(
-                    f"tensor {name!r}: row of {ne[0]} is not a multiple of the {tname} block {block}"
+                    f"tensor {label}: row of {ne[0]} is not a multiple of the {tname} block {block}"
                 )
             n = 1
             for d in ne:
                 n *= d
             nbytes = n // block * bsize
             if offset % alignment:
-                raise _Bad(f"tensor {name!r} offset {offset} is not aligned to {alignment}")
+                raise _Bad(f"tensor {label} offset {offset} is not aligned to {alignment}")
             raw_infos.append((name, ne, type_id, offset, nbytes))
         data_offset = cur.pos + (-cur.pos) % alignment
         if data_offset > size:
@@ -322,7 +332,7 @@ def parse_header(buf: Any, size: int, path: Path) -> GGUFHeader:
             start = data_offset + offset
             if start + nbytes > size:
                 raise _Bad(
-                    f"tensor {name!r} needs bytes {start}..{start + nbytes} but the file has {size}"
+                    f"tensor {show(name)} needs bytes {start}..{start + nbytes} but the file has {size}"
                     " (truncated?)"
                 )
             tensors[name] = TensorInfo(name, ne, type_id, start, nbytes)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from attn_cli.errors import InputError
-from attn_cli.gguf.header import GGUFHeader
+from attn_cli.gguf.header import GGUFHeader, show
 
 # GGUF general.architecture -> HF model_type
 ARCHS = {
@@ -171,7 +171,26 @@ def build(
     header: GGUFHeader, read_small: Callable[[str], np.ndarray]
 ) -> tuple[dict[str, Any], dict[str, Recipe]]:
     """(HF config, {HF tensor name: Recipe}). ``read_small`` dequantises a small tensor
-    (rope_freqs, rope factors) for the config. Raises InputError for what is not supported."""
+    (rope_freqs, rope factors) for the config. Raises InputError for what is not supported,
+    and for metadata of the wrong type or out of range."""
+    try:
+        return _build(header, read_small)
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        OverflowError,
+        ZeroDivisionError,
+    ) as exc:
+        raise InputError(
+            f"{header.path.name}: malformed metadata ({show(str(exc), 100)})"
+        ) from None
+
+
+def _build(
+    header: GGUFHeader, read_small: Callable[[str], np.ndarray]
+) -> tuple[dict[str, Any], dict[str, Recipe]]:
     meta, tensors = header.metadata, header.tensors
     name = header.path.name
     arch = meta.get("general.architecture")
@@ -179,7 +198,7 @@ def build(
         raise InputError(f"{name}: no general.architecture in the metadata")
     if arch not in ARCHS:
         raise InputError(
-            f"{name}: architecture {arch!r} is not supported (supported: {', '.join(ARCHS)})"
+            f"{name}: architecture {show(arch)} is not supported (supported: {', '.join(ARCHS)})"
         )
     get = _arch_get(meta, arch)
     model_type = ARCHS[arch]
@@ -315,7 +334,54 @@ def build(
         }
     )
     cfg["gguf"] = gguf_extra
-    return cfg, _plan(arch, tensors, n_layer, n_head, n_kv, head_dim, name)
+    plan = _plan(arch, tensors, n_layer, n_head, n_kv, head_dim, name)
+    for hf, recipe in plan.items():
+        got, want = recipe_shape(recipe, tensors), expected_shape(hf, cfg)
+        if got != want:
+            raise InputError(
+                f"{name}: {', '.join(recipe.sources)} has shape {list(got)}, but the metadata "
+                f"implies {list(want)} for {hf}"
+            )
+    return cfg, plan
+
+
+def recipe_shape(r: Recipe, tensors: dict[str, Any]) -> tuple[int, ...]:
+    """The HF shape a recipe produces, from the header alone (trailing dims must agree)."""
+    shapes = [tuple(tensors[s].shape) for s in r.sources]
+    if len({sh[1:] for sh in shapes}) != 1:
+        return (-1,)
+    first = sum(sh[0] for sh in shapes)
+    if r.rows is not None:
+        lo, hi = r.rows
+        if not 0 <= lo < hi <= first:
+            return (-1,)
+        first = hi - lo
+    return (first, *shapes[0][1:])
+
+
+def expected_shape(name: str, cfg: dict[str, Any]) -> tuple[int, ...]:
+    """What the HF model of this config has for tensor ``name``."""
+    h, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg["head_dim"]
+    qd, kd = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    bias = name.endswith(".bias")
+    part = name.rsplit(".", 2)[-2]
+    out = {
+        "embed_tokens": (v, h),
+        "lm_head": (v, h),
+        "q_norm": (hd,),
+        "k_norm": (hd,),
+        "q_proj": (qd, h),
+        "k_proj": (kd, h),
+        "v_proj": (kd, h),
+        "qkv_proj": (qd + 2 * kd, h),
+        "o_proj": (h, qd),
+        "gate_proj": (ff, h),
+        "up_proj": (ff, h),
+        "gate_up_proj": (2 * ff, h),
+        "down_proj": (h, ff),
+    }.get(part, (h,))  # every other tensor is a norm over the hidden size
+    return out[:1] if bias else out
 
 
 _ARCH_CLASS = {

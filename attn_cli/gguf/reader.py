@@ -12,7 +12,7 @@ import numpy as np
 
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, MappedFile, TensorInfo, parse_header
-from attn_cli.gguf.names import Recipe, build, unpermute_index
+from attn_cli.gguf.names import Recipe, build, recipe_shape, unpermute_index
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -95,14 +95,7 @@ class GGUFWeights(Mapping[str, np.ndarray]):
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The HF shape, from the header only."""
-        r = self._recipe(name)
-        infos = [self._header.tensors[s] for s in r.sources]
-        shape = list(infos[0].shape)
-        if len(infos) > 1:
-            shape[0] = sum(i.shape[0] for i in infos)
-        if r.rows is not None:
-            shape[0] = r.rows[1] - r.rows[0]
-        return tuple(shape)
+        return recipe_shape(self._recipe(name), self._header.tensors)
 
     def _finish(self, a: np.ndarray, r: Recipe) -> np.ndarray:
         if r.shift:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attn_cli.errors import InputError
+from attn_cli.gguf.header import show
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -122,6 +123,8 @@ _AUTO_CONTROL_IF_UNSET = {
 
 def _strings(meta: dict[str, Any], key: str, fname: str) -> list[str]:
     v = meta.get(key)
+    if isinstance(v, np.ndarray) and v.size == 0:
+        return []  # an empty array is written with a numeric item type
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
         raise InputError(f"{fname}: metadata {key} is missing or not a list of strings")
     return v
@@ -145,6 +148,15 @@ def _special_id(meta: dict[str, Any], key: str, n: int) -> int | None:
 
 def build_tokenizer(meta: dict[str, Any], fname: str = "model.gguf") -> Tokenizer:
     """A ``tokenizers.Tokenizer`` equal to llama.cpp's for this file. Raises InputError."""
+    try:
+        return _build(meta, fname)
+    except InputError:
+        raise
+    except Exception as exc:  # tokenizers rejects what a hostile file can put in a vocabulary
+        raise InputError(f"{fname}: cannot build the tokenizer ({show(str(exc), 120)})") from None
+
+
+def _build(meta: dict[str, Any], fname: str) -> Tokenizer:
     from tokenizers import (
         AddedToken,
         Regex,
@@ -158,7 +170,9 @@ def build_tokenizer(meta: dict[str, Any], fname: str = "model.gguf") -> Tokenize
 
     kind = meta.get("tokenizer.ggml.model")
     if kind not in ("gpt2", "llama"):
-        raise InputError(f"{fname}: tokenizer model {kind!r} is not supported (gpt2 and llama are)")
+        raise InputError(
+            f"{fname}: tokenizer model {show(str(kind))} is not supported (gpt2 and llama are)"
+        )
     tokens = _strings(meta, "tokenizer.ggml.tokens", fname)
     n = len(tokens)
     if n == 0:
@@ -195,7 +209,7 @@ def build_tokenizer(meta: dict[str, Any], fname: str = "model.gguf") -> Tokenize
         pre_name = "default" if not pre else str(pre)
         if pre_name not in _PRE:
             raise InputError(
-                f"{fname}: pre-tokenizer {pre_name!r} (tokenizer.ggml.pre) is not supported"
+                f"{fname}: pre-tokenizer {show(pre_name)} (tokenizer.ggml.pre) is not supported"
             )
         regexes, ignore_merges, add_bos_default = _PRE[pre_name]
         merges = []
@@ -253,7 +267,7 @@ def build_tokenizer(meta: dict[str, Any], fname: str = "model.gguf") -> Tokenize
     for at in added:
         got = tok.token_to_id(at.content)
         if got is None or tokens[got] != at.content:
-            raise InputError(f"{fname}: cannot place token {at.content!r} in the vocabulary")
+            raise InputError(f"{fname}: cannot place token {show(at.content)} in the vocabulary")
 
     add_bos = meta.get("tokenizer.ggml.add_bos_token", add_bos_default_v)
     add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
