@@ -161,8 +161,13 @@ def test_large_traces_keep_the_weights_and_drop_the_rest():
     kept = {(s["name"], s["data"] is not None) for s in doc["steps"] if s["square"]}
     assert kept == {("W", True), ("W_raw", False), ("W_masked", False)}
     assert all(s["data"] is None for s in doc["steps"] if not s["square"])
-    assert "W_masked, W_raw are not embedded" in doc["omitted"]
+    assert "not embedded: W_raw (4 of 4), W_masked (4 of 4)." in doc["omitted"]
     assert "not embedded (too many)" in doc["omitted"]
+    # Past the budget even attention maps go, in trace order; each trace keeps its first map.
+    doc = page_data([trace, trace], map_budget=3 * 36)["traces"]
+    w = [[s["data"] is not None for s in d["steps"] if s["name"] == "W"] for d in doc]
+    assert w == [[True, True, True, False], [True, False, False, False]]
+    assert "W (1 of 4)" in doc[0]["omitted"] and "W (3 of 4)" in doc[1]["omitted"]
 
 
 def test_several_traces_one_page():

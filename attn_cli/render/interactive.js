@@ -97,9 +97,34 @@
     s._scale = { diverging, vmax: vmax > 0 ? vmax : 1, own: s.kind === "weights" };
     return s._scale;
   }
+  /* Cell colours come from a 256-entry table per palette and scale type: the overview paints
+     millions of cells. */
+  const LUTS = new Map();
+  function lut(p, diverging) {
+    const key = (p === PALETTES.dark ? "d" : "l") + (diverging ? "div" : "seq");
+    let t = LUTS.get(key);
+    if (!t) {
+      t = [];
+      for (let k = 0; k < 256; k++) t.push(interp(diverging ? p.div : p.seq, k / 255));
+      LUTS.set(key, t);
+    }
+    return t;
+  }
   function cellColor(sc, v, p) {
     if (v === null) return p.masked;
-    return sc.diverging ? interp(p.div, (v / sc.vmax + 1) / 2) : interp(p.seq, v / sc.vmax);
+    const t = sc.diverging ? (v / sc.vmax + 1) / 2 : v / sc.vmax;
+    return lut(p, sc.diverging)[Math.round(Math.min(Math.max(t, 0), 1) * 255)];
+  }
+  /* Paint a matrix into ImageData, one pixel per cell. */
+  function paint(im, s, p) {
+    const sc = scaleOf(s), n = s.data.length, m = n ? s.data[0].length : 0, d = im.data;
+    for (let i = 0; i < n; i++) {
+      const row = s.data[i];
+      for (let j = 0; j < m; j++) {
+        const col = cellColor(sc, row[j], p), o = 4 * (i * m + j);
+        d[o] = col[0]; d[o + 1] = col[1]; d[o + 2] = col[2]; d[o + 3] = 255;
+      }
+    }
   }
   /* Line / highlight strength in [0, 1]: a weight is its own opacity (BertViz); a score is
      |value| over the map's largest |value|, coloured by its sign; other non-negative maps
@@ -186,6 +211,7 @@
 
   // ---------- head view ----------
   const HV_W = 150;
+  let dirty = [];  // head-view tokens the current focus has marked
   function rowHeight(n) { return n > 200 ? 15 : 22; }
 
   function renderHeadView() {
@@ -193,6 +219,7 @@
     const left = $("hv-left"), right = $("hv-right");
     left.replaceChildren();
     right.replaceChildren();
+    dirty = [];
     $("hv-title").textContent = s ? s.name : "";
     $("hv-where").textContent = s ? whereText(state.layer, state.head) : "";
     if (!s || !s.data) {
@@ -241,18 +268,18 @@
     const f = state.focus || state.pin;
     const sc = scaleOf(s), p = pal();
     const lefts = $("hv-left").children, rights = $("hv-right").children;
-    for (const list of [lefts, rights]) {
-      for (const t of list) {
-        t.classList.remove("active", "pinned");
-        t.style.background = "";
-        t.removeAttribute("data-value");
-        t.querySelector(".w").textContent = "";
-      }
+    // Only the tokens the last focus touched are reset: a long input has thousands.
+    for (const t of dirty) {
+      t.classList.remove("active", "pinned");
+      t.style.background = "";
+      t.removeAttribute("data-value");
+      t.querySelector(".w").textContent = "";
     }
+    dirty = [];
     const info = $("hv-info");
     if (state.pin) {
       const pt = (state.pin.side === "q" ? lefts : rights)[state.pin.i];
-      if (pt) pt.classList.add("pinned");
+      if (pt) { pt.classList.add("pinned"); dirty.push(pt); }
     }
     if (!f) {
       info.replaceChildren(
@@ -261,12 +288,13 @@
     } else {
       const rows = rowsOf(s), cols = colsOf(s);
       const mine = f.side === "q" ? lefts[f.i] : rights[f.i];
-      if (mine) mine.classList.add("active");
+      if (mine) { mine.classList.add("active"); dirty.push(mine); }
       const others = f.side === "q" ? rights : lefts;
       const values = [];
       for (let k = 0; k < others.length; k++) {
         const v = f.side === "q" ? s.data[f.i][k] : s.data[k][f.i];
         const t = others[k];
+        dirty.push(t);
         t.dataset.value = v === null ? "masked" : String(v);
         t.querySelector(".w").textContent = v === null ? "−∞" : fmt(v);
         if (v !== null) t.style.background = rgb(strengthColor(sc, v, p), (0.08 + 0.55 * strength(sc, v)).toFixed(3));
@@ -299,22 +327,43 @@
     g.clearRect(0, 0, HV_W, h);
     const sc = scaleOf(s), p = pal();
     g.lineWidth = f ? 2.4 : 1.6;
-    const line = (i, j, a) => {
-      const v = s.data[i][j];
-      const st = strength(sc, v) * a;
-      if (st < 0.01) return;
-      g.strokeStyle = rgb(strengthColor(sc, v, p), st.toFixed(3));
-      g.beginPath();
-      g.moveTo(3, i * rh + rh / 2);
-      g.lineTo(HV_W - 3, j * rh + rh / 2);
-      g.stroke();
+    // Lines are grouped into 32 opacity levels per colour, one path each. A long input has n²
+    // lines: without a hovered token only the strongest MAX_LINES are drawn (at least 1%
+    // opacity), which is what can be seen anyway.
+    const LEVELS = 32, MAX_LINES = 1500;
+    const cand = [];
+    const line = (i, j) => {
+      const st = strength(sc, s.data[i][j]);
+      if (st >= 0.01) cand.push([st, i, j]);
     };
     if (!f) {
-      for (let i = 0; i < rows.length; i++) for (let j = 0; j < cols.length; j++) line(i, j, 1);
+      for (let i = 0; i < rows.length; i++) for (let j = 0; j < cols.length; j++) line(i, j);
     } else if (f.side === "q") {
-      for (let j = 0; j < cols.length; j++) line(f.i, j, 1);
+      for (let j = 0; j < cols.length; j++) line(f.i, j);
     } else {
-      for (let i = 0; i < rows.length; i++) line(i, f.i, 1);
+      for (let i = 0; i < rows.length; i++) line(i, f.i);
+    }
+    if (!f && cand.length > MAX_LINES) {
+      cand.sort((a, b) => b[0] - a[0]);
+      cand.length = MAX_LINES;
+    }
+    const paths = new Map();
+    for (const [st, i, j] of cand) {
+      const color = strengthColor(sc, s.data[i][j], p);
+      const level = Math.min(LEVELS - 1, Math.floor(st * LEVELS));
+      const key = color.join(",") + "|" + level;
+      let path = paths.get(key);
+      if (!path) { path = { color, level, segs: [] }; paths.set(key, path); }
+      path.segs.push(i * rh + rh / 2, j * rh + rh / 2);
+    }
+    for (const path of paths.values()) {
+      g.strokeStyle = rgb(path.color, ((path.level + 0.5) / LEVELS).toFixed(3));
+      g.beginPath();
+      for (let k = 0; k < path.segs.length; k += 2) {
+        g.moveTo(3, path.segs[k]);
+        g.lineTo(HV_W - 3, path.segs[k + 1]);
+      }
+      g.stroke();
     }
   }
 
@@ -349,13 +398,7 @@
     const og = off.getContext("2d");
     const im = og.createImageData(m, n);
     const sc = scaleOf(s), p = pal();
-    for (let i = 0; i < n; i++) {
-      for (let j = 0; j < m; j++) {
-        const col = cellColor(sc, s.data[i][j], p);
-        const o = 4 * (i * m + j);
-        im.data[o] = col[0]; im.data[o + 1] = col[1]; im.data[o + 2] = col[2]; im.data[o + 3] = 255;
-      }
-    }
+    paint(im, s, p);
     og.putImageData(im, 0, 0);
     hm.img = off;
     drawLegend(sc, p);
@@ -463,10 +506,43 @@
   }
 
   // ---------- layer × head overview ----------
+  /* A map shrunk to at most k × k cells for a thumbnail: each block keeps its value of largest
+     magnitude (a sharp peak stays visible); a block is masked only when all of it is. */
+  function pooled(s, k) {
+    const n = s.data.length, m = n ? s.data[0].length : 0;
+    if (n <= k && m <= k) return s;
+    if (s._pooled) return s._pooled;
+    const bn = Math.ceil(n / k), bm = Math.ceil(m / k), out = [];
+    for (let i0 = 0; i0 < n; i0 += bn) {
+      const row = [];
+      for (let j0 = 0; j0 < m; j0 += bm) {
+        let best = null;
+        for (let i = i0; i < Math.min(i0 + bn, n); i++) for (let j = j0; j < Math.min(j0 + bm, m); j++) {
+          const v = s.data[i][j];
+          if (v !== null && (best === null || Math.abs(v) > Math.abs(best))) best = v;
+        }
+        row.push(best);
+      }
+      out.push(row);
+    }
+    s._pooled = { data: out, kind: s.kind, _scale: scaleOf(s) };
+    return s._pooled;
+  }
+  let overviewKey = null;
   function renderOverview() {
     const tr = trace();
-    const layers = layersOf(tr);
+    const key = state.t + "|" + state.step + "|" + (isDark() ? "d" : "l");
     const box = $("thumbs");
+    if (key === overviewKey) {  // only the selection moved: repainting every map is slow
+      for (const c of box.querySelectorAll("canvas")) {
+        const on = c.dataset.layer === (state.layer === null ? "" : String(state.layer)) &&
+          c.dataset.head === (state.head === null ? "" : String(state.head));
+        c.classList.toggle("sel", on);
+      }
+      return;
+    }
+    overviewKey = key;
+    const layers = layersOf(tr);
     box.replaceChildren();
     const allHeads = uniq(layers.flatMap((L) => headsOf(tr, L))).sort((a, b) => (a === null ? -1 : b === null ? 1 : a - b));
     const many = layers.length * allHeads.length > 1;
@@ -483,15 +559,12 @@
         const s = findSquare(tr, state.step, L, H);
         const c = el("canvas");
         if (s && s.data) {
-          const n = s.data.length, m = s.data[0] ? s.data[0].length : 0;
+          const small = pooled(s, 64), n = small.data.length, m = n ? small.data[0].length : 0;
           c.width = Math.max(m, 1); c.height = Math.max(n, 1);
           const g = c.getContext("2d");
           if (m) {
-            const im = g.createImageData(m, n), sc = scaleOf(s);
-            for (let i = 0; i < n; i++) for (let j = 0; j < m; j++) {
-              const col = cellColor(sc, s.data[i][j], p), o = 4 * (i * m + j);
-              im.data[o] = col[0]; im.data[o + 1] = col[1]; im.data[o + 2] = col[2]; im.data[o + 3] = 255;
-            }
+            const im = g.createImageData(m, n);
+            paint(im, small, p);
             g.putImageData(im, 0, 0);
           }
         } else {
@@ -528,10 +601,11 @@
       head.append(h3, el("code", "formula", s.formula), el("span", "sub mono", s.shape.join(" × ")));
       card.append(head, el("p", "desc", s.description));
       if (s.data) {
-        card.appendChild(matrixTable(s, p));
-        const shown = [s.data.length, s.data.length ? s.data[0].length : 0];
-        if (shown[0] < s.shape[0] || shown[1] < s.shape[1]) {
-          card.appendChild(el("p", "clip", "Showing the first " + shown[0] + " of " + s.shape[0] + " rows and " + shown[1] + " of " + s.shape[1] + " columns; the JSON export (--json) has every number."));
+        const r = Math.min(s.data.length, DATA.table_rows);
+        const c = Math.min(s.data.length ? s.data[0].length : 0, DATA.table_cols);
+        card.appendChild(matrixTable(s, p, r, c));
+        if (r < s.shape[0] || c < s.shape[1]) {
+          card.appendChild(el("p", "clip", "Showing the first " + r + " of " + s.shape[0] + " rows and " + c + " of " + s.shape[1] + " columns; " + (s.square ? "the heatmap shows all of it." : "the JSON export (--json) has every number.")));
         }
       } else {
         card.appendChild(el("p", "clip", "Matrix not embedded (" + s.shape.join(" × ") + ") to keep this page small; the JSON export (--json) has every number."));
@@ -540,20 +614,21 @@
     }
   }
 
-  function matrixTable(s, p) {
+  function matrixTable(s, p, nr, nc) {
     const sc = scaleOf(s);
     const rows = rowsOf(s), cols = colsOf(s);
     const wrap = el("div", "tbl-wrap");
     const t = el("table", "matrix");
     const thead = el("thead"), hr = el("tr");
     hr.appendChild(el("th", null, ""));
-    for (let j = 0; j < s.data[0].length; j++) hr.appendChild(el("th", null, cols[j]));
+    for (let j = 0; j < nc; j++) hr.appendChild(el("th", null, cols[j]));
     thead.appendChild(hr);
     const tb = el("tbody");
-    for (let i = 0; i < s.data.length; i++) {
+    for (let i = 0; i < nr; i++) {
       const tr = el("tr");
       tr.appendChild(el("th", null, rows[i]));
-      for (const v of s.data[i]) {
+      for (let j = 0; j < nc; j++) {
+        const v = s.data[i][j];
         const td = el("td", v === null ? "masked" : "num", v === null ? "−∞" : fmt(v));
         if (v !== null) {
           const c = cellColor(sc, v, p);

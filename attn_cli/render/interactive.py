@@ -26,9 +26,10 @@ from attn_cli.errors import InputError
 from attn_cli.trace import Trace, TraceStep, printable, token_labels
 
 SIGNIFICANT = 4
-# Numbers of tokens × tokens maps embedded before the pre-softmax maps (W_raw, W_scaled,
-# W_masked) are left out; the attention weights W are always embedded.
-MAP_BUDGET = 4_000_000
+# Numbers of tokens × tokens maps one page embeds: the attention weights (and other maps) first,
+# then the pre-softmax scores (W_raw, W_scaled, W_masked); past the budget a map is described but
+# its numbers are left out (each trace keeps at least its first map).
+MAP_BUDGET = 6_000_000
 # Other matrices (X, Q, K, V, Y, W_q …) are embedded as their top-left corner, like the terminal
 # tables, while the total stays under TABLE_BUDGET numbers.
 TABLE_ROWS = 24
@@ -67,7 +68,7 @@ def _is_map(step: TraceStep, labels: list[str]) -> bool:
     return step.rows == labels and step.cols == labels
 
 
-def _step_entry(step: TraceStep, labels: list[str], square: bool) -> dict[str, Any]:
+def _step_entry(step: TraceStep, square: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": step.name,
         "formula": step.formula,
@@ -94,33 +95,45 @@ def page_data(
     """What the page embeds: per trace its text, tokens, labels, config, notes and steps, each
     step with its metadata and (some of) its numbers, rounded to SIGNIFICANT digits. A
     matrix's masked (-inf) cells are null."""
+    labels_of = [token_labels(t.tokens) for t in traces]
+    squares_of = [
+        [_is_map(s, labels) for s in t.steps] for t, labels in zip(traces, labels_of, strict=True)
+    ]
+    # Which maps carry their numbers: the whole page shares one budget. Attention weights and
+    # other maps first (in trace order), the pre-softmax scores last; each trace keeps its first.
+    candidates = sorted(
+        (
+            (t.steps[i].name in PRE_SOFTMAX, k, i)
+            for k, t in enumerate(traces)
+            for i, sq in enumerate(squares_of[k])
+            if sq
+        ),
+    )
+    keep_map: set[tuple[int, int]] = set()
+    has_map: set[int] = set()
+    used = 0
+    for _, k, i in candidates:
+        size = len(labels_of[k]) ** 2
+        if used + size <= map_budget or k not in has_map:
+            keep_map.add((k, i))
+            has_map.add(k)
+            used += size
+    table_cells = sum(
+        min(s.shape[0], table_rows) * min(s.shape[1], table_cols)
+        for k, t in enumerate(traces)
+        for s, sq in zip(t.steps, squares_of[k], strict=True)
+        if not sq
+    )
+    keep_tables = table_cells <= table_budget
+
     out = []
-    for trace in traces:
-        labels = token_labels(trace.tokens)
-        squares = [_is_map(s, labels) for s in trace.steps]
-        n_map = len(labels) ** 2
-        # Maps in priority order: the weights first, the pre-softmax scores last.
-        order = sorted(
-            (i for i, sq in enumerate(squares) if sq),
-            key=lambda i: trace.steps[i].name in PRE_SOFTMAX,
-        )
-        keep_map: set[int] = set()
-        used = 0
-        for i in order:
-            if used + n_map <= map_budget or trace.steps[i].name == "W":
-                keep_map.add(i)
-                used += n_map
-        tables = [i for i, sq in enumerate(squares) if not sq]
-        table_cells = sum(
-            min(trace.steps[i].shape[0], table_rows) * min(trace.steps[i].shape[1], table_cols)
-            for i in tables
-        )
-        keep_tables = table_cells <= table_budget
+    for k, trace in enumerate(traces):
+        labels, squares = labels_of[k], squares_of[k]
         steps = []
         for i, step in enumerate(trace.steps):
-            entry = _step_entry(step, labels, squares[i])
+            entry = _step_entry(step, squares[i])
             if squares[i]:
-                if i in keep_map:
+                if (k, i) in keep_map:
                     entry["data"] = round_significant(step.data)
             else:
                 r = min(step.shape[0], table_rows)
@@ -134,19 +147,6 @@ def page_data(
                 if cols != labels[:c] or c != len(labels):
                     entry["cols"] = [printable(x) for x in cols]
             steps.append(entry)
-        omitted = []
-        dropped = sorted({trace.steps[i].name for i in order if i not in keep_map})
-        if dropped:
-            omitted.append(
-                f"To keep this page small, the maps {', '.join(dropped)} are not embedded "
-                f"({sum(squares)} maps of {len(labels)} × {len(labels)} tokens); "
-                "the JSON export (--json) has every number."
-            )
-        if not keep_tables and tables:
-            omitted.append(
-                "The vector and parameter tables are described but their numbers are not "
-                "embedded (too many); the JSON export (--json) has every number."
-            )
         out.append(
             {
                 "text": _clean(trace.text),
@@ -154,11 +154,49 @@ def page_data(
                 "labels": labels,
                 "config": trace.config,
                 "notes": trace.notes,
-                "omitted": " ".join(omitted) or None,
+                "omitted": _omitted_note(trace, k, squares, keep_map, keep_tables, map_budget),
                 "steps": steps,
             }
         )
-    return {"title": title, "significant": SIGNIFICANT, "traces": out}
+    return {
+        "title": title,
+        "significant": SIGNIFICANT,
+        "table_rows": table_rows,
+        "table_cols": table_cols,
+        "traces": out,
+    }
+
+
+def _omitted_note(
+    trace: Trace,
+    k: int,
+    squares: list[bool],
+    keep_map: set[tuple[int, int]],
+    keep_tables: bool,
+    map_budget: int,
+) -> str | None:
+    """What the page left out of this trace, in words, or None."""
+    total: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for i, (step, sq) in enumerate(zip(trace.steps, squares, strict=True)):
+        if sq:
+            total[step.name] = total.get(step.name, 0) + 1
+            if (k, i) not in keep_map:
+                dropped[step.name] = dropped.get(step.name, 0) + 1
+    parts = []
+    if dropped:
+        listed = ", ".join(f"{name} ({dropped[name]} of {total[name]})" for name in dropped)
+        parts.append(
+            f"To keep this page usable ({map_budget:,} numbers at most), these maps are not "
+            f"embedded: {listed}. Choose fewer layers or heads (--layer, --head) or a shorter "
+            "text to see them here; the JSON export (--json) has every number."
+        )
+    if not keep_tables and any(not sq for sq in squares):
+        parts.append(
+            "The vector and parameter tables are described but their numbers are not embedded "
+            "(too many); the JSON export (--json) has every number."
+        )
+    return " ".join(parts) or None
 
 
 def _clean(text: str) -> str:
@@ -230,8 +268,8 @@ _BODY = """\
 <section id="steps"><h2>Steps<span class="sub" id="steps-where"></span></h2><div id="step-list"></div></section>
 <footer>
   Made by attn-cli. This page is self-contained: it loads nothing and sends nothing.
-  Numbers are rounded to {digits} significant digits; matrices other than the tokens × tokens maps
-  show at most their first {rows} rows and {cols} columns. Masked cells (−∞) are hatched.
+  Numbers are rounded to {digits} significant digits; step tables show at most their first
+  {rows} rows and {cols} columns (the heatmap shows a whole map). Masked cells (−∞) are hatched.
   The JSON export (<code>--json</code>) has every number at full precision.
 </footer>
 <div id="tip" role="tooltip" hidden></div>
