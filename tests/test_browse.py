@@ -468,8 +468,11 @@ def test_run_browser_without_textual(monkeypatch):
     monkeypatch.setattr(browse, "textual_missing", lambda: True)
     with pytest.raises(InputError, match="needs Textual: pip install"):
         run_browser([synthetic()])
+    monkeypatch.setattr(browse, "textual_missing", lambda: False)
     with pytest.raises(InputError, match="nothing to browse"):
         run_browser([])
+    with pytest.raises(InputError, match="nothing to browse"):
+        run_browser([Trace("x", ["x"], [1], {}, [])])
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
@@ -686,3 +689,31 @@ def test_cli_browse_in_a_terminal(args):
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_wide_and_long_tokens_keep_every_line_the_widget_width():
+    tokens = ["日本語", "🙂", "x" * 40, "\u200b", "a\tb"]
+    labels = token_labels(tokens)
+    n = len(tokens)
+    w = np.full((n, n), 1.0 / n)
+    w[0, 1:] = 0.0
+    w[0, 0] = 1.0
+    trace = Trace(
+        "wide",
+        tokens,
+        list(range(n)),
+        {},
+        [TraceStep("W", "softmax", "", w, labels, labels, "weights")],
+    )
+    app = BrowseApp([trace])
+
+    async def script(pilot):
+        heat = app.screen.query_one(Heatmap)
+        for y in range(heat.size.height):
+            assert heat.render_line(y).cell_length == heat.size.width
+        assert "\\u200b" in heat_row(app, 3)  # the zero-width space, made visible
+        assert "\\x09" in heat_row(app, 4)  # the tab
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        assert "xxxx" in text_of(app.screen, "#token")
+
+    run(app, script)

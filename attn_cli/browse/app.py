@@ -531,8 +531,9 @@ class BrowseApp(App[None]):
 
     def __init__(self, traces: list[Trace], precision: int = 2, top_k: int = 3) -> None:
         super().__init__()
+        traces = [t for t in traces if t.steps]
         if not traces:
-            raise ValueError("BrowseApp needs at least one trace")
+            raise ValueError("BrowseApp needs at least one trace with steps")
         self.traces = traces
         self.precision, self.top_k = precision, top_k
 
