@@ -205,6 +205,8 @@ class MultiHeadSteps(NamedTuple):
     Y_concat: np.ndarray  # (n, H·d_v)
     O: np.ndarray | None  # (n, d_o), only with an output projection
     params: AttentionParams
+    scale: float  # what W_raw was multiplied by: 1/√d_k unless the model says otherwise
+    cap: float | None  # the soft-cap of the scores (Gemma 2), if any
 
 
 def multi_head_attention(
@@ -223,7 +225,8 @@ def multi_head_attention(
     a = attend(q_s, k_s, v, mask, scale, cap, temperature)
     y_concat = merge_heads(a.Y)  # [H, n, d_v] -> [n, H·d_v]
     o = None if p.w_o is None else linear(y_concat, p.w_o, p.b_o)  # [n, H·d_v] @ [H·d_v, d_o]
-    return MultiHeadSteps(q, k, v, stages, a, y_concat, o, p)
+    used = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else float(scale)
+    return MultiHeadSteps(q, k, v, stages, a, y_concat, o, p, used, cap)
 
 
 class ToySteps(NamedTuple):

@@ -308,6 +308,7 @@ def score_steps(
     scale: float | None,
     temperature: float = 1.0,
     rotated: str = "",
+    cap: float | None = None,
 ) -> list[TraceStep]:
     """W_raw, W_scaled, (W_capped), (W_masked), W and Y of one head."""
 
@@ -337,14 +338,13 @@ def score_steps(
         )
     steps.append(step("W_scaled", scaled_formula, why, a.W_scaled[h], labels, "scores"))
     logits = "W_scaled"
-    if a.W_capped is not None:
-        cap = float(np.max(np.abs(a.W_capped[h]))) if a.W_capped[h].size else 0.0
+    if a.W_capped is not None and cap is not None:
         steps.append(
             step(
                 "W_capped",
-                "cap·tanh(W_scaled/cap)",
-                "Soft-capping: very large scores are squashed smoothly below the cap (largest "
-                f"here {fmt(cap)}), so no single score can dominate the softmax.",
+                f"{fmt(cap)}·tanh(W_scaled/{fmt(cap)})",
+                f"Soft-capping: scores are squashed smoothly into (−{fmt(cap)}, {fmt(cap)}), so no "
+                "single score can dominate the softmax; small scores barely change.",
                 a.W_capped[h],
                 labels,
                 "scores",
@@ -362,7 +362,7 @@ def score_steps(
                 else voice.mask
             )
         else:
-            formula = f"{logits}, −∞ above the diagonal and {window}+ back"
+            formula = f"{logits}, −∞ above the diagonal and {window}+ tokens back"
             description = (
                 f"Sliding-window causal mask: a token sees only itself and the {window - 1} tokens "
                 "before it; later tokens and tokens further back are −∞ and get weight 0."
@@ -413,13 +413,12 @@ def head_steps(
     labels: list[str],
     voice: Voice,
     layer: int | None = None,
-    scale: float | None = None,
     temperature: float = 1.0,
 ) -> list[TraceStep]:
     """Every step of one head, in the order it is computed."""
     rotated = m.stages[-1][0] if m.stages else ""
     return qkv_vector_steps(m, h, head, labels, voice, layer) + score_steps(
-        m.attn, h, head, labels, voice, layer, m.params.d_k, scale, temperature, rotated
+        m.attn, h, head, labels, voice, layer, m.params.d_k, m.scale, temperature, rotated, m.cap
     )
 
 
@@ -534,11 +533,10 @@ def model_layer_steps(
     x_formula: str,
     x_description: str,
     voice: Voice,
-    scale: float | None = None,
     keep: StepFilter = keep_all,
 ) -> list[TraceStep]:
     """One model layer: its X, then every step of each selected head."""
     steps = [input_step(X, labels, x_formula, x_description, layer=i)]
     for h in heads:
-        steps += head_steps(m, h, h, labels, voice, layer=i, scale=scale)
+        steps += head_steps(m, h, h, labels, voice, layer=i)
     return [s for s in steps if keep(s.name)]
