@@ -125,7 +125,8 @@ def _strings(meta: dict[str, Any], key: str, fname: str) -> list[str]:
     v = meta.get(key)
     if isinstance(v, np.ndarray) and v.size == 0:
         return []  # an empty array is written with a numeric item type
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+    # the header parser gives string arrays as lists of str, nested arrays as lists of lists
+    if not isinstance(v, list) or (v and not isinstance(v[0], str)):
         raise InputError(f"{fname}: metadata {key} is missing or not a list of strings")
     return v
 
@@ -177,33 +178,30 @@ def _build(meta: dict[str, Any], fname: str) -> Tokenizer:
     n = len(tokens)
     if n == 0:
         raise InputError(f"{fname}: the vocabulary is empty")
-    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    if "" in tokens:
+        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     types = _token_types(meta, n, fname)
+    vocab = dict(zip(tokens, range(n)))  # a repeated text maps to its last id, as in llama.cpp
 
-    # token attributes as llama.cpp derives them
+    # token attributes as llama.cpp derives them (it looks texts up in the same map)
     control = types == CONTROL
     user = types == USER_DEFINED
     unknown = types == UNKNOWN
-    for i, t in enumerate(tokens):
-        if t in _AUTO_CONTROL_EOG:
-            control[i] = True
+    auto = set(_AUTO_CONTROL_EOG)
     for key, texts in _AUTO_CONTROL_IF_UNSET.items():
         if f"tokenizer.ggml.{key}" not in meta:
-            for i, t in enumerate(tokens):
-                if t in texts:
-                    control[i] = True
-    for i, t in enumerate(tokens):  # gpt-oss: always user-defined
-        if t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
-            control[i], user[i] = False, True
+            auto |= texts
+    for t in auto:
+        if t in vocab:
+            control[vocab[t]] = True
+    for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):  # gpt-oss
+        if t in vocab:
+            control[vocab[t]], user[vocab[t]] = False, True
 
     bos_id = _special_id(meta, "bos_token_id", n)
     eos_id = _special_id(meta, "eos_token_id", n)
     unk_id = _special_id(meta, "unknown_token_id", n)
     pre = meta.get("tokenizer.ggml.pre")
-
-    vocab: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        vocab[t] = i  # a repeated text maps to its last id, as in llama.cpp
 
     if kind == "gpt2":
         pre_name = "default" if not pre else str(pre)
