@@ -181,7 +181,7 @@ def _build(meta: dict[str, Any], fname: str) -> Tokenizer:
     if "" in tokens:
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     types = _token_types(meta, n, fname)
-    vocab = dict(zip(tokens, range(n)))  # a repeated text maps to its last id, as in llama.cpp
+    vocab = dict(zip(tokens, range(n), strict=True))  # a repeated text keeps its last id
 
     # token attributes as llama.cpp derives them (it looks texts up in the same map)
     control = types == CONTROL
