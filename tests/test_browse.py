@@ -724,3 +724,21 @@ def test_wide_and_long_tokens_keep_every_line_the_widget_width():
         assert "xxxx" in text_of(app.screen, "#token")
 
     run(app, script)
+
+
+def test_hovering_a_thumbnail_summarises_that_map():
+    app = BrowseApp([synthetic()])
+
+    async def script(pilot):
+        grid = app.screen.query_one(ThumbGrid)
+        label_w, side, gap = grid._geometry(grid.size.width)
+        await pilot.hover(ThumbGrid, offset=(label_w + (side + gap) + 1, 1 + math.ceil(side / 2)))
+        await pilot.pause()
+        line = text_of(app.screen, "#value").splitlines()[1]
+        # Rows of W0 (rolled): entropies of (½, ¼, ¼) twice and (⅛, ⅛, ¾), in nats.
+        h1 = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+        h2 = -(2 * 0.125 * math.log(0.125) + 0.75 * math.log(0.75))
+        assert line.startswith(f"map    L1 · H1  entropy {(2 * h1 + h2) / 3:.2f}")
+        assert main_screen(app).key == (0, 0)  # hovering does not select
+
+    run(app, script)

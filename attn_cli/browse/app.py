@@ -15,6 +15,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
+from attn_cli.attention import entropy
 from attn_cli.browse.model import (
     Key,
     Neuron,
@@ -37,6 +38,7 @@ from attn_cli.browse.widgets import (
     where_label,
 )
 from attn_cli.render.common import Scale, format_number
+from attn_cli.render.summary import head_patterns
 from attn_cli.trace import Trace, TraceStep, printable, token_labels
 
 KEYS = [
@@ -282,7 +284,7 @@ class MainScreen(Screen[None]):
         self.traces = traces
         self.precision, self.top_k = precision, top_k
         self.numbers: bool | None = None
-        self.hover: tuple[int, int] | None = None
+        self.grid_hover: Key | None = None
         self._load(0)
 
     # -- state ------------------------------------------------------------------------------
@@ -421,12 +423,27 @@ class MainScreen(Screen[None]):
             t.append(printable(self.labels[self.qtok]), PINNED)
             t.append(f"  row {self.qtok}", DIM)
         t.append("\n")
-        if heat.hover is not None:
+        if self.grid_hover is not None and self.grid_hover in self.index.maps:
+            t.append("map    ", DIM)
+            t.append_text(self._map_summary(self.grid_hover))
+        elif heat.hover is not None:
             t.append("mouse  ", DIM)
             t.append_text(self._cell_text(step, *heat.hover))
         elif not heat.numbers:
             t.append("hover a cell for its value; n: numbers", DIM)
         self.query_one("#value", Static).update(t)
+
+    def _map_summary(self, key: Key) -> Text:
+        """One line about a map under the mouse in the grid: where, spread, named patterns."""
+        step = self.index.maps[key]
+        t = Text()
+        t.append(where_label(key) or step.name, LABEL)
+        if is_token_map(step, self.index.n) and step.kind == "weights":
+            w = step.data
+            t.append(f"  entropy {format_number(float(entropy(w).mean()), 2)}")
+            for name, v in head_patterns(w, self.index.trace.tokens).items():
+                t.append(f"  {printable(name)} {format_number(v, 2)}", DIM)
+        return t
 
     def _cell_text(self, step: TraceStep, i: int, j: int) -> Text:
         t = Text()
@@ -500,6 +517,10 @@ class MainScreen(Screen[None]):
         self._set_key(message.key)
 
     def on_heatmap_hovered(self, message: Heatmap.Hovered) -> None:
+        self._update_value()
+
+    def on_thumb_grid_hovered(self, message: ThumbGrid.Hovered) -> None:
+        self.grid_hover = message.key
         self._update_value()
 
     def on_heatmap_clicked(self, message: Heatmap.Clicked) -> None:

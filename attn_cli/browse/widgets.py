@@ -199,19 +199,35 @@ class ThumbGrid(Widget, can_focus=False):
             lines.append(line)
         return lines
 
-    def on_click(self, event: events.Click) -> None:
+    class Hovered(Message):
+        def __init__(self, key: Key | None) -> None:
+            super().__init__()
+            self.key = key
+
+    def key_at(self, x: int, y: int) -> Key | None:
+        """The layer × head whose thumbnail is at (x, y), if any."""
         if self.index is None or not self.index.maps:
-            return
+            return None
         label_w, side, gap = self._geometry(self.size.width)
-        lines_per = math.ceil(side / 2)
-        if event.y < 1 or event.x < label_w:
-            return
-        li = (event.y - 1) // lines_per
-        hi = (event.x - label_w) // (side + gap)
+        if y < 1 or x < label_w:
+            return None
+        li = (y - 1) // math.ceil(side / 2)
+        hi = (x - label_w) // (side + gap)
         if li < len(self.index.layers) and hi < len(self.index.heads):
             key = (self.index.layers[li], self.index.heads[hi])
-            if key in self.index.keys:
-                self.post_message(self.Picked(key))
+            return key if key in self.index.keys else None
+        return None
+
+    def on_click(self, event: events.Click) -> None:
+        key = self.key_at(event.x, event.y)
+        if key is not None:
+            self.post_message(self.Picked(key))
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        self.post_message(self.Hovered(self.key_at(event.x, event.y)))
+
+    def on_leave(self, event: events.Leave) -> None:
+        self.post_message(self.Hovered(None))
 
 
 # ---------------------------------------------------------------------------------------------
