@@ -61,3 +61,26 @@ def test_header_of_fixture():
     t = h.tensors["blk.0.attn_q.weight"]
     assert t.ne == (32, 32) and t.type_name == "F16" and t.nbytes == 32 * 32 * 2
     assert t.offset % 32 == 0 and t.offset + t.nbytes <= h.file_size
+
+
+def test_without_the_gguf_package(monkeypatch):
+    """F32/F16/BF16 need only numpy; a quantised tensor without gguf installed is an
+    InputError that says what to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail
+    w = open_gguf(FIXTURES / "tiny-llama.gguf").weights
+    assert w["model.layers.0.self_attn.q_proj.weight"].shape == (32, 32)  # F16
+    with pytest.raises(Exception) as info:
+        w["model.embed_tokens.weight"]  # Q8_0
+    from attn_cli.errors import InputError
+
+    assert isinstance(info.value, InputError) and "pip install" in str(info.value)
+
+
+def test_open_model_by_path():
+    from attn_cli.gguf import open_model
+
+    ck = open_model(str(FIXTURES / "tiny-llama.gguf"))
+    assert ck.name.endswith("tiny-llama.gguf") and ck.layers == 1 and ck.heads == 4
+    assert ck.hidden == 32 and ck.model_type == "llama" and ck.max_positions == 128

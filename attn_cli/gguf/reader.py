@@ -49,9 +49,14 @@ def dequantize_rows(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
         return raw.view("<f8").astype(np.float32)
     if t not in SUPPORTED_TYPES:
         raise InputError(f"{info.name} is stored as {t}, which attn-cli cannot dequantise")
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
-
+    try:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+    except ImportError:
+        raise InputError(
+            f"{info.name} is stored as {t}; dequantising it needs the gguf package: "
+            "pip install 'attn-cli[gguf]' (or pip install gguf)"
+        ) from None
     out = dequantize(np.ascontiguousarray(raw), GGMLQuantizationType(info.type_id))
     return np.asarray(out, dtype=np.float32).reshape(raw.shape[0], info.ne[0])
 
@@ -212,6 +217,14 @@ class GGUFCheckpoint:
     @property
     def max_positions(self) -> int:
         return int(self.config["max_position_embeddings"])
+
+
+def open_model(name: str) -> GGUFCheckpoint:
+    """--model NAME for a GGUF model: 'smollm2', 'ollama:NAME[:TAG]' or a path (see
+    attn_cli.gguf.locate.is_gguf_spec), resolved and opened."""
+    from attn_cli.gguf.locate import resolve_gguf
+
+    return open_gguf(resolve_gguf(name), name=name)
 
 
 def open_gguf(path: str | os.PathLike[str], name: str | None = None) -> GGUFCheckpoint:
