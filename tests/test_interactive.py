@@ -278,6 +278,8 @@ def minilm_trace(tmp_path_factory) -> Trace:
             "all",
             "--head",
             "all",
+            "--steps",
+            "all",
             "--json",
             str(path),
         ]

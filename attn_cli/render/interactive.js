@@ -177,6 +177,10 @@
       stepSel.appendChild(o);
     }
     stepSel.parentElement.hidden = names.length === 0;
+    const keys = [];
+    if (heads.length > 1) keys.push("←/→ head");
+    if (layers.length > 1) keys.push("↑/↓ layer");
+    $("hint").textContent = ["hover a token", "click to pin"].concat(keys).join(" · ");
   }
 
   function select(changes) {
@@ -221,7 +225,7 @@
     right.replaceChildren();
     dirty = [];
     $("hv-title").textContent = s ? s.name : "";
-    $("hv-where").textContent = s ? whereText(state.layer, state.head) : "";
+    $("hv-where").textContent = s && whereText(state.layer, state.head) ? " · " + whereText(state.layer, state.head) : "";
     if (!s || !s.data) {
       $("hv-info").textContent = s ? "This map is not embedded in the page (see the note above)." : "No tokens × tokens map here.";
       const c = $("hv-canvas");
@@ -374,7 +378,7 @@
     const s = current();
     const c = $("hm");
     $("hm-title").textContent = s ? s.name : "";
-    $("hm-where").textContent = s ? whereText(state.layer, state.head) : "";
+    $("hm-where").textContent = s && whereText(state.layer, state.head) ? " · " + whereText(state.layer, state.head) : "";
     $("hm-formula").textContent = s ? s.formula : "";
     hm.img = null;
     if (!s || !s.data) {
@@ -605,7 +609,10 @@
         const c = Math.min(s.data.length ? s.data[0].length : 0, DATA.table_cols);
         card.appendChild(matrixTable(s, p, r, c));
         if (r < s.shape[0] || c < s.shape[1]) {
-          card.appendChild(el("p", "clip", "Showing the first " + r + " of " + s.shape[0] + " rows and " + c + " of " + s.shape[1] + " columns; " + (s.square ? "the heatmap shows all of it." : "the JSON export (--json) has every number.")));
+          const parts = [];
+          if (r < s.shape[0]) parts.push("the first " + r + " of " + s.shape[0] + " rows");
+          if (c < s.shape[1]) parts.push("the first " + c + " of " + s.shape[1] + " columns");
+          card.appendChild(el("p", "clip", "Showing " + parts.join(" and ") + "; " + (s.square ? "the heatmap shows all of it." : "the JSON export (--json) has every number.")));
         }
       } else {
         card.appendChild(el("p", "clip", "Matrix not embedded (" + s.shape.join(" × ") + ") to keep this page small; the JSON export (--json) has every number."));

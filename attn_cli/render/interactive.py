@@ -40,7 +40,7 @@ PRE_SOFTMAX = ("W_raw", "W_scaled", "W_masked")
 # Content-Security-Policy: nothing may be fetched, only the inline script and style run.
 _CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src data: blob:; base-uri 'none'; form-action 'none'"
+    "base-uri 'none'; form-action 'none'"
 )
 
 
@@ -238,13 +238,13 @@ _BODY = """\
   <label>Layer <select id="layer"></select></label>
   <label>Head <select id="head"></select></label>
   <label>Map <select id="step"></select></label>
-  <span class="hint">hover a token · click to pin · ←/→ head · ↑/↓ layer</span>
+  <span class="hint" id="hint">hover a token · click to pin</span>
 </nav>
 <p id="size-note" class="info" hidden></p>
 <div class="grid">
   <div class="col">
     <section class="card" id="headview">
-      <h2>Head view <span class="sub">· <span id="hv-title"></span> · <span id="hv-where"></span></span></h2>
+      <h2>Head view <span class="sub">· <span id="hv-title"></span><span id="hv-where"></span></span></h2>
       <p class="info" id="hv-info"></p>
       <div class="hv-scroll"><div class="hv">
         <div class="hv-col hv-left" id="hv-left"></div>
@@ -259,7 +259,7 @@ _BODY = """\
   </div>
   <div class="col">
     <section class="card" id="heatmap">
-      <h2>Heatmap <span class="sub">· <span id="hm-title"></span> = <code id="hm-formula"></code> · <span id="hm-where"></span></span></h2>
+      <h2>Heatmap <span class="sub">· <span id="hm-title"></span> = <code id="hm-formula"></code><span id="hm-where"></span></span></h2>
       <div class="hm-wrap"><canvas id="hm"></canvas></div>
       <div id="legend"><span id="legend-lo" class="num"></span><canvas id="legend-bar"></canvas><span id="legend-hi" class="num"></span><span id="legend-kind"></span><span class="masked-key" id="masked-key"><i></i>masked (−∞)</span></div>
     </section>
