@@ -43,14 +43,20 @@ class ModelParts:
         return str(self.tokenizer.decode([int(token_id)], skip_special_tokens=False))
 
     def special_wrap(self) -> tuple[list[int], list[int]]:
-        """The special ids the tokenizer puts before and after a text ([CLS] … [SEP])."""
-        if self.tokenizer is None:
-            return [], []
-        enc = self.tokenizer.encode("a", add_special_tokens=True)
-        mask = list(enc.special_tokens_mask)
-        first = mask.index(0) if 0 in mask else len(mask)
-        last = len(mask) - mask[::-1].index(0) if 0 in mask else len(mask)
-        return list(enc.ids[:first]), list(enc.ids[last:])
+        """The special ids the tokenizer puts before and after a text ([CLS] … [SEP]). A decoder
+        whose tokenizer adds nothing gets its config's BOS in front, as TransformerLens does."""
+        prefix: list[int] = []
+        suffix: list[int] = []
+        if self.tokenizer is not None:
+            enc = self.tokenizer.encode("a", add_special_tokens=True)
+            mask = list(enc.special_tokens_mask)
+            first = mask.index(0) if 0 in mask else len(mask)
+            last = len(mask) - mask[::-1].index(0) if 0 in mask else len(mask)
+            prefix, suffix = list(enc.ids[:first]), list(enc.ids[last:])
+        bos = self.config.get("bos_token_id")
+        if not prefix and self.family.causal and isinstance(bos, int):
+            prefix = [bos]
+        return prefix, suffix
 
 
 @dataclass(frozen=True)
