@@ -65,6 +65,7 @@ _NUMPY = {
     12: "<f8",
 }
 STRING, ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 # ggml tensor types: id -> (name, elements per block, bytes per block). Same numbers as
 # gguf.constants.GGML_QUANT_SIZES (a test checks); kept here so reading a header (for
@@ -222,22 +223,22 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
         if itype == STRING:
             # each string needs at least its 8-byte length: the count is bounded by the bytes left
             cur.need(count * 8, f"array {key}")
-            out = []
-            buf, pos, size = cur.buf, cur.pos, cur.size
-            unpack = struct.unpack_from
-            for _ in range(count):
-                if pos + 8 > size:
-                    cur.pos = pos
-                    raise _Bad(f"truncated inside array {key}")
-                (n,) = unpack("<Q", buf, pos)
-                pos += 8
-                if n > MAX_STRING or pos + n > size:
-                    cur.pos = pos
-                    raise _Bad(f"string of {n} bytes in array {key} runs past the end of the file")
-                out.append(bytes(buf[pos : pos + n]).decode("utf-8", errors="replace"))
-                pos += n
+            buf, pos = cur.buf, cur.pos
+            length = _U64.unpack_from
+            raw = []
+            try:
+                for _ in range(count):
+                    (n,) = length(buf, pos)
+                    if n > MAX_STRING:
+                        raise _Bad(f"a string of {n} bytes in array {key} (limit {MAX_STRING})")
+                    raw.append(buf[pos + 8 : pos + 8 + n])
+                    pos += 8 + n
+            except struct.error:
+                raise _Bad(f"truncated inside array {key}") from None
+            if pos > cur.size:
+                raise _Bad(f"the last string of array {key} runs past the end of the file")
             cur.pos = pos
-            return out
+            return [r.decode("utf-8", errors="replace") for r in raw]
         if itype == ARRAY:
             cur.need(count * 12, f"array {key}")
             return [_value(cur, ARRAY, key, depth + 1) for _ in range(count)]
