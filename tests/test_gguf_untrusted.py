@@ -257,3 +257,35 @@ def test_fuzz_only_input_errors(tmp_path, which, edits, cut):
 def test_fixtures_exercise_cleanly():
     assert exercise(FIXTURES / "tiny-llama.gguf") == []
     assert exercise(FIXTURES / "bpe-tiny.gguf") == ["bpe-tiny.gguf: no token_embd.weight tensor"]
+
+
+def test_megabyte_token_does_not_hang():
+    """A SentencePiece vocabulary with a 2-million-character piece builds in well under a
+    second (such pieces are never merged) and still tokenizes."""
+    import time
+
+    from attn_cli.gguf.tokenizer import build_tokenizer
+
+    toks = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        *[f"<0x{b:02X}>" for b in range(256)],
+        "▁" + "a" * 2_000_000,
+        "▁",
+        "a",
+        "b",
+        "ab",
+        "▁ab",
+    ]
+    types = np.array([2, 3, 3] + [6] * 256 + [1] * 6, dtype=np.int32)
+    meta = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": toks,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.scores": -np.arange(len(toks), dtype=np.float32),
+    }
+    start = time.perf_counter()
+    tok = build_tokenizer(meta)
+    assert time.perf_counter() - start < 5
+    assert tok.encode("ab", add_special_tokens=False).tokens == ["▁ab"]

@@ -34,6 +34,7 @@ from attn_cli.gguf.header import show
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+MAX_PIECE = 512
 # llama_token_type (gguf tokenizer.ggml.token_type)
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
 
@@ -294,7 +295,9 @@ def _spm_merges(
     """Every split of a token into two tokens, best-scoring merged token first."""
     found: list[tuple[float, int, int, str, str]] = []
     for i, t in enumerate(tokens):
-        if len(t) < 2 or types[i] == BYTE or vocab.get(t) != i:
+        # pieces longer than MAX_PIECE are never merged (real ones are < 100 characters; a
+        # hostile megabyte-long token would make this loop quadratic)
+        if not 2 <= len(t) <= MAX_PIECE or types[i] == BYTE or vocab.get(t) != i:
             continue
         s = -float(scores[i])
         for k in range(1, len(t)):
