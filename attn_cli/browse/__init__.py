@@ -43,8 +43,8 @@ def run_browser(traces: list[Trace], precision: int = 2, top_k: int = 3) -> None
     """Open the browser on these traces; returns when the user quits (q), with the terminal
     restored. Keys come from the terminal even when stdin was a pipe (already read). One-line
     InputError when Textual is missing or stdout is not a terminal."""
-    if not any(t.steps for t in traces):
-        raise InputError("nothing to browse: no trace with any steps")
+    if not any(t.steps and t.tokens for t in traces):
+        raise InputError("nothing to browse: no trace with tokens and steps")
     require_browser()
     if not _isatty(sys.stdin):
         _keys_from_terminal()

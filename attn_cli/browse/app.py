@@ -47,7 +47,7 @@ KEYS = [
     ("tab / shift+tab", "next / previous step (Q, K, V, W_raw, … W, Y)"),
     ("[ ]", "previous / next token: pins its row and column"),
     (", .", "previous / next key token (the cell cursor)"),
-    ("enter", "neuron view of query × key (q, k, q⊙k, sum, score, weight)"),
+    ("enter", "neuron view of query × key: q, k, q⊙k, sum, score, weight (escape: back)"),
     ("hover a cell", "its exact value (row token, column token, value)"),
     ("click a row label", "select that token"),
     ("click a cell", "select query and key; click it again: neuron view"),
@@ -552,9 +552,9 @@ class BrowseApp(App[None]):
 
     def __init__(self, traces: list[Trace], precision: int = 2, top_k: int = 3) -> None:
         super().__init__()
-        traces = [t for t in traces if t.steps]
+        traces = [t for t in traces if t.steps and t.tokens]
         if not traces:
-            raise ValueError("BrowseApp needs at least one trace with steps")
+            raise ValueError("BrowseApp needs at least one trace with tokens and steps")
         self.traces = traces
         self.precision, self.top_k = precision, top_k
 
