@@ -59,3 +59,24 @@ def test_fixture_tokens_read_as_text():
     assert "<0x0A>" in enc.tokens  # the newline is not in the vocabulary: byte fallback
     shown = readable_tokens(enc.tokens, gemma)
     assert shown[0] == "<bos>" and "↵" in shown and "▁" not in "".join(shown)
+
+
+def test_describe_says_what_the_config_means_for_attention():
+    from attn_cli.models._decoder import describe
+
+    gemma = describe(json.loads((FIXTURES / "tiny_gemma3" / "config.json").read_text()))
+    assert gemma["layer_types"] == ["sliding_attention", "full_attention"]
+    assert gemma["sliding_window"] == 3 and gemma["qk_norm"] is True
+    assert gemma["score_scale"] == 8**-0.5  # query_pre_attn_scalar 8
+    assert gemma["rope"]["sliding_attention"] == {
+        "type": "default",
+        "theta": 10000.0,
+        "rotary_dim": 8,
+    }
+    assert gemma["rope"]["full_attention"]["factor"] == 2.0
+    assert (
+        gemma["embed_scale"] == pytest.approx(32**0.5) and gemma["final_logit_softcapping"] == 5.0
+    )
+    llama = describe(json.loads((FIXTURES / "tiny_llama" / "config.json").read_text()))
+    assert llama["query_heads_per_kv_head"] == 2 and llama["sliding_window"] is None
+    assert llama["rope"]["full_attention"]["type"] == "llama3" and llama["mlp"] == "SwiGLU (silu)"

@@ -353,8 +353,66 @@ def spec_for(specs: Mapping[str, Spec], cfg: Config) -> Spec:
     return specs[kind]
 
 
+# Every decoder model_type's Spec, filled by the family modules as they are imported (bind).
+ALL_SPECS: dict[str, Spec] = {}
+
+
+def describe(cfg: Config) -> dict[str, Any]:
+    """What a decoder's config means for its attention, for the trace config and the step text:
+    grouped heads, norms, rotary settings per layer type, which layers slide, scales, caps."""
+    from attn_cli.models.registry import families
+
+    families()  # imports every family module, so ALL_SPECS is complete
+    spec = spec_for(ALL_SPECS, cfg)
+    d, heads, kv, hd = (
+        int(cfg["hidden_size"]),
+        int(cfg["num_attention_heads"]),
+        kv_heads(cfg),
+        head_dim(cfg),
+    )
+    act = activation_name(spec, cfg)
+    s = scale(spec, cfg)
+    attn_cap = cfg.get("attn_logit_softcapping") if spec.attn_softcap else None
+    final_cap = cfg.get("final_logit_softcapping") if spec.final_softcap else None
+    rope_info = {}
+    for kind, r in rotaries(spec, cfg).items():
+        p = r.params
+        info = {
+            "type": p.get("rope_type", "default"),
+            "theta": float(p["rope_theta"]),
+            "rotary_dim": r.rotary_dim,
+        }
+        for key in (
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        ):
+            if p.get(key) is not None and info["type"] != "default":
+                info[key] = p[key]
+        rope_info[kind] = info
+    return {
+        "kv_heads": kv,
+        "query_heads_per_kv_head": heads // kv,
+        "head_dim": hd,
+        "norm": "RMSNorm × (1 + w)" if spec.norm_offset else "RMSNorm × w",
+        "mlp": f"{'GeGLU' if 'gelu' in act else 'SwiGLU'} ({act})",
+        "qk_norm": spec.qk_norm,
+        "rope": rope_info,
+        "layer_types": layer_kinds(spec, cfg),
+        "sliding_window": window(spec, cfg),
+        "score_scale": (1.0 / math.sqrt(hd)) if s is None else s,
+        "query_pre_attn_scalar": cfg.get(spec.scale_key) if spec.scale_key else None,
+        "attn_logit_softcapping": None if attn_cap is None else float(attn_cap),
+        "final_logit_softcapping": None if final_cap is None else float(final_cap),
+        "embed_scale": float(np.float32(math.sqrt(d))) if spec.embed_scale else None,
+        "tied_embeddings": bool(cfg.get("tie_word_embeddings", spec.tie_default)),
+    }
+
+
 def bind(specs: Mapping[str, Spec]) -> dict[str, Any]:
     """The Family callables for a set of model_types, each dispatching on config model_type."""
+    ALL_SPECS.update(specs)
     return {
         "dims": dims,
         "check": lambda w, cfg: check(spec_for(specs, cfg), w, cfg),

@@ -261,8 +261,12 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         return self.info(name).shape
 
     def parameters(self) -> int:
-        """How many numbers the checkpoint stores."""
-        return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self._tensors.values())
+        """How many floating-point weights the checkpoint stores."""
+        return sum(
+            int(np.prod(t.shape, dtype=np.int64))
+            for t in self._tensors.values()
+            if t.dtype in FLOATS
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._tensors
@@ -288,8 +292,8 @@ def matmul_rows_t(w: object, name: str, h: np.ndarray, block: int = 4096) -> np.
 
 
 def header_summary(directory: Path) -> tuple[int, str] | None:
-    """(parameter count, stored float dtypes, e.g. 'BF16') of a checkpoint directory, read from
-    its safetensors headers only; None when it has no readable safetensors weights."""
+    """(number of floating-point weights, their stored dtypes, e.g. 'BF16') of a checkpoint
+    directory, read from its safetensors headers only; None when it has no readable weights."""
     try:
         files = shard_files(directory)
     except InputError:
@@ -303,8 +307,8 @@ def header_summary(directory: Path) -> tuple[int, str] | None:
                     return None
                 header = json.loads(fh.read(n))
             for key, meta in header.items():
-                if key == "__metadata__":
-                    continue
+                if key == "__metadata__" or str(meta["dtype"]) not in FLOATS:
+                    continue  # integer buffers (position_ids …) are not parameters
                 count += int(np.prod(meta["shape"], dtype=np.int64))
                 dtypes.add(str(meta["dtype"]))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
