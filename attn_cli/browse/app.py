@@ -47,7 +47,7 @@ KEYS = [
     ("tab / shift+tab", "next / previous step (Q, K, V, W_raw, … W, Y)"),
     ("[ ]", "previous / next token: pins its row and column"),
     (", .", "previous / next key token (the cell cursor)"),
-    ("enter", "neuron view of query × key: q, k, q⊙k, sum, score, weight (escape: back)"),
+    ("enter", "neuron view of query × key: q, k, q⊙k, Σ, score, weight"),
     ("hover a cell", "its exact value (row token, column token, value)"),
     ("click a row label", "select that token"),
     ("click a cell", "select query and key; click it again: neuron view"),
