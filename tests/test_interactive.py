@@ -438,6 +438,40 @@ def test_several_traces_have_a_selector(browser, tmp_path):
 
 
 @pytest.mark.reference
+def test_method_maps_are_selectable(browser, tmp_path):
+    """A per-layer map without a head (as attention rollout is) joins the Map selector of
+    every head of its layer and shows its own numbers."""
+    t = hand_trace(["a", "b", "c"], layers=2, heads=2)
+    r = np.array([[0.5, 0.25, 0.25], [0.2, 0.7, 0.1], [0.125, 0.375, 0.5]])
+    t.steps.append(
+        TraceStep("rollout", "R", "rollout", r, t.steps[-2].rows, t.steps[-2].cols, "relevance", 1)
+    )
+    o = Opened(browser, interactive_html([t]), tmp_path)
+    page = o.page
+    assert page.locator("#step option").all_text_contents() == ["W_raw", "W"]
+    page.select_option("#layer", "1")
+    page.select_option("#head", "1")
+    assert page.locator("#step option").all_text_contents() == ["W_raw", "W", "rollout"]
+    page.select_option("#step", "rollout")
+    o.hover_token("q", 2)
+    assert o.values("k") == ["0.125", "0.375", "0.5"]
+    assert page.text_content("#legend-kind") == "0 to the map's max"
+    o.check_clean()
+    page.close()
+
+
+@pytest.mark.reference
+def test_a_trace_without_maps_still_shows_its_tables(browser, tmp_path):
+    t = hand_trace(["a", "b"], 1, 1)
+    t.steps = [s for s in t.steps if s.kind == "vectors"]
+    o = Opened(browser, interactive_html([t]), tmp_path)
+    assert o.page.text_content("#hv-info") == "No tokens × tokens map here."
+    assert o.page.locator("#step-list .step").count() == len(t.steps)
+    o.check_clean()
+    o.page.close()
+
+
+@pytest.mark.reference
 def test_jupyter_iframe_runs_without_network(browser, tmp_path):
     t = hand_trace(["hi", "there"], 1, 1)
     wrapper = "<!DOCTYPE html><html><body>" + trace_repr_html(t) + "</body></html>"

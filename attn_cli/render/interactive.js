@@ -60,12 +60,18 @@
   const atLayer = (s, L) => s.layer === L || s.layer === null;
   const atHead = (s, H) => s.head === H || s.head === null;
 
+  /* Layers and heads to choose from: those of the tokens × tokens maps, or of any step when
+     the trace has no map. */
+  function withMaps(tr) {
+    const maps = tr.steps.filter((s) => s.square);
+    return maps.length ? maps : tr.steps;
+  }
   function layersOf(tr) {
-    const ls = uniq(tr.steps.filter((s) => s.square && s.layer !== null).map((s) => s.layer)).sort(byNum);
+    const ls = uniq(withMaps(tr).filter((s) => s.layer !== null).map((s) => s.layer)).sort(byNum);
     return ls.length ? ls : [null];
   }
   function headsOf(tr, L) {
-    const hs = uniq(tr.steps.filter((s) => s.square && atLayer(s, L) && s.head !== null).map((s) => s.head)).sort(byNum);
+    const hs = uniq(withMaps(tr).filter((s) => atLayer(s, L) && s.head !== null).map((s) => s.head)).sort(byNum);
     return hs.length ? hs : [null];
   }
   function squareNames(tr, L, H) {
