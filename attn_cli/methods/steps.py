@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 from attn_cli.methods import METHODS
-from attn_cli.methods.alti import PostNorm, alti_layer, alti_rollout, alti_steps
+from attn_cli.methods.alti import PostNorm, alti_layer, alti_steps
 from attn_cli.methods.detectors import detect, detector_steps, repeated_random_tokens
 from attn_cli.methods.flow import MAX_FLOW_TOKENS, attention_flow, flow_steps
-from attn_cli.methods.lens import lens_steps, logit_lens
+from attn_cli.methods.lens import LensResult, lens_steps, logit_lens
 from attn_cli.methods.norms import attention_norms, norms_steps, summed_attention_norms
-from attn_cli.methods.rollout import rollout, rollout_steps
+from attn_cli.methods.rollout import residual_attention, rollout_steps
 from attn_cli.models.registry import Config, Family, LayerSteps, WeightSource
 from attn_cli.trace import TraceStep
 
@@ -85,7 +85,10 @@ def parse_methods(spec: str | Iterable[str]) -> list[str]:
         return [m for m in METHODS if m != "flow"]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise InputError(f"unknown method {unknown[0]!r} (known: {', '.join(METHODS)}, all)")
+        raise InputError(
+            f"{opt('methods', spec, '--method')}: unknown method {unknown[0]!r} "
+            f"(known: {', '.join(METHODS)}, all)"
+        )
     return [m for m in METHODS if m in names]
 
 
@@ -94,29 +97,213 @@ def attention_stack(layer_steps: Sequence[LayerSteps]) -> np.ndarray:
     return np.stack([ls.attn.attn.W for ls in layer_steps])
 
 
-def post_norms(parts: ModelParts, n_layers: int) -> list[PostNorm | None]:
-    """Each layer's norm after the attention, or None for pre-norm layers.
+def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
+    """Layer i's norm after the attention, or None for a pre-norm layer.
 
     A family whose `norm` mentions "post" provides it as `Family.attn_out_norm(w, i, cfg)`,
     returning (γ, β, ε) for a LayerNorm on (residual + O) (BERT), or a `PostNorm` (e.g. Gemma's
     RMSNorm on O alone: PostNorm(1 + w, None, ε, rms=True, applies_to="attn"))."""
     fam = parts.family
     if "post" not in fam.norm.lower():
-        return [None] * n_layers
+        return None
     hook = parts.attn_out_norm or getattr(fam, "attn_out_norm", None)
     if hook is None:
         raise InputError(
             f"ALTI: the {fam.name} family does not expose its post-attention norm (attn_out_norm)"
         )
-    out: list[PostNorm | None] = []
-    for i in range(n_layers):
-        got = hook(parts.weights, i, parts.config)
-        out.append(got if isinstance(got, PostNorm) else PostNorm(got[0], got[1], float(got[2])))
-    return out
+    got = hook(parts.weights, i, parts.config)
+    return got if isinstance(got, PostNorm) else PostNorm(got[0], got[1], float(got[2]))
+
+
+class MethodRun:
+    """The methods' state while a model runs, fed one layer at a time, so a trace never has to
+    keep every layer's intermediates: per layer it keeps one (n, n) rollout, the ALTI
+    contributions, the rows of the residual stream the lens reads, and (flow only, ≤ 32
+    tokens) the attention weights.
+
+        run = MethodRun(["rollout", "alti"], labels, ids, parts)
+        for i, layer in enumerate(family.layers(w, x, cfg)):
+            run.add(i, layer)
+        steps, notes = run.finish()
+
+    Options are checked here, when the run is made. `layers`/`heads` choose which layers and
+    heads get steps; rollouts and flow always run through every earlier layer, so every layer
+    must be added, in order.
+    """
+
+    def __init__(
+        self,
+        methods: str | Sequence[str],
+        labels: Sequence[str],
+        ids: Sequence[int],
+        parts: ModelParts | None = None,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        options: MethodOptions | None = None,
+    ) -> None:
+        self.methods = parse_methods(methods)
+        self.labels, self.ids, self.parts = list(labels), list(ids), parts
+        self.opt = options or MethodOptions()
+        self.heads = None if heads is None else list(heads)
+        self.layers = None if layers is None else list(layers)
+        n = len(self.labels)
+        m = set(self.methods)
+        if self.opt.top_k < 1:
+            raise InputError(f"{opt('top_k', self.opt.top_k)}: takes a number ≥ 1")
+        if m & {"alti", "lens", "detectors"} and parts is None:
+            raise InputError(
+                f"{', '.join(sorted(m & {'alti', 'lens', 'detectors'}))}: needs a model"
+            )
+        if "lens" in m:
+            assert parts is not None
+            if parts.family.logits is None:
+                raise InputError(
+                    f"the logit lens needs a language-model head, which the {parts.family.name} "
+                    "family has not"
+                )
+            for pos in self.opt.positions or ():
+                if not -n <= pos < n:
+                    raise InputError(
+                        f"position {pos}: the input has {n} tokens (0 … {n - 1}, or −1 for the last)"
+                    )
+        if "flow" in m and n > self.opt.flow_max_tokens:
+            raise InputError(
+                f"attention flow solves {n}² max-flow problems and is limited to "
+                f"{self.opt.flow_max_tokens} tokens (this input has {n}); use rollout for longer inputs"
+            )
+        self._norms: list[PostNorm | None] | None = None
+        self._rolled: np.ndarray | None = None
+        self._alti: np.ndarray | None = None
+        self._weights: list[np.ndarray] = []
+        self._hidden: list[np.ndarray] = []
+        self._steps: list[TraceStep] = []
+        self._count = 0
+
+    def _shown(self, i: int) -> bool:
+        return self.layers is None or i in self.layers
+
+    def add(self, i: int, ls: LayerSteps) -> None:
+        """Layer i's results; layers must come in order 0, 1, 2 …"""
+        if i != self._count:
+            raise ValueError(f"layer {i} added after {self._count} layers")
+        self._count += 1
+        a = ls.attn
+        w = a.attn.W
+        m = self.methods
+        if "rollout" in m:
+            a_hat = residual_attention(w)
+            self._rolled = a_hat if self._rolled is None else a_hat @ self._rolled
+            if self._shown(i):
+                self._steps += rollout_steps(self._rolled[None], self.labels, [0])
+                self._steps[-1].layer = i
+        if "flow" in m:
+            self._weights.append(w)
+        if "norms" in m and self._shown(i):
+            self._steps += norms_steps(
+                attention_norms(w, a.V, a.params),
+                summed_attention_norms(w, a.V, a.params),
+                self.labels,
+                i,
+                self.heads,
+            )
+        if "alti" in m:
+            assert self.parts is not None and a.O is not None
+            norm = post_norm(self.parts, i)
+            c = alti_layer(w, a.V, a.params, ls.resid, a.O, norm)
+            self._alti = c if self._alti is None else c @ self._alti
+            if self._shown(i):
+                steps = alti_steps([c], self._alti[None], self.labels, [0])
+                for s in steps:
+                    s.layer = i
+                self._steps += steps
+        if "lens" in m:
+            n = len(self.labels)
+            pos = [n - 1] if self.opt.positions is None else [p % n for p in self.opt.positions]
+            self._hidden.append(ls.out[pos])
+
+    def finish(self) -> tuple[list[TraceStep], list[str]]:
+        """Every step, in method order then layer order, and notes for the trace."""
+        steps: list[TraceStep] = []
+        notes: list[str] = []
+        by_method = {
+            name: [s for s in self._steps if _method_of(s.name) == name] for name in self.methods
+        }
+        for m in self.methods:
+            steps += by_method.get(m, [])
+            if m == "flow" and self._weights:
+                top = self._count - 1 if self.layers is None else max(self.layers)
+                f = attention_flow(self._weights[: top + 1], max_tokens=self.opt.flow_max_tokens)
+                steps += flow_steps(f, self.labels, top)
+            elif m == "lens" and self._hidden:
+                steps += self._lens()
+            elif m == "detectors":
+                d_steps, note = self._detectors()
+                steps += d_steps
+                notes.append(note)
+        return steps, notes
+
+    def _lens(self) -> list[TraceStep]:
+        assert self.parts is not None
+        fam, w, cfg = self.parts.family, self.parts.weights, self.parts.config
+        logits = fam.logits
+        assert logits is not None
+        n = len(self.labels)
+        pos = [n - 1] if self.opt.positions is None else [p % n for p in self.opt.positions]
+        result = logit_lens(
+            self._hidden,  # already only the asked positions' rows
+            lambda h: fam.final(w, h, cfg),
+            lambda h: logits(w, h, cfg),
+            list(range(len(pos))),
+            self.opt.top_k,
+        )
+        return lens_steps(
+            LensResult(pos, result.ids, result.probs), self.labels, self.parts.decode, self.layers
+        )
+
+    def _detectors(self) -> tuple[list[TraceStep], str]:
+        parts = self.parts
+        assert parts is not None
+        prefix, suffix = parts.special_wrap()
+        dims = parts.family.dims(parts.config)
+        length = self.opt.induction_length
+        if dims.max_positions is not None:  # the repeated sequence must fit the positions
+            length = min(length, (dims.max_positions - len(prefix) - len(suffix)) // 2)
+        if length < 2:
+            raise InputError(
+                "head detectors: the model has too few positions for a repeated sequence"
+            )
+        seq = repeated_random_tokens(length, dims.vocab, self.opt.seed, prefix=prefix) + suffix
+        scores = detect(
+            attention_stack(forward(parts, seq)),
+            seq,
+            exclude_bos=self.opt.exclude_bos,
+            exclude_current_token=self.opt.exclude_current_token,
+        )
+        note = (
+            f"Head detectors ran on {length} random tokens repeated twice (seed {self.opt.seed}), "
+            "not on the text."
+        )
+        return detector_steps(scores), note
+
+
+# Which method made a step (lens@3 -> lens).
+_STEP_METHOD = {
+    "norms_sum": "norms",
+    "alti_rollout": "alti",
+    "prediction": "lens",
+    "prev_token": "detectors",
+    "duplicate_token": "detectors",
+    "induction": "detectors",
+}
+
+
+def _method_of(step_name: str) -> str:
+    base = step_name.split("@")[0]
+    return _STEP_METHOD.get(base, base)
 
 
 def method_steps(
-    methods: Sequence[str],
+    methods: str | Sequence[str],
     layer_steps: Sequence[LayerSteps],
     labels: Sequence[str],
     ids: Sequence[int],
@@ -125,91 +312,8 @@ def method_steps(
     heads: Sequence[int] | None = None,
     options: MethodOptions | None = None,
 ) -> tuple[list[TraceStep], list[str]]:
-    """The steps of every asked method, and notes for the trace. `layers`/`heads` choose which
-    layers/heads get steps (rollouts always run through every earlier layer)."""
-    opt = options or MethodOptions()
-    n_layers = len(layer_steps)
-    shown = list(range(n_layers)) if layers is None else list(layers)
-    steps: list[TraceStep] = []
-    notes: list[str] = []
-    for m in parse_methods(methods):
-        if m == "rollout":
-            steps += rollout_steps(rollout(ls.attn.attn.W for ls in layer_steps), labels, shown)
-        elif m == "flow":
-            top = max(shown)
-            f = attention_flow(
-                (ls.attn.attn.W for ls in layer_steps[: top + 1]), max_tokens=opt.flow_max_tokens
-            )
-            steps += flow_steps(f, labels, top)
-        elif m == "norms":
-            for i in shown:
-                a = layer_steps[i].attn
-                steps += norms_steps(
-                    attention_norms(a.attn.W, a.V, a.params),
-                    summed_attention_norms(a.attn.W, a.V, a.params),
-                    labels,
-                    i,
-                    heads,
-                )
-        elif m == "alti":
-            if parts is None:
-                raise InputError("ALTI needs a model")
-            norms = post_norms(parts, n_layers)
-            per_layer = []
-            for ls, norm in zip(layer_steps, norms, strict=True):
-                a = ls.attn
-                assert a.O is not None
-                per_layer.append(alti_layer(a.attn.W, a.V, a.params, ls.resid, a.O, norm))
-            steps += alti_steps(per_layer, alti_rollout(per_layer), labels, shown)
-        elif m == "lens":
-            steps += _lens(parts, layer_steps, labels, opt, shown)
-        elif m == "detectors":
-            if parts is None:
-                raise InputError("head detectors need a model")
-            prefix, suffix = parts.special_wrap()
-            dims = parts.family.dims(parts.config)
-            length = opt.induction_length
-            if dims.max_positions is not None:  # the repeated sequence must fit the positions
-                length = min(length, (dims.max_positions - len(prefix) - len(suffix)) // 2)
-            if length < 2:
-                raise InputError(
-                    "head detectors: the model has too few positions for a repeated sequence"
-                )
-            seq = repeated_random_tokens(length, dims.vocab, opt.seed, prefix=prefix)
-            seq += suffix
-            attn = attention_stack(forward(parts, seq))
-            steps += detector_steps(
-                detect(
-                    attn,
-                    seq,
-                    exclude_bos=opt.exclude_bos,
-                    exclude_current_token=opt.exclude_current_token,
-                )
-            )
-            notes.append(
-                f"Head detectors ran on {length} random tokens repeated twice "
-                f"(seed {opt.seed}), not on the text."
-            )
-    return steps, notes
-
-
-def _lens(
-    parts: ModelParts | None,
-    layer_steps: Sequence[LayerSteps],
-    labels: Sequence[str],
-    opt: MethodOptions,
-    shown: Sequence[int],
-) -> list[TraceStep]:
-    logits = None if parts is None else parts.family.logits
-    if parts is None or logits is None:
-        name = "this model" if parts is None else f"the {parts.family.name} family"
-        raise InputError(f"the logit lens needs a language-model head, which {name} has not")
-    fam, w, cfg = parts.family, parts.weights, parts.config
-    result = logit_lens(
-        [ls.out for ls in layer_steps],
-        lambda h: fam.final(w, h, cfg),
-        lambda h: logits(w, h, cfg),
-        opt.positions,
-        opt.top_k,
-    )
-    return lens_steps(result, labels, parts.decode, shown)
+    """The steps of every asked method for layers already computed, and notes for the trace."""
+    run = MethodRun(methods, labels, ids, parts, layers, heads, options)
+    for i, ls in enumerate(layer_steps):
+        run.add(i, ls)
+    return run.finish()
