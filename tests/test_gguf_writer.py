@@ -73,6 +73,7 @@ def write_gguf(
     qtype: str | dict[str, str] = "F32",
     tokens: tuple[list[str], list[int]] | None = None,
     extra_kv: dict[str, Any] | None = None,
+    extra_tensors: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write an HF state dict as llama.cpp's converter would: names via TensorNameMap, llama's
     Q/K rows permuted, gemma norms + 1, 1-D tensors F32, 2-D tensors in ``qtype``."""
@@ -109,6 +110,8 @@ def write_gguf(
     for k, v in (extra_kv or {}).items():
         if isinstance(v, str):
             w.add_string(k, v)
+        elif isinstance(v, list):
+            w.add_array(k, v)
         elif isinstance(v, float):
             w.add_float32(k, v)
         else:
@@ -136,6 +139,8 @@ def write_gguf(
         else:
             q = getattr(gguf.GGMLQuantizationType, t)
             w.add_tensor(new, gguf.quants.quantize(data, q), raw_dtype=q)
+    for name, value in (extra_tensors or {}).items():
+        w.add_tensor(name, np.asarray(value, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

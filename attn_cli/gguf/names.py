@@ -134,31 +134,33 @@ def _num(value: Any) -> float | int | None:
 def infer_llama3(factors: np.ndarray, theta: float, dim: int) -> dict[str, Any] | None:
     """The llama3 rope_scaling that produces these rope_freqs (convert_hf_to_gguf's formula)."""
     freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    if factors.shape != freqs.shape:
+        return None
     factor = float(np.max(factors))
-    for old in (8192, 4096, 2048, 16384, 32768, 65536, 131072):
-        for low in (1.0, 2.0, 0.5):
-            for high in (4.0, 2.0, 8.0, 1.0):
-                if low == high:
-                    continue
-                lw, hw = old / low, old / high
-                out = []
-                for f in freqs:
-                    wl = 2 * math.pi / float(f)
-                    if wl < hw:
-                        out.append(1.0)
-                    elif wl > lw:
-                        out.append(factor)
-                    else:
-                        s = (old / wl - low) / (high - low)
-                        out.append(1 / ((1 - s) / factor + s))
-                if np.allclose(np.asarray(out, dtype=np.float32), factors, rtol=1e-5, atol=1e-6):
-                    return {
-                        "rope_type": "llama3",
-                        "factor": factor,
-                        "low_freq_factor": low,
-                        "high_freq_factor": high,
-                        "original_max_position_embeddings": old,
-                    }
+    # (old, low, high) and (2 old, 2 low, 2 high) give the same factors: the usual
+    # low 1 / high 4 is tried first
+    pairs = [(1.0, 4.0), (1.0, 2.0), (1.0, 8.0), (2.0, 4.0), (2.0, 8.0), (0.5, 4.0)]
+    for low, high in pairs:
+        for old in (8192, 4096, 2048, 16384, 32768, 65536, 131072):
+            lw, hw = old / low, old / high
+            out = []
+            for f in freqs:
+                wl = 2 * math.pi / float(f)
+                if wl < hw:
+                    out.append(1.0)
+                elif wl > lw:
+                    out.append(factor)
+                else:
+                    s = (old / wl - low) / (high - low)
+                    out.append(1 / ((1 - s) / factor + s))
+            if np.allclose(np.asarray(out, dtype=np.float32), factors, rtol=1e-5, atol=1e-6):
+                return {
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low,
+                    "high_freq_factor": high,
+                    "original_max_position_embeddings": old,
+                }
     return None
 
 
@@ -167,30 +169,57 @@ def _ids(meta: dict[str, Any], key: str) -> int | None:
     return None if v is None or isinstance(v, list | np.ndarray) else int(v)
 
 
+_MALFORMED = (TypeError, ValueError, KeyError, AttributeError, OverflowError, ZeroDivisionError)
+
+
 def build(
     header: GGUFHeader, read_small: Callable[[str], np.ndarray]
 ) -> tuple[dict[str, Any], dict[str, Recipe]]:
     """(HF config, {HF tensor name: Recipe}). ``read_small`` dequantises a small tensor
     (rope_freqs, rope factors) for the config. Raises InputError for what is not supported,
-    and for metadata of the wrong type or out of range."""
+    for metadata of the wrong type or out of range, and for tensor shapes that disagree with
+    the metadata."""
+    fname = header.path.name
+    cfg = config_from_header(header, read_small)
     try:
-        return _build(header, read_small)
-    except (
-        TypeError,
-        ValueError,
-        KeyError,
-        AttributeError,
-        OverflowError,
-        ZeroDivisionError,
-    ) as exc:
+        plan = _plan(
+            cfg["gguf"]["architecture"],
+            header.tensors,
+            cfg["num_hidden_layers"],
+            cfg["num_attention_heads"],
+            cfg["num_key_value_heads"],
+            cfg["head_dim"],
+            fname,
+        )
+    except _MALFORMED as exc:
+        raise InputError(f"{fname}: malformed metadata ({show(str(exc), 100)})") from None
+    for hf, recipe in plan.items():
+        got, want = recipe_shape(recipe, header.tensors), expected_shape(hf, cfg)
+        if got != want:
+            raise InputError(
+                f"{fname}: {', '.join(recipe.sources)} has shape {list(got)}, but the "
+                f"metadata implies {list(want)} for {hf}"
+            )
+    return cfg, plan
+
+
+def config_from_header(
+    header: GGUFHeader, read_small: Callable[[str], np.ndarray] | None = None
+) -> dict[str, Any]:
+    """The HF-style config alone (``read_small`` is needed only for rope tensors)."""
+
+    def no_tensors(name: str) -> np.ndarray:
+        raise InputError(f"{header.path.name}: {name} cannot be read here")
+
+    try:
+        return _config(header, read_small or no_tensors)
+    except _MALFORMED as exc:
         raise InputError(
             f"{header.path.name}: malformed metadata ({show(str(exc), 100)})"
         ) from None
 
 
-def _build(
-    header: GGUFHeader, read_small: Callable[[str], np.ndarray]
-) -> tuple[dict[str, Any], dict[str, Recipe]]:
+def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict[str, Any]:
     meta, tensors = header.metadata, header.tensors
     name = header.path.name
     arch = meta.get("general.architecture")
@@ -334,15 +363,7 @@ def _build(
         }
     )
     cfg["gguf"] = gguf_extra
-    plan = _plan(arch, tensors, n_layer, n_head, n_kv, head_dim, name)
-    for hf, recipe in plan.items():
-        got, want = recipe_shape(recipe, tensors), expected_shape(hf, cfg)
-        if got != want:
-            raise InputError(
-                f"{name}: {', '.join(recipe.sources)} has shape {list(got)}, but the metadata "
-                f"implies {list(want)} for {hf}"
-            )
-    return cfg, plan
+    return cfg
 
 
 def recipe_shape(r: Recipe, tensors: dict[str, Any]) -> tuple[int, ...]:
