@@ -1,23 +1,20 @@
-"""Llama and Mistral: pre-RMSNorm decoders with rotary embeddings, grouped-query attention and
-a SwiGLU MLP (Llama 2/3, SmolLM, TinyLlama …; Mistral adds a sliding window on every layer).
-The shared forward pass is in _decoder.py; this file says how these models differ."""
+"""Llama: a pre-RMSNorm decoder with rotary embeddings, grouped-query attention and a SwiGLU
+MLP (Llama 2/3, SmolLM, TinyLlama …). The shared forward pass is in _decoder.py; this file says
+how Llama checkpoints use it."""
 
 from __future__ import annotations
 
-from attn_cli.models._decoder import ANCHOR, SLIDING, Spec, all_layers, bind, config_window
+from attn_cli.models._decoder import ANCHOR, Spec, bind
 from attn_cli.models.registry import Family, Wording
 
-SPECS = {
-    "llama": Spec(mlp_bias_key="mlp_bias"),
-    "mistral": Spec(layer_types=all_layers(SLIDING), window=config_window()),
-}
+SPECS = {"llama": Spec(mlp_bias_key="mlp_bias")}
 
 
 def _x_description(i: int) -> str:
+    """Completes "Layer i's input: one d-number vector per token…"."""
     source = "the token embeddings" if i == 0 else f"layer {i - 1}'s output"
     return (
-        f"Layer {i}'s input ({source}) after the layer's RMSNorm (input_layernorm): "
-        "what W_q, W_k and W_v multiply."
+        f" ({source}) after the layer's RMSNorm (input_layernorm): what W_q, W_k and W_v multiply."
     )
 
 
@@ -33,8 +30,7 @@ FAMILY = Family(
         x_description=_x_description,
         mask=(
             "The model reads left to right: a token may not look at later tokens, so their scores "
-            "are −∞ (Mistral also hides tokens outside its sliding window of the last "
-            "sliding_window tokens)."
+            "are −∞."
         ),
         final="The model's output: one vector per token after every layer and the final RMSNorm.",
     ),

@@ -12,11 +12,9 @@ SPECS = {"phi3": Spec(fused=True, layer_types=all_layers(SLIDING), window=config
 
 
 def _x_description(i: int) -> str:
+    """Completes "Layer i's input: one d-number vector per token…"."""
     source = "the token embeddings" if i == 0 else f"layer {i - 1}'s output"
-    return (
-        f"Layer {i}'s input ({source}) after the layer's RMSNorm (input_layernorm): what the "
-        "fused qkv_proj multiplies."
-    )
+    return f" ({source}) after the layer's RMSNorm (input_layernorm): what the fused qkv_proj multiplies."
 
 
 FAMILY = Family(

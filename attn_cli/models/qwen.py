@@ -26,10 +26,10 @@ SPECS = {
 
 
 def _x_description(i: int) -> str:
+    """Completes "Layer i's input: one d-number vector per token…"."""
     source = "the token embeddings" if i == 0 else f"layer {i - 1}'s output"
     return (
-        f"Layer {i}'s input ({source}) after the layer's RMSNorm (input_layernorm): "
-        "what W_q, W_k and W_v multiply."
+        f" ({source}) after the layer's RMSNorm (input_layernorm): what W_q, W_k and W_v multiply."
     )
 
 
