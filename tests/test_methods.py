@@ -707,3 +707,28 @@ def test_layers_and_heads_select_steps_but_rollout_uses_every_layer():
     ]
     full = rollout.rollout([ls.attn.attn.W for ls in layers])
     np.testing.assert_allclose(steps[0].data, full[1], atol=1e-6)
+
+
+def test_step_texts_name_the_layer_they_belong_to():
+    parts, tok = load(FIXTURES / "tiny_bert")
+    tokens, ids, layers = run_text(parts, tok, "the cat sat")
+    steps, _ = method_steps(["rollout", "alti"], layers, tokens, ids, parts, layers=[1])
+    assert [(s.name, s.layer) for s in steps] == [("rollout", 1), ("alti", 1), ("alti_rollout", 1)]
+    assert "layers 0–1" in steps[0].description
+    assert "layer 1" in steps[1].description and "layers 0–1" in steps[2].description
+
+
+def test_method_run_checks_options_when_made_and_layer_order():
+    from attn_cli.methods.steps import MethodOptions, MethodRun
+
+    parts, tok = load(FIXTURES / "tiny_gpt2")
+    tokens, ids, layers = run_text(parts, tok, "the cat sat")
+    with pytest.raises(InputError, match="top_k=0"):
+        MethodRun(["lens"], tokens, ids, parts, options=MethodOptions(top_k=0))
+    with pytest.raises(InputError, match="limited to 2 tokens"):
+        MethodRun(["flow"], tokens, ids, parts, options=MethodOptions(flow_max_tokens=2))
+    with pytest.raises(InputError, match="needs a model"):
+        MethodRun(["alti"], tokens, ids, None)
+    run = MethodRun(["rollout"], tokens, ids, parts)
+    with pytest.raises(ValueError, match="layer 1 added after 0 layers"):
+        run.add(1, layers[1])

@@ -146,32 +146,31 @@ def alti_rollout(per_layer: Sequence[np.ndarray]) -> np.ndarray:
     return chain(per_layer)
 
 
+def alti_step(name: str, matrix: np.ndarray, labels: Sequence[str], layer: int) -> TraceStep:
+    """An "alti" or "alti_rollout" step of one layer (kind "weights": rows sum to 1)."""
+    formula, description = text(name, layer=layer)
+    return TraceStep(
+        name,
+        formula,
+        description,
+        np.asarray(matrix, dtype=np.float32),
+        list(labels),
+        list(labels),
+        "weights",
+        layer=layer,
+    )
+
+
 def alti_steps(
     per_layer: Sequence[np.ndarray],
     rolled: np.ndarray | None,
     labels: Sequence[str],
     layers: Sequence[int] | None = None,
 ) -> list[TraceStep]:
-    """ "alti" (per layer) and "alti_rollout" steps, kind "weights" (rows sum to 1)."""
+    """ "alti" (per layer) and "alti_rollout" steps of every layer, or of the chosen layers."""
     steps = []
     for i in range(len(per_layer)) if layers is None else layers:
-        for name, data in (
-            ("alti", per_layer[i]),
-            ("alti_rollout", None if rolled is None else rolled[i]),
-        ):
-            if data is None:
-                continue
-            formula, description = text(name, layer=i)
-            steps.append(
-                TraceStep(
-                    name,
-                    formula,
-                    description,
-                    np.asarray(data, dtype=np.float32),
-                    list(labels),
-                    list(labels),
-                    "weights",
-                    layer=i,
-                )
-            )
+        steps.append(alti_step("alti", per_layer[i], labels, i))
+        if rolled is not None:
+            steps.append(alti_step("alti_rollout", rolled[i], labels, i))
     return steps

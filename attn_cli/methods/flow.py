@@ -95,7 +95,13 @@ def attention_flow(
 
 def flow_steps(flow: np.ndarray, labels: Sequence[str], layer: int) -> list[TraceStep]:
     """One "flow" step at `layer` (kind "relevance": flows are ≥ 0; rows need not sum to 1)."""
-    formula, description = text("flow", layer=layer, scale=SCALE_BITS)
+    sup = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+    formula, description = text(
+        "flow",
+        layer=layer,
+        scale=str(SCALE_BITS).translate(sup),
+        scale_1=str(SCALE_BITS + 1).translate(sup),
+    )
     return [
         TraceStep(
             "flow",

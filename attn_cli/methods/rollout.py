@@ -52,24 +52,24 @@ def chain(matrices: Iterable[np.ndarray]) -> np.ndarray:
     return np.stack(out)
 
 
+def rollout_step(matrix: np.ndarray, labels: Sequence[str], layer: int) -> TraceStep:
+    """The "rollout" step of one layer (kind "weights": rows sum to 1)."""
+    formula, description = text("rollout", layer=layer)
+    return TraceStep(
+        "rollout",
+        formula,
+        description,
+        np.asarray(matrix, dtype=np.float32),
+        list(labels),
+        list(labels),
+        "weights",
+        layer=layer,
+    )
+
+
 def rollout_steps(
     rolled: np.ndarray, labels: Sequence[str], layers: Sequence[int] | None = None
 ) -> list[TraceStep]:
-    """One "rollout" step per layer (kind "weights": rows sum to 1)."""
+    """One "rollout" step per layer of `rolled` (L, n, n), or of the chosen layers."""
     idx = range(len(rolled)) if layers is None else layers
-    steps = []
-    for i in idx:
-        formula, description = text("rollout", layer=i)
-        steps.append(
-            TraceStep(
-                "rollout",
-                formula,
-                description,
-                rolled[i].astype(np.float32),
-                list(labels),
-                list(labels),
-                "weights",
-                layer=i,
-            )
-        )
-    return steps
+    return [rollout_step(rolled[i], labels, i) for i in idx]

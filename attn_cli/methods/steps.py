@@ -15,12 +15,12 @@ import numpy as np
 
 from attn_cli.errors import InputError, opt
 from attn_cli.methods import METHODS
-from attn_cli.methods.alti import PostNorm, alti_layer, alti_steps
+from attn_cli.methods.alti import PostNorm, alti_layer, alti_step
 from attn_cli.methods.detectors import detect, detector_steps, repeated_random_tokens
 from attn_cli.methods.flow import MAX_FLOW_TOKENS, attention_flow, flow_steps
 from attn_cli.methods.lens import LensResult, lens_steps, logit_lens
 from attn_cli.methods.norms import attention_norms, norms_steps, summed_attention_norms
-from attn_cli.methods.rollout import residual_attention, rollout_steps
+from attn_cli.methods.rollout import residual_attention, rollout_step
 from attn_cli.models.registry import Config, Family, LayerSteps, WeightSource
 from attn_cli.trace import TraceStep
 
@@ -194,8 +194,7 @@ class MethodRun:
             a_hat = residual_attention(w)
             self._rolled = a_hat if self._rolled is None else a_hat @ self._rolled
             if self._shown(i):
-                self._steps += rollout_steps(self._rolled[None], self.labels, [0])
-                self._steps[-1].layer = i
+                self._steps.append(rollout_step(self._rolled, self.labels, i))
         if "flow" in m:
             self._weights.append(w)
         if "norms" in m and self._shown(i):
@@ -212,10 +211,8 @@ class MethodRun:
             c = alti_layer(w, a.V, a.params, ls.resid, a.O, norm)
             self._alti = c if self._alti is None else c @ self._alti
             if self._shown(i):
-                steps = alti_steps([c], self._alti[None], self.labels, [0])
-                for s in steps:
-                    s.layer = i
-                self._steps += steps
+                self._steps.append(alti_step("alti", c, self.labels, i))
+                self._steps.append(alti_step("alti_rollout", self._alti, self.labels, i))
         if "lens" in m:
             n = len(self.labels)
             pos = [n - 1] if self.opt.positions is None else [p % n for p in self.opt.positions]

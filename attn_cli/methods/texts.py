@@ -22,7 +22,7 @@ METHOD_TEXTS: dict[str, tuple[str, str]] = {
         "number is how much can flow from token i (row) at the top down to input token j "
         "(column) at once. Unlike rollout it counts only the best paths, never one edge twice. "
         "Capacities are rounded to multiples of 2⁻{scale} (absolute error below "
-        "edges × 2⁻{scale}).",
+        "edges × 2⁻{scale_1}).",
     ),
     # --- attention norms (Kobayashi et al. 2020) -----------------------------------------------
     "norms": (
@@ -73,7 +73,7 @@ METHOD_TEXTS: dict[str, tuple[str, str]] = {
         "copies of the same token.",
     ),
     "induction": (
-        "Σ_ij W_ij·P_ij / Σ_ij W_ij,  P_ij = [j ≤ i, t_(j−1) = t_i, j − 1 ≠ i]",
+        "Σ_ij W_ij·P_ij / Σ_ij W_ij,  P_ij = [1 ≤ j ≤ i, t_(j−1) = t_i]",
         "Induction score of every head, measured on a random token sequence repeated twice: the "
         "share of its attention that goes to the token that followed an earlier copy of the "
         "current token (what lets a model continue a pattern it has seen).",
