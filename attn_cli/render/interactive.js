@@ -394,7 +394,9 @@
     }
     $("legend").hidden = false;
     const rows = rowsOf(s), cols = colsOf(s), n = rows.length, m = cols.length;
-    const cell = Math.max(2, Math.min(34, Math.floor(520 / Math.max(n, m))));
+    // Cells fill about 520 px (at most 34 px each); past 260 tokens a cell is under 2 px.
+    const fit = 520 / Math.max(n, m);
+    const cell = fit >= 2 ? Math.min(34, Math.floor(fit)) : fit;
     const g0 = c.getContext("2d");
     g0.font = "12px ui-monospace, Menlo, Consolas, monospace";
     const labels = cell >= 11;

@@ -29,7 +29,7 @@ SIGNIFICANT = 4
 # Numbers of tokens × tokens maps one page embeds: the attention weights (and other maps) first,
 # then the pre-softmax scores (W_raw, W_scaled, W_masked); past the budget a map is described but
 # its numbers are left out (each trace keeps at least its first map).
-MAP_BUDGET = 6_000_000
+MAP_BUDGET = 12_000_000
 # Other matrices (X, Q, K, V, Y, W_q …) are embedded as their top-left corner, like the terminal
 # tables, while the total stays under TABLE_BUDGET numbers.
 TABLE_ROWS = 24
