@@ -461,6 +461,25 @@ def test_method_maps_are_selectable(browser, tmp_path):
 
 
 @pytest.mark.reference
+def test_keys_and_pinning(browser, tmp_path):
+    t = hand_trace(["one", "two", "three"], layers=2, heads=3)
+    o = Opened(browser, interactive_html([t]), tmp_path)
+    page = o.page
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowDown")
+    assert page.input_value("#layer") == "1" and page.input_value("#head") == "2"
+    page.click("#hv-right .tok[data-i='1']")  # pin "two" as a key: what attends to it
+    page.mouse.move(1, 1)
+    assert_close(as_numbers(o.values("q")), t.find("W", 1, 2).data[:, 1])
+    assert page.locator("#hv-right .tok.pinned").count() == 1
+    page.keyboard.press("Escape")
+    assert o.values("q") == [None, None, None]
+    o.check_clean()
+    page.close()
+
+
+@pytest.mark.reference
 def test_a_trace_without_maps_still_shows_its_tables(browser, tmp_path):
     t = hand_trace(["a", "b"], 1, 1)
     t.steps = [s for s in t.steps if s.kind == "vectors"]
