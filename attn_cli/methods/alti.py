@@ -86,8 +86,8 @@ def pieces(
     dec: Decomposition,
     norm: PostNorm | None,
 ) -> np.ndarray:
-    """T_i(x_j) for a block of pairs, from its S block (r, c, d): residual on the diagonal, then
-    the frozen norm L_i for post-norm layers."""
+    """T_i(x_j) for a block of pairs, from its S block (r, c, d) (query-major, as
+    `pair_blocks` gives it): residual on the diagonal, then the frozen norm L_i."""
     t = s.astype(np.float64, copy=True)
     i = np.arange(rows.start, rows.stop)
     j = np.arange(cols.start, cols.stop)
@@ -111,15 +111,45 @@ def alti_distances(
     o: np.ndarray,
     norm: PostNorm | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """‖y_i − T_i(x_j)‖₁ for every pair (n, n), and ‖y_i‖₁ (n,). O(n²) memory."""
+    """‖y_i − T_i(x_j)‖₁ for every pair (n, n), and ‖y_i‖₁ (n,). O(n²) memory.
+
+    The frozen norm is linear, so it is applied to f_h(x_j) before the heads are mixed
+    (L_i(Σ_h α f_h) = Σ_h α L(f_h) / σ_i): each block is then one matmul, a scale by 1/σ_i,
+    a subtraction and an L1 sum, in float32.
+    """
     dec = decompose(resid, o, p, norm)
+    y = dec.y.astype(np.float32)
     r64 = resid.astype(np.float64)
+    f_map = None
+    own = r64  # what token j adds to its own row (pre-norm: its residual)
+    inv_sigma = None
+    if norm is not None:
+        assert dec.sigma is not None
+        gamma = norm.weight.astype(np.float64)
+        inv_sigma = (1.0 / dec.sigma[:, 0]).astype(np.float32)
+
+        def f_map(f: np.ndarray) -> np.ndarray:
+            return _center(f.astype(np.float64), norm) * gamma
+
+        if norm.applies_to == "sum":  # the residual goes through the norm too
+            own = _center(r64, norm) * gamma
+    scaled_residual = norm is not None and norm.applies_to == "sum"
 
     def reduce(rows: slice, cols: slice, s: np.ndarray) -> np.ndarray:
-        t = pieces(s, rows, cols, r64, dec, norm)
-        return np.abs(dec.y[rows, None, :] - t).sum(axis=-1)
+        q = np.arange(rows.start, rows.stop)
+        k = np.arange(cols.start, cols.stop)
+        kk, qq = np.nonzero(k[:, None] == q[None, :])  # diagonal pairs: s[kk, qq]
+        if scaled_residual:
+            s[kk, qq] += own[q[qq]].astype(np.float32)
+        if inv_sigma is not None:
+            s *= inv_sigma[None, rows, None]
+        if not scaled_residual:
+            s[kk, qq] += own[q[qq]].astype(np.float32)
+        np.subtract(y[None, rows, :], s, out=s)
+        np.abs(s, out=s)
+        return s.sum(axis=-1)
 
-    return pair_reduce(weights, v, p, reduce), np.abs(dec.y).sum(axis=-1)
+    return pair_reduce(weights, v, p, reduce, f_map), np.abs(dec.y).sum(axis=-1)
 
 
 def contributions(distances: np.ndarray, y_l1: np.ndarray) -> np.ndarray:

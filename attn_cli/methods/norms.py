@@ -59,13 +59,22 @@ def attention_norms(weights: np.ndarray, v: np.ndarray, p: AttentionParams) -> n
     return weights * value_norms(v, p)[:, None, :]
 
 
-def pair_blocks(
-    weights: np.ndarray, v: np.ndarray, p: AttentionParams
+# f_h(x_j) for a block of keys, (c, H, d_o) -> (c, H, d_o): lets ALTI fold its norm into f.
+FMap = Callable[[np.ndarray], np.ndarray]
+
+
+def key_blocks(
+    weights: np.ndarray,
+    v: np.ndarray,
+    p: AttentionParams,
+    f_map: FMap | None = None,
+    dtype: type = np.float32,
 ) -> Iterator[tuple[slice, slice, np.ndarray]]:
-    """Blocks of S_ij = Σ_h α_ij⁽ʰ⁾ f_h(x_j): yields (rows, cols, S) with S (r, c, d_o).
+    """Blocks of S_ij = Σ_h α_ij⁽ʰ⁾ f_h(x_j), key-major: yields (rows, cols, S) with S a fresh
+    contiguous (c, r, d_o) array (S[k, q] is the pair (rows[q], cols[k])).
 
     Key columns are the outer loop so each block of f is computed once; a block never holds
-    more than about BLOCK_ELEMENTS floats.
+    more than about BLOCK_ELEMENTS numbers. `f_map` transforms f first (ALTI's frozen norm).
     """
     heads, n_q, n_k = weights.shape
     d_o = head_output_weights(p).shape[2]
@@ -73,13 +82,25 @@ def pair_blocks(
     for c0 in range(0, n_k, cols_step):
         cols = slice(c0, min(c0 + cols_step, n_k))
         f = transformed_vectors(v, p, cols).transpose(1, 0, 2)  # [c, H, d_o]
+        if f_map is not None:
+            f = f_map(f)
+        f = np.ascontiguousarray(f, dtype=dtype)
         c = f.shape[0]
         rows_step = max(1, BLOCK_ELEMENTS // (c * d_o))
         for r0 in range(0, n_q, rows_step):
             rows = slice(r0, min(r0 + rows_step, n_q))
-            a = weights[:, rows, cols].transpose(2, 1, 0)  # [c, r, H]
-            s = np.matmul(a, f)  # per key j: [r, H] @ [H, d_o] -> [c, r, d_o]
-            yield rows, cols, s.transpose(1, 0, 2)  # [r, c, d_o]
+            a: np.ndarray = np.ascontiguousarray(
+                weights[:, rows, cols].transpose(2, 1, 0), dtype=dtype
+            )
+            yield rows, cols, np.matmul(a, f)  # per key j: [r, H] @ [H, d_o] -> [c, r, d_o]
+
+
+def pair_blocks(
+    weights: np.ndarray, v: np.ndarray, p: AttentionParams, dtype: type = np.float64
+) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """Blocks of S_ij = Σ_h α_ij⁽ʰ⁾ f_h(x_j), query-major: (rows, cols, S (r, c, d_o))."""
+    for rows, cols, s in key_blocks(weights, v, p, dtype=dtype):
+        yield rows, cols, s.transpose(1, 0, 2)
 
 
 def pair_reduce(
@@ -87,17 +108,19 @@ def pair_reduce(
     v: np.ndarray,
     p: AttentionParams,
     reduce: Callable[[slice, slice, np.ndarray], np.ndarray],
+    f_map: FMap | None = None,
 ) -> np.ndarray:
-    """(n, n) matrix whose block [rows, cols] is reduce(rows, cols, S_block)."""
+    """(n, n) matrix whose block [rows, cols] is reduce(rows, cols, S)ᵀ, with S the key-major
+    block (c, r, d) of `key_blocks` (reduce may overwrite it) and reduce returning (c, r)."""
     out = np.empty(weights.shape[1:], dtype=np.float64)
-    for rows, cols, s in pair_blocks(weights, v, p):
-        out[rows, cols] = reduce(rows, cols, s)
+    for rows, cols, s in key_blocks(weights, v, p, f_map):
+        out[rows, cols] = reduce(rows, cols, s).T
     return out
 
 
 def summed_attention_norms(weights: np.ndarray, v: np.ndarray, p: AttentionParams) -> np.ndarray:
     """‖Σ_h α_ij⁽ʰ⁾ f_h(x_j)‖ for every pair: (n, n), in O(n²) memory."""
-    return pair_reduce(weights, v, p, lambda r, c, s: np.linalg.norm(s, axis=-1))
+    return pair_reduce(weights, v, p, lambda r, c, s: np.sqrt(np.einsum("crd,crd->cr", s, s)))
 
 
 def norms_steps(
