@@ -742,3 +742,22 @@ def test_hovering_a_thumbnail_summarises_that_map():
         assert main_screen(app).key == (0, 0)  # hovering does not select
 
     run(app, script)
+
+
+def test_a_deep_model_grid_scrolls_to_the_selected_layer():
+    trace = synthetic(layers=12, heads=12)
+    app = BrowseApp([trace])
+
+    async def script(pilot):
+        wrap = app.screen.query_one("#grid-wrap")
+        grid = app.screen.query_one(ThumbGrid)
+        assert grid.size.height > wrap.size.height  # 12 layers do not fit in 80 × 24
+        assert wrap.scroll_y == 0
+        for _ in range(11):
+            await pilot.press("down")
+        await pilot.pause()
+        assert main_screen(app).key == (11, 0)
+        y, h = grid.selected_lines()
+        assert wrap.scroll_y <= y and y + h <= wrap.scroll_y + wrap.size.height
+
+    run(app, script)

@@ -12,6 +12,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.geometry import Region
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
@@ -40,6 +41,12 @@ from attn_cli.browse.widgets import (
 from attn_cli.render.common import Scale, format_number
 from attn_cli.render.summary import head_patterns
 from attn_cli.trace import Trace, TraceStep, printable, token_labels
+
+
+class Scroll(VerticalScroll, can_focus=False):
+    """Scrolls with the mouse wheel but never takes focus, so the arrow keys stay bound to
+    layers and heads instead of scrolling a panel."""
+
 
 KEYS = [
     ("← → / h l", "previous / next head"),
@@ -115,13 +122,11 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
     def compose(self) -> ComposeResult:
         yield Static(id="n-title")
         with Horizontal(id="n-body"):
-            yield VerticalScroll(Static(id="n-dims-text"), id="n-dims")
-            yield VerticalScroll(Static(id="n-side-text"), id="n-side")
+            yield Scroll(Static(id="n-dims-text"), id="n-dims")
+            yield Scroll(Static(id="n-side-text"), id="n-side")
         yield Footer()
 
     def on_mount(self) -> None:
-        for sid in ("#n-dims", "#n-side"):
-            self.query_one(sid).can_focus = False
         self.update_view()
 
     def tok(self, i: int) -> str:
@@ -250,10 +255,10 @@ class MainScreen(Screen[None]):
     DEFAULT_CSS = """
     MainScreen { layout: vertical; }
     #title { height: 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
-    #band { height: auto; max-height: 45%; }
-    #grid-wrap { width: auto; height: auto; scrollbar-size-vertical: 1; }
+    #band { height: auto; }
+    #grid-wrap { width: auto; height: auto; max-height: 45vh; scrollbar-size-vertical: 1; }
     ThumbGrid { width: auto; }
-    #token { width: 1fr; height: auto; padding-left: 2; }
+    #token { width: 1fr; height: auto; max-height: 45vh; padding-left: 2; }
     #lower { height: 1fr; }
     #main { width: 3fr; }
     GeometryView { width: 2fr; max-width: 48; height: 1fr; padding-left: 1; }
@@ -319,7 +324,7 @@ class MainScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="title")
         with Horizontal(id="band"):
-            with VerticalScroll(id="grid-wrap"):
+            with Scroll(id="grid-wrap"):
                 yield ThumbGrid(id="grid")
             yield Static(id="token")
         with Horizontal(id="lower"):
@@ -332,12 +337,17 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#grid-wrap").can_focus = False
         self.update_view()
 
     def update_view(self) -> None:
         self._update_title()
-        self.query_one(ThumbGrid).set_index(self.index, self.key)
+        grid = self.query_one(ThumbGrid)
+        grid.set_index(self.index, self.key)
+        # A deep model's grid scrolls: keep the selected layer's thumbnails in view.
+        y, h = grid.selected_lines()
+        self.query_one("#grid-wrap").scroll_to_region(
+            Region(0, y, 1, h), animate=False, immediate=True
+        )
         self._update_tabs()
         self.query_one(Heatmap).show(
             self.step,

@@ -120,6 +120,20 @@ class ThumbGrid(Widget, can_focus=False):
     def get_content_width(self, container: Size, viewport: Size) -> int:
         return self.best_width(viewport.width, viewport.height)
 
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        if self.index is None or not self.index.maps:
+            return 1
+        _, side, _ = self._geometry(width)
+        return 1 + len(self.index.layers) * math.ceil(side / 2)
+
+    def selected_lines(self) -> tuple[int, int]:
+        """(first line, number of lines) of the selected layer's row of thumbnails."""
+        if self.index is None or not self.index.maps or self.selected[0] not in self.index.layers:
+            return 0, 1
+        _, side, _ = self._geometry(self.size.width)
+        per = math.ceil(side / 2)
+        return 1 + self.index.layers.index(self.selected[0]) * per, per
+
     def _thumb(self, key: Key, side: int) -> list[Text]:
         assert self.index is not None
         if (key, side) not in self._cache:
