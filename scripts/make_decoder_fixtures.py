@@ -12,7 +12,9 @@ expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, h
 logits of the last three positions (3, vocab) from the eager float32 pass on those files. The tests compare attn-cli's
 numpy forward pass against them without torch.
 
-Run:  python scripts/make_decoder_fixtures.py     (needs torch and transformers)
+Run:  python scripts/make_decoder_fixtures.py           (needs torch and transformers)
+      python scripts/make_decoder_fixtures.py --check   (rebuild in a temporary directory and
+                                                         compare with the committed files)
 """
 
 from __future__ import annotations
@@ -108,8 +110,10 @@ def sentencepiece_tokenizer(vocab_size: int):
     return tok
 
 
-def make(name: str, model_type: str, tokenizer, shard: str | None = None, **config) -> None:
-    d = FIXTURES / name
+def make(
+    name: str, model_type: str, tokenizer, shard: str | None = None, root: Path = FIXTURES, **config
+) -> None:
+    d = root / name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -127,15 +131,19 @@ def make(name: str, model_type: str, tokenizer, shard: str | None = None, **conf
     )
     for f in d.glob("generation_config.json"):
         f.unlink()
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("transformers_version", None)  # the same fixture whatever version made it
+    (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     size = sum(f.stat().st_size for f in d.iterdir())
-    print(f"{d.relative_to(ROOT)}: {len(ids)} tokens, {size / 1024:.0f} KB")
+    print(f"{d}: {len(ids)} tokens, {size / 1024:.0f} KB")
 
 
-def main() -> None:
+def make_all(root: Path = FIXTURES) -> None:
     make(
         "tiny_llama",
         "llama",
         byte_level_tokenizer(300),
+        root=root,
         rope_parameters={
             "rope_type": "llama3",
             "rope_theta": 500000.0,
@@ -154,6 +162,7 @@ def main() -> None:
         "gemma3_text",
         sentencepiece_tokenizer(320),
         shard="20KB",
+        root=root,
         query_pre_attn_scalar=8,
         sliding_window=3,
         layer_types=["sliding_attention", "full_attention"],
@@ -167,6 +176,53 @@ def main() -> None:
         eos_token_id=1,
         bos_token_id=2,
     )
+
+
+def check() -> int:
+    """Rebuild the fixtures in a temporary directory and compare them with the committed ones:
+    weights, tokenizers and configs byte for byte, expected.npz arrays within 1e-6 (another
+    torch build may round differently). Exit status 1 on any difference."""
+    import tempfile
+
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        make_all(Path(tmp))
+        for new in sorted(Path(tmp).rglob("*.*")):
+            rel = new.relative_to(tmp)
+            old = FIXTURES / rel
+            if not old.is_file():
+                problems.append(f"{rel}: not committed")
+            elif new.suffix != ".npz":
+                if new.read_bytes() != old.read_bytes():
+                    problems.append(f"{rel}: differs")
+            else:
+                with np.load(new) as a, np.load(old) as b:
+                    if sorted(a.files) != sorted(b.files):
+                        problems.append(f"{rel}: other arrays")
+                        continue
+                    for k in a.files:
+                        x, y = a[k], b[k]
+                        same = x.shape == y.shape and (
+                            np.allclose(x, y, rtol=0, atol=1e-6)
+                            if x.dtype.kind == "f"
+                            else np.array_equal(x, y)
+                        )
+                        if not same:
+                            problems.append(f"{rel}: {k} differs")
+    for p in problems:
+        print("make_decoder_fixtures --check:", p)
+    print(
+        "make_decoder_fixtures --check:", "differences found" if problems else "the fixtures match"
+    )
+    return 1 if problems else 0
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--check"]:
+        raise SystemExit(check())
+    if sys.argv[1:]:
+        raise SystemExit("usage: python scripts/make_decoder_fixtures.py [--check]")
+    make_all()
 
 
 if __name__ == "__main__":
