@@ -115,6 +115,7 @@ DISPLAY = (
     "pool",
     "svg",
     "html",
+    "interactive",
 )
 
 
@@ -137,6 +138,13 @@ def _emit(
     from contextlib import ExitStack
 
     with ExitStack() as stack:
+        page_traces: list | None = None
+        if display.get("interactive"):
+            if not display["html"]:
+                from attn_cli.errors import InputError
+
+                raise InputError("--interactive writes the page to --html PATH: add --html PATH")
+            page_traces = []
         render_one = _renderer(views, display, stack) if views is not None else None
         json_file = npz = None
         if json_path is not None or npz_path is not None:
@@ -161,6 +169,13 @@ def _emit(
                     npz.add(kept)
             if render_one is not None:
                 render_one(trace)
+            if page_traces is not None:
+                page_traces.append(trace)
+        if page_traces is not None:
+            from attn_cli.export import atomic_write
+            from attn_cli.render.interactive import interactive_html
+
+            atomic_write(display["html"], interactive_html(page_traces).encode())
 
 
 def _renderer(views: list[str], display: dict, stack):
@@ -181,7 +196,7 @@ def _renderer(views: list[str], display: dict, stack):
     )
     console = make_console(color=display["color"], width=display["width"])
     recorder = None
-    if display["svg"] or display["html"]:
+    if display["svg"] or (display["html"] and not display["interactive"]):
         import io
 
         recorder = make_console(
@@ -205,7 +220,7 @@ def _save_recording(recorder, display: dict) -> None:
 
     if display["svg"]:
         atomic_write(display["svg"], recorder.export_svg(title="attn-cli", clear=False).encode())
-    if display["html"]:
+    if display["html"] and not display["interactive"]:
         atomic_write(display["html"], recorder.export_html(clear=False).encode())
 
 
@@ -412,6 +427,15 @@ StepsOpt = Annotated[
         "matrices W_q/W_k/W_v/W_o otherwise.",
     ),
 ]
+InteractiveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--interactive",
+        help="With --html PATH: write the interactive page there instead (layer/head/map "
+        "selectors, head view, heatmap, step tables; one self-contained file, no network).",
+        rich_help_panel="Views",
+    ),
+]
 NpzOpt = Annotated[
     str | None,
     typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
@@ -447,6 +471,7 @@ def explain(
     pool: PoolOpt = "max",
     svg: SvgOpt = None,
     html: HtmlOpt = None,
+    interactive: InteractiveOpt = False,
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
@@ -492,7 +517,9 @@ def explain(
             traces = explain_all(texts, **vars(opts))
         else:
             m = load_model(model)
-            every = json_out is not None or any(v in WHOLE_MODEL_VIEWS for v in views)
+            every = (
+                json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
+            )
             traces = _model_traces(m, text, layer, head, every)
         if steps is None and (json_out is not None or npz_out is not None):
             export_steps = _default_export_steps(model is not None)
@@ -551,6 +578,7 @@ def show(
     pool: PoolOpt = "max",
     svg: SvgOpt = None,
     html: HtmlOpt = None,
+    interactive: InteractiveOpt = False,
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,

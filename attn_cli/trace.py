@@ -218,6 +218,12 @@ class Trace:
             f"{maps} attention map{'s' if maps != 1 else ''} · {text!r}>"
         )
 
+    def _repr_html_(self) -> str:
+        """In Jupyter: the interactive page, inline (no network)."""
+        from attn_cli.render.interactive import trace_repr_html
+
+        return trace_repr_html(self)
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         """In Jupyter (and anywhere Rich prints a Trace) it displays its views."""
         import io

@@ -1,0 +1,42 @@
+"""The CLI reaches every feature through the API: the interactive page, and its errors."""
+
+from __future__ import annotations
+
+import re
+
+import attn_cli
+from attn_cli.render.interactive import trace_repr_html
+from tests.conftest import invoke
+
+
+def test_explain_writes_the_interactive_page(tmp_path):
+    page = tmp_path / "hi.html"
+    r = invoke(
+        ["explain", "the cat sat", "--qkv", "--heads", "2", "--html", str(page), "--interactive"]
+    )
+    assert r.exit_code == 0, r.stderr
+    html = page.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") or html.lower().startswith("<!doctype html>")
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", html)
+    assert "the cat sat" in html
+    saved = tmp_path / "t.json"
+    assert invoke(["explain", "the cat sat", "--json", str(saved)]).exit_code == 0
+    again = tmp_path / "again.html"
+    r = invoke(["show", str(saved), "--html", str(again), "--interactive"])
+    assert r.exit_code == 0, r.stderr
+    assert again.read_text(encoding="utf-8").count("<script") == html.count("<script")
+
+
+def test_interactive_needs_an_html_path_and_writes_nothing_else(tmp_path):
+    r = invoke(["explain", "hi", "--interactive"])
+    assert r.exit_code == 2
+    assert (
+        r.stderr
+        == "attn-cli: error: --interactive writes the page to --html PATH: add --html PATH\n"
+    )
+
+
+def test_a_trace_shows_itself_in_jupyter_as_the_page():
+    t = attn_cli.explain("hi how are you")
+    assert t._repr_html_() == trace_repr_html(t)
+    assert "<iframe" in t._repr_html_()
