@@ -176,3 +176,15 @@ def test_every_family_is_registered():
         assert fam.causal and fam.logits is not None
         assert "input_layernorm" in fam.wording.x_formula
     assert "sliding" in family("gemma2").wording.mask
+
+
+@pytest.mark.reference
+def test_gemma_legacy_gelu_means_the_tanh_gelu_as_in_transformers(tiny_models, tmp_path):
+    d = tiny_models("gemma")
+    legacy = tmp_path / "legacy"
+    shutil.copytree(d, legacy)
+    cfg = json.loads((d / "config.json").read_text())
+    (legacy / "config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
+    ours = run(legacy, IDS)
+    np.testing.assert_array_equal(ours["logits"], run(d, IDS)["logits"])
+    np.testing.assert_allclose(ours["logits"], reference(legacy, IDS)["logits"], atol=1e-3)

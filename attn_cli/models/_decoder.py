@@ -56,6 +56,7 @@ class Spec:
     sandwich: bool = False  # Gemma 2/3: norms after attention and around the MLP
     act_keys: tuple[str, ...] = ("hidden_act",)
     default_act: str = "silu"
+    gelu_means_tanh: bool = False  # Gemma 1: transformers reads a legacy "gelu" as tanh-GELU
     scale_key: str | None = None  # Gemma 2/3: scale = query_pre_attn_scalar^-½
     attn_softcap: bool = (
         False  # Gemma 2: attn_logit_softcapping (Gemma 3 ignores it, as transformers does)
@@ -117,10 +118,8 @@ def tied(spec: Spec, cfg: Config, w: WeightSource) -> bool:
 
 
 def activation_name(spec: Spec, cfg: Config) -> str:
-    for key in spec.act_keys:
-        if cfg.get(key):
-            return str(cfg[key])
-    return spec.default_act
+    name = next((str(cfg[key]) for key in spec.act_keys if cfg.get(key)), spec.default_act)
+    return "gelu_pytorch_tanh" if spec.gelu_means_tanh and name == "gelu" else name
 
 
 def scale(spec: Spec, cfg: Config) -> float | None:

@@ -34,10 +34,11 @@ def _alternating(default_pattern: int):
 
 GEMMA = dict(norm_offset=1.0, embed_scale=True, tie_default=True, default_act="gelu_pytorch_tanh")
 SPECS = {
-    "gemma": Spec(**GEMMA, act_keys=("hidden_activation", "hidden_act")),  # type: ignore[arg-type]
+    # transformers 5 runs Gemma 1 with hidden_act, a legacy "gelu" meaning the tanh GELU
+    "gemma": Spec(**GEMMA, act_keys=("hidden_act",), gelu_means_tanh=True),  # type: ignore[arg-type]
     "gemma2": Spec(
         **GEMMA,  # type: ignore[arg-type]
-        act_keys=("hidden_activation", "hidden_act"),
+        act_keys=("hidden_activation",),
         sandwich=True,
         scale_key="query_pre_attn_scalar",
         attn_softcap=True,
