@@ -9,7 +9,6 @@ Tests that need the MiniLM checkpoint or scipy are marked `reference` (they run 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -658,10 +657,9 @@ def test_corpus_statistics_in_process_and_in_workers_agree(tmp_path):
     two = corpus.corpus_statistics(lines, model, workers=2, chunk_size=1, progress=False)
     for k, v in one.means().items():
         np.testing.assert_allclose(two.means()[k], v, atol=1e-9)
-    doc = corpus.corpus_document(two, "tiny_bert", "lines.txt")
-    doc = json.loads(json.dumps(doc))  # plain JSON, no NaN
-    assert doc["layers"] == 2 and doc["heads"] == 2 and doc["tokens"] == n_tokens
-    assert set(doc["statistics"]) == set(corpus.STATISTICS)
+    trace = corpus.corpus_trace(two, "tiny_bert", "lines.txt")
+    assert trace.config["layers"] == 2 and trace.config["tokens"] == n_tokens
+    assert "1 lines skipped" in trace.notes[1]
     steps = corpus.corpus_steps(two)
     assert [s.name for s in steps] == list(corpus.STATISTICS)
     assert steps[0].rows == ["L0", "L1"] and steps[0].cols == ["H0", "H1"]
@@ -732,3 +730,27 @@ def test_method_run_checks_options_when_made_and_layer_order():
     run = MethodRun(["rollout"], tokens, ids, parts)
     with pytest.raises(ValueError, match="layer 1 added after 0 layers"):
         run.add(1, layers[1])
+
+
+def test_file_lines_streams_and_reports_bad_utf8(tmp_path):
+    good = tmp_path / "a.txt"
+    good.write_bytes(b"one\r\ntwo\n\nthree")
+    assert list(corpus.file_lines(good)) == ["one", "two", "", "three"]
+    assert corpus.count_lines(good) == 3
+    bad = tmp_path / "b.txt"
+    bad.write_bytes(b"fine\nbad \xff here\n")
+    lines = corpus.file_lines(bad)
+    assert next(lines) == "fine"
+    with pytest.raises(InputError, match="line 2 is not valid UTF-8 \\(byte 0xff\\)"):
+        next(lines)
+    with pytest.raises(InputError, match="cannot read"):
+        list(corpus.file_lines(tmp_path / "missing.txt"))
+
+
+def test_method_options_and_step_names():
+    from attn_cli.methods.steps import method_options, step_names
+
+    assert method_options(top_k=3).top_k == 3
+    with pytest.raises(InputError, match="topk: not a method option"):
+        method_options(topk=3)
+    assert step_names("lens,rollout") == ["rollout", "lens", "prediction"]

@@ -24,13 +24,15 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from attn_cli.attention import entropy
+from attn_cli.errors import InputError
 from attn_cli.methods.detectors import heads_step
-from attn_cli.trace import TraceStep
+from attn_cli.trace import Trace, TraceStep
 
 STATISTICS = ("to_first", "to_sep", "to_punct", "to_prev", "to_next", "to_self", "entropy")
 
@@ -218,6 +220,10 @@ def corpus_statistics(
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
+        from attn_cli.models.checkpoint import resolve
+
+        resolve(model)  # a bad --model is reported at once, not by every worker
+
         # spawn: a fresh interpreter per worker (forking a process that already runs BLAS
         # threads can deadlock). At most 2 chunks per worker in flight: memory stays flat.
         ctx = multiprocessing.get_context("spawn")
@@ -288,12 +294,13 @@ def corpus_steps(totals: Totals) -> list[TraceStep]:
     return [heads_step(name, m) for name, m in totals.means().items()]
 
 
-def corpus_document(totals: Totals, model: str, source: str) -> dict[str, Any]:
-    """The JSON form: means as nested lists (null where nothing was counted)."""
+def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
+    """The statistics as a Trace of layers × heads steps: rendered, exported (--json) and
+    re-shown (`attn-cli show`) like any other trace."""
     means = totals.means()
     layers, heads = next(iter(means.values())).shape if means else (0, 0)
-    return {
-        "format": "attn-cli heads",
+    config: dict[str, Any] = {
+        "pipeline": "heads",
         "model": model,
         "source": source,
         "lines": totals.lines,
@@ -301,8 +308,38 @@ def corpus_document(totals: Totals, model: str, source: str) -> dict[str, Any]:
         "tokens": totals.tokens,
         "layers": layers,
         "heads": heads,
-        "statistics": {
-            k: [[None if np.isnan(x) else round(float(x), 6) for x in row] for row in m]
-            for k, m in means.items()
-        },
     }
+    notes = [
+        f"{totals.lines:,} lines, {totals.tokens:,} tokens of {source}: means over every token "
+        "(Clark et al. 2019, What Does BERT Look At?)"
+    ]
+    if totals.skipped:
+        notes.append(
+            f"{totals.skipped:,} lines skipped: empty, or longer than the model's positions"
+        )
+    return Trace(source, [], [], config, corpus_steps(totals), notes)
+
+
+def file_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file, read as they are consumed (the file is never held whole)."""
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{path}: line {number} is not valid UTF-8 (byte 0x{raw[exc.start]:02x})"
+                ) from None
+
+
+def count_lines(path: Path) -> int | None:
+    """Lines in a file (for the progress bar), or None when it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return None

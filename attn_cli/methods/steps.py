@@ -71,6 +71,28 @@ class MethodOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def method_options(**kwargs: Any) -> MethodOptions:
+    """MethodOptions from keyword arguments, an unknown one named in an InputError."""
+    known = [f for f in MethodOptions.__dataclass_fields__ if f != "extra"]
+    for k in kwargs:
+        if k not in known:
+            raise InputError(f"{opt(k)}: not a method option ({', '.join(known)})")
+    return MethodOptions(**kwargs)
+
+
+def step_names(methods: str | Sequence[str]) -> list[str]:
+    """The step names the methods produce (for --steps / export defaults)."""
+    names = {
+        "rollout": ["rollout"],
+        "flow": ["flow"],
+        "norms": ["norms", "norms_sum"],
+        "alti": ["alti", "alti_rollout"],
+        "lens": ["lens", "prediction"],
+        "detectors": ["prev_token", "duplicate_token", "induction"],
+    }
+    return [n for m in parse_methods(methods) for n in names[m]]
+
+
 def forward(parts: ModelParts, ids: list[int]) -> list[LayerSteps]:
     """Every layer of the model on `ids`."""
     x = parts.family.embed(parts.weights, ids, parts.config)
@@ -154,6 +176,9 @@ class MethodRun:
             raise InputError(
                 f"{', '.join(sorted(m & {'alti', 'lens', 'detectors'}))}: needs a model"
             )
+        if "alti" in m:
+            assert parts is not None
+            post_norm(parts, 0)  # a post-norm family without its norm: refused now, not mid-run
         if "lens" in m:
             assert parts is not None
             if parts.family.logits is None:
