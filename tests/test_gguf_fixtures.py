@@ -84,3 +84,18 @@ def test_open_model_by_path():
     ck = open_model(str(FIXTURES / "tiny-llama.gguf"))
     assert ck.name.endswith("tiny-llama.gguf") and ck.layers == 1 and ck.heads == 4
     assert ck.hidden == 32 and ck.model_type == "llama" and ck.max_positions == 128
+
+
+def test_weights_renamed_dtype_and_count():
+    w = open_gguf(FIXTURES / "tiny-llama.gguf").weights
+    bare = w.with_names(lambda n: n.removeprefix("model."))
+    assert "embed_tokens.weight" in bare and "layers.0.self_attn.q_proj.weight" in bare
+    assert "lm_head.weight" in bare and "model.norm.weight" not in bare
+    np.testing.assert_array_equal(bare["norm.weight"], w["model.norm.weight"])
+    np.testing.assert_array_equal(
+        bare.rows("embed_tokens.weight", [5]), w.rows("model.embed_tokens.weight", [5])
+    )
+    assert w.dtype("model.layers.0.self_attn.k_proj.weight") == "BF16"
+    assert w.dtype("model.embed_tokens.weight") == "Q8_0"
+    # 48x32 embedding and head, q/o 32x32, k/v 16x32, mlp 3 x 64x32, 3 norms of 32
+    assert w.parameters() == 2 * 48 * 32 + 2 * 32 * 32 + 2 * 16 * 32 + 3 * 64 * 32 + 3 * 32

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,6 +149,25 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         n = self.shape(name)[0]
         for start in range(0, n, block):
             yield start, self.rows(name, np.arange(start, min(n, start + block)))
+
+    def with_names(self, rename: Callable[[str], str]) -> GGUFWeights:
+        """The same tensors under other names, e.g. ``with_names(lambda n:
+        n.removeprefix("model."))`` for the prefix-free names SafetensorsWeights uses."""
+        return GGUFWeights(self._mf, self._header, {rename(k): r for k, r in self._plan.items()})
+
+    def dtype(self, name: str) -> str:
+        """The stored ggml type of the tensor's (first) source, e.g. 'Q4_1', 'F32'."""
+        return self._header.tensors[self._recipe(name).sources[0]].type_name
+
+    def parameters(self) -> int:
+        """How many weights the HF model has (tied tables counted once)."""
+        total = 0
+        for name in self._plan:
+            n = 1
+            for d in self.shape(name):
+                n *= d
+            total += n
+        return total
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._plan)
