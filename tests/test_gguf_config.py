@@ -10,8 +10,6 @@ import pytest
 
 from tests.test_gguf_writer import TINY, llama_shapes, random_state, write_gguf
 
-pytest.importorskip("gguf")
-
 
 def converter_llama3_factors(base, dim, factor, low, high, old):
     """convert_hf_to_gguf.py LlamaModel.generate_extra_tensors, verbatim (numpy)."""

@@ -8,13 +8,19 @@ The helper is independent of attn_cli.gguf: tensor names come from gguf-py's Ten
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+try:
+    import gguf
+except ImportError:  # a failure where CI requires the references
+    if os.environ.get("ATTN_CLI_REQUIRE_REFERENCE") == "1":
+        raise
+    pytest.skip("gguf is not installed", allow_module_level=True)
 
 ARCH_ENUM = {
     "llama": "LLAMA",
