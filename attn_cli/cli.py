@@ -436,6 +436,14 @@ InteractiveOpt = Annotated[
         rich_help_panel="Views",
     ),
 ]
+BrowseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--browse",
+        help="Explore the trace full-screen (layers × heads, steps, tokens, neuron view); "
+        "needs Textual.",
+    ),
+]
 NpzOpt = Annotated[
     str | None,
     typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
@@ -486,29 +494,12 @@ def explain(
     --model: a real checkpoint (BERT/MiniLM, GPT-2) in numpy, any layer and head.
     """
     with user_errors():
-        from attn_cli.api import Options, explain_all, load_model, parse_steps
+        from attn_cli.api import explain_all, load_model, parse_steps
         from attn_cli.inputs import read_texts
         from attn_cli.render.views import WHOLE_MODEL_VIEWS, parse_views
 
         views = parse_views(view)
-        opts = Options(
-            tokenizer=tokenizer,
-            special=special,
-            embeddings=embeddings,
-            dim=dim,
-            seed=seed,
-            scale=scale,
-            qkv=qkv,
-            norm=norm,
-            heads=heads,
-            d_k=d_k,
-            causal=causal,
-            temperature=temperature,
-            weights=weights,
-            model=model,
-            layer=layer,
-            head=head,
-        )
+        opts = _options(locals())
         # Checked before waiting on stdin, so a bad option is reported at once.
         opts.check()
         export_steps = parse_steps(steps) if steps is not None else None
@@ -525,6 +516,18 @@ def explain(
             export_steps = _default_export_steps(model is not None)
         shown = None if json_out == "-" else views
         _emit(traces, shown, _display(locals()), json_out, npz_out, export_steps)
+
+
+def _options(params: dict):
+    """The API's Options from a command's parameters (explain and browse share them). --steps
+    is not among them: on the command line it chooses what the exports write, not what is
+    computed and shown."""
+    from dataclasses import fields
+
+    from attn_cli.api import Options
+
+    names = {f.name for f in fields(Options)} - {"steps"}
+    return Options(**{k: v for k, v in params.items() if k in names})
 
 
 def _model_traces(m, text: str | None, layer: str | None, head: str | None, every: bool):
@@ -583,8 +586,9 @@ def show(
     color: Color = None,
     width: Width = None,
     max_rows: MaxRows = 24,
+    browse: BrowseOpt = False,
 ) -> None:
-    """Render a saved trace exactly as `explain` printed it."""
+    """Render a saved trace exactly as `explain` printed it (--browse: explore it full-screen)."""
     with user_errors():
         from attn_cli.errors import InputError
         from attn_cli.export import loads_traces
@@ -601,7 +605,57 @@ def show(
                 raise InputError(f"{file} does not exist") from None
             except OSError as exc:
                 raise InputError(f"cannot read {file}: {exc.strerror}") from None
+        if browse:
+            from attn_cli.browse import require_browser, run_browser
+
+            require_browser()  # before parsing: Textual installed, stdout a terminal
+            run_browser(loads_traces(data, source), precision=precision, top_k=top_k)
+            return
         _emit(loads_traces(data, source), views, _display(locals()))
+
+
+@app.command()
+def browse(
+    text: TextArg = None,
+    tokenizer: TokenizerOpt = None,
+    special: SpecialOpt = False,
+    embeddings: EmbeddingsOpt = "minilm",
+    dim: DimOpt = None,
+    seed: SeedOpt = 0,
+    scale: ScaleOpt = False,
+    qkv: QkvOpt = False,
+    norm: NormOpt = True,
+    heads: HeadsOpt = 1,
+    d_k: DkOpt = None,
+    causal: CausalOpt = False,
+    temperature: TemperatureOpt = 1.0,
+    weights: WeightsOpt = None,
+    model: ModelOpt = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    top_k: TopKOpt = 3,
+    precision: Precision = 2,
+) -> None:
+    """Explore TEXT full-screen: every layer × head, step and token (needs Textual).
+
+    Arrows / hjkl: layer and head. tab: step. [ ]: token. , .: key token.
+    enter: neuron view (q, k, q⊙k, sum, score, weight). mouse: exact values. ?: keys. q: quit.
+
+    Takes explain's options; with --model, every layer and head unless --layer/--head.
+    """
+    with user_errors():
+        from attn_cli.api import explain_all, load_model
+        from attn_cli.browse import require_browser, run_browser
+        from attn_cli.inputs import read_texts
+
+        require_browser()  # before the model runs: Textual installed, stdout a terminal
+        opts = _options(locals())
+        opts.check()
+        if model is None:
+            traces = list(explain_all(read_texts(text, sys.stdin), **vars(opts)))
+        else:
+            traces = list(_model_traces(load_model(model), text, layer, head, True))
+        run_browser(traces, precision=precision, top_k=top_k)
 
 
 @app.command()

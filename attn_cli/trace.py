@@ -218,6 +218,13 @@ class Trace:
             f"{maps} attention map{'s' if maps != 1 else ''} · {text!r}>"
         )
 
+    def browse(self) -> None:
+        """Explore the trace full-screen in the terminal (Textual); returns when you press q."""
+        from attn_cli.browse import require_browser, run_browser
+
+        require_browser()
+        run_browser([self])
+
     def _repr_html_(self) -> str:
         """In Jupyter: the interactive page, inline (no network)."""
         from attn_cli.render.interactive import trace_repr_html
