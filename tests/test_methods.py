@@ -639,27 +639,32 @@ def test_is_punctuation(tok, want):
 
 
 def test_corpus_statistics_in_process_and_in_workers_agree(tmp_path):
-    lines = ["the cat sat on the mat.", "", "the bank of the river!", "cat, mat"]
+    long_line = "the cat " * 20
+    lines = ["the cat sat on the mat.", "", "the bank of the river!", long_line, "cat, mat"]
     model = str(FIXTURES / "tiny_bert")
-    one = corpus.corpus_statistics(lines, model, workers=1, chunk_size=2, progress=False)
-    assert (one.lines, one.skipped) == (3, 1)
+    one = corpus.corpus_statistics(
+        lines, model, workers=1, chunk_size=2, max_tokens=20, progress=False
+    )
+    assert (one.lines, one.skipped) == (3, 1)  # the blank line is no input, the long one skipped
     # independent: the same sums from the forward pass, line by line
     parts, tok = load(model)
     att = []
     for line in lines:
-        if line:
+        if line and line != long_line:
             enc = tok.encode(line, add_special_tokens=True)
             att.append(np.stack([ls.attn.attn.W for ls in forward(parts, list(enc.ids))]))
     n_tokens = sum(a.shape[-1] for a in att)
     assert one.tokens == n_tokens
     want_first = sum(a[..., :, 0].sum(-1) for a in att) / n_tokens
     np.testing.assert_allclose(one.means()["to_first"], want_first, atol=1e-6)
-    two = corpus.corpus_statistics(lines, model, workers=2, chunk_size=1, progress=False)
+    two = corpus.corpus_statistics(
+        lines, model, workers=2, chunk_size=1, max_tokens=20, progress=False
+    )
     for k, v in one.means().items():
         np.testing.assert_allclose(two.means()[k], v, atol=1e-9)
     trace = corpus.corpus_trace(two, "tiny_bert", "lines.txt")
     assert trace.config["layers"] == 2 and trace.config["tokens"] == n_tokens
-    assert "1 lines skipped" in trace.notes[1]
+    assert trace.notes[0].startswith("3 lines, ") and "1 line skipped" in trace.notes[1]
     steps = corpus.corpus_steps(two)
     assert [s.name for s in steps] == list(corpus.STATISTICS)
     assert steps[0].rows == ["L0", "L1"] and steps[0].cols == ["H0", "H1"]

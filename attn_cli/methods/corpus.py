@@ -58,7 +58,8 @@ class Totals:
     counts: dict[str, int] = field(default_factory=dict)
     lines: int = 0
     tokens: int = 0
-    skipped: int = 0  # empty lines, or lines longer than the model's positions
+    skipped: int = 0  # lines longer than the model's positions (or max_tokens); blank lines
+    # are not inputs and are not counted
 
     def add(self, other: Totals) -> None:
         for k, v in other.sums.items():
@@ -153,7 +154,7 @@ def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
     def run(line: str) -> tuple[np.ndarray, list[bool], list[bool]] | None:
         enc = tok.encode(line, add_special_tokens=True)
         ids = list(enc.ids)
-        if not ids or not line.strip() or (limit is not None and len(ids) > limit):
+        if not ids or (limit is not None and len(ids) > limit):
             return None
         special = [bool(s) for s in enc.special_tokens_mask]
         punct = [not s and is_punctuation(t) for s, t in zip(special, enc.tokens, strict=True)]
@@ -165,6 +166,8 @@ def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
 def chunk_totals(run: LineRunner, lines: Sequence[str]) -> Totals:
     total = Totals()
     for line in lines:
+        if not line.strip():
+            continue  # blank lines are not inputs
         got = run(line)
         if got is None:
             total.skipped += 1
@@ -310,13 +313,13 @@ def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
         "heads": heads,
     }
     notes = [
-        f"{totals.lines:,} lines, {totals.tokens:,} tokens of {source}: means over every token "
+        f"{totals.lines:,} {'line' if totals.lines == 1 else 'lines'}, {totals.tokens:,} tokens "
+        f"of {source}: means over every token "
         "(Clark et al. 2019, What Does BERT Look At?)"
     ]
     if totals.skipped:
-        notes.append(
-            f"{totals.skipped:,} lines skipped: empty, or longer than the model's positions"
-        )
+        lines = "line" if totals.skipped == 1 else "lines"
+        notes.append(f"{totals.skipped:,} {lines} skipped: longer than the model's positions")
     return Trace(source, [], [], config, corpus_steps(totals), notes)
 
 
