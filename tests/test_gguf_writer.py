@@ -250,3 +250,20 @@ def test_real_smollm2_header_equals_gguf_reader():
             t.data_offset,
             t.n_bytes,
         )
+
+
+def test_header_without_strings_keeps_scalars(tmp_path):
+    from attn_cli.gguf import read_header
+    from attn_cli.gguf.header import SkippedStrings
+
+    state = random_state(llama_shapes(TINY))
+    path = write_gguf(tmp_path / "t.gguf", "llama", TINY, state)
+    full, light = read_header(path), read_header(path, strings=False)
+    assert isinstance(light.metadata["tokenizer.ggml.tokens"], SkippedStrings)
+    assert (
+        light.metadata["tokenizer.ggml.tokens"] == len(full.metadata["tokenizer.ggml.tokens"]) == 40
+    )
+    for k, v in full.metadata.items():
+        if not isinstance(v, list):
+            assert np.array_equal(light.metadata[k], v), k
+    assert light.tensors == full.tensors

@@ -200,7 +200,7 @@ class _Cursor:
         return raw.decode("utf-8", errors="replace")
 
 
-def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
+def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0, strings: bool = True) -> Any:
     if vtype in _SCALAR:
         name, fmt = _SCALAR[vtype]
         v = cur.unpack(fmt, struct.calcsize(fmt), f"value of {key}")
@@ -231,17 +231,20 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
                     (n,) = length(buf, pos)
                     if n > MAX_STRING:
                         raise _Bad(f"a string of {n} bytes in array {key} (limit {MAX_STRING})")
-                    raw.append(buf[pos + 8 : pos + 8 + n])
+                    if strings:
+                        raw.append(buf[pos + 8 : pos + 8 + n])
                     pos += 8 + n
             except struct.error:
                 raise _Bad(f"truncated inside array {key}") from None
             if pos > cur.size:
                 raise _Bad(f"the last string of array {key} runs past the end of the file")
             cur.pos = pos
+            if not strings:
+                return SkippedStrings(count)
             return [r.decode("utf-8", errors="replace") for r in raw]
         if itype == ARRAY:
             cur.need(count * 12, f"array {key}")
-            return [_value(cur, ARRAY, key, depth + 1) for _ in range(count)]
+            return [_value(cur, ARRAY, key, depth + 1, strings) for _ in range(count)]
         raise _Bad(f"{key}: unknown array item type {itype}")
     raise _Bad(f"{key}: unknown value type {vtype}")
 
@@ -249,8 +252,14 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
 _VTYPE_NAMES = {**{k: v[0] for k, v in _SCALAR.items()}, STRING: "STRING", ARRAY: "ARRAY"}
 
 
-def parse_header(buf: Any, size: int, path: Path) -> GGUFHeader:
-    """Parse and validate everything before the tensor data. Raises InputError."""
+class SkippedStrings(int):
+    """Stands for a string array that was checked but not decoded (its length)."""
+
+
+def parse_header(buf: Any, size: int, path: Path, strings: bool = True) -> GGUFHeader:
+    """Parse and validate everything before the tensor data. Raises InputError.
+    ``strings=False`` checks string arrays (vocabularies) without decoding them: they become
+    SkippedStrings(count), for listings that need only the scalars."""
     cur = _Cursor(buf, size)
     try:
         if size < 24:
@@ -282,7 +291,7 @@ def parse_header(buf: Any, size: int, path: Path) -> GGUFHeader:
                 raise _Bad(f"duplicate metadata key {key!r}")
             label = show(key)
             vtype = cur.u32(f"type of {label}")
-            meta[key] = _value(cur, vtype, label)
+            meta[key] = _value(cur, vtype, label, strings=strings)
             vtypes[key] = _VTYPE_NAMES.get(vtype, str(vtype))
         alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
         if (
@@ -361,14 +370,14 @@ class MappedFile:
         return np.frombuffer(self.mm, dtype=np.uint8, count=nbytes, offset=offset)
 
 
-def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
+def read_header(path: str | os.PathLike[str], strings: bool = True) -> GGUFHeader:
     """Validate and parse the header only (for listings: no tensor data is touched)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p} is not a file")
     mf = MappedFile(p)
     try:
-        return parse_header(mf.mm, mf.size, p)
+        return parse_header(mf.mm, mf.size, p, strings)
     finally:
         with contextlib.suppress(BufferError):  # nothing keeps a view after parsing
             mf.mm.close()

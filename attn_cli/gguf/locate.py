@@ -171,7 +171,7 @@ def describe(path: Path, name: str, source: str) -> Found:
     found = Found(name=name, path=path, source=source)
     try:
         found.size_bytes = path.stat().st_size
-        h = read_header(path)
+        h = read_header(path, strings=False)  # the vocabulary is not needed here
     except (InputError, OSError) as exc:
         found.error = str(exc)
         return found
