@@ -657,9 +657,11 @@ def test_corpus_statistics_in_process_and_in_workers_agree(tmp_path):
     assert one.tokens == n_tokens
     want_first = sum(a[..., :, 0].sum(-1) for a in att) / n_tokens
     np.testing.assert_allclose(one.means()["to_first"], want_first, atol=1e-6)
+    done: list[int] = []
     two = corpus.corpus_statistics(
-        lines, model, workers=2, chunk_size=1, max_tokens=20, progress=False
+        lines, model, workers=2, chunk_size=1, max_tokens=20, progress=done.append
     )
+    assert sum(done) == len(lines) and len(done) == len(lines)  # one call per 1-line chunk
     for k, v in one.means().items():
         np.testing.assert_allclose(two.means()[k], v, atol=1e-9)
     trace = corpus.corpus_trace(two, "tiny_bert", "lines.txt")

@@ -205,48 +205,61 @@ def corpus_statistics(
     chunk_size: int = 8,
     max_tokens: int | None = None,
     total_lines: int | None = None,
-    progress: bool | None = None,
+    progress: bool | Callable[[int], None] | None = None,
 ) -> Totals:
     """Run every line through `model` and sum the statistics. workers=None: every core;
-    workers=1 runs in this process. progress=None: a bar when stderr is a terminal."""
+    workers=1 runs in this process. progress=None: a Rich bar when stderr is a terminal;
+    a callable: called with the number of lines done after each chunk (e.g. a caller's bar)."""
     n_workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
     show = sys.stderr.isatty() if progress is None else progress
+    if callable(show):
+        return _run_lines(lines, model, n_workers, chunk_size, max_tokens, show)
+    with _progress(show, total_lines) as advance:
+        return _run_lines(lines, model, n_workers, chunk_size, max_tokens, advance)
+
+
+def _run_lines(
+    lines: Iterable[str],
+    model: str,
+    n_workers: int,
+    chunk_size: int,
+    max_tokens: int | None,
+    advance: Callable[[int], None],
+) -> Totals:
     total = Totals()
-    bar = _progress(show, total_lines)
-    with bar as (advance):
-        if n_workers == 1:
-            run = model_runner(model, max_tokens)
-            for chunk in _chunks(lines, chunk_size):
-                total.add(chunk_totals(run, chunk))
-                advance(len(chunk))
-            return total
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    if n_workers == 1:
+        run = model_runner(model, max_tokens)
+        for chunk in _chunks(lines, chunk_size):
+            total.add(chunk_totals(run, chunk))
+            advance(len(chunk))
+        return total
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-        from attn_cli.models.checkpoint import resolve
+    from attn_cli.models.checkpoint import resolve
 
-        resolve(model)  # a bad --model is reported at once, not by every worker
+    resolve(model)  # a bad --model is reported at once, not by every worker
 
-        # spawn: a fresh interpreter per worker (forking a process that already runs BLAS
-        # threads can deadlock). At most 2 chunks per worker in flight: memory stays flat.
-        ctx = multiprocessing.get_context("spawn")
-        with (
-            _single_threaded_blas(),
-            ProcessPoolExecutor(
-                n_workers, mp_context=ctx, initializer=_init_worker, initargs=(model, max_tokens)
-            ) as pool,
-        ):
-            pending: dict[Future[Totals], int] = {}
-            for chunk in _chunks(lines, chunk_size):
-                if len(pending) >= 2 * n_workers:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        total.add(f.result())
-                        advance(pending.pop(f))
-                pending[pool.submit(_work, chunk)] = len(chunk)
-            for f in list(pending):
-                total.add(f.result())
-                advance(pending.pop(f))
+    # spawn: a fresh interpreter per worker (forking a process that already runs BLAS
+    # threads can deadlock). At most 2 chunks per worker in flight: memory stays flat.
+    ctx = multiprocessing.get_context("spawn")
+    with (
+        _single_threaded_blas(),
+        ProcessPoolExecutor(
+            n_workers, mp_context=ctx, initializer=_init_worker, initargs=(model, max_tokens)
+        ) as pool,
+    ):
+        pending: dict[Future[Totals], int] = {}
+        for chunk in _chunks(lines, chunk_size):
+            if len(pending) >= 2 * n_workers:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    total.add(f.result())
+                    advance(pending.pop(f))
+            pending[pool.submit(_work, chunk)] = len(chunk)
+        for f in list(pending):
+            total.add(f.result())
+            advance(pending.pop(f))
     return total
 
 
