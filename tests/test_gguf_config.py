@@ -168,3 +168,31 @@ def test_phi3_longrope_and_fused_tensors(tmp_path):
     for name, ref in state.items():
         np.testing.assert_array_equal(ck.weights[name], ref, err_msg=name)
     assert not any("rope_factors" in k for k in ck.weights)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fused_qkv_is_split(tmp_path, arch):
+    """A file converted with --fuse-qkv (llama's Q and K permuted before fusing, qwen2's
+    biases fused too) gives back the separate HF projections."""
+    from attn_cli.gguf import open_gguf
+
+    cfg = dict(TINY)
+    shapes = llama_shapes(cfg)
+    if arch == "qwen2":
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{i}.self_attn."
+            shapes |= {p + "q_proj.bias": (32,), p + "k_proj.bias": (16,), p + "v_proj.bias": (16,)}
+    state = random_state(shapes, seed=3)
+    if arch == "llama":  # biases, permuted too
+        state["model.layers.1.self_attn.q_proj.bias"] = np.arange(32, dtype=np.float32)
+        state["model.layers.1.self_attn.k_proj.bias"] = np.arange(16, dtype=np.float32)
+        state["model.layers.1.self_attn.v_proj.bias"] = np.arange(16, dtype=np.float32)
+    path = write_gguf(tmp_path / "f.gguf", arch, cfg, state, fuse_qkv=True)
+    ck = open_gguf(path)
+    names = set(ck.header.tensors)
+    assert "blk.0.attn_qkv.weight" in names and "blk.0.attn_q.weight" not in names
+    assert set(ck.weights) == set(state)
+    for name, ref in state.items():
+        np.testing.assert_array_equal(ck.weights[name], ref, err_msg=name)
+    q = "model.layers.0.self_attn.k_proj.weight"
+    np.testing.assert_array_equal(ck.weights.rows(q, [0, 7, 15]), state[q][[0, 7, 15]])

@@ -80,9 +80,11 @@ def write_gguf(
     tokens: tuple[list[str], list[int]] | None = None,
     extra_kv: dict[str, Any] | None = None,
     extra_tensors: dict[str, np.ndarray] | None = None,
+    fuse_qkv: bool = False,
 ) -> Path:
     """Write an HF state dict as llama.cpp's converter would: names via TensorNameMap, llama's
-    Q/K rows permuted, gemma norms + 1, 1-D tensors F32, 2-D tensors in ``qtype``."""
+    Q/K rows permuted, gemma norms + 1, 1-D tensors F32, 2-D tensors in ``qtype``;
+    ``fuse_qkv`` as the converter's --fuse-qkv: cat([q, k, v]) after the permutation."""
     n_layer = cfg["num_hidden_layers"]
     n_head = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_head)
@@ -122,7 +124,9 @@ def write_gguf(
             w.add_float32(k, v)
         else:
             w.add_uint32(k, v)
-    for name, value in state.items():
+    pending: dict[str, np.ndarray] = {}
+    items = list(state.items())
+    for name, value in items:
         if name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
             continue
         if "rotary_emb" in name:
@@ -137,6 +141,14 @@ def write_gguf(
             data = data + 1
         new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new is not None, name
+        if fuse_qkv and any(f".attn_{x}." in new for x in "qkv"):
+            pending[new] = data
+            stem, kind = new.rsplit(".", 1)
+            parts = [f"{stem[: -len('attn_q')]}attn_{x}.{kind}" for x in "qkv"]
+            if not all(p in pending for p in parts):
+                continue
+            data = np.concatenate([pending.pop(p) for p in parts], axis=0)
+            new = f"{stem[: -len('attn_q')]}attn_qkv.{kind}"
         t = qtype if isinstance(qtype, str) else qtype.get(name, qtype.get("*", "F32"))
         if data.ndim == 1 or t == "F32":
             w.add_tensor(new, np.ascontiguousarray(data))
