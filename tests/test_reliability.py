@@ -41,10 +41,11 @@ def test_hundred_thousand_characters():
 
 def test_too_many_tokens_for_this_machine(monkeypatch):
     monkeypatch.setattr("attn_cli.api.physical_memory", lambda: 2**30)
-    r = invoke(["explain", " ".join(["hi"] * 9000)])
+    # From 4,096 tokens on the matrices are float32: 12,000² × 4 bytes × 3 matrices ≈ 1.6 GiB.
+    r = invoke(["explain", " ".join(["hi"] * 12000)])
     assert r.exit_code == 2
     assert r.stderr == err(
-        "the text is 9,000 tokens: its n × n attention matrices need about 2 GiB, "
+        "the text is 12,000 tokens: its n × n attention matrices need about 2 GiB, "
         "more than this machine's 1 GiB; use a shorter text"
     )
 

@@ -136,18 +136,20 @@ def top_two(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row: the column with the largest weight and the runner-up, as index arrays
     (-1 where a row has no runner-up with any weight, e.g. a masked first row)."""
     n_rows, n_cols = weights.shape
-    order = np.argsort(-weights, axis=1, kind="stable")
-    top = order[:, 0]
+    top = np.argmax(weights, axis=1)  # the first of equal maxima, as a stable sort gives
     if n_cols < 2:
         return top, np.full(n_rows, -1)
-    second = order[:, 1]
+    rest = weights.copy()
+    rest[np.arange(n_rows), top] = -np.inf
+    second = np.argmax(rest, axis=1)
     return top, np.where(weights[np.arange(n_rows), second] > 0, second, -1)
 
 
 def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
     """For each token, the token it attends to most, and the runner-up."""
     for step in trace.steps_named("W"):
-        w = step.data
+        shown = min(len(step.rows), opts.max_rows)
+        w = step.data[:shown]  # only the rows shown: a 20,000-token W is never sorted whole
         top, other = top_two(w)
         title = Text("Context", style="bold")
         title.append(" — who attends to whom most, from W")
@@ -163,7 +165,6 @@ def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
             ("weight", True),
         ):
             table.add_column(Text(name), justify="right" if right else "left", no_wrap=True)
-        shown = min(len(step.rows), opts.max_rows)
         for i in range(shown):
             j, o = int(top[i]), int(other[i])
             table.add_row(

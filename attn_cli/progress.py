@@ -1,0 +1,143 @@
+"""A progress line on stderr for work that takes more than about a second.
+
+Shown only when stderr is a terminal, never on stdout, and only once the work has run for
+`DELAY` seconds (short runs print nothing extra). It is transient: it disappears when the work
+ends, and it is hidden while a result is handed back (the caller may print tables to the same
+terminal), then comes back for the next piece of work.
+
+    with Progress("explain", total=len(texts)) as bar:
+        for text in texts:
+            bar.phase(f"{n:,} tokens: W_raw = X·Xᵀ")
+            ...
+            with bar.paused():
+                yield trace
+            bar.advance()
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+DELAY = 1.0  # seconds of work before the bar appears
+
+
+def enabled(stream: IO[str] | None = None) -> bool:
+    """A bar is drawn only on a terminal."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or fake streams
+        return False
+
+
+class Progress:
+    """One task: `total` items (None: unknown), a description of the current phase."""
+
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        stream: IO[str] | None = None,
+        delay: float = DELAY,
+    ) -> None:
+        self.what, self.total, self.delay = what, total, delay
+        self.stream = sys.stderr if stream is None else stream
+        self.on = enabled(self.stream)
+        self.done = 0
+        self.description = what
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._live: Any = None  # rich.progress.Progress while shown
+        self._task: Any = None
+
+    # --- what the work reports ----------------------------------------------------------
+
+    def phase(self, description: str) -> None:
+        """What is being done now; starts the clock for showing the bar."""
+        with self._lock:
+            self.description = description
+            if self._live is not None:
+                self._live.update(self._task, description=self._label())
+        self._arm()
+
+    def advance(self, count: int = 1) -> None:
+        with self._lock:
+            self.done += count
+            if self._live is not None:
+                self._live.update(self._task, completed=self.done, description=self._label())
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hide the bar while the caller prints (or writes) a result."""
+        self._hide()
+        yield
+
+    # --- showing and hiding -------------------------------------------------------------
+
+    def _label(self) -> str:
+        if self.total is not None and self.total > 1:
+            return f"{self.what} {min(self.done + 1, self.total)}/{self.total} · {self.description}"
+        return f"{self.what} · {self.description}"
+
+    def _arm(self) -> None:
+        if not self.on:
+            return
+        with self._lock:
+            if self._live is not None or self._timer is not None:
+                return
+            self._timer = threading.Timer(self.delay, self._show)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _show(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        with self._lock:
+            if self._timer is None:  # hidden or closed meanwhile
+                return
+            self._timer = None
+            console = Console(file=self.stream, stderr=True, markup=False, highlight=False)
+            columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+            if self.total is not None and self.total > 1:
+                columns += [BarColumn(), MofNCompleteColumn()]
+            columns.append(TimeElapsedColumn())
+            live = RichProgress(
+                *columns,
+                console=console,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._task = live.add_task(self._label(), total=self.total, completed=self.done)
+            live.start()
+            self._live = live
+
+    def _hide(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    def close(self) -> None:
+        self._hide()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
