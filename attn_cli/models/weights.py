@@ -107,17 +107,21 @@ class _Shard:
                 shape = tuple(int(s) for s in meta["shape"])
                 start, stop = (int(o) for o in meta["data_offsets"])
             except (KeyError, TypeError, ValueError):
-                raise InputError(f"{self.path.name}: malformed header entry for {key!r}") from None
+                raise InputError(
+                    f"{self.path.name} is not a readable safetensors file (malformed header entry {key!r})"
+                ) from None
             if dtype not in STORED:
                 raise InputError(
                     f"{self.path.name}: {key!r} has dtype {dtype}, which is not supported"
                 )
             count = int(np.prod(shape, dtype=np.int64))
             if not 0 <= start <= stop or stop - start != count * STORED[dtype].itemsize:
-                raise InputError(f"{self.path.name}: {key!r} has inconsistent data offsets")
+                raise InputError(
+                    f"{self.path.name} is not a readable safetensors file ({key!r} has inconsistent data offsets)"
+                )
             if self.base + stop > self.size:
                 raise InputError(
-                    f"{self.path.name}: {key!r} lies beyond the end of the file (truncated?)"
+                    f"{self.path.name} is not a readable safetensors file ({key!r} lies beyond the end of the file: truncated?)"
                 )
             out[key] = TensorInfo(file_index, dtype, shape, self.base + start, self.base + stop)
         return out
