@@ -245,14 +245,62 @@ def heatmap_8192(reps: int) -> Row:
     return row
 
 
+QUICK = False
+
+
+def long_20000(reps: int) -> Row:
+    """The issue's long input: `python -c "print('word ' * 20000)" | attn-cli explain -
+    --json /dev/null` (float32 from 4,096 tokens; it used to crash at n ≈ 16,000). The
+    smoke run (--quick) uses 5,000 tokens."""
+    import tempfile
+
+    n = 5000 if QUICK else 20000
+    row = Row(
+        f"long input: 'word ' × {n:,} on stdin, explain - --json /dev/null",
+        "one float32 n × n matrix (n²·4 B)",
+        "peak ≤ 9 GiB at n = 20,000",
+    )
+    results = []
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write(("word " * n + "\n").encode())
+        for _ in range(reps):
+            stdin.seek(0)
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [ATTN, "explain", "-", "--json", "/dev/null"],
+                stdin=stdin,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"attn-cli exited {os.waitstatus_to_exitcode(status)}")
+            results.append((time.perf_counter() - t0, usage.ru_maxrss * 1024))
+    seconds = statistics.median(r[0] for r in results)
+    peak = statistics.median(r[1] for r in results)
+    matrix = n * n * 4
+    row.ours, row.base, row.ratio = seconds, None, peak / matrix
+    row.extra = {"peak RSS": f"{peak / 2**30:.2f} GiB = {peak / matrix:.2f} × n²·4 B"}
+    row.met = peak <= 9 * 2**30 if n == 20000 else None
+    return row
+
+
 ROWS: dict[str, Callable[[int], Row]] = {
     "cold_start": cold_start,
     "real_model": real_model,
     "toy_4096": toy_4096,
     "json_2048": json_2048,
     "heatmap_8192": heatmap_8192,
+    "long_20000": long_20000,
 }
-REPS = {"cold_start": 15, "real_model": 5, "toy_4096": 7, "json_2048": 7, "heatmap_8192": 3}
+REPS = {
+    "cold_start": 15,
+    "real_model": 5,
+    "toy_4096": 7,
+    "json_2048": 7,
+    "heatmap_8192": 3,
+    "long_20000": 1,
+}
 
 
 def fmt(v: float | None, unit: str) -> str:
@@ -276,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         ap.error(f"unknown row {unknown[0]!r} (rows: {', '.join(ROWS)})")
-    global WARMUP
+    global WARMUP, QUICK
     if args.quick:
-        WARMUP = 0
+        WARMUP, QUICK = 0, True
     rows = []
     for name in names:
         reps = 1 if args.quick else REPS.get(name, 5)

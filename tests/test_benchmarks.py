@@ -13,7 +13,14 @@ import pytest
 
 from tests.conftest import REQUIRE_REFERENCE, ROOT
 
-ROWS = ["cold start", "real model", "toy pipeline trace", "JSON export", "heatmap render"]
+ROWS = [
+    "cold start",
+    "real model",
+    "toy pipeline trace",
+    "JSON export",
+    "heatmap render",
+    "long input",
+]
 
 
 def test_quick_benchmark_prints_every_row(tmp_path):
