@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 SPACE, NEWLINE, TAB, RETURN = "␣", "↵", "⇥", "␍"
 VISIBLE = {" ": SPACE, "\n": NEWLINE, "\t": TAB, "\r": RETURN}
@@ -76,15 +76,24 @@ def _components(node: Any) -> Iterable[Mapping[str, Any]]:
                 yield from _components(child)
 
 
-def tokenizer_kind(info: Any) -> tuple[str, str, frozenset[str]]:
-    """('byte_level' | 'metaspace' | 'plain', the space replacement, special tokens), from a
-    tokenizer.json path, its parsed dict or a `tokenizers.Tokenizer`."""
+class TokenStyle(NamedTuple):
+    """How a tokenizer writes its tokens (decide once per tokenizer, reuse for every text)."""
+
+    kind: str  # "byte_level" | "metaspace" | "plain"
+    space: str  # SentencePiece's space stand-in, "▁"
+    special: frozenset[str]  # special tokens, shown as they are
+
+
+def tokenizer_kind(info: Any) -> TokenStyle:
+    """The TokenStyle of a tokenizer.json path, its parsed dict or a `tokenizers.Tokenizer`."""
+    if isinstance(info, TokenStyle):
+        return info
     if isinstance(info, str | Path):
         info = json.loads(Path(info).read_text(encoding="utf-8"))
     elif hasattr(info, "to_str"):
         info = json.loads(info.to_str())
     if not isinstance(info, Mapping):
-        return "plain", "▁", frozenset()
+        return TokenStyle("plain", "▁", frozenset())
     special = frozenset(
         str(t.get("content"))
         for t in info.get("added_tokens") or ()
@@ -95,19 +104,19 @@ def tokenizer_kind(info: Any) -> tuple[str, str, frozenset[str]]:
     ]
     types = {str(c.get("type")) for c in parts}
     if "ByteLevel" in types:
-        return "byte_level", "▁", special
+        return TokenStyle("byte_level", "▁", special)
     for c in parts:
         if c.get("type") == "Metaspace":
-            return "metaspace", str(c.get("replacement", "▁")), special
+            return TokenStyle("metaspace", str(c.get("replacement", "▁")), special)
         if c.get("type") == "Replace":
             pattern = c.get("pattern")
             content = c.get("content")
             src = pattern.get("String") if isinstance(pattern, Mapping) else None
             if src == "▁" and content == " ":
-                return "metaspace", "▁", special
+                return TokenStyle("metaspace", "▁", special)
     if "ByteFallback" in types:
-        return "metaspace", "▁", special
-    return "plain", "▁", special
+        return TokenStyle("metaspace", "▁", special)
+    return TokenStyle("plain", "▁", special)
 
 
 def readable_token(token: str, kind: str, space: str = "▁") -> str:
@@ -127,7 +136,8 @@ def readable_token(token: str, kind: str, space: str = "▁") -> str:
 
 def readable_tokens(raw_tokens: list[str], tokenizer: Any) -> list[str]:
     """Raw tokens as readable text, deciding from the tokenizer (a tokenizer.json path, its
-    parsed dict, or a `tokenizers.Tokenizer`) whether they are byte-level BPE, SentencePiece
-    (▁ and <0xNN>) or plain. Special tokens stay as they are."""
+    parsed dict, a `tokenizers.Tokenizer`, or its TokenStyle from `tokenizer_kind`, which is
+    cheaper to reuse) whether they are byte-level BPE, SentencePiece (▁ and <0xNN>) or plain.
+    Special tokens stay as they are."""
     kind, space, special = tokenizer_kind(tokenizer)
     return [t if t in special else readable_token(t, kind, space) for t in raw_tokens]

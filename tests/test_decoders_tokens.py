@@ -96,3 +96,4 @@ def test_a_byte_level_tokenizer_round_trips_through_the_markers():
     )
     assert data.decode() == tok.decode(enc.ids)
     assert readable_tokens(enc.tokens, str(path)) == shown  # a path works too
+    assert readable_tokens(enc.tokens, tokenizer_kind(tok)) == shown  # and the style, reused
