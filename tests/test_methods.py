@@ -9,6 +9,7 @@ Tests that need the MiniLM checkpoint or scipy are marked `reference` (they run 
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -761,3 +762,81 @@ def test_method_options_and_step_names():
     with pytest.raises(InputError, match="topk: not a method option"):
         method_options(topk=3)
     assert step_names("lens,rollout") == ["rollout", "lens", "prediction"]
+
+
+# --------------------------------------------------------------------------------------------
+# modern decoders: the torch-free tiny Llama and Gemma 3 fixtures (GQA: 4 query heads, 2 kv)
+
+
+def gemma_attn_out_norm(w, i, cfg):
+    """Gemma 2/3 normalise the attention output before the residual: h = x + RMSNorm(O)·(1 + w)."""
+    return alti.PostNorm(
+        1.0 + w[f"layers.{i}.post_attention_layernorm.weight"].astype(np.float64),
+        None,
+        float(cfg.get("rms_norm_eps", 1e-6)),
+        rms=True,
+        applies_to="attn",
+    )
+
+
+def load_decoder(name: str):
+    from attn_cli.models.registry import family_for
+    from attn_cli.models.weights import SafetensorsWeights
+
+    d = FIXTURES / name
+    cfg = json.loads((d / "config.json").read_text())
+    fam = family_for(cfg["model_type"])
+    assert fam is not None
+    w = SafetensorsWeights(d, fam.anchor, fam.rename)
+    hook = gemma_attn_out_norm if "gemma" in name else None
+    z = np.load(d / "expected.npz")
+    parts = ModelParts(fam, w, cfg, None, hook)
+    return parts, z["ids"].tolist(), z
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma3"])
+def test_decoder_norms_and_alti_reconstruct_block_outputs(name):
+    from attn_cli.models.layers import rms_norm
+
+    parts, ids, z = load_decoder(name)
+    layers = forward(parts, ids)
+    assert layers[0].attn.K.shape[0] == 2 and layers[0].attn.Q.shape[0] == 4  # grouped kv
+    for i, ls in enumerate(layers):
+        a = ls.attn
+        s = sum(block.sum(1) for _, _, block in norms.pair_blocks(a.attn.W, a.V, a.params))
+        b_o = 0.0 if a.params.b_o is None else a.params.b_o
+        np.testing.assert_allclose(s + b_o, a.O, atol=2e-5)  # Σ_h Σ_j α f_h(x_j) + b_O = O
+        norm = parts.attn_out_norm(parts.weights, i, parts.config) if parts.attn_out_norm else None
+        t, dec = full_pieces(ls, norm)
+        if norm is None:  # Llama: h = resid + O
+            h = ls.resid + a.O
+        else:  # Gemma 3: h = resid + RMSNorm(O)·(1 + w), with the model's own rms_norm
+            g = parts.weights[f"layers.{i}.post_attention_layernorm.weight"]
+            h = ls.resid + rms_norm(a.O, g, parts.config["rms_norm_eps"], 1.0)
+        np.testing.assert_allclose(dec.y, h, atol=2e-5)
+        np.testing.assert_allclose(t.sum(1) + dec.bias, h, atol=2e-5)
+    steps, _ = method_steps(["alti"], layers, [str(t) for t in ids], ids, parts)
+    for st in steps:
+        sums = st.data.sum(-1)
+        assert np.all(np.isclose(sums, 1.0, atol=1e-5) | (sums == 0))
+        assert np.allclose(np.triu(st.data, 1), 0)  # causal: nothing from later tokens
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma3"])
+def test_decoder_lens_last_layer_equals_transformers_logits(name):
+    # expected.npz holds transformers' logits of the last 3 positions (Gemma: soft-capped)
+    from attn_cli.methods.steps import MethodOptions
+
+    parts, ids, z = load_decoder(name)
+    layers = forward(parts, ids)
+    k = 4
+    n = len(ids)
+    opts = MethodOptions(top_k=k, positions=[n - 3, n - 2, n - 1])
+    labels = [f"t{i}" for i in range(n)]
+    steps, _ = method_steps(["lens"], layers, labels, ids, parts, options=opts)
+    preds = [s for s in steps if s.name.startswith("prediction")]
+    assert [s.name for s in preds] == [f"prediction@{n - 3}", f"prediction@{n - 2}", "prediction"]
+    for step, logits in zip(preds, z["logits"].astype(np.float64), strict=True):
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        np.testing.assert_allclose(step.data[:, 0], np.sort(p)[::-1][:k], atol=1e-4)

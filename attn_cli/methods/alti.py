@@ -149,7 +149,10 @@ def alti_distances(
         np.abs(s, out=s)
         return s.sum(axis=-1)
 
-    return pair_reduce(weights, v, p, reduce, f_map), np.abs(dec.y).sum(axis=-1)
+    # ‖y_i‖₁ summed exactly as the distances are (float32, same order), so a token that sends
+    # nothing (a masked, later token: T_i(x_j) = 0) gets a distance equal to it: exactly 0.
+    y_l1 = np.abs(y[None]).sum(axis=-1)[0].astype(np.float64)
+    return pair_reduce(weights, v, p, reduce, f_map), y_l1
 
 
 def contributions(distances: np.ndarray, y_l1: np.ndarray) -> np.ndarray:

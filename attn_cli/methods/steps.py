@@ -134,7 +134,9 @@ def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
             f"ALTI: the {fam.name} family does not expose its post-attention norm (attn_out_norm)"
         )
     got = hook(parts.weights, i, parts.config)
-    return got if isinstance(got, PostNorm) else PostNorm(got[0], got[1], float(got[2]))
+    if got is None or isinstance(got, PostNorm):  # None: this layer (model) has none
+        return got
+    return PostNorm(got[0], got[1], float(got[2]))
 
 
 class MethodRun:
