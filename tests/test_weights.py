@@ -187,3 +187,87 @@ def test_a_directory_without_safetensors_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin.index.json").write_text("{}")
     with pytest.raises(InputError, match="pickle"):
         checkpoint.resolve(str(tmp_path))
+
+
+MEMORY_CHILD = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from attn_cli.models.registry import family_for
+from attn_cli.models.weights import SafetensorsWeights
+d = Path(sys.argv[1])
+cfg = json.loads((d / "config.json").read_text())
+fam = family_for("llama")
+def hwm():  # this process's peak RSS in KiB (ru_maxrss would include the forking parent's)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1])
+base = hwm()
+if sys.argv[2] == "run":
+    w = SafetensorsWeights(d, fam.anchor)
+    fam.check(w, cfg)
+    x = fam.embed(w, list(range(64)), cfg)
+    for steps in fam.layers(w, x, cfg):
+        x = steps.out
+    logits = fam.logits(w, fam.final(w, x, cfg)[-1:], cfg)
+    assert np.isfinite(logits).all()
+print(json.dumps([base, hwm()]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from /proc")
+def test_peak_memory_is_about_one_layer_not_the_whole_model(tmp_path):
+    """A 16-layer bf16 Llama (whole model 205 MB in float32, one layer 12.6 MB): running every
+    layer and the LM head raises the peak RSS by far less than the model's float32 size."""
+    import subprocess
+    import sys
+
+    d, heads, kv, hd, inter, vocab, layers = 512, 8, 2, 64, 1536, 16000, 16
+    cfg = {
+        "model_type": "llama", "hidden_size": d, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "vocab_size": vocab, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+        "max_position_embeddings": 512,
+    }  # fmt: skip
+    shapes = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (d,),
+            p + "post_attention_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (heads * hd, d),
+            p + "self_attn.k_proj.weight": (kv * hd, d),
+            p + "self_attn.v_proj.weight": (kv * hd, d),
+            p + "self_attn.o_proj.weight": (d, heads * hd),
+            p + "mlp.gate_proj.weight": (inter, d),
+            p + "mlp.up_proj.weight": (inter, d),
+            p + "mlp.down_proj.weight": (d, inter),
+        }
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, shape in shapes.items():
+        x = rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * np.float32(0.05)
+        if name.endswith("norm.weight"):
+            x = np.ones_like(x)
+        tensors[name] = ("BF16", shape, (x.view(np.uint32) >> 16).astype("<u2").tobytes())
+    write_safetensors(tmp_path / "model.safetensors", tensors)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    whole = 4 * sum(int(np.prod(s)) for s in shapes.values())
+    layer = 4 * sum(int(np.prod(s)) for n, s in shapes.items() if n.startswith("model.layers.0."))
+
+    def peak(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, str(tmp_path), mode],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+        base, end = json.loads(out.stdout)
+        return end * 1024
+
+    idle, busy = peak("idle"), peak("run")
+    grew = busy - idle
+    print(
+        f"peak grew by {grew / 1e6:.1f} MB (model {whole / 1e6:.0f} MB, layer {layer / 1e6:.1f} MB)"
+    )
+    assert whole > 200e6 and layer < 13e6
+    assert grew < 0.35 * whole, (
+        f"peak grew by {grew / 1e6:.0f} MB; the model is {whole / 1e6:.0f} MB"
+    )
