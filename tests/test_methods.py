@@ -20,7 +20,7 @@ import pytest
 from attn_cli.attention import AttentionParams, causal_mask, kv_head_of, multi_head_attention
 from attn_cli.errors import InputError
 from attn_cli.methods import alti, corpus, detectors, lens, norms, rollout
-from attn_cli.methods.steps import ModelParts, forward, method_steps, parse_methods
+from attn_cli.methods.steps import ModelParts, forward, method_steps, parse_methods, post_norm
 from attn_cli.methods.texts import METHOD_TEXTS, text
 from attn_cli.models.layers import layer_norm
 from attn_cli.trace import KINDS
@@ -769,14 +769,10 @@ def test_method_options_and_step_names():
 
 
 def gemma_attn_out_norm(w, i, cfg):
-    """Gemma 2/3 normalise the attention output before the residual: h = x + RMSNorm(O)·(1 + w)."""
-    return alti.PostNorm(
-        1.0 + w[f"layers.{i}.post_attention_layernorm.weight"].astype(np.float64),
-        None,
-        float(cfg.get("rms_norm_eps", 1e-6)),
-        rms=True,
-        applies_to="attn",
-    )
+    """Gemma 2/3 normalise the attention output before the residual: h = x + RMSNorm(O)·(1 + w).
+    The plain-tuple form a family can return without importing attn_cli.methods."""
+    g = w[f"layers.{i}.post_attention_layernorm.weight"]
+    return 1.0 + g.astype(np.float64), None, float(cfg.get("rms_norm_eps", 1e-6)), True, "attn"
 
 
 def load_decoder(name: str):
@@ -806,7 +802,7 @@ def test_decoder_norms_and_alti_reconstruct_block_outputs(name):
         s = sum(block.sum(1) for _, _, block in norms.pair_blocks(a.attn.W, a.V, a.params))
         b_o = 0.0 if a.params.b_o is None else a.params.b_o
         np.testing.assert_allclose(s + b_o, a.O, atol=2e-5)  # Σ_h Σ_j α f_h(x_j) + b_O = O
-        norm = parts.attn_out_norm(parts.weights, i, parts.config) if parts.attn_out_norm else None
+        norm = post_norm(parts, i)
         t, dec = full_pieces(ls, norm)
         if norm is None:  # Llama: h = resid + O
             h = ls.resid + a.O

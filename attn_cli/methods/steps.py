@@ -123,8 +123,9 @@ def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
     """Layer i's norm after the attention, or None for a pre-norm layer.
 
     A family whose `norm` mentions "post" provides it as `Family.attn_out_norm(w, i, cfg)`,
-    returning (γ, β, ε) for a LayerNorm on (residual + O) (BERT), or a `PostNorm` (e.g. Gemma's
-    RMSNorm on O alone: PostNorm(1 + w, None, ε, rms=True, applies_to="attn"))."""
+    returning (γ, β, ε) for a LayerNorm on (residual + O) (BERT), (γ, β, ε, rms, applies_to)
+    otherwise (Gemma 2/3's RMSNorm on O alone: (1 + w, None, ε, True, "attn")), a `PostNorm`,
+    or None for a layer without one."""
     fam = parts.family
     if "post" not in fam.norm.lower():
         return None
@@ -136,7 +137,8 @@ def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
     got = hook(parts.weights, i, parts.config)
     if got is None or isinstance(got, PostNorm):  # None: this layer (model) has none
         return got
-    return PostNorm(got[0], got[1], float(got[2]))
+    # a plain tuple, so families need not import this package: (γ, β, ε[, rms, applies_to])
+    return PostNorm(got[0], got[1], float(got[2]), *got[3:])
 
 
 class MethodRun:
