@@ -259,14 +259,11 @@ def test_peak_memory_is_about_one_layer_not_the_whole_model(tmp_path):
             [sys.executable, "-c", MEMORY_CHILD, str(tmp_path), mode],
             capture_output=True, text=True, check=True, cwd=ROOT,
         )  # fmt: skip
-        base, end = json.loads(out.stdout)
+        _, end = json.loads(out.stdout)
         return end * 1024
 
     idle, busy = peak("idle"), peak("run")
     grew = busy - idle
-    print(
-        f"peak grew by {grew / 1e6:.1f} MB (model {whole / 1e6:.0f} MB, layer {layer / 1e6:.1f} MB)"
-    )
     assert whole > 200e6 and layer < 13e6
     assert grew < 0.35 * whole, (
         f"peak grew by {grew / 1e6:.0f} MB; the model is {whole / 1e6:.0f} MB"
