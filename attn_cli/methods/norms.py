@@ -119,8 +119,23 @@ def pair_reduce(
 
 
 def summed_attention_norms(weights: np.ndarray, v: np.ndarray, p: AttentionParams) -> np.ndarray:
-    """‖Σ_h α_ij⁽ʰ⁾ f_h(x_j)‖ for every pair: (n, n), in O(n²) memory."""
-    return pair_reduce(weights, v, p, lambda r, c, s: np.sqrt(np.einsum("crd,crd->cr", s, s)))
+    """‖Σ_h α_ij⁽ʰ⁾ f_h(x_j)‖ for every pair: (n, n), in O(n²) memory.
+
+    Through each key's Gram matrix G_j[h, g] = ⟨f_h(x_j), f_g(x_j)⟩ (H × H):
+    ‖Σ_h α_h f_h‖² = Σ_hg α_h α_g G_j[h, g], so the cost is n²·H² instead of n²·H·d.
+    """
+    heads, n_q, n_k = weights.shape
+    d_o = head_output_weights(p).shape[2]
+    out = np.empty((n_q, n_k), dtype=np.float64)
+    step = max(1, BLOCK_ELEMENTS // (heads * max(d_o, n_q)))
+    for c0 in range(0, n_k, step):
+        cols = slice(c0, min(c0 + step, n_k))
+        f = transformed_vectors(v, p, cols).astype(np.float64)  # [H, c, d_o]
+        gram = np.einsum("hcd,gcd->chg", f, f)  # [c, H, H]
+        a = weights[:, :, cols].transpose(2, 1, 0).astype(np.float64)  # [c, n_q, H]
+        sq = np.einsum("crh,crh->cr", np.matmul(a, gram), a)  # αᵀ·G·α per pair
+        out[:, cols] = np.sqrt(np.maximum(sq, 0.0)).T
+    return out
 
 
 def norms_steps(
