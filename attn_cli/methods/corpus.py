@@ -209,7 +209,10 @@ def corpus_statistics(
 ) -> Totals:
     """Run every line through `model` and sum the statistics. workers=None: every core;
     workers=1 runs in this process. progress=None: a Rich bar when stderr is a terminal;
-    a callable: called with the number of lines done after each chunk (e.g. a caller's bar)."""
+    a callable: called with the number of lines done after each chunk (e.g. a caller's bar).
+
+    Workers are spawned, as with any multiprocessing: a script that calls this with several
+    workers needs the usual `if __name__ == "__main__":` guard (notebooks and the CLI do not)."""
     n_workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
     show = sys.stderr.isatty() if progress is None else progress
     if callable(show):
