@@ -64,18 +64,26 @@ def test_header_of_fixture():
 
 
 def test_without_the_gguf_package(monkeypatch):
-    """F32/F16/BF16 need only numpy; a quantised tensor without gguf installed is an
-    InputError that says what to install."""
+    """F32/F16/BF16/Q8_0/Q4_0/Q4_1 need only numpy; other types without the gguf package are
+    an InputError that says what to install."""
     import sys
+
+    from attn_cli.errors import InputError
 
     monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail
     w = open_gguf(FIXTURES / "tiny-llama.gguf").weights
-    assert w["model.layers.0.self_attn.q_proj.weight"].shape == (32, 32)  # F16
-    with pytest.raises(Exception) as info:
-        w["model.embed_tokens.weight"]  # Q8_0
-    from attn_cli.errors import InputError
-
-    assert isinstance(info.value, InputError) and "pip install" in str(info.value)
+    exp = np.load(FIXTURES / "tiny-llama.expected.npz")
+    numpy_only = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"}
+    checked = 0
+    for name in w:
+        if w.dtype(name) in numpy_only:
+            np.testing.assert_array_equal(np.atleast_2d(w[name])[:1], exp[name + ":rows"][:1])
+            checked += 1
+    assert checked == 10
+    with pytest.raises(InputError, match=r"Q5_0; dequantising it needs the gguf package: pip"):
+        w["model.layers.0.mlp.gate_proj.weight"]
+    with pytest.raises(InputError, match=r"needs the gguf package: pip install"):
+        read_tensor(FIXTURES / "kquants.gguf", "w.Q4_K")
 
 
 def test_open_model_by_path():
