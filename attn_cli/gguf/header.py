@@ -11,7 +11,8 @@ before any large allocation, long loop or traceback. The layout (GGUF v2/v3, lit
 
 This parser is also the one the model runner uses: the gguf package's GGUFReader builds a
 numpy memmap per string of the vocabulary (3.6 s on the 98 MB SmolLM2 file); this takes
-about a tenth of a second. The gguf package is used for dequantisation only.
+about a tenth of a second. The gguf package is used only to dequantise the types that
+reader.py does not do in plain numpy (Q5_0, Q5_1 and the K-quants).
 """
 
 from __future__ import annotations
