@@ -105,6 +105,7 @@ class Options:
     model: str | Path | None = None
     layer: Selection = None
     head: Selection = None
+    pair: str | None = None  # a second sentence (BERT-family models: token_type_ids 1)
     # What the trace keeps (None: every step):
     steps: str | Sequence[str] | None = None
 
@@ -145,6 +146,11 @@ class Options:
                     "tokenizer, embeddings, projections and mask"
                 )
             return
+        if self.pair is not None:
+            raise InputError(
+                f"{opt('pair')} applies to {opt('model')} (a BERT-family checkpoint, which was "
+                "trained on sentence pairs)"
+            )
         if self.layer is not None or self.head is not None:
             raise InputError(
                 f"{opt('layer') if self.layer is not None else opt('head')} applies to {opt('model')}"
@@ -192,7 +198,9 @@ def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
     opts.check()
     if opts.model is not None:
         model = load_model(opts.model)
-        return model.traces(texts, layers=opts.layer, heads=opts.head, steps=opts.steps)
+        return model.traces(
+            texts, layers=opts.layer, heads=opts.head, steps=opts.steps, pair=opts.pair
+        )
     return _pipeline_traces(texts, opts)
 
 
@@ -377,9 +385,11 @@ class Model:
         layers: Selection = "all",
         heads: Selection = "all",
         steps: str | Sequence[str] | None = None,
+        pair: str | None = None,
     ) -> Trace:
-        """Run `text` through the model; keep the steps of the chosen layers and heads."""
-        return next(iter(self.traces([text], layers, heads, steps)))
+        """Run `text` through the model; keep the steps of the chosen layers and heads.
+        `pair`: a second sentence, encoded with it as a pair (BERT: token_type_ids 1)."""
+        return next(iter(self.traces([text], layers, heads, steps, pair)))
 
     def traces(
         self,
@@ -387,6 +397,7 @@ class Model:
         layers: Selection = "all",
         heads: Selection = "all",
         steps: str | Sequence[str] | None = None,
+        pair: str | None = None,
     ) -> Iterator[Trace]:
         """One trace per text, computed as consumed; the options are checked now."""
         d = self.dims
@@ -397,15 +408,39 @@ class Model:
             heads, d.heads, "heads", "--head", f"{self.name} has {d.heads} heads"
         )
         keep = step_filter(parse_steps(steps))
-        return (self._trace(t, layer_list, head_list, keep) for t in texts)
+        self._check_pair(pair)
+        return (self._trace(t, layer_list, head_list, keep, pair) for t in texts)
+
+    def _check_pair(self, pair: str | None) -> None:
+        import inspect
+
+        if pair is None:
+            return
+        if not isinstance(pair, str):
+            raise InputError(f"{opt('pair', pair)}: takes the second sentence as a string")
+        types = self.config.get("type_vocab_size", 0)
+        if "segments" not in inspect.signature(self.family.embed).parameters or types < 2:
+            raise InputError(
+                f"{opt('pair')}: {self.name} ({self.family.name}) has no segment (token type) "
+                "embeddings; sentence pairs are for BERT-family models"
+            )
 
     def _trace(
-        self, text: str, layers: list[int], heads: list[int], keep: narrate.StepFilter
+        self,
+        text: str,
+        layers: list[int],
+        heads: list[int],
+        keep: narrate.StepFilter,
+        pair: str | None = None,
     ) -> Trace:
-        from attn_cli.tokenizer import tokenize
+        from attn_cli.tokenizer import tokenize, tokenize_pair
 
         d, cfg, family = self.dims, self.config, self.family
-        tokens, ids = tokenize(self.tokenizer, text, special=True)
+        segments = None
+        if pair is None:
+            tokens, ids = tokenize(self.tokenizer, text, special=True)
+        else:
+            tokens, ids, segments = tokenize_pair(self.tokenizer, text, pair)
         if d.max_positions is not None and len(ids) > d.max_positions:
             raise InputError(
                 f"the text is {len(ids)} tokens but {self.name} takes at most {d.max_positions} "
@@ -433,10 +468,16 @@ class Model:
         }
         if d.kv_heads != d.heads:
             config["kv_heads"] = d.kv_heads
+        if segments is not None:
+            config["pair"] = pair
+            config["token_type_ids"] = segments
         trace = Trace(text, tokens, ids, config)
         voice = narrate.Voice(teaching=False, mask=family.wording.mask)
         wanted = set(layers)
-        h = family.embed(self.weights, ids, cfg)
+        if segments is None:
+            h = family.embed(self.weights, ids, cfg)
+        else:  # _check_pair made sure this family's embed takes segments
+            h = family.embed(self.weights, ids, cfg, segments)  # type: ignore[call-arg]
         for i, layer in enumerate(family.layers(self.weights, h, cfg)):
             h = layer.out
             if i in wanted:

@@ -341,6 +341,16 @@ ModelOpt = Annotated[
         "the local HuggingFace cache. No network, ever.",
     ),
 ]
+PairOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pair",
+        metavar="TEXT",
+        rich_help_panel="Real checkpoints",
+        help="A second sentence: TEXT and it go in as a pair ([CLS] A [SEP] B [SEP]), B with "
+        "token_type_ids 1, as BERT was trained.",
+    ),
+]
 LayerOpt = Annotated[
     str | None,
     typer.Option(
@@ -467,6 +477,7 @@ def explain(
     temperature: TemperatureOpt = 1.0,
     weights: WeightsOpt = None,
     model: ModelOpt = None,
+    pair: PairOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     json_out: JsonOpt = None,
@@ -511,7 +522,7 @@ def explain(
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
-            traces = _model_traces(m, text, layer, head, every)
+            traces = _model_traces(m, text, layer, head, every, pair)
         if steps is None and (json_out is not None or npz_out is not None):
             export_steps = _default_export_steps(model is not None)
         shown = None if json_out == "-" else views
@@ -530,7 +541,9 @@ def _options(params: dict):
     return Options(**{k: v for k, v in params.items() if k in names})
 
 
-def _model_traces(m, text: str | None, layer: str | None, head: str | None, every: bool):
+def _model_traces(
+    m, text: str | None, layer: str | None, head: str | None, every: bool, pair: str | None = None
+):
     """--layer/--head unset: every layer and head for exports and whole-model views, else the
     middle layer's head 0, with a note saying how to choose."""
     from attn_cli.inputs import read_texts
@@ -538,7 +551,7 @@ def _model_traces(m, text: str | None, layer: str | None, head: str | None, ever
     d = m.dims
     chosen_layer = layer if layer is not None else ("all" if every else d.layers // 2)
     chosen_head = head if head is not None else ("all" if every else 0)
-    traces = m.traces([], layers=chosen_layer, heads=chosen_head)  # checks the options now
+    traces = m.traces([], layers=chosen_layer, heads=chosen_head, pair=pair)  # checks options now
     del traces
     texts = read_texts(text, sys.stdin)
     note = None
@@ -549,7 +562,7 @@ def _model_traces(m, text: str | None, layer: str | None, head: str | None, ever
             f"showing layer {shown_layer}, head {shown_head} of {d.layers} layers × {d.heads} "
             "heads: choose with --layer N|all and --head N|all"
         )
-    for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head):
+    for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, pair=pair):
         if note is not None:
             trace.notes.append(note)
         yield trace
@@ -563,6 +576,51 @@ def _default_export_steps(model: bool) -> list[str] | None:
     if model:
         return ["W"]
     return [n for n in STEP_NAMES if n not in PARAMETER_STEPS]
+
+
+@app.command()
+def compare(
+    text_a: Annotated[str, typer.Argument(help="The first text.", show_default=False)],
+    text_b: Annotated[str, typer.Argument(help="The second text.", show_default=False)],
+    tokenizer: TokenizerOpt = None,
+    special: SpecialOpt = False,
+    embeddings: EmbeddingsOpt = "minilm",
+    dim: DimOpt = None,
+    seed: SeedOpt = 0,
+    scale: ScaleOpt = False,
+    qkv: QkvOpt = False,
+    norm: NormOpt = True,
+    heads: HeadsOpt = 1,
+    d_k: DkOpt = None,
+    causal: CausalOpt = False,
+    temperature: TemperatureOpt = 1.0,
+    weights: WeightsOpt = None,
+    model: ModelOpt = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    precision: Precision = 2,
+    color: Color = None,
+    width: Width = None,
+) -> None:
+    """Two texts side by side: how the same token attends, and how its vector changes, in two
+    contexts.
+
+    Both attention maps, then for every token the texts share: the cosine similarity of its
+    input vectors (X) and of its output vectors (Y; with --model the final hidden states H,
+    and every layer's), and where it looks most in each text.
+    """
+    with user_errors():
+        from attn_cli.compare import compare as compare_texts
+        from attn_cli.inputs import read_texts
+        from attn_cli.render.common import RenderOptions, make_console
+        from attn_cli.render.compare import render_comparison
+
+        opts = _options(locals())
+        opts.check()
+        a, b = (read_texts(t, None)[0] for t in (text_a, text_b))
+        result = compare_texts(a, b, **vars(opts))
+        console = make_console(color=color, width=width)
+        render_comparison(console, result, RenderOptions(precision=precision))
 
 
 @app.command()

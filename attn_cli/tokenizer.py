@@ -44,6 +44,15 @@ def tokenizer_name(path: str | Path | None) -> str:
     return BUNDLED_NAME if path is None else str(path)
 
 
+def tokenize_pair(tok, first: str, second: str) -> tuple[list[str], list[int], list[int]]:
+    """A sentence pair as the model was trained on it ([CLS] first [SEP] second [SEP] for BERT):
+    tokens, ids and the token_type_ids (0 for the first segment, 1 for the second)."""
+    if not second.strip():
+        raise InputError("--pair: the second sentence is empty or only whitespace")
+    enc = tok.encode(first, second, add_special_tokens=True)
+    return list(enc.tokens), list(enc.ids), list(enc.type_ids)
+
+
 def tokenize(tok, text: str, special: bool = False) -> tuple[list[str], list[int]]:
     """Tokens and ids; special tokens ([CLS]/[SEP], <|endoftext|>, …) only when asked for."""
     enc = tok.encode(text, add_special_tokens=special)

@@ -16,9 +16,13 @@ from attn_cli.trace import Trace, TraceStep, printable
 COL_OVERHEAD = 3  # padding either side plus the column separator (box.SIMPLE_HEAD, no edges)
 
 
-def trace_header(trace: Trace) -> Group:
+def trace_header(trace: Trace, label: str | None = None, config: bool = True) -> Group:
+    """A rule with the text (and a sentence pair's second sentence), the token count and the
+    settings that shaped the numbers, then the trace's notes. `label` ('A') prefixes the text;
+    config=False leaves the settings out (a second trace run the same way)."""
     cfg = trace.config
-    bits = [f"{len(trace.tokens)} tokens"]
+    n = len(trace.tokens)
+    bits = [f"{n} token{'s' if n != 1 else ''}"]
     for key in (
         "pipeline",
         "embeddings",
@@ -33,10 +37,19 @@ def trace_header(trace: Trace) -> Group:
     ):
         if key in cfg and cfg[key] not in (None, False):
             bits.append(f"{key}={cfg[key]}" if not isinstance(cfg[key], bool) else key)
-    title = Text("attn-cli · ")
+    if isinstance(cfg.get("pair"), str):
+        types = cfg.get("token_type_ids") or []
+        bits.append(f"pair: token_type_ids 0 × {types.count(0)}, 1 × {types.count(1)}")
+    title = Text("attn-cli · " + (f"{label}: " if label else ""))
     text = " ".join(trace.text.split())  # a pasted file's newlines and indents, folded
+    if isinstance(cfg.get("pair"), str):
+        text += " ‖ " + " ".join(cfg["pair"].split())
     title.append(printable(text[:60]) + ("…" if len(text) > 60 else ""), style="bold")
-    parts: list = [Rule(title, align="left"), Text(" · ".join(bits), style="dim")]
+    parts: list = [Rule(title, align="left")]
+    if config:
+        parts.append(Text(" · ".join(bits), style="dim"))
+    else:
+        parts.append(Text(bits[0], style="dim"))
     parts += [Text("note: " + n, style="yellow") for n in trace.notes]
     return Group(*parts)
 

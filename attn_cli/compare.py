@@ -1,0 +1,148 @@
+"""Two texts side by side: the same token in two contexts.
+
+Attention is what makes a token's vector context-aware. `compare` runs two texts through the
+same pipeline (parameter-free, Q/K/V or a real checkpoint) and, for every token the two share
+(matched by token id, the k-th occurrence in one with the k-th in the other), measures how far
+apart its vectors are: the cosine similarity of its input vectors (X: equal for the same token
+without position embeddings) and of its output vectors (Y, O or a model's final hidden states
+H), and, for a model, of its hidden state at every layer.
+
+    from attn_cli.compare import compare
+    c = compare("the bank of the river", "the bank approved the loan")
+    c.shared[1].token, c.shared[1].cos_out       # ('bank', 0.94…)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from attn_cli.errors import InputError
+from attn_cli.trace import Trace, TraceStep, token_labels
+
+
+@dataclass
+class Shared:
+    """One token present in both texts."""
+
+    token: str  # its printable text
+    a: int  # position in text A
+    b: int  # position in text B
+    cos_in: float  # cosine of the input vectors (X)
+    cos_out: float  # cosine of the output vectors (Y, O or H)
+    cos_layers: list[float] = field(default_factory=list)  # models: X of each layer, then H
+
+
+@dataclass
+class Comparison:
+    a: Trace
+    b: Trace
+    input_name: str  # "X"
+    output_name: str  # "Y", "O", "Y_concat" or "H"
+    shared: list[Shared]
+    layer: int | None = None  # the attention map shown (models)
+    head: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def attention(self, which: str) -> TraceStep:
+        """The attention map (W) shown for text 'a' or 'b'."""
+        trace = self.a if which == "a" else self.b
+        return trace.find("W", self.layer, self.head)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Comparison {len(self.a.tokens)} vs {len(self.b.tokens)} tokens · "
+            f"{len(self.shared)} shared · {self.a.text!r} / {self.b.text!r}>"
+        )
+
+
+def cosine(u: np.ndarray, v: np.ndarray) -> float:
+    """u·v / (‖u‖‖v‖) in float64; 0 when either vector is zero."""
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    return float(u @ v / (nu * nv)) if nu > 0 and nv > 0 else 0.0
+
+
+def shared_positions(ids_a: list[int], ids_b: list[int]) -> list[tuple[int, int]]:
+    """Pairs (i, j) with ids_a[i] == ids_b[j]: the k-th occurrence of a token in A with its k-th
+    occurrence in B, in A's order."""
+    where_b: dict[int, list[int]] = {}
+    for j, t in enumerate(ids_b):
+        where_b.setdefault(t, []).append(j)
+    seen: dict[int, int] = {}
+    pairs = []
+    for i, t in enumerate(ids_a):
+        k = seen.get(t, 0)
+        seen[t] = k + 1
+        if k < len(where_b.get(t, [])):
+            pairs.append((i, where_b[t][k]))
+    return pairs
+
+
+def output_step_name(trace: Trace) -> str:
+    for name in ("H", "O", "Y_concat", "Y"):
+        if trace.steps_named(name):
+            return name
+    raise InputError("the traces have no output vectors (Y, O or H) to compare")
+
+
+def compare(text_a: str, text_b: str, **options: Any) -> Comparison:
+    """Both texts through the same pipeline (the options of `attn_cli.explain`); for a model,
+    `layer` and `head` choose the attention map shown (default: the middle layer, head 0)."""
+    from attn_cli.api import Options, explain_all, load_model
+
+    options = dict(options)
+    if options.get("steps") is not None:
+        raise InputError("steps=: compare keeps the steps it needs")
+    try:
+        opts = Options(**options)
+    except TypeError as exc:
+        raise InputError(str(exc).replace("Options.__init__()", "compare()")) from None
+    opts.check()
+    if opts.pair is not None:
+        raise InputError("pair=: compare takes two texts; give the pair to explain")
+    layer = head = None
+    if opts.model is None:
+        traces = list(explain_all([text_a, text_b], **vars(opts)))
+    else:
+        model = load_model(opts.model)
+        d = model.dims
+        layer = _one(opts.layer, d.layers // 2, d.layers, "layer", model.name)
+        head = _one(opts.head, 0, d.heads, "head", model.name)
+        traces = [
+            model.trace(t, layers="all", heads=[head], steps=["X", "W", "H"])
+            for t in (text_a, text_b)
+        ]
+    a, b = traces
+    if opts.model is None and opts.qkv and opts.heads > 1:
+        head = 0
+    out = output_step_name(a)
+    first = lambda t, name: t.steps_named(name)[0].data  # noqa: E731
+    xa, xb, ya, yb = first(a, "X"), first(b, "X"), first(a, out), first(b, out)
+    labels = token_labels(a.tokens)
+    shared = []
+    for i, j in shared_positions(a.token_ids, b.token_ids):
+        s = Shared(labels[i], i, j, cosine(xa[i], xb[j]), cosine(ya[i], yb[j]))
+        if opts.model is not None:
+            xs_a, xs_b = a.steps_named("X"), b.steps_named("X")
+            s.cos_layers = [
+                cosine(sa.data[i], sb.data[j]) for sa, sb in zip(xs_a, xs_b, strict=True)
+            ] + [s.cos_out]
+        shared.append(s)
+    notes = []
+    if head is not None and opts.model is None:
+        notes.append(f"attention shown for head 0 of {opts.heads}; the outputs combine every head")
+    return Comparison(a, b, "X", out, shared, layer, head, notes)
+
+
+def _one(value: Any, default: int, count: int, name: str, model: str) -> int:
+    from attn_cli.api import parse_selection
+
+    if value is None:
+        return default
+    chosen = parse_selection(value, count, name, f"--{name}", f"{model} has {count} {name}s")
+    if len(chosen) != 1:
+        raise InputError(f"--{name}: compare shows one attention map; give one number")
+    return chosen[0]

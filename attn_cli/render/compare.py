@@ -1,0 +1,150 @@
+"""The `compare` view: two texts' attention side by side, then how each shared token's vector
+differs between the two contexts."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.cells import cell_len
+from rich.console import Console
+from rich.text import Text
+
+from attn_cli.compare import Comparison
+from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
+from attn_cli.render.steps import compact_table, trace_header
+from attn_cli.trace import TraceStep, printable
+
+LABEL_W = 10  # row label: position and token, cut to fit
+GAP = 3  # columns between the two maps
+
+
+def short(v: float, precision: int) -> str:
+    """0.65 -> '.65' (weights are in [0, 1]): narrower cells, so two maps fit side by side."""
+    s = format_number(v, precision)
+    return s[1:] if s.startswith("0.") else s
+
+
+def map_lines(step: TraceStep, opts: RenderOptions, color: bool, title: str) -> list[Text]:
+    """An attention map as lines of text: rows labelled 'i token', columns by position."""
+    w = step.data
+    cells = [[short(float(v), opts.precision) for v in row] for row in w]
+    cw = max([len(c) for row in cells for c in row] + [len(str(w.shape[1] - 1))]) + 1
+    scale = Scale.for_kind("weights", w) if color else None
+    lines = [Text(title[: LABEL_W + cw * w.shape[1]], style="bold")]
+    head = Text(" " * LABEL_W)
+    for j in range(w.shape[1]):
+        head.append(str(j).rjust(cw), style="dim")
+    lines.append(head)
+    for i, row in enumerate(cells):
+        label = f"{i} {printable(step.rows[i])}"
+        if cell_len(label) > LABEL_W - 1:
+            while cell_len(label) > LABEL_W - 2:
+                label = label[:-1]
+            label += "…"
+        line = Text(label + " " * (LABEL_W - cell_len(label)), style="bold")
+        styles = scale.styles(w[i]) if scale is not None else [None] * len(row)
+        for c, st in zip(row, styles, strict=True):
+            line.append(" " * (cw - len(c)))
+            line.append(c, style=st)
+        lines.append(line)
+    return lines
+
+
+def render_maps(console: Console, c: Comparison, opts: RenderOptions) -> None:
+    color = colors_on(console)
+    wa, wb = c.attention("a"), c.attention("b")
+    where = f"   {wa.where}" if wa.where else ""
+    left = map_lines(wa, opts, color, f"A: W{where}")
+    right = map_lines(wb, opts, color, f"B: W{where}")
+    width_l = max(cell_len(t.plain) for t in left)
+    width_r = max(cell_len(t.plain) for t in right)
+    if width_l + GAP + width_r <= console.width:
+        for i in range(max(len(left), len(right))):
+            line = left[i].copy() if i < len(left) else Text("")
+            line.append(" " * (width_l + GAP - cell_len(line.plain)))
+            if i < len(right):
+                line.append_text(right[i])
+            console.print(line)
+    else:  # too wide for one line: one map under the other
+        for line in left + [Text("")] + right:
+            console.print(line)
+    console.print(
+        Text(
+            "Row i: where token i looks (weights sum to 1 across the row); columns are positions.",
+            style="italic",
+        )
+    )
+    console.print()
+
+
+def render_shared(console: Console, c: Comparison, opts: RenderOptions) -> None:
+    p = opts.precision
+    if not c.shared:
+        console.print(Text("The two texts share no token."))
+        console.print()
+        return
+    sa, sb = c.attention("a"), c.attention("b")
+    out = c.output_name
+    console.print(Text("The same token in two contexts", style="bold"))
+    table = compact_table()
+    table.add_column(Text("token"), no_wrap=True, style="bold")
+    table.add_column(Text(f"cos {c.input_name}"), justify="right", no_wrap=True)
+    table.add_column(Text(f"cos {out}"), justify="right", no_wrap=True)
+    table.add_column(Text("A: looks most at"), no_wrap=True)
+    table.add_column(Text("B: looks most at"), no_wrap=True)
+    for s in c.shared:
+        table.add_row(
+            Text(s.token),
+            Text(format_number(s.cos_in, p)),
+            Text(format_number(s.cos_out, p)),
+            Text(_top(sa.data[s.a], sa.cols, p)),
+            Text(_top(sb.data[s.b], sb.cols, p)),
+        )
+    console.print(table)
+    if c.shared[0].cos_layers:
+        console.print()
+        console.print(Text("Cosine of each shared token's vector, layer by layer", style="bold"))
+        n_layers = len(c.shared[0].cos_layers) - 1
+        table = compact_table()
+        table.add_column(Text("token"), no_wrap=True, style="bold")
+        for i in range(n_layers):
+            table.add_column(Text(f"X{i}"), justify="right", no_wrap=True)
+        table.add_column(Text("H"), justify="right", no_wrap=True)
+        for s in c.shared:
+            table.add_row(Text(s.token), *[Text(format_number(v, p)) for v in s.cos_layers])
+        console.print(table)
+    if out == "H":
+        words = (
+            "cos X: its embeddings (token + position: equal at the same position); X1 … the "
+            "input of each later layer; cos H: its final hidden states. Each layer mixes in what "
+            "the token attended to, so the same word drifts apart in different contexts."
+        )
+    else:
+        words = (
+            f"cos X: its input vectors, equal for the same token; cos {out}: its outputs, which "
+            "differ because it attended to different tokens in each context."
+        )
+    console.print(
+        Text(
+            "cos = cosine similarity of the token's vector in A and in B (1 = same direction). "
+            + words,
+            style="italic",
+        )
+    )
+    for note in c.notes:
+        console.print(Text("note: " + note, style="yellow"))
+    console.print()
+
+
+def _top(row: np.ndarray, labels: list[str], precision: int, k: int = 2) -> str:
+    order = np.argsort(-row, kind="stable")[:k]
+    return "  ".join(
+        f"{printable(labels[j])} {format_number(float(row[j]), precision)}" for j in order
+    )
+
+
+def render_comparison(console: Console, c: Comparison, opts: RenderOptions) -> None:
+    console.print(trace_header(c.a, label="A"))
+    console.print(trace_header(c.b, label="B", config=False))
+    console.print()
+    render_maps(console, c, opts)
+    render_shared(console, c, opts)
