@@ -58,9 +58,8 @@ class Spec:
     default_act: str = "silu"
     gelu_means_tanh: bool = False  # Gemma 1: transformers reads a legacy "gelu" as tanh-GELU
     scale_key: str | None = None  # Gemma 2/3: scale = query_pre_attn_scalar^-½
-    attn_softcap: bool = (
-        False  # Gemma 2: attn_logit_softcapping (Gemma 3 ignores it, as transformers does)
-    )
+    # Gemma 2: attn_logit_softcapping (Gemma 3 ignores it, as transformers does)
+    attn_softcap: bool = False
     final_softcap: bool = False  # Gemma 2/3: final_logit_softcapping
     tie_default: bool = False  # tie_word_embeddings when config.json does not say
     # Which layers slide ('sliding_attention') and how wide the window is (None: no layer does).
@@ -270,9 +269,8 @@ def layers(spec: Spec, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[
         p = f"layers.{i}."
         a = p + "self_attn."
         kind = kinds[i]
-        a_in = _norm(
-            spec, w, p + "input_layernorm.weight", x, eps
-        )  # X: what W_q, W_k, W_v multiply
+        # X: what W_q, W_k, W_v multiply
+        a_in = _norm(spec, w, p + "input_layernorm.weight", x, eps)
         if spec.fused:
             qkv = w[a + "qkv_proj.weight"].T  # [d, (H + 2·KV)·hd]
             wq, wk, wv = np.split(qkv, [heads * hd, (heads + kv) * hd], axis=1)
@@ -293,15 +291,8 @@ def layers(spec: Spec, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[
         if spec.sandwich:
             o = _norm(spec, w, p + "post_attention_layernorm.weight", o, eps)
         h = x + o  # residual
-        m = _norm(
-            spec,
-            w,
-            p
-            + ("pre_feedforward_layernorm" if spec.sandwich else "post_attention_layernorm")
-            + ".weight",
-            h,
-            eps,
-        )
+        mlp_norm = "pre_feedforward_layernorm" if spec.sandwich else "post_attention_layernorm"
+        m = _norm(spec, w, p + mlp_norm + ".weight", h, eps)
         ff = _mlp(spec, w, p + "mlp.", m, act, bias["mlp"])
         if spec.sandwich:
             ff = _norm(spec, w, p + "post_feedforward_layernorm.weight", ff, eps)
