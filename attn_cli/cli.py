@@ -20,6 +20,7 @@ app = typer.Typer(
     name="attn-cli",
     help="See self-attention number by number: tokenize, embed, and run attention step by step.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -318,7 +319,7 @@ WeightsOpt = Annotated[
         metavar="FILE.npz",
         rich_help_panel=QKV,
         help="Your projections: W_q, W_k, W_v (d × heads·d_k) and optional W_o, b_q, b_k, b_v, b_o "
-        "(default: seeded uniform ±1/√fan_in).",
+        "(default: seeded random numbers, uniform ±√(3/fan_in)).",
     ),
 ]
 JsonOpt = Annotated[
@@ -498,11 +499,15 @@ def explain(
 ) -> None:
     """Tokenize TEXT, embed it, and show self-attention step by step.
 
-    Default (seed 001): X, W_raw = X·Xᵀ, W = row softmax, Y = W·X.
+    Default: parameter-free self-attention, the token vectors acting as their own queries,
+    keys and values: X, W_raw = X·Xᵀ, W = row softmax, Y = W·X.
 
-    --qkv (seed 000): learned Q/K/V projections, scaling, causal mask, temperature, heads.
+    --qkv: Q/K/V attention: X_norm = LayerNorm(X), then queries, keys and values through
+    projection matrices (seeded random, or yours with --weights), scaling by √d_k, optional
+    causal mask and temperature, several heads.
 
-    --model: a real checkpoint (BERT/MiniLM, GPT-2) in numpy, any layer and head.
+    --model: a real checkpoint (BERT/MiniLM, GPT-2, …) run in numpy, any layer and head;
+    --pair adds a second sentence.
     """
     with user_errors():
         from attn_cli.api import explain_all, load_model, parse_steps
@@ -739,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
     # `attn-cli explain … | head -1`: die quietly like cat does instead of a BrokenPipeError.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = sys.argv[1:] if argv is None else argv
+    if not args:  # bare `attn-cli`: the help, on stdout, and success
+        args = ["--help"]
     debug = "--debug" in args
     try:
         result = app(args=args, prog_name="attn-cli", standalone_mode=False)

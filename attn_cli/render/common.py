@@ -23,6 +23,26 @@ class RenderOptions:
     pool: str = "max"  # heatmap block pooling: max or mean
 
 
+class TrimTrailingSpaces:
+    """A text file that drops the spaces Rich pads a line's end with (table columns, wrapped
+    paragraphs): piped output has no trailing whitespace. Spaces inside styled spans are
+    followed by an escape code, not by the newline, so colours are untouched."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+        self._pending = ""  # spaces at the end of the last write: kept if more text follows
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        last = lines[-1].rstrip(" ")
+        self._pending = lines[-1][len(last) :]
+        self._file.write("\n".join([line.rstrip(" ") for line in lines[:-1]] + [last]))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
 def make_console(
     color: bool | None = None,
     width: int | None = None,
@@ -33,7 +53,11 @@ def make_console(
     """color None: colours when writing to a terminal and NO_COLOR is unset; True: force them
     (e.g. for `| less -R` or SVG export); False: never. Markup, emoji codes and highlighting
     are off: token text is data and is never interpreted."""
+    import sys
+
     no_color = color is False or (color is None and "NO_COLOR" in os.environ)
+    if not stderr:
+        file = TrimTrailingSpaces(sys.stdout if file is None else file)
     return Console(
         file=file,
         width=width,

@@ -7,15 +7,19 @@ from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
-from attn_cli.render.summary import dominant_pattern
+from attn_cli.render.summary import dominant_pattern, visible_counts
 from attn_cli.trace import Trace, TraceStep
 
 # One letter per pattern keeps a 12-head row inside 80 columns.
-CODES = {"previous": "P", "self": "S", "[SEP]": "E", "broad": "·"}
+CODES = {"previous": "P", "self": "S", "[SEP]": "E", "broad": "~"}
 LEGEND = (
-    "P previous token · S itself · F first token ([CLS]) · E [SEP] · "
-    "· broad (no pattern ≥ 0.40; the number is its relative entropy)"
+    "P = previous token, S = itself, F = first token ([CLS]), E = [SEP] tokens, ~ = broad "
+    "(no pattern ≥ 0.40; the number is its relative entropy)"
 )
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def attention_maps(trace: Trace) -> dict[tuple[int, int], TraceStep]:
@@ -32,10 +36,16 @@ def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None
     maps = attention_maps(trace)
     layers = sorted({k[0] for k in maps})
     heads = sorted({k[1] for k in maps})
+    how = (
+        "Pick one with --layer N --head N for every step."
+        if trace.config.get("pipeline") == "model"
+        else "--view steps shows every step."
+    )
     console.print(
         Text(
-            f"{len(maps)} attention maps, {len(layers)} layers × {len(heads)} heads: the pattern each "
-            "head follows most, with its mean weight. Pick one with --layer N --head N for every step.",
+            f"{plural(len(maps), 'attention map')}, {plural(len(layers), 'layer')} × "
+            f"{plural(len(heads), 'head')}: the pattern each map follows most, with its mean "
+            f"weight. {how}",
             style="italic",
         )
     )
@@ -53,7 +63,7 @@ def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None
             if step is None:
                 row.append(Text(""))
                 continue
-            name, score = dominant_pattern(step.data, trace.tokens)
+            name, score = dominant_pattern(step.data, trace.tokens, visible_counts(trace, step))
             style = scale.style(0.0 if name == "broad" else score) if color else ""
             row.append(Text(" ") + Text(cell(name, score), style=style))
         table.add_row(*row)

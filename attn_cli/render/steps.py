@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from rich import box
 from rich.cells import cell_len
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
@@ -45,13 +45,28 @@ def trace_header(trace: Trace, label: str | None = None, config: bool = True) ->
     if isinstance(cfg.get("pair"), str):
         text += " ‖ " + " ".join(cfg["pair"].split())
     title.append(printable(text[:60]) + ("…" if len(text) > 60 else ""), style="bold")
-    parts: list = [Rule(title, align="left")]
-    if config:
-        parts.append(Text(" · ".join(bits), style="dim"))
-    else:
-        parts.append(Text(bits[0], style="dim"))
+    parts: list = [Rule(title, align="left"), Separated(bits if config else bits[:1], "dim")]
     parts += [Text("note: " + n, style="yellow") for n in trace.notes]
     return Group(*parts)
+
+
+class Separated:
+    """Items joined by ' · ', wrapped only between items: no line ends with a dangling '·'
+    and no item is split (unless it alone is wider than the line)."""
+
+    def __init__(self, items: list[str], style: str = "") -> None:
+        self.items, self.style = items, style
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        lines: list[str] = []
+        for item in self.items:
+            if lines and cell_len(lines[-1]) + 3 + cell_len(item) <= width:
+                lines[-1] += " · " + item
+            else:
+                lines.append(item)
+        for line in lines:
+            yield Text(line, style=self.style)
 
 
 def compact_table() -> Table:

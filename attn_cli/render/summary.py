@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from attn_cli.attention import entropy
+from attn_cli.trace import Trace, TraceStep
 
 SEP_TOKENS = ("[SEP]", "</s>", "<|endoftext|>")
 FIRST_NAMES = {"[CLS]": "[CLS]", "<s>": "<s>", "<|endoftext|>": "<|endoftext|>"}
@@ -26,18 +27,36 @@ def head_patterns(w: np.ndarray, tokens: list[str]) -> dict[str, float]:
     return scores
 
 
-def relative_entropy(w: np.ndarray) -> np.ndarray:
-    """Row entropy over the entropy of a uniform row, log(n): 1 = spread evenly over every
-    token, 0 = all weight on one token."""
+def relative_entropy(w: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+    """Row entropy over the entropy of a uniform row over the tokens the row may see,
+    log(visible): 1 = spread evenly over every visible token, 0 = all weight on one token.
+    visible None: every token (no mask). A row that sees one token scores 0."""
     n = w.shape[1]
-    return entropy(w) / np.log(n) if n > 1 else np.zeros(w.shape[0])
+    seen = np.full(w.shape[0], n) if visible is None else np.asarray(visible)
+    top = np.log(np.maximum(seen, 1).astype(np.float64))
+    h = entropy(w)
+    return np.divide(h, top, out=np.zeros_like(h, dtype=np.float64), where=seen > 1)
 
 
-def dominant_pattern(w: np.ndarray, tokens: list[str]) -> tuple[str, float]:
+def visible_counts(trace: Trace, step: TraceStep) -> np.ndarray:
+    """How many tokens each row of an attention map may attend to: the finite cells of the
+    matching W_masked step, else i + 1 under a causal mask (config causal), else every token."""
+    n_rows, n_cols = step.data.shape
+    for s in trace.steps_named("W_masked"):
+        if s.layer == step.layer and s.head == step.head and s.data.shape == step.data.shape:
+            return np.isfinite(s.data).sum(axis=1)
+    if trace.config.get("causal"):
+        return np.minimum(np.arange(1, n_rows + 1), n_cols)
+    return np.full(n_rows, n_cols)
+
+
+def dominant_pattern(
+    w: np.ndarray, tokens: list[str], visible: np.ndarray | None = None
+) -> tuple[str, float]:
     """The strongest named pattern, or 'broad' (with its mean relative entropy) if none
     takes at least 40% of the weight."""
     scores = head_patterns(w, tokens)
     name = max(scores, key=lambda k: scores[k])
     if scores[name] >= 0.4:
         return name, scores[name]
-    return "broad", float(np.mean(relative_entropy(w)))
+    return "broad", float(np.mean(relative_entropy(w, visible)))

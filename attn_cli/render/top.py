@@ -10,7 +10,7 @@ from rich.text import Text
 from attn_cli.attention import entropy
 from attn_cli.render.common import RenderOptions, format_number
 from attn_cli.render.steps import compact_table
-from attn_cli.render.summary import head_patterns, relative_entropy
+from attn_cli.render.summary import head_patterns, relative_entropy, visible_counts
 from attn_cli.trace import Trace, TraceStep, printable
 
 
@@ -55,7 +55,7 @@ def render_top(console: Console, trace: Trace, opts: RenderOptions) -> None:
         table.add_column(Text("entropy"), justify="right", no_wrap=True)
         table.add_column(Text("vs uniform"), justify="right", no_wrap=True)
         order = top_indices(w, k)
-        h, rel = entropy(w), relative_entropy(w)
+        h, rel = entropy(w), relative_entropy(w, visible_counts(trace, step))
         for i in range(w.shape[0]):
             picks = "  ".join(
                 f"{printable(step.cols[j])} {format_number(w[i, j], p)}"
@@ -75,12 +75,26 @@ def render_top(console: Console, trace: Trace, opts: RenderOptions) -> None:
         console.print(Text(f"Most attention received (column sums, out of {w.shape[0]}): {most}"))
         console.print(
             Text(
-                "Entropy is in nats; 'vs uniform' divides it by log(n): 1 = spread evenly, "
+                "Entropy is in nats; 'vs uniform' divides it by log of the number of tokens the "
+                "row may see (all n, or fewer under a causal mask): 1 = spread evenly over them, "
                 "0 = all on one token.",
                 style="italic",
             )
         )
         console.print()
+
+
+def map_name(step: TraceStep) -> str:
+    """'L2 H5', 'H0', or 'W' for a trace's only map: short, so every column fits 80."""
+    parts = []
+    if step.layer is not None:
+        parts.append(f"L{step.layer}")
+    if step.head is not None:
+        parts.append(f"H{step.head}")
+    return " ".join(parts) or "W"
+
+
+SHORT = {"previous": "prev"}
 
 
 def render_summary(console: Console, trace: Trace, opts: RenderOptions) -> None:
@@ -96,25 +110,28 @@ def render_summary(console: Console, trace: Trace, opts: RenderOptions) -> None:
     table = compact_table()
     table.add_column(Text("map"), no_wrap=True, style="bold")
     table.add_column(Text("entropy"), justify="right", no_wrap=True)
-    table.add_column(Text("vs unif."), justify="right", no_wrap=True)
-    table.add_column(Text(f"most received (top {opts.top_k})"), no_wrap=True)
+    table.add_column(Text("rel."), justify="right", no_wrap=True)
+    # The one column that may wrap, so the numbers are never cut at 80 columns.
+    table.add_column(Text(f"most received (top {opts.top_k})"), ratio=1, overflow="fold")
     for n in names:
-        table.add_column(Text(n), justify="right", no_wrap=True)
+        table.add_column(Text(SHORT.get(n, n)), justify="right", no_wrap=True)
     for s, pat in zip(maps, patterns, strict=True):
         w = s.data
         most = " ".join(printable(s.cols[j]) for j, _ in received(w, opts.top_k))
         table.add_row(
-            Text(s.where or "W"),
+            Text(map_name(s)),
             Text(format_number(float(entropy(w).mean()), p)),
-            Text(format_number(float(relative_entropy(w).mean()), p)),
+            Text(format_number(float(relative_entropy(w, visible_counts(trace, s)).mean()), p)),
             Text(most),
             *[Text(format_number(pat[n], p) if n in pat else "") for n in names],
         )
     console.print(table)
     console.print(
         Text(
-            "Pattern scores are mean weights: previous = on the token just before, self = on itself, "
-            "[CLS]/first = on the first token, [SEP] = on [SEP] tokens. Entropy: mean over rows.",
+            "L = layer, H = head. Entropy: mean over rows, in nats; rel.: divided by log of the "
+            "tokens each row may see (1 = spread evenly). Pattern scores are mean weights: prev "
+            "= on the token just before, self = on itself, [CLS]/first = on the first token, "
+            "[SEP] = on [SEP] tokens.",
             style="italic",
         )
     )
