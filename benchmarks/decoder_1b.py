@@ -280,7 +280,12 @@ def main() -> None:
     ours_m = max(m for _, m, _ in results["attn-cli"])
     ref_m = max(m for _, m, _ in results["transformers"])
     row = {
-        "row": "1B-class random Llama (bf16), 128 tokens, --layer 8 --head 3",
+        "row": (
+            "attn-cli explain … --layer 8 --head 3 (the CLI stops after layer 8)"
+            if args.cli
+            else "every layer, layer 8 head 3 kept, next-token prediction"
+        )
+        + " · 1B-class random Llama (bf16), 128 tokens",
         "attn_cli_s": round(ours_t, 2),
         "transformers_s": round(ref_t, 2),
         "speedup": round(ref_t / ours_t, 2),
