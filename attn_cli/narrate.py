@@ -55,6 +55,10 @@ STEP_NAMES = (
 )
 
 
+def each_token(n: int) -> str:
+    return "The one token" if n == 1 else f"Each of the {n} tokens"
+
+
 def keep_all(name: str) -> bool:
     return True
 
@@ -90,7 +94,7 @@ def toy_steps(X: np.ndarray, labels: list[str], s: ToySteps) -> list[TraceStep]:
         TraceStep(
             "X",
             "embed(tokens)",
-            f"Each of the {n} tokens becomes a row vector of {d} numbers; so far every vector "
+            f"{each_token(n)} becomes a row vector of {d} numbers; so far every vector "
             "is independent of the others.",
             X,
             labels,
@@ -512,7 +516,7 @@ def qkv_steps(
             X,
             labels,
             "embed(tokens)",
-            f"Each of the {n} tokens becomes a row vector of {d} numbers: {into}.",
+            f"{each_token(n)} becomes a row vector of {d} numbers: {into}.",
         )
     ]
     if X_norm is not None:

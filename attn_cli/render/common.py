@@ -154,13 +154,25 @@ class Scale:
             for v, lv in zip(values, self.levels(values), strict=True)
         ]
 
-    def legend(self, precision: int) -> Text:
+    def ends(self, precision: int) -> tuple[str, str]:
+        """The scale's two ends as text, with enough decimals to tell them apart (a maximum of
+        0.0038 reads '0.004', not '0.00')."""
         lo = -self.vmax if self.diverging else 0.0
+        p = precision
+        while p < 12 and format_number(lo, p) == format_number(self.vmax, p):
+            p += 1
+        if self.vmax < 1e6:  # round up to the first digit shown, as much as the scale needs
+            while p < 12 and abs(float(format_number(self.vmax, p)) - self.vmax) > self.vmax / 2:
+                p += 1
+        return format_number(lo, p), format_number(self.vmax, p)
+
+    def legend(self, precision: int) -> Text:
+        lo, hi = self.ends(precision)
         text = Text("colour  ")
-        text.append(format_number(lo, precision) + " ")
+        text.append(lo + " ")
         for lv in range(0, LEVELS, 4):
             text.append("  ", style=level_style(self.diverging, lv))
-        text.append(" " + format_number(self.vmax, precision))
+        text.append(" " + hi)
         text.append(
             "   (diverging around 0)" if self.diverging else "   (0 to table max)", style="dim"
         )

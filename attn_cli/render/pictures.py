@@ -1,5 +1,5 @@
-"""Pictures of a trace: a pooled heatmap, a layer × head grid of thumbnails, and seed 001's
-geometric illustration (token vectors before and after attention, in 2-D)."""
+"""Pictures of a trace: a pooled heatmap, a layer × head grid of thumbnails, and the
+parameter-free article's geometric illustration (token vectors before and after attention, in 2-D)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,31 @@ def _zoom(step: TraceStep, opts: RenderOptions) -> tuple[np.ndarray, int, int]:
     return step.data[r0:r1, c0:c1], r0, c0
 
 
+def row_label(pos: int, pos_w: int, token: str) -> str:
+    """'  7 river', the position right-aligned, the token cut with '…' to fit LABEL_W: every
+    label is cut the same way, whatever the number of digits."""
+    head = str(pos).rjust(pos_w) + " "
+    text = printable(token)
+    room = LABEL_W - cell_len(head)
+    if cell_len(text) > room:
+        while text and cell_len(text) > room - 1:
+            text = text[:-1]
+        text += "…"
+    return head + text
+
+
+def shade_legend(scale: Scale, precision: int, color: bool, what: str = "") -> Text:
+    """The legend under a heatmap or grid: colours (or shades) from one end to the other."""
+    if color:
+        text = scale.legend(precision)
+    else:
+        lo, hi = scale.ends(precision)
+        text = Text(f"shades ' ░▒▓█': {lo} … {hi}", style="dim")
+    if what:
+        text.append(what, style="dim")
+    return text
+
+
 def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
     color = colors_on(console)
     maps = [s for s in trace.steps if s.kind == "weights"] or [
@@ -107,26 +132,16 @@ def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
         per_line = 2 if color else 1
         lines = _rows_to_text(levels, scale.diverging, color)
         last = -1
+        pos_w = len(str(r0 + int(rs[-1])))
         for li, line in enumerate(lines):
             i = (li * per_line) // row_rep  # the pooled row this line starts with
             label = ""
             if i != last and i < len(rs):
                 pos = r0 + int(rs[i])
-                label = f"{pos} {printable(step.rows[pos])}"
+                label = row_label(pos, pos_w, step.rows[pos])
                 last = i
-            while cell_len(label) > LABEL_W:
-                label = label[:-1]
             console.print(Text(label + " " * (LABEL_W - cell_len(label)) + " ") + line)
-        if color:
-            console.print(scale.legend(opts.precision))
-        else:
-            lo = format_number(-scale.vmax if scale.diverging else 0.0, opts.precision)
-            console.print(
-                Text(
-                    f"shades ' ░▒▓█': {lo} … {format_number(scale.vmax, opts.precision)}",
-                    style="dim",
-                )
-            )
+        console.print(shade_legend(scale, opts.precision, color))
         console.print()
 
 
@@ -162,7 +177,8 @@ def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
                 blocks.append([Text(" " * side)] * (side // 2 if color else side))
                 continue
             pooled, _, _ = pool(step.data, side, side, "max")
-            levels = Scale(False, 1.0).levels(pooled)
+            scale = Scale.for_kind("weights", pooled)  # as --view heatmap shades this map
+            levels = scale.levels(pooled)
             blocks.append(_rows_to_text(levels, False, color))
         height = max(len(b) for b in blocks)
         for li in range(height):
@@ -172,6 +188,16 @@ def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
                 line.append(" ")
             console.print(line)
         console.print()
+    if color:
+        legend = Text("colour  0 ")
+        for lv in range(0, LEVELS, 4):
+            legend.append("  ", style=level_style(False, lv))
+        legend.append(" each map's maximum")
+    else:
+        legend = Text("shades ' ░▒▓█': 0 … each map's maximum")
+    legend.append(" (as --view heatmap shades that map)", style="dim")
+    console.print(legend)
+    console.print()
 
 
 def geometry_pair(trace: Trace) -> tuple[TraceStep, TraceStep] | None:
@@ -188,7 +214,7 @@ def geometry_pair(trace: Trace) -> tuple[TraceStep, TraceStep] | None:
 
 
 def render_geometry(console: Console, trace: Trace, opts: RenderOptions) -> None:
-    """Seed 001's picture: each token before (○, X) and after (●, Y) attention, projected to 2-D
+    """The parameter-free article's picture: each token before (○, X) and after (●, Y) attention, projected to 2-D
     by one PCA fitted to both, with a measure of how much the points moved together."""
     pair = geometry_pair(trace)
     if pair is None:

@@ -99,8 +99,7 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | 
         max([cell_len(col_labels[j])] + [len(cells[i][j]) for i in range(show_rows)])
         for j in range(cand_cols)
     ]
-    more_rows = f"… {n_rows - show_rows} more rows" if show_rows < n_rows else ""
-    label_w = max([cell_len(r) for r in row_labels] + [cell_len(more_rows), 1])
+    label_w = max([cell_len(r) for r in row_labels] + [1])
     k = _visible_cols(widths, label_w, width, n_cols)
 
     table = compact_table()
@@ -121,9 +120,14 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | 
         if k < n_cols:
             row.append(Text("…"))
         table.add_row(*row)
-    if more_rows:
-        table.add_row(Text(more_rows, style="dim"))
     return table
+
+
+def more_rows_line(step: TraceStep, opts: RenderOptions) -> Text | None:
+    """'… k more rows' under a cut table (outside it, so it does not widen the label column)."""
+    n_rows = step.data.shape[0]
+    hidden = n_rows - min(n_rows, opts.max_rows)
+    return Text(f"… {hidden} more rows", style="dim") if hidden > 0 else None
 
 
 def step_title(step: TraceStep) -> Text:
@@ -138,6 +142,9 @@ def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
     scale = Scale.for_kind(step.kind, step.data) if colors_on(console) else None
     console.print(step_title(step))
     console.print(step_table(step, opts, console.width, scale))
+    more = more_rows_line(step, opts)
+    if more is not None:
+        console.print(more)
     if scale is not None:
         console.print(scale.legend(opts.precision))
     console.print(Text(step.description, style="italic"))
