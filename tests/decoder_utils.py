@@ -113,7 +113,32 @@ def build_random_model(
     cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    gemma = model_type.startswith("gemma")
+    return save_randomized(model, directory, model_type.startswith("gemma"), shard)
+
+
+def build_gemma3_multimodal(directory: Path, seed: int = 0) -> dict[str, Any]:
+    """A random multimodal Gemma 3 (model_type gemma3: a tiny SigLIP vision tower and the
+    language model of TINY["gemma3_text"]), saved as bfloat16 safetensors."""
+    import torch
+    import transformers
+
+    text = {**COMMON, **TINY["gemma3_text"]}
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=28, patch_size=14,
+    )  # fmt: skip
+    cfg = transformers.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4,
+        image_token_index=299, boi_token_index=297, eoi_token_index=298,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = transformers.Gemma3ForConditionalGeneration(cfg)
+    return save_randomized(model, directory, True, None)
+
+
+def save_randomized(model, directory: Path, gemma: bool, shard: str | None) -> dict[str, Any]:
+    import torch
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("q_norm.weight", "k_norm.weight")):
@@ -137,9 +162,10 @@ def reference(directory: Path, ids: list[int]) -> dict[str, Any]:
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(directory), dtype=torch.float32, attn_implementation="eager"
-    )
+    cls = transformers.AutoModelForCausalLM
+    if json.loads((Path(directory) / "config.json").read_text())["model_type"] == "gemma3":
+        cls = transformers.Gemma3ForConditionalGeneration
+    model = cls.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager")
     model.eval()
     with torch.no_grad():
         out = model(torch.tensor([ids]), output_attentions=True, output_hidden_states=True)

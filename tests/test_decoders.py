@@ -188,3 +188,26 @@ def test_gemma_legacy_gelu_means_the_tanh_gelu_as_in_transformers(tiny_models, t
     ours = run(legacy, IDS)
     np.testing.assert_array_equal(ours["logits"], run(d, IDS)["logits"])
     np.testing.assert_allclose(ours["logits"], reference(legacy, IDS)["logits"], atol=1e-3)
+
+
+@pytest.mark.reference
+def test_multimodal_gemma3_runs_its_language_model(tmp_path):
+    """model_type gemma3 (Gemma 3 4B/12B/27B): the text_config's language model, its weights
+    under language_model.model.*, next to a vision tower that text never reaches."""
+    require("torch")
+    require("transformers")
+    from tests.decoder_utils import build_gemma3_multimodal
+
+    d = tmp_path / "mm"
+    cfg = build_gemma3_multimodal(d)
+    assert cfg["model_type"] == "gemma3" and "text_config" in cfg
+    ours, ref = run(d, IDS), reference(d, IDS)
+    np.testing.assert_allclose(attention_maps(ours), ref["attentions"], atol=1e-4)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-3)
+    # hub configs leave out values equal to transformers' defaults: the same numbers without them
+    text = dict(cfg["text_config"])
+    for key in ("rms_norm_eps", "hidden_activation", "attention_bias",
+                "final_logit_softcapping", "attn_logit_softcapping", "tie_word_embeddings"):  # fmt: skip
+        text.pop(key)
+    short = run(d, IDS, {**cfg, "text_config": text})
+    np.testing.assert_array_equal(short["logits"], ours["logits"])

@@ -343,8 +343,16 @@ def spec_for(specs: Mapping[str, Spec], cfg: Config) -> Spec:
     return specs[kind]
 
 
-# Every decoder model_type's Spec, filled by the family modules as they are imported (bind).
+# Every decoder model_type's Spec, filled by the family modules as they are imported (bind),
+# and the config rewrites some model_types need first.
 ALL_SPECS: dict[str, Spec] = {}
+ADAPTERS: dict[str, Callable[[Config], Config]] = {}
+
+
+def adapted(cfg: Config) -> Config:
+    """The config as the forward pass reads it (see bind's `adapt`)."""
+    adapt = ADAPTERS.get(str(cfg.get("model_type")))
+    return cfg if adapt is None else adapt(cfg)
 
 
 def describe(cfg: Config) -> dict[str, Any]:
@@ -353,6 +361,7 @@ def describe(cfg: Config) -> dict[str, Any]:
     from attn_cli.models.registry import families
 
     families()  # imports every family module, so ALL_SPECS is complete
+    cfg = adapted(cfg)
     spec = spec_for(ALL_SPECS, cfg)
     d, heads, kv, hd = (
         int(cfg["hidden_size"]),
@@ -400,14 +409,24 @@ def describe(cfg: Config) -> dict[str, Any]:
     }
 
 
-def bind(specs: Mapping[str, Spec]) -> dict[str, Any]:
-    """The Family callables for a set of model_types, each dispatching on config model_type."""
+def bind(
+    specs: Mapping[str, Spec], adapt: Mapping[str, Callable[[Config], Config]] | None = None
+) -> dict[str, Any]:
+    """The Family callables for a set of model_types, each dispatching on config model_type.
+    `adapt` maps a model_type to a function rewriting its config first (a multimodal
+    checkpoint's text_config, defaults its config.json leaves out)."""
     ALL_SPECS.update(specs)
+    ADAPTERS.update(adapt or {})
+
+    def view(cfg: Config) -> tuple[Spec, Config]:
+        cfg = adapted(cfg)
+        return spec_for(specs, cfg), cfg
+
     return {
-        "dims": dims,
-        "check": lambda w, cfg: check(spec_for(specs, cfg), w, cfg),
-        "embed": lambda w, ids, cfg: embed(spec_for(specs, cfg), w, ids, cfg),
-        "layers": lambda w, x, cfg: layers(spec_for(specs, cfg), w, x, cfg),
-        "final": lambda w, h, cfg: final(spec_for(specs, cfg), w, h, cfg),
-        "logits": lambda w, h, cfg: logits(spec_for(specs, cfg), w, h, cfg),
+        "dims": lambda cfg: dims(adapted(cfg)),
+        "check": lambda w, cfg: check(view(cfg)[0], w, view(cfg)[1]),
+        "embed": lambda w, ids, cfg: embed(view(cfg)[0], w, ids, view(cfg)[1]),
+        "layers": lambda w, x, cfg: layers(view(cfg)[0], w, x, view(cfg)[1]),
+        "final": lambda w, h, cfg: final(view(cfg)[0], w, h, view(cfg)[1]),
+        "logits": lambda w, h, cfg: logits(view(cfg)[0], w, h, view(cfg)[1]),
     }

@@ -14,6 +14,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from attn_cli.errors import InputError
 from attn_cli.models._decoder import ANCHOR, FULL, SLIDING, Spec, bind, config_window
 from attn_cli.models.registry import Config, Family, Wording
 
@@ -61,6 +65,48 @@ SPECS = {
 }
 
 
+# transformers' Gemma3TextConfig defaults: hub config.json files leave out values equal to them
+# (the text_config of the multimodal Gemma 3 checkpoints lists only a few keys).
+GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "final_logit_softcapping": None,
+    "attn_logit_softcapping": None,
+    "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0,
+    "sliding_window_pattern": 6,
+}
+
+
+def gemma3_text(cfg: Config) -> Config:
+    """A gemma3_text config with transformers' defaults filled in; for the multimodal Gemma 3
+    (model_type gemma3: 4B, 12B, 27B) its text_config, whose language model this runs."""
+    text = cfg.get("text_config") if cfg.get("model_type") == "gemma3" else cfg
+    if not isinstance(text, Mapping):
+        raise InputError("config.json: a gemma3 checkpoint needs a text_config object")
+    out = {**GEMMA3_TEXT_DEFAULTS, **text}
+    if "sliding_window_pattern" not in text and "_sliding_window_pattern" in text:
+        out["sliding_window_pattern"] = text["_sliding_window_pattern"]
+    if cfg.get("model_type") == "gemma3":
+        # transformers' Gemma3ForConditionalGeneration never soft-caps its logits (Gemma 3
+        # checkpoints set final_logit_softcapping to null anyway)
+        out["final_logit_softcapping"] = None
+    out["model_type"] = "gemma3_text"
+    return out
+
+
 def _x_description(i: int) -> str:
     """Completes "Layer i's input: one d-number vector per token…"."""
     source = "the scaled token embeddings" if i == 0 else f"layer {i - 1}'s output"
@@ -72,11 +118,11 @@ def _x_description(i: int) -> str:
 
 FAMILY = Family(
     name="gemma",
-    model_types=tuple(SPECS),
+    model_types=(*SPECS, "gemma3"),
     anchor=ANCHOR,
     causal=True,
     norm="pre- and post-RMSNorm (1 + w)",
-    **bind(SPECS),
+    **bind(SPECS, adapt={"gemma3_text": gemma3_text, "gemma3": gemma3_text}),
     wording=Wording(
         x_formula="input_layernorm(hidden states)",
         x_description=_x_description,
