@@ -35,7 +35,7 @@ from attn_cli.attention import (
 from attn_cli.errors import InputError
 from attn_cli.models import rope
 from attn_cli.models.layers import activation, rms_norm
-from attn_cli.models.registry import Config, Dims, LayerSteps, WeightSource
+from attn_cli.models.registry import Config, Dims, Family, LayerSteps, WeightSource
 from attn_cli.models.weights import expect_shape, matmul_rows_t
 
 ANCHOR = "embed_tokens.weight"
@@ -422,7 +422,7 @@ def bind(
         cfg = adapted(cfg)
         return spec_for(specs, cfg), cfg
 
-    return {
+    bound: dict[str, Any] = {
         "dims": lambda cfg: dims(adapted(cfg)),
         "check": lambda w, cfg: check(view(cfg)[0], w, view(cfg)[1]),
         "embed": lambda w, ids, cfg: embed(view(cfg)[0], w, ids, view(cfg)[1]),
@@ -430,3 +430,6 @@ def bind(
         "final": lambda w, h, cfg: final(view(cfg)[0], w, h, view(cfg)[1]),
         "logits": lambda w, h, cfg: logits(view(cfg)[0], w, h, view(cfg)[1]),
     }
+    if "describe" in getattr(Family, "__dataclass_fields__", {}):  # once the registry has it
+        bound["describe"] = describe
+    return bound
