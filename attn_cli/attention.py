@@ -33,9 +33,11 @@ def row_softmax(w: np.ndarray) -> np.ndarray:
     """
     m = np.max(w, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)  # fully masked row: keep exp(-inf) = 0, avoid inf - inf
-    e = np.exp(w - m)
+    e = w - m  # the one n × n temporary: exp and the division happen in place
+    np.exp(e, out=e)
     total = np.sum(e, axis=-1, keepdims=True)
-    return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    np.divide(e, total, out=e, where=total > 0)  # a row with total 0 is all zeros already
+    return e
 
 
 def causal_mask(n: int) -> np.ndarray:

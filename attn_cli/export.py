@@ -28,19 +28,19 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "trace-v1.schema.json
 WEIGHT_DECIMALS = 6
 
 
-def export_array(s: TraceStep) -> np.ndarray:
-    """The matrix as written: float32 attention weights rounded to WEIGHT_DECIMALS decimals
-    (written as the shortest decimal that reads back to that value); everything else at
-    the precision it was computed in."""
-    data = np.ascontiguousarray(s.data)
-    if s.kind == "weights" and data.dtype == np.float32:
+def export_array(kind: str, data: np.ndarray) -> np.ndarray:
+    """Rows of a step's matrix as written: float32 attention weights rounded to WEIGHT_DECIMALS
+    decimals (written as the shortest decimal that reads back to that value); everything else
+    at the precision it was computed in."""
+    data = np.ascontiguousarray(data)
+    if kind == "weights" and data.dtype == np.float32:
         return np.round(data.astype(np.float64), WEIGHT_DECIMALS)
     return data
 
 
 def trace_document(trace: Trace) -> dict[str, Any]:
-    """The JSON document of one trace. Matrices stay numpy arrays (orjson writes them directly,
-    at full precision); -inf (masked) cells become null."""
+    """The JSON document of one trace without the matrices (`json_chunks` streams those after
+    each step's fields; the .npz export stores them as arrays)."""
     steps = []
     for s in trace.steps:
         entry: dict[str, Any] = {
@@ -56,7 +56,6 @@ def trace_document(trace: Trace) -> dict[str, Any]:
             entry["layer"] = s.layer
         if s.head is not None:
             entry["head"] = s.head
-        entry["data"] = export_array(s)
         steps.append(entry)
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -85,12 +84,29 @@ def only_steps(trace: Trace, names: list[str] | None) -> Trace:
     )
 
 
+# Matrix rows serialised per chunk: a 20,000-token W is written a few MB at a time, never as
+# one multi-GB string.
+JSON_ROWS_PER_CHUNK = 256
+
+
 def json_chunks(traces: Iterable[Trace]) -> Iterator[bytes]:
     """One newline-terminated JSON document per trace: a single trace is a JSON file, several
-    are JSON Lines. Written chunk by chunk, so a large trace is never copied into a join."""
-    opt = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+    are JSON Lines. Streamed: the document's fields, then each step's matrix a block of rows at
+    a time, so memory stays at one block whatever the size of the trace."""
     for t in traces:
-        yield orjson.dumps(trace_document(t), option=opt)
+        doc = trace_document(t)
+        steps = doc.pop("steps")
+        yield orjson.dumps(doc)[:-1] + b',"steps":['
+        for i, (entry, step) in enumerate(zip(steps, t.steps, strict=True)):
+            yield (b"," if i else b"") + orjson.dumps(entry)[:-1] + b',"data":['
+            data = step.data
+            for start in range(0, max(len(data), 1), JSON_ROWS_PER_CHUNK):
+                block = export_array(step.kind, data[start : start + JSON_ROWS_PER_CHUNK])
+                if len(block):
+                    text = orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY)
+                    yield (b"," if start else b"") + text[1:-1]
+            yield b"]}"
+        yield b"]}\n"
 
 
 def dumps_traces(traces: list[Trace]) -> bytes:
@@ -210,8 +226,7 @@ def _step_from_entry(e: Any, where: str) -> TraceStep:
 def npz_arrays(i: int, t: Trace) -> Iterator[tuple[str, np.ndarray]]:
     """One trace's matrices as .npz entries ('0/03_W_raw', or '0/05_W@L2H5'), then its JSON
     without the matrices under '<i>/trace.json'."""
-    doc = trace_document(t)
-    for j, (step, entry) in enumerate(zip(t.steps, doc["steps"], strict=True)):
+    for j, step in enumerate(t.steps):
         where = (
             ""
             if step.where == ""
@@ -219,8 +234,7 @@ def npz_arrays(i: int, t: Trace) -> Iterator[tuple[str, np.ndarray]]:
             + step.where.replace("layer ", "L").replace(" · head ", "H").replace("head ", "H")
         )
         yield f"{i}/{j:03d}_{step.name}{where}", step.data
-        entry.pop("data")
-    yield f"{i}/trace.json", np.frombuffer(orjson.dumps(doc), dtype=np.uint8)
+    yield f"{i}/trace.json", np.frombuffer(orjson.dumps(trace_document(t)), dtype=np.uint8)
 
 
 def npz_bytes(traces: Iterable[Trace]) -> bytes:

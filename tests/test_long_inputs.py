@@ -54,10 +54,6 @@ def test_twenty_thousand_tokens_exit_0(twenty_thousand):
     assert "20000 tokens" in out and "float32" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the JSON export still builds a trace's whole document in memory (export.json_chunks)",
-)
 def test_twenty_thousand_tokens_peak_memory(twenty_thousand):
     _, peak, _ = twenty_thousand
     assert peak <= 9 * GIB, f"peak RSS {peak / GIB:.1f} GiB"
