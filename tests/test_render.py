@@ -136,3 +136,48 @@ def test_top_two():
 def test_token_labels_for_repeats_and_collisions():
     assert token_labels(["the", "cat", "the"]) == ["the₁", "cat", "the₂"]
     assert token_labels(["a", "a", "a₂"]) == ["a@0", "a@1", "a₂@2"]
+
+
+def _cells(console, renderable, width: int) -> list[list[tuple[str, object]]]:
+    """Each rendered line as (character, colour, background, dim) cells; unstyled spaces are
+    layout, so their style is ignored, and trailing layout spaces are dropped."""
+    out = []
+    for line in console.render_lines(renderable, console.options.update(width=width), pad=False):
+        row: list[tuple[str, object]] = []
+        for seg in line:
+            st = seg.style
+            for ch in seg.text:
+                key = (
+                    (str(st.color), str(st.bgcolor), bool(st.dim))
+                    if st
+                    else ("None", "None", False)
+                )
+                row.append((ch, None if ch == " " and not (st and st.bgcolor) else key))
+        while row and row[-1] == (" ", None):
+            row.pop()
+        out.append(row)
+    return out
+
+
+def test_fast_step_text_matches_the_rich_table():
+    """step_text lays the table out itself (start-up time); it must read exactly like the Rich
+    table: same characters, same colours, at every width where it is used."""
+    import attn_cli
+    from attn_cli.render.steps import step_table, step_text
+
+    used = 0
+    for kwargs in ({}, {"qkv": True, "heads": 2, "causal": True}):
+        for text in ("hi how are you", "the cat sat on the mat " * 5, "hi"):
+            trace = attn_cli.explain(text, **kwargs)
+            for color in (True, False):
+                for width in (40, 80, 120):
+                    for step in trace.steps:
+                        console = make_console(color=color, width=width, file=io.StringIO())
+                        scale = Scale.for_kind(step.kind, step.data) if color else None
+                        fast = step_text(step, RenderOptions(), width, scale)
+                        if fast is None:
+                            continue
+                        used += 1
+                        table = step_table(step, RenderOptions(), width, scale)
+                        assert _cells(console, fast, width) == _cells(console, table, width)
+    assert used > 100

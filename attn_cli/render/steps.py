@@ -7,6 +7,7 @@ from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.rule import Rule
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
@@ -123,6 +124,55 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | 
     return table
 
 
+BOLD, DIM = Style(bold=True), Style(dim=True)
+
+
+def step_text(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | None) -> Text | None:
+    """The same table as `step_table`, laid out directly as lines of text: the same characters
+    and styles (tests/test_render.py checks), without Rich's per-cell table machinery, which
+    took most of the start-up's rendering time. None when it would not fit `width`: then
+    step_table lets Rich shrink the columns."""
+    n_rows, n_cols = step.data.shape
+    show_rows = min(n_rows, opts.max_rows)
+    data = step.data[:show_rows]
+    cand_cols = min(n_cols, max(1, width // 4))
+    cells = [[format_number(float(v), opts.precision) for v in row] for row in data[:, :cand_cols]]
+    col_labels = [printable(c) for c in step.cols[:cand_cols]]
+    row_labels = [printable(r) for r in step.rows[:show_rows]]
+    widths = [
+        max([cell_len(col_labels[j])] + [len(cells[i][j]) for i in range(show_rows)])
+        for j in range(cand_cols)
+    ]
+    label_w = max([cell_len(r) for r in row_labels] + [1])
+    k = _visible_cols(widths, label_w, width, n_cols)
+    more = f"… {n_cols - k} more" if k < n_cols else ""
+    gap = " " * COL_OVERHEAD
+    total = label_w + sum(w + COL_OVERHEAD for w in widths[:k])
+    total += cell_len(more) + COL_OVERHEAD if more else 0
+    if total > width:
+        return None
+    text = Text(" " * label_w, style=BOLD)
+    for j in range(k):
+        text.append(gap)
+        text.append(" " * (widths[j] - cell_len(col_labels[j])) + col_labels[j], style=BOLD)
+    if more:
+        text.append(gap)
+        text.append(more, style=BOLD)
+    text.append("\n" + "─" * total)
+    tail = "…" + " " * (cell_len(more) - 1)
+    for i in range(show_rows):
+        text.append("\n")
+        text.append(row_labels[i] + " " * (label_w - cell_len(row_labels[i])), style=BOLD)
+        styles = scale.styles(data[i, :k]) if scale is not None else [None] * k
+        for j in range(k):
+            text.append(gap)
+            text.append(cells[i][j].rjust(widths[j]), style=styles[j])
+        if more:
+            text.append(gap)
+            text.append(tail, style=DIM)
+    return text
+
+
 def more_rows_line(step: TraceStep, opts: RenderOptions) -> Text | None:
     """'… k more rows' under a cut table (outside it, so it does not widen the label column)."""
     n_rows = step.data.shape[0]
@@ -141,7 +191,8 @@ def step_title(step: TraceStep) -> Text:
 def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
     scale = Scale.for_kind(step.kind, step.data) if colors_on(console) else None
     console.print(step_title(step))
-    console.print(step_table(step, opts, console.width, scale))
+    fast = step_text(step, opts, console.width, scale)
+    console.print(fast if fast is not None else step_table(step, opts, console.width, scale))
     more = more_rows_line(step, opts)
     if more is not None:
         console.print(more)
