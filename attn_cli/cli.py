@@ -455,6 +455,27 @@ BrowseOpt = Annotated[
         "needs Textual.",
     ),
 ]
+MethodOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--method",
+        metavar="NAMES",
+        rich_help_panel="Real checkpoints",
+        help="Also compute, with --model (comma-separated): rollout, flow (≤ 32 tokens; pip install "
+        "'attn-cli[flow]'), norms, alti, lens (models with an LM head; --top-k candidates), "
+        "detectors, or all (flow excepted).",
+    ),
+]
+PositionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--position",
+        metavar="N[,N…]",
+        rich_help_panel="Real checkpoints",
+        help="Token positions the logit lens (--method lens) reads, 0-based or -1 for the last "
+        "(default: the last).",
+    ),
+]
 NpzOpt = Annotated[
     str | None,
     typer.Option("--npz", metavar="PATH", help="Write every matrix to a NumPy .npz archive."),
@@ -484,6 +505,8 @@ def explain(
     json_out: JsonOpt = None,
     npz_out: NpzOpt = None,
     steps: StepsOpt = None,
+    method: MethodOpt = None,
+    position: PositionOpt = None,
     view: ViewOpt = None,
     top_k: TopKOpt = 3,
     rows: RowsOpt = None,
@@ -510,8 +533,9 @@ def explain(
     --pair adds a second sentence.
     """
     with user_errors():
-        from attn_cli.api import explain_all, load_model, parse_steps
+        from attn_cli.api import explain_all, parse_steps
         from attn_cli.inputs import read_texts
+        from attn_cli.model import load_model
         from attn_cli.render.views import WHOLE_MODEL_VIEWS, parse_views
 
         views = parse_views(view)
@@ -519,6 +543,7 @@ def explain(
         # Checked before waiting on stdin, so a bad option is reported at once.
         opts.check()
         export_steps = parse_steps(steps) if steps is not None else None
+        methods = _method_args(method, position, top_k, model)
         if model is None:
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **vars(opts))
@@ -527,9 +552,9 @@ def explain(
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
-            traces = _model_traces(m, text, layer, head, every, pair)
+            traces = _model_traces(m, text, layer, head, every, pair, methods)
         if steps is None and (json_out is not None or npz_out is not None):
-            export_steps = _default_export_steps(model is not None)
+            export_steps = _default_export_steps(model is not None, method)
         shown = None if json_out == "-" else views
         _emit(traces, shown, _display(locals()), json_out, npz_out, export_steps)
 
@@ -546,8 +571,33 @@ def _options(params: dict):
     return Options(**{k: v for k, v in params.items() if k in names})
 
 
+def _method_args(method: str | None, position: str | None, top_k: int, model: str | None) -> dict:
+    """--method/--position as Model.traces keywords ({} without --method)."""
+    from attn_cli.errors import InputError
+
+    if method is None:
+        if position is not None:
+            raise InputError("--position applies with --method lens")
+        return {}
+    if model is None:
+        raise InputError("--method applies to --model (a real checkpoint)")
+    args: dict = {"methods": method, "top_k": top_k}
+    if position is not None:
+        try:
+            args["positions"] = [int(p) for p in position.split(",")]
+        except ValueError:
+            raise InputError(f"--position {position}: takes numbers such as 0,-1") from None
+    return args
+
+
 def _model_traces(
-    m, text: str | None, layer: str | None, head: str | None, every: bool, pair: str | None = None
+    m,
+    text: str | None,
+    layer: str | None,
+    head: str | None,
+    every: bool,
+    pair: str | None = None,
+    methods: dict | None = None,
 ):
     """--layer/--head unset: every layer and head for exports and whole-model views, else the
     middle layer's head 0, with a note saying how to choose."""
@@ -556,8 +606,9 @@ def _model_traces(
     d = m.dims
     chosen_layer = layer if layer is not None else ("all" if every else d.layers // 2)
     chosen_head = head if head is not None else ("all" if every else 0)
-    traces = m.traces([], layers=chosen_layer, heads=chosen_head, pair=pair)  # checks options now
-    del traces
+    methods = methods or {}
+    # Checks the options now, before stdin is read.
+    m.traces([], layers=chosen_layer, heads=chosen_head, pair=pair, **methods)
     texts = read_texts(text, sys.stdin)
     note = None
     if (layer is None or head is None) and not every:
@@ -567,18 +618,23 @@ def _model_traces(
             f"showing layer {shown_layer}, head {shown_head} of {d.layers} layers × {d.heads} "
             "heads: choose with --layer N|all and --head N|all"
         )
-    for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, pair=pair):
+    for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, pair=pair, **methods):
         if note is not None:
             trace.notes.append(note)
         yield trace
 
 
-def _default_export_steps(model: bool) -> list[str] | None:
-    """What --json/--npz write without --steps: a model's attention maps (W); everything but
-    the parameter matrices otherwise. --steps all writes every step."""
+def _default_export_steps(model: bool, method: str | None = None) -> list[str] | None:
+    """What --json/--npz write without --steps: a model's attention maps (W) and the steps of
+    its --method; everything but the parameter matrices otherwise. --steps all writes every
+    step."""
     from attn_cli.narrate import PARAMETER_STEPS, STEP_NAMES
 
     if model:
+        if method:
+            from attn_cli.methods.steps import step_names
+
+            return ["W", *step_names(method)]
         return ["W"]
     return [n for n in STEP_NAMES if n not in PARAMETER_STEPS]
 
@@ -707,9 +763,10 @@ def browse(
     Takes explain's options; with --model, every layer and head unless --layer/--head.
     """
     with user_errors():
-        from attn_cli.api import explain_all, load_model
+        from attn_cli.api import explain_all
         from attn_cli.browse import require_browser, run_browser
         from attn_cli.inputs import read_texts
+        from attn_cli.model import load_model
 
         require_browser()  # before the model runs: Textual installed, stdout a terminal
         opts = _options(locals())
@@ -719,6 +776,77 @@ def browse(
         else:
             traces = list(_model_traces(load_model(model), text, layer, head, True))
         run_browser(traces, precision=precision, top_k=top_k)
+
+
+@app.command()
+def heads(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A UTF-8 text file, one input per line ('-' reads stdin).", show_default=False
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME|PATH",
+            help="The checkpoint, as for explain --model.",
+        ),
+    ] = "minilm",
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-j", min=1, help="Worker processes (default: every core)."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=2,
+            help="Skip lines longer than this many tokens (default: the model's positions).",
+        ),
+    ] = None,
+    json_out: JsonOpt = None,
+    view: ViewOpt = None,
+    top_k: TopKOpt = 3,
+    rows: RowsOpt = None,
+    cols: ColsOpt = None,
+    pool: PoolOpt = "max",
+    svg: SvgOpt = None,
+    html: HtmlOpt = None,
+    interactive: InteractiveOpt = False,
+    precision: Precision = 2,
+    color: Color = None,
+    width: Width = None,
+    max_rows: MaxRows = 24,
+) -> None:
+    """What every head looks at over a corpus: per layer × head, the mean attention to the
+    first token ([CLS]), to [SEP]/end-of-text, to punctuation, to the previous and next token
+    and to itself, and the mean entropy (Clark et al. 2019), over every line of FILE."""
+    with user_errors():
+        from attn_cli.errors import InputError
+        from attn_cli.inputs import decode_utf8
+        from attn_cli.methods.corpus import corpus_statistics, corpus_trace, count_lines, file_lines
+        from attn_cli.render.views import parse_views
+
+        views = parse_views(view)
+        total: int | None
+        if str(file) == "-":
+            stdin_lines = decode_utf8(sys.stdin.buffer.read(), "stdin").splitlines()
+            lines, total, source = iter(stdin_lines), len(stdin_lines), "stdin"
+        else:
+            lines, total, source = file_lines(file), count_lines(file), str(file)
+        totals = corpus_statistics(
+            lines, model, workers=workers, max_tokens=max_tokens, total_lines=total
+        )
+        if totals.lines == 0:
+            raise InputError(
+                f"{source} has no line the model can read (blank, or every line too long)"
+            )
+        trace = corpus_trace(totals, model, source)
+        shown = None if json_out == "-" else views
+        _emit([trace], shown, _display(locals()), json_out)
 
 
 @app.command()

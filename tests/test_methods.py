@@ -21,8 +21,9 @@ from attn_cli.attention import AttentionParams, causal_mask, kv_head_of, multi_h
 from attn_cli.errors import InputError
 from attn_cli.methods import alti, corpus, detectors, lens, norms, rollout
 from attn_cli.methods.steps import ModelParts, forward, method_steps, parse_methods, post_norm
-from attn_cli.methods.texts import METHOD_TEXTS, text
 from attn_cli.models.layers import layer_norm
+from attn_cli.narrate import METHOD_TEXTS
+from attn_cli.narrate import method_text as text
 from attn_cli.trace import KINDS
 from tests.conftest import minilm_dir, require
 

@@ -33,7 +33,7 @@ import numpy as np
 from attn_cli.attention import AttentionParams
 from attn_cli.methods.norms import pair_reduce
 from attn_cli.methods.rollout import chain
-from attn_cli.methods.texts import text
+from attn_cli.narrate import method_text as text
 from attn_cli.trace import TraceStep
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from attn_cli.methods.texts import text
+from attn_cli.narrate import method_text as text
 from attn_cli.trace import TraceStep
 
 DETECTORS = ("prev_token", "duplicate_token", "induction")

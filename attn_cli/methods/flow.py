@@ -22,7 +22,7 @@ import numpy as np
 
 from attn_cli.errors import InputError
 from attn_cli.methods.rollout import residual_attention
-from attn_cli.methods.texts import text
+from attn_cli.narrate import method_text as text
 from attn_cli.trace import TraceStep
 
 SCALE_BITS = 30

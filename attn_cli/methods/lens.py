@@ -15,7 +15,7 @@ import numpy as np
 
 from attn_cli.attention import row_softmax
 from attn_cli.errors import InputError
-from attn_cli.methods.texts import text
+from attn_cli.narrate import method_text as text
 from attn_cli.trace import TraceStep, printable
 
 Array = np.ndarray

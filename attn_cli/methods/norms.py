@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from attn_cli.attention import AttentionParams, kv_head_of
-from attn_cli.methods.texts import text
+from attn_cli.narrate import method_text as text
 from attn_cli.trace import TraceStep
 
 # Largest block of (rows × cols × d) floats built at once (64 MB of float32).

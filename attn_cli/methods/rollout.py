@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from attn_cli.methods.texts import text
+from attn_cli.narrate import method_text as text
 from attn_cli.trace import TraceStep
 
 

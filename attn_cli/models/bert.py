@@ -95,6 +95,12 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
         x = out
 
 
+def attn_out_norm(w: WeightSource, i: int, cfg: Config) -> tuple[np.ndarray, np.ndarray, float]:
+    """Layer i's LayerNorm on (residual + attention output): γ, β, ε (for ALTI)."""
+    p = f"encoder.layer.{i}.attention.output.LayerNorm."
+    return w[p + "weight"], w[p + "bias"], float(cfg["layer_norm_eps"])
+
+
 def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
     return h  # BERT's last hidden state is the last layer's output
 
@@ -114,6 +120,7 @@ FAMILY = Family(
     embed=embed,
     layers=layers,
     final=final,
+    attn_out_norm=attn_out_norm,
     wording=Wording(
         x_formula="hidden states",
         x_description=_x_description,

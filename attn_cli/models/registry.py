@@ -84,6 +84,10 @@ class Family:
     wording: Wording = field(default_factory=Wording)
     # Checkpoint quirks fixed on load (renamed tensors …): name -> name; None keeps names.
     rename: Callable[[str], str] | None = None
+    # Families with a norm after the attention ("post" in `norm`): layer i's norm, for ALTI:
+    # (γ, β, ε) of a LayerNorm on (residual + O) (BERT); (γ, β, ε, rms, "attn") for a norm on O
+    # alone before the residual (Gemma 2/3); None for a layer without one.
+    attn_out_norm: Callable[[WeightSource, int, Config], Any] | None = None
 
 
 # Modules of this package that are not families.

