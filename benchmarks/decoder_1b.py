@@ -12,7 +12,8 @@ same run, alternating:
 
   attn-cli      every layer through the llama family (all attention steps computed), layer 8
                 head 3 kept, the next-token prediction of the last position (the work of
-                `attn-cli explain TEXT --model DIR --layer 8 --head 3`; --cli runs exactly that)
+                `attn-cli explain TEXT --model DIR --layer 8 --head 3`; --cli runs that command,
+                rendering included)
   transformers  AutoModelForCausalLM.from_pretrained(DIR, dtype=float32,
                 attn_implementation="eager"), one forward pass with output_attentions=True
 
@@ -281,7 +282,7 @@ def main() -> None:
     ref_m = max(m for _, m, _ in results["transformers"])
     row = {
         "row": (
-            "attn-cli explain … --layer 8 --head 3 (the CLI stops after layer 8)"
+            "attn-cli explain … --layer 8 --head 3 (the command itself)"
             if args.cli
             else "every layer, layer 8 head 3 kept, next-token prediction"
         )
