@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -433,9 +433,10 @@ StepsOpt = Annotated[
     typer.Option(
         "--steps",
         metavar="NAMES",
-        help="Steps written by --json/--npz, e.g. W or W,Y, or all. Default: a model's attention "
-        "maps W (about 60 MB of JSON for 380 tokens × 72 heads); every step but the parameter "
-        "matrices W_q/W_k/W_v/W_o otherwise.",
+        help="Keep only these steps, e.g. W or W,Y, or all (tables and exports). Without it the "
+        "tables show every step, and --json/--npz write a model's attention maps W (and its "
+        "--method steps; 85 MB of JSON for 380 MiniLM tokens × 72 heads), or every step but the "
+        "parameter matrices W_q/W_k/W_v/W_o.",
     ),
 ]
 InteractiveOpt = Annotated[
@@ -546,13 +547,13 @@ def explain(
         methods = _method_args(method, position, top_k, model)
         if model is None:
             texts = read_texts(text, sys.stdin)
-            traces = explain_all(texts, **vars(opts))
+            traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
         else:
             m = load_model(model)
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
-            traces = _model_traces(m, text, layer, head, every, pair, methods)
+            traces = _model_traces(m, text, layer, head, every, pair=pair, steps=steps, **methods)
         if steps is None and (json_out is not None or npz_out is not None):
             export_steps = _default_export_steps(model is not None, method)
         shown = None if json_out == "-" else views
@@ -561,8 +562,8 @@ def explain(
 
 def _options(params: dict):
     """The API's Options from a command's parameters (explain and browse share them). --steps
-    is not among them: on the command line it chooses what the exports write, not what is
-    computed and shown."""
+    is left out: explain passes it on only when given (without it, the tables show every step
+    and the exports write their default selection)."""
     from dataclasses import fields
 
     from attn_cli.api import Options
@@ -591,13 +592,7 @@ def _method_args(method: str | None, position: str | None, top_k: int, model: st
 
 
 def _model_traces(
-    m,
-    text: str | None,
-    layer: str | None,
-    head: str | None,
-    every: bool,
-    pair: str | None = None,
-    methods: dict | None = None,
+    m, text: str | None, layer: str | None, head: str | None, every: bool, **run: Any
 ):
     """--layer/--head unset: every layer and head for exports and whole-model views, else the
     middle layer's head 0, with a note saying how to choose."""
@@ -606,9 +601,8 @@ def _model_traces(
     d = m.dims
     chosen_layer = layer if layer is not None else ("all" if every else d.layers // 2)
     chosen_head = head if head is not None else ("all" if every else 0)
-    methods = methods or {}
     # Checks the options now, before stdin is read.
-    m.traces([], layers=chosen_layer, heads=chosen_head, pair=pair, **methods)
+    m.traces([], layers=chosen_layer, heads=chosen_head, **run)
     texts = read_texts(text, sys.stdin)
     note = None
     if (layer is None or head is None) and not every:
@@ -618,7 +612,7 @@ def _model_traces(
             f"showing layer {shown_layer}, head {shown_head} of {d.layers} layers × {d.heads} "
             "heads: choose with --layer N|all and --head N|all"
         )
-    for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, pair=pair, **methods):
+    for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, **run):
         if note is not None:
             trace.notes.append(note)
         yield trace
