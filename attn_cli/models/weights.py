@@ -194,14 +194,17 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
     def __init__(self, path: Path, anchor: str, rename: Callable[[str], str] | None = None) -> None:
         path = Path(path)
         self.path = path
-        self._shards = [_Shard(f) for f in shard_files(path)]
+        files = shard_files(path)
+        # what messages name: the one weights file, or the index of a sharded checkpoint
+        self.label = files[0].name if len(files) == 1 else (path.name if path.is_file() else INDEX)
+        self._shards = [_Shard(f) for f in files]
         tensors: dict[str, TensorInfo] = {}
         for i, shard in enumerate(self._shards):
             tensors.update(shard.tensors(i))
         prefix = next((k[: -len(anchor)] for k in tensors if k.endswith(anchor)), None)
         if prefix is None:
             raise InputError(
-                f"{path.name}: no tensor named {anchor!r}: not a checkpoint of this architecture"
+                f"{self.label}: no tensor named {anchor!r}: not a checkpoint of this architecture"
             )
         self._tensors: dict[str, TensorInfo] = {}
         for key, info in tensors.items():
@@ -212,7 +215,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         try:
             return self._tensors[name]
         except KeyError:
-            raise InputError(f"{self.path.name}: missing tensor {name!r}") from None
+            raise InputError(f"{self.label}: missing tensor {name!r}") from None
 
     def dtype(self, name: str) -> str:
         """The stored dtype ('BF16', 'F16', 'F32' …)."""
@@ -221,9 +224,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         t = self.info(name)
         if t.dtype not in FLOATS:
-            raise InputError(
-                f"{self.path.name}: {name!r} is {t.dtype}, not a floating-point tensor"
-            )
+            raise InputError(f"{self.label}: {name!r} is {t.dtype}, not a floating-point tensor")
         shard = self._shards[t.file]
         shard.prefetch(t.start, t.stop)
         out = to_float32(shard.view(t), t.dtype).reshape(t.shape)
@@ -234,7 +235,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         """Rows `ids` of a 2-D table (embeddings), reading only those rows."""
         t = self.info(name)
         if len(t.shape) != 2 or t.dtype not in FLOATS:
-            raise InputError(f"{self.path.name}: {name!r} is not a 2-D floating-point table")
+            raise InputError(f"{self.label}: {name!r} is not a 2-D floating-point table")
         rows, width = t.shape
         shard = self._shards[t.file]
         out = np.empty((len(ids), width), dtype=np.float32)
@@ -324,5 +325,5 @@ def expect_shape(w, name: str, shape: tuple[int, ...]) -> None:
     """Shapes are checked against config.json while loading (picoGPT style)."""
     got = w.shape(name)
     if got != shape:
-        where = getattr(getattr(w, "path", None), "name", "checkpoint")
+        where = getattr(w, "label", None) or getattr(getattr(w, "path", None), "name", "checkpoint")
         raise InputError(f"{where}: {name} has shape {got}, config.json implies {shape}")
