@@ -498,7 +498,10 @@ def qkv_steps(
     for h in range(H):
         head = h if H > 1 else None
         steps += projection_steps(m.params, h, head, origin)
-        steps += head_steps(m, h, head, labels, TEACHING, temperature=temperature)
+        for step in head_steps(m, h, head, labels, TEACHING, temperature=temperature):
+            if X_norm is not None and step.name in ("Q", "K", "V"):
+                step.formula = step.formula.replace("X·", "X_norm·", 1)  # what was projected
+            steps.append(step)
     return steps + combine_steps(m, labels, origin=origin)
 
 

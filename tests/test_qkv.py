@@ -98,6 +98,11 @@ def test_hand_checked_layer_norm(two_tokens):
     z = 0.5 / math.sqrt(0.25 + 1e-5)
     np.testing.assert_allclose(get(doc, "X_norm"), [[z, -z], [-z, z]], rtol=1e-12)
     np.testing.assert_allclose(get(doc, "Q"), [[z, 0], [-z, 0]], rtol=1e-12)  # X_norm·W_q
+    assert [s["formula"] for s in doc["steps"] if s["name"] in "QKV"] == [
+        "X_norm·W_q",
+        "X_norm·W_k",
+        "X_norm·W_v",
+    ]
     assert doc["config"]["norm"] == "layernorm (eps 1e-05)"
     assert run_json(two_tokens)["config"]["norm"] is False
 
