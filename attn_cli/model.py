@@ -61,7 +61,9 @@ class Model:
             ckpt = resolve(name)
             family = ckpt.family
             self.name, self.path, self.config = ckpt.name, ckpt.path, ckpt.config
-            self.weights = SafetensorsWeights(ckpt.weights_path, family.anchor, family.rename)
+            single = ckpt.path / "model.safetensors"  # named in messages when it is one file
+            source = single if single.is_file() else ckpt.weights_path
+            self.weights = SafetensorsWeights(source, family.anchor, family.rename)
             self.tokenizer_label = str(ckpt.path / "tokenizer.json")
             self.tokenizer = load_tokenizer(ckpt.path / "tokenizer.json")
         self.family = family
@@ -188,7 +190,10 @@ class Model:
         tokens = readable_tokens(raw, self._token_style)
         labels = token_labels(tokens)
         every = len(layers) == d.layers
-        predict = family.logits is not None and keep("prediction")
+        # The prediction comes after the last layer: made when the pass runs to the end anyway
+        # (every layer, the last one, or a method), not by computing layers nobody asked for.
+        runs_to_end = every or layers[-1] == d.layers - 1 or bool(methods)
+        predict = family.logits is not None and keep("prediction") and runs_to_end
         config: dict[str, Any] = {
             "pipeline": "model",
             "model": self.name,
@@ -206,6 +211,8 @@ class Model:
         }
         if d.kv_heads != d.heads:
             config["kv_heads"] = d.kv_heads
+        if family.describe is not None:
+            config["architecture"] = family.describe(cfg)
         if "gguf" in cfg:
             config["gguf"] = {k: v for k, v in cfg["gguf"].items() if k != "rope_freqs"}
         if segments is not None:
@@ -241,10 +248,14 @@ class Model:
                     voice,
                     keep=keep,
                 )
-            if i >= layers[-1] and not every and run is None and not predict:
-                break  # nothing later is shown: don't compute it
-        finished = every or run is not None or predict
-        if finished:
+            if i >= layers[-1] and not runs_to_end:
+                if family.logits is not None and keep("prediction"):
+                    trace.notes.append(
+                        f"stopped after layer {i}: nothing later is shown; --layer {d.layers - 1} "
+                        "or all adds the model's next-token prediction"
+                    )
+                break  # don't compute layers nobody asked for
+        if runs_to_end:
             out = family.final(self.weights, h, cfg)
             final = TraceStep(
                 "H",
@@ -277,7 +288,18 @@ class Model:
             lambda x: logits(self.weights, x, self.config),
             k=PREDICTION_TOP_K,
         )
-        return lens_steps(result, labels, self.parts().decode, layers=[], prediction=True)
+        return lens_steps(result, labels, self._candidate_text, layers=[], prediction=True)
+
+    def _candidate_text(self, token_id: int) -> str:
+        """A candidate next token as text; a piece that is only part of a character (byte
+        fallback, a split UTF-8 sequence) shows as its byte, not as '�'."""
+        from attn_cli.tokens import readable_tokens
+
+        text = str(self.tokenizer.decode([int(token_id)], skip_special_tokens=False))
+        if "\ufffd" in text:
+            piece = self.tokenizer.id_to_token(int(token_id)) or text
+            return readable_tokens([piece], self._token_style)[0]
+        return text
 
 
 def load_model(name: str | Path) -> Model:

@@ -5,6 +5,7 @@ models saved with save_pretrained inside the test."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -168,7 +169,9 @@ def test_hf_cache_lookup(tmp_path, monkeypatch, tiny_bert):
     assert r.exit_code == 0, r.stderr
     assert orjson.loads(r.stdout)["config"]["model_path"] == str(snap)
     listing = invoke(["models"])
-    assert "org/tiny\tbert: 2 layers × 4 heads, ready" in listing.stdout
+    assert re.search(
+        r"org/tiny\tbert, [\d.]+K parameters \(F32\), 2 layers × 4 heads, ready", listing.stdout
+    ), listing.stdout
 
 
 def test_model_not_found_says_where_it_looked(tmp_path, monkeypatch):

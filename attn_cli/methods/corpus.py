@@ -135,19 +135,13 @@ def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
     """A function line -> (attention (L, H, n, n), special mask, punctuation mask), or None
     for a line that yields no tokens or is longer than the model's positions (or max_tokens)."""
     from attn_cli.methods.steps import ModelParts, attention_stack, forward
-    from attn_cli.models.checkpoint import resolve
-    from attn_cli.models.registry import family_for
-    from attn_cli.models.weights import SafetensorsWeights
-    from attn_cli.tokenizer import load_tokenizer
+    from attn_cli.model import load_model
 
-    ckpt = resolve(model)
-    fam = family_for(ckpt.model_type)
-    assert fam is not None  # resolve() refuses unsupported model types
-    weights = CachedWeights(SafetensorsWeights(ckpt.path / "model.safetensors", fam.anchor))
-    fam.check(weights, ckpt.config)
-    tok = load_tokenizer(ckpt.path / "tokenizer.json")
-    parts = ModelParts(fam, weights, ckpt.config, tok)
-    limit = fam.dims(ckpt.config).max_positions
+    m = load_model(model)  # any checkpoint --model takes: directories, shards, GGUF
+    fam, tok = m.family, m.tokenizer
+    weights = CachedWeights(m.weights)
+    parts = ModelParts(fam, weights, m.config, tok)
+    limit = m.dims.max_positions
     if max_tokens is not None:
         limit = max_tokens if limit is None else min(limit, max_tokens)
 

@@ -88,6 +88,9 @@ class Family:
     # (γ, β, ε) of a LayerNorm on (residual + O) (BERT); (γ, β, ε, rms, "attn") for a norm on O
     # alone before the residual (Gemma 2/3); None for a layer without one.
     attn_out_norm: Callable[[WeightSource, int, Config], Any] | None = None
+    # What the config means for attention (layer types, windows, scales, caps, rope), recorded
+    # in the trace's config as "architecture"; JSON-serialisable.
+    describe: Callable[[Config], dict[str, Any]] | None = None
 
 
 # Modules of this package that are not families.
