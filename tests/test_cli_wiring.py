@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import attn_cli
 from attn_cli.render.interactive import trace_repr_html
@@ -77,3 +78,16 @@ def test_models_lists_gguf_files_from_an_ollama_store(tmp_path, monkeypatch):
     r = invoke(["explain", "I(1)!", "--model", name, "--layer", "0", "--head", "0"])
     assert r.exit_code == 0, r.stderr
     assert "W = softmax(W_masked) per row" in r.stdout
+
+
+def test_alti_runs_on_a_gemma_checkpoint_with_its_post_attention_norm():
+    """Gemma 2/3 expose their norm on the attention output (Family.attn_out_norm): ALTI runs,
+    and its rolled-out rows are shares that sum to 1."""
+    import numpy as np
+
+    m = attn_cli.load_model(Path(__file__).parent / "fixtures" / "tiny_gemma3")
+    t = m.trace("hello world", methods="alti", steps=["alti_rollout"])
+    last = t.step("alti_rollout", layer=m.dims.layers - 1).data
+    np.testing.assert_allclose(last.sum(axis=1), 1.0, atol=1e-5)
+    assert np.all(last >= 0)
+    assert np.all(np.triu(last, 1) == 0)  # causal: no share from later tokens

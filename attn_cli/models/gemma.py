@@ -19,7 +19,7 @@ from typing import Any
 
 from attn_cli.errors import InputError
 from attn_cli.models._decoder import ANCHOR, FULL, SLIDING, Spec, bind, config_window
-from attn_cli.models.registry import Config, Family, Wording
+from attn_cli.models.registry import Config, Family, WeightSource, Wording
 
 
 def _alternating(default_pattern: int):
@@ -107,6 +107,15 @@ def gemma3_text(cfg: Config) -> Config:
     return out
 
 
+def attn_out_norm(w: WeightSource, i: int, cfg: Config) -> tuple | None:
+    """Gemma 2/3 normalise the attention output before the residual, h = x + RMSNorm(O)·(1 + w):
+    (γ, β, ε, rms, applies_to) for ALTI. Gemma 1 has no such norm."""
+    if cfg.get("model_type") == "gemma":  # Gemma 1: no norm after attention
+        return None
+    g = w[f"layers.{i}.post_attention_layernorm.weight"]
+    return 1.0 + g, None, float(cfg.get("rms_norm_eps", 1e-6)), True, "attn"
+
+
 def _x_description(i: int) -> str:
     """Completes "Layer i's input: one d-number vector per token…"."""
     source = "the scaled token embeddings" if i == 0 else f"layer {i - 1}'s output"
@@ -123,6 +132,7 @@ FAMILY = Family(
     causal=True,
     norm="pre- and post-RMSNorm (1 + w)",
     **bind(SPECS, adapt={"gemma3_text": gemma3_text, "gemma3": gemma3_text}),
+    attn_out_norm=attn_out_norm,
     wording=Wording(
         x_formula="input_layernorm(hidden states)",
         x_description=_x_description,
