@@ -16,13 +16,21 @@ terminal), then comes back for the next piece of work.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-DELAY = 1.0  # seconds of work before the bar appears
+DELAY = 1.0  # seconds of work before the bar appears (ATTN_CLI_PROGRESS_DELAY overrides)
+
+
+def default_delay() -> float:
+    try:
+        return max(0.0, float(os.environ.get("ATTN_CLI_PROGRESS_DELAY", DELAY)))
+    except ValueError:
+        return DELAY
 
 
 def enabled(stream: IO[str] | None = None) -> bool:
@@ -42,9 +50,10 @@ class Progress:
         what: str,
         total: int | None = None,
         stream: IO[str] | None = None,
-        delay: float = DELAY,
+        delay: float | None = None,
     ) -> None:
-        self.what, self.total, self.delay = what, total, delay
+        self.what, self.total = what, total
+        self.delay = default_delay() if delay is None else delay
         self.stream = sys.stderr if stream is None else stream
         self.on = enabled(self.stream)
         self.done = 0
@@ -61,7 +70,7 @@ class Progress:
         with self._lock:
             self.description = description
             if self._live is not None:
-                self._live.update(self._task, description=self._label())
+                self._live.update(self._task, description=self._label(), refresh=True)
         self._arm()
 
     def advance(self, count: int = 1) -> None:

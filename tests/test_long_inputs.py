@@ -151,33 +151,44 @@ def test_progress_is_silent_for_short_work():
 def test_progress_line_on_a_terminal_only_on_stderr():
     """The CLI with stderr on a pseudo-terminal and stdout on a pipe: the progress line goes
     to the terminal (and is erased at the end), stdout holds the JSON and nothing else."""
+    import threading
+
     master, slave = os.openpty()
     text = "word " * 6000 + "\n"
+    seen = bytearray()
+
+    def drain() -> None:  # read the terminal while the child writes, so it never blocks
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     try:
         proc = subprocess.Popen(
             [*cli(), "explain", "-", "--json", "-", "--steps", "X"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=slave,
-            env={**os.environ, "COLUMNS": "80", "TERM": "xterm-256color"},
+            # The bar shows from the first moment: the test does not depend on machine speed.
+            env={
+                **os.environ,
+                "COLUMNS": "80",
+                "TERM": "xterm-256color",
+                "ATTN_CLI_PROGRESS_DELAY": "0",
+            },
         )
         out, _ = proc.communicate(text.encode(), timeout=600)
-        os.close(slave)
-        slave = -1
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
     finally:
-        if slave != -1:
-            os.close(slave)
+        os.close(slave)
+        reader.join(timeout=10)
         os.close(master)
     assert proc.returncode == 0
-    assert b"explain" in seen and b"6,000 tokens" in seen
+    assert b"explain" in seen and b"6,000 tokens" in seen, bytes(seen[-300:])
     doc = orjson.loads(out)  # stdout: exactly one JSON document
     assert len(doc["tokens"]) == 6000 and b"\x1b" not in out
