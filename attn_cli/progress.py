@@ -88,9 +88,7 @@ class Progress:
     # --- showing and hiding -------------------------------------------------------------
 
     def _label(self) -> str:
-        if self.total is not None and self.total > 1:
-            return f"{self.what} {min(self.done + 1, self.total)}/{self.total} · {self.description}"
-        return f"{self.what} · {self.description}"
+        return f"{self.what} · {self.description}"  # the count is its own column
 
     def _arm(self) -> None:
         if not self.on:
