@@ -318,6 +318,8 @@ def check_finite(trace: Trace) -> None:
     cells (-inf in W_masked) are the only non-finite numbers a trace may hold."""
     for step in trace.steps:
         data = step.data
+        if np.isfinite(data).all():
+            continue  # the usual case, checked in one pass
         bad = np.isnan(data) | np.isposinf(data)
         if step.name != "W_masked":
             bad |= np.isneginf(data)

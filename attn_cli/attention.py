@@ -243,7 +243,8 @@ class ToySteps(NamedTuple):
 def toy_self_attention(x: np.ndarray, scale: bool = False) -> ToySteps:
     """W_raw = X·Xᵀ, (W_scaled = W_raw/√d), W = row_softmax(·), Y = W·X."""
     w_raw = scores(x, x)  # [n, d] @ [d, n] -> [n, n], symmetric
-    w_scaled = w_raw / np.sqrt(x.shape[1]) if scale else None
+    c = np.asarray(1.0 / np.sqrt(x.shape[1]), dtype=w_raw.dtype)  # float32 stays float32
+    w_scaled = w_raw * c if scale else None
     w = row_softmax(w_raw if w_scaled is None else w_scaled)
     y = w @ x  # [n, n] @ [n, d] -> [n, d]
     return ToySteps(w_raw, w_scaled, w, y)

@@ -131,9 +131,34 @@ class Model:
             options = make_options(**method_options)
         elif method_options:
             raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
-        return (
-            self._trace(t, layer_list, head_list, keep, pair, method_list, options) for t in texts
-        )
+        return self._run(texts, layer_list, head_list, keep, pair, method_list, options)
+
+    def _run(
+        self,
+        texts: Iterable[str],
+        layers: list[int],
+        heads: list[int],
+        keep: narrate.StepFilter,
+        pair: str | None,
+        methods: list[str],
+        options: Any,
+    ) -> Iterator[Trace]:
+        """The traces, one at a time, with a progress line on a terminal's stderr for work
+        that takes more than about a second (per input, and per layer within it)."""
+        from collections.abc import Sized
+
+        from attn_cli.progress import Progress
+
+        bar = Progress(self.name, len(texts) if isinstance(texts, Sized) else None)
+        try:
+            for text in texts:
+                bar.phase("tokenizing")
+                trace = self._trace(text, layers, heads, keep, pair, methods, options, bar)
+                with bar.paused():
+                    yield trace
+                bar.advance()
+        finally:
+            bar.close()
 
     def parts(self) -> Any:
         """What attn_cli.methods needs from this model."""
@@ -174,6 +199,7 @@ class Model:
         pair: str | None = None,
         methods: list[str] | None = None,
         method_options: Any = None,
+        bar: Any = None,
     ) -> Trace:
         from attn_cli.tokens import readable_tokens
 
@@ -232,6 +258,8 @@ class Model:
         else:  # _check_pair made sure this family's embed takes segments
             h = family.embed(self.weights, ids, cfg, segments)  # type: ignore[call-arg]
         for i, layer in enumerate(family.layers(self.weights, h, cfg)):
+            if bar is not None:
+                bar.phase(f"{len(ids):,} tokens · layer {i + 1} of {d.layers}")
             h = layer.out
             if run is not None:
                 run.add(i, layer)

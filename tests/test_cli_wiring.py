@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import attn_cli
 from attn_cli.render.interactive import trace_repr_html
-from tests.conftest import invoke
+from tests.conftest import invoke, minilm_dir
 
 
 def test_explain_writes_the_interactive_page(tmp_path):
@@ -91,3 +93,43 @@ def test_alti_runs_on_a_gemma_checkpoint_with_its_post_attention_norm():
     np.testing.assert_allclose(last.sum(axis=1), 1.0, atol=1e-5)
     assert np.all(last >= 0)
     assert np.all(np.triu(last, 1) == 0)  # causal: no share from later tokens
+
+
+@pytest.mark.reference
+def test_model_runs_show_progress_on_a_terminal_only():
+    """A model run reports each layer on a terminal's stderr; with stderr a pipe, nothing."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    minilm_dir()
+    text = " ".join(["the bank of the river"] * 100)  # 502 tokens: long enough to be seen
+    cmd = [sys.executable, "-m", "attn_cli", "explain", text, "--model", "minilm", "--json", "-"]
+    env = {**os.environ, "ATTN_CLI_PROGRESS_DELAY": "0", "TERM": "xterm-256color"}
+    piped = subprocess.run(cmd, capture_output=True, env=env, check=True)
+    assert piped.stderr == b""
+    master, slave = os.openpty()
+    seen = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=slave, env=env, timeout=300)
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"minilm" in seen and b"layer" in seen and b"of 6" in seen, bytes(seen[-300:])
+    assert proc.stdout == piped.stdout  # stdout: the same JSON, no bar
