@@ -35,7 +35,7 @@ from attn_cli.attention import (
 from attn_cli.errors import InputError
 from attn_cli.models import rope
 from attn_cli.models.layers import activation, rms_norm
-from attn_cli.models.registry import Config, Dims, Family, LayerSteps, WeightSource
+from attn_cli.models.registry import Config, Dims, Family, LayerSteps, WeightSource, Wording
 from attn_cli.models.weights import expect_shape, matmul_rows_t
 
 ANCHOR = "embed_tokens.weight"
@@ -430,6 +430,41 @@ def bind(
         "final": lambda w, h, cfg: final(view(cfg)[0], w, h, view(cfg)[1]),
         "logits": lambda w, h, cfg: logits(view(cfg)[0], w, h, view(cfg)[1]),
     }
-    if "describe" in getattr(Family, "__dataclass_fields__", {}):  # once the registry has it
-        bound["describe"] = describe
+    bound["describe"] = describe
     return bound
+
+
+def decoder_family(
+    name: str,
+    specs: Mapping[str, Spec],
+    mask: str,
+    multiplies: str = "W_q, W_k and W_v",
+    norm: str = "RMSNorm (input_layernorm)",
+    norm_placement: str = "pre-RMSNorm",
+    model_types: tuple[str, ...] | None = None,
+    **extra: Any,
+) -> Family:
+    """The Family of a pre-norm decoder over this forward pass: its specs bound, its words."""
+
+    def x_description(i: int) -> str:
+        source = "the token embeddings" if i == 0 else f"layer {i - 1}'s output"
+        if i == 0 and "1 + w" in norm:
+            source = "the scaled token embeddings"
+        return f" ({source}) after the layer's {norm}: what {multiplies} multiply."
+
+    bound = bind(specs, **{k: extra.pop(k) for k in ("adapt",) if k in extra})
+    return Family(
+        name=name,
+        model_types=model_types or tuple(specs),
+        anchor=ANCHOR,
+        causal=True,
+        norm=norm_placement,
+        **bound,
+        **extra,
+        wording=Wording(
+            x_formula="input_layernorm(hidden states)",
+            x_description=x_description,
+            mask=mask,
+            final="The model's output: one vector per token after every layer and the final RMSNorm.",
+        ),
+    )

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from attn_cli.errors import InputError
-from attn_cli.models._decoder import ANCHOR, FULL, SLIDING, Spec, bind, config_window
-from attn_cli.models.registry import Config, Family, WeightSource, Wording
+from attn_cli.models._decoder import FULL, SLIDING, Spec, config_window, decoder_family
+from attn_cli.models.registry import Config, WeightSource
 
 
 def _alternating(default_pattern: int):
@@ -116,30 +116,16 @@ def attn_out_norm(w: WeightSource, i: int, cfg: Config) -> tuple | None:
     return 1.0 + g, None, float(cfg.get("rms_norm_eps", 1e-6)), True, "attn"
 
 
-def _x_description(i: int) -> str:
-    """Completes "Layer i's input: one d-number vector per token…"."""
-    source = "the scaled token embeddings" if i == 0 else f"layer {i - 1}'s output"
-    return (
-        f" ({source}) after the layer's RMSNorm (input_layernorm, which multiplies by 1 + w): "
-        "what W_q, W_k and W_v multiply."
-    )
-
-
-FAMILY = Family(
-    name="gemma",
+FAMILY = decoder_family(
+    "gemma",
+    SPECS,
     model_types=(*SPECS, "gemma3"),
-    anchor=ANCHOR,
-    causal=True,
-    norm="pre- and post-RMSNorm (1 + w)",
-    **bind(SPECS, adapt={"gemma3_text": gemma3_text, "gemma3": gemma3_text}),
+    norm="RMSNorm (input_layernorm, which multiplies by 1 + w)",
+    norm_placement="pre- and post-RMSNorm (1 + w)",
+    adapt={"gemma3_text": gemma3_text, "gemma3": gemma3_text},
     attn_out_norm=attn_out_norm,
-    wording=Wording(
-        x_formula="input_layernorm(hidden states)",
-        x_description=_x_description,
-        mask=(
-            "The model reads left to right: a token may not look at later tokens, so their scores "
-            "are −∞; in sliding-window (local) layers, neither at tokens more than sliding_window back."
-        ),
-        final="The model's output: one vector per token after every layer and the final RMSNorm.",
+    mask=(
+        "The model reads left to right: a token may not look at later tokens, so their scores "
+        "are −∞; in sliding-window (local) layers, neither at tokens more than sliding_window back."
     ),
 )

@@ -4,8 +4,8 @@ a window over the layers from max_window_layers on (use_sliding_window)."""
 
 from __future__ import annotations
 
-from attn_cli.models._decoder import ANCHOR, FULL, SLIDING, Spec, bind
-from attn_cli.models.registry import Config, Family, Wording
+from attn_cli.models._decoder import FULL, SLIDING, Spec, decoder_family
+from attn_cli.models.registry import Config
 
 
 def _window(cfg: Config) -> int | None:
@@ -25,28 +25,11 @@ SPECS = {
 }
 
 
-def _x_description(i: int) -> str:
-    """Completes "Layer i's input: one d-number vector per token…"."""
-    source = "the token embeddings" if i == 0 else f"layer {i - 1}'s output"
-    return (
-        f" ({source}) after the layer's RMSNorm (input_layernorm): what W_q, W_k and W_v multiply."
-    )
-
-
-FAMILY = Family(
-    name="qwen",
-    model_types=tuple(SPECS),
-    anchor=ANCHOR,
-    causal=True,
-    norm="pre-RMSNorm",
-    **bind(SPECS),
-    wording=Wording(
-        x_formula="input_layernorm(hidden states)",
-        x_description=_x_description,
-        mask=(
-            "The model reads left to right: a token may not look at later tokens, so their scores "
-            "are −∞ (in sliding-window layers, also tokens more than sliding_window back)."
-        ),
-        final="The model's output: one vector per token after every layer and the final RMSNorm.",
+FAMILY = decoder_family(
+    "qwen",
+    SPECS,
+    mask=(
+        "The model reads left to right: a token may not look at later tokens, so their scores "
+        "are −∞ (in sliding-window layers, also tokens more than sliding_window back)."
     ),
 )
