@@ -26,6 +26,7 @@ from attn_cli.trace import Trace, token_labels
 
 if TYPE_CHECKING:
     from attn_cli.progress import Progress
+    from attn_cli.projections import Projections
 
 # A layer or head selection: one index, several, "all", or None (all).
 Selection = int | Sequence[int] | str | None
@@ -208,12 +209,11 @@ def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
 
 def _pipeline_traces(texts: Iterable[str], opts: Options) -> Iterator[Trace]:
     from attn_cli.progress import Progress
-    from attn_cli.projections import Projections
     from attn_cli.tokenizer import load_tokenizer
 
     tok = load_tokenizer(opts.tokenizer)
     keep = step_filter(parse_steps(opts.steps))
-    projections: dict[int, Projections] = {}
+    projections: dict[int, Projections] = {}  # by embedding width
     total = len(texts) if isinstance(texts, Sized) else None
     bar = Progress("explain", total)
     try:
@@ -242,7 +242,6 @@ def _pipeline_trace(
     bar: Progress,
 ) -> Trace:
     from attn_cli.embeddings import embed
-    from attn_cli.projections import NORM_EPS, layer_norm
     from attn_cli.tokenizer import tokenize, tokenizer_name
 
     tokens, ids = tokenize(tok, text, opts.special)
@@ -275,6 +274,8 @@ def _pipeline_trace(
             x = emb.X.astype(np.float32) if single else emb.X
             steps = narrate.toy_steps(x, labels, att.toy_self_attention(x, scale=opts.scale))
         else:
+            from attn_cli.projections import NORM_EPS, layer_norm
+
             d = emb.X.shape[1]
             if d not in projections:
                 projections[d] = _projections(opts, d)

@@ -536,7 +536,6 @@ def explain(
     with user_errors():
         from attn_cli.api import explain_all, parse_steps
         from attn_cli.inputs import read_texts
-        from attn_cli.model import load_model
         from attn_cli.render.views import WHOLE_MODEL_VIEWS, parse_views
 
         views = parse_views(view)
@@ -549,6 +548,8 @@ def explain(
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
         else:
+            from attn_cli.model import load_model
+
             m = load_model(model)
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
@@ -876,6 +877,26 @@ def _gguf_status(g) -> str:
     return f"{what}, ready" if g.supported else f"{what}: architecture not supported"
 
 
+def _app_for(args: list[str]) -> typer.Typer:
+    """The app with only the command being run: Typer builds every registered command's
+    parameters on each start, and building one instead of seven is a measurable part of the
+    cold start. Without a command name (`--help`, `--version`) or with an unknown one, the
+    whole app (so its help and its errors list every command)."""
+    import copy
+
+    name = next((a for a in args if not a.startswith("-")), None)
+    chosen = [
+        c
+        for c in app.registered_commands
+        if (c.name or getattr(c.callback, "__name__", None)) == name
+    ]
+    if not chosen:
+        return app
+    only = copy.copy(app)
+    only.registered_commands = chosen
+    return only
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one-line errors, quiet pipes, 130 on Ctrl-C."""
     import signal
@@ -887,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
         args = ["--help"]
     debug = "--debug" in args
     try:
-        result = app(args=args, prog_name="attn-cli", standalone_mode=False)
+        result = _app_for(args)(args=args, prog_name="attn-cli", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
