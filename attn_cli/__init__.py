@@ -25,6 +25,7 @@ __all__ = [
     "Trace",
     "TraceStep",
     "__version__",
+    "compare",
     "explain",
     "explain_all",
     "load",
@@ -34,6 +35,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from attn_cli.api import Options, explain, explain_all, load, load_all
+    from attn_cli.comparison import compare
     from attn_cli.errors import AttnError, InputError
     from attn_cli.model import Model, load_model
     from attn_cli.trace import Trace, TraceStep
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "Model": "attn_cli.model",
     "Options": "attn_cli.api",
+    "compare": "attn_cli.comparison",
     "explain": "attn_cli.api",
     "explain_all": "attn_cli.api",
     "load": "attn_cli.api",

@@ -666,7 +666,7 @@ def compare(
     and every layer's), and where it looks most in each text.
     """
     with user_errors():
-        from attn_cli.compare import compare as compare_texts
+        from attn_cli.comparison import compare as compare_texts
         from attn_cli.inputs import read_texts
         from attn_cli.render.common import RenderOptions, make_console
         from attn_cli.render.compare import render_comparison

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 import attn_cli
-from attn_cli.compare import compare, cosine, shared_positions
+from attn_cli.comparison import compare, cosine, shared_positions
 from attn_cli.embeddings import bundled_embeddings
 from attn_cli.errors import InputError
 from tests.conftest import ROOT, invoke, minilm_dir, require

@@ -8,7 +8,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
-from attn_cli.compare import Comparison
+from attn_cli.comparison import Comparison
 from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
 from attn_cli.render.steps import compact_table, trace_header
 from attn_cli.trace import TraceStep, printable

@@ -7,7 +7,7 @@ apart its vectors are: the cosine similarity of its input vectors (X: equal for 
 without position embeddings) and of its output vectors (Y, O or a model's final hidden states
 H), and, for a model, of its hidden state at every layer.
 
-    from attn_cli.compare import compare
+    from attn_cli.comparison import compare
     c = compare("the bank of the river", "the bank approved the loan")
     c.shared[1].token, c.shared[1].cos_out       # ('bank', 0.94…)
 """
