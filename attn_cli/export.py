@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import stat
 import tempfile
@@ -237,14 +236,6 @@ def npz_arrays(i: int, t: Trace) -> Iterator[tuple[str, np.ndarray]]:
         )
         yield f"{i}/{j:03d}_{step.name}{where}", step.data
     yield f"{i}/trace.json", np.frombuffer(orjson.dumps(trace_document(t)), dtype=np.uint8)
-
-
-def npz_bytes(traces: Iterable[Trace]) -> bytes:
-    buf = io.BytesIO()
-    with NpzWriter(buf) as npz:
-        for t in traces:
-            npz.add(t)
-    return buf.getvalue()
 
 
 class NpzWriter:

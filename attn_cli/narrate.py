@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attn_cli.attention import AttentionParams, AttentionSteps, MultiHeadSteps, ToySteps
+from attn_cli.attention import (
+    AttentionParams,
+    AttentionSteps,
+    MultiHeadSteps,
+    ToySteps,
+    kv_group,
+    kv_head_of,
+)
 from attn_cli.trace import TraceStep, dim_labels
 
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -145,7 +152,7 @@ def projection_steps(
     d = p.w_q.shape[0]
     of = f" of head {h}" if head is not None else ""
     sup = superscript(h) if head is not None else ""
-    g = h // (p.heads // p.kv)
+    g = kv_head_of(h, p.heads, p.kv)
     steps = []
     for letter, w, width, owner in (
         ("q", p.w_q, p.d_k, h),
@@ -183,11 +190,12 @@ def projection_steps(
 
 
 def _sharing(h: int, p: AttentionParams) -> str:
-    """' (key/value head 1, shared by query heads 4–7)' under grouped-query attention."""
+    """' They belong to key/value head 1, shared by query heads 4–7.' under grouped-query
+    attention; nothing when every query head has its own."""
     if p.kv == p.heads:
         return ""
-    group = p.heads // p.kv
-    g = h // group
+    group = kv_group(p.heads, p.kv)
+    g = kv_head_of(h, p.heads, p.kv)
     return (
         f" They belong to key/value head {g}, shared by query heads "
         f"{g * group}–{(g + 1) * group - 1}."
@@ -199,7 +207,7 @@ def qkv_vector_steps(
 ) -> list[TraceStep]:
     """Q, K, V of one head, then what the hook did to q and k (norms, rotary positions)."""
     p = m.params
-    g = h // (p.heads // p.kv)
+    g = kv_head_of(h, p.heads, p.kv)
     sup = superscript(h) if voice.teaching and head is not None else ""
     of = f" of head {h}" if head is not None else ""
     steps = []
