@@ -78,3 +78,39 @@ def hand_embeddings(tmp_path) -> Path:
     path = tmp_path / "hand.npy"
     np.save(path, table)
     return path
+
+
+def run_with_stderr_on_a_terminal(
+    cmd: list[str], env: dict[str, str], stdin: bytes | None = None
+) -> tuple[int, bytes, bytes]:
+    """Run `cmd` with stderr on a pseudo-terminal (read while the child writes, so it never
+    blocks) and stdout on a pipe: (exit code, stdout, what the terminal received)."""
+    import os
+    import subprocess
+    import threading
+
+    master, slave = os.openpty()
+    seen = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=slave, env=env
+        )
+        out, _ = proc.communicate(stdin, timeout=600)
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    return proc.returncode, out, bytes(seen)

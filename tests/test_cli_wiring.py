@@ -9,7 +9,7 @@ import pytest
 
 import attn_cli
 from attn_cli.render.interactive import trace_repr_html
-from tests.conftest import invoke, minilm_dir
+from tests.conftest import invoke, minilm_dir, run_with_stderr_on_a_terminal
 
 
 def test_explain_writes_the_interactive_page(tmp_path):
@@ -101,7 +101,6 @@ def test_model_runs_show_progress_on_a_terminal_only():
     import os
     import subprocess
     import sys
-    import threading
 
     minilm_dir()
     text = " ".join(["the bank of the river"] * 100)  # 502 tokens: long enough to be seen
@@ -109,27 +108,7 @@ def test_model_runs_show_progress_on_a_terminal_only():
     env = {**os.environ, "ATTN_CLI_PROGRESS_DELAY": "0", "TERM": "xterm-256color"}
     piped = subprocess.run(cmd, capture_output=True, env=env, check=True)
     assert piped.stderr == b""
-    master, slave = os.openpty()
-    seen = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            seen.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=slave, env=env, timeout=300)
-    finally:
-        os.close(slave)
-        reader.join(timeout=10)
-        os.close(master)
-    assert proc.returncode == 0
-    assert b"minilm" in seen and b"layer" in seen and b"of 6" in seen, bytes(seen[-300:])
-    assert proc.stdout == piped.stdout  # stdout: the same JSON, no bar
+    code, out, seen = run_with_stderr_on_a_terminal(cmd, env)
+    assert code == 0
+    assert b"minilm" in seen and b"layer" in seen and b"of 6" in seen, seen[-300:]
+    assert out == piped.stdout  # stdout: the same JSON, no bar

@@ -19,7 +19,7 @@ import pytest
 import attn_cli
 from attn_cli.api import FLOAT32_FROM
 from attn_cli.progress import Progress
-from tests.conftest import SAMPLES, invoke
+from tests.conftest import SAMPLES, invoke, run_with_stderr_on_a_terminal
 
 GIB = 2**30
 
@@ -151,44 +151,13 @@ def test_progress_is_silent_for_short_work():
 def test_progress_line_on_a_terminal_only_on_stderr():
     """The CLI with stderr on a pseudo-terminal and stdout on a pipe: the progress line goes
     to the terminal (and is erased at the end), stdout holds the JSON and nothing else."""
-    import threading
-
-    master, slave = os.openpty()
     text = "word " * 6000 + "\n"
-    seen = bytearray()
-
-    def drain() -> None:  # read the terminal while the child writes, so it never blocks
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            seen.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        proc = subprocess.Popen(
-            [*cli(), "explain", "-", "--json", "-", "--steps", "X"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            # The bar shows from the first moment: the test does not depend on machine speed.
-            env={
-                **os.environ,
-                "COLUMNS": "80",
-                "TERM": "xterm-256color",
-                "ATTN_CLI_PROGRESS_DELAY": "0",
-            },
-        )
-        out, _ = proc.communicate(text.encode(), timeout=600)
-    finally:
-        os.close(slave)
-        reader.join(timeout=10)
-        os.close(master)
-    assert proc.returncode == 0
+    # The bar shows from the first moment: the test does not depend on machine speed.
+    env = {**os.environ, "COLUMNS": "80", "TERM": "xterm-256color", "ATTN_CLI_PROGRESS_DELAY": "0"}
+    code, out, seen = run_with_stderr_on_a_terminal(
+        [*cli(), "explain", "-", "--json", "-", "--steps", "X"], env, text.encode()
+    )
+    assert code == 0
     assert b"explain" in seen and b"6,000 tokens" in seen, bytes(seen[-300:])
     doc = orjson.loads(out)  # stdout: exactly one JSON document
     assert len(doc["tokens"]) == 6000 and b"\x1b" not in out
