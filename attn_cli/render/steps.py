@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from rich import box
 from rich.cells import cell_len
@@ -86,8 +88,19 @@ def _visible_cols(widths: list[int], label_w: int, width: int, total: int) -> in
     return len(widths)
 
 
-def step_table(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | None) -> Table:
-    """The step's matrix as a table fitted to `width`; cells coloured by `scale` (None: plain)."""
+class _Layout(NamedTuple):
+    show_rows: int
+    data: np.ndarray  # the rows shown
+    cells: list[list[str]]  # formatted numbers of the columns that could fit
+    col_labels: list[str]
+    row_labels: list[str]
+    widths: list[int]  # of those columns
+    label_w: int
+    k: int  # columns that do fit
+
+
+def _layout(step: TraceStep, opts: RenderOptions, width: int) -> _Layout:
+    """What a step table shows and how wide each column is (step_table and step_text share it)."""
     n_rows, n_cols = step.data.shape
     show_rows = min(n_rows, opts.max_rows)
     data = step.data[:show_rows]
@@ -102,6 +115,13 @@ def step_table(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | 
     ]
     label_w = max([cell_len(r) for r in row_labels] + [1])
     k = _visible_cols(widths, label_w, width, n_cols)
+    return _Layout(show_rows, data, cells, col_labels, row_labels, widths, label_w, k)
+
+
+def step_table(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | None) -> Table:
+    """The step's matrix as a table fitted to `width`; cells coloured by `scale` (None: plain)."""
+    n_cols = step.data.shape[1]
+    show_rows, data, cells, col_labels, row_labels, widths, label_w, k = _layout(step, opts, width)
 
     table = compact_table()
     # Widths are already known exactly: giving them to Rich skips its per-cell measuring.
@@ -132,19 +152,8 @@ def step_text(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | N
     and styles (tests/test_render.py checks), without Rich's per-cell table machinery, which
     took most of the start-up's rendering time. None when it would not fit `width`: then
     step_table lets Rich shrink the columns."""
-    n_rows, n_cols = step.data.shape
-    show_rows = min(n_rows, opts.max_rows)
-    data = step.data[:show_rows]
-    cand_cols = min(n_cols, max(1, width // 4))
-    cells = [[format_number(float(v), opts.precision) for v in row] for row in data[:, :cand_cols]]
-    col_labels = [printable(c) for c in step.cols[:cand_cols]]
-    row_labels = [printable(r) for r in step.rows[:show_rows]]
-    widths = [
-        max([cell_len(col_labels[j])] + [len(cells[i][j]) for i in range(show_rows)])
-        for j in range(cand_cols)
-    ]
-    label_w = max([cell_len(r) for r in row_labels] + [1])
-    k = _visible_cols(widths, label_w, width, n_cols)
+    n_cols = step.data.shape[1]
+    show_rows, data, cells, col_labels, row_labels, widths, label_w, k = _layout(step, opts, width)
     more = f"… {n_cols - k} more" if k < n_cols else ""
     gap = " " * COL_OVERHEAD
     total = label_w + sum(w + COL_OVERHEAD for w in widths[:k])
