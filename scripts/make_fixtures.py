@@ -260,41 +260,12 @@ def write(kind: str, root: Path = FIXTURES) -> None:
 
 
 def check() -> int:
-    """Rebuild the fixtures in a temporary directory and compare them with the committed ones:
-    weights, tokenizers and configs byte for byte, expected.npz arrays within 1e-6 (another
-    torch build may round differently). Exit status 1 on any difference."""
-    import tempfile
+    """Rebuild the fixtures and compare them with the committed ones (scripts/fixture_check.py)."""
+    from fixture_check import check as compare
 
-    problems = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("bert", "gpt2"):
-            write(kind, Path(tmp))
-        for new in sorted(Path(tmp).rglob("*.*")):
-            rel = new.relative_to(tmp)
-            old = FIXTURES / rel
-            if not old.is_file():
-                problems.append(f"{rel}: not committed")
-            elif new.suffix != ".npz":
-                if new.read_bytes() != old.read_bytes():
-                    problems.append(f"{rel}: differs")
-            else:
-                with np.load(new) as a, np.load(old) as b:
-                    if sorted(a.files) != sorted(b.files):
-                        problems.append(f"{rel}: other arrays")
-                        continue
-                    for k in a.files:
-                        x, y = a[k], b[k]
-                        same = (
-                            x.shape == y.shape and np.allclose(x, y, rtol=0, atol=1e-6)
-                            if x.dtype.kind == "f"
-                            else np.array_equal(x, y)
-                        )
-                        if not same:
-                            problems.append(f"{rel}: {k} differs")
-    for p in problems:
-        print("make_fixtures --check:", p)
-    print("make_fixtures --check:", "differences found" if problems else "the fixtures match")
-    return 1 if problems else 0
+    return compare(
+        lambda tmp: [write(kind, tmp) for kind in ("bert", "gpt2")], FIXTURES, "make_fixtures"
+    )
 
 
 def main() -> None:
