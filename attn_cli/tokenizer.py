@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from attn_cli.errors import InputError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED_TOKENIZER = DATA_DIR / "tokenizer.json"
+# The bundled vocabulary sorted by its UTF-8 bytes, with each entry's id: a binary-searchable
+# copy of tokenizer.json's model.vocab, written by scripts/build_data.py.
+BUNDLED_VOCAB_INDEX = DATA_DIR / "tokenizer_vocab_index.npy"
 BUNDLED_NAME = "minilm-l6 (bundled bert-base-uncased WordPiece)"
 
 
@@ -24,16 +29,116 @@ def resolve_tokenizer_path(path: str | Path | None) -> Path:
     return p
 
 
-def load_tokenizer(path: str | Path | None = None):
+def load_tokenizer(path: str | Path | None = None) -> Any:
     """Load a tokenizer.json (the bundled one by default) with padding and truncation off."""
+    if path is None:
+        return BundledTokenizer()
+    return _tokenizer_from_file(resolve_tokenizer_path(path))
+
+
+def _tokenizer_from_file(p: Path) -> Any:
     from tokenizers import Tokenizer
 
-    p = resolve_tokenizer_path(path)
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as exc:  # tokenizers raises a bare Exception with a serde message
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p} is not a valid tokenizer.json ({reason[:120]})") from None
+    return _configured(tok)
+
+
+class BundledTokenizer:
+    """The bundled WordPiece tokenizer, built for each text from only the vocabulary entries
+    that text can reach.
+
+    `tokenizers` takes 15–30 ms to build a WordPiece model of all 30,522 entries: most of a short
+    run's own time. WordPiece looks up nothing but pieces of the text's own words (a word's
+    prefixes, and the continuing prefix "##" + a later substring), so a tokenizer holding the
+    entries among those pieces — found by binary search in a sorted copy of the vocabulary —
+    gives the same tokens and ids (tests/test_tokenizer.py checks this against the full
+    tokenizer). The normalizer, pre-tokenizer, special tokens and post-processor are the
+    library's, read from the same tokenizer.json. Once the pieces looked up add up to the size
+    of the vocabulary (many or long texts), the full tokenizer is built once and used from then
+    on."""
+
+    def __init__(self) -> None:
+        import numpy as np
+        import orjson
+        from tokenizers import Tokenizer
+
+        self._head = _configuration_head(BUNDLED_TOKENIZER)
+        config = orjson.loads(self._head + "{}}}")
+        model = config["model"]
+        self._prefix: str = model["continuing_subword_prefix"]
+        self._max_chars: int = model["max_input_chars_per_word"]
+        self._added = {t["content"]: t["id"] for t in config["added_tokens"]}
+        self._index = np.load(BUNDLED_VOCAB_INDEX)
+        # No entry is longer, in characters, than its UTF-8 bytes.
+        self._longest = self._index.dtype["token"].itemsize
+        self._words = Tokenizer.from_str(self._head + orjson.dumps(self._added).decode() + "}}")
+        self._budget = len(self._index)  # pieces to look up before the full build pays off
+        self.full: Any = None
+
+    def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True) -> Any:
+        if self.full is None:
+            pieces = self._pieces([text] if pair is None else [text, pair])
+            self._budget -= len(pieces)
+            if self._budget >= 0:
+                tok = _configured(self._with_vocabulary(pieces))
+                return tok.encode(text, pair, add_special_tokens=add_special_tokens)
+            self.full = _tokenizer_from_file(BUNDLED_TOKENIZER)
+        return self.full.encode(text, pair, add_special_tokens=add_special_tokens)
+
+    def _pieces(self, texts: Iterable[str]) -> set[str]:
+        """Every string WordPiece may look up while splitting these texts' words."""
+        words: set[str] = set()
+        for text in texts:
+            normalized = self._words.normalizer.normalize_str(text)
+            words.update(w for w, _ in self._words.pre_tokenizer.pre_tokenize_str(normalized))
+        pieces: set[str] = set()
+        longest, prefix = self._longest, self._prefix
+        for w in words:
+            n = len(w)
+            if n > self._max_chars:
+                continue  # WordPiece makes such a word [UNK] without a lookup
+            pieces.update(w[:j] for j in range(1, min(n, longest) + 1))
+            for i in range(1, n):
+                pieces.update(prefix + w[i:j] for j in range(i + 1, min(n, i + longest) + 1))
+        return pieces
+
+    def _with_vocabulary(self, pieces: set[str]) -> Any:
+        import numpy as np
+        import orjson
+        from tokenizers import Tokenizer
+
+        keys = [p.encode() for p in pieces]
+        keys = [k for k in keys if len(k) <= self._longest]  # longer ones are in no entry
+        vocab = dict(self._added)
+        if keys:
+            wanted = np.array(keys, dtype=self._index.dtype["token"])
+            tokens, ids = self._index["token"], self._index["id"]
+            at = np.minimum(np.searchsorted(tokens, wanted), len(tokens) - 1)
+            for k in np.flatnonzero(tokens[at] == wanted).tolist():
+                vocab[keys[k].decode()] = int(ids[at[k]])
+        return Tokenizer.from_str(self._head + orjson.dumps(vocab).decode() + "}}")
+
+
+def _configuration_head(path: Path) -> str:
+    """tokenizer.json up to its vocabulary's value. scripts/build_data.py writes model.vocab as
+    the file's last member, so what comes before it is the whole configuration (tested); it is
+    read without reading the 30,522 entries after it."""
+    marker = b'"vocab":{'
+    head = b""
+    with path.open("rb") as f:
+        while (at := head.find(marker)) < 0:
+            chunk = f.read(8192)
+            if not chunk:
+                raise InputError(f"{path}: no WordPiece vocabulary")  # a damaged installation
+            head += chunk
+    return head[: at + len(marker) - 1].decode()
+
+
+def _configured(tok: Any) -> Any:
     # A padded or truncated encoding would silently add [PAD]s or drop text.
     tok.no_padding()
     tok.no_truncation()

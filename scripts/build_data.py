@@ -5,7 +5,12 @@
 
 Writes:
   tokenizer.json                   the MiniLM-L6 (bert-base-uncased WordPiece) tokenizer,
-                                   with its padding-to-128 and truncation switched off
+                                   with its padding-to-128 and truncation switched off; the
+                                   vocabulary is the file's last member (attn_cli.tokenizer
+                                   reads the configuration before it without parsing it)
+  tokenizer_vocab_index.npy        that vocabulary sorted by UTF-8 bytes, with each entry's id:
+                                   a structured array (token S<n>, id int32) that
+                                   attn_cli.tokenizer.BundledTokenizer binary-searches
   minilm_word_embeddings.i8.npy    the raw word-embedding table (30522 x 384), int8
   minilm_word_embeddings.scale.npy one float32 scale per row: row_i ~= i8[i] * scale[i]
 
@@ -49,6 +54,17 @@ def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.int8), scale.astype(np.float32)
 
 
+def vocab_index(vocab: dict[str, int]) -> np.ndarray:
+    """The vocabulary as a sorted structured array (token as UTF-8 bytes, id)."""
+    keys = [k.encode() for k in vocab]
+    assert all(k and not k.endswith(b"\0") for k in keys)  # numpy's S type drops trailing NULs
+    index = np.array(
+        list(zip(keys, vocab.values(), strict=True)),
+        dtype=[("token", f"S{max(map(len, keys))}"), ("id", "<i4")],
+    )
+    return np.sort(index, order="token")
+
+
 def main() -> None:
     src = minilm_dir()
     DATA.mkdir(parents=True, exist_ok=True)
@@ -56,9 +72,13 @@ def main() -> None:
     tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     tok["padding"] = None  # the shipped file pads every input to 128 tokens
     tok["truncation"] = None  # ... and silently cuts longer ones
+    tok["model"]["vocab"] = tok["model"].pop("vocab")  # last, after the model's settings
+    tok["model"] = tok.pop("model")  # ... and the model last of all
     (DATA / "tokenizer.json").write_text(
         json.dumps(tok, ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
     )
+
+    np.save(DATA / "tokenizer_vocab_index.npy", vocab_index(tok["model"]["vocab"]))
 
     table = load_file(str(src / "model.safetensors"))["embeddings.word_embeddings.weight"]
     assert table.shape == (30522, 384), table.shape
