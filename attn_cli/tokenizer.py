@@ -62,12 +62,13 @@ class BundledTokenizer:
     on."""
 
     def __init__(self) -> None:
+        import json  # not orjson: the libraries imported at start-up have loaded json already
+
         import numpy as np
-        import orjson
         from tokenizers import Tokenizer
 
         self._head = _configuration_head(BUNDLED_TOKENIZER)
-        config = orjson.loads(self._head + "{}}}")
+        config = json.loads(self._head + "{}}}")
         model = config["model"]
         self._prefix: str = model["continuing_subword_prefix"]
         self._max_chars: int = model["max_input_chars_per_word"]
@@ -75,7 +76,7 @@ class BundledTokenizer:
         self._index = np.load(BUNDLED_VOCAB_INDEX)
         # No entry is longer, in characters, than its UTF-8 bytes.
         self._longest = self._index.dtype["token"].itemsize
-        self._words = Tokenizer.from_str(self._head + orjson.dumps(self._added).decode() + "}}")
+        self._words = Tokenizer.from_str(self._head + json.dumps(self._added) + "}}")
         self._budget = len(self._index)  # pieces to look up before the full build pays off
         self.full: Any = None
 
@@ -107,8 +108,9 @@ class BundledTokenizer:
         return pieces
 
     def _with_vocabulary(self, pieces: set[str]) -> Any:
+        import json
+
         import numpy as np
-        import orjson
         from tokenizers import Tokenizer
 
         keys = [p.encode() for p in pieces]
@@ -120,7 +122,7 @@ class BundledTokenizer:
             at = np.minimum(np.searchsorted(tokens, wanted), len(tokens) - 1)
             for k in np.flatnonzero(tokens[at] == wanted).tolist():
                 vocab[keys[k].decode()] = int(ids[at[k]])
-        return Tokenizer.from_str(self._head + orjson.dumps(vocab).decode() + "}}")
+        return Tokenizer.from_str(self._head + json.dumps(vocab) + "}}")
 
 
 def _configuration_head(path: Path) -> str:
