@@ -2,9 +2,11 @@
 
 Heavy imports (numpy, tokenizers, rich) happen inside the commands, so `--help` and
 `--version` stay instant.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Typer reads every parameter's annotation on each
+start, and string annotations would be compiled and evaluated one by one (half of building the
+command, measured).
+"""
 
 import sys
 from collections.abc import Iterable
