@@ -199,16 +199,17 @@ def step_title(step: TraceStep) -> Text:
 
 def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
     scale = Scale.for_kind(step.kind, step.data) if colors_on(console) else None
-    console.print(step_title(step))
     fast = step_text(step, opts, console.width, scale)
-    console.print(fast if fast is not None else step_table(step, opts, console.width, scale))
-    more = more_rows_line(step, opts)
-    if more is not None:
-        console.print(more)
-    if scale is not None:
-        console.print(scale.legend(opts.precision))
-    console.print(Text(step.description, style="italic"))
-    console.print()
+    parts = [
+        step_title(step),
+        fast if fast is not None else step_table(step, opts, console.width, scale),
+        more_rows_line(step, opts),
+        scale.legend(opts.precision) if scale is not None else None,
+        Text(step.description, style="italic"),
+        Text(),
+    ]
+    # One print per step: each print has a fixed cost (measuring the terminal, the buffer).
+    console.print(Group(*(p for p in parts if p is not None)))
 
 
 def render_steps(console: Console, trace: Trace, opts: RenderOptions) -> None:
@@ -250,7 +251,6 @@ def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
         title.append(" — who attends to whom most, from W")
         if step.where:
             title.append(f"   {step.where}", style="dim")
-        console.print(title)
         table = compact_table()
         for name, right in (
             ("token", False),
@@ -271,5 +271,4 @@ def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
             )
         if shown < len(step.rows):
             table.add_row(Text(f"… {len(step.rows) - shown} more rows", style="dim"))
-        console.print(table)
-        console.print()
+        console.print(Group(title, table, Text()))
