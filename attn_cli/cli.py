@@ -901,6 +901,20 @@ def _app_for(args: list[str]) -> typer.Typer:
     return only
 
 
+def run() -> None:
+    """The console script and `python -m attn_cli`: main(), then exit with its code."""
+    import gc
+
+    code = main()
+    # All is printed and written by now; what is left is the interpreter's shutdown, whose final
+    # garbage collections walk every object numpy, Rich and Typer made (about 20 ms, a tenth of a
+    # short run: benchmarks/run.py cold_start). Frozen objects are skipped; refcounting still
+    # frees them and exit still flushes stdout and runs atexit. Not in main(): tests call it
+    # in-process, where frozen garbage would never be collected.
+    gc.freeze()
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one-line errors, quiet pipes, 130 on Ctrl-C."""
     import signal
