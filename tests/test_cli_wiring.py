@@ -112,3 +112,32 @@ def test_model_runs_show_progress_on_a_terminal_only():
     assert code == 0
     assert b"minilm" in seen and b"layer" in seen and b"of 6" in seen, seen[-300:]
     assert out == piped.stdout  # stdout: the same JSON, no bar
+
+
+def test_the_console_entry_exits_with_mains_code_and_main_leaves_the_collector_alone():
+    """run() (the console script, python -m attn_cli) freezes the objects before the exit;
+    main(), which tests and embedders call in-process, must not: frozen cycles are never
+    collected."""
+    import gc
+    import subprocess
+    import sys
+
+    from attn_cli.cli import main
+
+    frozen = gc.get_freeze_count()
+    assert main(["explain", "hi how are you", "--steps", "W", "--json", "/dev/null"]) == 0
+    assert gc.get_freeze_count() == frozen
+    ok = subprocess.run(
+        [sys.executable, "-m", "attn_cli", "explain", "hi how are you", "--steps", "W"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and ok.stderr == ""
+    assert ok.stdout.splitlines()[-2].split() == ["you", "you", "0.42", "are", "0.21"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "attn_cli", "explain", "hi", "--layer", "9"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == "attn-cli: error: --layer applies to --model\n"
