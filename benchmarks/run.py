@@ -87,6 +87,7 @@ def cold_start(reps: int) -> Row:
     # the freeze saves is reported beside the ratio, not hidden in it.
     unfrozen = [
         PY,
+        "-P",  # the installed attn_cli, not a checkout in the working directory
         "-c",
         "import sys; from attn_cli.cli import main; "
         "sys.argv = ['attn-cli', 'explain', 'hi how are you']; sys.exit(main())",
