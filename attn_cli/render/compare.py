@@ -23,16 +23,25 @@ def short(v: float, precision: int) -> str:
     return s[1:] if s.startswith("0.") else s
 
 
-def map_lines(step: TraceStep, opts: RenderOptions, color: bool, title: str) -> list[Text]:
-    """An attention map as lines of text: rows labelled 'i token', columns by position."""
+def map_lines(
+    step: TraceStep, opts: RenderOptions, color: bool, title: str, width: int
+) -> list[Text]:
+    """An attention map as lines of text: rows labelled 'i token', columns by position. Columns
+    that do not fit `width` and rows beyond opts.max_rows are cut, and the cut is said."""
     w = step.data
-    cells = [[short(float(v), opts.precision) for v in row] for row in w]
-    cw = max([len(c) for row in cells for c in row] + [len(str(w.shape[1] - 1))]) + 1
+    n_rows, n_cols = w.shape
+    cells = [[short(float(v), opts.precision) for v in row] for row in w[: opts.max_rows]]
+    cw = max([len(c) for row in cells for c in row] + [len(str(n_cols - 1))]) + 1
+    k = n_cols
+    if LABEL_W + cw * n_cols > width:  # leave room for " … 12 more"
+        k = max(1, (width - LABEL_W - cell_len(f" … {n_cols} more")) // cw)
     scale = Scale.for_kind("weights", w) if color else None
-    lines = [Text(title[: LABEL_W + cw * w.shape[1]], style="bold")]
+    lines = [Text(title[: max(LABEL_W + cw * k, 1)], style="bold")]
     head = Text(" " * LABEL_W)
-    for j in range(w.shape[1]):
+    for j in range(k):
         head.append(str(j).rjust(cw), style="dim")
+    if k < n_cols:
+        head.append(f" … {n_cols - k} more", style="dim")
     lines.append(head)
     for i, row in enumerate(cells):
         label = f"{i} {printable(step.rows[i])}"
@@ -41,11 +50,15 @@ def map_lines(step: TraceStep, opts: RenderOptions, color: bool, title: str) -> 
                 label = label[:-1]
             label += "…"
         line = Text(label + " " * (LABEL_W - cell_len(label)), style="bold")
-        styles = scale.styles(w[i]) if scale is not None else [None] * len(row)
-        for c, st in zip(row, styles, strict=True):
+        styles = scale.styles(w[i, :k]) if scale is not None else [None] * k
+        for c, st in zip(row[:k], styles, strict=True):
             line.append(" " * (cw - len(c)))
             line.append(c, style=st)
+        if k < n_cols:
+            line.append(" …", style="dim")
         lines.append(line)
+    if len(cells) < n_rows:
+        lines.append(Text(f"… {n_rows - len(cells)} more rows", style="dim"))
     return lines
 
 
@@ -53,8 +66,8 @@ def render_maps(console: Console, c: Comparison, opts: RenderOptions) -> None:
     color = colors_on(console)
     wa, wb = c.attention("a"), c.attention("b")
     where = f"   {wa.where}" if wa.where else ""
-    left = map_lines(wa, opts, color, f"A: W{where}")
-    right = map_lines(wb, opts, color, f"B: W{where}")
+    left = map_lines(wa, opts, color, f"A: W{where}", console.width)
+    right = map_lines(wb, opts, color, f"B: W{where}", console.width)
     width_l = max(cell_len(t.plain) for t in left)
     width_r = max(cell_len(t.plain) for t in right)
     if width_l + GAP + width_r <= console.width:
