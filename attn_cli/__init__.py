@@ -19,6 +19,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AttnError",
+    "Comparison",
     "InputError",
     "Model",
     "Options",
@@ -30,12 +31,13 @@ __all__ = [
     "explain_all",
     "load",
     "load_all",
+    "load_comparison",
     "load_model",
 ]
 
 if TYPE_CHECKING:
     from attn_cli.api import Options, explain, explain_all, load, load_all
-    from attn_cli.comparison import compare
+    from attn_cli.comparison import Comparison, compare, load_comparison
     from attn_cli.errors import AttnError, InputError
     from attn_cli.model import Model, load_model
     from attn_cli.trace import Trace, TraceStep
@@ -43,7 +45,9 @@ if TYPE_CHECKING:
 _HOMES = {
     "Model": "attn_cli.model",
     "Options": "attn_cli.api",
+    "Comparison": "attn_cli.comparison",
     "compare": "attn_cli.comparison",
+    "load_comparison": "attn_cli.comparison",
     "explain": "attn_cli.api",
     "explain_all": "attn_cli.api",
     "load": "attn_cli.api",

@@ -661,6 +661,15 @@ def compare(
     precision: Precision = 2,
     color: Color = None,
     width: Width = None,
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="PATH",
+            help="Write both traces and every shared token's cosines as JSON ('-' = stdout, "
+            "and no tables); `attn-cli show PATH` prints it again.",
+        ),
+    ] = None,
 ) -> None:
     """Two texts side by side: how the same token attends, and how its vector changes, in two
     contexts.
@@ -679,6 +688,13 @@ def compare(
         opts.check()
         a, b = (read_texts(t, None)[0] for t in (text_a, text_b))
         result = compare_texts(a, b, **vars(opts))
+        if json_out == "-":
+            from attn_cli.comparison import comparison_chunks
+
+            sys.stdout.buffer.writelines(comparison_chunks(result))
+            return
+        if json_out is not None:
+            result.save(json_out)
         console = make_console(color=color, width=width)
         render_comparison(console, result, RenderOptions(precision=precision))
 
@@ -706,10 +722,11 @@ def show(
     max_rows: MaxRows = 24,
     browse: BrowseOpt = False,
 ) -> None:
-    """Render a saved trace exactly as `explain` printed it (--browse: explore it full-screen)."""
+    """Render a saved trace exactly as `explain` printed it (--browse: explore it full-screen),
+    or a saved comparison as `compare` printed it."""
     with user_errors():
         from attn_cli.errors import InputError
-        from attn_cli.export import loads_traces
+        from attn_cli.export import is_comparison, parse_documents, traces_from_documents
         from attn_cli.render.views import parse_views
 
         views = parse_views(view)
@@ -724,12 +741,41 @@ def show(
             except OSError as exc:
                 raise InputError(f"cannot read {file}: {exc.strerror}") from None
         if browse:
-            from attn_cli.browse import require_browser, run_browser
+            from attn_cli.browse import require_browser
 
             require_browser()  # before parsing: Textual installed, stdout a terminal
-            run_browser(loads_traces(data, source), precision=precision, top_k=top_k)
+        docs = parse_documents(data, source)
+        if is_comparison(docs):
+            _show_comparison(docs[0], source, locals())
             return
-        _emit(loads_traces(data, source), views, _display(locals()))
+        traces = traces_from_documents(docs, source)
+        if browse:
+            from attn_cli.browse import run_browser
+
+            run_browser(traces, precision=precision, top_k=top_k)
+            return
+        _emit(traces, views, _display(locals()))
+
+
+def _show_comparison(doc: dict, source: str, params: dict) -> None:
+    from attn_cli.comparison import comparison_from_document
+    from attn_cli.errors import InputError
+    from attn_cli.render.common import RenderOptions, make_console
+    from attn_cli.render.compare import render_comparison
+
+    for flag, key in (
+        ("--view", "view"),
+        ("--svg", "svg"),
+        ("--html", "html"),
+        ("--browse", "browse"),
+    ):
+        if params[key]:
+            raise InputError(
+                f"{flag}: {source} holds a comparison, which shows as compare printed it"
+            )
+    comparison = comparison_from_document(doc, source)
+    console = make_console(color=params["color"], width=params["width"])
+    render_comparison(console, comparison, RenderOptions(precision=params["precision"]))
 
 
 @app.command()

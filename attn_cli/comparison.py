@@ -10,17 +10,23 @@ H), and, for a model, of its hidden state at every layer.
     from attn_cli.comparison import compare
     c = compare("the bank of the river", "the bank approved the loan")
     c.shared[1].token, c.shared[1].cos_out       # ('bank', 0.94…)
+    c.show(); c.save("bank.json"); load_comparison("bank.json")
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from attn_cli.errors import InputError
 from attn_cli.trace import Trace, TraceStep, token_labels
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -56,6 +62,138 @@ class Comparison:
             f"<Comparison {len(self.a.tokens)} vs {len(self.b.tokens)} tokens · "
             f"{len(self.shared)} shared · {self.a.text!r} / {self.b.text!r}>"
         )
+
+    def show(
+        self, console: Console | None = None, width: int | None = None, precision: int = 2
+    ) -> None:
+        """Print it as `attn-cli compare` does."""
+        from attn_cli.render.common import RenderOptions, make_console
+        from attn_cli.render.compare import render_comparison
+
+        render_comparison(
+            console or make_console(width=width), self, RenderOptions(precision=precision)
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write it as JSON (atomically): both traces and every shared token's cosines.
+        `attn-cli show PATH` prints it again; `load_comparison(PATH)` reads it back."""
+        from attn_cli.export import atomic_write
+
+        atomic_write(path, comparison_chunks(self))
+
+
+def comparison_chunks(c: Comparison) -> Iterator[bytes]:
+    """The comparison as one JSON document: what compare measured, then the two traces
+    (streamed as `--json` streams a trace; without the parameter matrices W_q … W_o, as
+    explain's export by default: they are the same for both texts and compare shows none)."""
+    import orjson
+
+    from attn_cli.export import COMPARISON_FORMAT, VERSION, json_chunks, only_steps
+    from attn_cli.narrate import PARAMETER_STEPS
+
+    head = {
+        "format": COMPARISON_FORMAT,
+        "version": VERSION,
+        "input": c.input_name,
+        "output": c.output_name,
+        "layer": c.layer,
+        "head": c.head,
+        "notes": c.notes,
+        "shared": [vars(s) for s in c.shared],
+    }
+    yield orjson.dumps(head)[:-1]
+    for key, trace in (("a", c.a), ("b", c.b)):
+        yield f',"{key}":'.encode()
+        kept = [n for n in trace.step_names if n not in PARAMETER_STEPS]
+        for chunk in json_chunks([only_steps(trace, kept)]):
+            yield chunk.removesuffix(b"\n")
+    yield b"}\n"
+
+
+def load_comparison(path: str | Path) -> Comparison:
+    """A comparison saved with `Comparison.save` or `attn-cli compare --json`."""
+    from attn_cli.export import parse_documents
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{p} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror}") from None
+    docs = parse_documents(data, str(p))
+    if len(docs) != 1:
+        raise InputError(f"{p}: not an attn-cli comparison (it holds {len(docs)} documents)")
+    return comparison_from_document(docs[0], str(p))
+
+
+def comparison_from_document(doc: Any, where: str) -> Comparison:
+    """Check an untrusted comparison document field by field, then build it."""
+    from attn_cli.export import COMPARISON_FORMAT, check_version, need, trace_from_document
+
+    need(isinstance(doc, dict), where, "not an attn-cli comparison (expected a JSON object)")
+    need(
+        doc.get("format") == COMPARISON_FORMAT,
+        where,
+        f"not an attn-cli comparison (format is not {COMPARISON_FORMAT!r})",
+    )
+    check_version(doc, where, "comparison")
+    a = trace_from_document(doc.get("a"), f"{where} trace a")
+    b = trace_from_document(doc.get("b"), f"{where} trace b")
+    names = {doc.get("input"), doc.get("output")}
+    need(
+        all(isinstance(n, str) and a.steps_named(n) and b.steps_named(n) for n in names),
+        where,
+        "'input' and 'output' must name steps both traces hold",
+    )
+    layer, head = doc.get("layer"), doc.get("head")
+    need(
+        all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (layer, head)),
+        where,
+        "'layer' and 'head' must be integers or null",
+    )
+    try:
+        for t in (a, b):
+            t.find("W", layer, head)
+    except KeyError:
+        raise InputError(
+            f"{where}: the traces have no attention map W for 'layer'/'head'"
+        ) from None
+    notes = doc.get("notes", [])
+    need(
+        isinstance(notes, list) and all(isinstance(n, str) for n in notes),
+        where,
+        "'notes' must be a list of strings",
+    )
+    entries = doc.get("shared")
+    need(isinstance(entries, list), where, "'shared' must be a list")
+    shared = []
+    for i, e in enumerate(entries):
+        at = f"{where} shared {i}"
+        need(isinstance(e, dict) and isinstance(e.get("token"), str), at, "needs a 'token' string")
+        for key, count in (("a", len(a.tokens)), ("b", len(b.tokens))):
+            v = e.get(key)
+            need(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < count,
+                at,
+                f"'{key}' must be a token position of trace {key} (0–{count - 1})",
+            )
+        layers = e.get("cos_layers", [])
+        need(isinstance(layers, list), at, "'cos_layers' must be a list")
+        numbers = [e.get("cos_in"), e.get("cos_out"), *layers]
+        need(
+            all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers),
+            at,
+            "cosines must be numbers",
+        )
+        shared.append(
+            Shared(
+                e["token"], e["a"], e["b"], e["cos_in"], e["cos_out"], [float(v) for v in layers]
+            )
+        )
+    lengths = {len(s.cos_layers) for s in shared}
+    need(len(lengths) <= 1, where, "every shared token needs the same number of 'cos_layers'")
+    return Comparison(a, b, doc["input"], doc["output"], shared, layer, head, notes)
 
 
 def cosine(u: np.ndarray, v: np.ndarray) -> float:

@@ -19,6 +19,9 @@ from attn_cli.trace import KINDS, Trace, TraceStep
 FORMAT = "attn-cli/trace"
 VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "trace-v1.schema.json"
+# `attn-cli compare --json`: both traces and what compare measured (attn_cli.comparison).
+COMPARISON_FORMAT = "attn-cli/comparison"
+COMPARISON_SCHEMA_PATH = SCHEMA_PATH.with_name("comparison-v1.schema.json")
 
 
 # A model computes attention weights in float32 and agrees with its reference implementation
@@ -116,6 +119,25 @@ def dumps_traces(traces: list[Trace]) -> bytes:
 
 def loads_traces(data: bytes, source: str = "<input>") -> list[Trace]:
     """Parse a JSON trace or a JSON Lines file of traces, with one-line errors."""
+    return traces_from_documents(parse_documents(data, source), source)
+
+
+def traces_from_documents(docs: list[Any], source: str) -> list[Trace]:
+    return [
+        trace_from_document(d, source if len(docs) == 1 else f"{source} line {i}")
+        for i, d in enumerate(docs, 1)
+    ]
+
+
+def is_comparison(docs: list[Any]) -> bool:
+    """Whether parsed documents are one saved comparison (`attn-cli compare --json`)."""
+    return (
+        len(docs) == 1 and isinstance(docs[0], dict) and docs[0].get("format") == COMPARISON_FORMAT
+    )
+
+
+def parse_documents(data: bytes, source: str = "<input>") -> list[Any]:
+    """The JSON document, or each line's of a JSON Lines file, with one-line errors."""
     try:
         docs = [orjson.loads(data)]
     except orjson.JSONDecodeError as whole_err:
@@ -130,27 +152,25 @@ def loads_traces(data: bytes, source: str = "<input>") -> list[Trace]:
                 raise InputError(f"{source} line {i}: not valid JSON ({err})") from None
     if not docs or docs == [None]:
         raise InputError(f"{source}: empty")
-    return [
-        trace_from_document(d, source if len(docs) == 1 else f"{source} line {i}")
-        for i, d in enumerate(docs, 1)
-    ]
+    return docs
 
 
-def _need(cond: bool, where: str, what: str) -> None:
+def need(cond: bool, where: str, what: str) -> None:
+    """A check of an untrusted document: `where: what` as a one-line error when it fails."""
     if not cond:
         raise InputError(f"{where}: {what}")
 
 
 def trace_from_document(doc: Any, where: str) -> Trace:
-    _need(isinstance(doc, dict), where, "not an attn-cli trace (expected a JSON object)")
-    _need(doc.get("format") == FORMAT, where, f"not an attn-cli trace (format is not {FORMAT!r})")
-    version = doc.get("version")
-    _need(isinstance(version, int), where, "trace has no integer 'version'")
-    _need(
-        version <= VERSION,
+    need(isinstance(doc, dict), where, "not an attn-cli trace (expected a JSON object)")
+    need(
+        doc.get("format") != COMPARISON_FORMAT,
         where,
-        f"trace version {version} is newer than this attn-cli reads ({VERSION}): upgrade attn-cli",
+        "holds a comparison, not a trace: `attn-cli show` prints it, "
+        "attn_cli.load_comparison reads it",
     )
+    need(doc.get("format") == FORMAT, where, f"not an attn-cli trace (format is not {FORMAT!r})")
+    check_version(doc, where, "trace")
     for key, typ in (
         ("text", str),
         ("tokens", list),
@@ -158,26 +178,26 @@ def trace_from_document(doc: Any, where: str) -> Trace:
         ("config", dict),
         ("steps", list),
     ):
-        _need(
+        need(
             isinstance(doc.get(key), typ),
             where,
             f"trace field '{key}' is missing or not a {typ.__name__}",
         )
     tokens, ids = doc["tokens"], doc["token_ids"]
-    _need(all(isinstance(t, str) for t in tokens), where, "'tokens' must be strings")
-    _need(
+    need(all(isinstance(t, str) for t in tokens), where, "'tokens' must be strings")
+    need(
         len(ids) == len(tokens) and all(isinstance(i, int) for i in ids),
         where,
         "'token_ids' must be integers, one per token",
     )
     notes = doc.get("notes", [])
-    _need(
+    need(
         isinstance(notes, list) and all(isinstance(n, str) for n in notes),
         where,
         "'notes' must be a list of strings",
     )
     raw = doc.get("raw_tokens")
-    _need(
+    need(
         raw is None
         or (
             isinstance(raw, list)
@@ -191,26 +211,36 @@ def trace_from_document(doc: Any, where: str) -> Trace:
     return Trace(doc["text"], tokens, ids, doc["config"], steps, notes, raw)
 
 
+def check_version(doc: Any, where: str, what: str) -> None:
+    version = doc.get("version")
+    need(isinstance(version, int), where, f"{what} has no integer 'version'")
+    need(
+        version <= VERSION,
+        where,
+        f"{what} version {version} is newer than this attn-cli reads ({VERSION}): upgrade attn-cli",
+    )
+
+
 def _step_from_entry(e: Any, where: str) -> TraceStep:
-    _need(isinstance(e, dict), where, "not an object")
+    need(isinstance(e, dict), where, "not an object")
     for key in ("name", "formula", "description", "kind"):
-        _need(isinstance(e.get(key), str), where, f"'{key}' is missing or not a string")
-    _need(e["kind"] in KINDS, where, f"unknown kind {e['kind']!r}")
+        need(isinstance(e.get(key), str), where, f"'{key}' is missing or not a string")
+    need(e["kind"] in KINDS, where, f"unknown kind {e['kind']!r}")
     rows, cols, shape = e.get("rows"), e.get("cols"), e.get("shape")
-    _need(isinstance(rows, list) and isinstance(cols, list), where, "'rows'/'cols' must be lists")
-    _need(shape == [len(rows), len(cols)], where, "'shape' does not match 'rows' and 'cols'")
+    need(isinstance(rows, list) and isinstance(cols, list), where, "'rows'/'cols' must be lists")
+    need(shape == [len(rows), len(cols)], where, "'shape' does not match 'rows' and 'cols'")
     try:
         data = np.array(e.get("data"), dtype=np.float64)  # null -> nan
     except (TypeError, ValueError):
         raise InputError(f"{where}: 'data' is not a matrix of numbers") from None
-    _need(
+    need(
         data.shape == tuple(shape), where, f"'data' has shape {data.shape}, expected {tuple(shape)}"
     )
     data[np.isnan(data)] = -np.inf  # null marks a masked cell
     extra = {}
     for key in ("layer", "head"):
         if e.get(key) is not None:
-            _need(isinstance(e[key], int), where, f"'{key}' must be an integer")
+            need(isinstance(e[key], int), where, f"'{key}' must be an integer")
             extra[key] = e[key]
     return TraceStep(
         e["name"],

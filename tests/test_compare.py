@@ -157,3 +157,154 @@ def test_model_compare_matches_transformers_hidden_states():
     expected = [cosine(x[0, 2].numpy(), y[0, 2].numpy()) for x, y in zip(ha, hb, strict=True)]
     np.testing.assert_allclose(bank.cos_layers, expected, atol=1e-5)
     assert c.layer == 3 and c.head == 0
+
+
+# --- saving a comparison: compare --json, show, load_comparison ----------------------------
+
+TINY_LLAMA = ROOT / "tests" / "fixtures" / "tiny_llama"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--qkv", "--heads", "2", "--causal"], ["--model", str(TINY_LLAMA), "--layer", "0"]],
+    ids=["toy", "qkv", "model"],
+)
+def test_show_prints_a_saved_comparison_exactly_as_compare_did(tmp_path, args):
+    saved = tmp_path / "c.json"
+    first = invoke(["compare", A, B, *args, "--json", str(saved), "--width", "100"])
+    assert first.exit_code == 0, first.stderr
+    again = invoke(["show", str(saved), "--width", "100"])
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout == first.stdout
+    assert "The same token in two contexts" in again.stdout
+
+
+def test_a_saved_comparison_reads_back_equal(tmp_path):
+    from attn_cli.comparison import load_comparison
+
+    c = compare(A, B, model=str(TINY_LLAMA))
+    c.save(tmp_path / "c.json")
+    back = load_comparison(tmp_path / "c.json")
+    assert (back.layer, back.head) == (c.layer, c.head) == (1, 0)  # middle of 2 layers
+    assert [vars(s) for s in back.shared] == [vars(s) for s in c.shared]
+    assert len(back.shared[0].cos_layers) == 3  # X0, X1, H
+    for mine, theirs in ((c.a, back.a), (c.b, back.b)):
+        assert theirs.tokens == mine.tokens and len(theirs.steps) == len(mine.steps)
+        for s, t in zip(mine.steps, theirs.steps, strict=True):
+            assert (s.name, s.layer, s.head) == (t.name, t.layer, t.head)
+            np.testing.assert_allclose(t.data, s.data, atol=5e-7)  # weights kept to 6 decimals
+    assert back.attention("a").data.shape == (len(c.a.tokens),) * 2
+
+
+def test_compare_json_on_stdout_matches_the_schema_and_prints_no_table():
+    import jsonschema
+    from referencing import Registry, Resource
+
+    from attn_cli.export import COMPARISON_SCHEMA_PATH, SCHEMA_PATH
+
+    r = invoke(["compare", A, B, "--json", "-"])
+    assert r.exit_code == 0, r.stderr
+    doc = orjson.loads(r.stdout)
+    schemas = [orjson.loads(p.read_bytes()) for p in (COMPARISON_SCHEMA_PATH, SCHEMA_PATH)]
+    registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas)
+    jsonschema.Draft202012Validator(schemas[0], registry=registry).validate(doc)
+    assert [s["token"] for s in doc["shared"]] == ["the₁", "bank", "the₂"]
+    assert doc["a"]["text"] == A and doc["b"]["text"] == B
+
+
+def tampered(tmp_path, change) -> str:
+    doc = orjson.loads(invoke(["compare", A, B, "--json", "-"]).stdout)
+    change(doc)
+    path = tmp_path / "bad.json"
+    path.write_bytes(orjson.dumps(doc))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["shared"][1].update(b=99), "shared 1: 'b' must be a token position"),
+        (lambda d: d["shared"][0].update(cos_out="high"), "shared 0: cosines must be numbers"),
+        (lambda d: d.update(layer=True), "'layer' and 'head' must be integers or null"),
+        (lambda d: d.update(head=3), "no attention map W for 'layer'/'head'"),
+        (lambda d: d.update(output="Q"), "'input' and 'output' must name steps both traces hold"),
+        (lambda d: d.pop("b"), "trace b: not an attn-cli trace"),
+        (lambda d: d.update(version=7), "comparison version 7 is newer than this attn-cli"),
+    ],
+)
+def test_a_damaged_comparison_is_one_line_error(tmp_path, change, message):
+    r = invoke(["show", tampered(tmp_path, change)])
+    assert r.exit_code == 2
+    assert r.stderr.startswith("attn-cli: error: ") and r.stderr.count("\n") == 1
+    assert message in r.stderr, r.stderr
+
+
+def test_a_comparison_is_not_a_trace_and_trace_views_do_not_apply(tmp_path):
+    path = tampered(tmp_path, lambda d: None)
+    with pytest.raises(InputError, match="holds a comparison, not a trace"):
+        attn_cli.load(path)
+    r = invoke(["show", path, "--view", "heatmap"])
+    assert r.exit_code == 2
+    assert (
+        r.stderr
+        == f"attn-cli: error: --view: {path} holds a comparison, which shows as compare printed it\n"
+    )
+    assert attn_cli.load_comparison(path).shared[1].token == "bank"
+
+
+def test_long_texts_cut_the_maps_to_the_width():
+    long_text = " ".join(f"word{i}" for i in range(40))  # 80 tokens: word, ##0, word, ##1 …
+    r = invoke(["compare", long_text, "word3 and more", "--width", "80"])
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    # 10 label columns, 4 per cell, room for " … 80 more": 15 columns shown, 65 cut
+    header = next(line for line in lines if line.endswith("… 65 more"))
+    assert header.split()[:2] == ["0", "1"] and header.split()[-4] == "14"
+    assert "… 56 more rows" in lines  # 24 rows shown of 80
+
+
+def test_random_damage_to_a_saved_comparison_is_never_an_internal_error(tmp_path):
+    """Untrusted files: any field set to a wrong value is either shown or refused in one line,
+    never a traceback or an 'internal error'."""
+    import random
+
+    base = orjson.loads(invoke(["compare", A, B, "--qkv", "--heads", "2", "--json", "-"]).stdout)
+    rng = random.Random(3)
+    junk = [None, True, -1, 0, 7, 1e308, "x", "", [], [1, "a"], {}, {"a": 1}]
+
+    def paths(node, path=()):
+        yield path
+        if isinstance(node, dict | list):
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                if not (isinstance(node, list) and key > 3):  # a few of each list suffice
+                    yield from paths(child, (*path, key))
+
+    every = [p for p in paths(base) if p]
+    outcomes = set()
+    for trial in range(150):
+        doc = orjson.loads(orjson.dumps(base))
+        for _ in range(rng.randint(1, 3)):
+            *parent, key = rng.choice(every)
+            node = doc
+            try:
+                for k in parent:
+                    node = node[k]
+                node[key] = rng.choice(junk)
+            except (KeyError, IndexError, TypeError):
+                pass  # an earlier change removed the way there
+        path = tmp_path / f"{trial}.json"
+        path.write_bytes(orjson.dumps(doc))
+        r = invoke(["show", str(path)])
+        assert r.exit_code in (0, 2), r.stderr
+        assert "internal error" not in r.stderr and r.stderr.count("\n") <= 1, r.stderr
+        outcomes.add(r.exit_code)
+    assert outcomes == {0, 2}
+
+
+def test_a_saved_qkv_comparison_leaves_out_the_shared_parameter_matrices():
+    doc = orjson.loads(invoke(["compare", A, B, "--qkv", "--heads", "2", "--json", "-"]).stdout)
+    names = {s["name"] for s in doc["a"]["steps"]}
+    assert {"X", "Q", "K", "V", "W", "O"} <= names
+    assert not names & {"W_q", "W_k", "W_v", "W_o"}
