@@ -6,6 +6,11 @@
                                 scale, a sliding-window layer then a global one with their own
                                 rotary bases, final-logit soft-capping), sharded, with a
                                 SentencePiece-style tokenizer (▁ spaces, <0xNN> byte fallback)
+  tests/fixtures/tiny_phi3/     a random Phi-3 (fused qkv_proj and gate_up_proj, half the head
+                                rotated, LongRoPE past a 4-token original length, a sliding
+                                window of 5), byte-level BPE tokenizer
+  tests/fixtures/tiny_qwen2/    a random Qwen2 (q/k/v biases, YaRN rope scaling past an 8-token
+                                original length), byte-level BPE tokenizer
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -175,6 +180,39 @@ def make_all(root: Path = FIXTURES) -> None:
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
+    )
+    make(
+        "tiny_phi3",
+        "phi3",
+        byte_level_tokenizer(300),
+        root=root,
+        partial_rotary_factor=0.5,
+        sliding_window=5,
+        original_max_position_embeddings=4,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "short_factor": [1.0, 1.5],
+            "long_factor": [1.0, 7.0],
+        },
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    make(
+        "tiny_qwen2",
+        "qwen2",
+        byte_level_tokenizer(300),
+        root=root,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+        },
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
     )
 
 

@@ -144,10 +144,21 @@ def test_float16_checkpoints_are_widened_exactly(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "'yarn'"),
+        ({"rope_parameters": {"rope_type": "mrope", "rope_theta": 1e4}}, "'mrope'"),
         (
-            {"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
-            "'dynamic'",
+            {
+                "rope_parameters": {
+                    "rope_type": "longrope",
+                    "rope_theta": 1e4,
+                    "short_factor": [1.0] * 3,
+                    "long_factor": [1.0] * 8,
+                }
+            },
+            "short_factor must be 8 positive numbers",
+        ),
+        (
+            {"rope_parameters": None, "rope_scaling": {"type": "dynamic"}},
+            "'dynamic' needs 'factor'",
         ),
         ({"num_key_value_heads": 3}, "num_key_value_heads"),
         ({"hidden_act": "tanhshrink"}, "tanhshrink"),
@@ -211,3 +222,101 @@ def test_multimodal_gemma3_runs_its_language_model(tmp_path):
         text.pop(key)
     short = run(d, IDS, {**cfg, "text_config": text})
     np.testing.assert_array_equal(short["logits"], ours["logits"])
+
+
+# Scaled rotary embeddings, each against transformers: 14 tokens run past the (tiny) original
+# lengths, so the long-context branch of each type is the one exercised.
+SCALED_ROPE = {
+    "llama-yarn": (
+        "llama",
+        {
+            "rope_type": "yarn",
+            "rope_theta": 1e4,
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+        },
+    ),
+    "llama-yarn-mscale": (
+        "llama",
+        {
+            "rope_type": "yarn",
+            "rope_theta": 1e4,
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+            "mscale": 1.0,
+            "mscale_all_dim": 0.5,
+            "beta_fast": 16,
+            "beta_slow": 2,
+        },
+    ),
+    "llama-dynamic": ("llama", {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}),
+    "qwen2-yarn": (
+        "qwen2",
+        {
+            "rope_type": "yarn",
+            "rope_theta": 1e6,
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+        },
+    ),
+    "phi3-longrope": (
+        "phi3",
+        {
+            "rope_type": "longrope",
+            "rope_theta": 1e4,
+            "short_factor": [1.0, 1.2, 1.5, 2.0],
+            "long_factor": [1.0, 2.5, 6.0, 11.0],
+        },
+    ),
+}
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("case", sorted(SCALED_ROPE))
+def test_scaled_rotary_embeddings_match_transformers(tmp_path, case):
+    model_type, rope = SCALED_ROPE[case]
+    extra: dict = {
+        "rope_parameters": {**TINY.get(model_type, {}).get("rope_parameters", {}), **rope}
+    }
+    if case == "llama-dynamic":
+        extra["max_position_embeddings"] = 8  # 14 tokens: past it, so θ grows
+    if model_type == "phi3":
+        extra |= {"max_position_embeddings": 64, "original_max_position_embeddings": 8}
+    scaled, plain = tmp_path / "scaled", tmp_path / "plain"
+    build_random_model(model_type, scaled, **extra)
+    build_random_model(model_type, plain)  # the same weights (same seed), default-style rope
+    ours, ref = run(scaled, IDS), reference(scaled, IDS)
+    maps = attention_maps(ours)
+    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-4)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-3)
+    # not vacuous: the scaling changed the maps
+    assert np.abs(maps - attention_maps(run(plain, IDS))).max() > 1e-2
+    if model_type == "phi3":  # 6 tokens are within the original length: the short factors
+        short = IDS[:6]
+        np.testing.assert_allclose(
+            attention_maps(run(scaled, short)), reference(scaled, short)["attentions"], atol=1e-4
+        )
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("kind", ["su", "longrope"])
+def test_phi3_reads_su_and_the_default_original_length_as_transformers_does(tmp_path, kind):
+    """The first 128k Phi-3 checkpoints call LongRoPE 'su'; a config without
+    original_max_position_embeddings means transformers' Phi3Config default, 4096 (so 14
+    tokens use the short factors, and cos/sin grow by √(1 + ln 2 / ln 4096))."""
+    d = tmp_path / "phi3"
+    cfg = build_random_model("phi3", d, max_position_embeddings=8192)
+    rope = {"type": kind, "short_factor": [1.0, 1.1, 1.3, 1.6], "long_factor": [1.0, 3.0, 5.0, 9.0]}
+    if kind == "su":  # transformers 5 reads 'su' only with the length beside it
+        rope["original_max_position_embeddings"] = 4096
+    drop = ("rope_parameters", "original_max_position_embeddings")
+    hub = {k: v for k, v in cfg.items() if k not in drop}
+    hub |= {"rope_scaling": rope, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    (d / "config.json").write_text(json.dumps(hub))
+    ours, ref = run(d, IDS), reference(d, IDS)
+    np.testing.assert_allclose(attention_maps(ours), ref["attentions"], atol=1e-4)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-3)
+    rope_info = ours["family"].describe(hub)["rope"]["sliding_attention"]
+    assert rope_info["type"] == "longrope"
+    assert rope_info["original_max_position_embeddings"] == 4096
+    assert rope_info["attention_factor"] == pytest.approx((1 + np.log(2) / np.log(4096)) ** 0.5)

@@ -1,5 +1,5 @@
-"""Torch-free golden fixtures: a tiny Llama and a tiny Gemma 3 (bf16 safetensors, the second
-sharded) with transformers' attention maps and logits, made once by
+"""Torch-free golden fixtures: a tiny Llama, Gemma 3 (sharded), Phi-3 (LongRoPE) and Qwen2
+(YaRN), bf16 safetensors with transformers' attention maps and logits, made once by
 scripts/make_decoder_fixtures.py. Every developer run checks the decoders' numerics."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 SENTENCE = "the cat sat\non the café mat"  # as in scripts/make_decoder_fixtures.py
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma3"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma3", "tiny_phi3", "tiny_qwen2"])
 def test_fixture_matches_transformers(name):
     d = FIXTURES / name
     expected = np.load(d / "expected.npz")
@@ -80,3 +80,31 @@ def test_describe_says_what_the_config_means_for_attention():
     llama = describe(json.loads((FIXTURES / "tiny_llama" / "config.json").read_text()))
     assert llama["query_heads_per_kv_head"] == 2 and llama["sliding_window"] is None
     assert llama["rope"]["full_attention"]["type"] == "llama3" and llama["mlp"] == "SwiGLU (silu)"
+
+
+def test_the_scaled_rotary_fixtures_say_what_they_scale():
+    from attn_cli.models._decoder import describe
+
+    phi3 = describe(json.loads((FIXTURES / "tiny_phi3" / "config.json").read_text()))
+    rope = phi3["rope"]["sliding_attention"]
+    assert rope["type"] == "longrope" and rope["rotary_dim"] == 4  # half of head_dim 8
+    # max 128 over an original 4 tokens: √(1 + ln 32 / ln 4) = √3.5
+    assert rope["attention_factor"] == pytest.approx(3.5**0.5)
+    assert phi3["sliding_window"] == 5
+    qwen2 = describe(json.loads((FIXTURES / "tiny_qwen2" / "config.json").read_text()))
+    rope = qwen2["rope"]["full_attention"]
+    assert rope["type"] == "yarn" and rope["factor"] == 4.0
+    assert rope["attention_factor"] == pytest.approx(0.1 * np.log(4.0) + 1.0)
+
+
+def test_phi3_switches_to_its_long_factors_past_the_original_length():
+    """13 tokens run past the 4 the fixture was 'pretrained' at: the long factors. The first 4
+    tokens alone use the short ones, so the first rows of their map differ from the full run's
+    (with one set of factors, causal rows would be equal)."""
+    d = FIXTURES / "tiny_phi3"
+    ids = np.load(d / "expected.npz")["ids"].tolist()
+    long_run = attention_maps(run(d, ids))
+    short_run = attention_maps(run(d, ids[:4]))
+    assert np.abs(long_run[:, :, :4, :4] - short_run).max() > 1e-3
+    same_factors = attention_maps(run(d, ids[:5]))  # 5 > 4: long factors too
+    np.testing.assert_allclose(long_run[:, :, :5, :5], same_factors, atol=1e-6)

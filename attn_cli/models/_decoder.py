@@ -386,9 +386,14 @@ def describe(cfg: Config) -> dict[str, Any]:
             "low_freq_factor",
             "high_freq_factor",
             "original_max_position_embeddings",
+            "beta_fast",
+            "beta_slow",
         ):
             if p.get(key) is not None and info["type"] != "default":
                 info[key] = p[key]
+        scaling = rope.inverse_frequencies(p, r.head_dim)[1]
+        if scaling != 1.0:  # yarn, longrope: what cos and sin are multiplied by
+            info["attention_factor"] = scaling
         rope_info[kind] = info
     return {
         "kv_heads": kv,

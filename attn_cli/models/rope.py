@@ -9,9 +9,20 @@ dimension i is paired with dimension i + r/2 (r = the rotated width), not with i
   angle[p, j] = p · inv_freq[j]                 position p = 0, 1, …
   x_rot = x·cos(angle ⧺ angle) + rotate_half(x)·sin(angle ⧺ angle),  rotate_half(a ⧺ b) = −b ⧺ a
 
-Supported rope types: default, linear (positions divided by `factor`) and llama3 (long
-wavelengths divided by `factor`, a smooth ramp between); `partial_rotary_factor` < 1 rotates the
-first r = head_dim·factor dimensions and passes the rest through. Other types are refused by name.
+Supported rope types, each computed as transformers computes it for a forward pass from the
+first token:
+- default;
+- linear: every frequency divided by `factor` (positions stretched);
+- llama3: long wavelengths divided by `factor`, short ones kept, a smooth ramp between;
+- dynamic (NTK): unchanged up to max_position_embeddings tokens; beyond, θ grows with the
+  length n: θ·(factor·n/max − (factor − 1))^(r/(r−2));
+- yarn: a per-frequency ramp between the interpolated (÷ factor) and the original frequencies,
+  and cos/sin multiplied by an attention factor (0.1·ln(factor) + 1 unless the config says);
+- longrope (Phi-3.5, Phi-4-mini): each frequency divided by its own factor, `short_factor` up to
+  original_max_position_embeddings tokens and `long_factor` beyond, cos/sin multiplied by
+  √(1 + ln(max/original) / ln(original)).
+`partial_rotary_factor` < 1 rotates the first r = head_dim·factor dimensions and passes the rest
+through. Other types are refused by name.
 
 Config keys are read as hub checkpoints write them (`rope_theta`, `rope_scaling`,
 `partial_rotary_factor`) and as transformers 5 writes them (`rope_parameters`, possibly one dict
@@ -29,7 +40,9 @@ import numpy as np
 
 from attn_cli.errors import InputError
 
-SUPPORTED = ("default", "linear", "llama3")
+SUPPORTED = ("default", "linear", "llama3", "dynamic", "yarn", "longrope")
+# Types whose scaling is set by the length the model was pretrained at.
+WITH_ORIGINAL_LENGTH = ("llama3", "yarn", "longrope")
 DEFAULT_THETA = 10_000.0
 
 
@@ -46,6 +59,7 @@ def rope_parameters(
     base of the sliding-window layers, whose rotary embedding is never scaled."""
     nested = cfg.get("rope_parameters")
     params: dict[str, Any]
+    per_type: dict[str, Any] = {}
     if isinstance(nested, Mapping) and nested:
         per_type = {k: v for k, v in nested.items() if isinstance(v, Mapping)}
         if per_type:
@@ -66,45 +80,136 @@ def rope_parameters(
         params["rope_theta"] = cfg.get("rope_theta") or default_theta
     if "partial_rotary_factor" not in params and cfg.get("partial_rotary_factor") is not None:
         params["partial_rotary_factor"] = cfg["partial_rotary_factor"]
-    if params["rope_type"] == "llama3":
-        # transformers: a top-level original_max_position_embeddings wins (Phi-3 writes it there)
-        if cfg.get("original_max_position_embeddings") is not None:
+    if params["rope_type"] in WITH_ORIGINAL_LENGTH:
+        # transformers: a top-level original_max_position_embeddings wins (Phi-3 writes it there),
+        # except in per-layer-type parameters
+        if not per_type and cfg.get("original_max_position_embeddings") is not None:
             params["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
         params.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
+    # dynamic scales past it; yarn and longrope derive their default factor from it
+    params["max_position_embeddings"] = cfg.get("max_position_embeddings")
     return params
 
 
-def check(params: Mapping[str, Any]) -> None:
-    """Refuse rope types this module does not compute, by name."""
+def check(params: Mapping[str, Any], head_dim: int) -> None:
+    """Refuse rope types this module does not compute, by name, and incomplete settings."""
     kind = params.get("rope_type", "default")
     if kind not in SUPPORTED:
         raise InputError(
             f"config.json: rope type {kind!r} is not supported (supported: {', '.join(SUPPORTED)})"
         )
-    need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
+    need = {
+        "linear": ("factor",),
+        "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+        "dynamic": ("factor", "max_position_embeddings"),
+        "longrope": ("long_factor", "short_factor"),
+    }
     for key in need.get(str(kind), ()):
         if params.get(key) is None:
             raise InputError(f"config.json: rope type {kind!r} needs {key!r}")
-    if kind == "llama3" and not params.get("original_max_position_embeddings"):
-        raise InputError("config.json: rope type 'llama3' needs original_max_position_embeddings")
+    if kind in WITH_ORIGINAL_LENGTH and not params.get("original_max_position_embeddings"):
+        raise InputError(f"config.json: rope type {kind!r} needs original_max_position_embeddings")
+    if (
+        kind in ("yarn", "longrope")
+        and params.get("factor") is None
+        and not params.get("max_position_embeddings")
+    ):
+        raise InputError(f"config.json: rope type {kind!r} needs 'factor'")
     factor = params.get("partial_rotary_factor", 1.0)
     if not (isinstance(factor, int | float) and 0 < factor <= 1):
         raise InputError(f"config.json: partial_rotary_factor {factor!r} is not in (0, 1]")
+    if kind == "longrope":
+        half = len(range(0, int(head_dim * float(factor)), 2))  # one per frequency
+        for key in ("long_factor", "short_factor"):
+            values = params[key]
+            if not (
+                isinstance(values, list)
+                and len(values) == half
+                and all(isinstance(v, int | float) and v > 0 for v in values)
+            ):
+                raise InputError(
+                    f"config.json: rope {key} must be {half} positive numbers, one per frequency"
+                )
 
 
-def inverse_frequencies(params: Mapping[str, Any], head_dim: int) -> np.ndarray:
-    """inv_freq (r/2,) in float32, computed in float32 like transformers."""
-    check(params)
+def inverse_frequencies(
+    params: Mapping[str, Any], head_dim: int, n: int | None = None
+) -> tuple[np.ndarray, float]:
+    """inv_freq (r/2,) in float32, computed in float32 like transformers, and the factor cos and
+    sin are multiplied by, for a pass over n tokens (None: the type's short-input setting)."""
+    check(params, head_dim)
     dim = int(head_dim * float(params.get("partial_rotary_factor", 1.0)))
-    base = np.float32(params["rope_theta"])
-    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv_freq = (np.float32(1.0) / (base**exponents)).astype(np.float32)
+    base = float(params["rope_theta"])
     kind = params.get("rope_type", "default")
+    if kind == "dynamic" and n is not None and n > int(params["max_position_embeddings"]):
+        factor, longest = float(params["factor"]), float(params["max_position_embeddings"])
+        base = base * ((factor * n / longest) - (factor - 1)) ** (dim / (dim - 2))
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    powers = np.float32(base) ** exponents  # θ^(2j/r)
+    inv_freq = (np.float32(1.0) / powers).astype(np.float32)
+    scaling = 1.0
     if kind == "linear":
         inv_freq = inv_freq / np.float32(params["factor"])
     elif kind == "llama3":
         inv_freq = _llama3(inv_freq, params)
-    return inv_freq.astype(np.float32)
+    elif kind == "yarn":
+        inv_freq, scaling = _yarn(powers, dim, base, params)
+    elif kind == "longrope":
+        inv_freq, scaling = _longrope(powers, params, n)
+    return inv_freq.astype(np.float32), scaling
+
+
+def _default_factor(p: Mapping[str, Any]) -> float:
+    """A yarn/longrope factor left out: how far max_position_embeddings stretches the original."""
+    if p.get("factor") is not None:
+        return float(p["factor"])
+    return float(p["max_position_embeddings"]) / float(p["original_max_position_embeddings"])
+
+
+def _yarn(
+    powers: np.ndarray, dim: int, base: float, p: Mapping[str, Any]
+) -> tuple[np.ndarray, float]:
+    """YaRN (transformers' _compute_yarn_parameters): frequencies that turn fewer than
+    beta_slow times over the original length are interpolated (÷ factor), those turning more
+    than beta_fast times are kept, with a linear ramp between."""
+    factor = _default_factor(p)
+    original = float(p["original_max_position_embeddings"])
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = p.get("attention_factor")
+    if attention is None:
+        m, m_all = p.get("mscale"), p.get("mscale_all_dim")
+        attention = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    beta_fast, beta_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if p.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # a ramp of zero width
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    keep = (1 - ramp).astype(np.float32)  # 1: extrapolate (the original frequency)
+    extrapolated = np.float32(1.0) / powers
+    interpolated = np.float32(1.0) / (np.float32(factor) * powers)
+    return (interpolated * (1 - keep) + extrapolated * keep).astype(np.float32), float(attention)
+
+
+def _longrope(powers: np.ndarray, p: Mapping[str, Any], n: int | None) -> tuple[np.ndarray, float]:
+    """LongRoPE (transformers' _compute_longrope_parameters and its length switch)."""
+    original = int(p["original_max_position_embeddings"])
+    factor = _default_factor(p)
+    attention = p.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    long = n is not None and n > original
+    ext = np.asarray(p["long_factor" if long else "short_factor"], dtype=np.float32)
+    return (np.float32(1.0) / (ext * powers)).astype(np.float32), float(attention)
 
 
 def _llama3(inv_freq: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
@@ -125,19 +230,24 @@ def _llama3(inv_freq: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
 class Rotary:
     """One layer type's rotary embedding: cos and sin for positions 0 … n − 1."""
 
-    inv_freq: np.ndarray  # (r/2,) float32
-    head_dim: int
     params: Mapping[str, Any]
+    head_dim: int
 
     @property
     def rotary_dim(self) -> int:
-        return 2 * self.inv_freq.shape[0]
+        dim = int(self.head_dim * float(self.params.get("partial_rotary_factor", 1.0)))
+        return 2 * len(range(0, dim, 2))  # two dimensions per frequency
 
     def cos_sin(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, r) cos and sin tables, float32 (angle ⧺ angle, as transformers lays them out)."""
-        freqs = np.arange(n, dtype=np.float32)[:, None] * self.inv_freq[None, :]  # [n, r/2]
+        """(n, r) cos and sin tables, float32 (angle ⧺ angle, as transformers lays them out),
+        for a pass over n tokens: dynamic and longrope scaling depend on n."""
+        inv_freq, scaling = inverse_frequencies(self.params, self.head_dim, n)
+        freqs = np.arange(n, dtype=np.float32)[:, None] * inv_freq[None, :]  # [n, r/2]
         emb = np.concatenate([freqs, freqs], axis=-1)  # [n, r]
-        return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+        cos, sin = np.cos(emb), np.sin(emb)
+        if scaling != 1.0:  # yarn, longrope: transformers' attention_scaling
+            cos, sin = cos * np.float32(scaling), sin * np.float32(scaling)
+        return cos.astype(np.float32), sin.astype(np.float32)
 
     def apply(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         """Rotate (…, n, head_dim) by position: the first r dimensions, the rest pass through."""
@@ -159,4 +269,5 @@ def rotary(
     local_theta_key: str | None = None,
 ) -> Rotary:
     params = rope_parameters(cfg, layer_type, default_theta, local_theta_key)
-    return Rotary(inverse_frequencies(params, head_dim), head_dim, params)
+    check(params, head_dim)
+    return Rotary(params, head_dim)
