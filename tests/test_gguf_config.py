@@ -168,6 +168,11 @@ def test_phi3_longrope_and_fused_tensors(tmp_path):
     for name, ref in state.items():
         np.testing.assert_array_equal(ck.weights[name], ref, err_msg=name)
     assert not any("rope_factors" in k for k in ck.weights)
+    # and the model runs with them (LongRoPE used to be refused)
+    from attn_cli.models._decoder import describe
+
+    rope = describe(c)["rope"]["sliding_attention"]
+    assert rope["type"] == "longrope" and rope["original_max_position_embeddings"] == 4096
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
