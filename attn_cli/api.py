@@ -358,13 +358,6 @@ def load(path: str | Path) -> Trace:
 
 def load_all(path: str | Path) -> list[Trace]:
     """Every trace in a JSON or JSON Lines file written by attn-cli."""
-    from attn_cli.export import loads_traces
+    from attn_cli.export import loads_traces, read_bytes
 
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{p} does not exist") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {p}: {exc.strerror}") from None
-    return loads_traces(data, str(p))
+    return loads_traces(read_bytes(path), str(path))

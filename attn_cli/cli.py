@@ -725,8 +725,12 @@ def show(
     """Render a saved trace exactly as `explain` printed it (--browse: explore it full-screen),
     or a saved comparison as `compare` printed it."""
     with user_errors():
-        from attn_cli.errors import InputError
-        from attn_cli.export import is_comparison, parse_documents, traces_from_documents
+        from attn_cli.export import (
+            is_comparison,
+            parse_documents,
+            read_bytes,
+            traces_from_documents,
+        )
         from attn_cli.render.views import parse_views
 
         views = parse_views(view)
@@ -734,12 +738,7 @@ def show(
         if str(file) == "-":
             data, source = sys.stdin.buffer.read(), "stdin"
         else:
-            try:
-                data, source = file.read_bytes(), str(file)
-            except FileNotFoundError:
-                raise InputError(f"{file} does not exist") from None
-            except OSError as exc:
-                raise InputError(f"cannot read {file}: {exc.strerror}") from None
+            data, source = read_bytes(file), str(file)
         if browse:
             from attn_cli.browse import require_browser
 

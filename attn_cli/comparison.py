@@ -112,24 +112,23 @@ def comparison_chunks(c: Comparison) -> Iterator[bytes]:
 
 def load_comparison(path: str | Path) -> Comparison:
     """A comparison saved with `Comparison.save` or `attn-cli compare --json`."""
-    from attn_cli.export import parse_documents
+    from attn_cli.export import parse_documents, read_bytes
 
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{p} does not exist") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {p}: {exc.strerror}") from None
-    docs = parse_documents(data, str(p))
+    docs = parse_documents(read_bytes(path), str(path))
     if len(docs) != 1:
-        raise InputError(f"{p}: not an attn-cli comparison (it holds {len(docs)} documents)")
-    return comparison_from_document(docs[0], str(p))
+        raise InputError(f"{path}: not an attn-cli comparison (it holds {len(docs)} documents)")
+    return comparison_from_document(docs[0], str(path))
 
 
 def comparison_from_document(doc: Any, where: str) -> Comparison:
     """Check an untrusted comparison document field by field, then build it."""
-    from attn_cli.export import COMPARISON_FORMAT, check_version, need, trace_from_document
+    from attn_cli.export import (
+        COMPARISON_FORMAT,
+        check_version,
+        checked_notes,
+        need,
+        trace_from_document,
+    )
 
     need(isinstance(doc, dict), where, "not an attn-cli comparison (expected a JSON object)")
     need(
@@ -159,12 +158,7 @@ def comparison_from_document(doc: Any, where: str) -> Comparison:
         raise InputError(
             f"{where}: the traces have no attention map W for 'layer'/'head'"
         ) from None
-    notes = doc.get("notes", [])
-    need(
-        isinstance(notes, list) and all(isinstance(n, str) for n in notes),
-        where,
-        "'notes' must be a list of strings",
-    )
+    notes = checked_notes(doc, where)
     entries = doc.get("shared")
     need(isinstance(entries, list), where, "'shared' must be a list")
     shared = []

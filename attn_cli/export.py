@@ -155,6 +155,27 @@ def parse_documents(data: bytes, source: str = "<input>") -> list[Any]:
     return docs
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """A saved file's bytes, with one-line errors."""
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{p} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror}") from None
+
+
+def checked_notes(doc: dict, where: str) -> list[str]:
+    notes = doc.get("notes", [])
+    need(
+        isinstance(notes, list) and all(isinstance(n, str) for n in notes),
+        where,
+        "'notes' must be a list of strings",
+    )
+    return notes
+
+
 def need(cond: bool, where: str, what: str) -> None:
     """A check of an untrusted document: `where: what` as a one-line error when it fails."""
     if not cond:
@@ -190,12 +211,7 @@ def trace_from_document(doc: Any, where: str) -> Trace:
         where,
         "'token_ids' must be integers, one per token",
     )
-    notes = doc.get("notes", [])
-    need(
-        isinstance(notes, list) and all(isinstance(n, str) for n in notes),
-        where,
-        "'notes' must be a list of strings",
-    )
+    notes = checked_notes(doc, where)
     raw = doc.get("raw_tokens")
     need(
         raw is None
