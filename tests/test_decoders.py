@@ -274,6 +274,8 @@ SCALED_ROPE = {
 @pytest.mark.reference
 @pytest.mark.parametrize("case", sorted(SCALED_ROPE))
 def test_scaled_rotary_embeddings_match_transformers(tmp_path, case):
+    require("torch")
+    require("transformers")
     model_type, rope = SCALED_ROPE[case]
     extra: dict = {
         "rope_parameters": {**TINY.get(model_type, {}).get("rope_parameters", {}), **rope}
@@ -304,6 +306,8 @@ def test_phi3_reads_su_and_the_default_original_length_as_transformers_does(tmp_
     """The first 128k Phi-3 checkpoints call LongRoPE 'su'; a config without
     original_max_position_embeddings means transformers' Phi3Config default, 4096 (so 14
     tokens use the short factors, and cos/sin grow by √(1 + ln 2 / ln 4096))."""
+    require("torch")
+    require("transformers")
     d = tmp_path / "phi3"
     cfg = build_random_model("phi3", d, max_position_embeddings=8192)
     rope = {"type": kind, "short_factor": [1.0, 1.1, 1.3, 1.6], "long_factor": [1.0, 3.0, 5.0, 9.0]}
