@@ -182,7 +182,7 @@ def _emit(
 
 
 def _renderer(views: list[str], display: dict, stack):
-    from attn_cli.render.common import RenderOptions, make_console
+    from attn_cli.render.common import RenderOptions
     from attn_cli.render.views import parse_range, render
 
     if display["pool"] not in ("max", "mean"):
@@ -197,25 +197,30 @@ def _renderer(views: list[str], display: dict, stack):
         cols=parse_range(display["cols"], "--cols"),
         pool=display["pool"],
     )
-    console = make_console(color=display["color"], width=display["width"])
-    recorder = None
-    if display["svg"] or (display["html"] and not display["interactive"]):
-        import io
-
-        recorder = make_console(
-            color=display["color"] is not False,
-            width=console.width,
-            file=io.StringIO(),
-            record=True,
-        )
-        stack.callback(_save_recording, recorder, display)
+    consoles = _consoles(display, stack)
 
     def render_one(trace) -> None:
-        render(console, trace, views, opts)
-        if recorder is not None:
-            render(recorder, trace, views, opts)
+        for console in consoles:
+            render(console, trace, views, opts)
 
     return render_one
+
+
+def _consoles(display: dict, stack) -> list:
+    """The console, and with --svg/--html (not --interactive) a recording one beside it, in
+    colour, whose record is saved when `stack` closes."""
+    from attn_cli.render.common import make_console
+
+    console = make_console(color=display["color"], width=display["width"])
+    if not (display["svg"] or (display["html"] and not display["interactive"])):
+        return [console]
+    import io
+
+    recorder = make_console(
+        color=display["color"] is not False, width=console.width, file=io.StringIO(), record=True
+    )
+    stack.callback(_save_recording, recorder, display)
+    return [console, recorder]
 
 
 def _save_recording(recorder, display: dict) -> None:
@@ -670,6 +675,8 @@ def compare(
             "and no tables); `attn-cli show PATH` prints it again.",
         ),
     ] = None,
+    svg: SvgOpt = None,
+    html: HtmlOpt = None,
 ) -> None:
     """Two texts side by side: how the same token attends, and how its vector changes, in two
     contexts.
@@ -679,9 +686,11 @@ def compare(
     and every layer's), and where it looks most in each text.
     """
     with user_errors():
+        from contextlib import ExitStack
+
         from attn_cli.comparison import compare as compare_texts
         from attn_cli.inputs import read_texts
-        from attn_cli.render.common import RenderOptions, make_console
+        from attn_cli.render.common import RenderOptions
         from attn_cli.render.compare import render_comparison
 
         opts = _options(locals())
@@ -695,8 +704,10 @@ def compare(
             return
         if json_out is not None:
             result.save(json_out)
-        console = make_console(color=color, width=width)
-        render_comparison(console, result, RenderOptions(precision=precision))
+        display = {"color": color, "width": width, "svg": svg, "html": html, "interactive": False}
+        with ExitStack() as stack:
+            for console in _consoles(display, stack):
+                render_comparison(console, result, RenderOptions(precision=precision))
 
 
 @app.command()

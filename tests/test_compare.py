@@ -308,3 +308,15 @@ def test_a_saved_qkv_comparison_leaves_out_the_shared_parameter_matrices():
     names = {s["name"] for s in doc["a"]["steps"]}
     assert {"X", "Q", "K", "V", "W", "O"} <= names
     assert not names & {"W_q", "W_k", "W_v", "W_o"}
+
+
+def test_compare_saves_what_it_printed_as_svg_and_html(tmp_path):
+    svg, html = tmp_path / "c.svg", tmp_path / "c.html"
+    r = invoke(["compare", A, B, "--svg", str(svg), "--html", str(html)])
+    assert r.exit_code == 0, r.stderr
+    assert svg.read_text().startswith("<svg")
+    page = html.read_text()
+    assert "<!DOCTYPE html>" in page and "The same token in two contexts" in page
+    assert "background-color" in page or "color:" in page  # in colour, though stdout was not
+    r = invoke(["compare", A, B, "--svg", str(tmp_path)])  # a directory: one-line error
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
