@@ -208,28 +208,33 @@ def _renderer(views: list[str], display: dict, stack):
 
 def _consoles(display: dict, stack) -> list:
     """The console, and with --svg/--html (not --interactive) a recording one beside it, in
-    colour, whose record is saved when `stack` closes."""
+    colour. The files are opened now, so a path that cannot be written fails before any work,
+    and written when `stack` closes without an error (after one, nothing is written)."""
+    from attn_cli.export import atomic_file
     from attn_cli.render.common import make_console
 
     console = make_console(color=display["color"], width=display["width"])
-    if not (display["svg"] or (display["html"] and not display["interactive"])):
+    kinds = ["svg"] if display["svg"] else []
+    if display["html"] and not display["interactive"]:
+        kinds.append("html")
+    if not kinds:
         return [console]
+    files = {kind: stack.enter_context(atomic_file(display[kind])) for kind in kinds}
     import io
 
     recorder = make_console(
         color=display["color"] is not False, width=console.width, file=io.StringIO(), record=True
     )
-    stack.callback(_save_recording, recorder, display)
+
+    def save(exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if "svg" in files:
+                files["svg"].write(recorder.export_svg(title="attn-cli", clear=False).encode())
+            if "html" in files:
+                files["html"].write(recorder.export_html(clear=False).encode())
+
+    stack.push(save)
     return [console, recorder]
-
-
-def _save_recording(recorder, display: dict) -> None:
-    from attn_cli.export import atomic_write
-
-    if display["svg"]:
-        atomic_write(display["svg"], recorder.export_svg(title="attn-cli", clear=False).encode())
-    if display["html"] and not display["interactive"]:
-        atomic_write(display["html"], recorder.export_html(clear=False).encode())
 
 
 QKV = "Q/K/V attention"

@@ -151,3 +151,19 @@ def test_svg_and_html_are_saved_with_colour(tmp_path):
     assert 'fill="#' in svg.read_text()  # coloured cells
     assert "background-color" in html.read_text() or "color:" in html.read_text()
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_an_svg_or_html_path_that_cannot_be_written_fails_before_any_work(tmp_path):
+    for args in (["--svg", str(tmp_path / "no" / "x.svg")], ["--html", str(tmp_path)]):
+        r = invoke(["explain", "hi how are you", *args])
+        assert r.exit_code == 2 and r.stdout == ""  # nothing printed: refused first
+        assert r.stderr.startswith("attn-cli: error: cannot write ")
+
+
+def test_a_run_that_fails_part_way_writes_no_svg(tmp_path):
+    svg = tmp_path / "x.svg"
+    # the second line is control characters only: no tokens, an error after the first trace
+    r = invoke(["explain", "--svg", str(svg)], input="hi there\n\x01\x02\n")
+    assert r.exit_code == 2 and "produced no tokens" in r.stderr
+    assert "hi" in r.stdout  # the first trace was printed …
+    assert list(tmp_path.iterdir()) == []  # … but no file, and no temporary file, is left
