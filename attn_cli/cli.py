@@ -148,6 +148,9 @@ def _emit(
 
                 raise InputError("--interactive writes the page to --html PATH: add --html PATH")
             page_traces = []
+            from attn_cli.export import atomic_file
+
+            page = stack.enter_context(atomic_file(display["html"]))  # checked before any work
         render_one = _renderer(views, display, stack) if views is not None else None
         json_file = npz = None
         if json_path is not None or npz_path is not None:
@@ -175,10 +178,9 @@ def _emit(
             if page_traces is not None:
                 page_traces.append(trace)
         if page_traces is not None:
-            from attn_cli.export import atomic_write
             from attn_cli.render.interactive import interactive_html
 
-            atomic_write(display["html"], interactive_html(page_traces).encode())
+            page.write(interactive_html(page_traces).encode())
 
 
 def _renderer(views: list[str], display: dict, stack):

@@ -154,7 +154,11 @@ def test_svg_and_html_are_saved_with_colour(tmp_path):
 
 
 def test_an_svg_or_html_path_that_cannot_be_written_fails_before_any_work(tmp_path):
-    for args in (["--svg", str(tmp_path / "no" / "x.svg")], ["--html", str(tmp_path)]):
+    for args in (
+        ["--svg", str(tmp_path / "no" / "x.svg")],
+        ["--html", str(tmp_path)],
+        ["--html", str(tmp_path / "no" / "page.html"), "--interactive"],
+    ):
         r = invoke(["explain", "hi how are you", *args])
         assert r.exit_code == 2 and r.stdout == ""  # nothing printed: refused first
         assert r.stderr.startswith("attn-cli: error: cannot write ")
