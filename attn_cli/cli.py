@@ -696,12 +696,16 @@ def compare(
         from contextlib import ExitStack
 
         from attn_cli.comparison import compare as compare_texts
+        from attn_cli.export import check_writable
         from attn_cli.inputs import read_texts
         from attn_cli.render.common import RenderOptions
         from attn_cli.render.compare import render_comparison
 
         opts = _options(locals())
         opts.check()
+        for out in (json_out, svg, html):  # before the models run, not after
+            if out is not None and out != "-":
+                check_writable(out)
         a, b = (read_texts(t, None)[0] for t in (text_a, text_b))
         result = compare_texts(a, b, **vars(opts))
         if json_out == "-":
@@ -888,11 +892,15 @@ def heads(
     and to itself, and the mean entropy (Clark et al. 2019), over every line of FILE."""
     with user_errors():
         from attn_cli.errors import InputError
+        from attn_cli.export import check_writable
         from attn_cli.inputs import decode_utf8
         from attn_cli.methods.corpus import corpus_statistics, corpus_trace, count_lines, file_lines
         from attn_cli.render.views import parse_views
 
         views = parse_views(view)
+        for out in (json_out, svg, html):  # before minutes of work, not after
+            if out is not None and out != "-":
+                check_writable(out)
         total: int | None
         if str(file) == "-":
             stdin_lines = decode_utf8(sys.stdin.buffer.read(), "stdin").splitlines()

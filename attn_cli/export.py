@@ -314,15 +314,9 @@ def atomic_write(path: str | Path, data: bytes | Iterable[bytes]) -> None:
             f.write(chunk)
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
-    """A file to write that appears at `path` whole, or not at all: a temp file beside the
-    target, renamed over it when the block ends without an error.
-
-    Devices and pipes (/dev/null, /dev/stdout, a FIFO) are written directly: renaming over
-    them would replace the device node. A symlink is written through: its target is
-    replaced (atomically) and the link stays, as editors do.
-    """
+def _target(path: str | Path) -> tuple[Path, os.stat_result | None]:
+    """Where a write to `path` lands (a symlink's target) and what is there now; one-line
+    errors for what cannot be written."""
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
@@ -334,6 +328,31 @@ def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise OutputError(f"cannot write {path}: it is a directory")
+    if st is None or stat.S_ISREG(st.st_mode):
+        parent = path.parent
+        if not parent.is_dir():
+            raise OutputError(f"cannot write {path}: directory {parent} does not exist")
+    return path, st
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail now, in one line, if `path` could not be written later (before long work)."""
+    target, st = _target(path)
+    new_or_regular = st is None or stat.S_ISREG(st.st_mode)  # written beside it, then renamed
+    if new_or_regular and not os.access(target.parent, os.W_OK):
+        raise OutputError(f"cannot write {target}: Permission denied")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """A file to write that appears at `path` whole, or not at all: a temp file beside the
+    target, renamed over it when the block ends without an error.
+
+    Devices and pipes (/dev/null, /dev/stdout, a FIFO) are written directly: renaming over
+    them would replace the device node. A symlink is written through: its target is
+    replaced (atomically) and the link stays, as editors do.
+    """
+    path, st = _target(path)
     if st is not None and not stat.S_ISREG(st.st_mode):
         try:
             with open(path, "wb") as f:
@@ -342,8 +361,6 @@ def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
             raise OutputError(f"cannot write {path}: {exc.strerror}") from None
         return
     parent = path.parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: directory {parent} does not exist")
     try:
         fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:

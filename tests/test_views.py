@@ -171,3 +171,26 @@ def test_a_run_that_fails_part_way_writes_no_svg(tmp_path):
     assert r.exit_code == 2 and "produced no tokens" in r.stderr
     assert "hi" in r.stdout  # the first trace was printed …
     assert list(tmp_path.iterdir()) == []  # … but no file, and no temporary file, is left
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["heads", "CORPUS", "--model", "no-such-model", "--json", "NOWHERE"],
+        ["compare", "a b", "b c", "--model", "no-such-model", "--json", "NOWHERE"],
+        ["compare", "a b", "b c", "--svg", "NOWHERE"],
+    ],
+)
+def test_long_commands_check_their_output_paths_first(tmp_path, args):
+    """heads and compare compute before they write: an unwritable path is refused before the
+    model is even looked for (the model here does not exist, and that is not what is said)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat\n")
+    nowhere = str(tmp_path / "missing" / "out")
+    args = [str(corpus) if a == "CORPUS" else nowhere if a == "NOWHERE" else a for a in args]
+    r = invoke(args)
+    assert r.exit_code == 2
+    assert (
+        r.stderr
+        == f"attn-cli: error: cannot write {nowhere}: directory {tmp_path / 'missing'} does not exist\n"
+    )
