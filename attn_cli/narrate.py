@@ -7,7 +7,7 @@ only its own words (registry.Wording: how its X is made, what its mask means).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -636,6 +636,24 @@ def method_text(name: str, **fields: object) -> tuple[str, str]:
     """The formula and description of step `name`, with its template fields filled."""
     formula, description = METHOD_TEXTS[name]
     return formula.format(**fields), description.format(**fields)
+
+
+def method_step(
+    name: str,
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    kind: str,
+    layer: int,
+    head: int | None = None,
+    **fields: object,
+) -> TraceStep:
+    """A method's token × token step (rollout, ALTI, norms, flow) at `layer` (and `head`), in
+    float32, described from the catalogue; `fields` fill its text beyond layer and head."""
+    formula, description = method_text(name, layer=layer, head=head, **fields)
+    data = np.asarray(matrix, dtype=np.float32)
+    return TraceStep(
+        name, formula, description, data, list(labels), list(labels), kind, layer=layer, head=head
+    )
 
 
 # Every step name a trace can hold, in pipeline order (for `steps=` / `--steps`).

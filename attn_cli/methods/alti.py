@@ -33,7 +33,7 @@ import numpy as np
 from attn_cli.attention import AttentionParams
 from attn_cli.methods.norms import pair_reduce
 from attn_cli.methods.rollout import chain
-from attn_cli.narrate import method_text as text
+from attn_cli.narrate import method_step
 from attn_cli.trace import TraceStep
 
 
@@ -181,17 +181,7 @@ def alti_rollout(per_layer: Sequence[np.ndarray]) -> np.ndarray:
 
 def alti_step(name: str, matrix: np.ndarray, labels: Sequence[str], layer: int) -> TraceStep:
     """An "alti" or "alti_rollout" step of one layer (kind "weights": rows sum to 1)."""
-    formula, description = text(name, layer=layer)
-    return TraceStep(
-        name,
-        formula,
-        description,
-        np.asarray(matrix, dtype=np.float32),
-        list(labels),
-        list(labels),
-        "weights",
-        layer=layer,
-    )
+    return method_step(name, matrix, labels, "weights", layer)
 
 
 def alti_steps(

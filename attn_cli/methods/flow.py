@@ -22,7 +22,7 @@ import numpy as np
 
 from attn_cli.errors import InputError
 from attn_cli.methods.rollout import residual_attention
-from attn_cli.narrate import method_text as text
+from attn_cli.narrate import method_step
 from attn_cli.trace import TraceStep
 
 SCALE_BITS = 30
@@ -96,21 +96,5 @@ def attention_flow(
 def flow_steps(flow: np.ndarray, labels: Sequence[str], layer: int) -> list[TraceStep]:
     """One "flow" step at `layer` (kind "relevance": flows are ≥ 0; rows need not sum to 1)."""
     sup = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
-    formula, description = text(
-        "flow",
-        layer=layer,
-        scale=str(SCALE_BITS).translate(sup),
-        scale_1=str(SCALE_BITS + 1).translate(sup),
-    )
-    return [
-        TraceStep(
-            "flow",
-            formula,
-            description,
-            flow.astype(np.float32),
-            list(labels),
-            list(labels),
-            "relevance",
-            layer=layer,
-        )
-    ]
+    scale, scale_1 = str(SCALE_BITS).translate(sup), str(SCALE_BITS + 1).translate(sup)
+    return [method_step("flow", flow, labels, "relevance", layer, scale=scale, scale_1=scale_1)]

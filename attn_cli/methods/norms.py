@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from attn_cli.attention import AttentionParams, kv_head_of
-from attn_cli.narrate import method_text as text
+from attn_cli.narrate import method_step
 from attn_cli.trace import TraceStep
 
 # Largest block of (rows × cols × d) floats built at once (64 MB of float32).
@@ -149,32 +149,7 @@ def norms_steps(
     steps = []
     if per_head is not None:
         for h in range(len(per_head)) if heads is None else heads:
-            formula, description = text("norms", layer=layer, head=h)
-            steps.append(
-                TraceStep(
-                    "norms",
-                    formula,
-                    description,
-                    per_head[h].astype(np.float32),
-                    list(labels),
-                    list(labels),
-                    "relevance",
-                    layer=layer,
-                    head=h,
-                )
-            )
+            steps.append(method_step("norms", per_head[h], labels, "relevance", layer, h))
     if summed is not None:
-        formula, description = text("norms_sum", layer=layer)
-        steps.append(
-            TraceStep(
-                "norms_sum",
-                formula,
-                description,
-                summed.astype(np.float32),
-                list(labels),
-                list(labels),
-                "relevance",
-                layer=layer,
-            )
-        )
+        steps.append(method_step("norms_sum", summed, labels, "relevance", layer))
     return steps

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from attn_cli.narrate import method_text as text
+from attn_cli.narrate import method_step
 from attn_cli.trace import TraceStep
 
 
@@ -54,17 +54,7 @@ def chain(matrices: Iterable[np.ndarray]) -> np.ndarray:
 
 def rollout_step(matrix: np.ndarray, labels: Sequence[str], layer: int) -> TraceStep:
     """The "rollout" step of one layer (kind "weights": rows sum to 1)."""
-    formula, description = text("rollout", layer=layer)
-    return TraceStep(
-        "rollout",
-        formula,
-        description,
-        np.asarray(matrix, dtype=np.float32),
-        list(labels),
-        list(labels),
-        "weights",
-        layer=layer,
-    )
+    return method_step("rollout", matrix, labels, "weights", layer)
 
 
 def rollout_steps(
