@@ -110,6 +110,17 @@ class Options:
     # What the trace keeps (None: every step):
     steps: str | Sequence[str] | None = None
 
+    @classmethod
+    def checked(cls, options: dict[str, Any], caller: str) -> Options:
+        """Options from a call's keywords, checked now: an unknown keyword or a bad value is
+        one InputError naming `caller`."""
+        try:
+            opts = cls(**options)
+        except TypeError as exc:
+            raise InputError(str(exc).replace("Options.__init__()", f"{caller}()")) from None
+        opts.check()
+        return opts
+
     def check(self) -> None:
         """Options that cannot go together are errors, never silent overrides."""
         for name in ("special", "scale", "qkv", "norm", "causal"):
@@ -192,11 +203,7 @@ def explain(text: str, **options: Any) -> Trace:
 def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
     """One trace per text, computed as it is consumed (memory does not grow with the number of
     texts). The options are checked now, before the first text."""
-    try:
-        opts = Options(**options)
-    except TypeError as exc:
-        raise InputError(str(exc).replace("Options.__init__()", "explain()")) from None
-    opts.check()
+    opts = Options.checked(options, "explain")
     if opts.model is not None:
         from attn_cli.model import load_model
 

@@ -226,14 +226,9 @@ def compare(text_a: str, text_b: str, **options: Any) -> Comparison:
     from attn_cli.api import Options, explain_all
     from attn_cli.model import load_model
 
-    options = dict(options)
     if options.get("steps") is not None:
         raise InputError("steps=: compare keeps the steps it needs")
-    try:
-        opts = Options(**options)
-    except TypeError as exc:
-        raise InputError(str(exc).replace("Options.__init__()", "compare()")) from None
-    opts.check()
+    opts = Options.checked(options, "compare")
     if opts.pair is not None:
         raise InputError("pair=: compare takes two texts; give the pair to explain")
     layer = head = None
