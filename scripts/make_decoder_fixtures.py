@@ -48,13 +48,12 @@ CORPUS = [
 ] * 4
 
 LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
+# Smaller than tests/decoder_utils.COMMON (which still gives the 4 query heads on 2 key/value
+# heads); the vocabulary is the tokenizer's.
 SMALL = dict(
-    vocab_size=300,
     hidden_size=32,
     intermediate_size=48,
     num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
     head_dim=8,
     max_position_embeddings=128,
 )
