@@ -67,6 +67,20 @@ KEYS = [
 ]
 
 
+# Keys that mean the same on the grid and in the neuron view.
+HEAD_LAYER_BINDINGS = [
+    Binding("left,h", "head(-1)", "head", show=False),
+    Binding("right,l", "head(1)", "head", show=False),
+    Binding("up,k", "layer(-1)", "layer", show=False),
+    Binding("down,j", "layer(1)", "layer", show=False),
+]
+KEY_TOKEN_BINDINGS = [
+    Binding("comma", "key_token(-1)", "key", show=False),
+    Binding("full_stop", "key_token(1)", "key", show=False),
+]
+HELP_BINDING = Binding("question_mark", "app.push_screen('help')", "keys")
+
+
 class HelpScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
@@ -103,13 +117,9 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
         Binding("escape,enter,backspace", "back", "back"),
         Binding("left_square_bracket", "query(-1)", "query", show=False),
         Binding("right_square_bracket", "query(1)", "query", show=False),
-        Binding("comma", "key_token(-1)", "key", show=False),
-        Binding("full_stop", "key_token(1)", "key", show=False),
-        Binding("left,h", "head(-1)", "head", show=False),
-        Binding("right,l", "head(1)", "head", show=False),
-        Binding("up,k", "layer(-1)", "layer", show=False),
-        Binding("down,j", "layer(1)", "layer", show=False),
-        Binding("question_mark", "app.push_screen('help')", "keys"),
+        *KEY_TOKEN_BINDINGS,
+        *HEAD_LAYER_BINDINGS,
+        HELP_BINDING,
     ]
 
     def __init__(self, index: TraceIndex, key: Key, i: int, j: int, precision: int = 4) -> None:
@@ -267,21 +277,17 @@ class MainScreen(Screen[None]):
     #value { height: 2; background: $boost; text-wrap: nowrap; text-overflow: ellipsis; }
     """
     BINDINGS = [
-        Binding("left,h", "head(-1)", "head", show=False),
-        Binding("right,l", "head(1)", "head", show=False),
-        Binding("up,k", "layer(-1)", "layer", show=False),
-        Binding("down,j", "layer(1)", "layer", show=False),
+        *HEAD_LAYER_BINDINGS,
         Binding("tab", "step(1)", "step"),
         Binding("shift+tab", "step(-1)", "step", show=False),
         Binding("left_square_bracket", "token(-1)", "token", show=False),
         Binding("right_square_bracket", "token(1)", "token", show=False),
-        Binding("comma", "key_token(-1)", "key", show=False),
-        Binding("full_stop", "key_token(1)", "key", show=False),
+        *KEY_TOKEN_BINDINGS,
         Binding("enter", "neuron", "neuron"),
         Binding("n", "numbers", "numbers", show=False),
         Binding("less_than_sign", "trace(-1)", "input", show=False),
         Binding("greater_than_sign", "trace(1)", "input", show=False),
-        Binding("question_mark", "app.push_screen('help')", "keys"),
+        HELP_BINDING,
     ]
 
     def __init__(self, traces: list[Trace], precision: int = 2, top_k: int = 3) -> None:
