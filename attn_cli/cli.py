@@ -208,6 +208,15 @@ def _renderer(views: list[str], display: dict, stack):
     return render_one
 
 
+def _check_outputs(*paths: str | None) -> None:
+    """Refuse now, in one line, an output path that could not be written at the end."""
+    from attn_cli.export import check_writable
+
+    for path in paths:
+        if path is not None and path != "-":
+            check_writable(path)
+
+
 def _consoles(display: dict, stack) -> list:
     """The console, and with --svg/--html (not --interactive) a recording one beside it, in
     colour. The files are opened now, so a path that cannot be written fails before any work,
@@ -696,16 +705,13 @@ def compare(
         from contextlib import ExitStack
 
         from attn_cli.comparison import compare as compare_texts
-        from attn_cli.export import check_writable
         from attn_cli.inputs import read_texts
         from attn_cli.render.common import RenderOptions
         from attn_cli.render.compare import render_comparison
 
         opts = _options(locals())
         opts.check()
-        for out in (json_out, svg, html):  # before the models run, not after
-            if out is not None and out != "-":
-                check_writable(out)
+        _check_outputs(json_out, svg, html)  # before the models run, not after
         a, b = (read_texts(t, None)[0] for t in (text_a, text_b))
         result = compare_texts(a, b, **vars(opts))
         if json_out == "-":
@@ -892,15 +898,12 @@ def heads(
     and to itself, and the mean entropy (Clark et al. 2019), over every line of FILE."""
     with user_errors():
         from attn_cli.errors import InputError
-        from attn_cli.export import check_writable
         from attn_cli.inputs import decode_utf8
         from attn_cli.methods.corpus import corpus_statistics, corpus_trace, count_lines, file_lines
         from attn_cli.render.views import parse_views
 
         views = parse_views(view)
-        for out in (json_out, svg, html):  # before minutes of work, not after
-            if out is not None and out != "-":
-                check_writable(out)
+        _check_outputs(json_out, svg, html)  # before minutes of work, not after
         total: int | None
         if str(file) == "-":
             stdin_lines = decode_utf8(sys.stdin.buffer.read(), "stdin").splitlines()
