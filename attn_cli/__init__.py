@@ -39,11 +39,11 @@ if TYPE_CHECKING:
     from attn_cli.api import Options, explain, explain_all, load, load_all
     from attn_cli.comparison import Comparison, compare, load_comparison
     from attn_cli.errors import AttnError, InputError
-    from attn_cli.model import Model, load_model
+    from attn_cli.pretrained import Model, load_model
     from attn_cli.trace import Trace, TraceStep
 
 _HOMES = {
-    "Model": "attn_cli.model",
+    "Model": "attn_cli.pretrained",
     "Options": "attn_cli.api",
     "Comparison": "attn_cli.comparison",
     "compare": "attn_cli.comparison",
@@ -52,7 +52,7 @@ _HOMES = {
     "explain_all": "attn_cli.api",
     "load": "attn_cli.api",
     "load_all": "attn_cli.api",
-    "load_model": "attn_cli.model",
+    "load_model": "attn_cli.pretrained",
     "AttnError": "attn_cli.errors",
     "InputError": "attn_cli.errors",
     "Trace": "attn_cli.trace",

@@ -205,7 +205,7 @@ def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
     texts). The options are checked now, before the first text."""
     opts = Options.checked(options, "explain")
     if opts.model is not None:
-        from attn_cli.model import load_model
+        from attn_cli.pretrained import load_model
 
         model = load_model(opts.model)
         return model.traces(

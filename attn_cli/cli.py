@@ -573,7 +573,7 @@ def explain(
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
         else:
-            from attn_cli.model import load_model
+            from attn_cli.pretrained import load_model
 
             m = load_model(model)
             every = (
@@ -652,7 +652,7 @@ def _default_export_steps(model: bool, method: str | None = None) -> list[str] |
 
     if model:
         if method:
-            from attn_cli.methods.steps import step_names
+            from attn_cli.methods.registry import step_names
 
             return ["W", *step_names(method)]
         return ["W"]
@@ -838,7 +838,7 @@ def browse(
         from attn_cli.api import explain_all
         from attn_cli.browse import require_browser, run_browser
         from attn_cli.inputs import read_texts
-        from attn_cli.model import load_model
+        from attn_cli.pretrained import load_model
 
         require_browser()  # before the model runs: Textual installed, stdout a terminal
         opts = _options(locals())

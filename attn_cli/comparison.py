@@ -224,7 +224,7 @@ def compare(text_a: str, text_b: str, **options: Any) -> Comparison:
     """Both texts through the same pipeline (the options of `attn_cli.explain`); for a model,
     `layer` and `head` choose the attention map shown (default: the middle layer, head 0)."""
     from attn_cli.api import Options, explain_all
-    from attn_cli.model import load_model
+    from attn_cli.pretrained import load_model
 
     if options.get("steps") is not None:
         raise InputError("steps=: compare keeps the steps it needs")

@@ -24,7 +24,7 @@ except ImportError:
 
 from attn_cli.browse import run_browser  # noqa: E402
 from attn_cli.browse.app import BrowseApp, HelpScreen, MainScreen, NeuronScreen  # noqa: E402
-from attn_cli.browse.model import TraceIndex, neuron_at, token_info  # noqa: E402
+from attn_cli.browse.state import TraceIndex, neuron_at, token_info  # noqa: E402
 from attn_cli.browse.widgets import GeometryView, Heatmap, ThumbGrid  # noqa: E402
 from attn_cli.errors import InputError  # noqa: E402
 from attn_cli.export import loads_traces  # noqa: E402

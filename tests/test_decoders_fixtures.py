@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from attn_cli.tokens import readable_tokens
+from attn_cli.readable import readable_tokens
 from tests.conftest import ROOT
 from tests.decoder_utils import attention_maps, run
 
@@ -107,4 +107,6 @@ def test_phi3_switches_to_its_long_factors_past_the_original_length():
     short_run = attention_maps(run(d, ids[:4]))
     assert np.abs(long_run[:, :, :4, :4] - short_run).max() > 1e-3
     same_factors = attention_maps(run(d, ids[:5]))  # 5 > 4: long factors too
-    np.testing.assert_allclose(long_run[:, :, :5, :5], same_factors, atol=1e-6)
+    np.testing.assert_allclose(
+        long_run[:, :, :5, :5], same_factors, atol=1e-5
+    )  # float32 maps: BLAS may order sums differently

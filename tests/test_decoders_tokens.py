@@ -1,4 +1,4 @@
-"""Byte-level BPE and SentencePiece tokens shown as readable text (attn_cli.tokens)."""
+"""Byte-level BPE and SentencePiece tokens shown as readable text (attn_cli.readable)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 import pytest
 from tokenizers import Tokenizer
 
+from attn_cli.readable import readable_tokens, tokenizer_kind
 from attn_cli.tokenizer import BUNDLED_TOKENIZER
-from attn_cli.tokens import readable_tokens, tokenizer_kind
 from tests.conftest import ROOT
 
 BYTE_LEVEL = {

@@ -96,7 +96,7 @@ def test_gemma3_sliding_pattern_and_27b_scale(tmp_path):
     """llama.cpp's rules: every 6th layer global (il % 6 == 5), query scale hidden/heads for
     the 62-layer model, head_dim otherwise; an explicit per-layer pattern wins."""
     from attn_cli.gguf.header import GGUFHeader, TensorInfo
-    from attn_cli.gguf.names import config_from_header
+    from attn_cli.gguf.to_hf import config_from_header
 
     def header(n_layer, extra):
         meta = {

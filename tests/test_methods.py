@@ -20,7 +20,7 @@ import pytest
 from attn_cli.attention import AttentionParams, causal_mask, kv_head_of, multi_head_attention
 from attn_cli.errors import InputError
 from attn_cli.methods import alti, corpus, detectors, lens, norms, rollout
-from attn_cli.methods.steps import ModelParts, forward, method_steps, parse_methods, post_norm
+from attn_cli.methods.registry import ModelParts, forward, method_steps, parse_methods, post_norm
 from attn_cli.models.layers import layer_norm
 from attn_cli.narrate import METHOD_TEXTS
 from attn_cli.narrate import method_text as text
@@ -480,7 +480,7 @@ def test_lens_steps_and_prediction():
 
 
 def test_lens_positions_and_errors():
-    from attn_cli.methods.steps import MethodOptions
+    from attn_cli.methods.registry import MethodOptions
 
     parts, tok = load(FIXTURES / "tiny_gpt2")
     tokens, ids, layers = run_text(parts, tok, "the cat sat")
@@ -729,7 +729,7 @@ def test_step_texts_name_the_layer_they_belong_to():
 
 
 def test_method_run_checks_options_when_made_and_layer_order():
-    from attn_cli.methods.steps import MethodOptions, MethodRun
+    from attn_cli.methods.registry import MethodOptions, MethodRun
 
     parts, tok = load(FIXTURES / "tiny_gpt2")
     tokens, ids, layers = run_text(parts, tok, "the cat sat")
@@ -760,7 +760,7 @@ def test_file_lines_streams_and_reports_bad_utf8(tmp_path):
 
 
 def test_method_options_and_step_names():
-    from attn_cli.methods.steps import method_options, step_names
+    from attn_cli.methods.registry import method_options, step_names
 
     assert method_options(top_k=3).top_k == 3
     with pytest.raises(InputError, match="topk: not a method option"):
@@ -825,7 +825,7 @@ def test_decoder_norms_and_alti_reconstruct_block_outputs(name):
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma3"])
 def test_decoder_lens_last_layer_equals_transformers_logits(name):
     # expected.npz holds transformers' logits of the last 3 positions (Gemma: soft-capped)
-    from attn_cli.methods.steps import MethodOptions
+    from attn_cli.methods.registry import MethodOptions
 
     parts, ids, z = load_decoder(name)
     layers = forward(parts, ids)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from attn_cli.methods import detectors
-from attn_cli.methods.steps import MethodOptions, attention_stack, forward, method_steps
+from attn_cli.methods.registry import MethodOptions, attention_stack, forward, method_steps
 from tests.conftest import REQUIRE_REFERENCE, require
 from tests.test_methods import FIXTURES, load, run_text
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 
 from attn_cli.render.common import RenderOptions, Scale, format_number, make_console
-from attn_cli.render.steps import render_steps, top_two
+from attn_cli.render.step_tables import render_steps, top_two
 from attn_cli.trace import Trace, TraceStep, printable, token_labels
 from tests.conftest import ANSI, invoke
 
@@ -163,7 +163,7 @@ def test_fast_step_text_matches_the_rich_table():
     """step_text lays the table out itself (start-up time); it must read exactly like the Rich
     table: same characters, same colours, at every width where it is used."""
     import attn_cli
-    from attn_cli.render.steps import step_table, step_text
+    from attn_cli.render.step_tables import step_table, step_text
 
     used = 0
     for kwargs in ({}, {"qkv": True, "heads": 2, "causal": True}):

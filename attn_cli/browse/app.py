@@ -17,7 +17,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
 from attn_cli.attention import entropy
-from attn_cli.browse.model import (
+from attn_cli.browse.state import (
     Key,
     Neuron,
     TraceIndex,
@@ -39,7 +39,7 @@ from attn_cli.browse.widgets import (
     where_label,
 )
 from attn_cli.render.common import Scale, format_number
-from attn_cli.render.summary import head_patterns
+from attn_cli.render.statistics import head_patterns
 from attn_cli.trace import Trace, TraceStep, printable, token_labels
 
 

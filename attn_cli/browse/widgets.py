@@ -20,7 +20,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from attn_cli.browse.model import Geometry, Key, TraceIndex, is_token_map
+from attn_cli.browse.state import Geometry, Key, TraceIndex, is_token_map
 from attn_cli.render.common import Scale, format_number
 from attn_cli.render.pictures import half_block_style
 from attn_cli.render.pooling import pool

@@ -166,7 +166,7 @@ class Found:
 def describe(path: Path, name: str, source: str) -> Found:
     """Read one file's header (no tensor data) into a Found."""
     from attn_cli.gguf.header import read_header
-    from attn_cli.gguf.names import ARCHS, FILE_TYPES
+    from attn_cli.gguf.to_hf import ARCHS, FILE_TYPES
 
     found = Found(name=name, path=path, source=source)
     try:

@@ -12,7 +12,7 @@ import numpy as np
 
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, MappedFile, TensorInfo, parse_header
-from attn_cli.gguf.names import Recipe, build, recipe_shape, unpermute_index
+from attn_cli.gguf.to_hf import Recipe, build, recipe_shape, unpermute_index
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

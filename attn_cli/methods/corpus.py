@@ -134,8 +134,8 @@ class CachedWeights:
 def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
     """A function line -> (attention (L, H, n, n), special mask, punctuation mask), or None
     for a line that yields no tokens or is longer than the model's positions (or max_tokens)."""
-    from attn_cli.methods.steps import ModelParts, attention_stack, forward
-    from attn_cli.model import load_model
+    from attn_cli.methods.registry import ModelParts, attention_stack, forward
+    from attn_cli.pretrained import load_model
 
     m = load_model(model)  # any checkpoint --model takes: directories, shards, GGUF
     fam, tok = m.family, m.tokenizer

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from attn_cli.comparison import Comparison
 from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
-from attn_cli.render.steps import compact_table, trace_header
+from attn_cli.render.step_tables import compact_table, trace_header
 from attn_cli.trace import TraceStep, printable
 
 LABEL_W = 10  # row label: position and token, cut to fit

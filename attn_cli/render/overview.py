@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
-from attn_cli.render.summary import dominant_pattern, visible_counts
+from attn_cli.render.statistics import dominant_pattern, visible_counts
 from attn_cli.trace import Trace, TraceStep
 
 # One letter per pattern keeps a 12-head row inside 80 columns.

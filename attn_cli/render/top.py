@@ -9,8 +9,8 @@ from rich.text import Text
 
 from attn_cli.attention import entropy
 from attn_cli.render.common import RenderOptions, format_number
-from attn_cli.render.steps import compact_table
-from attn_cli.render.summary import head_patterns, relative_entropy, visible_counts
+from attn_cli.render.statistics import head_patterns, relative_entropy, visible_counts
+from attn_cli.render.step_tables import compact_table
 from attn_cli.trace import Trace, TraceStep, printable
 
 

@@ -23,7 +23,7 @@ def auto_view(trace: Trace) -> str:
 WHOLE_MODEL_VIEWS = ("grid", "overview", "summary")
 
 RENDERERS = {
-    "steps": ("steps", "render_steps"),
+    "steps": ("step_tables", "render_steps"),
     "overview": ("overview", "render_overview"),
     "summary": ("top", "render_summary"),
     "top": ("top", "render_top"),
@@ -47,7 +47,7 @@ def parse_views(values: list[str] | None) -> list[str]:
 def render(console: Console, trace: Trace, views: list[str], opts: RenderOptions) -> None:
     from importlib import import_module
 
-    from attn_cli.render.steps import trace_header
+    from attn_cli.render.step_tables import trace_header
 
     console.print(trace_header(trace))
     for view in views:

@@ -72,7 +72,7 @@ class Model:
             family.check(self.weights, self.config)
         except KeyError as exc:
             raise InputError(f"{self.name}: the config lacks {exc}") from None
-        from attn_cli.tokens import tokenizer_kind
+        from attn_cli.readable import tokenizer_kind
 
         self._token_style = tokenizer_kind(self.tokenizer)
 
@@ -124,8 +124,8 @@ class Model:
         method_list: list[str] = []
         options = None
         if methods:
-            from attn_cli.methods.steps import method_options as make_options
-            from attn_cli.methods.steps import parse_methods
+            from attn_cli.methods.registry import method_options as make_options
+            from attn_cli.methods.registry import parse_methods
 
             method_list = parse_methods(methods)
             options = make_options(**method_options)
@@ -162,7 +162,7 @@ class Model:
 
     def parts(self) -> Any:
         """What attn_cli.methods needs from this model."""
-        from attn_cli.methods.steps import ModelParts
+        from attn_cli.methods.registry import ModelParts
 
         return ModelParts(self.family, self.weights, self.config, self.tokenizer)
 
@@ -201,7 +201,7 @@ class Model:
         method_options: Any = None,
         bar: Any = None,
     ) -> Trace:
-        from attn_cli.tokens import readable_tokens
+        from attn_cli.readable import readable_tokens
 
         d, cfg, family = self.dims, self.config, self.family
         raw, ids, segments = self._tokenize(text, pair)
@@ -249,7 +249,7 @@ class Model:
         wanted = set(layers)
         run = None
         if methods:
-            from attn_cli.methods.steps import MethodRun
+            from attn_cli.methods.registry import MethodRun
 
             config["methods"] = methods
             run = MethodRun(methods, labels, ids, self.parts(), layers, heads, method_options)
@@ -321,7 +321,7 @@ class Model:
     def _candidate_text(self, token_id: int) -> str:
         """A candidate next token as text; a piece that is only part of a character (byte
         fallback, a split UTF-8 sequence) shows as its byte, not as '�'."""
-        from attn_cli.tokens import readable_tokens
+        from attn_cli.readable import readable_tokens
 
         text = str(self.tokenizer.decode([int(token_id)], skip_special_tokens=False))
         if "\ufffd" in text:
