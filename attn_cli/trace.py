@@ -20,13 +20,45 @@ if TYPE_CHECKING:
 # What a step's matrix holds; decides its colour scale and how its axes are labelled.
 KINDS = (
     "vectors",  # tokens × dimensions (X, Q, K, V, Y …): signed, diverging colours
-    "scores",  # tokens × tokens, unnormalised (W_raw, W_scaled, W_masked): diverging
-    "weights",  # tokens × tokens, rows sum to 1 (W): sequential
+    "scores",  # queries × keys, unnormalised (W_raw, W_scaled, W_masked): diverging
+    "weights",  # queries × keys, rows sum to 1 (W): sequential
+    # queries × keys, rows are probabilities that sum to less than 1: the rest of each row's
+    # mass went elsewhere (a sink key that is not shown as a column): sequential
+    "partial_weights",
+    # queries × keys, an unnormalised mixing matrix: output row i = Σ_j A[i, j]·v_j, signed,
+    # rows need not sum to 1 (linear attention): diverging
+    "mixing",
     "parameters",  # dimensions × dimensions (W_q, W_k, W_v, W_o): diverging
     "relevance",  # tokens × tokens, non-negative contributions (norms, ALTI, rollout): sequential
     "prediction",  # candidate tokens × one column of probabilities (next token, logit lens)
     "heads",  # layers × heads, one number per head (detector scores, corpus statistics)
 )
+
+
+# Map kinds: a step of one of these kinds is a queries × keys attention map.
+MAP_KINDS = ("scores", "weights", "partial_weights", "mixing")
+
+# What the labels of a token axis stand for.
+AXIS_KINDS = (
+    "text",  # tokens of a text
+    "patches",  # image patches; coords are (row, column) in the patch grid
+    "frames",  # audio frames; coords are (start time in seconds,)
+    "sink",  # virtual keys that take attention mass but hold no token (attention sinks)
+)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A sequence attention runs over: its labels, what they are, and where each sits.
+
+    A trace has one axis named "tokens" (the query sequence, `Trace.tokens`); an
+    encoder–decoder or cross-attention trace adds "source" for the keys of its cross maps.
+    """
+
+    name: str  # the key in Trace.axes: "tokens", "source" …
+    kind: str  # one of AXIS_KINDS
+    labels: list[str]
+    coords: list[tuple[float, ...]] | None = None  # patches: (row, col); frames: (seconds,)
 
 
 @dataclass
@@ -40,6 +72,13 @@ class TraceStep:
     kind: str
     layer: int | None = None
     head: int | None = None
+    # The attention block of the layer the step belongs to: None for a model's only one;
+    # "encoder", "decoder", "cross" … where a layer has several, or a model several stacks.
+    block: str | None = None
+    # Which of the trace's axes (Trace.axes) the rows and columns run over; None: labels of
+    # their own (dimensions, candidates, experts, layers …).
+    row_axis: str | None = None
+    col_axis: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -73,6 +112,9 @@ class Trace:
     notes: list[str] = field(default_factory=list)
     # The tokenizer's own pieces ("Ġthe") where `tokens` shows them as readable text (" the").
     raw_tokens: list[str] | None = None
+    # Token axes beyond "tokens" (the query sequence): e.g. "source" for cross-attention keys.
+    # "tokens" itself is implied by `tokens` when absent.
+    axes: dict[str, Axis] = field(default_factory=dict)
 
     def find(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:
         for step in self.steps:
