@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attn_cli import attention as att
-from attn_cli import narrate
+from attn_cli import narrate, records
 from attn_cli.errors import InputError, opt
 from attn_cli.trace import Trace, token_labels
 
@@ -279,7 +279,7 @@ def _pipeline_trace(
                     "7 significant digits, to halve the memory of the n × n matrices"
                 )
             x = emb.X.astype(np.float32) if single else emb.X
-            steps = narrate.toy_steps(x, labels, att.toy_self_attention(x, scale=opts.scale))
+            steps = narrate.toy_steps(records.toy_attention(x, scale=opts.scale), labels)
         else:
             from attn_cli.projections import NORM_EPS, layer_norm
 
@@ -303,10 +303,20 @@ def _pipeline_trace(
             x_norm = layer_norm(emb.X) if opts.norm else None
             config["norm"] = f"layernorm (eps {NORM_EPS:g})" if opts.norm else False
             mask = att.causal_mask(len(ids)) if opts.causal else None
-            x_in = emb.X if x_norm is None else x_norm
-            m = att.multi_head_attention(x_in, proj.params, mask, temperature=opts.temperature)
-            origin = "seeded" if opts.weights is None else Path(opts.weights).name
-            steps = narrate.qkv_steps(emb.X, labels, m, opts.temperature, x_norm, NORM_EPS, origin)
+            inputs: tuple[records.Stage, ...] = (records.Stage("X", emb.X),)
+            if x_norm is not None:
+                inputs += (records.Stage("X_norm", x_norm),)
+            record = records.multi_head_attention(
+                inputs[-1].data,
+                proj.params,
+                mask,
+                temperature=opts.temperature,
+                inputs=inputs,
+                parameters=True,
+            )
+            record.facts["origin"] = "seeded" if opts.weights is None else Path(opts.weights).name
+            record.facts["norm_eps"] = NORM_EPS
+            steps = narrate.qkv_steps(record, labels)
     trace.steps = [s for s in steps if keep(s.name)]
     bar.phase(f"{n:,} tokens: checking the numbers")
     check_finite(trace)

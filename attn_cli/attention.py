@@ -8,7 +8,10 @@ One attention layer, in the order the functions run:
   project      Q = X·W_q + b_q, K = X·W_k + b_k, V = X·W_v + b_v, split into heads
   qk_hook      optional: q/k norms, rotary embeddings … (named stages, each kept)
   attend       W_raw = Q·Kᵀ, W_scaled, (W_capped), (W_masked), W = softmax, Y = W·V
-  combine      Y_concat = [Y⁽⁰⁾ … Y⁽ᴴ⁻¹⁾], O = Y_concat·W_o + b_o
+  combine      Y_concat = [Y⁽⁰⁾ … Y⁽ᴴ⁻¹⁾] (merge_heads), O = Y_concat·W_o + b_o (linear)
+
+records.multi_head_attention runs them in that order and records every step; a family whose
+attention differs calls the pieces it needs and records its own stages.
 """
 
 from __future__ import annotations
@@ -194,41 +197,6 @@ def project(x: np.ndarray, p: AttentionParams) -> tuple[np.ndarray, np.ndarray, 
 # returns named stages, each a (q, k) pair, in order; the last stage is what gets scored.
 QKStage = tuple[str, np.ndarray, np.ndarray]
 QKHook = Callable[[np.ndarray, np.ndarray], list[QKStage]]
-
-
-class MultiHeadSteps(NamedTuple):
-    """Every intermediate of multi-head attention."""
-
-    Q: np.ndarray  # (H, n, d_k) as projected
-    K: np.ndarray  # (KV, n, d_k)
-    V: np.ndarray  # (KV, n, d_v)
-    stages: list[QKStage]  # what the hook did to q and k, e.g. [("norm", …), ("rot", …)]
-    attn: AttentionSteps
-    Y_concat: np.ndarray  # (n, H·d_v)
-    O: np.ndarray | None  # (n, d_o), only with an output projection
-    params: AttentionParams
-    scale: float  # what W_raw was multiplied by: 1/√d_k unless the model says otherwise
-    cap: float | None  # the soft-cap of the scores (Gemma 2), if any
-
-
-def multi_head_attention(
-    x: np.ndarray,
-    p: AttentionParams,
-    mask: np.ndarray | None = None,
-    qk_hook: QKHook | None = None,
-    scale: float | None = None,
-    cap: float | None = None,
-    temperature: float = 1.0,
-) -> MultiHeadSteps:
-    """Project X, transform q and k (hook), attend within each head, concatenate, project."""
-    q, k, v = project(x, p)
-    stages = [] if qk_hook is None else qk_hook(q, k)
-    q_s, k_s = (q, k) if not stages else stages[-1][1:]
-    a = attend(q_s, k_s, v, mask, scale, cap, temperature)
-    y_concat = merge_heads(a.Y)  # [H, n, d_v] -> [n, H·d_v]
-    o = None if p.w_o is None else linear(y_concat, p.w_o, p.b_o)  # [n, H·d_v] @ [H·d_v, d_o]
-    used = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else float(scale)
-    return MultiHeadSteps(q, k, v, stages, a, y_concat, o, p, used, cap)
 
 
 class ToySteps(NamedTuple):

@@ -1,26 +1,31 @@
-"""The step catalogue: intermediates in, described TraceSteps out.
+"""The step catalogue: attention records in, described TraceSteps out.
 
-Every step a trace can hold is written here once — its formula and its plain-words line — and
-used by the parameter-free pipeline, the Q/K/V pipeline and every model family. A family adds
-only its own words (registry.Wording: how its X is made, what its mask means).
+Every stage a record can hold is described here once, by name — its formula and its
+plain-words line (STAGE_TEXTS) — and used by the parameter-free pipeline, the Q/K/V pipeline
+and every model family. A family adds the words of its own stages next to its code
+(`Family.stage_texts`, consulted before this catalogue) and its wording (how its X is made,
+what its mask means).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from attn_cli.attention import (
-    AttentionParams,
-    AttentionSteps,
-    MultiHeadSteps,
-    ToySteps,
-    kv_group,
-    kv_head_of,
+from attn_cli.attention import kv_group, kv_head_of
+from attn_cli.records import (
+    QUERY,
+    QUERY_HEADS,
+    TOKENS,
+    AttentionRecord,
+    Dims,
+    LayerRecord,
+    Side,
+    Stage,
 )
-from attn_cli.trace import TraceStep, dim_labels
+from attn_cli.trace import Axis, TraceStep, dim_labels
 
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 ROLE = {
@@ -64,323 +69,187 @@ class Voice:
 TEACHING = Voice(teaching=True)
 
 
-# --- the parameter-free pipeline ------------------------------------------------------------
+@dataclass(frozen=True)
+class StageContext:
+    """What the words of one stage may depend on: the record, the stage, this head's slice of
+    its data, and the stages computed before it (whose names its formula refers to)."""
+
+    record: AttentionRecord
+    stage: Stage
+    data: np.ndarray  # the stage's data for this head (the whole stage if not per head)
+    h: int  # the query head (0 for a stage over the whole block)
+    head: int | None  # the head as the step shows it: None for a pipeline's only head
+    layer: int | None
+    voice: Voice
+    earlier: tuple[Stage, ...]  # the record's stages before this one, in order
+
+    @property
+    def of(self) -> str:
+        return f" of head {self.h}" if self.head is not None else ""
+
+    def latest(self, letter: str) -> str:
+        """The newest stage of per-head vectors `letter` (Q -> Q, Q_norm, Q_rot …) so far."""
+        names = [
+            s.name
+            for s in self.earlier
+            if s.heads is not None and (s.name == letter or s.name.startswith(letter + "_"))
+        ]
+        return names[-1] if names else letter
+
+    def logits(self) -> str:
+        """The newest score stage so far: what the softmax (or the mask) takes."""
+        return [s.name for s in self.earlier if s.kind == "scores"][-1]
+
+    def input(self) -> str:
+        """The newest stage of the whole block's vectors so far: what the projections multiply
+        (X, or X_norm when the Q/K/V pipeline normalises it)."""
+        return [s.name for s in self.earlier if s.heads is None and s.kind == "vectors"][-1]
 
 
-def toy_steps(X: np.ndarray, labels: list[str], s: ToySteps) -> list[TraceStep]:
-    """X, W_raw = X·Xᵀ, (W_scaled), W = row softmax, Y = W·X."""
-    n, d = X.shape
-    dims = dim_labels(d)
-    steps = [
-        TraceStep(
-            "X",
-            "embed(tokens)",
-            f"{each_token(n)} becomes a row vector of {d} numbers; so far every vector "
-            "is independent of the others.",
-            X,
-            labels,
-            dims,
-            "vectors",
-        ),
-        TraceStep(
-            "W_raw",
-            "X·Xᵀ",
-            "Cell (i, j) is the dot product of token i and token j: large when they point the "
-            "same way. Not normalised: values can exceed 1, and the matrix is symmetric.",
-            s.W_raw,
-            labels,
-            labels,
-            "scores",
-        ),
-    ]
-    if s.W_scaled is not None:
-        steps.append(
-            TraceStep(
-                "W_scaled",
-                "W_raw/√d",
-                f"Divided by √d = {np.sqrt(d):.3g}: dot products grow with the dimension, and large "
-                "scores would push the softmax into saturation (one weight near 1, the rest near 0).",
-                s.W_scaled,
-                labels,
-                labels,
-                "scores",
-            )
-        )
-    steps += [
-        TraceStep(
-            "W",
-            "softmax(W_scaled) per row" if s.W_scaled is not None else "softmax(W_raw) per row",
-            "Each row is normalised with a softmax (row max subtracted first, for stability): "
-            "all weights are now between 0 and 1 and every row sums to 1 — how much each token "
-            "attends to every token.",
-            s.W,
-            labels,
-            labels,
-            "weights",
-        ),
-        TraceStep(
-            "Y",
-            "W·X",
-            "Each output row is a weighted mix of all token vectors, weighted by that token's row "
-            "of W: every token now carries context from the others. (Texts that keep tokens as "
-            "columns write it with transposes; with tokens as rows it is Y = W·X.)",
-            s.Y,
-            labels,
-            dims,
-            "vectors",
-        ),
-    ]
-    return steps
+# A stage's words: its formula and its plain-words description.
+StageText = Callable[[StageContext], tuple[str, str]]
 
 
-# --- one attention layer: Q/K/V pipeline and model layers share these -------------------------
+# --- the catalogue: one entry per stage name ---------------------------------------------------
 
 
-def input_step(
-    X: np.ndarray, labels: list[str], formula: str, description: str, layer: int | None = None
-) -> TraceStep:
-    return TraceStep(
-        "X", formula, description, X, labels, dim_labels(X.shape[1]), "vectors", layer=layer
+def _embedded(c: StageContext) -> tuple[str, str]:
+    n, d = c.data.shape
+    into = "the input to the projections"
+    if "X_norm" in c.record:
+        into = "normalised, then sent through the projections"
+    return "embed(tokens)", f"{each_token(n)} becomes a row vector of {d} numbers: {into}."
+
+
+def _normalised(c: StageContext) -> tuple[str, str]:
+    """X_norm = LayerNorm(X): the Q/K/V pipeline's input, as a transformer normalises it."""
+    d, eps = c.data.shape[1], c.record.facts["norm_eps"]
+    return (
+        "LayerNorm(X)",
+        f"Each token's vector is centred and scaled to mean 0 and variance 1 over its {d} numbers "
+        f"((x − mean)/√(variance + {eps:g})), as transformers normalise a layer's input before "
+        "the projections. Without it, small embeddings give near-zero scores and every row of W "
+        "comes out almost uniform.",
     )
 
 
-def projection_steps(
-    p: AttentionParams, h: int, head: int | None, origin: str = "learned"
-) -> list[TraceStep]:
-    """W_q, W_k, W_v of one head (the Q/K/V pipeline shows its parameters). `origin` says where
-    the numbers come from: "learned", "seeded" (random, untrained) or a file name."""
-    d = p.w_q.shape[0]
-    of = f" of head {h}" if head is not None else ""
-    sup = superscript(h) if head is not None else ""
-    g = kv_head_of(h, p.heads, p.kv)
-    steps = []
-    for letter, w, width, owner in (
-        ("q", p.w_q, p.d_k, h),
-        ("k", p.w_k, p.d_k, g),
-        ("v", p.w_v, p.d_v, g),
-    ):
-        block = w[:, owner * width : (owner + 1) * width]
-        shape = f"{d}×{block.shape[1]}"
-        role = f"a token's vector times this matrix gives {ROLE[letter]}."
-        if origin == "seeded":
-            formula = f"random {shape} matrix{sup}"
-            description = (
-                f"The {letter.upper()} projection{of}: {role} In a trained model it is learned; "
-                "here it is seeded random numbers (untrained), so what it picks out is arbitrary."
-            )
-        elif origin == "learned":
-            formula = f"learned {shape} matrix{sup}"
-            description = f"The learned {letter.upper()} projection{of}: {role}"
-        else:
-            formula = f"{shape} matrix{sup} from {origin}"
-            description = f"The {letter.upper()} projection{of}, from {origin}: {role}"
-        steps.append(
-            TraceStep(
-                f"W_{letter}",
-                formula,
-                description,
-                block,
-                dim_labels(d),
-                dim_labels(width, letter),
-                "parameters",
-                head=head,
-            )
+def _projection(c: StageContext) -> tuple[str, str]:
+    """W_q, W_k, W_v of one head (the Q/K/V pipeline shows its parameters). The record's
+    `origin` says where the numbers come from: "learned", "seeded" (random, untrained) or a
+    file name."""
+    letter = c.stage.name[-1]
+    origin = c.record.facts.get("origin", "learned")
+    sup = superscript(c.h) if c.head is not None else ""
+    shape = f"{c.data.shape[0]}×{c.data.shape[1]}"
+    role = f"a token's vector times this matrix gives {ROLE[letter]}."
+    if origin == "seeded":
+        return f"random {shape} matrix{sup}", (
+            f"The {letter.upper()} projection{c.of}: {role} In a trained model it is learned; "
+            "here it is seeded random numbers (untrained), so what it picks out is arbitrary."
         )
-    return steps
+    if origin == "learned":
+        return (
+            f"learned {shape} matrix{sup}",
+            f"The learned {letter.upper()} projection{c.of}: {role}",
+        )
+    return (
+        f"{shape} matrix{sup} from {origin}",
+        f"The {letter.upper()} projection{c.of}, from {origin}: {role}",
+    )
 
 
-def _sharing(h: int, p: AttentionParams) -> str:
+def _sharing(c: StageContext) -> str:
     """' They belong to key/value head 1, shared by query heads 4–7.' under grouped-query
     attention; nothing when every query head has its own."""
-    if p.kv == p.heads:
+    r = c.record
+    if r.kv == r.heads:
         return ""
-    group = kv_group(p.heads, p.kv)
-    g = kv_head_of(h, p.heads, p.kv)
+    group = kv_group(r.heads, r.kv)
+    g = kv_head_of(c.h, r.heads, r.kv)
     return (
         f" They belong to key/value head {g}, shared by query heads "
         f"{g * group}–{(g + 1) * group - 1}."
     )
 
 
-def qkv_vector_steps(
-    m: MultiHeadSteps, h: int, head: int | None, labels: list[str], voice: Voice, layer: int | None
-) -> list[TraceStep]:
-    """Q, K, V of one head, then what the hook did to q and k (norms, rotary positions)."""
-    p = m.params
-    g = kv_head_of(h, p.heads, p.kv)
-    sup = superscript(h) if voice.teaching and head is not None else ""
-    of = f" of head {h}" if head is not None else ""
-    steps = []
-    for letter, mat, width in (
-        ("Q", m.Q[h], p.d_k),
-        ("K", m.K[g], p.d_k),
-        ("V", m.V[g], p.d_v),
-    ):
-        lo = letter.lower()
-        bias = {"Q": p.b_q, "K": p.b_k, "V": p.b_v}[letter]
-        formula = f"X·W_{lo}{sup}" + (f" + b_{lo}" if bias is not None else "")
-        if voice.teaching:
-            description = (
-                f"{PLURAL[letter]}{of}: one row per token, each token's vector sent through "
-                f"W_{lo} into {width} numbers."
-            )
-        else:
-            description = {
-                "Q": f"Queries of head {h}: what each token looks for, in {width} numbers.",
-                "K": f"Keys of head {h}: what each token offers to be matched against.",
-                "V": f"Values of head {h}: what each token passes on when attended to.",
-            }[letter]
-            if letter != "Q":
-                description += _sharing(h, p)
-        steps.append(
-            TraceStep(
-                letter,
-                formula,
-                description,
-                mat,
-                labels,
-                dim_labels(width, lo),
-                "vectors",
-                layer,
-                head,
-            )
+def _projected(c: StageContext) -> tuple[str, str]:
+    """Q, K or V of one head: the block's input times its projection."""
+    letter = c.stage.name
+    lo = letter.lower()
+    p = c.record.params
+    bias = p is not None and getattr(p, f"b_{lo}") is not None
+    sup = superscript(c.h) if c.voice.teaching and c.head is not None else ""
+    width = c.data.shape[-1]
+    formula = f"{c.input()}·W_{lo}{sup}" + (f" + b_{lo}" if bias else "")
+    if c.voice.teaching:
+        return formula, (
+            f"{PLURAL[letter]}{c.of}: one row per token, each token's vector sent through "
+            f"W_{lo} into {width} numbers."
         )
-    prev = "Q", "K"
-    for stage, q_s, k_s in m.stages:
-        for letter, mat, before in (("Q", q_s[h], prev[0]), ("K", k_s[g], prev[1])):
-            name = f"{letter}_{stage}"
-            formula, description = STAGE_TEXT[stage](letter, before)
-            steps.append(
-                TraceStep(
-                    name,
-                    formula,
-                    description,
-                    mat,
-                    labels,
-                    dim_labels(mat.shape[-1], letter.lower()),
-                    "vectors",
-                    layer,
-                    head,
-                )
-            )
-        prev = f"Q_{stage}", f"K_{stage}"
-    return steps
+    description = {
+        "Q": f"Queries of head {c.h}: what each token looks for, in {width} numbers.",
+        "K": f"Keys of head {c.h}: what each token offers to be matched against.",
+        "V": f"Values of head {c.h}: what each token passes on when attended to.",
+    }[letter]
+    return formula, description + ("" if letter == "Q" else _sharing(c))
 
 
-STAGE_TEXT: dict[str, Callable[[str, str], tuple[str, str]]] = {
-    "norm": lambda letter, before: (
-        f"RMSNorm({before})",
+def _qk_norm(c: StageContext) -> tuple[str, str]:
+    letter = c.stage.name[0]
+    return (
+        f"RMSNorm({c.latest(letter)})",
         f"Each {'query' if letter == 'Q' else 'key'} is normalised to a fixed size (RMSNorm with "
         "its own learned scale) before positions are added, so no single dimension can blow up "
         "the scores.",
-    ),
-    "rot": lambda letter, before: (
-        f"RoPE({before}, position)",
+    )
+
+
+def _rotated(c: StageContext) -> tuple[str, str]:
+    letter = c.stage.name[0]
+    return (
+        f"RoPE({c.latest(letter)}, position)",
         f"Rotary position embedding: pairs of dimensions of each {'query' if letter == 'Q' else 'key'} "
         "are rotated by an angle that grows with the token's position. This is where position "
         "enters: the score of two tokens now depends on how far apart they are.",
-    ),
-}
+    )
 
 
-def score_steps(
-    a: AttentionSteps,
-    h: int,
-    head: int | None,
-    labels: list[str],
-    voice: Voice,
-    layer: int | None,
-    d_k: int,
-    scale: float | None,
-    temperature: float = 1.0,
-    rotated: str = "",
-    cap: float | None = None,
-) -> list[TraceStep]:
-    """W_raw, W_scaled, (W_capped), (W_masked), W and Y of one head."""
-
-    def step(
-        name: str, formula: str, description: str, data: np.ndarray, cols: list[str], kind: str
-    ):
-        return TraceStep(name, formula, description, data, labels, cols, kind, layer, head)
-
-    q_name, k_name = ("Q", "K") if not rotated else (f"Q_{rotated}", f"K_{rotated}")
+def _raw_scores(c: StageContext) -> tuple[str, str]:
     match = "Query i · key j: how well what token i looks for matches what token j offers."
-    if voice.teaching:
+    if c.voice.teaching:
         match += " Unlike X·Xᵀ it need not be symmetric, because queries and keys come from different maps."
-    steps = [step("W_raw", f"{q_name}·{k_name}ᵀ", match, a.W_raw[h], labels, "scores")]
-    if scale is None or np.isclose(scale, 1.0 / np.sqrt(d_k)):
-        scaled_formula = "W_raw/√d_k"
-        why = (
+    return f"{c.latest('Q')}·{c.latest('K')}ᵀ", match
+
+
+def _scaled_scores(c: StageContext) -> tuple[str, str]:
+    scale, d_k = c.record.facts["scale"], c.record.facts["d_k"]
+    if np.isclose(scale, 1.0 / np.sqrt(d_k)):
+        return "W_raw/√d_k", (
             f"Divided by √d_k = {fmt(np.sqrt(d_k))}: dot products grow with d_k, and large scores "
             "would push the softmax into saturation (one weight near 1, tiny gradients for the rest)."
-            if voice.teaching
+            if c.voice.teaching
             else f"Divided by √d_k = {np.sqrt(d_k):.3g} so the softmax does not saturate."
         )
-    else:
-        scaled_formula = f"W_raw·{fmt(scale)}"
-        why = (
-            f"Multiplied by {fmt(scale)} (this model's own scale, 1/√{fmt(1 / scale**2)}, instead "
-            f"of 1/√d_k) so the softmax does not saturate."
-        )
-    steps.append(step("W_scaled", scaled_formula, why, a.W_scaled[h], labels, "scores"))
-    logits = "W_scaled"
-    if a.W_capped is not None and cap is not None:
-        steps.append(
-            step(
-                "W_capped",
-                f"{fmt(cap)}·tanh(W_scaled/{fmt(cap)})",
-                f"Soft-capping: scores are squashed smoothly into (−{fmt(cap)}, {fmt(cap)}), so no "
-                "single score can dominate the softmax; small scores barely change.",
-                a.W_capped[h],
-                labels,
-                "scores",
-            )
-        )
-        logits = "W_capped"
-    if a.W_masked is not None:
-        window = _window(a.W_masked[h])
-        if window is None:
-            formula = f"{logits}, −∞ above the diagonal"
-            description = (
-                "Causal mask: a token may not look at later tokens, so every future position is "
-                "set to −∞ before the softmax and gets a weight of exactly 0."
-                if voice.teaching
-                else voice.mask
-            )
-        else:
-            formula = f"{logits}, −∞ above the diagonal and {window}+ tokens back"
-            description = (
-                f"Sliding-window causal mask: a token sees only itself and the {window - 1} tokens "
-                "before it; later tokens and tokens further back are −∞ and get weight 0."
-            )
-        steps.append(step("W_masked", formula, description, a.W_masked[h], labels, "scores"))
-        logits = "W_masked"
-    t = fmt(temperature)
-    if temperature == 1.0:
-        formula, temp_note = f"softmax({logits}) per row", ""
-    else:
-        formula = f"softmax({logits}/{t}) per row"
-        temp_note = (
-            f" Temperature T = {t} < 1 sharpens each row towards its best match."
-            if temperature < 1
-            else f" Temperature T = {t} > 1 flattens each row towards uniform."
-        )
-    weights_text = (
-        "Each row is now a probability distribution (weights between 0 and 1, summing to 1) "
-        "over the tokens this token may attend to." + temp_note
-        if voice.teaching
-        else "Attention weights: each row sums to 1 — where each token looks."
+    return f"W_raw·{fmt(scale)}", (
+        f"Multiplied by {fmt(scale)} (this model's own scale, 1/√{fmt(1 / scale**2)}, instead "
+        f"of 1/√d_k) so the softmax does not saturate."
     )
-    steps.append(step("W", formula, weights_text, a.W[h], labels, "weights"))
-    d_v = a.Y.shape[-1]
-    of = f" of head {h}" if head is not None else ""
-    y_text = (
-        f"Each token's output{of} is the weighted sum of the value vectors, weighted by its row of W."
-        if voice.teaching
-        else f"Head {h}'s output: each token's weighted mix of the values."
+
+
+def _masked_scores(c: StageContext) -> tuple[str, str]:
+    logits = c.logits()
+    window = _window(c.data)
+    if window is None:
+        return f"{logits}, −∞ above the diagonal", (
+            "Causal mask: a token may not look at later tokens, so every future position is "
+            "set to −∞ before the softmax and gets a weight of exactly 0."
+            if c.voice.teaching
+            else c.voice.mask
+        )
+    return f"{logits}, −∞ above the diagonal and {window}+ tokens back", (
+        f"Sliding-window causal mask: a token sees only itself and the {window - 1} tokens "
+        "before it; later tokens and tokens further back are −∞ and get weight 0."
     )
-    steps.append(step("Y", "W·V", y_text, a.Y[h], dim_labels(d_v, "v"), "vectors"))
-    return steps
 
 
 def _window(masked: np.ndarray) -> int | None:
@@ -392,142 +261,233 @@ def _window(masked: np.ndarray) -> int | None:
     return int(visible.sum(axis=1).max())
 
 
-def head_steps(
-    m: MultiHeadSteps,
-    h: int,
-    head: int | None,
-    labels: list[str],
+def _weights(c: StageContext) -> tuple[str, str]:
+    logits, temperature = c.logits(), c.record.facts.get("temperature", 1.0)
+    t = fmt(temperature)
+    if temperature == 1.0:
+        formula, temp_note = f"softmax({logits}) per row", ""
+    else:
+        formula = f"softmax({logits}/{t}) per row"
+        temp_note = (
+            f" Temperature T = {t} < 1 sharpens each row towards its best match."
+            if temperature < 1
+            else f" Temperature T = {t} > 1 flattens each row towards uniform."
+        )
+    return formula, (
+        "Each row is now a probability distribution (weights between 0 and 1, summing to 1) "
+        "over the tokens this token may attend to." + temp_note
+        if c.voice.teaching
+        else "Attention weights: each row sums to 1 — where each token looks."
+    )
+
+
+def _mixed_values(c: StageContext) -> tuple[str, str]:
+    return "W·V", (
+        f"Each token's output{c.of} is the weighted sum of the value vectors, weighted by its row of W."
+        if c.voice.teaching
+        else f"Head {c.h}'s output: each token's weighted mix of the values."
+    )
+
+
+def _concatenated(c: StageContext) -> tuple[str, str]:
+    H = c.record.heads
+    return (
+        f"[Y{superscript(0)} … Y{superscript(H - 1)}]",
+        f"The {H} heads' outputs side by side. Each head attended with its own W_q, W_k and "
+        "W_v, so each can pick up a different relation between the tokens.",
+    )
+
+
+def _output_projection(c: StageContext) -> tuple[str, str]:
+    origin = c.record.facts.get("origin", "learned")
+    return (
+        {"learned": "learned", "seeded": "random"}.get(origin, f"from {origin}")
+        + f", {c.data.shape[0]}×{c.data.shape[1]}",
+        "The output projection: mixes what the heads found back into one vector per token.",
+    )
+
+
+def _output(c: StageContext) -> tuple[str, str]:
+    p = c.record.params
+    formula = "Y_concat·W_o" if c.record.heads > 1 else "Y·W_o"
+    return formula + (" + b_o" if p is not None and p.b_o is not None else ""), (
+        "The layer's output: one vector per token, combining every head's view of its context."
+    )
+
+
+# Stage name -> its words. A family's own stages (Family.stage_texts) are looked up first.
+STAGE_TEXTS: dict[str, StageText] = {
+    "X": _embedded,
+    "X_norm": _normalised,
+    "W_q": _projection,
+    "W_k": _projection,
+    "W_v": _projection,
+    "Q": _projected,
+    "K": _projected,
+    "V": _projected,
+    "Q_norm": _qk_norm,
+    "K_norm": _qk_norm,
+    "Q_rot": _rotated,
+    "K_rot": _rotated,
+    "W_raw": _raw_scores,
+    "W_scaled": _scaled_scores,
+    "W_masked": _masked_scores,
+    "W": _weights,
+    "Y": _mixed_values,
+    "Y_concat": _concatenated,
+    "W_o": _output_projection,
+    "O": _output,
+}
+
+
+# --- the parameter-free pipeline: its stages in its own words ----------------------------------
+
+
+def _toy_scaled(c: StageContext) -> tuple[str, str]:
+    d = c.record["X"].shape[1]
+    return "W_raw/√d", (
+        f"Divided by √d = {np.sqrt(d):.3g}: dot products grow with the dimension, and large "
+        "scores would push the softmax into saturation (one weight near 1, the rest near 0)."
+    )
+
+
+TOY_TEXTS: dict[str, StageText] = {
+    "X": lambda c: (
+        "embed(tokens)",
+        f"{each_token(c.data.shape[0])} becomes a row vector of {c.data.shape[1]} numbers; so "
+        "far every vector is independent of the others.",
+    ),
+    "W_raw": lambda c: (
+        "X·Xᵀ",
+        "Cell (i, j) is the dot product of token i and token j: large when they point the "
+        "same way. Not normalised: values can exceed 1, and the matrix is symmetric.",
+    ),
+    "W_scaled": _toy_scaled,
+    "W": lambda c: (
+        f"softmax({c.logits()}) per row",
+        "Each row is normalised with a softmax (row max subtracted first, for stability): "
+        "all weights are now between 0 and 1 and every row sums to 1 — how much each token "
+        "attends to every token.",
+    ),
+    "Y": lambda c: (
+        "W·X",
+        "Each output row is a weighted mix of all token vectors, weighted by that token's row "
+        "of W: every token now carries context from the others. (Texts that keep tokens as "
+        "columns write it with transposes; with tokens as rows it is Y = W·X.)",
+    ),
+}
+
+
+# --- records -> steps --------------------------------------------------------------------------
+
+
+def token_axes(labels: list[str]) -> dict[str, Axis]:
+    """The axes of a text-only trace: its tokens."""
+    return {TOKENS: Axis(TOKENS, "text", labels)}
+
+
+def layer_input(x_formula: str, x_description: Callable[[int], str]) -> StageText:
+    """The words of a model layer's X: the family's formula, and how layer i's input was made."""
+
+    def text(c: StageContext) -> tuple[str, str]:
+        return x_formula, (
+            f"Layer {c.layer}'s input: one {c.data.shape[1]}-number vector per token"
+            + x_description(c.layer if c.layer is not None else 0)
+        )
+
+    return text
+
+
+def _side(
+    side: Side, record: AttentionRecord, axes: Mapping[str, Axis], n: int
+) -> tuple[list[str], str | None]:
+    """The labels of a stage's rows (columns), and the trace axis they run over (None: none)."""
+    if isinstance(side, Dims):
+        return dim_labels(n, side.prefix), None
+    if isinstance(side, tuple):
+        return list(side), None
+    name = record.query if side == QUERY else record.key
+    return axes[name].labels, name
+
+
+def record_steps(
+    record: AttentionRecord,
+    axes: Mapping[str, Axis],
     voice: Voice,
     layer: int | None = None,
-    temperature: float = 1.0,
+    heads: Iterable[int] | None = None,
+    texts: Mapping[str, StageText] | None = None,
+    numbered: bool = True,
 ) -> list[TraceStep]:
-    """Every step of one head, in the order it is computed."""
-    rotated = m.stages[-1][0] if m.stages else ""
-    return qkv_vector_steps(m, h, head, labels, voice, layer) + score_steps(
-        m.attn, h, head, labels, voice, layer, m.params.d_k, m.scale, temperature, rotated, m.cap
-    )
+    """One attention block's stages as described steps: the stages over the whole block that
+    come before the first per-head stage, then every per-head stage of each head in `heads`
+    (default: all), then the rest. `texts` (a family's own words) are consulted before the
+    catalogue; `numbered` False shows a one-head pipeline's steps without a head number."""
+    own = texts or {}
+    first = next((i for i, s in enumerate(record.stages) if s.heads is not None), None)
+    indexed = list(enumerate(record.stages))
+    leading = [(i, s) for i, s in indexed if first is None or i < first]
+    per_head = [(i, s) for i, s in indexed if s.heads is not None]
+    trailing = [(i, s) for i, s in indexed if first is not None and i > first and s.heads is None]
 
-
-def combine_steps(
-    m: MultiHeadSteps, labels: list[str], layer: int | None = None, origin: str = "learned"
-) -> list[TraceStep]:
-    """Y_concat (several heads) and O = Y_concat·W_o (with an output projection)."""
-    p, H = m.params, m.params.heads
-    d_v = m.attn.Y.shape[-1]
-    concat_cols = [f"h{h}.v{j}" for h in range(H) for j in range(d_v)]
-    steps = []
-    if H > 1:
-        steps.append(
-            TraceStep(
-                "Y_concat",
-                f"[Y{superscript(0)} … Y{superscript(H - 1)}]",
-                f"The {H} heads' outputs side by side. Each head attended with its own W_q, W_k and "
-                "W_v, so each can pick up a different relation between the tokens.",
-                m.Y_concat,
-                labels,
-                concat_cols,
-                "vectors",
-                layer,
+    def step(i: int, stage: Stage, h: int, head: int | None) -> TraceStep:
+        data = stage.data
+        if stage.heads is not None:
+            data = data[h if stage.heads == QUERY_HEADS else kv_head_of(h, record.heads, record.kv)]
+        text = own.get(stage.name) or STAGE_TEXTS.get(stage.name)
+        if text is None:
+            raise KeyError(
+                f"stage {stage.name!r} has no words: give them in the family's stage_texts"
             )
+        context = StageContext(record, stage, data, h, head, layer, voice, tuple(record.stages[:i]))
+        formula, description = text(context)
+        rows, row_axis = _side(stage.rows, record, axes, data.shape[0])
+        cols, col_axis = _side(stage.cols, record, axes, data.shape[1])
+        return TraceStep(
+            stage.name,
+            formula,
+            description,
+            data,
+            rows,
+            cols,
+            stage.kind,
+            layer,
+            head,
+            record.block,
+            row_axis,
+            col_axis,
         )
-    if m.O is not None and p.w_o is not None:
-        out_cols = dim_labels(p.w_o.shape[1])
-        steps.append(
-            TraceStep(
-                "W_o",
-                {"learned": "learned", "seeded": "random"}.get(origin, f"from {origin}")
-                + f", {p.w_o.shape[0]}×{p.w_o.shape[1]}",
-                "The output projection: mixes what the heads found back into one vector per token.",
-                p.w_o,
-                concat_cols if H > 1 else dim_labels(d_v, "v"),
-                out_cols,
-                "parameters",
-                layer,
-            )
-        )
-        steps.append(
-            TraceStep(
-                "O",
-                ("Y_concat·W_o" if H > 1 else "Y·W_o") + (" + b_o" if p.b_o is not None else ""),
-                "The layer's output: one vector per token, combining every head's view of its context.",
-                m.O,
-                labels,
-                out_cols,
-                "vectors",
-                layer,
-            )
-        )
-    return steps
+
+    steps = [step(i, s, 0, None) for i, s in leading]
+    for h in range(record.heads) if heads is None else heads:
+        steps += [step(i, s, h, h if numbered else None) for i, s in per_head]
+    return steps + [step(i, s, 0, None) for i, s in trailing]
 
 
-def norm_step(X_norm: np.ndarray, labels: list[str], eps: float) -> TraceStep:
-    """X_norm = LayerNorm(X): the Q/K/V pipeline's input, as a transformer normalises it."""
-    d = X_norm.shape[1]
-    return TraceStep(
-        "X_norm",
-        "LayerNorm(X)",
-        f"Each token's vector is centred and scaled to mean 0 and variance 1 over its {d} numbers "
-        f"((x − mean)/√(variance + {eps:g})), as transformers normalise a layer's input before "
-        "the projections. Without it, small embeddings give near-zero scores and every row of W "
-        "comes out almost uniform.",
-        X_norm,
-        labels,
-        dim_labels(d),
-        "vectors",
-    )
+def toy_steps(record: AttentionRecord, labels: list[str]) -> list[TraceStep]:
+    """The parameter-free pipeline: X, W_raw = X·Xᵀ, (W_scaled), W = row softmax, Y = W·X."""
+    return record_steps(record, token_axes(labels), TEACHING, texts=TOY_TEXTS)
 
 
-def qkv_steps(
-    X: np.ndarray,
-    labels: list[str],
-    m: MultiHeadSteps,
-    temperature: float,
-    X_norm: np.ndarray | None = None,
-    eps: float = 1e-5,
-    origin: str = "learned",
-) -> list[TraceStep]:
+def qkv_steps(record: AttentionRecord, labels: list[str]) -> list[TraceStep]:
     """The Q/K/V pipeline as described steps: X, (X_norm), then each head's W_q/W_k/W_v, Q/K/V
     and attention steps, then Y_concat and O."""
-    n, d = X.shape
-    H = m.params.heads
-    into = "the input to the projections"
-    if X_norm is not None:
-        into = "normalised, then sent through the projections"
-    steps = [
-        input_step(
-            X,
-            labels,
-            "embed(tokens)",
-            f"{each_token(n)} becomes a row vector of {d} numbers: {into}.",
-        )
-    ]
-    if X_norm is not None:
-        steps.append(norm_step(X_norm, labels, eps))
-    for h in range(H):
-        head = h if H > 1 else None
-        steps += projection_steps(m.params, h, head, origin)
-        for step in head_steps(m, h, head, labels, TEACHING, temperature=temperature):
-            if X_norm is not None and step.name in ("Q", "K", "V"):
-                step.formula = step.formula.replace("X·", "X_norm·", 1)  # what was projected
-            steps.append(step)
-    return steps + combine_steps(m, labels, origin=origin)
+    return record_steps(record, token_axes(labels), TEACHING, numbered=record.heads > 1)
 
 
 def model_layer_steps(
-    X: np.ndarray,
-    m: MultiHeadSteps,
+    layer: LayerRecord,
     i: int,
     heads: Iterable[int],
-    labels: list[str],
-    x_formula: str,
-    x_description: str,
+    axes: Mapping[str, Axis],
     voice: Voice,
+    texts: Mapping[str, StageText] | None = None,
     keep: StepFilter = keep_all,
 ) -> list[TraceStep]:
-    """One model layer: its X, then every step of each selected head."""
-    steps = [input_step(X, labels, x_formula, x_description, layer=i)]
-    for h in heads:
-        steps += head_steps(m, h, h, labels, voice, layer=i)
+    """One model layer: each attention block's X, then every stage of each selected head."""
+    steps = []
+    for record in layer.blocks:
+        steps += record_steps(record, axes, voice, i, list(heads), texts)
     return [s for s in steps if keep(s.name)]
 
 
@@ -652,7 +612,17 @@ def method_step(
     formula, description = method_text(name, layer=layer, head=head, **fields)
     data = np.asarray(matrix, dtype=np.float32)
     return TraceStep(
-        name, formula, description, data, list(labels), list(labels), kind, layer=layer, head=head
+        name,
+        formula,
+        description,
+        data,
+        list(labels),
+        list(labels),
+        kind,
+        layer=layer,
+        head=head,
+        row_axis=TOKENS,
+        col_axis=TOKENS,
     )
 
 

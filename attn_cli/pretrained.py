@@ -20,6 +20,7 @@ from attn_cli.api import (
     step_filter,
 )
 from attn_cli.errors import InputError, opt
+from attn_cli.records import TOKENS
 from attn_cli.trace import Trace, TraceStep, dim_labels, token_labels
 
 # Candidates shown for the next-token prediction after the last layer.
@@ -246,6 +247,11 @@ class Model:
             config["token_type_ids"] = segments
         trace = Trace(text, tokens, ids, config, raw_tokens=raw if raw != tokens else None)
         voice = narrate.Voice(teaching=False, mask=family.wording.mask)
+        axes = narrate.token_axes(labels)
+        texts = {
+            **family.stage_texts,
+            "X": narrate.layer_input(family.wording.x_formula, family.wording.x_description),
+        }
         wanted = set(layers)
         run = None
         if methods:
@@ -265,16 +271,7 @@ class Model:
                 run.add(i, layer)
             if i in wanted:
                 trace.steps += narrate.model_layer_steps(
-                    layer.x,
-                    layer.attn,
-                    i,
-                    heads,
-                    labels,
-                    family.wording.x_formula,
-                    f"Layer {i}'s input: one {layer.x.shape[1]}-number vector per token"
-                    + family.wording.x_description(i),
-                    voice,
-                    keep=keep,
+                    layer, i, heads, axes, voice, texts, keep=keep
                 )
             if i >= layers[-1] and not runs_to_end:
                 if family.logits is not None and keep("prediction"):
@@ -293,6 +290,7 @@ class Model:
                 labels,
                 dim_labels(out.shape[1]),
                 "vectors",
+                row_axis=TOKENS,
             )
             if every and keep(final.name):
                 trace.steps.append(final)

@@ -183,10 +183,10 @@ def child_ours(d: Path, ids: list[int]) -> None:
     fam.check(w, cfg)
     x = fam.embed(w, ids, cfg)
     kept = None
-    for i, steps in enumerate(fam.layers(w, x, cfg)):
+    for i, layer in enumerate(fam.layers(w, x, cfg)):
         if i == LAYER:
-            kept = steps.attn.attn.W[HEAD].copy()
-        x = steps.out
+            kept = layer.attention.weights[HEAD].copy()
+        x = layer.out
     h = fam.final(w, x, cfg)
     logits = fam.logits(w, h[-1:], cfg)[0]
     p = np.exp(logits - logits.max())

@@ -108,9 +108,9 @@ def cold_start(reps: int) -> Row:
 def toy_4096(reps: int) -> Row:
     import numpy as np
 
-    from attn_cli.attention import toy_self_attention
     from attn_cli.embeddings import random_embeddings
     from attn_cli.narrate import toy_steps
+    from attn_cli.records import toy_attention
     from attn_cli.trace import token_labels
 
     n, d = 4096, 64
@@ -125,7 +125,7 @@ def toy_4096(reps: int) -> Row:
 
     def ours() -> float:
         t0 = time.perf_counter()
-        toy_steps(x, labels, toy_self_attention(x))
+        toy_steps(toy_attention(x), labels)
         return time.perf_counter() - t0
 
     def bare() -> float:
@@ -146,10 +146,10 @@ def json_2048(reps: int) -> Row:
     import numpy as np
     import orjson
 
-    from attn_cli.attention import toy_self_attention
     from attn_cli.embeddings import random_embeddings
     from attn_cli.export import json_chunks
     from attn_cli.narrate import toy_steps
+    from attn_cli.records import toy_attention
     from attn_cli.trace import Trace, token_labels
 
     n = 2048
@@ -166,7 +166,7 @@ def json_2048(reps: int) -> Row:
         tokens,
         ids,
         {"pipeline": "toy"},
-        toy_steps(x := random_embeddings(ids, 64, 0), token_labels(tokens), toy_self_attention(x)),
+        toy_steps(toy_attention(random_embeddings(ids, 64, 0)), token_labels(tokens)),
     )
     arrays = [np.ascontiguousarray(s.data) for s in trace.steps]
     sizes = {}

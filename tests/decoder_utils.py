@@ -39,7 +39,7 @@ def run(directory: Path, ids: list[int], config: dict[str, Any] | None = None) -
 
 def attention_maps(result: dict[str, Any]) -> np.ndarray:
     """(layers, heads, n, n)"""
-    return np.stack([s.attn.attn.W for s in result["layers"]])
+    return np.stack([layer.attention.weights for layer in result["layers"]])
 
 
 # Tiny random models of every family: hidden 64, 3 layers, 4 query heads sharing 2 key/value

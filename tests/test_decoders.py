@@ -64,13 +64,14 @@ def test_every_attention_map_and_the_logits_match_transformers(tiny_models, mode
             )
     np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-3)
     # the steps that lead there are recorded: masks, stages, grouped heads
-    steps = ours["layers"][0].attn
-    assert steps.Q.shape == (4, len(IDS), cfg.get("head_dim") or 16)
-    assert steps.K.shape[0] == 2 and steps.V.shape[0] == 2
-    names = [s[0] for s in steps.stages]
-    assert names == (["norm", "rot"] if model_type in ("qwen3", "gemma3_text") else ["rot"])
-    assert steps.attn.W_masked is not None and np.isneginf(steps.attn.W_masked[0, 0, 1:]).all()
-    assert (steps.attn.W_capped is not None) == (model_type == "gemma2")
+    record = ours["layers"][0].attention
+    assert record["Q"].shape == (4, len(IDS), cfg.get("head_dim") or 16)
+    assert record["K"].shape[0] == 2 and record["V"].shape[0] == 2
+    names = [s.name for s in record.stages if s.name[:2] in ("Q_", "K_")]
+    qk = ["Q_norm", "K_norm", "Q_rot", "K_rot"]
+    assert names == (qk if model_type in ("qwen3", "gemma3_text") else qk[2:])
+    assert np.isneginf(record["W_masked"][0, 0, 1:]).all()
+    assert ("W_capped" in record) == (model_type == "gemma2")
 
 
 @pytest.mark.reference
@@ -83,7 +84,7 @@ def test_sliding_window_layers_hide_tokens_further_back(tiny_models, model_type)
     n = len(IDS)
     i, j = np.indices((n, n))
     for layer, kind in enumerate(kinds):
-        w = ours["layers"][layer].attn.attn.W
+        w = ours["layers"][layer].attention.weights
         outside = j > i if kind == "full_attention" else (j > i) | (j <= i - 4)
         assert (w[:, outside] == 0).all(), (model_type, layer, kind)
         assert (w[:, ~outside] > 0).all(), (model_type, layer, kind)

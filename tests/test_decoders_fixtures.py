@@ -41,13 +41,19 @@ def test_tiny_gemma3_is_sharded_and_slides_its_first_layer():
     ours = run(d, ids)
     n = len(ids)
     i, j = np.indices((n, n))
-    local, full = ours["layers"][0].attn.attn.W, ours["layers"][1].attn.attn.W
+    local, full = ours["layers"][0].attention.weights, ours["layers"][1].attention.weights
     assert (local[:, (j > i) | (j <= i - 3)] == 0).all()  # window 3: the token and 2 before
     assert (full[:, j <= i] > 0).all() and (full[:, j > i] == 0).all()
-    steps = ours["layers"][0].attn
-    assert [s[0] for s in steps.stages] == ["norm", "rot"]
+    record = ours["layers"][0].attention
+    names = [s.name for s in record.stages]
+    assert names[names.index("V") + 1 : names.index("W_raw")] == [
+        "Q_norm",
+        "K_norm",
+        "Q_rot",
+        "K_rot",
+    ]
     # the grouped heads: query heads 0, 1 read key/value head 0; 2, 3 read head 1
-    assert steps.K.shape[0] == 2 and steps.Q.shape[0] == 4
+    assert record["K"].shape[0] == 2 and record["Q"].shape[0] == 4
 
 
 def test_fixture_tokens_read_as_text():

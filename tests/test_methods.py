@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attn_cli.attention import AttentionParams, causal_mask, kv_head_of, multi_head_attention
+from attn_cli.attention import AttentionParams, causal_mask, kv_head_of
 from attn_cli.errors import InputError
 from attn_cli.methods import alti, corpus, detectors, lens, norms, rollout
 from attn_cli.methods.registry import ModelParts, forward, method_steps, parse_methods, post_norm
 from attn_cli.models.layers import layer_norm
 from attn_cli.narrate import METHOD_TEXTS
 from attn_cli.narrate import method_text as text
+from attn_cli.records import multi_head_attention
 from attn_cli.trace import KINDS
 from tests.conftest import minilm_dir, require
 
@@ -92,14 +93,14 @@ def run_text(parts: ModelParts, tok, text_: str):
 
 def full_pieces(ls, norm):
     """T_i(x_j) for every pair (n, n, d), assembled from the blocks, and the decomposition."""
-    a = ls.attn
-    n = a.attn.W.shape[-1]
-    s = np.zeros((n, n, a.O.shape[1]))
-    for rows, cols, block in norms.pair_blocks(a.attn.W, a.V, a.params):
+    a = ls.attention
+    n = a.weights.shape[-1]
+    s = np.zeros((n, n, a.output.shape[1]))
+    for rows, cols, block in norms.pair_blocks(a.weights, a["V"], a.params):
         s[rows, cols] = block
-    dec = alti.decompose(ls.resid, a.O, a.params, norm)
+    dec = alti.decompose(a.resid, a.output, a.params, norm)
     full = slice(0, n)
-    return alti.pieces(s, full, full, ls.resid.astype(np.float64), dec, norm), dec
+    return alti.pieces(s, full, full, a.resid.astype(np.float64), dec, norm), dec
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +237,10 @@ def test_norms_heads_can_cancel_in_the_sum():
     p = AttentionParams(both, both, both, 2, w_o=np.vstack([eye, -eye]))
     x = np.array([[3.0, 4.0]], dtype=np.float32)
     a = multi_head_attention(x, p)
-    np.testing.assert_allclose(norms.attention_norms(a.attn.W, a.V, p)[:, 0, 0], [5, 5])
-    np.testing.assert_allclose(norms.summed_attention_norms(a.attn.W, a.V, p), [[0.0]], atol=1e-6)
+    np.testing.assert_allclose(norms.attention_norms(a.weights, a["V"], p)[:, 0, 0], [5, 5])
+    np.testing.assert_allclose(
+        norms.summed_attention_norms(a.weights, a["V"], p), [[0.0]], atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("kv", [4, 2, 1])
@@ -246,30 +249,30 @@ def test_norms_match_loops_and_reconstruct_O_with_grouped_kv(kv, monkeypatch):
     p = random_params(rng, kv=kv)
     x = rng.normal(size=(5, 6)).astype(np.float32)
     a = multi_head_attention(x, p, causal_mask(5))
-    assert a.O is not None
+    assert a.output is not None
     monkeypatch.setattr(norms, "BLOCK_ELEMENTS", 13)  # force many tiny blocks
-    per_head = norms.attention_norms(a.attn.W, a.V, p)
-    summed = norms.summed_attention_norms(a.attn.W, a.V, p)
+    per_head = norms.attention_norms(a.weights, a["V"], p)
+    summed = norms.summed_attention_norms(a.weights, a["V"], p)
     recon = np.tile(p.b_o.astype(np.float64), (5, 1))
     for i in range(5):
         for j in range(5):
             total = np.zeros(6)
             for h in range(4):
-                piece = a.attn.W[h, i, j] * f_loop(x, p, h, j)
+                piece = a.weights[h, i, j] * f_loop(x, p, h, j)
                 assert per_head[h, i, j] == pytest.approx(np.linalg.norm(piece), rel=1e-4, abs=1e-6)
                 total += piece
             assert summed[i, j] == pytest.approx(np.linalg.norm(total), rel=1e-4, abs=1e-6)
             recon[i] += total
-    np.testing.assert_allclose(recon, a.O, rtol=1e-4, atol=1e-4)  # Σ_h Σ_j α f + b_O = O
+    np.testing.assert_allclose(recon, a.output, rtol=1e-4, atol=1e-4)  # Σ_h Σ_j α f + b_O = O
 
 
 def test_norms_identity_on_the_tiny_gpt2_fixture():
     parts, tok = load(FIXTURES / "tiny_gpt2")
     _, _, layers = run_text(parts, tok, "the cat sat")
     for ls in layers:
-        a = ls.attn
-        s = sum(block.sum(1) for _, _, block in norms.pair_blocks(a.attn.W, a.V, a.params))
-        np.testing.assert_allclose(s + a.params.b_o, a.O, atol=1e-5)
+        a = ls.attention
+        s = sum(block.sum(1) for _, _, block in norms.pair_blocks(a.weights, a["V"], a.params))
+        np.testing.assert_allclose(s + a.params.b_o, a.output, atol=1e-5)
 
 
 @pytest.mark.reference
@@ -277,18 +280,18 @@ def test_norms_reconstruct_O_on_minilm(minilm):
     parts, tok = minilm
     _, _, layers = run_text(parts, tok, "the bank of the river, said the man.")
     for ls in layers:
-        a = ls.attn
-        summed = np.zeros_like(a.O, dtype=np.float64)
-        for rows, _, block in norms.pair_blocks(a.attn.W, a.V, a.params):
+        a = ls.attention
+        summed = np.zeros_like(a.output, dtype=np.float64)
+        for rows, _, block in norms.pair_blocks(a.weights, a["V"], a.params):
             summed[rows] += block.sum(1)
-        np.testing.assert_allclose(summed + a.params.b_o, a.O, atol=2e-5)
+        np.testing.assert_allclose(summed + a.params.b_o, a.output, atol=2e-5)
         # and per head, from the raw weights and the layer's input X
-        x = ls.x
+        x = ls.attention["X"]
         for h in (0, 7):
             f = np.stack([f_loop(x, a.params, h, j) for j in range(len(x))])
             np.testing.assert_allclose(
-                norms.attention_norms(a.attn.W, a.V, a.params)[h],
-                a.attn.W[h] * np.linalg.norm(f, axis=-1)[None, :],
+                norms.attention_norms(a.weights, a["V"], a.params)[h],
+                a.weights[h] * np.linalg.norm(f, axis=-1)[None, :],
                 rtol=1e-4,
                 atol=1e-5,
             )
@@ -367,8 +370,8 @@ def test_alti_matches_loop_with_grouped_kv(kind, monkeypatch):
         "gemma": alti.PostNorm(g, None, 1e-5, rms=True, applies_to="attn"),
     }[kind]
     monkeypatch.setattr(norms, "BLOCK_ELEMENTS", 7)
-    got = alti.alti_layer(a.attn.W, a.V, p, resid, a.O, norm)
-    want = alti_loop(a.attn.W, x, p, resid, a.O, kind, g)
+    got = alti.alti_layer(a.weights, a["V"], p, resid, a.output, norm)
+    want = alti_loop(a.weights, x, p, resid, a.output, kind, g)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     sums = got.sum(-1)  # 1, or 0 for a row where no piece is close enough to y_i (random weights)
     assert np.all(np.isclose(sums, 1.0) | (sums == 0)) and np.isclose(sums, 1.0).sum() >= 3
@@ -380,7 +383,7 @@ def test_alti_decomposition_reconstructs_gpt2_block_output():
     _, _, layers = run_text(parts, tok, "the cat sat on the mat")
     for ls in layers:
         t, dec = full_pieces(ls, None)
-        np.testing.assert_allclose(dec.y, ls.resid + ls.attn.O, atol=1e-6)
+        np.testing.assert_allclose(dec.y, ls.attention.resid + ls.attention.output, atol=1e-6)
         np.testing.assert_allclose(t.sum(1) + dec.bias, dec.y, atol=1e-5)
 
 
@@ -391,7 +394,7 @@ def test_alti_decomposition_reconstructs_bert_post_ln_output():
     for i, ls in enumerate(layers):
         norm = alti.PostNorm(*bert_attn_out_norm(parts.weights, i, parts.config))
         t, dec = full_pieces(ls, norm)
-        h = layer_norm(ls.x + ls.attn.O, norm.weight, norm.bias, norm.eps)
+        h = layer_norm(ls.attention["X"] + ls.attention.output, norm.weight, norm.bias, norm.eps)
         np.testing.assert_allclose(dec.y, h, atol=1e-5)
         np.testing.assert_allclose(t.sum(1) + dec.bias, h, atol=1e-5)
 
@@ -403,7 +406,7 @@ def test_alti_on_minilm(minilm):
     for i, ls in enumerate(layers[:2]):
         norm = alti.PostNorm(*bert_attn_out_norm(parts.weights, i, parts.config))
         t, dec = full_pieces(ls, norm)
-        h = layer_norm(ls.x + ls.attn.O, norm.weight, norm.bias, norm.eps)
+        h = layer_norm(ls.attention["X"] + ls.attention.output, norm.weight, norm.bias, norm.eps)
         np.testing.assert_allclose(t.sum(1) + dec.bias, h, atol=2e-5)
     steps, _ = method_steps(["alti"], layers, tokens, ids, parts)
     roll = [s for s in steps if s.name == "alti_rollout"]
@@ -657,7 +660,7 @@ def test_corpus_statistics_in_process_and_in_workers_agree(tmp_path):
     for line in lines:
         if line and line != long_line:
             enc = tok.encode(line, add_special_tokens=True)
-            att.append(np.stack([ls.attn.attn.W for ls in forward(parts, list(enc.ids))]))
+            att.append(np.stack([ls.attention.weights for ls in forward(parts, list(enc.ids))]))
     n_tokens = sum(a.shape[-1] for a in att)
     assert one.tokens == n_tokens
     want_first = sum(a[..., :, 0].sum(-1) for a in att) / n_tokens
@@ -715,7 +718,7 @@ def test_layers_and_heads_select_steps_but_rollout_uses_every_layer():
         ("norms", 1, 0),
         ("norms_sum", 1, None),
     ]
-    full = rollout.rollout([ls.attn.attn.W for ls in layers])
+    full = rollout.rollout([ls.attention.weights for ls in layers])
     np.testing.assert_allclose(steps[0].data, full[1], atol=1e-6)
 
 
@@ -800,19 +803,20 @@ def test_decoder_norms_and_alti_reconstruct_block_outputs(name):
 
     parts, ids, z = load_decoder(name)
     layers = forward(parts, ids)
-    assert layers[0].attn.K.shape[0] == 2 and layers[0].attn.Q.shape[0] == 4  # grouped kv
+    first = layers[0].attention
+    assert first["K"].shape[0] == 2 and first["Q"].shape[0] == 4  # grouped kv
     for i, ls in enumerate(layers):
-        a = ls.attn
-        s = sum(block.sum(1) for _, _, block in norms.pair_blocks(a.attn.W, a.V, a.params))
+        a = ls.attention
+        s = sum(block.sum(1) for _, _, block in norms.pair_blocks(a.weights, a["V"], a.params))
         b_o = 0.0 if a.params.b_o is None else a.params.b_o
-        np.testing.assert_allclose(s + b_o, a.O, atol=2e-5)  # Σ_h Σ_j α f_h(x_j) + b_O = O
+        np.testing.assert_allclose(s + b_o, a.output, atol=2e-5)  # Σ_h Σ_j α f_h(x_j) + b_O = O
         norm = post_norm(parts, i)
         t, dec = full_pieces(ls, norm)
         if norm is None:  # Llama: h = resid + O
-            h = ls.resid + a.O
+            h = a.resid + a.output
         else:  # Gemma 3: h = resid + RMSNorm(O)·(1 + w), with the model's own rms_norm
             g = parts.weights[f"layers.{i}.post_attention_layernorm.weight"]
-            h = ls.resid + rms_norm(a.O, g, parts.config["rms_norm_eps"], 1.0)
+            h = a.resid + rms_norm(a.output, g, parts.config["rms_norm_eps"], 1.0)
         np.testing.assert_allclose(dec.y, h, atol=2e-5)
         np.testing.assert_allclose(t.sum(1) + dec.bias, h, atol=2e-5)
     steps, _ = method_steps(["alti"], layers, [str(t) for t in ids], ids, parts)

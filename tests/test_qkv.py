@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attn_cli import attention as att
+from attn_cli import records
 from attn_cli.export import SCHEMA_PATH
 from tests.conftest import invoke, require
 
@@ -190,7 +191,7 @@ def test_properties(n, d_k, heads, causal, temperature, seed):
     w = [rng.normal(size=(d, heads * d_k)) for _ in range(3)]
     mask = att.causal_mask(n) if causal else None
     p = att.AttentionParams(*w, heads)
-    m = att.multi_head_attention(x, p, mask=mask, temperature=temperature)
+    m = records.multi_head_attention(x, p, mask=mask, temperature=temperature)
     for h in range(heads):
         # Independent computation, one head at a time with plain loops over the formula.
         cols = slice(h * d_k, (h + 1) * d_k)
@@ -206,12 +207,12 @@ def test_properties(n, d_k, heads, causal, temperature, seed):
             top = max(logits)
             e = [math.exp(z - top) for z in logits]
             expected[i] = [v_ / sum(e) for v_ in e]
-        W = m.attn.W[h]
+        W = m.weights[h]
         np.testing.assert_allclose(W, expected, atol=1e-9)
         np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-12)
         if causal:
             assert np.all(W[np.triu_indices(n, 1)] == 0.0)
-        np.testing.assert_allclose(m.attn.Y[h], np.einsum("ij,jd->id", expected, v), atol=1e-9)
+        np.testing.assert_allclose(m["Y"][h], np.einsum("ij,jd->id", expected, v), atol=1e-9)
 
 
 def test_small_temperature_approaches_one_hot():

@@ -13,8 +13,8 @@ from tests.conftest import ANSI, invoke
 
 
 def toy_trace(tokens: list[str]) -> Trace:
-    from attn_cli.attention import toy_self_attention
     from attn_cli.narrate import toy_steps
+    from attn_cli.records import toy_attention
 
     x = np.arange(len(tokens) * 2, dtype=float).reshape(len(tokens), 2) / 10
     return Trace(
@@ -22,7 +22,7 @@ def toy_trace(tokens: list[str]) -> Trace:
         tokens,
         list(range(len(tokens))),
         {"pipeline": "toy"},
-        toy_steps(x, token_labels(tokens), toy_self_attention(x)),
+        toy_steps(toy_attention(x), token_labels(tokens)),
     )
 
 
@@ -72,15 +72,15 @@ def test_printable_escapes_controls_and_invisibles():
 
 def test_wide_matrix_shows_leading_columns_and_a_more_column():
     x = np.ones((3, 50))
-    from attn_cli.attention import toy_self_attention
     from attn_cli.narrate import toy_steps
+    from attn_cli.records import toy_attention
 
     trace = Trace(
         "a b c",
         ["a", "b", "c"],
         [0, 1, 2],
         {},
-        toy_steps(x, ["a", "b", "c"], toy_self_attention(x)),
+        toy_steps(toy_attention(x), ["a", "b", "c"]),
     )
     out = render(trace, color=False, width=60)
     assert "more" in out

@@ -1,8 +1,8 @@
 """One entry point for the API and the CLI: method names + a model run -> TraceSteps.
 
 parts = ModelParts(family, weights, config, tokenizer)
-layer_steps = forward(parts, ids)
-steps, notes = method_steps(["rollout", "alti"], layer_steps, labels, ids, parts)
+layers = forward(parts, ids)          # a LayerRecord per layer (attn_cli.records)
+steps, notes = method_steps(["rollout", "alti"], layers, labels, ids, parts)
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from attn_cli.methods.flow import MAX_FLOW_TOKENS, attention_flow, flow_steps
 from attn_cli.methods.lens import LensResult, lens_steps, logit_lens
 from attn_cli.methods.norms import attention_norms, norms_steps, summed_attention_norms
 from attn_cli.methods.rollout import residual_attention, rollout_step
-from attn_cli.models.registry import Config, Family, LayerSteps, WeightSource
+from attn_cli.models.registry import Config, Family, WeightSource
+from attn_cli.records import LayerRecord
 from attn_cli.trace import TraceStep
 
 
@@ -93,7 +94,7 @@ def step_names(methods: str | Sequence[str]) -> list[str]:
     return [n for m in parse_methods(methods) for n in names[m]]
 
 
-def forward(parts: ModelParts, ids: list[int]) -> list[LayerSteps]:
+def forward(parts: ModelParts, ids: list[int]) -> list[LayerRecord]:
     """Every layer of the model on `ids`."""
     x = parts.family.embed(parts.weights, ids, parts.config)
     return list(parts.family.layers(parts.weights, x, parts.config))
@@ -114,9 +115,9 @@ def parse_methods(spec: str | Iterable[str]) -> list[str]:
     return [m for m in METHODS if m in names]
 
 
-def attention_stack(layer_steps: Sequence[LayerSteps]) -> np.ndarray:
-    """(L, H, n, n) attention weights."""
-    return np.stack([ls.attn.attn.W for ls in layer_steps])
+def attention_stack(layers: Sequence[LayerRecord]) -> np.ndarray:
+    """(L, H, n, n) attention weights: each layer's attention map."""
+    return np.stack([layer.attention.weights for layer in layers])
 
 
 def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
@@ -211,13 +212,13 @@ class MethodRun:
     def _shown(self, i: int) -> bool:
         return self.layers is None or i in self.layers
 
-    def add(self, i: int, ls: LayerSteps) -> None:
-        """Layer i's results; layers must come in order 0, 1, 2 …"""
+    def add(self, i: int, layer: LayerRecord) -> None:
+        """Layer i's records; layers must come in order 0, 1, 2 …"""
         if i != self._count:
             raise ValueError(f"layer {i} added after {self._count} layers")
         self._count += 1
-        a = ls.attn
-        w = a.attn.W
+        a = layer.attention
+        w = a.weights
         m = self.methods
         if "rollout" in m:
             a_hat = residual_attention(w)
@@ -227,17 +228,19 @@ class MethodRun:
         if "flow" in m:
             self._weights.append(w)
         if "norms" in m and self._shown(i):
+            assert a.params is not None
             self._steps += norms_steps(
-                attention_norms(w, a.V, a.params),
-                summed_attention_norms(w, a.V, a.params),
+                attention_norms(w, a["V"], a.params),
+                summed_attention_norms(w, a["V"], a.params),
                 self.labels,
                 i,
                 self.heads,
             )
         if "alti" in m:
-            assert self.parts is not None and a.O is not None
+            assert self.parts is not None and a.params is not None
+            assert a.output is not None and a.resid is not None
             norm = post_norm(self.parts, i)
-            c = alti_layer(w, a.V, a.params, ls.resid, a.O, norm)
+            c = alti_layer(w, a["V"], a.params, a.resid, a.output, norm)
             self._alti = c if self._alti is None else c @ self._alti
             if self._shown(i):
                 self._steps.append(alti_step("alti", c, self.labels, i))
@@ -245,7 +248,7 @@ class MethodRun:
         if "lens" in m:
             n = len(self.labels)
             pos = [n - 1] if self.opt.positions is None else [p % n for p in self.opt.positions]
-            self._hidden.append(ls.out[pos])
+            self._hidden.append(layer.out[pos])
 
     def finish(self) -> tuple[list[TraceStep], list[str]]:
         """Every step, in method order then layer order, and notes for the trace."""
@@ -330,7 +333,7 @@ def _method_of(step_name: str) -> str:
 
 def method_steps(
     methods: str | Sequence[str],
-    layer_steps: Sequence[LayerSteps],
+    layer_records: Sequence[LayerRecord],
     labels: Sequence[str],
     ids: Sequence[int],
     parts: ModelParts | None = None,
@@ -340,6 +343,6 @@ def method_steps(
 ) -> tuple[list[TraceStep], list[str]]:
     """The steps of every asked method for layers already computed, and notes for the trace."""
     run = MethodRun(methods, labels, ids, parts, layers, heads, options)
-    for i, ls in enumerate(layer_steps):
-        run.add(i, ls)
+    for i, layer in enumerate(layer_records):
+        run.add(i, layer)
     return run.finish()

@@ -28,15 +28,15 @@ from attn_cli.attention import (
     AttentionParams,
     QKStage,
     causal_mask,
-    multi_head_attention,
     sliding_window_mask,
     softcap,
 )
 from attn_cli.errors import InputError
 from attn_cli.models import rope
 from attn_cli.models.layers import activation, rms_norm
-from attn_cli.models.registry import Config, Dims, Family, LayerSteps, WeightSource, Wording
+from attn_cli.models.registry import Config, Dims, Family, WeightSource, Wording
 from attn_cli.models.weights import expect_shape, matmul_rows_t
+from attn_cli.records import LayerRecord, multi_head_attention
 
 ANCHOR = "embed_tokens.weight"
 FULL, SLIDING = "full_attention", "sliding_attention"
@@ -249,7 +249,7 @@ def qk_hook(
     return hook
 
 
-def layers(spec: Spec, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
+def layers(spec: Spec, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
     n = len(x)
     heads, kv, hd = int(cfg["num_attention_heads"]), kv_heads(cfg), head_dim(cfg)
     eps = float(cfg.get("rms_norm_eps", 1e-6))
@@ -283,11 +283,17 @@ def layers(spec: Spec, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[
         params = AttentionParams(wq, wk, wv, heads, kv, bq, bk, bv, wo, bo)
         cos, sin = tables[kind]
         hook = qk_hook(spec, w, a, eps, rots[kind], cos, sin)
-        steps = multi_head_attention(
-            a_in, params, masks[kind], hook, scale=s, cap=None if cap is None else float(cap)
+        record = multi_head_attention(
+            a_in,
+            params,
+            masks[kind],
+            hook,
+            scale=s,
+            cap=None if cap is None else float(cap),
+            resid=x,
         )
-        assert steps.O is not None
-        o = steps.O
+        assert record.output is not None
+        o = record.output
         if spec.sandwich:
             o = _norm(spec, w, p + "post_attention_layernorm.weight", o, eps)
         h = x + o  # residual
@@ -297,7 +303,7 @@ def layers(spec: Spec, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[
         if spec.sandwich:
             ff = _norm(spec, w, p + "post_feedforward_layernorm.weight", ff, eps)
         out = h + ff
-        yield LayerSteps(x, a_in, steps, out)
+        yield LayerRecord([record], out)
         x = out
 
 

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from attn_cli.attention import AttentionParams, multi_head_attention
+from attn_cli.attention import AttentionParams
 from attn_cli.errors import InputError
 from attn_cli.models.layers import activation, layer_norm
-from attn_cli.models.registry import Config, Dims, Family, LayerSteps, WeightSource, Wording
+from attn_cli.models.registry import Config, Dims, Family, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
+from attn_cli.records import LayerRecord, multi_head_attention
 
 ANCHOR = "embeddings.word_embeddings.weight"
 
@@ -67,7 +68,7 @@ def linear_params(w: WeightSource, name: str) -> tuple[np.ndarray, np.ndarray]:
     return w[name + ".weight"].T, w[name + ".bias"]
 
 
-def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
+def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
     heads, eps = cfg["num_attention_heads"], cfg["layer_norm_eps"]
     act = activation(cfg.get("hidden_act", "gelu"))
     for i in range(cfg["num_hidden_layers"]):
@@ -77,10 +78,10 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
         )
         wo, bo = linear_params(w, p + "attention.output.dense")
         params = AttentionParams(wq, wk, wv, heads, b_q=bq, b_k=bk, b_v=bv, w_o=wo, b_o=bo)
-        a = multi_head_attention(x, params)  # bidirectional: no mask
-        assert a.O is not None
+        a = multi_head_attention(x, params, resid=x)  # bidirectional: no mask
+        assert a.output is not None
         h = layer_norm(
-            a.O + x,
+            a.output + x,
             w[p + "attention.output.LayerNorm.weight"],
             w[p + "attention.output.LayerNorm.bias"],
             eps,
@@ -91,7 +92,7 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
         out = layer_norm(
             ff + h, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps
         )
-        yield LayerSteps(x, x, a, out)
+        yield LayerRecord([a], out)
         x = out
 
 

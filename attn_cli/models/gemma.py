@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attn_cli.errors import InputError
 from attn_cli.models._decoder import FULL, SLIDING, Spec, config_window, decoder_family
 from attn_cli.models.registry import Config, WeightSource
+
+if TYPE_CHECKING:
+    from attn_cli.narrate import StageContext
 
 
 def _alternating(default_pattern: int):
@@ -116,6 +119,19 @@ def attn_out_norm(w: WeightSource, i: int, cfg: Config) -> tuple | None:
     return 1.0 + g, None, float(cfg.get("rms_norm_eps", 1e-6)), True, "attn"
 
 
+def _capped(c: StageContext) -> tuple[str, str]:
+    cap = f"{c.record.facts['cap']:.3g}"
+    return f"{cap}·tanh(W_scaled/{cap})", (
+        f"Soft-capping: scores are squashed smoothly into (−{cap}, {cap}), so no single score "
+        "can dominate the softmax; small scores barely change."
+    )
+
+
+# The words of Gemma's own stages (the step catalogue in narrate.py has the shared ones):
+# Gemma 2 soft-caps its scores, cap·tanh(s / cap), before the mask.
+STAGE_TEXTS = {"W_capped": _capped}
+
+
 FAMILY = decoder_family(
     "gemma",
     SPECS,
@@ -124,6 +140,7 @@ FAMILY = decoder_family(
     norm_placement="pre- and post-RMSNorm (1 + w)",
     adapt={"gemma3_text": gemma3_text, "gemma3": gemma3_text},
     attn_out_norm=attn_out_norm,
+    stage_texts=STAGE_TEXTS,
     mask=(
         "The model reads left to right: a token may not look at later tokens, so their scores "
         "are −∞; in sliding-window (local) layers, neither at tokens more than sliding_window back."

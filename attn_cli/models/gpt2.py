@@ -7,11 +7,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from attn_cli.attention import AttentionParams, causal_mask, multi_head_attention
+from attn_cli.attention import AttentionParams, causal_mask
 from attn_cli.errors import InputError
 from attn_cli.models.layers import activation, layer_norm
-from attn_cli.models.registry import Config, Dims, Family, LayerSteps, WeightSource, Wording
+from attn_cli.models.registry import Config, Dims, Family, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
+from attn_cli.records import LayerRecord, multi_head_attention
 
 ANCHOR = "wte.weight"
 
@@ -54,7 +55,7 @@ def embed(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
     return w.rows(ANCHOR, ids) + w["wpe.weight"][: len(ids)]  # token + position
 
 
-def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
+def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
     heads, eps = cfg["n_head"], cfg.get("layer_norm_epsilon", 1e-5)
     act = activation(cfg.get("activation_function", "gelu_new"))
     mask = causal_mask(len(x))
@@ -75,13 +76,14 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
             w_o=w[p + "attn.c_proj.weight"],
             b_o=w[p + "attn.c_proj.bias"],
         )
-        a = multi_head_attention(a_in, params, mask)
-        assert a.O is not None
-        h = x + a.O  # residual
+        # X is ln_1(hidden): what W_q, W_k, W_v multiply
+        a = multi_head_attention(a_in, params, mask, resid=x)
+        assert a.output is not None
+        h = x + a.output  # residual
         m = layer_norm(h, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
         ff = act(m @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])  # [n, d] -> [n, 4d]
         out = h + ff @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]  # -> [n, d]
-        yield LayerSteps(x, a_in, a, out)  # X is ln_1(hidden): what W_q, W_k, W_v multiply
+        yield LayerRecord([a], out)
         x = out
 
 

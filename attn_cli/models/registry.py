@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from attn_cli.attention import MultiHeadSteps
+from attn_cli.records import LayerRecord
 
 Config = Mapping[str, Any]
 
@@ -34,15 +34,6 @@ class WeightSource(Protocol):
     def rows(self, name: str, ids: list[int]) -> np.ndarray:
         """Rows `ids` of a 2-D table (embeddings) without reading the whole table."""
         ...
-
-
-class LayerSteps(NamedTuple):
-    """What one transformer layer computed."""
-
-    resid: np.ndarray  # (n, d) the residual stream entering the layer
-    x: np.ndarray  # (n, d) what W_q, W_k, W_v multiply (after the input norm, if any)
-    attn: MultiHeadSteps  # per-head Q, K, V, hook stages, scores, weights, outputs; O
-    out: np.ndarray  # (n, d) the residual stream leaving the layer
 
 
 class Dims(NamedTuple):
@@ -78,7 +69,8 @@ class Family:
     dims: Callable[[Config], Dims]
     check: Callable[[WeightSource, Config], None]  # shapes vs config, refused options
     embed: Callable[[WeightSource, list[int], Config], np.ndarray]  # ids -> (n, d)
-    layers: Callable[[WeightSource, np.ndarray, Config], Iterator[LayerSteps]]
+    # The forward pass: per layer, a record of each attention block and the layer's output.
+    layers: Callable[[WeightSource, np.ndarray, Config], Iterator[LayerRecord]]
     final: Callable[[WeightSource, np.ndarray, Config], np.ndarray]  # last hidden states
     logits: Callable[[WeightSource, np.ndarray, Config], np.ndarray] | None = None  # LM head
     wording: Wording = field(default_factory=Wording)
@@ -91,6 +83,9 @@ class Family:
     # What the config means for attention (layer types, windows, scales, caps, rope), recorded
     # in the trace's config as "architecture"; JSON-serialisable.
     describe: Callable[[Config], dict[str, Any]] | None = None
+    # The words of the family's own stages, by name (narrate.StageText), consulted before the
+    # step catalogue: a stage only this family computes is described next to its code.
+    stage_texts: Mapping[str, Callable[..., tuple[str, str]]] = field(default_factory=dict)
 
 
 # Modules of this package that are not families.
