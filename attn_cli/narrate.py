@@ -485,9 +485,9 @@ def model_layer_steps(
     keep: StepFilter = keep_all,
 ) -> list[TraceStep]:
     """One model layer: each attention block's X, then every stage of each selected head."""
-    steps = []
+    steps, chosen = [], list(heads)
     for record in layer.blocks:
-        steps += record_steps(record, axes, voice, i, list(heads), texts)
+        steps += record_steps(record, axes, voice, i, chosen, texts)
     return [s for s in steps if keep(s.name)]
 
 
