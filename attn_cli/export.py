@@ -23,6 +23,8 @@ VERSION = 2
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "trace-v2.schema.json"
 # `attn-cli compare --json`: both traces and what compare measured (attn_cli.comparison).
 COMPARISON_FORMAT = "attn-cli/comparison"
+# The comparison's own fields are unchanged since version 1; its traces carry their version.
+COMPARISON_VERSION = 1
 COMPARISON_SCHEMA_PATH = SCHEMA_PATH.with_name("comparison-v1.schema.json")
 
 
@@ -292,13 +294,13 @@ def _finite_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
 
 
-def check_version(doc: Any, where: str, what: str) -> None:
+def check_version(doc: Any, where: str, what: str, newest: int = VERSION) -> None:
     version = doc.get("version")
     need(isinstance(version, int), where, f"{what} has no integer 'version'")
     need(
-        version <= VERSION,
+        version <= newest,
         where,
-        f"{what} version {version} is newer than this attn-cli reads ({VERSION}): upgrade attn-cli",
+        f"{what} version {version} is newer than this attn-cli reads ({newest}): upgrade attn-cli",
     )
 
 

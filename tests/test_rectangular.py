@@ -12,7 +12,6 @@ import orjson
 import pytest
 from rich.console import Console
 
-import attn_cli
 from attn_cli.errors import InputError
 from attn_cli.export import dumps_traces, loads_traces
 from attn_cli.render.common import format_number, make_console
@@ -31,6 +30,13 @@ def softmax_maps(seed: int = 0) -> np.ndarray:
 
 
 A = softmax_maps()
+
+
+def changed(at: tuple[int, int, int, int], value: float) -> np.ndarray:
+    """A with one cell replaced."""
+    maps = A.copy()
+    maps[at] = value
+    return maps
 
 
 def cross_trace(kind: str = "weights", maps: np.ndarray = A) -> Trace:
@@ -104,15 +110,15 @@ def test_attention_asks_for_a_block_when_there_are_several():
             r"^attentions must be an array of numbers",
         ),
         (
-            lambda: cross_trace(maps=np.where(A == A[1, 0, 2, 3], np.nan, A)),
+            lambda: cross_trace(maps=changed((1, 0, 2, 3), np.nan)),
             r"^attentions holds nan at layer 1, head 0, row 2, column 3: every value must be finite$",
         ),
         (
-            lambda: cross_trace(maps=np.where(A == A[0, 1, 0, 0], np.inf, A)),
+            lambda: cross_trace(maps=changed((0, 1, 0, 0), np.inf)),
             r"^attentions holds inf at layer 0, head 1, row 0, column 0",
         ),
         (
-            lambda: cross_trace(maps=np.where(A == A[0, 2, 1, 4], -0.25, A)),
+            lambda: cross_trace(maps=changed((0, 2, 1, 4), -0.25)),
             r"^attentions holds -0.25 at layer 0, head 2, row 1, column 4: weights are probabilities, never negative",
         ),
         (
