@@ -440,3 +440,89 @@ def test_page_hovering_a_query_lights_its_source_tokens(tmp_path):
         o.check_clean()
         page.close()
         browser.close()
+
+
+# ---------------------------------------------------------------- several attention blocks
+
+
+def encoder_decoder_trace() -> Trace:
+    """A decoder's self-attention (4 × 4) and its cross attention (4 × 6) at the same layers
+    and heads, as an encoder–decoder trace holds them."""
+    logits = np.random.default_rng(2).normal(size=(2, 3, 4, 4))
+    own = Trace.from_attentions(
+        QUERIES, np.exp(logits) / np.exp(logits).sum(-1, keepdims=True), block="decoder"
+    )
+    t = cross_trace()
+    t.steps = own.steps + t.steps
+    return t
+
+
+def test_views_keep_each_blocks_maps_apart():
+    t = encoder_decoder_trace()
+    assert t.blocks == ["decoder", "cross"]
+    overview = flat(rendered(t, "overview"))
+    assert "decoder attention: 6 attention maps" in overview
+    assert "cross attention: 6 attention maps" in overview
+    grid = rendered(t, "grid")
+    assert "decoder attention: 2 layers × 3 heads, each map max-pooled to 4×4" in grid
+    assert "cross attention: 2 layers × 3 heads, each map max-pooled to 4×6" in grid
+    names = [
+        ln.split()[:3]
+        for ln in rendered(t, "summary").splitlines()
+        if ln[:6] in ("decode", "cross ")
+    ]
+    assert (
+        names[0] == ["decoder", "L0", "H0"]
+        and names[6] == ["cross", "L0", "H0"]
+        and len(names) == 12
+    )
+
+
+def test_browser_switches_blocks_with_b():
+    pytest.importorskip("textual")
+    from textual.widgets import Static
+
+    from attn_cli.browse.app import BrowseApp
+    from attn_cli.browse.widgets import Heatmap
+
+    async def run() -> None:
+        app = BrowseApp([encoder_decoder_trace()])
+        async with app.run_test(size=(120, 40)) as pilot:
+            main = app.main
+            assert main.query_one(Heatmap)._col_labels == QUERIES
+            assert "decoder attention" in str(main.query_one("#title", Static).content)
+            await pilot.press("b")
+            assert main.query_one(Heatmap)._col_labels == KEY_LABELS
+            assert "cross attention" in str(main.query_one("#title", Static).content)
+            assert main.index.maps[(0, 0)].block == "cross"
+            await pilot.press("b")
+            assert main.query_one(Heatmap)._col_labels == QUERIES
+
+    asyncio.run(run())
+
+
+def test_page_lists_each_blocks_map(tmp_path):
+    from tests.test_interactive import ARGS, CHROMIUM, Opened, as_numbers
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from attn_cli.render.interactive import interactive_html
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        o = Opened(browser, interactive_html([encoder_decoder_trace()]), tmp_path)
+        page = o.page
+        assert page.locator("#step option").all_text_contents() == ["decoder W", "cross W"]
+        right = page.eval_on_selector_all("#hv-right .tok", "ts => ts.map(t => t.title)")
+        assert right == QUERIES
+        page.select_option("#step", "cross W")
+        right = page.eval_on_selector_all("#hv-right .tok", "ts => ts.map(t => t.title)")
+        assert right == KEY_LABELS
+        o.hover_token("q", 2)
+        assert np.all(np.abs(as_numbers(o.values("k")) - A[0, 0, 2]) <= 5e-4)
+        o.check_clean()
+        page.close()
+        browser.close()

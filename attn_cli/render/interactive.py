@@ -6,9 +6,9 @@ it); a heatmap with a tooltip; a layer × head overview; and the step tables of 
 In Jupyter the same page is shown inline in an iframe (`trace_repr_html`).
 
 The page embeds the Trace as JSON, rounded to a few significant digits: every map over the tokens
-(tokens × tokens, or tokens × source tokens for cross attention)
-(the pre-softmax score maps are dropped first when they would make the page too large), and the
-top-left corner of every other matrix. Token text is data: it is JSON-escaped here and only ever
+(tokens × tokens, or tokens × source tokens for cross attention: the head view's right-hand
+column is then the source; the pre-softmax score maps are dropped first when they would make the
+page too large), and the top-left corner of every other matrix. Token text is data: it is JSON-escaped here and only ever
 inserted with textContent by the script.
 """
 
