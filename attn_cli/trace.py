@@ -130,11 +130,11 @@ class Trace:
             return Axis("tokens", "text", list(self.tokens))
         raise KeyError(name)
 
-    def col_tokens(self, step: TraceStep) -> list[str]:
-        """The token texts a map's columns stand for (its key axis), for pattern names such
-        as [CLS] or [SEP]: the trace's tokens unless the step's columns run over another axis."""
-        if step.col_axis is not None and step.col_axis in self.axes:
-            return self.axes[step.col_axis].labels
+    def tokens_of(self, axis: str | None) -> list[str]:
+        """The token texts an axis of a step stands for (for pattern names such as [CLS] or
+        [SEP]): the trace's tokens unless the axis is another one of `axes` (the source)."""
+        if axis is not None and axis in self.axes:
+            return self.axes[axis].labels
         return self.tokens
 
     def find(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:

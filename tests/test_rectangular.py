@@ -445,15 +445,25 @@ def test_page_hovering_a_query_lights_its_source_tokens(tmp_path):
 # ---------------------------------------------------------------- several attention blocks
 
 
-def encoder_decoder_trace() -> Trace:
+def encoder_decoder_trace(encoder: bool = False) -> Trace:
     """A decoder's self-attention (4 × 4) and its cross attention (4 × 6) at the same layers
-    and heads, as an encoder–decoder trace holds them."""
-    logits = np.random.default_rng(2).normal(size=(2, 3, 4, 4))
+    and heads, as an encoder–decoder trace holds them; encoder=True adds the encoder's
+    self-attention over the source (6 × 6) first."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 3, 4, 4))
     own = Trace.from_attentions(
         QUERIES, np.exp(logits) / np.exp(logits).sum(-1, keepdims=True), block="decoder"
     )
     t = cross_trace()
     t.steps = own.steps + t.steps
+    if encoder:
+        logits = rng.normal(size=(2, 3, 6, 6))
+        enc = Trace.from_attentions(
+            KEYS, np.exp(logits) / np.exp(logits).sum(-1, keepdims=True), block="encoder"
+        )
+        for s in enc.steps:
+            s.row_axis = s.col_axis = "source"
+        t.steps = enc.steps + t.steps
     return t
 
 
@@ -526,3 +536,43 @@ def test_page_lists_each_blocks_map(tmp_path):
         o.check_clean()
         page.close()
         browser.close()
+
+
+def test_an_encoder_block_runs_over_the_source_in_every_view(tmp_path):
+    t = encoder_decoder_trace(encoder=True)
+    assert t.blocks == ["encoder", "decoder", "cross"]
+    assert t.attention(block="encoder").shape == (2, 3, 6, 6)
+    summary = rendered(t, "summary")
+    assert any(ln.split()[:3] == ["encoder", "L1", "H2"] for ln in summary.splitlines())
+    assert "prev" in summary  # the encoder's and decoder's maps are self-attention
+    path = tmp_path / "encdec.json"
+    t.save(path)
+    again = loads_traces(path.read_bytes())[0]
+    assert [(s.block, s.row_axis, s.col_axis) for s in again.steps[::6]] == [
+        ("encoder", "source", "source"),
+        ("decoder", "tokens", "tokens"),
+        ("cross", "tokens", "source"),
+    ]
+    from attn_cli.render.interactive import page_data
+
+    steps = page_data([t])["traces"][0]["steps"]
+    assert steps[0]["map"] and steps[0]["rows"] == KEY_LABELS and steps[0]["cols"] == KEY_LABELS
+
+    pytest.importorskip("textual")
+    from attn_cli.browse.app import BrowseApp
+    from attn_cli.browse.widgets import Heatmap
+
+    async def run() -> None:
+        app = BrowseApp([t])
+        async with app.run_test(size=(120, 40)) as pilot:
+            main = app.main
+            heat = main.query_one(Heatmap)
+            assert main.index.block == "encoder" and main.index.n == 6
+            assert heat._row_labels == KEY_LABELS and heat._col_labels == KEY_LABELS
+            await pilot.press(*["right_square_bracket"] * 9)
+            assert main.qtok == 5  # the six source tokens are the queries here
+            await pilot.press("b")
+            assert main.index.block == "decoder" and main.qtok == 0
+            assert main.query_one(Heatmap)._row_labels == QUERIES
+
+    asyncio.run(run())

@@ -40,7 +40,7 @@ from attn_cli.browse.widgets import (
 )
 from attn_cli.render.common import Scale, format_number
 from attn_cli.render.statistics import map_patterns
-from attn_cli.trace import Trace, TraceStep, printable, token_labels
+from attn_cli.trace import Trace, TraceStep, printable
 
 
 class Scroll(VerticalScroll, can_focus=False):
@@ -127,7 +127,7 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
         super().__init__()
         self.index, self.key, self.i, self.j = index, key, i, j
         self.precision = precision
-        self.labels = token_labels(index.trace.tokens)
+        self.labels = index.query_labels
         self.neuron: Neuron | None = None
 
     @property
@@ -320,7 +320,7 @@ class MainScreen(Screen[None]):
         self.blocks = self.traces[t].blocks or [None]
         self.block_i = block_i
         self.index = TraceIndex(self.traces[t], self.blocks[block_i])
-        self.labels = token_labels(self.index.trace.tokens)
+        self.labels = self.index.query_labels
         self.key: Key = self.index.first_key()
         self.step_i = self.index.default_step(self.key)
         self.qtok: int = 0

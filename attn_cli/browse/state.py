@@ -12,7 +12,7 @@ import numpy as np
 
 from attn_cli.attention import entropy
 from attn_cli.render.pooling import pca_2d
-from attn_cli.trace import MAP_KINDS, Trace, TraceStep
+from attn_cli.trace import MAP_KINDS, Trace, TraceStep, token_labels
 
 Key = tuple[int | None, int | None]  # (layer, head)
 
@@ -37,7 +37,6 @@ class TraceIndex:
     def __init__(self, trace: Trace, block: str | None = None) -> None:
         self.trace = trace
         self.block = block
-        self.n = len(trace.tokens)
         mine = [s for s in trace.steps if s.block in (block, None)]
         kinds = {s.kind for s in mine}
         map_kinds = (
@@ -55,6 +54,13 @@ class TraceIndex:
         for s in mine:
             if s.kind in map_kinds and s.name == "W":
                 self.maps[(s.layer, s.head)] = s
+        # The queries: the trace's tokens, or the axis this block's maps run over (an
+        # encoder's source tokens in an encoder–decoder trace).
+        row_axes = {m.row_axis for m in self.maps.values()}
+        axis = row_axes.pop() if len(row_axes) == 1 else None
+        queries = trace.axes[axis].labels if axis in trace.axes else trace.tokens
+        self.n = len(queries)
+        self.query_labels = token_labels(queries)
         keys: list[Key] = list(self.maps) or [(None, None)]
         self.layers: list[int | None] = sorted({k[0] for k in keys}, key=_sort_key)
         self.heads: list[int | None] = sorted({k[1] for k in keys}, key=_sort_key)

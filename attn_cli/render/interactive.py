@@ -65,11 +65,11 @@ def round_significant(data: np.ndarray, digits: int = SIGNIFICANT) -> np.ndarray
 
 
 def _is_map(step: TraceStep, labels: list[str]) -> bool:
-    """A map of the head view and heatmap: rows are the trace's tokens, columns its tokens too
-    or, for an attention map, the keys of another axis (cross attention)."""
-    if step.rows != labels:
-        return False
-    return step.cols == labels or (step.kind in MAP_KINDS and step.col_axis is not None)
+    """A map of the head view and heatmap: tokens × tokens, or an attention map over the
+    trace's axes (cross attention: tokens × source tokens; an encoder's source × source)."""
+    if step.rows == labels and step.cols == labels:
+        return True
+    return step.kind in MAP_KINDS and step.row_axis is not None and step.col_axis is not None
 
 
 def _step_entry(step: TraceStep, is_map: bool, labels: list[str]) -> dict[str, Any]:
@@ -85,7 +85,10 @@ def _step_entry(step: TraceStep, is_map: bool, labels: list[str]) -> dict[str, A
         "map": is_map,
         "data": None,
     }
-    if is_map and step.cols != labels:  # a cross map's keys: the source tokens
+    # A map over another axis carries its labels (a cross map's keys: the source tokens).
+    if is_map and step.rows != labels:
+        entry["rows"] = [printable(r) for r in step.rows]
+    if is_map and step.cols != labels:
         entry["cols"] = [printable(c) for c in step.cols]
         entry["col_axis"] = step.col_axis
     return entry

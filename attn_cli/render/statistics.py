@@ -34,8 +34,8 @@ def head_patterns(
 
 def map_patterns(trace: Trace, step: TraceStep) -> dict[str, float]:
     """head_patterns of a map step: over its own key tokens when it is a cross map."""
-    keys = None if step.self_map else trace.col_tokens(step)
-    return head_patterns(row_shares(step), trace.tokens, keys)
+    keys = None if step.self_map else trace.tokens_of(step.col_axis)
+    return head_patterns(row_shares(step), trace.tokens_of(step.row_axis), keys)
 
 
 def row_shares(step: TraceStep) -> np.ndarray:
