@@ -168,8 +168,16 @@ class Trace:
         """Names of the steps present, in the order they first appear."""
         return list(dict.fromkeys(s.name for s in self.steps))
 
-    def step(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:
-        """One step by name, layer and head; with one layer (head) present, it is the default."""
+    def step(
+        self,
+        name: str,
+        layer: int | None = None,
+        head: int | None = None,
+        block: str | None = None,
+    ) -> TraceStep:
+        """One step by name, layer and head (and attention block, where the trace has several:
+        "encoder", "decoder", "cross" …); with one layer (head, block) present, it is the
+        default."""
         from attn_cli.errors import InputError
 
         matching = self.steps_named(name)
@@ -177,6 +185,12 @@ class Trace:
             raise InputError(
                 f"name={name!r}: this trace has no such step (it has {', '.join(self.step_names)})"
             )
+        blocks = list(dict.fromkeys(s.block for s in matching))
+        if block is not None or len(blocks) > 1:
+            if block not in blocks:
+                shown = ", ".join(repr(b) for b in blocks)
+                raise InputError(f"block={block!r}: step {name} is present for blocks {shown}")
+            matching = [s for s in matching if s.block == block]
         for key, value in (("layer", layer), ("head", head)):
             present = sorted({getattr(s, key) for s in matching}, key=_order)
             if value is None and len(present) == 1:

@@ -92,6 +92,11 @@ def test_attention_asks_for_a_block_when_there_are_several():
         t.attention()
     assert t.attention(block="decoder").shape == (2, 3, 4, 4)
     assert t.attention(block="cross").shape == (2, 3, 4, 6)
+    assert t.step("W", 1, 2, block="cross").data[0, 5] == A[1, 2, 0, 5]
+    with pytest.raises(
+        InputError, match=r"^block=None: step W is present for blocks 'decoder', 'cross'$"
+    ):
+        t.step("W", 1, 2)
 
 
 @pytest.mark.parametrize(
