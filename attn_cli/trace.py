@@ -122,14 +122,6 @@ class Trace:
     # "tokens" itself is implied by `tokens` when absent.
     axes: dict[str, Axis] = field(default_factory=dict)
 
-    def axis(self, name: str) -> Axis:
-        """The axis called `name`; "tokens" is the trace's own tokens when not stored."""
-        if name in self.axes:
-            return self.axes[name]
-        if name == "tokens":
-            return Axis("tokens", "text", list(self.tokens))
-        raise KeyError(name)
-
     def tokens_of(self, axis: str | None) -> list[str]:
         """The token texts an axis of a step stands for (for pattern names such as [CLS] or
         [SEP]): the trace's tokens unless the axis is another one of `axes` (the source)."""
@@ -218,11 +210,8 @@ class Trace:
         if block is None and len(blocks) > 1:
             shown = ", ".join(repr(b) for b in blocks)
             raise InputError(f"block=None: step {name} is present for blocks {shown}: pick one")
-        maps = (
-            [s for s in maps if s.block == blocks[0]]
-            if block is None
-            else [s for s in maps if s.block == block]
-        )
+        chosen = blocks[0] if block is None else block
+        maps = [s for s in maps if s.block == chosen]
         shapes = {s.data.shape for s in maps}
         if len(shapes) > 1:
             raise InputError(
