@@ -581,3 +581,33 @@ def test_an_encoder_block_runs_over_the_source_in_every_view(tmp_path):
             assert main.query_one(Heatmap)._row_labels == QUERIES
 
     asyncio.run(run())
+
+
+def test_page_shows_a_mixing_map_as_signed_numbers(tmp_path):
+    from tests.test_interactive import ARGS, CHROMIUM, Opened, as_numbers
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from attn_cli.render.interactive import interactive_html
+
+    signed = np.round(np.random.default_rng(1).normal(size=(2, 3, 4, 6)), 3)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        o = Opened(browser, interactive_html([cross_trace("mixing", signed)]), tmp_path)
+        page = o.page
+        assert page.text_content("#legend-kind") == (
+            "diverging around 0 · signed mixing weights, not probabilities"
+        )
+        assert page.text_content("#legend-lo") == str(-np.abs(signed[0, 0]).max())
+        o.hover_token("q", 2)
+        np.testing.assert_array_equal(as_numbers(o.values("k")), signed[0, 0, 2])
+        strongest = int(np.argmax(np.abs(signed[0, 0, 2])))
+        assert page.text_content("#hv-info").startswith(
+            f"sat attends most to {KEY_LABELS[strongest]} {signed[0, 0, 2, strongest]:g}"
+        )
+        o.check_clean()
+        page.close()
+        browser.close()
