@@ -88,12 +88,12 @@ def comparison_chunks(c: Comparison) -> Iterator[bytes]:
     explain's export by default: they are the same for both texts and compare shows none)."""
     import orjson
 
-    from attn_cli.export import COMPARISON_FORMAT, VERSION, json_chunks, only_steps
+    from attn_cli.export import COMPARISON_FORMAT, COMPARISON_VERSION, json_chunks, only_steps
     from attn_cli.narrate import PARAMETER_STEPS
 
     head = {
         "format": COMPARISON_FORMAT,
-        "version": VERSION,
+        "version": COMPARISON_VERSION,
         "input": c.input_name,
         "output": c.output_name,
         "layer": c.layer,
@@ -124,6 +124,7 @@ def comparison_from_document(doc: Any, where: str) -> Comparison:
     """Check an untrusted comparison document field by field, then build it."""
     from attn_cli.export import (
         COMPARISON_FORMAT,
+        COMPARISON_VERSION,
         check_version,
         checked_notes,
         need,
@@ -136,7 +137,7 @@ def comparison_from_document(doc: Any, where: str) -> Comparison:
         where,
         f"not an attn-cli comparison (format is not {COMPARISON_FORMAT!r})",
     )
-    check_version(doc, where, "comparison")
+    check_version(doc, where, "comparison", COMPARISON_VERSION)
     a = trace_from_document(doc.get("a"), f"{where} trace a")
     b = trace_from_document(doc.get("b"), f"{where} trace b")
     names = {doc.get("input"), doc.get("output")}

@@ -14,13 +14,17 @@ import numpy as np
 import orjson
 
 from attn_cli.errors import InputError, OutputError
-from attn_cli.trace import KINDS, Trace, TraceStep
+from attn_cli.trace import AXIS_KINDS, KINDS, Axis, Trace, TraceStep
 
 FORMAT = "attn-cli/trace"
-VERSION = 1
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "trace-v1.schema.json"
+# 2: token axes beyond the text's own ("axes"), and each step's block and row/column axes.
+# Version 1 files have none of these and still load.
+VERSION = 2
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "trace-v2.schema.json"
 # `attn-cli compare --json`: both traces and what compare measured (attn_cli.comparison).
 COMPARISON_FORMAT = "attn-cli/comparison"
+# The comparison's own fields are unchanged since version 1; its traces carry their version.
+COMPARISON_VERSION = 1
 COMPARISON_SCHEMA_PATH = SCHEMA_PATH.with_name("comparison-v1.schema.json")
 
 
@@ -36,7 +40,7 @@ def export_array(kind: str, data: np.ndarray, model: bool) -> np.ndarray:
     WEIGHT_DECIMALS decimals (written as the shortest decimal that reads back to that value);
     everything else at the precision it was computed in."""
     data = np.ascontiguousarray(data)
-    if model and kind == "weights" and data.dtype == np.float32:
+    if model and kind in ("weights", "partial_weights") and data.dtype == np.float32:
         return np.round(data.astype(np.float64), WEIGHT_DECIMALS)
     return data
 
@@ -59,6 +63,9 @@ def trace_document(trace: Trace) -> dict[str, Any]:
             entry["layer"] = s.layer
         if s.head is not None:
             entry["head"] = s.head
+        for key in ("block", "row_axis", "col_axis"):
+            if getattr(s, key) is not None:
+                entry[key] = getattr(s, key)
         steps.append(entry)
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -68,12 +75,21 @@ def trace_document(trace: Trace) -> dict[str, Any]:
     }
     if trace.raw_tokens is not None:
         doc["raw_tokens"] = trace.raw_tokens
+    if trace.axes:
+        doc["axes"] = {name: _axis_entry(axis) for name, axis in trace.axes.items()}
     return doc | {
         "token_ids": trace.token_ids,
         "config": trace.config,
         "notes": trace.notes,
         "steps": steps,
     }
+
+
+def _axis_entry(axis: Axis) -> dict[str, Any]:
+    entry: dict[str, Any] = {"kind": axis.kind, "labels": axis.labels}
+    if axis.coords is not None:
+        entry["coords"] = [list(c) for c in axis.coords]
+    return entry
 
 
 def only_steps(trace: Trace, names: list[str] | None) -> Trace:
@@ -83,7 +99,14 @@ def only_steps(trace: Trace, names: list[str] | None) -> Trace:
     wanted = set(names)
     kept = [s for s in trace.steps if s.name in wanted]
     return Trace(
-        trace.text, trace.tokens, trace.token_ids, trace.config, kept, trace.notes, trace.raw_tokens
+        trace.text,
+        trace.tokens,
+        trace.token_ids,
+        trace.config,
+        kept,
+        trace.notes,
+        trace.raw_tokens,
+        trace.axes,
     )
 
 
@@ -223,21 +246,65 @@ def trace_from_document(doc: Any, where: str) -> Trace:
         where,
         "'raw_tokens' must be strings, one per token",
     )
-    steps = [_step_from_entry(e, f"{where} step {i}") for i, e in enumerate(doc["steps"])]
-    return Trace(doc["text"], tokens, ids, doc["config"], steps, notes, raw)
+    axes = _axes_from_document(doc, len(tokens), where)
+    lengths = {name: len(axis.labels) for name, axis in axes.items()}
+    lengths.setdefault("tokens", len(tokens))
+    steps = [_step_from_entry(e, f"{where} step {i}", lengths) for i, e in enumerate(doc["steps"])]
+    return Trace(doc["text"], tokens, ids, doc["config"], steps, notes, raw, axes)
 
 
-def check_version(doc: Any, where: str, what: str) -> None:
+def _axes_from_document(doc: dict, n_tokens: int, where: str) -> dict[str, Axis]:
+    """The document's token axes, checked: known kinds, string labels, finite coordinates
+    (one tuple per label), and a stored "tokens" axis as long as the tokens."""
+    entries = doc.get("axes", {})
+    need(isinstance(entries, dict), where, "'axes' must be an object of named axes")
+    axes = {}
+    for name, e in entries.items():
+        at = f"{where} axis {name!r}"
+        need(isinstance(e, dict), at, "not an object")
+        need(e.get("kind") in AXIS_KINDS, at, f"unknown kind {e.get('kind')!r}")
+        labels = e.get("labels")
+        need(
+            isinstance(labels, list) and all(isinstance(x, str) for x in labels),
+            at,
+            "'labels' must be a list of strings",
+        )
+        need(name != "tokens" or len(labels) == n_tokens, at, "must have one label per token")
+        coords = e.get("coords")
+        if coords is not None:
+            need(
+                isinstance(coords, list)
+                and len(coords) == len(labels)
+                and all(
+                    isinstance(c, list)
+                    and c
+                    and len(c) == len(coords[0])
+                    and all(_finite_number(v) for v in c)
+                    for c in coords
+                ),
+                at,
+                "'coords' must be one list of finite numbers per label, all the same length",
+            )
+            coords = [tuple(float(v) for v in c) for c in coords]
+        axes[name] = Axis(name, e["kind"], labels, coords)
+    return axes
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def check_version(doc: Any, where: str, what: str, newest: int = VERSION) -> None:
     version = doc.get("version")
     need(isinstance(version, int), where, f"{what} has no integer 'version'")
     need(
-        version <= VERSION,
+        version <= newest,
         where,
-        f"{what} version {version} is newer than this attn-cli reads ({VERSION}): upgrade attn-cli",
+        f"{what} version {version} is newer than this attn-cli reads ({newest}): upgrade attn-cli",
     )
 
 
-def _step_from_entry(e: Any, where: str) -> TraceStep:
+def _step_from_entry(e: Any, where: str, axis_lengths: dict[str, int]) -> TraceStep:
     need(isinstance(e, dict), where, "not an object")
     for key in ("name", "formula", "description", "kind"):
         need(isinstance(e.get(key), str), where, f"'{key}' is missing or not a string")
@@ -253,11 +320,34 @@ def _step_from_entry(e: Any, where: str) -> TraceStep:
         data.shape == tuple(shape), where, f"'data' has shape {data.shape}, expected {tuple(shape)}"
     )
     data[np.isnan(data)] = -np.inf  # null marks a masked cell
-    extra = {}
+    extra: dict[str, Any] = {}
     for key in ("layer", "head"):
         if e.get(key) is not None:
-            need(isinstance(e[key], int), where, f"'{key}' must be an integer")
+            need(
+                isinstance(e[key], int) and not isinstance(e[key], bool) and e[key] >= 0,
+                where,
+                f"'{key}' must be an integer >= 0",
+            )
             extra[key] = e[key]
+    if e.get("block") is not None:
+        need(isinstance(e["block"], str), where, "'block' must be a string")
+        extra["block"] = e["block"]
+    for key, labels in (("row_axis", rows), ("col_axis", cols)):
+        name = e.get(key)
+        if name is None:
+            continue
+        need(
+            isinstance(name, str) and name in axis_lengths,
+            where,
+            f"'{key}' names no axis of this trace ({name!r})",
+        )
+        need(
+            len(labels) == axis_lengths[name],
+            where,
+            f"'{key}' is {name!r}, which has {axis_lengths[name]} labels, "
+            f"but the step has {len(labels)}",
+        )
+        extra[key] = name
     return TraceStep(
         e["name"],
         e["formula"],

@@ -85,6 +85,12 @@ class TraceStep:
         return tuple(self.data.shape)
 
     @property
+    def self_map(self) -> bool:
+        """Rows and columns run over the same sequence (self-attention): the diagonal is each
+        token itself, and 'previous token' means something. False for cross maps."""
+        return self.row_axis == self.col_axis and self.rows == self.cols
+
+    @property
     def where(self) -> str:
         """'layer 2 · head 5', 'head 0', or '' for steps outside any layer/head."""
         parts = []
@@ -116,6 +122,13 @@ class Trace:
     # "tokens" itself is implied by `tokens` when absent.
     axes: dict[str, Axis] = field(default_factory=dict)
 
+    def tokens_of(self, axis: str | None) -> list[str]:
+        """The token texts an axis of a step stands for (for pattern names such as [CLS] or
+        [SEP]): the trace's tokens unless the axis is another one of `axes` (the source)."""
+        if axis is not None and axis in self.axes:
+            return self.axes[axis].labels
+        return self.tokens
+
     def find(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:
         for step in self.steps:
             if step.name == name and step.layer == layer and step.head == head:
@@ -137,12 +150,26 @@ class Trace:
         return sorted({s.head for s in self.steps_named("W")}, key=_order)
 
     @property
+    def blocks(self) -> list[str | None]:
+        """The attention blocks this trace holds maps (W) for, in order: [None] for a model
+        with one kind of attention; e.g. ["encoder", "decoder", "cross"] for an encoder–decoder."""
+        return list(dict.fromkeys(s.block for s in self.steps_named("W")))
+
+    @property
     def step_names(self) -> list[str]:
         """Names of the steps present, in the order they first appear."""
         return list(dict.fromkeys(s.name for s in self.steps))
 
-    def step(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:
-        """One step by name, layer and head; with one layer (head) present, it is the default."""
+    def step(
+        self,
+        name: str,
+        layer: int | None = None,
+        head: int | None = None,
+        block: str | None = None,
+    ) -> TraceStep:
+        """One step by name, layer and head (and attention block, where the trace has several:
+        "encoder", "decoder", "cross" …); with one layer (head, block) present, it is the
+        default."""
         from attn_cli.errors import InputError
 
         matching = self.steps_named(name)
@@ -150,6 +177,12 @@ class Trace:
             raise InputError(
                 f"name={name!r}: this trace has no such step (it has {', '.join(self.step_names)})"
             )
+        blocks = list(dict.fromkeys(s.block for s in matching))
+        if block is not None or len(blocks) > 1:
+            if block not in blocks:
+                shown = ", ".join(repr(b) for b in blocks)
+                raise InputError(f"block={block!r}: step {name} is present for blocks {shown}")
+            matching = [s for s in matching if s.block == block]
         for key, value in (("layer", layer), ("head", head)):
             present = sorted({getattr(s, key) for s in matching}, key=_order)
             if value is None and len(present) == 1:
@@ -160,14 +193,30 @@ class Trace:
             matching = [s for s in matching if getattr(s, key) == value]
         return matching[0]
 
-    def attention(self, name: str = "W") -> np.ndarray:
-        """Every attention map of step `name` as one array (layers, heads, n, n), ordered by
-        layer and head. The toy pipeline gives (1, 1, n, n)."""
+    def attention(self, name: str = "W", block: str | None = None) -> np.ndarray:
+        """Every attention map of step `name` as one array (layers, heads, n_query, n_key),
+        ordered by layer and head; rectangular when the keys are another sequence (cross
+        attention). `block` picks "encoder", "decoder", "cross" … where the trace has several.
+        The toy pipeline gives (1, 1, n, n)."""
         from attn_cli.errors import InputError
 
         maps = self.steps_named(name)
         if not maps:
             raise InputError(f"name={name!r}: this trace has no {name} step")
+        blocks = list(dict.fromkeys(s.block for s in maps))
+        if block is not None and block not in blocks:
+            shown = ", ".join(repr(b) for b in blocks)
+            raise InputError(f"block={block!r}: step {name} is present for blocks {shown}")
+        if block is None and len(blocks) > 1:
+            shown = ", ".join(repr(b) for b in blocks)
+            raise InputError(f"block=None: step {name} is present for blocks {shown}: pick one")
+        chosen = blocks[0] if block is None else block
+        maps = [s for s in maps if s.block == chosen]
+        shapes = {s.data.shape for s in maps}
+        if len(shapes) > 1:
+            raise InputError(
+                f"name={name!r}: its maps differ in shape ({', '.join(map(str, sorted(shapes)))})"
+            )
         layers = sorted({s.layer for s in maps}, key=_order)
         heads = sorted({s.head for s in maps}, key=_order)
         n_q, n_k = maps[0].data.shape
@@ -203,39 +252,61 @@ class Trace:
         cls,
         tokens: Sequence[str],
         attentions: Any,
+        key_tokens: Sequence[str] | None = None,
         text: str | None = None,
         model: str | None = None,
+        kind: str = "weights",
+        block: str | None = None,
     ) -> Trace:
-        """A trace from any model's attention weights: (layers, heads, n, n) — an array, or a
-        sequence of per-layer arrays such as transformers' `output_attentions` (a batch axis of
-        size 1 is dropped; torch tensors are converted with .numpy())."""
+        """A trace from any model's attention maps: (layers, heads, n_query, n_key) — an array,
+        or a sequence of per-layer arrays such as transformers' `output_attentions` or
+        `cross_attentions` (a batch axis of size 1 is dropped; torch tensors are converted
+        with .numpy()).
+
+        key_tokens: the keys when they are another sequence than `tokens` (cross attention:
+        `tokens` are the decoder's, `key_tokens` the encoder's); they become the trace's
+        "source" axis and the block defaults to "cross". kind: "weights" (rows sum to 1),
+        "partial_weights" (rows sum to at most 1; the rest went to a sink not shown) or
+        "mixing" (signed, unnormalised: linear attention)."""
         from attn_cli.errors import InputError
 
-        layers = (
-            [_to_numpy(a) for a in attentions] if isinstance(attentions, list | tuple) else None
-        )
-        arr = np.stack(layers) if layers is not None else _to_numpy(attentions)
+        kinds = ("weights", "partial_weights", "mixing")
+        if kind not in kinds:
+            raise InputError(f"kind={kind!r}: choose from {', '.join(kinds)}")
+        tokens = _token_texts(tokens, "tokens")
+        keys = tokens if key_tokens is None else _token_texts(key_tokens, "key_tokens")
+        arr = _attention_array(attentions)
         if arr.ndim == 5 and arr.shape[1] == 1:
-            arr = arr[:, 0]  # (layers, batch=1, heads, n, n)
-        n = len(tokens)
-        if arr.ndim != 4 or arr.shape[2:] != (n, n):
+            arr = arr[:, 0]  # (layers, batch=1, heads, n_q, n_k)
+        n, m = len(tokens), len(keys)
+        if arr.ndim != 4 or arr.shape[2:] != (n, m) or 0 in arr.shape[:2]:
             raise InputError(
-                f"attentions has shape {arr.shape}: expected (layers, heads, {n}, {n}) for {n} tokens"
+                f"attentions has shape {arr.shape}: expected (layers, heads, {n}, {m}) for "
+                f"{n} query tokens and {m} key tokens"
             )
-        tokens = [str(t) for t in tokens]
+        _check_map_values(arr, kind)
         labels = token_labels(tokens)
+        key_labels = labels if key_tokens is None else token_labels(keys)
+        col_axis = "tokens" if key_tokens is None else "source"
+        if key_tokens is not None and block is None:
+            block = "cross"
+        what = "mixing weights" if kind == "mixing" else "attention weights"
+        looks = "where token i looks" if key_tokens is None else "where token i looks in the source"
         steps = [
             TraceStep(
                 "W",
-                "attention weights",
-                f"Attention weights of layer {i}, head {h}, as the model computed them: row i is "
-                "where token i looks.",
+                what,
+                f"{what[0].upper() + what[1:]} of layer {i}, head {h}, as the model computed "
+                f"them: row i is {looks}.",
                 np.asarray(arr[i, h], dtype=np.float64),
                 labels,
-                labels,
-                "weights",
+                key_labels,
+                kind,
                 i,
                 h,
+                block=block,
+                row_axis="tokens",
+                col_axis=col_axis,
             )
             for i in range(arr.shape[0])
             for h in range(arr.shape[1])
@@ -249,7 +320,9 @@ class Trace:
         }
         if model is not None:
             config["model"] = model
-        return cls(text if text is not None else " ".join(tokens), tokens, [-1] * n, config, steps)
+        axes = {} if key_tokens is None else {"source": Axis("source", "text", keys)}
+        trace_text = text if text is not None else " ".join(tokens)
+        return cls(trace_text, tokens, [-1] * n, config, steps, axes=axes)
 
     def __repr__(self) -> str:
         maps = len(self.steps_named("W"))
@@ -295,6 +368,74 @@ def _to_numpy(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):  # a torch tensor: converted without importing torch
         a = a.detach().cpu().float().numpy()
     return np.asarray(a, dtype=np.float64)
+
+
+def _token_texts(tokens: Any, param: str) -> list[str]:
+    from attn_cli.errors import InputError
+
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        raise InputError(f"{param} must be a list of token strings, got {type(tokens).__name__}")
+    if not tokens:
+        raise InputError(f"{param} is empty")
+    return [str(t) for t in tokens]
+
+
+def _attention_array(attentions: Any) -> np.ndarray:
+    """(layers, [batch,] heads, n_q, n_k) as float64, from an array or per-layer arrays."""
+    from attn_cli.errors import InputError
+
+    try:
+        if isinstance(attentions, list | tuple):
+            layers = [_to_numpy(a) for a in attentions]
+            shapes = {a.shape for a in layers}
+            if len(shapes) > 1:
+                shown = ", ".join(str(x) for x in dict.fromkeys(a.shape for a in layers))
+                raise InputError(f"attentions: the layers differ in shape ({shown})")
+            return np.stack(layers) if layers else np.zeros((0,))
+        return _to_numpy(attentions)
+    except (TypeError, ValueError):
+        raise InputError(
+            "attentions must be an array of numbers (layers, heads, n_query, n_key) or a "
+            "sequence of per-layer arrays"
+        ) from None
+
+
+# How far a row of "weights" may sum from 1: float16/bfloat16 softmax outputs are ~1e-3 off.
+ROW_SUM_TOLERANCE = 1e-2
+
+
+def _check_map_values(arr: np.ndarray, kind: str) -> None:
+    """Refuse maps whose numbers cannot be what `kind` says, naming the first bad place."""
+    from attn_cli.errors import InputError
+
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        layer, head, i, j = (int(x) for x in np.argwhere(bad)[0])
+        raise InputError(
+            f"attentions holds {arr[layer, head, i, j]} at layer {layer}, head {head}, "
+            f"row {i}, column {j}: every value must be finite"
+        )
+    if kind == "mixing":
+        return
+    if (arr < 0).any():
+        layer, head, i, j = (int(x) for x in np.argwhere(arr < 0)[0])
+        raise InputError(
+            f"attentions holds {arr[layer, head, i, j]:.6g} at layer {layer}, head {head}, "
+            f"row {i}, column {j}: {kind} are probabilities, never negative "
+            "(use kind='mixing' for signed maps)"
+        )
+    sums = arr.sum(axis=-1)
+    off = sums > 1 + ROW_SUM_TOLERANCE
+    if kind == "weights":
+        off |= sums < 1 - ROW_SUM_TOLERANCE
+    if off.any():
+        layer, head, i = (int(x) for x in np.argwhere(off)[0])
+        want = "1" if kind == "weights" else "at most 1"
+        hint = " (use kind='partial_weights' when mass goes to a sink)" if kind == "weights" else ""
+        raise InputError(
+            f"attentions row {i} of layer {layer}, head {head} sums to "
+            f"{sums[layer, head, i]:.6g}: rows of {kind} sum to {want}{hint}"
+        )
 
 
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")

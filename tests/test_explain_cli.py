@@ -148,7 +148,7 @@ def test_json_to_a_file_still_prints_tables(tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "W_raw = X·Xᵀ" in r.stdout
     doc = orjson.loads(path.read_bytes())
-    assert doc["format"] == "attn-cli/trace" and doc["version"] == 1
+    assert doc["format"] == "attn-cli/trace" and doc["version"] == 2
     assert doc["config"]["embeddings"].startswith("minilm")
     assert not list(tmp_path.glob(".*tmp")), "temp file left behind"
 

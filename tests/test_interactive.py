@@ -130,7 +130,7 @@ def test_embedded_numbers_are_the_traces_rounded():
         data = entry["data"]
         r, c = len(data), len(data[0])
         assert (r, c) == (min(step.shape[0], TABLE_ROWS), min(step.shape[1], TABLE_COLS))
-        assert entry["square"] == (step.rows == step.cols == token_labels(trace.tokens))
+        assert entry["map"] == (step.rows == step.cols == token_labels(trace.tokens))
         for i in range(r):
             for j in range(c):
                 want, got = step.data[i, j], data[i][j]
@@ -158,9 +158,9 @@ def test_axes_travel_only_when_not_the_tokens():
 def test_large_traces_keep_the_weights_and_drop_the_rest():
     trace = hand_trace(list("abcdef"), layers=2, heads=2, causal=True)
     doc = page_data([trace], map_budget=4 * 36, table_budget=0)["traces"][0]
-    kept = {(s["name"], s["data"] is not None) for s in doc["steps"] if s["square"]}
+    kept = {(s["name"], s["data"] is not None) for s in doc["steps"] if s["map"]}
     assert kept == {("W", True), ("W_raw", False), ("W_masked", False)}
-    assert all(s["data"] is None for s in doc["steps"] if not s["square"])
+    assert all(s["data"] is None for s in doc["steps"] if not s["map"])
     assert "not embedded: W_raw (4 of 4), W_masked (4 of 4)." in doc["omitted"]
     assert "not embedded (too many)" in doc["omitted"]
     # Past the budget even attention maps go, in trace order; each trace keeps its first map.

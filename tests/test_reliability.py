@@ -140,8 +140,8 @@ def test_a_tokenizer_json_that_is_not_one(tmp_path):
         (b"[1, 2]", "t.json: not an attn-cli trace (expected a JSON object)"),
         (b'{"format": "other"}', "t.json: not an attn-cli trace (format is not 'attn-cli/trace')"),
         (
-            b'{"format": "attn-cli/trace", "version": 2}',
-            "t.json: trace version 2 is newer than this attn-cli reads (1): upgrade attn-cli",
+            b'{"format": "attn-cli/trace", "version": 3}',
+            "t.json: trace version 3 is newer than this attn-cli reads (2): upgrade attn-cli",
         ),
         (
             b'{"format": "attn-cli/trace", "version": 1, "text": "x"}',

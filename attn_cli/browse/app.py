@@ -39,8 +39,8 @@ from attn_cli.browse.widgets import (
     where_label,
 )
 from attn_cli.render.common import Scale, format_number
-from attn_cli.render.statistics import head_patterns
-from attn_cli.trace import Trace, TraceStep, printable, token_labels
+from attn_cli.render.statistics import map_patterns
+from attn_cli.trace import Trace, TraceStep, printable
 
 
 class Scroll(VerticalScroll, can_focus=False):
@@ -61,6 +61,7 @@ KEYS = [
     ("click a thumbnail", "open that layer and head"),
     ("n", "numbers in the cells on / off (colour only)"),
     ("< >", "previous / next input (several texts)"),
+    ("b", "next attention block (encoder, decoder, cross …) when there are several"),
     ("?", "this list"),
     ("escape", "close a view"),
     ("q", "quit"),
@@ -126,8 +127,18 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
         super().__init__()
         self.index, self.key, self.i, self.j = index, key, i, j
         self.precision = precision
-        self.labels = token_labels(index.trace.tokens)
+        self.labels = index.query_labels
         self.neuron: Neuron | None = None
+
+    @property
+    def key_labels(self) -> list[str]:
+        """The keys' labels: the map's columns (a cross map's are the source tokens)."""
+        m = self.index.maps.get(self.key)
+        return (
+            m.cols
+            if m is not None and m.data.shape[1] == self.index.key_count(self.key)
+            else self.labels
+        )
 
     def compose(self) -> ComposeResult:
         yield Static(id="n-title")
@@ -139,8 +150,8 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
     def on_mount(self) -> None:
         self.update_view()
 
-    def tok(self, i: int) -> str:
-        return f"{printable(self.labels[i])} ({i})"
+    def tok(self, i: int, labels: list[str] | None = None) -> str:
+        return f"{printable((labels or self.labels)[i])} ({i})"
 
     def update_view(self) -> None:
         self.neuron = neuron_at(self.index, self.key, self.i, self.j)
@@ -151,7 +162,7 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
         title.append("  query ")
         title.append(self.tok(self.i), PINNED)
         title.append(" → key ")
-        title.append(self.tok(self.j), PINNED)
+        title.append(self.tok(self.j, self.key_labels), PINNED)
         self.query_one("#n-title", Static).update(title)
         dims = self.query_one("#n-dims-text", Static)
         side = self.query_one("#n-side-text", Static)
@@ -195,7 +206,7 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
         t.append(f"q: row {nv.i} of {nv.q_name} (", DIM)
         t.append(printable(self.labels[nv.i]))
         t.append(f")\nk: row {nv.j} of {nv.k_name} (", DIM)
-        t.append(printable(self.labels[nv.j]))
+        t.append(printable(self.key_labels[nv.j]))
         t.append(f")\nd_k = {nv.d_k}\n\n", DIM)
         f64 = np.dtype(np.float64)
         rows: list[tuple[str, str]] = [("Σ q⊙k = q·k", repr(nv.total))]
@@ -224,16 +235,17 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
         # outputs for every key of this query, in three columns that fit 80 columns.
         cols = nv.scores[:1] + nv.scores[-1:] if len(nv.scores) > 1 else nv.scores
         t.append("\nThis query over every key\n", "bold")
-        key_w = min(12, max(len(printable(lb)) for lb in self.labels)) + 1
+        keys = self.key_labels
+        key_w = min(12, max(len(printable(lb)) for lb in keys)) + 1
         t.append("key".ljust(key_w), LABEL)
         for c in cols:
             t.append(c.name.rjust(9), LABEL)
         if nv.weights_row is not None:
             t.append("W".rjust(8), LABEL)
         t.append("\n")
-        for j in range(len(self.labels)):
+        for j in range(len(keys)):
             mark = PINNED if j == nv.j else None
-            t.append(fit(printable(self.labels[j]), key_w - 1).ljust(key_w), mark or LABEL)
+            t.append(fit(printable(keys[j]), key_w - 1).ljust(key_w), mark or LABEL)
             for c in cols:
                 t.append(format_number(float(c.row[j]), 2).rjust(9), mark)
             if nv.weights_row is not None:
@@ -249,15 +261,17 @@ class NeuronScreen(Screen[tuple[int, int, Key]]):
         self.update_view()
 
     def action_key_token(self, d: int) -> None:
-        self.j = min(max(self.j + d, 0), self.index.n - 1)
+        self.j = min(max(self.j + d, 0), self.index.key_count(self.key) - 1)
         self.update_view()
 
     def action_head(self, d: int) -> None:
         self.key = self.index.move(self.key, 0, d)
+        self.j = min(self.j, self.index.key_count(self.key) - 1)
         self.update_view()
 
     def action_layer(self, d: int) -> None:
         self.key = self.index.move(self.key, d, 0)
+        self.j = min(self.j, self.index.key_count(self.key) - 1)
         self.update_view()
 
 
@@ -286,6 +300,7 @@ class MainScreen(Screen[None]):
         Binding("enter", "neuron", "neuron"),
         Binding("n", "numbers", "numbers", show=False),
         Binding("less_than_sign", "trace(-1)", "input", show=False),
+        Binding("b", "block", "block", show=False),
         Binding("greater_than_sign", "trace(1)", "input", show=False),
         HELP_BINDING,
     ]
@@ -300,10 +315,12 @@ class MainScreen(Screen[None]):
 
     # -- state ------------------------------------------------------------------------------
 
-    def _load(self, t: int) -> None:
+    def _load(self, t: int, block_i: int = 0) -> None:
         self.trace_i = t
-        self.index = TraceIndex(self.traces[t])
-        self.labels = token_labels(self.index.trace.tokens)
+        self.blocks = self.traces[t].blocks or [None]
+        self.block_i = block_i
+        self.index = TraceIndex(self.traces[t], self.blocks[block_i])
+        self.labels = self.index.query_labels
         self.key: Key = self.index.first_key()
         self.step_i = self.index.default_step(self.key)
         self.qtok: int = 0
@@ -372,6 +389,8 @@ class MainScreen(Screen[None]):
         t.append(fit(printable(" ".join(trace.text.split())), 60))
         if len(self.traces) > 1:
             t.append(f"   input {self.trace_i + 1}/{len(self.traces)}", DIM)
+        if self.index.block is not None:
+            t.append(f"   {printable(self.index.block)} attention", DIM)
         model = trace.config.get("model") or trace.config.get("pipeline")
         if model:
             t.append(f"   {printable(str(model))}", DIM)
@@ -397,22 +416,32 @@ class MainScreen(Screen[None]):
             t.append("no attention weights here", DIM)
             self.query_one("#token", Static).update(t)
             return
-        info = token_info(w.data, q, self.top_k)
+        info = token_info(w.data, q, self.top_k, w)
         t.append(f"top {self.top_k} attended ({w.name} row)\n", DIM)
-        label_w = min(14, max((len(printable(self.labels[j])) for j, _ in info.top), default=1) + 1)
+        keys = w.cols
+        label_w = min(14, max((len(printable(keys[j])) for j, _ in info.top), default=1) + 1)
         for j, v in info.top:
             t.append("  ")
-            t.append(fit(printable(self.labels[j]), label_w - 1).ljust(label_w))
+            t.append(fit(printable(keys[j]), label_w - 1).ljust(label_w))
             t.append(format_number(v, 3))
-            bar = int(round(v * 10))
-            t.append(" " + "█" * bar, Style(color="blue"))
+            bar = int(round(min(abs(v), 1.0) * 10))
+            t.append(" " + "█" * bar, Style(color="red" if v < 0 else "blue"))
             t.append("\n")
         t.append("entropy ", DIM)
         t.append(f"{format_number(info.entropy, 3)} nats")
         t.append(f" ({format_number(info.relative, 2)} of uniform)\n", DIM)
-        t.append("received ", DIM)
-        t.append(format_number(info.received, 3))
-        t.append(" (column sum)", DIM)
+        if info.sink is not None:
+            t.append("sink ", DIM)
+            t.append(format_number(info.sink, 3))
+            t.append(" (1 − row sum: went to a sink key not shown)\n", DIM)
+        if info.received is not None:
+            t.append("received ", DIM)
+            t.append(format_number(info.received, 3))
+            t.append(" (column sum)", DIM)
+        elif w.kind != "mixing":
+            t.append(f"keys: {w.col_axis or 'other'} tokens", DIM)
+        if w.kind == "mixing":
+            t.append("mixing weights: signed, not probabilities", DIM)
         self.query_one("#token", Static).update(t)
 
     def _update_value(self) -> None:
@@ -454,10 +483,10 @@ class MainScreen(Screen[None]):
         step = self.index.maps[key]
         t = Text()
         t.append(where_label(key) or step.name, LABEL)
-        if is_token_map(step, self.index.n) and step.kind == "weights":
+        if is_token_map(step, self.index.n) and step.kind in ("weights", "partial_weights"):
             w = step.data
             t.append(f"  entropy {format_number(float(entropy(w).mean()), 2)}")
-            for name, v in head_patterns(w, self.index.trace.tokens).items():
+            for name, v in map_patterns(self.index.trace, step).items():
                 t.append(f"  {printable(name)} {format_number(v, 2)}", DIM)
         return t
 
@@ -479,6 +508,7 @@ class MainScreen(Screen[None]):
         self.key = key
         names = [s.name for s in self.steps]
         self.step_i = names.index(name) if name in names else self.index.default_step(key)
+        self.key_token = min(self.key_token, self.index.key_count(key) - 1)
         self.update_view()
 
     def action_head(self, d: int) -> None:
@@ -496,8 +526,13 @@ class MainScreen(Screen[None]):
         self.update_view()
 
     def action_key_token(self, d: int) -> None:
-        self.key_token = min(max(self.key_token + d, 0), self.index.n - 1)
+        self.key_token = min(max(self.key_token + d, 0), self.index.key_count(self.key) - 1)
         self.update_view()
+
+    def action_block(self) -> None:
+        if len(self.blocks) > 1:
+            self._load(self.trace_i, (self.block_i + 1) % len(self.blocks))
+            self.update_view()
 
     def action_numbers(self) -> None:
         self.numbers = not self.query_one(Heatmap).numbers

@@ -12,7 +12,7 @@ import numpy as np
 
 from attn_cli.attention import entropy
 from attn_cli.render.pooling import pca_2d
-from attn_cli.trace import Trace, TraceStep
+from attn_cli.trace import MAP_KINDS, Trace, TraceStep, token_labels
 
 Key = tuple[int | None, int | None]  # (layer, head)
 
@@ -24,23 +24,43 @@ def _sort_key(v: int | None) -> int:
     return -1 if v is None else v
 
 
-class TraceIndex:
-    """The maps of one trace on a layer × head grid, and the steps behind each map."""
+# Maps of these kinds are what attention did (the grid shows them); scores only stand in
+# for them in a trace that has none.
+ATTENTION_KINDS = ("weights", "partial_weights", "mixing")
 
-    def __init__(self, trace: Trace) -> None:
+
+class TraceIndex:
+    """The maps of one trace's attention block on a layer × head grid, and the steps behind
+    each map. block: which of the trace's blocks (Trace.blocks: "encoder", "cross" …) when it
+    has several; steps of no block belong to every one."""
+
+    def __init__(self, trace: Trace, block: str | None = None) -> None:
         self.trace = trace
-        self.n = len(trace.tokens)
-        kinds = {s.kind for s in trace.steps}
-        map_kind = "weights" if "weights" in kinds else "scores" if "scores" in kinds else None
+        self.block = block
+        mine = [s for s in trace.steps if s.block in (block, None)]
+        kinds = {s.kind for s in mine}
+        map_kinds = (
+            ATTENTION_KINDS
+            if kinds & set(ATTENTION_KINDS)
+            else ("scores",)
+            if "scores" in kinds
+            else ()
+        )
         self.maps: dict[Key, TraceStep] = {}
-        if map_kind is not None:
-            for s in trace.steps:
-                if s.kind == map_kind and (s.layer, s.head) not in self.maps:
-                    # Prefer W over any other weights step at the same place.
-                    self.maps[(s.layer, s.head)] = s
-            for s in trace.steps:
-                if s.kind == map_kind and s.name == "W":
-                    self.maps[(s.layer, s.head)] = s
+        for s in mine:
+            if s.kind in map_kinds and (s.layer, s.head) not in self.maps:
+                # Prefer W over any other weights step at the same place.
+                self.maps[(s.layer, s.head)] = s
+        for s in mine:
+            if s.kind in map_kinds and s.name == "W":
+                self.maps[(s.layer, s.head)] = s
+        # The queries: the trace's tokens, or the axis this block's maps run over (an
+        # encoder's source tokens in an encoder–decoder trace).
+        row_axes = {m.row_axis for m in self.maps.values()}
+        axis = row_axes.pop() if len(row_axes) == 1 else None
+        queries = trace.axes[axis].labels if axis in trace.axes else trace.tokens
+        self.n = len(queries)
+        self.query_labels = token_labels(queries)
         keys: list[Key] = list(self.maps) or [(None, None)]
         self.layers: list[int | None] = sorted({k[0] for k in keys}, key=_sort_key)
         self.heads: list[int | None] = sorted({k[1] for k in keys}, key=_sort_key)
@@ -60,7 +80,11 @@ class TraceIndex:
         if key not in self._steps:
             layer, head = key
             self._steps[key] = [
-                s for s in self.trace.steps if s.layer in (layer, None) and s.head in (head, None)
+                s
+                for s in self.trace.steps
+                if s.layer in (layer, None)
+                and s.head in (head, None)
+                and s.block in (self.block, None)
             ] or list(self.trace.steps)
         return self._steps[key]
 
@@ -93,10 +117,27 @@ class TraceIndex:
         best = min(present, key=lambda h: abs(self.heads.index(h) - hi))
         return (self.layers[li], best)
 
+    @property
+    def span(self) -> int:
+        """The longest side of any map: the tokens, or a cross map's source when longer."""
+        return max([self.n] + [max(m.data.shape) for m in self.maps.values()])
+
+    def key_count(self, key: Key) -> int:
+        """How many keys (columns) this layer/head's map has: the tokens, or the source
+        tokens of a cross map."""
+        m = self.maps.get(key)
+        return int(m.data.shape[1]) if m is not None and is_token_map(m, self.n) else self.n
+
 
 def is_token_map(step: TraceStep, n: int) -> bool:
-    """tokens × tokens (scores, weights): both axes are tokens."""
-    return step.kind in ("scores", "weights") and step.data.shape == (n, n)
+    """queries × keys (scores, weights, mixing …) whose rows are the trace's tokens and whose
+    columns are its tokens too, or the keys of another axis (cross attention)."""
+    return (
+        step.kind in MAP_KINDS
+        and step.data.ndim == 2
+        and step.data.shape[0] == n
+        and (step.col_axis is not None or step.data.shape[1] == n)
+    )
 
 
 def has_token_rows(step: TraceStep, n: int) -> bool:
@@ -109,21 +150,31 @@ class TokenInfo:
     top: list[tuple[int, float]]  # (key position, weight), largest first
     entropy: float  # nats
     relative: float  # entropy / log(number of keys it can see)
-    received: float  # column sum: how many rows' worth of weight lands on this token
+    # Column sum: how many rows' worth of weight lands on this token; None for a cross map,
+    # whose columns are other tokens.
+    received: float | None
+    sink: float | None = None  # partial weights: the row's mass that went to a sink (1 − sum)
 
 
-def token_info(w: np.ndarray, i: int, k: int = 3) -> TokenInfo:
+def token_info(w: np.ndarray, i: int, k: int = 3, step: TraceStep | None = None) -> TokenInfo:
     """Query i's top-k keys, entropy (nats, and relative to a uniform row over the keys it
-    can see: the non-zero ones of a causal row count as visible), and the weight it receives."""
+    can see: the non-zero ones of a causal row count as visible), and the weight it receives.
+    step: the map `w` comes from, for its kind and axes (a mixing map ranks keys by absolute
+    value and measures entropy over absolute shares; partial weights report the sink)."""
     row = w[i]
-    order = np.argsort(-row, kind="stable")[:k]
-    top = [(int(j), float(row[j])) for j in order if row[j] > 0]
-    h = float(entropy(row[None, :])[0])
+    kind = "weights" if step is None else step.kind
+    self_map = step is None or step.self_map
+    shares = np.abs(row) / max(float(np.abs(row).sum()), 1e-300) if kind == "mixing" else row
+    order = np.argsort(-shares, kind="stable")[:k]
+    top = [(int(j), float(row[j])) for j in order if shares[j] > 0]
+    h = float(entropy(shares[None, :])[0])
     visible = w.shape[1]
-    if w.shape[0] == w.shape[1] > 1 and not np.triu(w, 1).any():
+    if self_map and w.shape[0] == w.shape[1] > 1 and not np.triu(w, 1).any():
         visible = i + 1  # causal: query i sees keys 0 … i
     rel = h / math.log(visible) if visible > 1 else 0.0
-    return TokenInfo(i, top, h, rel, float(w[:, i].sum()))
+    received = float(w[:, i].sum()) if self_map and i < w.shape[1] else None
+    sink = max(0.0, 1.0 - float(row.sum())) if kind == "partial_weights" else None
+    return TokenInfo(i, top, h, rel, received, sink)
 
 
 @dataclass
@@ -204,7 +255,8 @@ def neuron_at(index: TraceIndex, key: Key, i: int, j: int) -> Neuron | None:
     and weight cells. q and k are the operands of W_raw's formula (Q·Kᵀ, or X·Xᵀ for the
     parameter-free pipeline); None when the trace does not hold them."""
     n = index.n
-    steps = [s for s in index.steps_at(key) if is_token_map(s, n)]
+    n_keys = index.key_count(key)
+    steps = [s for s in index.steps_at(key) if is_token_map(s, n) and s.data.shape[1] == n_keys]
     scores = [s for s in steps if s.kind == "scores"]
     raw = index.step_named(key, "W_raw")
     names = ("Q", "K")
@@ -213,7 +265,9 @@ def neuron_at(index: TraceIndex, key: Key, i: int, j: int) -> Neuron | None:
     qs, ks = index.step_named(key, names[0]), index.step_named(key, names[1])
     if qs is None or ks is None:
         qs, ks = index.step_named(key, "Q"), index.step_named(key, "K")
-    if qs is None or ks is None or not (has_token_rows(qs, n) and has_token_rows(ks, n)):
+    if qs is None or ks is None or not has_token_rows(qs, n):
+        return None
+    if ks.kind == "parameters" or ks.data.ndim != 2 or ks.data.shape[0] != n_keys:
         return None
     if qs.data.shape[1] != ks.data.shape[1]:
         return None
@@ -230,7 +284,7 @@ def neuron_at(index: TraceIndex, key: Key, i: int, j: int) -> Neuron | None:
         base = raw_cell.value if raw_cell is not None else total
         scaled, from_trace = base / math.sqrt(q.shape[0]), False
     w = index.step_named(key, "W")
-    if w is not None and not is_token_map(w, n):
+    if w is not None and not (is_token_map(w, n) and w.data.shape[1] == n_keys):
         w = None
     return Neuron(
         key=key,

@@ -95,7 +95,7 @@ class ThumbGrid(Widget, can_focus=False):
         label_w = len(f"L{max(layers)}") + 1 if layers else 0
         heads = len(self.index.heads)
         avail = max(1, width - label_w)
-        side_max = max(2, min(self.index.n, 16)) if self.index.maps else 0
+        side_max = max(2, min(self.index.span, 16)) if self.index.maps else 0
         for gap in (1, 0):
             side = min(side_max, avail // heads - gap)
             if side >= 2:
@@ -109,7 +109,7 @@ class ThumbGrid(Widget, can_focus=False):
         layers = [x for x in self.index.layers if x is not None]
         label_w = len(f"L{max(layers)}") + 1 if layers else 0
         heads, rows = len(self.index.heads), len(self.index.layers)
-        side_max = max(2, min(self.index.n, 16))
+        side_max = max(2, min(self.index.span, 16))
         for side in range(side_max, 1, -1):
             w = label_w + heads * (side + 1)
             h = 1 + rows * math.ceil(side / 2)
@@ -145,8 +145,8 @@ class ThumbGrid(Widget, can_focus=False):
                 pooled, _, _ = pool(step.data, side, side, "max")
                 scale = (
                     Scale(False, 1.0)
-                    if step.kind == "weights"
-                    else Scale.for_kind("scores", pooled)
+                    if step.kind in ("weights", "partial_weights")
+                    else Scale.for_kind(step.kind, pooled)
                 )
                 levels = scale.levels(pooled)
                 lines = []
@@ -441,8 +441,8 @@ class Heatmap(ScrollView, can_focus=False):
         if pinned_row:
             for j in range(len(segs)):
                 mark(j, PIN_CELL)
-        elif pin_cols and self.qtok is not None and self.qtok < len(segs):
-            mark(self.qtok, PIN_CELL)
+        elif pin_cols and self.step.self_map and self.qtok is not None and self.qtok < len(segs):
+            mark(self.qtok, PIN_CELL)  # the selected token as a key (self-attention only)
         if pin_cols and i == self.qtok and self.key_token is not None:
             mark(self.key_token, CURSOR)
         label = self._row_labels[i]

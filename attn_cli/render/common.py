@@ -120,7 +120,7 @@ MASKED_STYLE = Style(color="grey62", bgcolor="grey23")
 
 
 # Kinds whose values are never negative: a sequential scale (0 … max), not a diverging one.
-NON_NEGATIVE_KINDS = ("weights", "relevance", "prediction", "heads")
+NON_NEGATIVE_KINDS = ("weights", "partial_weights", "relevance", "prediction", "heads")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def map_lines(
     k = n_cols
     if LABEL_W + cw * n_cols > width:  # leave room for " … 12 more"
         k = max(1, (width - LABEL_W - cell_len(f" … {n_cols} more")) // cw)
-    scale = Scale.for_kind("weights", w) if color else None
+    scale = Scale.for_kind(step.kind, w) if color else None
     lines = [Text(title[: max(LABEL_W + cw * k, 1)], style="bold")]
     head = Text(" " * LABEL_W)
     for j in range(k):

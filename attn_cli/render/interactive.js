@@ -49,6 +49,18 @@
     const a = anchors[i], b = anchors[i + 1];
     return [lerp(a[0], b[0], f), lerp(a[1], b[1], f), lerp(a[2], b[2], f)];
   }
+  // What a map's numbers are, by kind: in the head view's hint and after the legend.
+  const KIND_NOTES = {
+    weights: "Each row sums to 1.",
+    partial_weights: "Each row sums to less than 1: the rest went to a sink key that is not shown.",
+    mixing: "Mixing weights (linear attention): signed and unnormalised, not probabilities.",
+    scores: "Scores before the softmax.",
+  };
+  const KIND_LEGEND = {
+    weights: "rows sum to 1",
+    partial_weights: "rows sum to < 1 (rest to a sink)",
+    mixing: "signed mixing weights, not probabilities",
+  };
   const rgb = (c, a) => (a === undefined ? `rgb(${c[0]},${c[1]},${c[2]})` : `rgba(${c[0]},${c[1]},${c[2]},${a})`);
 
   // ---------- the data model ----------
@@ -60,10 +72,14 @@
   const atLayer = (s, L) => s.layer === L || s.layer === null;
   const atHead = (s, H) => s.head === H || s.head === null;
 
-  /* Layers and heads to choose from: those of the tokens × tokens maps, or of any step when
-     the trace has no map. */
+  /* A map's name in the Map selector: its block first where it has one ("cross W"), so the
+     maps of an encoder–decoder's blocks at the same layer and head stay apart. */
+  const mapKey = (s) => (s.block ? s.block + " " + s.name : s.name);
+
+  /* Layers and heads to choose from: those of the maps over the tokens (tokens × tokens, or
+     tokens × source tokens), or of any step when the trace has no map. */
   function withMaps(tr) {
-    const maps = tr.steps.filter((s) => s.square);
+    const maps = tr.steps.filter((s) => s.map);
     return maps.length ? maps : tr.steps;
   }
   function layersOf(tr) {
@@ -74,23 +90,24 @@
     const hs = uniq(withMaps(tr).filter((s) => atLayer(s, L) && s.head !== null).map((s) => s.head)).sort(byNum);
     return hs.length ? hs : [null];
   }
-  function squareNames(tr, L, H) {
-    return uniq(tr.steps.filter((s) => s.square && atLayer(s, L) && atHead(s, H)).map((s) => s.name));
+  function mapNames(tr, L, H) {
+    return uniq(tr.steps.filter((s) => s.map && atLayer(s, L) && atHead(s, H)).map(mapKey));
   }
-  /* The tokens×tokens step `name` at (L, H), the most specific match first. */
-  function findSquare(tr, name, L, H) {
+  /* The map called `name` (mapKey) at (L, H), the most specific match first. */
+  function findMap(tr, name, L, H) {
     let best = null, bestScore = -1;
     for (const s of tr.steps) {
-      if (!s.square || s.name !== name || !atLayer(s, L) || !atHead(s, H)) continue;
+      if (!s.map || mapKey(s) !== name || !atLayer(s, L) || !atHead(s, H)) continue;
       const score = (s.layer === L ? 2 : 0) + (s.head === H ? 1 : 0);
       if (score > bestScore) { best = s; bestScore = score; }
     }
     return best;
   }
-  const current = () => findSquare(trace(), state.step, state.layer, state.head);
+  const current = () => findMap(trace(), state.step, state.layer, state.head);
 
-  /* Colour scale of a step: diverging around 0 for signed kinds (scores, vectors, parameters)
-     or any negative value; sequential from 0 otherwise (weights, relevance, …). */
+  /* Colour scale of a step: diverging around 0 for signed kinds (scores, mixing, vectors,
+     parameters) or any negative value; sequential from 0 otherwise (weights, partial weights,
+     relevance, …). A weight is its own strength (BertViz): `own`. */
   function scaleOf(s) {
     if (s._scale) return s._scale;
     let vmax = 0, neg = false;
@@ -99,8 +116,9 @@
       if (v < 0) neg = true;
       if (Math.abs(v) > vmax) vmax = Math.abs(v);
     }
-    const diverging = neg || ["scores", "vectors", "parameters"].includes(s.kind);
-    s._scale = { diverging, vmax: vmax > 0 ? vmax : 1, own: s.kind === "weights" };
+    const diverging = neg || ["scores", "mixing", "vectors", "parameters"].includes(s.kind);
+    const own = s.kind === "weights" || s.kind === "partial_weights";
+    s._scale = { diverging, vmax: vmax > 0 ? vmax : 1, own };
     return s._scale;
   }
   /* Cell colours come from a 256-entry table per palette and scale type: the overview paints
@@ -172,8 +190,8 @@
     const heads = headsOf(tr, state.layer);
     if (!heads.includes(state.head)) state.head = heads[0];
     fillSelect($("head"), heads, (v) => (v === null ? "–" : String(v)), state.head);
-    const names = squareNames(tr, state.layer, state.head);
-    if (!names.includes(state.step)) state.step = names.includes("W") ? "W" : names[0];
+    const names = mapNames(tr, state.layer, state.head);
+    if (!names.includes(state.step)) state.step = names.includes("W") ? "W" : names.find((n) => n.endsWith(" W")) || names[0];
     const stepSel = $("step");
     stepSel.replaceChildren();
     for (const n of names) {
@@ -292,8 +310,9 @@
       if (pt) { pt.classList.add("pinned"); dirty.push(pt); }
     }
     if (!f) {
+      const keys = s.col_axis ? " (the " + s.col_axis + " tokens)" : "";
       info.replaceChildren(
-        document.createTextNode("Hover a token: on the left to see what it attends to, on the right to see what attends to it. Click to pin."),
+        document.createTextNode("Hover a token: on the left to see what it attends to, on the right" + keys + " to see what attends to it. Click to pin. " + (KIND_NOTES[s.kind] || "")),
       );
     } else {
       const rows = rowsOf(s), cols = colsOf(s);
@@ -310,12 +329,19 @@
         if (v !== null) t.style.background = rgb(strengthColor(sc, v, p), (0.08 + 0.55 * strength(sc, v)).toFixed(3));
         values.push([k, v]);
       }
-      const top = values.filter((kv) => kv[1] !== null).sort((a, b) => b[1] - a[1]).slice(0, 3);
+      // A mixing map's strongest entries are its largest in absolute value.
+      const size = s.kind === "mixing" ? Math.abs : (v) => v;
+      const top = values.filter((kv) => kv[1] !== null).sort((a, b) => size(b[1]) - size(a[1])).slice(0, 3);
       const name = f.side === "q" ? rows[f.i] : cols[f.i];
       const b = el("b", null, name);
       const verb = f.side === "q" ? " attends most to " : " is attended most by ";
       const tops = top.map((kv) => (f.side === "q" ? cols : rows)[kv[0]] + " " + fmt(kv[1])).join(" · ");
-      info.replaceChildren(b, document.createTextNode(verb + (tops || "nothing (all masked)")));
+      let extra = "";
+      if (f.side === "q" && s.kind === "partial_weights") {
+        const sum = values.reduce((acc, kv) => acc + (kv[1] === null ? 0 : kv[1]), 0);
+        extra = " · sink " + fmt(Math.max(0, Math.round((1 - sum) * 1e4) / 1e4)) + " (1 − row sum: to a sink key not shown)";
+      }
+      info.replaceChildren(b, document.createTextNode(verb + (tops || "nothing (all masked)") + extra));
       info.dataset.side = f.side;
       info.dataset.i = String(f.i);
     }
@@ -484,7 +510,8 @@
     }
     $("legend-lo").textContent = fmt(sc.diverging ? -sc.vmax : 0);
     $("legend-hi").textContent = fmt(sc.vmax);
-    $("legend-kind").textContent = sc.diverging ? "diverging around 0" : "0 to the map's max";
+    const s0 = current();
+    $("legend-kind").textContent = (sc.diverging ? "diverging around 0" : "0 to the map's max") + (s0 && KIND_LEGEND[s0.kind] ? " · " + KIND_LEGEND[s0.kind] : "");
     const s = current();
     $("masked-key").hidden = !(s && s.data && s.data.some((row) => row.includes(null)));
   }
@@ -568,7 +595,7 @@
     for (const L of layers) {
       box.appendChild(el("div", "ax", L === null ? "–" : "L" + L));
       for (const H of allHeads) {
-        const s = findSquare(tr, state.step, L, H);
+        const s = findMap(tr, state.step, L, H);
         const c = el("canvas");
         if (s && s.data) {
           const small = pooled(s, 64), n = small.data.length, m = n ? small.data[0].length : 0;
@@ -605,7 +632,7 @@
       const card = el("details", "card step");
       card.open = s.kind !== "parameters";
       card.dataset.step = s.name;
-      if (s.square && s.name === state.step) card.classList.add("current");
+      if (s.map && mapKey(s) === state.step) card.classList.add("current");
       const head = el("summary", "head");
       const h3 = el("h3", null, s.name);
       const where = whereText(s.layer, s.head);
@@ -620,7 +647,7 @@
           const parts = [];
           if (r < s.shape[0]) parts.push("the first " + r + " of " + s.shape[0] + " rows");
           if (c < s.shape[1]) parts.push("the first " + c + " of " + s.shape[1] + " columns");
-          card.appendChild(el("p", "clip", "Showing " + parts.join(" and ") + "; " + (s.square ? "the heatmap shows all of it." : "the JSON export (--json) has every number.")));
+          card.appendChild(el("p", "clip", "Showing " + parts.join(" and ") + "; " + (s.map ? "the heatmap shows all of it." : "the JSON export (--json) has every number.")));
         }
       } else {
         card.appendChild(el("p", "clip", "Matrix not embedded (" + s.shape.join(" × ") + ") to keep this page small; the JSON export (--json) has every number."));

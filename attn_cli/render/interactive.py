@@ -5,9 +5,10 @@ opacity is the weight; hovering a token shows exactly what it attends to, or wha
 it); a heatmap with a tooltip; a layer × head overview; and the step tables of the selected head.
 In Jupyter the same page is shown inline in an iframe (`trace_repr_html`).
 
-The page embeds the Trace as JSON, rounded to a few significant digits: every tokens × tokens map
-(the pre-softmax score maps are dropped first when they would make the page too large), and the
-top-left corner of every other matrix. Token text is data: it is JSON-escaped here and only ever
+The page embeds the Trace as JSON, rounded to a few significant digits: every map over the tokens
+(tokens × tokens, or tokens × source tokens for cross attention: the head view's right-hand
+column is then the source; the pre-softmax score maps are dropped first when they would make the
+page too large), and the top-left corner of every other matrix. Token text is data: it is JSON-escaped here and only ever
 inserted with textContent by the script.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 import orjson
 
 from attn_cli.errors import InputError
-from attn_cli.trace import Trace, TraceStep, printable, token_labels
+from attn_cli.trace import MAP_KINDS, Trace, TraceStep, printable, token_labels
 
 SIGNIFICANT = 4
 # Numbers of tokens × tokens maps one page embeds: the attention weights (and other maps) first,
@@ -64,11 +65,14 @@ def round_significant(data: np.ndarray, digits: int = SIGNIFICANT) -> np.ndarray
 
 
 def _is_map(step: TraceStep, labels: list[str]) -> bool:
-    """A tokens × tokens map: both axes are the trace's tokens."""
-    return step.rows == labels and step.cols == labels
+    """A map of the head view and heatmap: tokens × tokens, or an attention map over the
+    trace's axes (cross attention: tokens × source tokens; an encoder's source × source)."""
+    if step.rows == labels and step.cols == labels:
+        return True
+    return step.kind in MAP_KINDS and step.row_axis is not None and step.col_axis is not None
 
 
-def _step_entry(step: TraceStep, square: bool) -> dict[str, Any]:
+def _step_entry(step: TraceStep, is_map: bool, labels: list[str]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": step.name,
         "formula": step.formula,
@@ -76,10 +80,17 @@ def _step_entry(step: TraceStep, square: bool) -> dict[str, Any]:
         "kind": step.kind,
         "layer": step.layer,
         "head": step.head,
+        "block": step.block,
         "shape": list(step.shape),
-        "square": square,
+        "map": is_map,
         "data": None,
     }
+    # A map over another axis carries its labels (a cross map's keys: the source tokens).
+    if is_map and step.rows != labels:
+        entry["rows"] = [printable(r) for r in step.rows]
+    if is_map and step.cols != labels:
+        entry["cols"] = [printable(c) for c in step.cols]
+        entry["col_axis"] = step.col_axis
     return entry
 
 
@@ -96,7 +107,7 @@ def page_data(
     step with its metadata and (some of) its numbers, rounded to SIGNIFICANT digits. A
     matrix's masked (-inf) cells are null."""
     labels_of = [token_labels(t.tokens) for t in traces]
-    squares_of = [
+    maps_of = [
         [_is_map(s, labels) for s in t.steps] for t, labels in zip(traces, labels_of, strict=True)
     ]
     # Which maps carry their numbers: the whole page shares one budget. Attention weights and
@@ -105,15 +116,15 @@ def page_data(
         (
             (t.steps[i].name in PRE_SOFTMAX, k, i)
             for k, t in enumerate(traces)
-            for i, sq in enumerate(squares_of[k])
-            if sq
+            for i, is_map in enumerate(maps_of[k])
+            if is_map
         ),
     )
     keep_map: set[tuple[int, int]] = set()
     has_map: set[int] = set()
     used = 0
     for _, k, i in candidates:
-        size = len(labels_of[k]) ** 2
+        size = traces[k].steps[i].data.size
         if used + size <= map_budget or k not in has_map:
             keep_map.add((k, i))
             has_map.add(k)
@@ -121,18 +132,18 @@ def page_data(
     table_cells = sum(
         min(s.shape[0], table_rows) * min(s.shape[1], table_cols)
         for k, t in enumerate(traces)
-        for s, sq in zip(t.steps, squares_of[k], strict=True)
-        if not sq
+        for s, is_map in zip(t.steps, maps_of[k], strict=True)
+        if not is_map
     )
     keep_tables = table_cells <= table_budget
 
     out = []
     for k, trace in enumerate(traces):
-        labels, squares = labels_of[k], squares_of[k]
+        labels, maps = labels_of[k], maps_of[k]
         steps = []
         for i, step in enumerate(trace.steps):
-            entry = _step_entry(step, squares[i])
-            if squares[i]:
+            entry = _step_entry(step, maps[i], labels)
+            if maps[i]:
                 if (k, i) in keep_map:
                     entry["data"] = round_significant(step.data)
             else:
@@ -154,7 +165,7 @@ def page_data(
                 "labels": labels,
                 "config": trace.config,
                 "notes": trace.notes,
-                "omitted": _omitted_note(trace, k, squares, keep_map, keep_tables, map_budget),
+                "omitted": _omitted_note(trace, k, maps, keep_map, keep_tables, map_budget),
                 "steps": steps,
             }
         )
@@ -170,7 +181,7 @@ def page_data(
 def _omitted_note(
     trace: Trace,
     k: int,
-    squares: list[bool],
+    maps: list[bool],
     keep_map: set[tuple[int, int]],
     keep_tables: bool,
     map_budget: int,
@@ -178,8 +189,8 @@ def _omitted_note(
     """What the page left out of this trace, in words, or None."""
     total: dict[str, int] = {}
     dropped: dict[str, int] = {}
-    for i, (step, sq) in enumerate(zip(trace.steps, squares, strict=True)):
-        if sq:
+    for i, (step, is_map) in enumerate(zip(trace.steps, maps, strict=True)):
+        if is_map:
             total[step.name] = total.get(step.name, 0) + 1
             if (k, i) not in keep_map:
                 dropped[step.name] = dropped.get(step.name, 0) + 1
@@ -191,7 +202,7 @@ def _omitted_note(
             f"embedded: {listed}. Choose fewer layers or heads (--layer, --head) or a shorter "
             "text to see them here; the JSON export (--json) has every number."
         )
-    if not keep_tables and any(not sq for sq in squares):
+    if not keep_tables and not all(maps):
         parts.append(
             "The vector and parameter tables are described but their numbers are not embedded "
             "(too many); the JSON export (--json) has every number."

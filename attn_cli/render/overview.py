@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
-from attn_cli.render.statistics import dominant_pattern, visible_counts
+from attn_cli.render.statistics import KIND_NOTES, dominant_pattern
 from attn_cli.trace import Trace, TraceStep
 
 # One letter per pattern keeps a 12-head row inside 80 columns.
@@ -22,9 +22,14 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def attention_maps(trace: Trace) -> dict[tuple[int, int], TraceStep]:
-    """(layer, head) -> the W step; layer/head None count as 0."""
-    return {(s.layer or 0, s.head or 0): s for s in trace.steps_named("W")}
+def attention_maps(trace: Trace, block: str | None = None) -> dict[tuple[int, int], TraceStep]:
+    """(layer, head) -> the W step of one attention block; layer/head None count as 0."""
+    return {(s.layer or 0, s.head or 0): s for s in trace.steps_named("W") if s.block == block}
+
+
+def block_title(block: str | None) -> str:
+    """'cross attention: ' before a block's view when a trace has several blocks, or ''."""
+    return "" if block is None else f"{block} attention: "
 
 
 def cell(name: str, score: float) -> str:
@@ -33,7 +38,12 @@ def cell(name: str, score: float) -> str:
 
 
 def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None:
-    maps = attention_maps(trace)
+    for block in trace.blocks or [None]:
+        render_block_overview(console, trace, block)
+
+
+def render_block_overview(console: Console, trace: Trace, block: str | None) -> None:
+    maps = attention_maps(trace, block)
     layers = sorted({k[0] for k in maps})
     heads = sorted({k[1] for k in maps})
     how = (
@@ -43,7 +53,7 @@ def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None
     )
     console.print(
         Text(
-            f"{plural(len(maps), 'attention map')}, {plural(len(layers), 'layer')} × "
+            f"{block_title(block)}{plural(len(maps), 'attention map')}, {plural(len(layers), 'layer')} × "
             f"{plural(len(heads), 'head')}: the pattern each map follows most, with its mean "
             f"weight. {how}",
             style="italic",
@@ -63,9 +73,12 @@ def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None
             if step is None:
                 row.append(Text(""))
                 continue
-            name, score = dominant_pattern(step.data, trace.tokens, visible_counts(trace, step))
+            name, score = dominant_pattern(trace, step)
             style = scale.style(0.0 if name == "broad" else score) if color else ""
             row.append(Text(" ") + Text(cell(name, score), style=style))
         table.add_row(*row)
     console.print(table)
+    for kind in dict.fromkeys(s.kind for s in maps.values()):
+        if kind in KIND_NOTES:
+            console.print(Text(KIND_NOTES[kind], style="dim"))
     console.print()

@@ -20,6 +20,7 @@ from attn_cli.render.common import (
     level_style,
 )
 from attn_cli.render.pooling import mean_pairwise_distance, pca_2d, pool
+from attn_cli.render.statistics import KIND_NOTES
 from attn_cli.trace import Trace, TraceStep, printable
 
 SHADES = " ░▒▓█"  # without colour, a cell's level is its shade
@@ -89,7 +90,7 @@ def shade_legend(scale: Scale, precision: int, color: bool, what: str = "") -> T
 
 def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
     color = colors_on(console)
-    maps = [s for s in trace.steps if s.kind == "weights"] or [
+    maps = [s for s in trace.steps if s.kind in ("weights", "partial_weights", "mixing")] or [
         s for s in trace.steps if s.kind == "scores"
     ]
     for step in maps:
@@ -122,6 +123,10 @@ def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
                     style="dim",
                 )
             )
+        if not step.self_map:  # the keys are another sequence: say which token each column is
+            keys = "  ".join(f"{c0 + int(c)} {printable(step.cols[c0 + int(c)])}" for c in cs[:60])
+            more = " …" if len(cs) > 60 else ""
+            console.print(Text(f"columns ({step.col_axis or 'keys'}): {keys}{more}", style="dim"))
         # Column ticks: the key token's position, every 10 characters.
         ticks = [" "] * (len(cs) * f)
         for j in range(0, len(cs), max(1, 10 // f)):
@@ -142,26 +147,58 @@ def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
                 last = i
             console.print(Text(label + " " * (LABEL_W - cell_len(label)) + " ") + line)
         console.print(shade_legend(scale, opts.precision, color))
+        if step.kind in KIND_NOTES:
+            console.print(Text(KIND_NOTES[step.kind], style="dim"))
         console.print()
 
 
 def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
-    """BertViz's 'model view' in a terminal: a thumbnail heatmap per layer × head."""
-    maps = {(s.layer or 0, s.head or 0): s for s in trace.steps_named("W")}
-    if not maps:
+    """BertViz's 'model view' in a terminal: a thumbnail heatmap per layer × head (one grid
+    per attention block where a trace has several)."""
+    if not trace.steps_named("W"):
         console.print(Text("no attention weights (W) in this trace"))
         return
+    for block in trace.blocks:
+        render_block_grid(console, trace, block)
+    color = colors_on(console)
+    kinds = list(dict.fromkeys(s.kind for s in trace.steps_named("W")))
+    diverging = any(Scale.for_kind(k, np.zeros(1)).diverging for k in kinds)
+    if color:
+        legend = Text("colour  0 ")
+        for lv in range(0, LEVELS, 4):
+            legend.append("  ", style=level_style(False, lv))
+        legend.append(" each map's maximum")
+    else:
+        legend = Text("shades ' ░▒▓█': 0 … each map's maximum")
+    if diverging:
+        legend.append("; signed maps: diverging around 0")
+    legend.append(" (as --view heatmap shades that map)", style="dim")
+    console.print(legend)
+    for kind in kinds:
+        if kind in KIND_NOTES:
+            console.print(Text(KIND_NOTES[kind], style="dim"))
+    console.print()
+
+
+def render_block_grid(console: Console, trace: Trace, block: str | None) -> None:
+    maps = {(s.layer or 0, s.head or 0): s for s in trace.steps_named("W") if s.block == block}
     layers = sorted({k[0] for k in maps})
     heads = sorted({k[1] for k in maps})
     color = colors_on(console)
-    n = max(s.data.shape[0] for s in maps.values())
+    n_rows = max(s.data.shape[0] for s in maps.values())
+    n_cols = max(s.data.shape[1] for s in maps.values())
+    n = max(n_rows, n_cols)
     label_w = 4
-    # Thumbnail side: as large as fits every head across the width, at most the token count.
+    # Thumbnail side: as large as fits every head across the width, at most the token count;
+    # a rectangular map keeps its shape inside that square.
     side = max(2, min(n, 16, (console.width - label_w) // len(heads) - 1))
+    rows_w, cols_w = min(n_rows, side), min(n_cols, side)
+    what = f"{side}×{side}" if (rows_w, cols_w) == (side, side) else f"{rows_w}×{cols_w}"
     console.print(
         Text(
-            f"{len(layers)} layers × {len(heads)} heads, each map max-pooled to {side}×{side}"
-            + ("" if n <= side else f" from {n}×{n}"),
+            ("" if block is None else f"{block} attention: ")
+            + f"{len(layers)} layers × {len(heads)} heads, each map max-pooled to {what}"
+            + ("" if n <= side else f" from {n_rows}×{n_cols}"),
             style="dim",
         )
     )
@@ -177,9 +214,10 @@ def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
                 blocks.append([Text(" " * side)] * (side // 2 if color else side))
                 continue
             pooled, _, _ = pool(step.data, side, side, "max")
-            scale = Scale.for_kind("weights", pooled)  # as --view heatmap shades this map
+            scale = Scale.for_kind(step.kind, pooled)  # as --view heatmap shades this map
             levels = scale.levels(pooled)
-            blocks.append(_rows_to_text(levels, False, color))
+            lines = _rows_to_text(levels, scale.diverging, color)
+            blocks.append([line + Text(" " * (side - line.cell_len)) for line in lines])
         height = max(len(b) for b in blocks)
         for li in range(height):
             line = Text(f"L{layer}".ljust(label_w) if li == 0 else " " * label_w, style="bold")
@@ -188,16 +226,6 @@ def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
                 line.append(" ")
             console.print(line)
         console.print()
-    if color:
-        legend = Text("colour  0 ")
-        for lv in range(0, LEVELS, 4):
-            legend.append("  ", style=level_style(False, lv))
-        legend.append(" each map's maximum")
-    else:
-        legend = Text("shades ' ░▒▓█': 0 … each map's maximum")
-    legend.append(" (as --view heatmap shades that map)", style="dim")
-    console.print(legend)
-    console.print()
 
 
 def geometry_pair(trace: Trace) -> tuple[TraceStep, TraceStep] | None:

@@ -11,20 +11,59 @@ SEP_TOKENS = ("[SEP]", "</s>", "<|endoftext|>")
 FIRST_NAMES = {"[CLS]": "[CLS]", "<s>": "<s>", "<|endoftext|>": "<|endoftext|>"}
 
 
-def head_patterns(w: np.ndarray, tokens: list[str]) -> dict[str, float]:
+def head_patterns(
+    w: np.ndarray, tokens: list[str], keys: list[str] | None = None
+) -> dict[str, float]:
     """How strongly an attention map follows a few well-known patterns, each in [0, 1]:
-    mean weight on the previous token, on itself, on the first token ([CLS]), and on [SEP]."""
+    mean weight on the previous token, on itself, on the first token ([CLS]), and on [SEP].
+    keys: the key tokens of a cross map (its columns are another sequence): then only the
+    patterns about keys (first, [SEP]) mean something."""
     n = w.shape[0]
-    first = FIRST_NAMES.get(tokens[0], "first") if tokens else "first"
-    scores = {
-        "previous": float(np.mean(w[np.arange(1, n), np.arange(n - 1)])) if n > 1 else 0.0,
-        "self": float(np.mean(np.diag(w))),
-        first: float(np.mean(w[:, 0])),
-    }
-    seps = [i for i, t in enumerate(tokens) if t in SEP_TOKENS and i != 0]
+    cols = tokens if keys is None else keys
+    first = FIRST_NAMES.get(cols[0], "first") if cols else "first"
+    scores: dict[str, float] = {}
+    if keys is None:
+        scores["previous"] = float(np.mean(w[np.arange(1, n), np.arange(n - 1)])) if n > 1 else 0.0
+        scores["self"] = float(np.mean(np.diag(w)))
+    scores[first] = float(np.mean(w[:, 0]))
+    seps = [i for i, t in enumerate(cols) if t in SEP_TOKENS and i != 0]
     if seps:
         scores["[SEP]"] = float(np.mean(w[:, seps].sum(axis=1)))
     return scores
+
+
+def map_patterns(trace: Trace, step: TraceStep) -> dict[str, float]:
+    """head_patterns of a map step: over its own key tokens when it is a cross map."""
+    keys = None if step.self_map else trace.tokens_of(step.col_axis)
+    return head_patterns(row_shares(step), trace.tokens_of(step.row_axis), keys)
+
+
+def row_shares(step: TraceStep) -> np.ndarray:
+    """A map's rows as shares of attention, for entropy, top-k and patterns: the weights
+    themselves (partial weights: what is left after the sink), or for a signed mixing map
+    each value's share of its row's absolute total (a mixing map holds no probabilities)."""
+    if step.kind != "mixing":
+        return step.data
+    a = np.abs(step.data)
+    total = a.sum(axis=1, keepdims=True)
+    return np.divide(a, total, out=np.zeros_like(a, dtype=np.float64), where=total > 0)
+
+
+def sink_mass(step: TraceStep) -> np.ndarray | None:
+    """Each row's attention that went to a sink not shown (1 − row sum) for partial weights."""
+    if step.kind != "partial_weights":
+        return None
+    return np.clip(1.0 - np.where(np.isfinite(step.data), step.data, 0.0).sum(axis=1), 0.0, 1.0)
+
+
+# One line under a map, saying what its numbers are when they are not plain weights.
+KIND_NOTES = {
+    "partial_weights": "Partial weights: each row sums to less than 1; the rest of its "
+    "attention went to a sink key that is not shown (the 'sink' numbers).",
+    "mixing": "Mixing weights (linear attention): signed and unnormalised, not probabilities; "
+    "rows need not sum to 1. Entropy, top-k and patterns use each value's share of its row's "
+    "absolute total.",
+}
 
 
 def relative_entropy(w: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
@@ -50,13 +89,11 @@ def visible_counts(trace: Trace, step: TraceStep) -> np.ndarray:
     return np.full(n_rows, n_cols)
 
 
-def dominant_pattern(
-    w: np.ndarray, tokens: list[str], visible: np.ndarray | None = None
-) -> tuple[str, float]:
-    """The strongest named pattern, or 'broad' (with its mean relative entropy) if none
-    takes at least 40% of the weight."""
-    scores = head_patterns(w, tokens)
+def dominant_pattern(trace: Trace, step: TraceStep) -> tuple[str, float]:
+    """The strongest named pattern of a map, or 'broad' (with its mean relative entropy) if
+    none takes at least 40% of the weight."""
+    scores = map_patterns(trace, step)
     name = max(scores, key=lambda k: scores[k])
     if scores[name] >= 0.4:
         return name, scores[name]
-    return "broad", float(np.mean(relative_entropy(w, visible)))
+    return "broad", float(np.mean(relative_entropy(row_shares(step), visible_counts(trace, step))))

@@ -14,9 +14,17 @@ from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
+from attn_cli.render.statistics import KIND_NOTES, row_shares, sink_mass
 from attn_cli.trace import Trace, TraceStep, printable
 
 COL_OVERHEAD = 3  # padding either side plus the column separator (box.SIMPLE_HEAD, no edges)
+# What an axis's labels are called in the header ("source: 6 tokens").
+AXIS_WORDS = {
+    "text": ("token", "tokens"),
+    "patches": ("patch", "patches"),
+    "frames": ("frame", "frames"),
+    "sink": ("sink key", "sink keys"),
+}
 
 
 def trace_header(trace: Trace, label: str | None = None, config: bool = True) -> Group:
@@ -40,6 +48,11 @@ def trace_header(trace: Trace, label: str | None = None, config: bool = True) ->
     ):
         if key in cfg and cfg[key] not in (None, False):
             bits.append(f"{key}={cfg[key]}" if not isinstance(cfg[key], bool) else key)
+    for name, axis in trace.axes.items():
+        if name != "tokens":
+            one, many = AXIS_WORDS.get(axis.kind, ("label", "labels"))
+            m = len(axis.labels)
+            bits.append(f"{name}: {m} {one if m == 1 else many}")
     if isinstance(cfg.get("pair"), str):
         types = cfg.get("token_type_ids") or []
         bits.append(f"pair: token_type_ids 0 × {types.count(0)}, 1 × {types.count(1)}")
@@ -197,6 +210,22 @@ def step_title(step: TraceStep) -> Text:
     return title
 
 
+def sink_line(step: TraceStep, opts: RenderOptions) -> Text | None:
+    """Partial weights: each shown row's mass that went to the sink (1 − its row sum)."""
+    sink = sink_mass(step)
+    if sink is None:
+        return None
+    shown = min(len(sink), opts.max_rows)
+    text = Text("sink (1 − row sum): ", style="bold")
+    text.append(
+        "  ".join(
+            f"{printable(step.rows[i])} {format_number(sink[i], opts.precision)}"
+            for i in range(shown)
+        )
+    )
+    return text
+
+
 def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
     scale = Scale.for_kind(step.kind, step.data) if colors_on(console) else None
     fast = step_text(step, opts, console.width, scale)
@@ -204,8 +233,10 @@ def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
         step_title(step),
         fast if fast is not None else step_table(step, opts, console.width, scale),
         more_rows_line(step, opts),
+        sink_line(step, opts),
         scale.legend(opts.precision) if scale is not None else None,
         Text(step.description, style="italic"),
+        Text(KIND_NOTES[step.kind], style="italic") if step.kind in KIND_NOTES else None,
         Text(),
     ]
     # One print per step: each print has a fixed cost (measuring the terminal, the buffer).
@@ -245,8 +276,10 @@ def render_context(console: Console, trace: Trace, opts: RenderOptions) -> None:
     """For each token, the token it attends to most, and the runner-up."""
     for step in trace.steps_named("W"):
         shown = min(len(step.rows), opts.max_rows)
-        w = step.data[:shown]  # only the rows shown: a 20,000-token W is never sorted whole
-        top, other = top_two(w)
+        # Only the rows shown: a 20,000-token W is never sorted whole. A mixing map ranks by
+        # absolute share and shows its signed values.
+        top, other = top_two(row_shares(step)[:shown])
+        w = step.data[:shown]
         title = Text("Context", style="bold")
         title.append(" — who attends to whom most, from W")
         if step.where:

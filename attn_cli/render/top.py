@@ -9,7 +9,14 @@ from rich.text import Text
 
 from attn_cli.attention import entropy
 from attn_cli.render.common import RenderOptions, format_number
-from attn_cli.render.statistics import head_patterns, relative_entropy, visible_counts
+from attn_cli.render.statistics import (
+    KIND_NOTES,
+    map_patterns,
+    relative_entropy,
+    row_shares,
+    sink_mass,
+    visible_counts,
+)
 from attn_cli.render.step_tables import compact_table
 from attn_cli.trace import Trace, TraceStep, printable
 
@@ -43,31 +50,41 @@ def received(w: np.ndarray, k: int) -> list[tuple[int, float]]:
 
 
 def render_top(console: Console, trace: Trace, opts: RenderOptions) -> None:
-    """Every token's top-k attended tokens, its entropy, then the most-attended tokens."""
+    """Every token's top-k attended tokens, its entropy, then the most-attended tokens.
+    Partial weights add each row's sink mass; a mixing map ranks by absolute share."""
     p = opts.precision
     for step in trace.steps_named("W"):
-        w = step.data
+        w = row_shares(step)
+        sink = sink_mass(step)
         k = min(opts.top_k, w.shape[1])
-        console.print(_title(f"Top {k} attended tokens per token, from W", step))
+        title = f"Top {k} attended tokens per token, from W"
+        if not step.self_map:
+            title += f" ({step.col_axis or 'key'} tokens)"
+        console.print(_title(title, step))
         table = compact_table()
         table.add_column(Text("token"), no_wrap=True, style="bold")
         table.add_column(Text(f"top {k} (weight)"), no_wrap=True)
         table.add_column(Text("entropy"), justify="right", no_wrap=True)
         table.add_column(Text("vs uniform"), justify="right", no_wrap=True)
+        if sink is not None:
+            table.add_column(Text("sink"), justify="right", no_wrap=True)
         order = top_indices(w, k)
         h, rel = entropy(w), relative_entropy(w, visible_counts(trace, step))
         for i in range(w.shape[0]):
             picks = "  ".join(
-                f"{printable(step.cols[j])} {format_number(w[i, j], p)}"
+                f"{printable(step.cols[j])} {format_number(step.data[i, j], p)}"
                 for j in order[i]
                 if w[i, j] > 0
             )
-            table.add_row(
+            cells = [
                 Text(printable(step.rows[i])),
                 Text(picks),
                 Text(format_number(h[i], p)),
                 Text(format_number(rel[i], p)),
-            )
+            ]
+            if sink is not None:
+                cells.append(Text(format_number(sink[i], p)))
+            table.add_row(*cells)
         console.print(table)
         most = ", ".join(
             f"{printable(step.cols[j])} {format_number(v, p)}" for j, v in received(w, k)
@@ -81,12 +98,15 @@ def render_top(console: Console, trace: Trace, opts: RenderOptions) -> None:
                 style="italic",
             )
         )
+        if step.kind in KIND_NOTES:
+            console.print(Text(KIND_NOTES[step.kind], style="italic"))
         console.print()
 
 
 def map_name(step: TraceStep) -> str:
-    """'L2 H5', 'H0', or 'W' for a trace's only map: short, so every column fits 80."""
-    parts = []
+    """'L2 H5', 'H0', or 'W' for a trace's only map: short, so every column fits 80; a
+    block's name first where the trace has several ('cross L2 H5')."""
+    parts = [] if step.block is None else [step.block]
     if step.layer is not None:
         parts.append(f"L{step.layer}")
     if step.head is not None:
@@ -104,7 +124,8 @@ def render_summary(console: Console, trace: Trace, opts: RenderOptions) -> None:
         console.print(Text("no attention weights (W) in this trace"))
         return
     p = opts.precision
-    patterns = [head_patterns(s.data, trace.tokens) for s in maps]
+    patterns = [map_patterns(trace, s) for s in maps]
+    sinks = [sink_mass(s) for s in maps]
     names = list(dict.fromkeys(n for pat in patterns for n in pat))
     console.print(Text("Summary of every attention map", style="bold"))
     table = compact_table()
@@ -113,19 +134,28 @@ def render_summary(console: Console, trace: Trace, opts: RenderOptions) -> None:
     table.add_column(Text("rel."), justify="right", no_wrap=True)
     # The one column that may wrap, so the numbers are never cut at 80 columns.
     table.add_column(Text(f"most received (top {opts.top_k})"), ratio=1, overflow="fold")
+    if any(sink is not None for sink in sinks):
+        table.add_column(Text("sink"), justify="right", no_wrap=True)
     for n in names:
         table.add_column(Text(SHORT.get(n, n)), justify="right", no_wrap=True)
-    for s, pat in zip(maps, patterns, strict=True):
-        w = s.data
+    for s, pat, sink in zip(maps, patterns, sinks, strict=True):
+        w = row_shares(s)
         most = " ".join(printable(s.cols[j]) for j, _ in received(w, opts.top_k))
+        mean_sink = [] if sink is None else [Text(format_number(float(sink.mean()), p))]
+        if sink is None and any(x is not None for x in sinks):
+            mean_sink = [Text("")]
         table.add_row(
             Text(map_name(s)),
             Text(format_number(float(entropy(w).mean()), p)),
             Text(format_number(float(relative_entropy(w, visible_counts(trace, s)).mean()), p)),
             Text(most),
+            *mean_sink,
             *[Text(format_number(pat[n], p) if n in pat else "") for n in names],
         )
     console.print(table)
+    for kind in dict.fromkeys(s.kind for s in maps):
+        if kind in KIND_NOTES:
+            console.print(Text(KIND_NOTES[kind], style="italic"))
     console.print(
         Text(
             "L = layer, H = head. Entropy: mean over rows, in nats; rel.: divided by log of the "
