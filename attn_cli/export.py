@@ -314,10 +314,34 @@ def atomic_write(path: str | Path, data: bytes | Iterable[bytes]) -> None:
             f.write(chunk)
 
 
+def _refuse_planted(path: Path) -> None:
+    """Refuse a symlink, FIFO or device that another user put at `path` in a sticky shared
+    directory (/tmp): following it would let them redirect the write onto any file the
+    writer may write, or read it through a FIFO. The kernel's protected_symlinks rule: an
+    entry is trusted when its owner is the writer or the directory's owner."""
+    try:
+        entry = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(entry.st_mode) or stat.S_ISDIR(entry.st_mode):
+        return
+    try:
+        folder = os.stat(path.parent)
+    except OSError:
+        return
+    if folder.st_mode & stat.S_ISVTX and entry.st_uid not in (os.geteuid(), folder.st_uid):
+        what = "a symbolic link" if stat.S_ISLNK(entry.st_mode) else "a special file"
+        raise OutputError(
+            f"cannot write {path}: it is {what} another user made in a shared (sticky) "
+            "directory, which is never followed; choose another name"
+        )
+
+
 def _target(path: str | Path) -> tuple[Path, os.stat_result | None]:
     """Where a write to `path` lands (a symlink's target) and what is there now; one-line
     errors for what cannot be written."""
     path = Path(path)
+    _refuse_planted(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     try:
@@ -350,7 +374,10 @@ def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
 
     Devices and pipes (/dev/null, /dev/stdout, a FIFO) are written directly: renaming over
     them would replace the device node. A symlink is written through: its target is
-    replaced (atomically) and the link stays, as editors do.
+    replaced (atomically) and the link stays, as editors do; but a symlink, FIFO or device
+    another user planted in a sticky directory is refused. The temp file is created with
+    O_EXCL|O_NOFOLLOW (mkstemp) and removed on any exception, SIGTERM included (the CLI turns
+    it into one).
     """
     path, st = _target(path)
     if st is not None and not stat.S_ISREG(st.st_mode):
