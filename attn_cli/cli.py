@@ -798,7 +798,9 @@ def show(
         views = parse_views(view)
 
         if str(file) == "-":
-            data, source = sys.stdin.buffer.read(), "stdin"
+            from attn_cli.inputs import read_limited
+
+            data, source = read_limited(sys.stdin.buffer, "stdin"), "stdin"
         else:
             data, source = read_bytes(file), str(file)
         if browse:
@@ -931,16 +933,25 @@ def heads(
     first token ([CLS]), to [SEP]/end-of-text, to punctuation, to the previous and next token
     and to itself, and the mean entropy (Clark et al. 2019), over every line of FILE."""
     with user_errors():
+        import os
+
         from attn_cli.errors import InputError
-        from attn_cli.inputs import decode_utf8
+        from attn_cli.inputs import decode_utf8, read_lines
         from attn_cli.methods.corpus import corpus_statistics, corpus_trace, count_lines, file_lines
         from attn_cli.render.views import parse_views
 
         views = parse_views(view)
         _check_outputs(json_out, svg, html)  # before minutes of work, not after
+        cores = os.cpu_count() or 1
+        if workers is not None and workers > cores:
+            sys.stderr.write(
+                f"attn-cli: note: --workers {workers} capped to this machine's {cores} cores\n"
+            )
+            workers = cores
         total: int | None
         if str(file) == "-":
-            stdin_lines = decode_utf8(sys.stdin.buffer.read(), "stdin").splitlines()
+            raw = b"".join(read_lines(sys.stdin.buffer, "stdin"))
+            stdin_lines = decode_utf8(raw, "stdin").splitlines()
             lines, total, source = iter(stdin_lines), len(stdin_lines), "stdin"
         else:
             lines, total, source = file_lines(file), count_lines(file), str(file)

@@ -156,12 +156,24 @@ def parse_documents(data: bytes, source: str = "<input>") -> list[Any]:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """A saved file's bytes, with one-line errors."""
+    """A saved file's bytes, with one-line errors. Its size is checked before it is read, and
+    a pipe or device (/dev/zero) is read with a cap."""
+    from attn_cli.inputs import MAX_STREAM_BYTES, read_limited
+
     p = Path(path)
     try:
-        return p.read_bytes()
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size > MAX_STREAM_BYTES:
+                raise InputError(
+                    f"{p} is {st.st_size / 2**30:,.1f} GiB, more than the "
+                    f"{MAX_STREAM_BYTES / 2**30:.0f} GiB a saved trace may be"
+                )
+            return read_limited(f, str(p))
     except FileNotFoundError:
         raise InputError(f"{p} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"cannot read {p}: it is a directory") from None
     except OSError as exc:
         raise InputError(f"cannot read {p}: {exc.strerror}") from None
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +39,54 @@ def load_tokenizer(path: str | Path | None = None) -> Any:
     return _tokenizer_from_file(resolve_tokenizer_path(path))
 
 
+def encode(
+    tok: Any,
+    text: str,
+    pair: str | None = None,
+    add_special_tokens: bool = True,
+    quiet: bool = True,
+) -> Any:
+    """`tok.encode`, where a panic inside the tokenizers library (a catastrophic regex in a
+    tokenizer.json, a template naming a special token it lacks) is one InputError: a Rust
+    panic arrives as pyo3's PanicException, a BaseException that nothing else catches.
+
+    quiet: Rust's panic hook writes its own lines to the stderr descriptor, so it points at
+    /dev/null during the call; pass False where another thread draws on stderr (a progress
+    bar would lose frames)."""
+    try:
+        with _stderr_silenced() if quiet else contextlib.nullcontext():
+            return tok.encode(text, pair, add_special_tokens=add_special_tokens)
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        reason = (str(exc).splitlines() or [""])[0][:120] or "a panic"
+        raise InputError(
+            f"the tokenizer failed on this text ({reason}): is its file damaged?"
+        ) from None
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _tokenizer_from_file(p: Path) -> Any:
     from tokenizers import Tokenizer
 
     try:
         tok = Tokenizer.from_file(str(p))
-    except Exception as exc:  # tokenizers raises a bare Exception with a serde message
+    except BaseException as exc:  # a bare Exception with a serde message, or a Rust panic
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p} is not a valid tokenizer.json ({reason[:120]})") from None
     return _configured(tok)
@@ -156,13 +201,13 @@ def tokenize_pair(tok, first: str, second: str) -> tuple[list[str], list[int], l
     tokens, ids and the token_type_ids (0 for the first segment, 1 for the second)."""
     if not second.strip():
         raise InputError("--pair: the second sentence is empty or only whitespace")
-    enc = tok.encode(first, second, add_special_tokens=True)
+    enc = encode(tok, first, second)
     return list(enc.tokens), list(enc.ids), list(enc.type_ids)
 
 
 def tokenize(tok, text: str, special: bool = False) -> tuple[list[str], list[int]]:
     """Tokens and ids; special tokens ([CLS]/[SEP], <|endoftext|>, …) only when asked for."""
-    enc = tok.encode(text, add_special_tokens=special)
+    enc = encode(tok, text, add_special_tokens=special)
     if not enc.ids:
         raise InputError("the text produced no tokens (the tokenizer removed every character)")
     return list(enc.tokens), list(enc.ids)
