@@ -34,7 +34,8 @@ def read_lines(stream, source: str, limit: int = MAX_STREAM_BYTES) -> Iterator[b
             return
         if len(raw) > MAX_LINE_BYTES:
             raise InputError(
-                f"{source}: line {number} is longer than {MAX_LINE_BYTES:,} bytes (not text?)"
+                f"{source}: line {number} is longer than {MAX_LINE_BYTES:,} bytes "
+                f"(attn-cli reads at most {MAX_TEXT_CHARS:,} characters a text)"
             )
         total += len(raw)
         if total > limit:
