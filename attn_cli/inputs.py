@@ -44,12 +44,12 @@ def read_lines(stream, source: str, limit: int = MAX_STREAM_BYTES) -> Iterator[b
 
 
 def read_limited(stream, source: str, limit: int = MAX_STREAM_BYTES) -> bytes:
-    """All of a binary stream (a pipe, a device) up to `limit` bytes; more is refused, and so
-    is a NUL byte (/dev/zero): JSON and text files hold none."""
+    """All of a JSON document from a binary stream (a file, a pipe, a device) up to `limit`
+    bytes; more is refused, and so is a NUL byte (/dev/zero): JSON holds none."""
     chunks, total = [], 0
     while chunk := stream.read(1 << 20):
         if b"\0" in chunk:
-            raise InputError(f"{source} is not a text file (it holds NUL bytes)")
+            raise InputError(f"{source}: not valid JSON (it holds NUL bytes)")
         total += len(chunk)
         if total > limit:
             raise InputError(f"{source} holds more than {limit / 2**30:.0f} GiB")

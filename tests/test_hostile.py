@@ -298,7 +298,7 @@ def test_a_gguf_of_millions_of_empty_nested_arrays_is_refused_at_once(tmp_path, 
 def test_an_endless_input_is_refused_within_a_bound(args):
     with open("/dev/zero", "rb") as zero:
         r = run(args, stdin=zero, memory=GIB, timeout=20)
-    says = "(it holds NUL bytes)" if args[0] == "show" else "stdin: line 1 is longer than 4,000,000"
+    says = "not valid JSON (it holds NUL bytes)" if args[0] == "show" else "stdin: line 1 is longer than 4,000,000"
     one_line_error(r, says=says)
 
 
