@@ -1103,7 +1103,8 @@ class _GuardedStdout:
 
     @property
     def buffer(self) -> "_GuardedStdout":
-        return _GuardedStdout(getattr(self._stream, "buffer", None))
+        # A stream without one (a StringIO in tests) raises AttributeError, as it would.
+        return _GuardedStdout(None if self._stream is None else self._stream.buffer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,25 +41,15 @@ def load_tokenizer(path: str | Path | None = None) -> Any:
     return _tokenizer_from_file(resolve_tokenizer_path(path))
 
 
-def encode(
-    tok: Any,
-    text: str,
-    pair: str | None = None,
-    add_special_tokens: bool = True,
-    quiet: bool = True,
-) -> Any:
+def encode(tok: Any, text: str, pair: str | None = None, add_special_tokens: bool = True) -> Any:
     """`tok.encode`, where a panic inside the tokenizers library (a catastrophic regex in a
     tokenizer.json, a template naming a special token it lacks) is one InputError: a Rust
-    panic arrives as pyo3's PanicException, a BaseException that nothing else catches.
-
-    quiet: Rust's panic hook writes its own lines to the stderr descriptor, so it points at
-    /dev/null during the call; pass False where another thread draws on stderr (a progress
-    bar would lose frames)."""
+    panic arrives as pyo3's PanicException, a BaseException that nothing else catches."""
     try:
-        with _stderr_silenced() if quiet else contextlib.nullcontext():
+        with _panic_report_dropped():
             return tok.encode(text, pair, add_special_tokens=add_special_tokens)
     except BaseException as exc:
-        if type(exc).__name__ != "PanicException":
+        if not _is_panic(exc):
             raise
         reason = (str(exc).splitlines() or [""])[0][:120] or "a panic"
         raise InputError(
@@ -65,18 +57,44 @@ def encode(
         ) from None
 
 
+def _is_panic(exc: BaseException) -> bool:
+    return type(exc).__name__ == "PanicException"
+
+
+_CAPTURE: list[Any] = []  # one reusable temp file per process
+_CAPTURE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+def _panic_report_dropped() -> Iterator[None]:
+    """Rust's panic hook writes its report (with RUST_BACKTRACE set, a backtrace) to the
+    stderr descriptor itself. While tokenizers runs, that descriptor points at a temp file,
+    and what lands there is written on afterwards unless the call panicked: the report is
+    dropped, and a progress bar drawing meanwhile loses no frame."""
+    with _CAPTURE_LOCK:
+        if not _CAPTURE:
+            _CAPTURE.append(tempfile.TemporaryFile())  # noqa: SIM115 (open for the process)
+        capture = _CAPTURE[0].fileno()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture, 2)
+        panicked = False
+        try:
+            yield
+        except BaseException as exc:
+            panicked = _is_panic(exc)
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            written = os.lseek(capture, 0, os.SEEK_CUR)
+            if written:
+                os.lseek(capture, 0, os.SEEK_SET)
+                data = os.read(capture, written)
+                os.lseek(capture, 0, os.SEEK_SET)
+                os.ftruncate(capture, 0)
+                while data and not panicked:
+                    data = data[os.write(2, data) :]
 
 
 def _tokenizer_from_file(p: Path) -> Any:
@@ -85,7 +103,7 @@ def _tokenizer_from_file(p: Path) -> Any:
     try:
         tok = Tokenizer.from_file(str(p))
     except BaseException as exc:  # a bare Exception with a serde message, or a Rust panic
-        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+        if not isinstance(exc, Exception) and not _is_panic(exc):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p} is not a valid tokenizer.json ({reason[:120]})") from None

@@ -131,10 +131,9 @@ class CachedWeights:
         return np.asarray(self._source.rows(name, ids))
 
 
-def model_runner(model: str, max_tokens: int | None = None, quiet: bool = True) -> LineRunner:
+def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
     """A function line -> (attention (L, H, n, n), special mask, punctuation mask), or None
-    for a line that yields no tokens or is longer than the model's positions (or max_tokens).
-    quiet=False where a progress bar draws on this process's stderr (tokenizer.encode)."""
+    for a line that yields no tokens or is longer than the model's positions (or max_tokens)."""
     from attn_cli.methods.registry import ModelParts, attention_stack, forward
     from attn_cli.pretrained import load_model
     from attn_cli.tokenizer import encode
@@ -148,7 +147,7 @@ def model_runner(model: str, max_tokens: int | None = None, quiet: bool = True) 
         limit = max_tokens if limit is None else min(limit, max_tokens)
 
     def run(line: str) -> tuple[np.ndarray, list[bool], list[bool]] | None:
-        enc = encode(tok, line, quiet=quiet)
+        enc = encode(tok, line)
         ids = list(enc.ids)
         if not ids or (limit is not None and len(ids) > limit):
             return None
@@ -218,11 +217,10 @@ def corpus_statistics(
     workers needs the usual `if __name__ == "__main__":` guard (notebooks and the CLI do not)."""
     n_workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
     show = sys.stderr.isatty() if progress is None else progress
-    quiet = show is False  # no bar on this process's stderr
     if callable(show):
-        return _run_lines(lines, model, n_workers, chunk_size, max_tokens, show, quiet)
+        return _run_lines(lines, model, n_workers, chunk_size, max_tokens, show)
     with _progress(show, total_lines) as advance:
-        return _run_lines(lines, model, n_workers, chunk_size, max_tokens, advance, quiet)
+        return _run_lines(lines, model, n_workers, chunk_size, max_tokens, advance)
 
 
 def _run_lines(
@@ -232,11 +230,10 @@ def _run_lines(
     chunk_size: int,
     max_tokens: int | None,
     advance: Callable[[int], None],
-    quiet: bool,
 ) -> Totals:
     total = Totals()
     if n_workers == 1:
-        run = model_runner(model, max_tokens, quiet)
+        run = model_runner(model, max_tokens)
         for chunk in _chunks(lines, chunk_size):
             total.add(chunk_totals(run, chunk))
             advance(len(chunk))
@@ -326,7 +323,10 @@ class _progress:
         from rich.console import Console
         from rich.progress import Progress
 
-        self._bar = Progress(console=Console(stderr=True), transient=True)
+        # Whether stderr is a terminal, asked now: asked later by the bar's thread, the answer
+        # could be "no" while a tokenizer call points the descriptor elsewhere.
+        console = Console(stderr=True, force_terminal=sys.stderr.isatty())
+        self._bar = Progress(console=console, transient=True)
         self._bar.__enter__()
         task = self._bar.add_task("lines", total=self.total)
         return lambda k: self._bar.advance(task, k)
