@@ -941,6 +941,7 @@ def heads(
         from attn_cli.render.views import parse_views
 
         views = parse_views(view)
+        _distinct_outputs(json=json_out, svg=svg, html=html)
         _check_outputs(json_out, svg, html)  # before minutes of work, not after
         cores = os.cpu_count() or 1
         if workers is not None and workers > cores:

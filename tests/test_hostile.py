@@ -177,6 +177,13 @@ def test_two_exports_to_one_path_are_refused(tmp_path):
     )
     r = invoke(["compare", "a b", "a c", "--json", str(target), "--svg", str(target)])
     assert r.exit_code == 2 and "--json and --svg both write" in r.stderr
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hi\n")
+    # before the model is even looked for
+    r = invoke(
+        ["heads", str(corpus), "-m", "no-such-model", "--svg", str(target), "--html", str(target)]
+    )
+    assert r.exit_code == 2 and "--svg and --html both write" in r.stderr
 
 
 # --- 8. escape sequences from files ----------------------------------------------------------
@@ -298,7 +305,11 @@ def test_a_gguf_of_millions_of_empty_nested_arrays_is_refused_at_once(tmp_path, 
 def test_an_endless_input_is_refused_within_a_bound(args):
     with open("/dev/zero", "rb") as zero:
         r = run(args, stdin=zero, memory=GIB, timeout=20)
-    says = "not valid JSON (it holds NUL bytes)" if args[0] == "show" else "stdin: line 1 is longer than 4,000,000"
+    says = (
+        "not valid JSON (it holds NUL bytes)"
+        if args[0] == "show"
+        else "stdin: line 1 is longer than 4,000,000"
+    )
     one_line_error(r, says=says)
 
 
