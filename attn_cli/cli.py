@@ -1083,7 +1083,6 @@ class _GuardedStdout:
                 self._failed(exc)
 
     def _failed(self, exc: OSError) -> None:
-        import contextlib
         import os
 
         _stdout["closed"] = True

@@ -251,22 +251,22 @@ def _run_lines(
     # spawn: a fresh interpreter per worker (forking a process that already runs BLAS
     # threads can deadlock). At most 2 chunks per worker in flight: memory stays flat.
     ctx = multiprocessing.get_context("spawn")
-    with _single_threaded_blas():
-        pool = ProcessPoolExecutor(
-            n_workers, mp_context=ctx, initializer=_init_worker, initargs=(model, max_tokens)
-        )
+    pool = ProcessPoolExecutor(
+        n_workers, mp_context=ctx, initializer=_init_worker, initargs=(model, max_tokens)
+    )
     try:
-        pending: dict[Future[Totals], int] = {}
-        for chunk in _chunks(lines, chunk_size):
-            if len(pending) >= 2 * n_workers:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    total.add(f.result())
-                    advance(pending.pop(f))
-            pending[pool.submit(_work, chunk)] = len(chunk)
-        for f in list(pending):
-            total.add(f.result())
-            advance(pending.pop(f))
+        with _single_threaded_blas():  # workers are spawned at the first submits
+            pending: dict[Future[Totals], int] = {}
+            for chunk in _chunks(lines, chunk_size):
+                if len(pending) >= 2 * n_workers:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        total.add(f.result())
+                        advance(pending.pop(f))
+                pending[pool.submit(_work, chunk)] = len(chunk)
+            for f in list(pending):
+                total.add(f.result())
+                advance(pending.pop(f))
     except BrokenProcessPool:
         _stop(pool)
         raise AttnError(
