@@ -8,6 +8,7 @@ start, and string annotations would be compiled and evaluated one by one (half o
 command, measured).
 """
 
+import contextlib
 import sys
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -140,7 +141,12 @@ def _emit(
     recorded, in colour."""
     from contextlib import ExitStack
 
+    _distinct_outputs(
+        json=json_path, npz=npz_path, svg=display.get("svg"), html=display.get("html")
+    )
     with ExitStack() as stack:
+        if json_path not in (None, "-") or npz_path is not None or display.get("interactive"):
+            stack.enter_context(_exporting())
         page_traces: list | None = None
         if display.get("interactive"):
             if not display["html"]:
@@ -217,12 +223,34 @@ def _check_outputs(*paths: str | None) -> None:
             check_writable(path)
 
 
+def _distinct_outputs(**paths: str | None) -> None:
+    """Refuse two exports to one file (`--json X --html X` would silently keep one); devices
+    such as /dev/null may take several."""
+    import os
+    import stat
+
+    seen: dict[str, str] = {}
+    for flag, path in paths.items():
+        if path is None or path == "-":
+            continue
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue
+        where = os.path.realpath(path)
+        name = "--" + flag
+        if where in seen:
+            from attn_cli.errors import InputError
+
+            raise InputError(f"{seen[where]} and {name} both write {path}: give each its own path")
+        seen[where] = name
+
+
 def _consoles(display: dict, stack) -> list:
     """The console, and with --svg/--html (not --interactive) a recording one beside it, in
     colour. The files are opened now, so a path that cannot be written fails before any work,
     and written when `stack` closes without an error (after one, nothing is written)."""
     from attn_cli.export import atomic_file
-    from attn_cli.render.common import make_console
+    from attn_cli.render.common import SVG_FORMAT, make_console
 
     console = make_console(color=display["color"], width=display["width"])
     kinds = ["svg"] if display["svg"] else []
@@ -230,6 +258,7 @@ def _consoles(display: dict, stack) -> list:
         kinds.append("html")
     if not kinds:
         return [console]
+    stack.enter_context(_exporting())
     files = {kind: stack.enter_context(atomic_file(display[kind])) for kind in kinds}
     import io
 
@@ -240,7 +269,11 @@ def _consoles(display: dict, stack) -> list:
     def save(exc_type, exc, tb) -> None:
         if exc_type is None:
             if "svg" in files:
-                files["svg"].write(recorder.export_svg(title="attn-cli", clear=False).encode())
+                files["svg"].write(
+                    recorder.export_svg(
+                        title="attn-cli", clear=False, code_format=SVG_FORMAT
+                    ).encode()
+                )
             if "html" in files:
                 files["html"].write(recorder.export_html(clear=False).encode())
 
@@ -711,6 +744,7 @@ def compare(
 
         opts = _options(locals())
         opts.check()
+        _distinct_outputs(json=json_out, svg=svg, html=html)
         _check_outputs(json_out, svg, html)  # before the models run, not after
         a, b = (read_texts(t, None)[0] for t in (text_a, text_b))
         result = compare_texts(a, b, **vars(opts))
@@ -764,7 +798,9 @@ def show(
         views = parse_views(view)
 
         if str(file) == "-":
-            data, source = sys.stdin.buffer.read(), "stdin"
+            from attn_cli.inputs import read_limited
+
+            data, source = read_limited(sys.stdin.buffer, "stdin"), "stdin"
         else:
             data, source = read_bytes(file), str(file)
         if browse:
@@ -897,16 +933,26 @@ def heads(
     first token ([CLS]), to [SEP]/end-of-text, to punctuation, to the previous and next token
     and to itself, and the mean entropy (Clark et al. 2019), over every line of FILE."""
     with user_errors():
+        import os
+
         from attn_cli.errors import InputError
-        from attn_cli.inputs import decode_utf8
+        from attn_cli.inputs import decode_utf8, read_lines
         from attn_cli.methods.corpus import corpus_statistics, corpus_trace, count_lines, file_lines
         from attn_cli.render.views import parse_views
 
         views = parse_views(view)
+        _distinct_outputs(json=json_out, svg=svg, html=html)
         _check_outputs(json_out, svg, html)  # before minutes of work, not after
+        cores = os.cpu_count() or 1
+        if workers is not None and workers > cores:
+            sys.stderr.write(
+                f"attn-cli: note: --workers {workers} capped to this machine's {cores} cores\n"
+            )
+            workers = cores
         total: int | None
         if str(file) == "-":
-            stdin_lines = decode_utf8(sys.stdin.buffer.read(), "stdin").splitlines()
+            raw = b"".join(read_lines(sys.stdin.buffer, "stdin"))
+            stdin_lines = decode_utf8(raw, "stdin").splitlines()
             lines, total, source = iter(stdin_lines), len(stdin_lines), "stdin"
         else:
             lines, total, source = file_lines(file), count_lines(file), str(file)
@@ -989,12 +1035,129 @@ def run() -> None:
     sys.exit(code)
 
 
+class _StdoutClosed(BaseException):
+    """The reader of stdout went away (`| head -1`, quitting `less`) and no file is being
+    written: the run stops, quietly."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the run is: the temp files of exports are removed as on Ctrl-C,
+    and worker processes are stopped."""
+
+
+# Whether stdout's reader has gone, why stdout failed otherwise, and how many commands'
+# export files are open.
+_stdout: dict[str, Any] = {"closed": False, "error": None, "exports": 0}
+SIGPIPE_STATUS = 128 + 13  # what a shell reports for a process killed by SIGPIPE
+SIGTERM_STATUS = 128 + 15
+
+
+class _GuardedStdout:
+    """Standard output whose failures are decided here, not in the middle of a view. A reader
+    that leaves (EPIPE) silences the rest of the output: the run goes on while it has files
+    to write (--json PATH, --npz, --svg, --html), so a closed pipe costs no export, and stops
+    otherwise. Any other failure (a full disk, a closed descriptor) is one error line."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> int:
+        if not _stdout["closed"]:
+            if self._stream is None:  # started with stdout closed (`>&-`)
+                self._failed(OSError(9, "Bad file descriptor"))
+            try:
+                return self._stream.write(data)
+            except OSError as exc:
+                self._failed(exc)
+        return len(data)
+
+    def writelines(self, lines: Iterable[Any]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not _stdout["closed"] and self._stream is not None:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        import os
+
+        _stdout["closed"] = True
+        # What is still buffered goes nowhere: Python's flush at exit must not fail again.
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        if not isinstance(exc, BrokenPipeError):
+            from attn_cli.errors import OutputError
+
+            _stdout["error"] = OutputError(
+                f"cannot write to standard output: {exc.strerror or exc}"
+            )
+            raise _stdout["error"]
+        if not _stdout["exports"]:
+            raise _StdoutClosed
+
+    @property
+    def buffer(self) -> "_GuardedStdout":
+        # A stream without one (a StringIO in tests) raises AttributeError, as it would.
+        return _GuardedStdout(None if self._stream is None else self._stream.buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _exporting():
+    """While export files are open, a closed stdout does not stop the run."""
+    _stdout["exports"] += 1
+    try:
+        yield
+    finally:
+        _stdout["exports"] -= 1
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: one-line errors, quiet pipes, 130 on Ctrl-C."""
+    """Console-script entry point: one-line errors, quiet pipes, 130 on Ctrl-C, 143 on
+    SIGTERM (exports' temp files removed in both)."""
     import signal
 
-    # `attn-cli explain … | head -1`: die quietly like cat does instead of a BrokenPipeError.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    saved = sys.stdout
+    sys.stdout = _GuardedStdout(saved)  # type: ignore[assignment]
+    _stdout.update(closed=False, error=None)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding application): leave it alone
+        previous = None
+    try:
+        code = _main(argv)
+        with contextlib.suppress(Exception):  # a failure is recorded in _stdout["error"]
+            sys.stdout.flush()
+        if code == 0 and _stdout["error"] is not None:  # not reported yet (e.g. by --help)
+            error_line(str(_stdout["error"]))
+            return _stdout["error"].exit_code
+        return SIGPIPE_STATUS if _stdout["closed"] and code == 0 else code
+    except _StdoutClosed:
+        return SIGPIPE_STATUS
+    except _Terminated:
+        sys.stderr.write("attn-cli: terminated\n")
+        return SIGTERM_STATUS
+    finally:
+        sys.stdout = saved
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
+    from attn_cli.errors import AttnError
+
     args = sys.argv[1:] if argv is None else argv
     if not args:  # bare `attn-cli`: the help, on stdout, and success
         args = ["--help"]
@@ -1013,6 +1176,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # usage errors from the option parser
         error_line(f"{exc.format_message()} (see attn-cli --help)")
         return getattr(exc, "exit_code", 2)
+    except AttnError as exc:  # outside a command: stdout failing while the help prints
+        error_line(str(exc))
+        return exc.exit_code
     except Exception as exc:  # a bug: say so in one line unless --debug
         if debug:
             raise

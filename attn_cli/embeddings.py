@@ -132,9 +132,45 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     return _read_numpy(path, lambda: _npz_arrays(path))
 
 
+# What an .npz may hold once decompressed: it is read whole, and a few KB of deflate can
+# claim gigabytes. Larger tables belong in a .npy, which is read memory-mapped.
+MAX_NPZ_BYTES = 2 << 30
+
+
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    _check_npz_sizes(path)
     with np.load(path, allow_pickle=False) as archive:
         return {k: archive[k] for k in archive.files}
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse an archive by its headers, before anything is decompressed: the zip directory's
+    sizes, then each member's .npy header (dtype and shape), which must account for exactly
+    the member's size (numpy allocates what the header says before reading)."""
+    import zipfile
+
+    fmt = np.lib.format
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        total = sum(m.file_size for m in members)
+        if total > MAX_NPZ_BYTES:
+            raise InputError(
+                f"{path.name} would decompress to {total / 2**30:,.1f} GiB (an .npz is read "
+                f"whole; limit {MAX_NPZ_BYTES / 2**30:.0f} GiB): save a large table as .npy"
+            )
+        for member in members:
+            if not member.filename.endswith(".npy"):
+                continue  # np.load reads these as raw bytes, bounded by the total above
+            with archive.open(member) as f:
+                version = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read(f)
+                claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if not dtype.hasobject and f.tell() + claimed != member.file_size:
+                    raise InputError(
+                        f"{path.name}: {member.filename} claims {claimed:,} bytes of data "
+                        f"({dtype}, shape {shape}) but holds {member.file_size - f.tell():,}"
+                    )
 
 
 def _read_numpy(path: Path, read):

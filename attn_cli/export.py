@@ -179,12 +179,24 @@ def parse_documents(data: bytes, source: str = "<input>") -> list[Any]:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """A saved file's bytes, with one-line errors."""
+    """A saved file's bytes, with one-line errors. Its size is checked before it is read, and
+    a pipe or device (/dev/zero) is read with a cap."""
+    from attn_cli.inputs import MAX_STREAM_BYTES, read_limited
+
     p = Path(path)
     try:
-        return p.read_bytes()
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size > MAX_STREAM_BYTES:
+                raise InputError(
+                    f"{p} is {st.st_size / 2**30:,.1f} GiB, more than the "
+                    f"{MAX_STREAM_BYTES / 2**30:.0f} GiB a saved trace may be"
+                )
+            return read_limited(f, str(p))
     except FileNotFoundError:
         raise InputError(f"{p} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"cannot read {p}: it is a directory") from None
     except OSError as exc:
         raise InputError(f"cannot read {p}: {exc.strerror}") from None
 
@@ -404,10 +416,34 @@ def atomic_write(path: str | Path, data: bytes | Iterable[bytes]) -> None:
             f.write(chunk)
 
 
+def _refuse_planted(path: Path) -> None:
+    """Refuse a symlink, FIFO or device that another user put at `path` in a sticky shared
+    directory (/tmp): following it would let them redirect the write onto any file the
+    writer may write, or read it through a FIFO. The kernel's protected_symlinks rule: an
+    entry is trusted when its owner is the writer or the directory's owner."""
+    try:
+        entry = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(entry.st_mode) or stat.S_ISDIR(entry.st_mode):
+        return
+    try:
+        folder = os.stat(path.parent)
+    except OSError:
+        return
+    if folder.st_mode & stat.S_ISVTX and entry.st_uid not in (os.geteuid(), folder.st_uid):
+        what = "a symbolic link" if stat.S_ISLNK(entry.st_mode) else "a special file"
+        raise OutputError(
+            f"cannot write {path}: it is {what} another user made in a shared (sticky) "
+            "directory, which is never followed; choose another name"
+        )
+
+
 def _target(path: str | Path) -> tuple[Path, os.stat_result | None]:
     """Where a write to `path` lands (a symlink's target) and what is there now; one-line
     errors for what cannot be written."""
     path = Path(path)
+    _refuse_planted(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     try:
@@ -440,7 +476,10 @@ def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
 
     Devices and pipes (/dev/null, /dev/stdout, a FIFO) are written directly: renaming over
     them would replace the device node. A symlink is written through: its target is
-    replaced (atomically) and the link stays, as editors do.
+    replaced (atomically) and the link stays, as editors do; but a symlink, FIFO or device
+    another user planted in a sticky directory is refused. The temp file is created with
+    O_EXCL|O_NOFOLLOW (mkstemp) and removed on any exception, SIGTERM included (the CLI turns
+    it into one).
     """
     path, st = _target(path)
     if st is not None and not stat.S_ISREG(st.st_mode):

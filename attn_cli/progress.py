@@ -115,7 +115,11 @@ class Progress:
             if self._timer is None:  # hidden or closed meanwhile
                 return
             self._timer = None
-            console = Console(file=self.stream, stderr=True, markup=False, highlight=False)
+            # A terminal, as `enabled` found when the run began: asked again now, the answer
+            # could be "no" while a tokenizer call points the descriptor elsewhere.
+            console = Console(
+                file=self.stream, stderr=True, markup=False, highlight=False, force_terminal=True
+            )
             columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
             if self.total is not None and self.total > 1:
                 columns += [BarColumn(), MofNCompleteColumn()]

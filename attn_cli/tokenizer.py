@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +41,70 @@ def load_tokenizer(path: str | Path | None = None) -> Any:
     return _tokenizer_from_file(resolve_tokenizer_path(path))
 
 
+def encode(tok: Any, text: str, pair: str | None = None, add_special_tokens: bool = True) -> Any:
+    """`tok.encode`, where a panic inside the tokenizers library (a catastrophic regex in a
+    tokenizer.json, a template naming a special token it lacks) is one InputError: a Rust
+    panic arrives as pyo3's PanicException, a BaseException that nothing else catches."""
+    try:
+        with _panic_report_dropped():
+            return tok.encode(text, pair, add_special_tokens=add_special_tokens)
+    except BaseException as exc:
+        if not _is_panic(exc):
+            raise
+        reason = (str(exc).splitlines() or [""])[0][:120] or "a panic"
+        raise InputError(
+            f"the tokenizer failed on this text ({reason}): is its file damaged?"
+        ) from None
+
+
+def _is_panic(exc: BaseException) -> bool:
+    return type(exc).__name__ == "PanicException"
+
+
+_CAPTURE: list[Any] = []  # one reusable temp file per process
+_CAPTURE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _panic_report_dropped() -> Iterator[None]:
+    """Rust's panic hook writes its report (with RUST_BACKTRACE set, a backtrace) to the
+    stderr descriptor itself. While tokenizers runs, that descriptor points at a temp file,
+    and what lands there is written on afterwards unless the call panicked: the report is
+    dropped, and a progress bar drawing meanwhile loses no frame."""
+    with _CAPTURE_LOCK:
+        if not _CAPTURE:
+            _CAPTURE.append(tempfile.TemporaryFile())  # noqa: SIM115 (open for the process)
+        capture = _CAPTURE[0].fileno()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture, 2)
+        panicked = False
+        try:
+            yield
+        except BaseException as exc:
+            panicked = _is_panic(exc)
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            written = os.lseek(capture, 0, os.SEEK_CUR)
+            if written:
+                os.lseek(capture, 0, os.SEEK_SET)
+                data = os.read(capture, written)
+                os.lseek(capture, 0, os.SEEK_SET)
+                os.ftruncate(capture, 0)
+                while data and not panicked:
+                    data = data[os.write(2, data) :]
+
+
 def _tokenizer_from_file(p: Path) -> Any:
     from tokenizers import Tokenizer
 
     try:
         tok = Tokenizer.from_file(str(p))
-    except Exception as exc:  # tokenizers raises a bare Exception with a serde message
+    except BaseException as exc:  # a bare Exception with a serde message, or a Rust panic
+        if not isinstance(exc, Exception) and not _is_panic(exc):
+            raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p} is not a valid tokenizer.json ({reason[:120]})") from None
     return _configured(tok)
@@ -156,13 +219,13 @@ def tokenize_pair(tok, first: str, second: str) -> tuple[list[str], list[int], l
     tokens, ids and the token_type_ids (0 for the first segment, 1 for the second)."""
     if not second.strip():
         raise InputError("--pair: the second sentence is empty or only whitespace")
-    enc = tok.encode(first, second, add_special_tokens=True)
+    enc = encode(tok, first, second)
     return list(enc.tokens), list(enc.ids), list(enc.type_ids)
 
 
 def tokenize(tok, text: str, special: bool = False) -> tuple[list[str], list[int]]:
     """Tokens and ids; special tokens ([CLS]/[SEP], <|endoftext|>, …) only when asked for."""
-    enc = tok.encode(text, add_special_tokens=special)
+    enc = encode(tok, text, add_special_tokens=special)
     if not enc.ids:
         raise InputError("the text produced no tokens (the tokenizer removed every character)")
     return list(enc.tokens), list(enc.ids)

@@ -444,6 +444,14 @@ _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 def printable(text: str) -> str:
     """Token text made safe for a terminal: control, format (zero-width, bidi) and separator
     characters become visible escapes, so nothing is interpreted and columns stay aligned."""
+    return escaped(text) or "∅"
+
+
+def escaped(text: str) -> str:
+    """`printable` without the mark for an empty string: any text from a file or a user, safe
+    to print (str.isprintable is false exactly for the characters escaped here)."""
+    if text.isprintable():
+        return text
     out = []
     for ch in text:
         cat = unicodedata.category(ch)
@@ -452,7 +460,7 @@ def printable(text: str) -> str:
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
         else:
             out.append(ch)
-    return "".join(out) or "∅"
+    return "".join(out)
 
 
 def token_labels(tokens: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from attn_cli.browse.state import Geometry, Key, TraceIndex, is_token_map
-from attn_cli.render.common import Scale, format_number
+from attn_cli.render.common import Scale, clip, format_number
 from attn_cli.render.pictures import half_block_style
 from attn_cli.render.pooling import pool
 from attn_cli.trace import TraceStep, printable
@@ -35,12 +35,7 @@ DIM = Style(dim=True)
 
 def fit(text: str, width: int, mark: str = "…") -> str:
     """Cut text to at most `width` terminal cells, marking the cut with '…'."""
-    if cell_len(text) <= width:
-        return text
-    room = max(0, width - cell_len(mark))
-    while text and cell_len(text) > room:
-        text = text[:-1]
-    return text + mark if width > 0 else ""
+    return clip(text, width, mark)
 
 
 def exact(value: float, dtype: np.dtype) -> str:

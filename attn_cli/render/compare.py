@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from attn_cli.comparison import Comparison
-from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
+from attn_cli.render.common import RenderOptions, Scale, clip, colors_on, format_number
 from attn_cli.render.step_tables import compact_table, trace_header
 from attn_cli.trace import TraceStep, printable
 
@@ -44,11 +44,7 @@ def map_lines(
         head.append(f" … {n_cols - k} more", style="dim")
     lines.append(head)
     for i, row in enumerate(cells):
-        label = f"{i} {printable(step.rows[i])}"
-        if cell_len(label) > LABEL_W - 1:
-            while cell_len(label) > LABEL_W - 2:
-                label = label[:-1]
-            label += "…"
+        label = clip(f"{i} {printable(step.rows[i])}", LABEL_W - 1)
         line = Text(label + " " * (LABEL_W - cell_len(label)), style="bold")
         styles = scale.styles(w[i, :k]) if scale is not None else [None] * k
         for c, st in zip(row[:k], styles, strict=True):

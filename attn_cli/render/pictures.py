@@ -15,6 +15,7 @@ from attn_cli.render.common import (
     LEVELS,
     RenderOptions,
     Scale,
+    clip,
     colors_on,
     format_number,
     level_style,
@@ -69,11 +70,7 @@ def row_label(pos: int, pos_w: int, token: str) -> str:
     head = str(pos).rjust(pos_w) + " "
     text = printable(token)
     room = LABEL_W - cell_len(head)
-    if cell_len(text) > room:
-        while text and cell_len(text) > room - 1:
-            text = text[:-1]
-        text += "…"
-    return head + text
+    return head + clip(text, room)
 
 
 def shade_legend(scale: Scale, precision: int, color: bool, what: str = "") -> Text:
