@@ -559,8 +559,9 @@ def explain(
     logit lens or head detectors; --pair adds a second sentence.
     """
     with user_errors():
-        from attn_cli.api import explain_all, parse_steps
+        from attn_cli.api import explain_all
         from attn_cli.inputs import read_texts
+        from attn_cli.options import parse_steps
         from attn_cli.render.views import WHOLE_MODEL_VIEWS, parse_views
 
         views = parse_views(view)
@@ -592,7 +593,7 @@ def _options(params: dict):
     and the exports write their default selection)."""
     from dataclasses import fields
 
-    from attn_cli.api import Options
+    from attn_cli.options import Options
 
     names = {f.name for f in fields(Options)} - {"steps"}
     return Options(**{k: v for k, v in params.items() if k in names})

@@ -266,7 +266,7 @@ def compare(text_a: str, text_b: str, **options: Any) -> Comparison:
 
 
 def _one(value: Any, default: int, count: int, name: str, model: str) -> int:
-    from attn_cli.api import parse_selection
+    from attn_cli.options import parse_selection
 
     if value is None:
         return default

@@ -12,14 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from attn_cli import narrate
-from attn_cli.api import (
-    Selection,
-    check_fits_in_memory,
-    parse_selection,
-    parse_steps,
-    step_filter,
-)
 from attn_cli.errors import InputError, opt
+from attn_cli.options import Selection, parse_selection, parse_steps, step_filter
+from attn_cli.pipelines import check_fits_in_memory
 from attn_cli.trace import Trace, TraceStep, dim_labels, token_labels
 
 # Candidates shown for the next-token prediction after the last layer.

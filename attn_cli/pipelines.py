@@ -1,0 +1,161 @@
+"""The parameter-free (toy) and Q/K/V pipelines: texts in, Traces out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sized
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attn_cli import attention as att
+from attn_cli import narrate
+from attn_cli.errors import InputError
+from attn_cli.options import Options, parse_steps, step_filter
+from attn_cli.trace import Trace, token_labels
+
+if TYPE_CHECKING:
+    from attn_cli.progress import Progress
+    from attn_cli.projections import Projections
+
+
+def _pipeline_traces(texts: Iterable[str], opts: Options) -> Iterator[Trace]:
+    from attn_cli.progress import Progress
+    from attn_cli.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(opts.tokenizer)
+    keep = step_filter(parse_steps(opts.steps))
+    projections: dict[int, Projections] = {}  # by embedding width
+    total = len(texts) if isinstance(texts, Sized) else None
+    bar = Progress("explain", total)
+    try:
+        for text in texts:
+            bar.phase("tokenizing")
+            trace = _pipeline_trace(text, opts, tok, keep, projections, bar)
+            with bar.paused():
+                yield trace
+            bar.advance()
+    finally:
+        bar.close()
+
+
+# From this many tokens the parameter-free pipeline computes in float32: its n × n matrices
+# take half the memory (20,000 tokens: 1.6 GB each instead of 3.2 GB), and every weight stays
+# within a few float32 roundings of the float64 result (tests/test_long_inputs.py).
+FLOAT32_FROM = 4096
+
+
+def _pipeline_trace(
+    text: str,
+    opts: Options,
+    tok: Any,
+    keep: narrate.StepFilter,
+    projections: dict,
+    bar: Progress,
+) -> Trace:
+    from attn_cli.embeddings import embed
+    from attn_cli.tokenizer import tokenize, tokenizer_name
+
+    tokens, ids = tokenize(tok, text, opts.special)
+    n = len(ids)
+    single = not opts.qkv and n >= FLOAT32_FROM
+    if opts.qkv:
+        check_fits_in_memory(n, 4 * opts.heads + 2)
+    else:
+        check_fits_in_memory(n, 3 if single else 4, itemsize=4 if single else 8)
+    emb = embed(tokens, ids, str(opts.embeddings), opts.dim, opts.seed)
+    config: dict[str, Any] = {
+        "pipeline": "qkv" if opts.qkv else "toy",
+        "tokenizer": tokenizer_name(opts.tokenizer),
+        "special_tokens": opts.special,
+        **emb.config,
+    }
+    trace = Trace(text=text, tokens=tokens, token_ids=ids, config=config, notes=list(emb.notes))
+    labels = token_labels(tokens)
+    bar.phase(f"{n:,} tokens: attention")
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not opts.qkv:
+            config["scale"] = opts.scale
+            config["dtype"] = "float32" if single else "float64"
+            config["float32_from_tokens"] = FLOAT32_FROM
+            if single:
+                trace.notes.append(
+                    f"{n:,} tokens: computed in float32 (from {FLOAT32_FROM:,} tokens on), about "
+                    "7 significant digits, to halve the memory of the n × n matrices"
+                )
+            x = emb.X.astype(np.float32) if single else emb.X
+            steps = narrate.toy_steps(x, labels, att.toy_self_attention(x, scale=opts.scale))
+        else:
+            from attn_cli.projections import NORM_EPS, layer_norm
+
+            d = emb.X.shape[1]
+            if d not in projections:
+                projections[d] = _projections(opts, d)
+            proj = projections[d]
+            config.update(
+                {
+                    "heads": proj.heads,
+                    "d_k": proj.d_k,
+                    "d_v": proj.d_v,
+                    "causal": opts.causal,
+                    "temperature": opts.temperature,
+                }
+            )
+            config.update(proj.config)
+            if opts.weights is None:
+                config["seed"] = opts.seed  # the projections' seed, even with other embeddings
+            trace.notes += proj.notes
+            x_norm = layer_norm(emb.X) if opts.norm else None
+            config["norm"] = f"layernorm (eps {NORM_EPS:g})" if opts.norm else False
+            mask = att.causal_mask(len(ids)) if opts.causal else None
+            x_in = emb.X if x_norm is None else x_norm
+            m = att.multi_head_attention(x_in, proj.params, mask, temperature=opts.temperature)
+            origin = "seeded" if opts.weights is None else Path(opts.weights).name
+            steps = narrate.qkv_steps(emb.X, labels, m, opts.temperature, x_norm, NORM_EPS, origin)
+    trace.steps = [s for s in steps if keep(s.name)]
+    bar.phase(f"{n:,} tokens: checking the numbers")
+    check_finite(trace)
+    return trace
+
+
+def _projections(opts: Options, d: int):
+    from attn_cli.projections import load_projections, seeded_projections
+
+    if opts.weights is not None:
+        return load_projections(Path(opts.weights).expanduser(), d, opts.heads, opts.d_k)
+    return seeded_projections(d, opts.heads, opts.d_k, opts.seed)
+
+
+def check_finite(trace: Trace) -> None:
+    """Huge vectors can overflow float64 in X·Xᵀ; say so rather than show inf or NaN. Masked
+    cells (-inf in W_masked) are the only non-finite numbers a trace may hold."""
+    for step in trace.steps:
+        data = step.data
+        if np.isfinite(data).all():
+            continue  # the usual case, checked in one pass
+        bad = np.isnan(data) | np.isposinf(data)
+        if step.name != "W_masked":
+            bad |= np.isneginf(data)
+        if bad.any():
+            raise InputError(
+                f"the scores overflowed ({step.name} holds ±inf): the vectors are too large; scale them down"
+            )
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(n: int, matrices: int, itemsize: int = 8) -> None:
+    """Not an arbitrary cap: refuse only what this machine cannot hold. A run keeps about
+    `matrices` n × n arrays alive at once (scores, weights, softmax temporaries)."""
+    need, have = n * n * itemsize * matrices, physical_memory()
+    if have is not None and need > 0.8 * have:
+        raise InputError(
+            f"the text is {n:,} tokens: its n × n attention matrices need about {need / 2**30:.0f} GiB, "
+            f"more than this machine's {have / 2**30:.0f} GiB; use a shorter text"
+        )
