@@ -37,9 +37,8 @@ def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
         from attn_cli.pretrained import load_model
 
         model = load_model(opts.model)
-        return model.traces(
-            texts, layers=opts.layer, heads=opts.head, steps=opts.steps, pair=opts.pair
-        )
+        layers, heads = model.select(opts.layer, opts.head, ("layer", "head"))
+        return model.traces(texts, layers=layers, heads=heads, steps=opts.steps, pair=opts.pair)
     return _pipeline_traces(texts, opts)
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from attn_cli import __version__
+from attn_cli.methods import CATALOGUE
 
 app = typer.Typer(
     name="attn-cli",
@@ -187,10 +188,6 @@ def _renderer(views: list[str], display: dict, stack):
     from attn_cli.render.common import RenderOptions
     from attn_cli.render.views import parse_range, render
 
-    if display["pool"] not in ("max", "mean"):
-        from attn_cli.errors import InputError
-
-        raise InputError(f"--pool takes max or mean, got {display['pool']!r}")
     opts = RenderOptions(
         precision=display["precision"],
         max_rows=display["max_rows"],
@@ -486,9 +483,11 @@ MethodOpt = Annotated[
         "--method",
         metavar="NAMES",
         rich_help_panel="Real checkpoints",
-        help="Also compute, with --model (comma-separated): rollout, flow (≤ 32 tokens; pip install "
-        "'attn-cli[flow]'), norms, alti, lens (models with an LM head; --top-k candidates), "
-        "detectors, or all (flow excepted).",
+        help="Also compute, with --model (comma-separated): "
+        + ", ".join(f"{m.name} ({m.hint})" if m.hint else m.name for m in CATALOGUE)
+        + ", or all: every one the model can run but "
+        + ", ".join(m.name for m in CATALOGUE if not m.in_all)
+        + " (a note names those left out).",
     ),
 ]
 PositionOpt = Annotated[

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 from attn_cli.trace import Trace, TraceStep, token_labels
 
 if TYPE_CHECKING:
@@ -227,10 +227,10 @@ def compare(text_a: str, text_b: str, **options: Any) -> Comparison:
     from attn_cli.pretrained import load_model
 
     if options.get("steps") is not None:
-        raise InputError("steps=: compare keeps the steps it needs")
+        raise InputError(f"{opt('steps')}: compare keeps the steps it needs")
     opts = Options.checked(options, "compare")
     if opts.pair is not None:
-        raise InputError("pair=: compare takes two texts; give the pair to explain")
+        raise InputError(f"{opt('pair')}: compare takes two texts; give the pair to explain")
     layer = head = None
     if opts.model is None:
         traces = list(explain_all([text_a, text_b], **vars(opts)))
@@ -272,5 +272,5 @@ def _one(value: Any, default: int, count: int, name: str, model: str) -> int:
         return default
     chosen = parse_selection(value, count, name, f"--{name}", f"{model} has {count} {name}s")
     if len(chosen) != 1:
-        raise InputError(f"--{name}: compare shows one attention map; give one number")
+        raise InputError(f"{opt(name, value)}: compare shows one attention map; give one number")
     return chosen[0]

@@ -3,6 +3,7 @@ step names, and the `Options` of `explain`."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,13 @@ Selection = int | Sequence[int] | str | None
 
 
 def _is_int(v: object) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+    """An integer value, numpy's included; not a bool (True is not a count)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v: object) -> bool:
+    """A real number, numpy's (np.float32(0.5)) included; not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def parse_selection(value: Selection, count: int, param: str, flag: str, what: str) -> list[int]:
@@ -118,6 +125,12 @@ class Options:
             value = getattr(self, name)
             if value is not None and not _is_int(value):
                 raise InputError(f"{opt(name, value)}: must be an integer")
+        if self.seed < 0:  # the ranges of heads, dim and d_k are checked where they are used
+            raise InputError(f"{opt('seed')} must be 0 or more, got {self.seed}")
+        # numpy's numbers are accepted and stored as Python's (the trace's config is JSON)
+        self.heads, self.seed = int(self.heads), int(self.seed)
+        self.dim = None if self.dim is None else int(self.dim)
+        self.d_k = None if self.d_k is None else int(self.d_k)
         parse_steps(self.steps)
         if self.model is not None:
             own = [
@@ -174,6 +187,7 @@ class Options:
                 f"{opt('qkv')} always scales by √d_k (the W_scaled step): drop {opt('scale')}"
             )
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, int | float) or not (np.isfinite(t) and t > 0):
-            shown = f"{t:g}" if isinstance(t, int | float) else repr(t)
+        if not is_number(t) or not (np.isfinite(t) and t > 0):
+            shown = f"{t:g}" if is_number(t) else repr(t)
             raise InputError(f"{opt('temperature')} must be a positive number, got {shown}")
+        self.temperature = float(t)

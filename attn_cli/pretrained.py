@@ -36,7 +36,7 @@ class Model:
             family = family_for(str(self.config.get("model_type")))
             if family is None:
                 raise InputError(
-                    f"--model {name}: architecture {self.config.get('model_type')!r} is not "
+                    f"{opt('model', name)}: architecture {self.config.get('model_type')!r} is not "
                     f"supported (supported: {', '.join(supported())})"
                 )
             rename = family.rename
@@ -88,8 +88,9 @@ class Model:
         """Run `text` through the model; keep the steps of the chosen layers and heads.
 
         pair: a second sentence, encoded with it as a pair (BERT: token_type_ids 1).
-        methods: any of "rollout", "flow", "norms", "alti", "lens", "detectors" (or "all",
-        flow excepted), as a list or "rollout,norms"; their steps follow the attention steps.
+        methods: any of "rollout", "flow", "norms", "alti", "lens", "detectors", as a list or
+        "rollout,norms", or "all": every method this model can run but flow (a note names those
+        left out); their steps follow the attention steps.
         method_options: top_k=5, positions=[-1], seed=0, induction_length=25 … (MethodOptions).
         """
         return next(
@@ -107,26 +108,34 @@ class Model:
         **method_options: Any,
     ) -> Iterator[Trace]:
         """One trace per text, computed as consumed; the options are checked now."""
-        d = self.dims
-        layer_list = parse_selection(
-            layers, d.layers, "layers", "--layer", f"{self.name} has {d.layers} layers"
-        )
-        head_list = parse_selection(
-            heads, d.heads, "heads", "--head", f"{self.name} has {d.heads} heads"
-        )
+        layer_list, head_list = self.select(layers, heads)
         keep = step_filter(parse_steps(steps))
         self._check_pair(pair)
-        method_list: list[str] = []
         options = None
         if methods:
             from attn_cli.methods.registry import method_options as make_options
-            from attn_cli.methods.registry import parse_methods
+            from attn_cli.methods.registry import select_methods
 
-            method_list = parse_methods(methods)
+            select_methods(methods, self.parts())  # a method this model cannot run: refused now
             options = make_options(**method_options)
         elif method_options:
             raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
-        return self._run(texts, layer_list, head_list, keep, pair, method_list, options)
+        return self._run(texts, layer_list, head_list, keep, pair, methods or None, options)
+
+    def select(
+        self, layers: Selection, heads: Selection, params: tuple[str, str] = ("layers", "heads")
+    ) -> tuple[list[int], list[int]]:
+        """The layer and head indices a selection means, checked; an error names `params`
+        (explain's are `layer` and `head`)."""
+        d = self.dims
+        return (
+            parse_selection(
+                layers, d.layers, params[0], "--layer", f"{self.name} has {d.layers} layers"
+            ),
+            parse_selection(
+                heads, d.heads, params[1], "--head", f"{self.name} has {d.heads} heads"
+            ),
+        )
 
     def _run(
         self,
@@ -135,7 +144,7 @@ class Model:
         heads: list[int],
         keep: narrate.StepFilter,
         pair: str | None,
-        methods: list[str],
+        methods: str | Sequence[str] | None,
         options: Any,
     ) -> Iterator[Trace]:
         """The traces, one at a time, with a progress line on a terminal's stderr for work
@@ -192,7 +201,7 @@ class Model:
         heads: list[int],
         keep: narrate.StepFilter,
         pair: str | None = None,
-        methods: list[str] | None = None,
+        methods: str | Sequence[str] | None = None,
         method_options: Any = None,
         bar: Any = None,
     ) -> Trace:
@@ -246,8 +255,8 @@ class Model:
         if methods:
             from attn_cli.methods.registry import MethodRun
 
-            config["methods"] = methods
             run = MethodRun(methods, labels, ids, self.parts(), layers, heads, method_options)
+            config["methods"] = run.methods
         if segments is None:
             h = family.embed(self.weights, ids, cfg)
         else:  # _check_pair made sure this family's embed takes segments
@@ -274,8 +283,9 @@ class Model:
             if i >= layers[-1] and not runs_to_end:
                 if family.logits is not None and keep("prediction"):
                     trace.notes.append(
-                        f"stopped after layer {i}: nothing later is shown; --layer {d.layers - 1} "
-                        "or all adds the model's next-token prediction"
+                        f"stopped after layer {i}: nothing later is shown; "
+                        f"{opt('layers', d.layers - 1, '--layer')} or all adds the model's "
+                        "next-token prediction"
                     )
                 break  # don't compute layers nobody asked for
         if runs_to_end:
@@ -291,7 +301,7 @@ class Model:
             )
             if every and keep(final.name):
                 trace.steps.append(final)
-            if predict and not (methods and "lens" in methods):
+            if predict and not (run is not None and "lens" in run.methods):
                 trace.steps += self._prediction(out, labels)
         if run is not None:
             extra, notes = run.finish()

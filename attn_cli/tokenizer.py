@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED_TOKENIZER = DATA_DIR / "tokenizer.json"
@@ -23,9 +23,9 @@ def resolve_tokenizer_path(path: str | Path | None) -> Path:
     if p.is_dir():
         p = p / "tokenizer.json"
         if not p.is_file():
-            raise InputError(f"--tokenizer: no tokenizer.json in directory {path}")
+            raise InputError(f"{opt('tokenizer')}: no tokenizer.json in directory {path}")
     elif not p.is_file():
-        raise InputError(f"--tokenizer: {path} does not exist")
+        raise InputError(f"{opt('tokenizer')}: {path} does not exist")
     return p
 
 
@@ -155,7 +155,7 @@ def tokenize_pair(tok, first: str, second: str) -> tuple[list[str], list[int], l
     """A sentence pair as the model was trained on it ([CLS] first [SEP] second [SEP] for BERT):
     tokens, ids and the token_type_ids (0 for the first segment, 1 for the second)."""
     if not second.strip():
-        raise InputError("--pair: the second sentence is empty or only whitespace")
+        raise InputError(f"{opt('pair')}: the second sentence is empty or only whitespace")
     enc = tok.encode(first, second, add_special_tokens=True)
     return list(enc.tokens), list(enc.ids), list(enc.type_ids)
 

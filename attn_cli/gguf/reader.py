@@ -98,7 +98,7 @@ def dequantize_rows(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
     except ImportError:
         raise InputError(
             f"{info.name} is stored as {t}; dequantising it needs the gguf package: "
-            "pip install 'attn-cli[gguf]' (or pip install gguf)"
+            "pip install gguf"
         ) from None
     out = dequantize(np.ascontiguousarray(raw), GGMLQuantizationType(info.type_id))
     return np.asarray(out, dtype=np.float32).reshape(raw.shape[0], info.ne[0])

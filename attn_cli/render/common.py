@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -12,6 +13,8 @@ from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
+from attn_cli.errors import InputError, opt
+
 
 @dataclass
 class RenderOptions:
@@ -21,6 +24,20 @@ class RenderOptions:
     rows: tuple[int, int] | None = None  # heatmap zoom, half-open token ranges
     cols: tuple[int, int] | None = None
     pool: str = "max"  # heatmap block pooling: max or mean
+
+    def __post_init__(self) -> None:
+        """Bad values (Trace.show(precision=-1)) are InputErrors naming the parameter."""
+        for name, least, most in (("precision", 0, 12), ("max_rows", 1, None), ("top_k", 1, None)):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise InputError(f"{opt(name, value)}: must be an integer")
+            value = int(value)
+            setattr(self, name, value)
+            if value < least or (most is not None and value > most):
+                shown = f"{least} or more" if most is None else f"between {least} and {most}"
+                raise InputError(f"{opt(name, value)}: must be {shown}")
+        if self.pool not in ("max", "mean"):
+            raise InputError(f"{opt('pool')} takes max or mean, got {self.pool!r}")
 
 
 class TrimTrailingSpaces:

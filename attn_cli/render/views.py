@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 from attn_cli.render.common import RenderOptions
 from attn_cli.trace import Trace
 
@@ -40,7 +40,7 @@ def parse_views(values: list[str] | None) -> list[str]:
     ]
     for v in views:
         if v not in VIEWS:
-            raise InputError(f"--view {v!r} is not a view (choose from {', '.join(VIEWS)})")
+            raise InputError(f"{opt('view', v)} is not a view (choose from {', '.join(VIEWS)})")
     return views or ["auto"]
 
 
