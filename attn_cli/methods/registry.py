@@ -241,7 +241,8 @@ class MethodRun:
             for pos in self.opt.positions or ():
                 if not -n <= pos < n:
                     raise InputError(
-                        f"position {pos}: the input has {n} tokens (0 … {n - 1}, or −1 for the last)"
+                        f"{opt('positions', pos, '--position')}: the input has {n} tokens (0 … {n - 1}, "
+                        "or −1 for the last)"
                     )
         if "flow" in m and n > self.opt.flow_max_tokens:
             raise InputError(

