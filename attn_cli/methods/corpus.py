@@ -32,6 +32,9 @@ import numpy as np
 from attn_cli.attention import entropy
 from attn_cli.errors import InputError
 from attn_cli.methods.detectors import heads_step
+from attn_cli.methods.registry import ModelParts, attention_stack, forward
+from attn_cli.models.checkpoint import resolve
+from attn_cli.pretrained import load_model
 from attn_cli.trace import Trace, TraceStep
 
 STATISTICS = ("to_first", "to_sep", "to_punct", "to_prev", "to_next", "to_self", "entropy")
@@ -134,8 +137,6 @@ class CachedWeights:
 def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
     """A function line -> (attention (L, H, n, n), special mask, punctuation mask), or None
     for a line that yields no tokens or is longer than the model's positions (or max_tokens)."""
-    from attn_cli.methods.registry import ModelParts, attention_stack, forward
-    from attn_cli.pretrained import load_model
 
     m = load_model(model)  # any checkpoint --model takes: directories, shards, GGUF
     fam, tok = m.family, m.tokenizer
@@ -232,8 +233,6 @@ def _run_lines(
         return total
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-
-    from attn_cli.models.checkpoint import resolve
 
     resolve(model)  # a bad --model is reported at once, not by every worker
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -70,7 +71,6 @@ def make_console(
     """color None: colours when writing to a terminal and NO_COLOR is unset; True: force them
     (e.g. for `| less -R` or SVG export); False: never. Markup, emoji codes and highlighting
     are off: token text is data and is never interpreted."""
-    import sys
 
     no_color = color is False or (color is None and "NO_COLOR" in os.environ)
     if not stderr:

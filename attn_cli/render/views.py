@@ -6,6 +6,7 @@ from rich.console import Console
 
 from attn_cli.errors import InputError, opt
 from attn_cli.render.common import RenderOptions
+from attn_cli.render.step_tables import trace_header
 from attn_cli.trace import Trace
 
 VIEWS = ("auto", "steps", "overview", "summary", "top", "heatmap", "geometry", "grid")
@@ -46,8 +47,6 @@ def parse_views(values: list[str] | None) -> list[str]:
 
 def render(console: Console, trace: Trace, views: list[str], opts: RenderOptions) -> None:
     from importlib import import_module
-
-    from attn_cli.render.step_tables import trace_header
 
     console.print(trace_header(trace))
     for view in views:
