@@ -13,6 +13,7 @@ light.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
@@ -63,8 +64,6 @@ _HOMES = {
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
-        from importlib import import_module
-
         value = getattr(import_module(_HOMES[name]), name)
         globals()[name] = value
         return value

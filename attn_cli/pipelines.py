@@ -17,7 +17,7 @@ from attn_cli.options import Options, parse_steps, step_filter
 from attn_cli.progress import Progress, stream
 from attn_cli.projections import NORM_EPS, layer_norm, load_projections, seeded_projections
 from attn_cli.tokenizer import load_tokenizer, tokenize, tokenizer_name
-from attn_cli.trace import Trace, token_labels
+from attn_cli.trace import QKV, TOY, Trace, token_labels
 
 if TYPE_CHECKING:
     from attn_cli.projections import Projections
@@ -29,7 +29,7 @@ class Pipeline:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.name = "qkv" if opts.qkv else "toy"
+        self.name = QKV if opts.qkv else TOY
         self.tokenizer = load_tokenizer(opts.tokenizer)
         self._projections: dict[int, Projections] = {}  # by embedding width
 
@@ -71,7 +71,7 @@ def _pipeline_trace(
         check_fits_in_memory(n, 3 if single else 4, itemsize=4 if single else 8)
     emb = embed(tokens, ids, str(opts.embeddings), opts.dim, opts.seed)
     config: dict[str, Any] = {
-        "pipeline": "qkv" if opts.qkv else "toy",
+        "pipeline": QKV if opts.qkv else TOY,
         "tokenizer": tokenizer_name(opts.tokenizer),
         "special_tokens": opts.special,
         **emb.config,

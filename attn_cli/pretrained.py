@@ -27,7 +27,7 @@ from attn_cli.pipelines import check_fits_in_memory
 from attn_cli.progress import stream
 from attn_cli.readable import readable_tokens, tokenizer_kind
 from attn_cli.tokenizer import load_tokenizer, tokenize, tokenize_pair
-from attn_cli.trace import Trace, TraceStep, dim_labels, token_labels
+from attn_cli.trace import MODEL, Trace, TraceStep, dim_labels, token_labels
 
 # Candidates shown for the next-token prediction after the last layer.
 PREDICTION_TOP_K = 5
@@ -209,7 +209,7 @@ class Model:
         runs_to_end = every or layers[-1] == d.layers - 1 or bool(methods)
         predict = family.logits is not None and keep("prediction") and runs_to_end
         config: dict[str, Any] = {
-            "pipeline": "model",
+            "pipeline": MODEL,
             "model": self.name,
             "model_path": str(self.path),
             "model_type": cfg.get("model_type", family.name),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json  # not orjson: the libraries imported at start-up have loaded json already
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from attn_cli.errors import InputError, opt
 
@@ -62,9 +65,6 @@ class BundledTokenizer:
     on."""
 
     def __init__(self) -> None:
-        import json  # not orjson: the libraries imported at start-up have loaded json already
-
-        import numpy as np
         from tokenizers import Tokenizer
 
         self._head = _configuration_head(BUNDLED_TOKENIZER)
@@ -108,9 +108,6 @@ class BundledTokenizer:
         return pieces
 
     def _with_vocabulary(self, pieces: set[str]) -> Any:
-        import json
-
-        import numpy as np
         from tokenizers import Tokenizer
 
         keys = [p.encode() for p in pieces]

@@ -38,6 +38,14 @@ KINDS = (
 )
 
 
+# What made a trace, its config's "pipeline" (the trace schema's enum lists the same names).
+TOY = "toy"  # the parameter-free pipeline
+QKV = "qkv"  # the Q/K/V pipeline
+MODEL = "model"  # a real checkpoint
+ATTENTIONS = "attentions"  # Trace.from_attentions: any model's weights
+HEADS = "heads"  # attn-cli heads: per-head statistics over a corpus
+PIPELINES = (TOY, QKV, MODEL, ATTENTIONS, HEADS)
+
 # Map kinds: a step of one of these kinds is a queries × keys attention map.
 MAP_KINDS = ("scores", "weights", "partial_weights", "mixing")
 
@@ -241,7 +249,7 @@ class Trace:
             for h in range(arr.shape[1])
         ]
         config: dict[str, Any] = {
-            "pipeline": "attentions",
+            "pipeline": ATTENTIONS,
             "layers": arr.shape[0],
             "heads": arr.shape[1],
             "layer": "all",

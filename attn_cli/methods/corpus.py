@@ -35,7 +35,7 @@ from attn_cli.methods.detectors import heads_step
 from attn_cli.methods.registry import ModelParts, attention_stack, forward
 from attn_cli.models.checkpoint import resolve
 from attn_cli.pretrained import load_model
-from attn_cli.trace import Trace, TraceStep
+from attn_cli.trace import HEADS, Trace, TraceStep
 
 STATISTICS = ("to_first", "to_sep", "to_punct", "to_prev", "to_next", "to_self", "entropy")
 
@@ -312,7 +312,7 @@ def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
     means = totals.means()
     layers, heads = next(iter(means.values())).shape if means else (0, 0)
     config: dict[str, Any] = {
-        "pipeline": "heads",
+        "pipeline": HEADS,
         "model": model,
         "source": source,
         "lines": totals.lines,

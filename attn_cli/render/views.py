@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from rich.console import Console
 
 from attn_cli.errors import InputError, opt
@@ -46,8 +48,6 @@ def parse_views(values: list[str] | None) -> list[str]:
 
 
 def render(console: Console, trace: Trace, views: list[str], opts: RenderOptions) -> None:
-    from importlib import import_module
-
     console.print(trace_header(trace))
     for view in views:
         name = auto_view(trace) if view == "auto" else view
