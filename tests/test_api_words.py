@@ -79,7 +79,7 @@ CASES = [
     ("Model", model_call(GPT2, "traces", ["x"], layers=[0, 5]), "layers=5", "layers"),
     ("Trace", trace_call("step", "Q_typo"), "name='Q_typo'", "no such step"),
     ("Trace", trace_call("step", "W", head=5), "head=5", "head"),
-    ("Trace", trace_call("show", view="nope"), "view='nope'", "not a view"),
+    ("Trace", trace_call("show", view="nope"), "view 'nope'", "not a view"),
     ("Trace", trace_call("show", precision=-1), "precision=-1", "between 0 and 12"),
     ("Trace", trace_call("show", top_k=0), "top_k=0", "1 or more"),
     ("Trace", trace_call("show", pool="median"), "pool", "max or mean"),

@@ -1,4 +1,6 @@
-"""One entry point for the API and the CLI: method names + a model run -> TraceSteps.
+"""One entry point for the API and the CLI: method names + a model run -> TraceSteps. What each
+method needs is declared in the catalogue (methods/__init__.py); a method asked for by name where
+that is missing is refused in one line, and "all" leaves it out with a note.
 
 parts = ModelParts(family, weights, config, tokenizer)
 layer_steps = forward(parts, ids)
@@ -185,16 +187,16 @@ def attention_stack(layer_steps: Sequence[LayerSteps]) -> np.ndarray:
 def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
     """Layer i's norm after the attention, or None for a pre-norm layer.
 
-    A family whose `norm` mentions "post" provides it as `Family.attn_out_norm(w, i, cfg)`,
-    returning (γ, β, ε) for a LayerNorm on (residual + O) (BERT), (γ, β, ε, rms, applies_to)
-    otherwise (Gemma 2/3's RMSNorm on O alone: (1 + w, None, ε, True, "attn")), a `PostNorm`,
-    or None for a layer without one."""
+    A family with a norm after the attention (`family_capabilities`) provides it as
+    `Family.attn_out_norm(w, i, cfg)`, returning (γ, β, ε) for a LayerNorm on (residual + O)
+    (BERT), (γ, β, ε, rms, applies_to) otherwise (Gemma 2/3's RMSNorm on O alone: (1 + w, None,
+    ε, True, "attn")), a `PostNorm`, or None for a layer without one."""
     fam = parts.family
     if not family_capabilities(fam)["post_norm"]:
         return None
     hook = parts.attn_out_norm or fam.attn_out_norm
-    if hook is None:
-        raise InputError(refusal(BY_NAME["alti"], parts) or "alti needs attn_out_norm")
+    if hook is None:  # select_methods refuses alti here before a run starts
+        raise InputError(str(refusal(BY_NAME["alti"], parts)))
     got = hook(parts.weights, i, parts.config)
     if got is None or isinstance(got, PostNorm):  # None: this layer (model) has none
         return got

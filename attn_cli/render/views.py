@@ -43,7 +43,7 @@ def parse_views(values: list[str] | None) -> list[str]:
     ]
     for v in views:
         if v not in VIEWS:
-            raise InputError(f"{opt('view', v)} is not a view (choose from {', '.join(VIEWS)})")
+            raise InputError(f"{opt('view')} {v!r} is not a view (choose from {', '.join(VIEWS)})")
     return views or ["auto"]
 
 
