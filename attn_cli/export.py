@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from attn_cli.errors import InputError, OutputError
-from attn_cli.trace import AXIS_KINDS, KINDS, Axis, Trace, TraceStep
+from attn_cli.trace import AXIS_KINDS, KINDS, MODEL, Axis, Trace, TraceStep
 
 FORMAT = "attn-cli/trace"
 # 2: token axes beyond the text's own ("axes"), and each step's block and row/column axes.
@@ -122,7 +122,7 @@ def json_chunks(traces: Iterable[Trace]) -> Iterator[bytes]:
     for t in traces:
         doc = trace_document(t)
         steps = doc.pop("steps")
-        model = t.config.get("pipeline") == "model"
+        model = t.config.get("pipeline") == MODEL
         yield orjson.dumps(doc)[:-1] + b',"steps":['
         for i, (entry, step) in enumerate(zip(steps, t.steps, strict=True)):
             yield (b"," if i else b"") + orjson.dumps(entry)[:-1] + b',"data":['

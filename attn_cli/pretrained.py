@@ -7,21 +7,28 @@ package), or a GGUF file (`smollm2`, `ollama:NAME:TAG`, a path). Never the netwo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from attn_cli import narrate
-from attn_cli.api import (
-    Selection,
-    check_fits_in_memory,
-    parse_selection,
-    parse_steps,
-    step_filter,
-)
 from attn_cli.errors import InputError, opt
+from attn_cli.gguf import open_model
+from attn_cli.gguf.locate import is_gguf_spec
+from attn_cli.methods.lens import lens_steps, logit_lens
+from attn_cli.methods.registry import MethodRun, ModelParts, select_methods
+from attn_cli.methods.registry import method_options as make_options
+from attn_cli.models.checkpoint import resolve
+from attn_cli.models.registry import family_for, supported
+from attn_cli.models.weights import SafetensorsWeights
+from attn_cli.options import Selection, parse_selection, parse_steps, step_filter
+from attn_cli.pipelines import check_fits_in_memory
+from attn_cli.progress import stream
+from attn_cli.readable import readable_tokens, tokenizer_kind
 from attn_cli.records import TOKENS
-from attn_cli.trace import Trace, TraceStep, dim_labels, token_labels
+from attn_cli.tokenizer import load_tokenizer, tokenize, tokenize_pair
+from attn_cli.trace import MODEL, Trace, TraceStep, dim_labels, token_labels
 
 # Candidates shown for the next-token prediction after the last layer.
 PREDICTION_TOP_K = 5
@@ -31,18 +38,13 @@ class Model:
     """A resolved, shape-checked checkpoint with its tokenizer, ready to trace texts."""
 
     def __init__(self, name: str) -> None:
-        from attn_cli.gguf.locate import is_gguf_spec
-        from attn_cli.models.registry import family_for, supported
-
         if is_gguf_spec(name):
-            from attn_cli.gguf import open_model
-
             g = open_model(name)
             self.name, self.path, self.config = name, g.path, g.config
             family = family_for(str(self.config.get("model_type")))
             if family is None:
                 raise InputError(
-                    f"--model {name}: architecture {self.config.get('model_type')!r} is not "
+                    f"{opt('model', name)}: architecture {self.config.get('model_type')!r} is not "
                     f"supported (supported: {', '.join(supported())})"
                 )
             rename = family.rename
@@ -55,10 +57,6 @@ class Model:
             self.tokenizer = g.tokenizer
             self.tokenizer_label = f"{g.path.name} (the GGUF file's own tokenizer)"
         else:
-            from attn_cli.models.checkpoint import resolve
-            from attn_cli.models.weights import SafetensorsWeights
-            from attn_cli.tokenizer import load_tokenizer
-
             ckpt = resolve(name)
             family = ckpt.family
             self.name, self.path, self.config = ckpt.name, ckpt.path, ckpt.config
@@ -73,7 +71,6 @@ class Model:
             family.check(self.weights, self.config)
         except KeyError as exc:
             raise InputError(f"{self.name}: the config lacks {exc}") from None
-        from attn_cli.readable import tokenizer_kind
 
         self._token_style = tokenizer_kind(self.tokenizer)
 
@@ -94,8 +91,9 @@ class Model:
         """Run `text` through the model; keep the steps of the chosen layers and heads.
 
         pair: a second sentence, encoded with it as a pair (BERT: token_type_ids 1).
-        methods: any of "rollout", "flow", "norms", "alti", "lens", "detectors" (or "all",
-        flow excepted), as a list or "rollout,norms"; their steps follow the attention steps.
+        methods: any of "rollout", "flow", "norms", "alti", "lens", "detectors", as a list or
+        "rollout,norms", or "all": every method this model can run but flow (a note names those
+        left out); their steps follow the attention steps.
         method_options: top_k=5, positions=[-1], seed=0, induction_length=25 … (MethodOptions).
         """
         return next(
@@ -113,26 +111,31 @@ class Model:
         **method_options: Any,
     ) -> Iterator[Trace]:
         """One trace per text, computed as consumed; the options are checked now."""
-        d = self.dims
-        layer_list = parse_selection(
-            layers, d.layers, "layers", "--layer", f"{self.name} has {d.layers} layers"
-        )
-        head_list = parse_selection(
-            heads, d.heads, "heads", "--head", f"{self.name} has {d.heads} heads"
-        )
+        layer_list, head_list = self.select(layers, heads)
         keep = step_filter(parse_steps(steps))
         self._check_pair(pair)
-        method_list: list[str] = []
         options = None
         if methods:
-            from attn_cli.methods.registry import method_options as make_options
-            from attn_cli.methods.registry import parse_methods
-
-            method_list = parse_methods(methods)
+            select_methods(methods, self.parts())  # a method this model cannot run: refused now
             options = make_options(**method_options)
         elif method_options:
             raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
-        return self._run(texts, layer_list, head_list, keep, pair, method_list, options)
+        return self._run(texts, layer_list, head_list, keep, pair, methods or None, options)
+
+    def select(
+        self, layers: Selection, heads: Selection, params: tuple[str, str] = ("layers", "heads")
+    ) -> tuple[list[int], list[int]]:
+        """The layer and head indices a selection means, checked; an error names `params`
+        (explain's are `layer` and `head`)."""
+        d = self.dims
+        return (
+            parse_selection(
+                layers, d.layers, params[0], "--layer", f"{self.name} has {d.layers} layers"
+            ),
+            parse_selection(
+                heads, d.heads, params[1], "--head", f"{self.name} has {d.heads} heads"
+            ),
+        )
 
     def _run(
         self,
@@ -141,35 +144,24 @@ class Model:
         heads: list[int],
         keep: narrate.StepFilter,
         pair: str | None,
-        methods: list[str],
+        methods: str | Sequence[str] | None,
         options: Any,
     ) -> Iterator[Trace]:
         """The traces, one at a time, with a progress line on a terminal's stderr for work
         that takes more than about a second (per input, and per layer within it)."""
-        from collections.abc import Sized
 
-        from attn_cli.progress import Progress
-
-        bar = Progress(self.name, len(texts) if isinstance(texts, Sized) else None)
-        try:
-            for text in texts:
-                bar.phase("tokenizing")
-                trace = self._trace(text, layers, heads, keep, pair, methods, options, bar)
-                with bar.paused():
-                    yield trace
-                bar.advance()
-        finally:
-            bar.close()
+        return stream(
+            self.name,
+            texts,
+            lambda text, bar: self._trace(text, layers, heads, keep, pair, methods, options, bar),
+        )
 
     def parts(self) -> Any:
         """What attn_cli.methods needs from this model."""
-        from attn_cli.methods.registry import ModelParts
 
         return ModelParts(self.family, self.weights, self.config, self.tokenizer)
 
     def _check_pair(self, pair: str | None) -> None:
-        import inspect
-
         if pair is None:
             return
         if not isinstance(pair, str):
@@ -184,8 +176,6 @@ class Model:
     def _tokenize(
         self, text: str, pair: str | None
     ) -> tuple[list[str], list[int], list[int] | None]:
-        from attn_cli.tokenizer import tokenize, tokenize_pair
-
         if pair is None:
             tokens, ids = tokenize(self.tokenizer, text, special=True)
             return tokens, ids, None
@@ -198,12 +188,10 @@ class Model:
         heads: list[int],
         keep: narrate.StepFilter,
         pair: str | None = None,
-        methods: list[str] | None = None,
+        methods: str | Sequence[str] | None = None,
         method_options: Any = None,
         bar: Any = None,
     ) -> Trace:
-        from attn_cli.readable import readable_tokens
-
         d, cfg, family = self.dims, self.config, self.family
         raw, ids, segments = self._tokenize(text, pair)
         if d.max_positions is not None and len(ids) > d.max_positions:
@@ -222,7 +210,7 @@ class Model:
         runs_to_end = every or layers[-1] == d.layers - 1 or bool(methods)
         predict = family.logits is not None and keep("prediction") and runs_to_end
         config: dict[str, Any] = {
-            "pipeline": "model",
+            "pipeline": MODEL,
             "model": self.name,
             "model_path": str(self.path),
             "model_type": cfg.get("model_type", family.name),
@@ -255,10 +243,8 @@ class Model:
         wanted = set(layers)
         run = None
         if methods:
-            from attn_cli.methods.registry import MethodRun
-
-            config["methods"] = methods
             run = MethodRun(methods, labels, ids, self.parts(), layers, heads, method_options)
+            config["methods"] = run.methods
         if segments is None:
             h = family.embed(self.weights, ids, cfg)
         else:  # _check_pair made sure this family's embed takes segments
@@ -276,8 +262,9 @@ class Model:
             if i >= layers[-1] and not runs_to_end:
                 if family.logits is not None and keep("prediction"):
                     trace.notes.append(
-                        f"stopped after layer {i}: nothing later is shown; --layer {d.layers - 1} "
-                        "or all adds the model's next-token prediction"
+                        f"stopped after layer {i}: nothing later is shown; "
+                        f"{opt('layers', d.layers - 1, '--layer')} or all adds the model's "
+                        "next-token prediction"
                     )
                 break  # don't compute layers nobody asked for
         if runs_to_end:
@@ -294,7 +281,7 @@ class Model:
             )
             if every and keep(final.name):
                 trace.steps.append(final)
-            if predict and not (methods and "lens" in methods):
+            if predict and not (run is not None and "lens" in run.methods):
                 trace.steps += self._prediction(out, labels)
         if run is not None:
             extra, notes = run.finish()
@@ -304,7 +291,6 @@ class Model:
 
     def _prediction(self, final_h: Any, labels: list[str]) -> list[TraceStep]:
         """The next-token prediction for the last position: top-k tokens and probabilities."""
-        from attn_cli.methods.lens import lens_steps, logit_lens
 
         logits = self.family.logits
         assert logits is not None
@@ -319,7 +305,6 @@ class Model:
     def _candidate_text(self, token_id: int) -> str:
         """A candidate next token as text; a piece that is only part of a character (byte
         fallback, a split UTF-8 sequence) shows as its byte, not as '�'."""
-        from attn_cli.readable import readable_tokens
 
         text = str(self.tokenizer.decode([int(token_id)], skip_special_tokens=False))
         if "\ufffd" in text:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 DELAY = 1.0  # seconds of work before the bar appears (ATTN_CLI_PROGRESS_DELAY overrides)
 
@@ -152,3 +152,24 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+Result = TypeVar("Result")
+
+
+def stream(
+    label: str, texts: Iterable[str], one: Callable[[str, Progress], Result]
+) -> Iterator[Result]:
+    """`one(text, bar)` for each text, computed as it is consumed (memory does not grow with
+    the number of texts), under one progress line that is hidden while a result is handed
+    back. Every pipeline and model streams its traces through this."""
+    bar = Progress(label, len(texts) if isinstance(texts, Sized) else None)
+    try:
+        for text in texts:
+            bar.phase("tokenizing")
+            result = one(text, bar)
+            with bar.paused():
+                yield result
+            bar.advance()
+    finally:
+        bar.close()

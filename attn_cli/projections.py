@@ -11,7 +11,7 @@ import numpy as np
 
 from attn_cli.attention import AttentionParams
 from attn_cli.embeddings import load_npz, seeded_uniform, sha256_file
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 
 KEYS = ("W_q", "W_k", "W_v", "W_o", "b_q", "b_k", "b_v", "b_o")
 INIT = "uniform(-sqrt(3/fan_in), sqrt(3/fan_in)) (variance 1/fan_in), no biases"
@@ -65,7 +65,7 @@ class Projections:
 
 def check_heads(heads: int) -> None:
     if not 1 <= heads <= 1024:
-        raise InputError(f"--heads must be between 1 and 1024, got {heads}")
+        raise InputError(f"{opt('heads')} must be between 1 and 1024, got {heads}")
 
 
 def seeded_projections(d: int, heads: int, d_k: int | None, seed: int) -> Projections:
@@ -79,10 +79,10 @@ def seeded_projections(d: int, heads: int, d_k: int | None, seed: int) -> Projec
     check_heads(heads)
     if d_k is None:
         if d % heads:
-            raise InputError(f"--heads {heads} does not divide d = {d}: give --d-k")
+            raise InputError(f"{opt('heads', heads)} does not divide d = {d}: give {opt('d_k')}")
         d_k = d // heads
     if not 1 <= d_k <= 65536:
-        raise InputError(f"--d-k must be between 1 and 65536, got {d_k}")
+        raise InputError(f"{opt('d_k')} must be between 1 and 65536, got {d_k}")
 
     def uniform(key: int, rows: int, cols: int) -> np.ndarray:
         bound = np.sqrt(3.0 / rows)
@@ -105,7 +105,7 @@ def load_projections(path: Path, d: int, heads: int, d_k: int | None) -> Project
     check_heads(heads)
     name = path.name
     if not path.is_file():
-        raise InputError(f"--weights: {path} does not exist")
+        raise InputError(f"{opt('weights')}: {path} does not exist")
     arrays = load_npz(path)
     unknown = sorted(set(arrays) - set(KEYS))
     if unknown:
@@ -134,12 +134,12 @@ def load_projections(path: Path, d: int, heads: int, d_k: int | None) -> Project
         )
     if w_q.shape[1] % heads:
         raise InputError(
-            f"{name}: W_q has {w_q.shape[1]} columns, not divisible by --heads {heads}"
+            f"{name}: W_q has {w_q.shape[1]} columns, not divisible by {opt('heads', heads)}"
         )
     file_d_k = w_q.shape[1] // heads
     if d_k is not None and d_k != file_d_k:
         raise InputError(
-            f"--d-k {d_k} conflicts with {name}: its W_q gives d_k = {file_d_k} for {heads} head(s)"
+            f"{opt('d_k', d_k)} conflicts with {name}: its W_q gives d_k = {file_d_k} for {heads} head(s)"
         )
     hd = w_q.shape[1]
     expect("W_k", (d, hd), "d × heads·d_k, like W_q")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json  # not orjson: the libraries imported at start-up have loaded json already
 import os
 import sys
 import tempfile
@@ -11,7 +12,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from attn_cli.errors import InputError
+import numpy as np
+
+from attn_cli.errors import InputError, opt
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED_TOKENIZER = DATA_DIR / "tokenizer.json"
@@ -28,9 +31,9 @@ def resolve_tokenizer_path(path: str | Path | None) -> Path:
     if p.is_dir():
         p = p / "tokenizer.json"
         if not p.is_file():
-            raise InputError(f"--tokenizer: no tokenizer.json in directory {path}")
+            raise InputError(f"{opt('tokenizer')}: no tokenizer.json in directory {path}")
     elif not p.is_file():
-        raise InputError(f"--tokenizer: {path} does not exist")
+        raise InputError(f"{opt('tokenizer')}: {path} does not exist")
     return p
 
 
@@ -125,9 +128,6 @@ class BundledTokenizer:
     on."""
 
     def __init__(self) -> None:
-        import json  # not orjson: the libraries imported at start-up have loaded json already
-
-        import numpy as np
         from tokenizers import Tokenizer
 
         self._head = _configuration_head(BUNDLED_TOKENIZER)
@@ -171,9 +171,6 @@ class BundledTokenizer:
         return pieces
 
     def _with_vocabulary(self, pieces: set[str]) -> Any:
-        import json
-
-        import numpy as np
         from tokenizers import Tokenizer
 
         keys = [p.encode() for p in pieces]
@@ -218,7 +215,7 @@ def tokenize_pair(tok, first: str, second: str) -> tuple[list[str], list[int], l
     """A sentence pair as the model was trained on it ([CLS] first [SEP] second [SEP] for BERT):
     tokens, ids and the token_type_ids (0 for the first segment, 1 for the second)."""
     if not second.strip():
-        raise InputError("--pair: the second sentence is empty or only whitespace")
+        raise InputError(f"{opt('pair')}: the second sentence is empty or only whitespace")
     enc = encode(tok, first, second)
     return list(enc.tokens), list(enc.ids), list(enc.type_ids)
 

@@ -6,6 +6,7 @@ run that produced it.
 
 from __future__ import annotations
 
+import io
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from attn_cli.errors import InputError
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -34,6 +37,14 @@ KINDS = (
     "heads",  # layers × heads, one number per head (detector scores, corpus statistics)
 )
 
+
+# What made a trace, its config's "pipeline" (the trace schema's enum lists the same names).
+TOY = "toy"  # the parameter-free pipeline
+QKV = "qkv"  # the Q/K/V pipeline
+MODEL = "model"  # a real checkpoint
+ATTENTIONS = "attentions"  # Trace.from_attentions: any model's weights
+HEADS = "heads"  # attn-cli heads: per-head statistics over a corpus
+PIPELINES = (TOY, QKV, MODEL, ATTENTIONS, HEADS)
 
 # Map kinds: a step of one of these kinds is a queries × keys attention map.
 MAP_KINDS = ("scores", "weights", "partial_weights", "mixing")
@@ -170,7 +181,6 @@ class Trace:
         """One step by name, layer and head (and attention block, where the trace has several:
         "encoder", "decoder", "cross" …); with one layer (head, block) present, it is the
         default."""
-        from attn_cli.errors import InputError
 
         matching = self.steps_named(name)
         if not matching:
@@ -198,7 +208,6 @@ class Trace:
         ordered by layer and head; rectangular when the keys are another sequence (cross
         attention). `block` picks "encoder", "decoder", "cross" … where the trace has several.
         The toy pipeline gives (1, 1, n, n)."""
-        from attn_cli.errors import InputError
 
         maps = self.steps_named(name)
         if not maps:
@@ -268,7 +277,6 @@ class Trace:
         "source" axis and the block defaults to "cross". kind: "weights" (rows sum to 1),
         "partial_weights" (rows sum to at most 1; the rest went to a sink not shown) or
         "mixing" (signed, unnormalised: linear attention)."""
-        from attn_cli.errors import InputError
 
         kinds = ("weights", "partial_weights", "mixing")
         if kind not in kinds:
@@ -312,7 +320,7 @@ class Trace:
             for h in range(arr.shape[1])
         ]
         config: dict[str, Any] = {
-            "pipeline": "attentions",
+            "pipeline": ATTENTIONS,
             "layers": arr.shape[0],
             "heads": arr.shape[1],
             "layer": "all",
@@ -348,7 +356,6 @@ class Trace:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         """In Jupyter (and anywhere Rich prints a Trace) it displays its views."""
-        import io
 
         from rich.text import Text
 

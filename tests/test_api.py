@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import io
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,52 +213,147 @@ def test_readme_python_snippet_runs_as_written(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
 
 
-def _imports(path: Path) -> set[str]:
-    """attn_cli modules imported anywhere in a module (top level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("attn_cli"):
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("attn_cli")}
-    return found
-
-
-def _top_level_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("attn_cli"):
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("attn_cli")}
-    return found
-
-
-def test_module_level_import_graph_has_no_cycle():
-    modules = {
+def _modules() -> dict[str, Path]:
+    return {
         ".".join(("attn_cli", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
             ".__init__"
         ): p
         for p in PACKAGE.rglob("*.py")
     }
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def _import_statements(path: Path) -> list[tuple[str, bool]]:
+    """(imported name, inside a function) for every import a module runs: top level or in a
+    function, never under `if TYPE_CHECKING:` (those never run). `from attn_cli import narrate`
+    names the module attn_cli.narrate."""
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child, lazy)
+            return
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.module, lazy))
+            found.extend((f"{node.module}.{a.name}", lazy) for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend((a.name, lazy) for a in node.names)
+        inner = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    """attn_cli modules imported anywhere in a module (top level or inside functions)."""
+    return {name for name, _ in _import_statements(path) if name.startswith("attn_cli")}
+
+
+# Imports inside functions, each for a reason; any other import belongs at the top of its
+# module. Libraries that are optional, heavy, or needed by one path only:
+LAZY_LIBRARIES = {
+    "rich": "the views and progress lines; `import attn_cli` and --help stay without it",
+    "textual": "the browser only (optional)",
+    "tokenizers": "built on first use: the bundled tokenizer's start-up shortcut avoids it",
+    "gguf": "dequantising some GGUF tensor types only (optional)",
+    "scipy": "attention flow only (optional)",
+    "PIL": "pictures only (optional)",
+    "numpy.random": "random embeddings only",
+    "hashlib": "hashing a user's embeddings file only",
+    "zipfile": "the .npz export only",
+    "multiprocessing": "attn-cli heads with several workers only",
+    "concurrent.futures": "attn-cli heads with several workers only",
+}
+# attn_cli modules imported inside a function of another one:
+LAZY_MODULES = {
+    # every command imports what it uses, so --help and each command start light
+    "attn_cli.cli": "*",
+    # the model machinery (families, GGUF, methods) loads when a model is asked for
+    "attn_cli.api": {"attn_cli.pretrained"},
+    "attn_cli.comparison": {
+        "attn_cli.pretrained",
+        "attn_cli.render.common",
+        "attn_cli.render.compare",
+    },
+    # the data model's show/save/browse reach the presentation modules that read it
+    "attn_cli.trace": {
+        "attn_cli.browse",
+        "attn_cli.export",
+        "attn_cli.render.common",
+        "attn_cli.render.interactive",
+        "attn_cli.render.views",
+    },
+    "attn_cli.browse": {"attn_cli.browse.app"},  # Textual, only once a browser opens
+}
+# The only imports that may close a circle: the Trace's presentation methods reach modules
+# that import trace.py (lazily, so either side loads first).
+BACK_EDGES = {("attn_cli.trace", m) for m in LAZY_MODULES["attn_cli.trace"]}
+
+
+def test_function_level_imports_are_the_listed_ones():
+    unlisted = []
+    for module, path in _modules().items():
+        allowed = LAZY_MODULES.get(module, set())
+        for name, lazy in _import_statements(path):
+            if not lazy or allowed == "*" or name in allowed:
+                continue
+            if name.startswith("attn_cli"):
+                if name in _modules():
+                    unlisted.append(f"{module}: {name}")
+            elif not any(name == lib or name.startswith(lib + ".") for lib in LAZY_LIBRARIES):
+                unlisted.append(f"{module}: {name}")
+    assert not unlisted, "move to the top of the module, or list with a reason: " + ", ".join(
+        unlisted
+    )
+
+
+def test_import_graph_has_no_cycle_lazy_imports_included():
+    modules = _modules()
     graph = {
-        m: {i for i in _top_level_imports(p) if i in modules and i != m} for m, p in modules.items()
+        m: {n for n in _imports(p) if n in modules and n != m and (m, n) not in BACK_EDGES}
+        for m, p in modules.items()
     }
     state: dict[str, int] = {}
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = 1
-        for n in graph[m]:
+        for n in sorted(graph[m]):
             if state.get(n) == 1:
                 raise AssertionError("import cycle: " + " -> ".join([*path, m, n]))
             if n not in state:
                 visit(n, [*path, m])
         state[m] = 2
 
-    for m in graph:
+    for m in sorted(graph):
         if m not in state:
             visit(m, [])
+
+
+def test_pipeline_names_are_the_schemas():
+    import json
+
+    from attn_cli.trace import PIPELINES
+
+    schema = json.loads((PACKAGE / "schema" / "trace-v1.schema.json").read_text(encoding="utf-8"))
+    assert tuple(schema["properties"]["config"]["properties"]["pipeline"]["enum"]) == PIPELINES
+    assert attn_cli.explain("a b").config["pipeline"] == "toy"
+    assert attn_cli.explain("a b", qkv=True).config["pipeline"] == "qkv"
+
+
+def test_readme_lists_every_module_once():
+    """The README's module table: one row per module of attn_cli, no more, no fewer."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| module | what it holds |", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^\| `([^`]+)` \|", table, re.M)
+    files = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py"))
+    assert sorted(listed) == files
+    assert len(listed) == len(set(listed))
 
 
 def test_compute_modules_do_no_io_and_never_import_torch():

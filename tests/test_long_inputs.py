@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 import attn_cli
-from attn_cli.api import FLOAT32_FROM
+from attn_cli.pipelines import FLOAT32_FROM
 from attn_cli.progress import Progress
 from tests.conftest import SAMPLES, invoke, run_with_stderr_on_a_terminal
 

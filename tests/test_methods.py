@@ -498,7 +498,7 @@ def test_lens_positions_and_errors():
         "lens",
         "prediction",
     ]
-    with pytest.raises(InputError, match="position 9"):
+    with pytest.raises(InputError, match="positions=9: the input has"):
         method_steps(["lens"], layers, tokens, ids, parts, options=MethodOptions(positions=[9]))
     bert, btok = load(FIXTURES / "tiny_bert")
     bt, bids, blayers = run_text(bert, btok, "the cat")

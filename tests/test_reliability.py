@@ -40,7 +40,7 @@ def test_hundred_thousand_characters():
 
 
 def test_too_many_tokens_for_this_machine(monkeypatch):
-    monkeypatch.setattr("attn_cli.api.physical_memory", lambda: 2**30)
+    monkeypatch.setattr("attn_cli.pipelines.physical_memory", lambda: 2**30)
     # From 4,096 tokens on the matrices are float32: 12,000² × 4 bytes × 3 matrices ≈ 1.6 GiB.
     r = invoke(["explain", " ".join(["hi"] * 12000)])
     assert r.exit_code == 2

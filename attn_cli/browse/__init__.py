@@ -6,6 +6,7 @@ attn_cli, or this package, stays light and works without Textual installed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,6 @@ INSTALL_HINT = "pip install 'attn-cli[browse]' (or: pip install textual)"
 
 
 def textual_missing() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("textual") is None
 
 
@@ -34,8 +33,8 @@ def require_browser() -> None:
         raise InputError(f"attn-cli browse needs Textual: {INSTALL_HINT}")
     if not _isatty(sys.stdout):
         raise InputError(
-            "attn-cli browse needs a terminal, and stdout is not one: use explain or show to "
-            "print tables, or --html for a page"
+            "the browser needs a terminal, and stdout is not one: print the tables or write "
+            "the HTML page instead"
         )
 
 

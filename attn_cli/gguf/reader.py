@@ -12,7 +12,9 @@ import numpy as np
 
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, MappedFile, TensorInfo, parse_header
+from attn_cli.gguf.locate import resolve_gguf
 from attn_cli.gguf.to_hf import Recipe, build, recipe_shape, unpermute_index
+from attn_cli.gguf.tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -98,7 +100,7 @@ def dequantize_rows(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
     except ImportError:
         raise InputError(
             f"{info.name} is stored as {t}; dequantising it needs the gguf package: "
-            "pip install 'attn-cli[gguf]' (or pip install gguf)"
+            "pip install gguf"
         ) from None
     out = dequantize(np.ascontiguousarray(raw), GGMLQuantizationType(info.type_id))
     return np.asarray(out, dtype=np.float32).reshape(raw.shape[0], info.ne[0])
@@ -255,8 +257,6 @@ class GGUFCheckpoint:
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
-        from attn_cli.gguf.tokenizer import build_tokenizer
-
         return build_tokenizer(self.header.metadata, self.path.name)
 
     # the same read-only properties as attn_cli.models.checkpoint.Checkpoint
@@ -284,7 +284,6 @@ class GGUFCheckpoint:
 def open_model(name: str) -> GGUFCheckpoint:
     """--model NAME for a GGUF model: 'smollm2', 'ollama:NAME[:TAG]' or a path (see
     attn_cli.gguf.locate.is_gguf_spec), resolved and opened."""
-    from attn_cli.gguf.locate import resolve_gguf
 
     return open_gguf(resolve_gguf(name), name=name)
 

@@ -32,7 +32,10 @@ import numpy as np
 from attn_cli.attention import entropy
 from attn_cli.errors import AttnError, InputError
 from attn_cli.methods.detectors import heads_step
-from attn_cli.trace import Trace, TraceStep
+from attn_cli.methods.registry import ModelParts, attention_stack, forward
+from attn_cli.pretrained import load_model
+from attn_cli.tokenizer import encode
+from attn_cli.trace import HEADS, Trace, TraceStep
 
 STATISTICS = ("to_first", "to_sep", "to_punct", "to_prev", "to_next", "to_self", "entropy")
 
@@ -134,9 +137,6 @@ class CachedWeights:
 def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
     """A function line -> (attention (L, H, n, n), special mask, punctuation mask), or None
     for a line that yields no tokens or is longer than the model's positions (or max_tokens)."""
-    from attn_cli.methods.registry import ModelParts, attention_stack, forward
-    from attn_cli.pretrained import load_model
-    from attn_cli.tokenizer import encode
 
     m = load_model(model)  # any checkpoint --model takes: directories, shards, GGUF
     fam, tok = m.family, m.tokenizer
@@ -242,8 +242,6 @@ def _run_lines(
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    from attn_cli.pretrained import load_model
-
     # A --model that does not resolve or load is reported at once, in one line, not by
     # every worker (weights are memory-mapped: loading checks them without reading them all).
     load_model(model)
@@ -347,7 +345,7 @@ def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
     means = totals.means()
     layers, heads = next(iter(means.values())).shape if means else (0, 0)
     config: dict[str, Any] = {
-        "pipeline": "heads",
+        "pipeline": HEADS,
         "model": model,
         "source": source,
         "lines": totals.lines,

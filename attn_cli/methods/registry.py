@@ -1,4 +1,6 @@
-"""One entry point for the API and the CLI: method names + a model run -> TraceSteps.
+"""One entry point for the API and the CLI: method names + a model run -> TraceSteps. What each
+method needs is declared in the catalogue (methods/__init__.py); a method asked for by name where
+that is missing is refused in one line, and "all" leaves it out with a note.
 
 parts = ModelParts(family, weights, config, tokenizer)
 layers = forward(parts, ids)          # a LayerRecord per layer (attn_cli.records)
@@ -7,6 +9,7 @@ steps, notes = method_steps(["rollout", "alti"], layers, labels, ids, parts)
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from attn_cli.errors import InputError, opt
-from attn_cli.methods import METHODS
+from attn_cli.methods import BY_NAME, CATALOGUE, METHODS, NEEDS, Method
 from attn_cli.methods.alti import PostNorm, alti_layer, alti_step
 from attn_cli.methods.detectors import detect, detector_steps, repeated_random_tokens
 from attn_cli.methods.flow import MAX_FLOW_TOKENS, attention_flow, flow_steps
@@ -83,15 +86,7 @@ def method_options(**kwargs: Any) -> MethodOptions:
 
 def step_names(methods: str | Sequence[str]) -> list[str]:
     """The step names the methods produce (for --steps / export defaults)."""
-    names = {
-        "rollout": ["rollout"],
-        "flow": ["flow"],
-        "norms": ["norms", "norms_sum"],
-        "alti": ["alti", "alti_rollout"],
-        "lens": ["lens", "prediction"],
-        "detectors": ["prev_token", "duplicate_token", "induction"],
-    }
-    return [n for m in parse_methods(methods) for n in names[m]]
+    return [n for m in parse_methods(methods) for n in BY_NAME[m].steps]
 
 
 def forward(parts: ModelParts, ids: list[int]) -> list[LayerRecord]:
@@ -100,12 +95,17 @@ def forward(parts: ModelParts, ids: list[int]) -> list[LayerRecord]:
     return list(parts.family.layers(parts.weights, x, parts.config))
 
 
-def parse_methods(spec: str | Iterable[str]) -> list[str]:
-    """'rollout,norms' or ['rollout', 'norms'] -> checked names in catalogue order; 'all'."""
+def _names(spec: str | Iterable[str]) -> list[str]:
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [n for n in names if n]
+    return [n for n in names if n]
+
+
+def parse_methods(spec: str | Iterable[str]) -> list[str]:
+    """'rollout,norms' or ['rollout', 'norms'] -> checked names in catalogue order; 'all': every
+    method `in_all` (`select_methods` leaves out those a model cannot run)."""
+    names = _names(spec)
     if names == ["all"]:
-        return [m for m in METHODS if m != "flow"]
+        return [m.name for m in CATALOGUE if m.in_all]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise InputError(
@@ -113,6 +113,71 @@ def parse_methods(spec: str | Iterable[str]) -> list[str]:
             f"(known: {', '.join(METHODS)}, all)"
         )
     return [m for m in METHODS if m in names]
+
+
+def family_capabilities(family: Family) -> dict[str, bool]:
+    """What a family offers the methods, by the keys of `NEEDS`. The one place that reads it
+    off a `Family`."""
+    norm = str(family.norm).lower()
+    return {
+        "lm_head": family.logits is not None,
+        "linear_values": bool(getattr(family, "linear_values", True)),
+        # a norm after the attention: BERT's post-LN, Gemma 2/3's sandwich
+        "post_norm": "post" in norm or norm == "sandwich",
+    }
+
+
+def _missing(need: str, parts: ModelParts | None) -> bool:
+    if need == "model":
+        return parts is None
+    if need == "scipy":
+        return importlib.util.find_spec("scipy") is None
+    if parts is None:  # what a model would have to offer: nothing to check without one
+        return False
+    offers = family_capabilities(parts.family)
+    if need == "post_norm":  # needed only by a post-norm family, which must expose it
+        hook = parts.attn_out_norm or parts.family.attn_out_norm
+        return offers["post_norm"] and hook is None
+    return not offers[need]
+
+
+def refusal(method: Method, parts: ModelParts | None) -> str | None:
+    """Why `method` cannot run with this model, in one line naming what is missing; None when
+    it can."""
+    for need in method.needs:
+        if _missing(need, parts):
+            if parts is None or need in ("model", "scipy"):
+                return f"{method.name} needs {NEEDS[need]}"
+            return (
+                f"{method.name} needs {NEEDS[need]}, which the {parts.family.name} family has not"
+            )
+    return None
+
+
+def select_methods(
+    spec: str | Iterable[str], parts: ModelParts | None
+) -> tuple[list[str], str | None]:
+    """The methods to run and a note on those 'all' left out (None if none). A method asked
+    for by name that cannot run here is an InputError; 'all' means every method that can."""
+    names = parse_methods(spec)
+    if _names(spec) != ["all"]:
+        for name in names:
+            why = refusal(BY_NAME[name], parts)
+            if why is not None:
+                raise InputError(why)
+        return names, None
+    run: list[str] = []
+    left_out: list[str] = []
+    for method in CATALOGUE:
+        why = method.not_in_all if not method.in_all else refusal(method, parts)
+        if why is None:
+            run.append(method.name)
+        else:
+            left_out.append(f"{method.name} ({why.removeprefix(method.name + ' ')})")
+    note = None
+    if left_out:
+        note = f"{opt('methods', 'all', '--method')} left out: {'; '.join(left_out)}"
+    return run, note
 
 
 def attention_stack(layers: Sequence[LayerRecord]) -> np.ndarray:
@@ -123,18 +188,16 @@ def attention_stack(layers: Sequence[LayerRecord]) -> np.ndarray:
 def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
     """Layer i's norm after the attention, or None for a pre-norm layer.
 
-    A family whose `norm` mentions "post" provides it as `Family.attn_out_norm(w, i, cfg)`,
-    returning (γ, β, ε) for a LayerNorm on (residual + O) (BERT), (γ, β, ε, rms, applies_to)
-    otherwise (Gemma 2/3's RMSNorm on O alone: (1 + w, None, ε, True, "attn")), a `PostNorm`,
-    or None for a layer without one."""
+    A family with a norm after the attention (`family_capabilities`) provides it as
+    `Family.attn_out_norm(w, i, cfg)`, returning (γ, β, ε) for a LayerNorm on (residual + O)
+    (BERT), (γ, β, ε, rms, applies_to) otherwise (Gemma 2/3's RMSNorm on O alone: (1 + w, None,
+    ε, True, "attn")), a `PostNorm`, or None for a layer without one."""
     fam = parts.family
-    if "post" not in fam.norm.lower():
+    if not family_capabilities(fam)["post_norm"]:
         return None
-    hook = parts.attn_out_norm or getattr(fam, "attn_out_norm", None)
-    if hook is None:
-        raise InputError(
-            f"ALTI: the {fam.name} family does not expose its post-attention norm (attn_out_norm)"
-        )
+    hook = parts.attn_out_norm or fam.attn_out_norm
+    if hook is None:  # select_methods refuses alti here before a run starts
+        raise InputError(str(refusal(BY_NAME["alti"], parts)))
     got = hook(parts.weights, i, parts.config)
     if got is None or isinstance(got, PostNorm):  # None: this layer (model) has none
         return got
@@ -168,7 +231,7 @@ class MethodRun:
         heads: Sequence[int] | None = None,
         options: MethodOptions | None = None,
     ) -> None:
-        self.methods = parse_methods(methods)
+        self.methods, self._left_out = select_methods(methods, parts)
         self.labels, self.ids, self.parts = list(labels), list(ids), parts
         self.opt = options or MethodOptions()
         self.heads = None if heads is None else list(heads)
@@ -177,24 +240,12 @@ class MethodRun:
         m = set(self.methods)
         if self.opt.top_k < 1:
             raise InputError(f"{opt('top_k', self.opt.top_k)}: takes a number ≥ 1")
-        if m & {"alti", "lens", "detectors"} and parts is None:
-            raise InputError(
-                f"{', '.join(sorted(m & {'alti', 'lens', 'detectors'}))}: needs a model"
-            )
-        if "alti" in m:
-            assert parts is not None
-            post_norm(parts, 0)  # a post-norm family without its norm: refused now, not mid-run
         if "lens" in m:
-            assert parts is not None
-            if parts.family.logits is None:
-                raise InputError(
-                    f"the logit lens needs a language-model head, which the {parts.family.name} "
-                    "family has not"
-                )
             for pos in self.opt.positions or ():
                 if not -n <= pos < n:
                     raise InputError(
-                        f"position {pos}: the input has {n} tokens (0 … {n - 1}, or −1 for the last)"
+                        f"{opt('positions', pos, '--position')}: the input has {n} tokens (0 … {n - 1}, "
+                        "or −1 for the last)"
                     )
         if "flow" in m and n > self.opt.flow_max_tokens:
             raise InputError(
@@ -253,7 +304,7 @@ class MethodRun:
     def finish(self) -> tuple[list[TraceStep], list[str]]:
         """Every step, in method order then layer order, and notes for the trace."""
         steps: list[TraceStep] = []
-        notes: list[str] = []
+        notes: list[str] = [] if self._left_out is None else [self._left_out]
         by_method = {
             name: [s for s in self._steps if _method_of(s.name) == name] for name in self.methods
         }
@@ -316,19 +367,11 @@ class MethodRun:
 
 
 # Which method made a step (lens@3 -> lens).
-_STEP_METHOD = {
-    "norms_sum": "norms",
-    "alti_rollout": "alti",
-    "prediction": "lens",
-    "prev_token": "detectors",
-    "duplicate_token": "detectors",
-    "induction": "detectors",
-}
+_STEP_METHOD = {step: m.name for m in CATALOGUE for step in m.steps}
 
 
 def _method_of(step_name: str) -> str:
-    base = step_name.split("@")[0]
-    return _STEP_METHOD.get(base, base)
+    return _STEP_METHOD[step_name.split("@")[0]]
 
 
 def method_steps(

@@ -1,1 +1,2 @@
-"""Real pretrained checkpoints (BERT family, GPT-2) run in plain numpy."""
+"""Real pretrained checkpoints run in plain numpy: one file per architecture family (see
+registry.py), with the weights, checkpoint discovery and shared layers they use."""

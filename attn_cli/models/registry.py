@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+import attn_cli.models as pkg
 from attn_cli.records import LayerRecord
 
 Config = Mapping[str, Any]
@@ -95,8 +96,6 @@ _NOT_FAMILIES = {"registry", "layers", "checkpoint", "weights", "rope"}
 @cache
 def families() -> dict[str, Family]:
     """model_type -> Family, from every family module of this package (imported on first use)."""
-    import attn_cli.models as pkg
-
     found: dict[str, Family] = {}
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name in _NOT_FAMILIES or info.name.startswith("_"):

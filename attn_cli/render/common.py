@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +17,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
+from attn_cli.errors import InputError, opt
 from attn_cli.trace import escaped
 
 
@@ -26,6 +29,20 @@ class RenderOptions:
     rows: tuple[int, int] | None = None  # heatmap zoom, half-open token ranges
     cols: tuple[int, int] | None = None
     pool: str = "max"  # heatmap block pooling: max or mean
+
+    def __post_init__(self) -> None:
+        """Bad values (Trace.show(precision=-1)) are InputErrors naming the parameter."""
+        for name, least, most in (("precision", 0, 12), ("max_rows", 1, None), ("top_k", 1, None)):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise InputError(f"{opt(name, value)}: must be an integer")
+            value = int(value)
+            setattr(self, name, value)
+            if value < least or (most is not None and value > most):
+                shown = f"{least} or more" if most is None else f"between {least} and {most}"
+                raise InputError(f"{opt(name, value)}: must be {shown}")
+        if self.pool not in ("max", "mean"):
+            raise InputError(f"{opt('pool')} takes max or mean, got {self.pool!r}")
 
 
 class TrimTrailingSpaces:
@@ -136,7 +153,6 @@ def make_console(
     """color None: colours when writing to a terminal and NO_COLOR is unset; True: force them
     (e.g. for `| less -R` or SVG export); False: never. Markup, emoji codes and highlighting
     are off: token text is data and is never interpreted."""
-    import sys
 
     no_color = color is False or (color is None and "NO_COLOR" in os.environ)
     if not stderr:

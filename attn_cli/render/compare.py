@@ -3,15 +3,19 @@ differs between the two contexts."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
-from attn_cli.comparison import Comparison
 from attn_cli.render.common import RenderOptions, Scale, clip, colors_on, format_number
 from attn_cli.render.step_tables import compact_table, trace_header
 from attn_cli.trace import TraceStep, printable
+
+if TYPE_CHECKING:
+    from attn_cli.comparison import Comparison
 
 LABEL_W = 10  # row label: position and token, cut to fit
 GAP = 3  # columns between the two maps

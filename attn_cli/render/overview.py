@@ -8,7 +8,7 @@ from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
 from attn_cli.render.statistics import KIND_NOTES, dominant_pattern
-from attn_cli.trace import Trace, TraceStep
+from attn_cli.trace import MODEL, Trace, TraceStep
 
 # One letter per pattern keeps a 12-head row inside 80 columns.
 CODES = {"previous": "P", "self": "S", "[SEP]": "E", "broad": "~"}
@@ -48,7 +48,7 @@ def render_block_overview(console: Console, trace: Trace, block: str | None) -> 
     heads = sorted({k[1] for k in maps})
     how = (
         "Pick one with --layer N --head N for every step."
-        if trace.config.get("pipeline") == "model"
+        if trace.config.get("pipeline") == MODEL
         else "--view steps shows every step."
     )
     console.print(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from rich.console import Console
 
-from attn_cli.errors import InputError
+from attn_cli.errors import InputError, opt
 from attn_cli.render.common import RenderOptions
+from attn_cli.render.step_tables import trace_header
 from attn_cli.trace import Trace
 
 VIEWS = ("auto", "steps", "overview", "summary", "top", "heatmap", "geometry", "grid")
@@ -40,15 +43,11 @@ def parse_views(values: list[str] | None) -> list[str]:
     ]
     for v in views:
         if v not in VIEWS:
-            raise InputError(f"--view {v!r} is not a view (choose from {', '.join(VIEWS)})")
+            raise InputError(f"{opt('view')} {v!r} is not a view (choose from {', '.join(VIEWS)})")
     return views or ["auto"]
 
 
 def render(console: Console, trace: Trace, views: list[str], opts: RenderOptions) -> None:
-    from importlib import import_module
-
-    from attn_cli.render.step_tables import trace_header
-
     console.print(trace_header(trace))
     for view in views:
         name = auto_view(trace) if view == "auto" else view
