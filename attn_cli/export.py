@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from attn_cli.errors import InputError, OutputError
+from attn_cli.inputs import MAX_STREAM_BYTES, read_limited
 from attn_cli.trace import AXIS_KINDS, KINDS, MODEL, Axis, Trace, TraceStep
 
 FORMAT = "attn-cli/trace"
@@ -181,7 +182,6 @@ def parse_documents(data: bytes, source: str = "<input>") -> list[Any]:
 def read_bytes(path: str | Path) -> bytes:
     """A saved file's bytes, with one-line errors. Its size is checked before it is read, and
     a pipe or device (/dev/zero) is read with a cap."""
-    from attn_cli.inputs import MAX_STREAM_BYTES, read_limited
 
     p = Path(path)
     try:

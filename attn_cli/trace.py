@@ -378,7 +378,6 @@ def _to_numpy(a: Any) -> np.ndarray:
 
 
 def _token_texts(tokens: Any, param: str) -> list[str]:
-    from attn_cli.errors import InputError
 
     if isinstance(tokens, str) or not isinstance(tokens, Sequence):
         raise InputError(f"{param} must be a list of token strings, got {type(tokens).__name__}")
@@ -389,7 +388,6 @@ def _token_texts(tokens: Any, param: str) -> list[str]:
 
 def _attention_array(attentions: Any) -> np.ndarray:
     """(layers, [batch,] heads, n_q, n_k) as float64, from an array or per-layer arrays."""
-    from attn_cli.errors import InputError
 
     try:
         if isinstance(attentions, list | tuple):
@@ -413,7 +411,6 @@ ROW_SUM_TOLERANCE = 1e-2
 
 def _check_map_values(arr: np.ndarray, kind: str) -> None:
     """Refuse maps whose numbers cannot be what `kind` says, naming the first bad place."""
-    from attn_cli.errors import InputError
 
     bad = ~np.isfinite(arr)
     if bad.any():

@@ -31,6 +31,7 @@ import numpy as np
 
 from attn_cli.attention import entropy
 from attn_cli.errors import AttnError, InputError
+from attn_cli.inputs import read_lines
 from attn_cli.methods.detectors import heads_step
 from attn_cli.methods.registry import ModelParts, attention_stack, forward
 from attn_cli.pretrained import load_model
@@ -368,7 +369,6 @@ def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
 def file_lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 file, read as they are consumed (the file is never held whole),
     each with a cap (a device such as /dev/zero has no end of line)."""
-    from attn_cli.inputs import read_lines
 
     try:
         f = path.open("rb")
