@@ -157,6 +157,18 @@ def model_runner(model: str, max_tokens: int | None = None) -> LineRunner:
     return run
 
 
+def check_model(model: str) -> None:
+    """Find `model` as load_model does (a GGUF file, or a checkpoint directory), without
+    loading it. Raises InputError."""
+    from attn_cli.gguf.locate import is_gguf_spec, resolve_gguf
+    from attn_cli.models.checkpoint import resolve
+
+    if is_gguf_spec(model):
+        resolve_gguf(model)
+    else:
+        resolve(model)
+
+
 def chunk_totals(run: LineRunner, lines: Sequence[str]) -> Totals:
     total = Totals()
     for line in lines:
@@ -233,9 +245,7 @@ def _run_lines(
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-    from attn_cli.models.checkpoint import resolve
-
-    resolve(model)  # a bad --model is reported at once, not by every worker
+    check_model(model)  # a bad --model is reported at once, not by every worker
 
     # spawn: a fresh interpreter per worker (forking a process that already runs BLAS
     # threads can deadlock). At most 2 chunks per worker in flight: memory stays flat.
