@@ -168,9 +168,9 @@ def test_hf_cache_lookup(tmp_path, monkeypatch, tiny_bert):
     )
     assert r.exit_code == 0, r.stderr
     assert orjson.loads(r.stdout)["config"]["model_path"] == str(snap)
-    listing = invoke(["models"])
+    listing = invoke(["models", "--width", "200"])
     assert re.search(
-        r"org/tiny\tbert, [\d.]+K parameters \(F32\), 2 layers × 4 heads, ready", listing.stdout
+        r"org/tiny +bert +[\d.]+K +F32 +[\d,.]+ [kMG]B +" + re.escape(str(snap)), listing.stdout
     ), listing.stdout
 
 
