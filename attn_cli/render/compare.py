@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 from rich.cells import cell_len
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from attn_cli.comparison import Comparison
 from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
-from attn_cli.render.step_tables import compact_table, trace_header
+from attn_cli.render.step_tables import COL_OVERHEAD, compact_table, trace_header
 from attn_cli.trace import TraceStep, printable
 
 LABEL_W = 10  # row label: position and token, cut to fit
@@ -115,16 +116,7 @@ def render_shared(console: Console, c: Comparison, opts: RenderOptions) -> None:
     console.print(table)
     if c.shared[0].cos_layers:
         console.print()
-        console.print(Text("Cosine of each shared token's vector, layer by layer", style="bold"))
-        n_layers = len(c.shared[0].cos_layers) - 1
-        table = compact_table()
-        table.add_column(Text("token"), no_wrap=True, style="bold")
-        for i in range(n_layers):
-            table.add_column(Text(f"X{i}"), justify="right", no_wrap=True)
-        table.add_column(Text("H"), justify="right", no_wrap=True)
-        for s in c.shared:
-            table.add_row(Text(s.token), *[Text(format_number(v, p)) for v in s.cos_layers])
-        console.print(table)
+        render_layers(console, c, p)
     if out == "H":
         words = (
             "cos X: its embeddings (token + position: equal at the same position); X1 … the "
@@ -146,6 +138,66 @@ def render_shared(console: Console, c: Comparison, opts: RenderOptions) -> None:
     for note in c.notes:
         console.print(Text("note: " + note, style="yellow"))
     console.print()
+
+
+def render_layers(console: Console, c: Comparison, precision: int) -> None:
+    """Each shared token's cosine at the input of every layer (X0 …) and of its final hidden
+    states (H): tokens as rows when the layers fit the width; otherwise layers as rows and the
+    tokens as columns, in as many blocks as the width needs, so no number is hidden."""
+    stages = [f"X{i}" for i in range(len(c.shared[0].cos_layers) - 1)] + ["H"]
+    tokens = [s.token for s in c.shared]
+    cells = [[format_number(v, precision) for v in s.cos_layers] for s in c.shared]
+    title = Text("Cosine of each shared token's vector, layer by layer", style="bold")
+    if _table_width(tokens, stages, cells) <= console.width:
+        console.print(title)
+        console.print(_matrix_table("token", tokens, stages, cells))
+        return
+    title.append(" (rows: the input of each layer, then H; columns: the shared tokens)")
+    console.print(title)
+    by_stage = [list(col) for col in zip(*cells, strict=True)]
+    blocks = _column_blocks(stages, tokens, by_stage, console.width)
+    for a, b in blocks:
+        if len(blocks) > 1:
+            console.print(Text(f"tokens {a + 1}–{b} of {len(tokens)}", style="dim"))
+        console.print(_matrix_table("", stages, tokens[a:b], [row[a:b] for row in by_stage]))
+
+
+def _matrix_table(corner: str, rows: list[str], cols: list[str], cells: list[list[str]]) -> Table:
+    table = compact_table()
+    table.add_column(Text(corner), no_wrap=True, style="bold")
+    for name in cols:
+        table.add_column(Text(name), justify="right", no_wrap=True)
+    for label, row in zip(rows, cells, strict=True):
+        table.add_row(Text(label), *(Text(v) for v in row))
+    return table
+
+
+def _widths(rows: list[str], cols: list[str], cells: list[list[str]]) -> tuple[int, list[int]]:
+    """The label column's width and each column's (header or widest cell)."""
+    label_w = max([cell_len(r) for r in rows] + [len("token")])
+    widths = [max([cell_len(name)] + [len(row[j]) for row in cells]) for j, name in enumerate(cols)]
+    return label_w, widths
+
+
+def _table_width(rows: list[str], cols: list[str], cells: list[list[str]]) -> int:
+    label_w, widths = _widths(rows, cols, cells)
+    return label_w + sum(w + COL_OVERHEAD for w in widths)
+
+
+def _column_blocks(
+    rows: list[str], cols: list[str], cells: list[list[str]], width: int
+) -> list[tuple[int, int]]:
+    """Consecutive column ranges [a, b) whose tables each fit `width` (at least one column)."""
+    label_w, widths = _widths(rows, cols, cells)
+    blocks: list[tuple[int, int]] = []
+    a, used = 0, label_w
+    for j, w in enumerate(widths):
+        if j > a and used + w + COL_OVERHEAD > width:
+            blocks.append((a, j))
+            a, used = j, label_w
+        used += w + COL_OVERHEAD
+    blocks.append((a, len(cols)))
+    return blocks
 
 
 def _top(row: np.ndarray, labels: list[str], precision: int, k: int = 2) -> str:
