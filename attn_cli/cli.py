@@ -635,8 +635,9 @@ def _model_traces(
         shown_layer = "all" if str(chosen_layer).lower() == "all" else chosen_layer
         shown_head = "all" if str(chosen_head).lower() == "all" else chosen_head
         note = (
-            f"showing layer {shown_layer}, head {shown_head} of {d.layers} layers × {d.heads} "
-            "heads: choose with --layer N|all and --head N|all"
+            f"showing layer {shown_layer}, head {shown_head} of {d.layers} "
+            f"layer{'s' if d.layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
+            "choose with --layer N|all and --head N|all"
         )
     for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, **run):
         if note is not None:

@@ -97,7 +97,8 @@ def resolve(name: str) -> Checkpoint:
             )
         return _checkpoint(name, path)
     looked.append(f"no directory {path}")
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+    hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if hub_id:
         for cache in hf_cache_dirs():
             repo = cache / ("models--" + name.replace("/", "--"))
             snap = _snapshot(repo) if repo.is_dir() else None
@@ -105,8 +106,23 @@ def resolve(name: str) -> Checkpoint:
                 return _checkpoint(name, snap)
             looked.append(f"not in the HuggingFace cache {cache}")
     raise InputError(
-        f"--model {name}: not found ({'; '.join(looked)}); {GET_ONE}, or pass a checkpoint directory"
+        f"--model {name}: not found ({'; '.join(looked)}); {_how_to_get(name, hub_id)}"
     )
+
+
+def _how_to_get(name: str, hub_id: bool) -> str:
+    """What to do about a --model that was not found, by what it looks like."""
+    if hub_id:
+        return (
+            f"attn-cli never downloads: fetch it with huggingface-cli download {name} (then "
+            "--model the same id), or see attn-cli models for what is on this machine"
+        )
+    if "/" in name or name.startswith((".", "~")):
+        return (
+            "pass a directory with config.json, safetensors weights and tokenizer.json, or a "
+            ".gguf file; attn-cli models lists what is on this machine"
+        )
+    return f"attn-cli models lists the models on this machine; {GET_ONE}"
 
 
 def _checkpoint(name: str, d: Path) -> Checkpoint:

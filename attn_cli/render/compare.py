@@ -118,10 +118,15 @@ def render_shared(console: Console, c: Comparison, opts: RenderOptions) -> None:
         console.print()
         render_layers(console, c, p)
     if out == "H":
+        arch = c.a.config.get("architecture")
+        if isinstance(arch, dict) and "rope" in arch:  # rotary: position enters Q and K only
+            embeddings = "its token embeddings (no position is added: equal wherever it stands)"
+        else:
+            embeddings = "its embeddings (token + position: equal at the same position)"
         words = (
-            "cos X: its embeddings (token + position: equal at the same position); X1 … the "
-            "input of each later layer; cos H: its final hidden states. Each layer mixes in what "
-            "the token attended to, so the same word drifts apart in different contexts."
+            f"cos X: {embeddings}; X1 … the input of each later layer; cos H: its final hidden "
+            "states. Each layer mixes in what the token attended to, so the same word drifts "
+            "apart in different contexts."
         )
     else:
         words = (

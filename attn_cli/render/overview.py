@@ -7,15 +7,24 @@ from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
-from attn_cli.render.statistics import dominant_pattern, visible_counts
+from attn_cli.render.statistics import dominant_pattern, special_names, visible_counts
 from attn_cli.trace import Trace, TraceStep
 
 # One letter per pattern keeps a 12-head row inside 80 columns.
 CODES = {"previous": "P", "self": "S", "[SEP]": "E", "broad": "~"}
-LEGEND = (
-    "P = previous token, S = itself, F = first token ([CLS]), E = [SEP] tokens, ~ = broad "
-    "(no pattern ≥ 0.40; the number is its relative entropy)"
-)
+
+
+def legend(tokens: list[str]) -> str:
+    """What the codes mean, naming only the special tokens this text has."""
+    first, seps = special_names(tokens)
+    parts = [
+        "P = previous token",
+        "S = itself",
+        "F = first token" + (f" ({first})" if first else ""),
+    ]
+    if seps:
+        parts.append(f"E = {'/'.join(seps)} tokens")
+    return ", ".join(parts) + ", ~ = broad (no pattern ≥ 0.40; the number is its relative entropy)"
 
 
 def plural(n: int, word: str) -> str:
@@ -49,7 +58,7 @@ def render_overview(console: Console, trace: Trace, opts: RenderOptions) -> None
             style="italic",
         )
     )
-    console.print(Text(LEGEND, style="dim"))
+    console.print(Text(legend(trace.tokens), style="dim"))
     color = colors_on(console)
     scale = Scale(False, 1.0)
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 0), show_header=True)

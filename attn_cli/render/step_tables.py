@@ -26,7 +26,12 @@ def trace_header(trace: Trace, label: str | None = None, config: bool = True) ->
     config=False leaves the settings out (a second trace run the same way)."""
     cfg = trace.config
     n = len(trace.tokens)
-    bits = [f"{n} token{'s' if n != 1 else ''}"]
+    lines, tokens = cfg.get("lines"), cfg.get("tokens")
+    if cfg.get("pipeline") == "heads" and isinstance(lines, int) and isinstance(tokens, int):
+        n = tokens  # a corpus: its lines and tokens (the trace itself holds none)
+        bits = [f"{lines:,} line{'s' if lines != 1 else ''}, {n:,} token{'s' if n != 1 else ''}"]
+    else:
+        bits = [f"{n} token{'s' if n != 1 else ''}"]
     for key in (
         "pipeline",
         "embeddings",
@@ -225,7 +230,8 @@ def column_blocks(step: TraceStep, opts: RenderOptions, width: int) -> list[Trac
     if len(starts) == 1:
         return [step]
     return [
-        replace(step, data=step.data[:, a:b], cols=step.cols[a:b]) for a, b in zip(starts, ends)
+        replace(step, data=step.data[:, a:b], cols=step.cols[a:b])
+        for a, b in zip(starts, ends, strict=True)
     ]
 
 

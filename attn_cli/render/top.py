@@ -9,7 +9,12 @@ from rich.text import Text
 
 from attn_cli.attention import entropy
 from attn_cli.render.common import RenderOptions, format_number
-from attn_cli.render.statistics import head_patterns, relative_entropy, visible_counts
+from attn_cli.render.statistics import (
+    head_patterns,
+    relative_entropy,
+    special_names,
+    visible_counts,
+)
 from attn_cli.render.step_tables import compact_table
 from attn_cli.trace import Trace, TraceStep, printable
 
@@ -126,12 +131,15 @@ def render_summary(console: Console, trace: Trace, opts: RenderOptions) -> None:
             *[Text(format_number(pat[n], p) if n in pat else "") for n in names],
         )
     console.print(table)
+    first, seps = special_names(trace.tokens)
+    words = f"{first or 'first'} = on the first token"
+    if seps:
+        words += f", [SEP] = on {'/'.join(seps)} tokens"
     console.print(
         Text(
             "L = layer, H = head. Entropy: mean over rows, in nats; rel.: divided by log of the "
             "tokens each row may see (1 = spread evenly). Pattern scores are mean weights: prev "
-            "= on the token just before, self = on itself, [CLS]/first = on the first token, "
-            "[SEP] = on [SEP] tokens.",
+            f"= on the token just before, self = on itself, {words}.",
             style="italic",
         )
     )
