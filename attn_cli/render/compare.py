@@ -11,7 +11,12 @@ from rich.text import Text
 
 from attn_cli.comparison import Comparison
 from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
-from attn_cli.render.step_tables import COL_OVERHEAD, compact_table, trace_header
+from attn_cli.render.step_tables import (
+    COL_OVERHEAD,
+    compact_table,
+    trace_header,
+    wrap_columns,
+)
 from attn_cli.trace import TraceStep, printable
 
 LABEL_W = 10  # row label: position and token, cut to fit
@@ -160,7 +165,7 @@ def render_layers(console: Console, c: Comparison, precision: int) -> None:
     title.append(" (rows: the input of each layer, then H; columns: the shared tokens)")
     console.print(title)
     by_stage = [list(col) for col in zip(*cells, strict=True)]
-    blocks = _column_blocks(stages, tokens, by_stage, console.width)
+    blocks = wrap_columns(*_widths(stages, tokens, by_stage), console.width)
     for a, b in blocks:
         if len(blocks) > 1:
             console.print(Text(f"tokens {a + 1}–{b} of {len(tokens)}", style="dim"))
@@ -187,22 +192,6 @@ def _widths(rows: list[str], cols: list[str], cells: list[list[str]]) -> tuple[i
 def _table_width(rows: list[str], cols: list[str], cells: list[list[str]]) -> int:
     label_w, widths = _widths(rows, cols, cells)
     return label_w + sum(w + COL_OVERHEAD for w in widths)
-
-
-def _column_blocks(
-    rows: list[str], cols: list[str], cells: list[list[str]], width: int
-) -> list[tuple[int, int]]:
-    """Consecutive column ranges [a, b) whose tables each fit `width` (at least one column)."""
-    label_w, widths = _widths(rows, cols, cells)
-    blocks: list[tuple[int, int]] = []
-    a, used = 0, label_w
-    for j, w in enumerate(widths):
-        if j > a and used + w + COL_OVERHEAD > width:
-            blocks.append((a, j))
-            a, used = j, label_w
-        used += w + COL_OVERHEAD
-    blocks.append((a, len(cols)))
-    return blocks
 
 
 def _top(row: np.ndarray, labels: list[str], precision: int, k: int = 2) -> str:

@@ -213,26 +213,32 @@ def column_blocks(step: TraceStep, opts: RenderOptions, width: int) -> list[Trac
     if step.kind != "heads":
         return [step]
     layout = _layout(step, opts, 1 << 30)
-    cost = [w + COL_OVERHEAD for w in layout.widths]
-    starts, used = [0], layout.label_w
+    blocks = wrap_columns(layout.label_w, layout.widths, width)
+    if len(blocks) == 1:
+        return [step]
+    return [replace(step, data=step.data[:, a:b], cols=step.cols[a:b]) for a, b in blocks]
+
+
+def wrap_columns(label_w: int, widths: list[int], width: int) -> list[tuple[int, int]]:
+    """Column ranges [a, b) whose tables (the label column, then those columns) each fit
+    `width`: as few as fit, of even sizes when they fit too (12 heads: 6 + 6, not 11 + 1);
+    at least one column each."""
+    cost = [w + COL_OVERHEAD for w in widths]
+    starts, used = [0], label_w
     for j, c in enumerate(cost):
         if j > starts[-1] and used + c > width:
             starts.append(j)
-            used = layout.label_w
+            used = label_w
         used += c
     n = len(cost)
-    if len(starts) > 1:  # as many blocks, of even sizes (12 heads: 6 + 6, not 11 + 1) if they fit
+    if len(starts) > 1:
         per = -(-n // len(starts))
         even = list(range(0, n, per))
-        if all(layout.label_w + sum(cost[a : a + per]) <= width for a in even):
+        if len(even) == len(starts) and all(
+            label_w + sum(cost[a : a + per]) <= width for a in even
+        ):
             starts = even
-    ends = starts[1:] + [n]
-    if len(starts) == 1:
-        return [step]
-    return [
-        replace(step, data=step.data[:, a:b], cols=step.cols[a:b])
-        for a, b in zip(starts, ends, strict=True)
-    ]
+    return list(zip(starts, starts[1:] + [n], strict=True))
 
 
 def step_title(step: TraceStep) -> Text:
