@@ -1015,6 +1015,7 @@ def _print_models(console, found: list[dict[str, Any]]) -> None:
     from rich.text import Text
 
     from attn_cli.models.checkpoint import short_count
+    from attn_cli.trace import printable
 
     def size(n: int) -> str:
         if n >= 1e9:
@@ -1028,7 +1029,7 @@ def _print_models(console, found: list[dict[str, Any]]) -> None:
     for m in found:
         table.add_row(
             *(
-                Text(cell)  # data, never markup
+                Text(printable(cell))  # data from files: never markup, never escape codes
                 for cell in (
                     m["name"],
                     m["family"] or "?",
@@ -1050,7 +1051,7 @@ def _print_models(console, found: list[dict[str, Any]]) -> None:
         )
     )
     for m in broken:
-        console.print(Text(f"{m['name']}: {m['problem']}"))
+        console.print(Text(printable(f"{m['name']}: {m['problem']}")))
 
 
 def _app_for(args: list[str]) -> typer.Typer:

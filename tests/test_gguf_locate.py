@@ -226,4 +226,18 @@ def test_models_is_a_table_with_a_header_and_json_that_matches_its_schema(
         assert "\t" not in r.stdout and max(len(line) for line in lines) <= width
         assert any(line.startswith("ollama:smollm2:135m") and "Q8_0" in line for line in lines)
         assert "2 of 3 ready: pass the name to --model" in lines
-        assert f"{lm / 'broken.gguf'}: unreadable: " in r.stdout.replace("\n", "")
+        unwrapped = "".join(r.stdout.split())  # the line wraps wherever the path ends
+        assert f"{lm / 'broken.gguf'}:unreadable:" in unwrapped
+
+
+def test_models_table_shows_escape_codes_in_file_names_as_text(fake_home, monkeypatch):
+    from attn_cli.models import checkpoint
+    from tests.conftest import invoke
+
+    monkeypatch.setattr(checkpoint, "minilm_dir", lambda: None)
+    lm = fake_home / ".lmstudio" / "models"
+    lm.mkdir(parents=True)
+    shutil.copy(TINY, lm / "evil\x1b[2J.gguf")
+    r = invoke(["models", "--no-color", "--width", "200"])
+    assert r.exit_code == 0, r.stderr
+    assert "\x1b" not in r.stdout and "evil\\x1b[2J.gguf" in r.stdout
