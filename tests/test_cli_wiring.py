@@ -72,11 +72,11 @@ def test_models_lists_gguf_files_from_an_ollama_store(tmp_path, monkeypatch):
         )
     )
     monkeypatch.setenv("OLLAMA_MODELS", str(store))
-    r = invoke(["models"])
+    r = invoke(["models", "--json"])
     assert r.exit_code == 0, r.stderr
-    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("ollama:tiny"))
-    assert "llama" in line and "GGUF" in line and "ready" in line
-    name = line.split("\t")[0]
+    found = next(m for m in json.loads(r.stdout)["models"] if m["name"].startswith("ollama:tiny"))
+    assert (found["family"], found["format"], found["ready"]) == ("llama", "gguf", True)
+    name = found["name"]
     r = invoke(["explain", "I(1)!", "--model", name, "--layer", "0", "--head", "0"])
     assert r.exit_code == 0, r.stderr
     assert "W = softmax(W_masked) per row" in r.stdout

@@ -320,3 +320,41 @@ def test_compare_saves_what_it_printed_as_svg_and_html(tmp_path):
     assert "background-color" in page or "color:" in page  # in colour, though stdout was not
     r = invoke(["compare", A, B, "--svg", str(tmp_path)])  # a directory: one-line error
     assert r.exit_code == 2 and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("n_tokens", [2, 20])
+def test_the_layer_by_layer_table_of_a_deep_model_hides_no_number(width, n_tokens):
+    """30 layers: 31 columns (X0 … X29, H) need ~230 columns. Layers become rows and the
+    tokens columns, in blocks that fit: every cosine is shown, none is cut to '…'."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from attn_cli.comparison import Shared
+    from attn_cli.render.common import RenderOptions
+    from attn_cli.render.compare import render_comparison
+
+    c = compare(A, B)
+    stages = 31
+    c.shared = [
+        Shared(f"tok{i}", 0, 0, 1.0, 1.0, [(i * stages + j) / 1000 for j in range(stages)])
+        for i in range(n_tokens)
+    ]
+    out = io.StringIO()
+    render_comparison(Console(file=out, width=width), c, RenderOptions(precision=3))
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width
+    start = next(i for i, line in enumerate(lines) if "layer by layer" in line)
+    end = next(i for i, line in enumerate(lines) if line.startswith("cos = cosine"))
+    table = "\n".join(lines[start:end])
+    assert "…" not in table
+    shown = sorted(float(v) for v in re.findall(r"\b0\.\d{3}\b", table))
+    assert shown == [k / 1000 for k in range(n_tokens * stages)]
+    assert [f"X{j}" for j in range(30)] + ["H"] == [
+        line.split()[0] for line in lines[start:end] if re.match(r"(X\d+|H) ", line)
+    ][:stages]
+    if n_tokens == 20:  # more tokens than fit in one block: each block says which it holds
+        assert re.search(r"^tokens 1–\d+ of 20$", table, re.M)

@@ -177,3 +177,67 @@ def test_discover(fake_home, tmp_path):
 
 def test_discover_nothing(fake_home):
     assert locate.discover() == []
+
+
+def test_models_is_a_table_with_a_header_and_json_that_matches_its_schema(
+    fake_home, tmp_path, monkeypatch
+):
+    import jsonschema
+
+    from attn_cli.export import SCHEMA_PATH
+    from attn_cli.models import checkpoint
+    from tests.conftest import invoke
+
+    monkeypatch.setattr(checkpoint, "minilm_dir", lambda: None)
+
+    ollama_store(fake_home / ".ollama" / "models")
+    lm = fake_home / ".lmstudio" / "models"
+    lm.mkdir(parents=True)
+    (lm / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    snap = tmp_path / "hf" / "models--org--tiny" / "snapshots" / "abc"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "tiny_bert", snap)
+    (tmp_path / "hf" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hf" / "models--org--tiny" / "refs" / "main").write_text("abc")
+
+    r = invoke(["models", "--json"])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)  # one document
+    schema = json.loads(SCHEMA_PATH.with_name("models-v1.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    by_name = {m["name"]: m for m in doc["models"]}
+    assert set(by_name) == {"org/tiny", "ollama:smollm2:135m", str(lm / "broken.gguf")}
+    tiny = by_name["ollama:smollm2:135m"]
+    assert (tiny["family"], tiny["quantisation"], tiny["ready"]) == ("llama", "Q8_0", True)
+    assert tiny["size_bytes"] == TINY.stat().st_size and tiny["source"] == "ollama"
+    bert = by_name["org/tiny"]
+    assert (bert["family"], bert["format"], bert["shape"]) == (
+        "bert",
+        "safetensors",
+        "2 layers × 2 heads",
+    )
+    broken = by_name[str(lm / "broken.gguf")]
+    assert broken["ready"] is False and "not a valid GGUF file" in broken["problem"]
+
+    for width in (80, 120):
+        r = invoke(["models", "--width", str(width), "--no-color"])
+        assert r.exit_code == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].split() == ["name", "family", "parameters", "quantisation", "size", "where"]
+        assert "\t" not in r.stdout and max(len(line) for line in lines) <= width
+        assert any(line.startswith("ollama:smollm2:135m") and "Q8_0" in line for line in lines)
+        assert "2 of 3 ready: pass the name to --model" in lines
+        unwrapped = "".join(r.stdout.split())  # the line wraps wherever the path ends
+        assert f"{lm / 'broken.gguf'}:unreadable:" in unwrapped
+
+
+def test_models_table_shows_escape_codes_in_file_names_as_text(fake_home, monkeypatch):
+    from attn_cli.models import checkpoint
+    from tests.conftest import invoke
+
+    monkeypatch.setattr(checkpoint, "minilm_dir", lambda: None)
+    lm = fake_home / ".lmstudio" / "models"
+    lm.mkdir(parents=True)
+    shutil.copy(TINY, lm / "evil\x1b[2J.gguf")
+    r = invoke(["models", "--no-color", "--width", "200"])
+    assert r.exit_code == 0, r.stderr
+    assert "\x1b" not in r.stdout and "evil\\x1b[2J.gguf" in r.stdout

@@ -15,6 +15,8 @@ import pytest
 from attn_cli.errors import InputError
 from attn_cli.export import loads_traces
 from attn_cli.render.interactive import (
+    LEVELS,
+    MASKED_CODE,
     TABLE_COLS,
     TABLE_ROWS,
     interactive_html,
@@ -488,6 +490,90 @@ def test_a_trace_without_maps_still_shows_its_tables(browser, tmp_path):
     assert o.page.locator("#step-list .step").count() == len(t.steps)
     o.check_clean()
     o.page.close()
+
+
+def unpacked(doc: dict) -> dict[int, np.ndarray]:
+    """Step index -> the map the page stores packed, decoded as the page's script does (without
+    its rounding to 4 significant digits)."""
+    import base64
+    import zlib
+
+    blob = zlib.decompress(base64.b64decode(doc["packed"]["zlib_base64"]))
+    assert len(blob) == doc["packed"]["bytes"]
+    maps = {}
+    for i, entry in enumerate(doc["traces"][0]["steps"]):
+        if "packed" in entry:
+            q, (n, m) = entry["packed"], entry["shape"]
+            codes = np.frombuffer(blob, np.uint8, n * m, q["offset"]).reshape(n, m)
+            maps[i] = np.where(codes == MASKED_CODE, -np.inf, q["lo"] + codes * q["step"])
+    return maps
+
+
+def test_packed_maps_decode_to_the_trace_within_the_stated_precision():
+    trace = hand_trace(["the", "bank", "of", "the", "river"], causal=True)
+    doc = embedded(interactive_html([trace], pack_above=0))
+    steps = doc["traces"][0]["steps"]
+    maps = unpacked(doc)
+    assert sorted(maps) == [i for i, s in enumerate(trace.steps) if s.kind in ("scores", "weights")]
+    for i, got in maps.items():
+        want = trace.steps[i].data
+        assert steps[i]["data"] is None  # the numbers travel packed only
+        assert np.array_equal(np.isneginf(got), np.isneginf(want))
+        ok = np.isfinite(want)
+        span = want[ok].max() - want[ok].min()
+        assert steps[i]["packed"]["step"] == pytest.approx(span / LEVELS)
+        # "each within 1/508 of its map's range": half a step
+        assert np.abs(got[ok] - want[ok]).max() <= span / (2 * LEVELS) * (1 + 1e-9)
+    note = doc["packed"]["note"]
+    assert "stored to 8 bits: each within 1/508 of its map's range" in note
+    assert not np.isnan(doc["traces"][0]["steps"][0]["data"]).any()  # tables stay as JSON
+    assert "packed" not in embedded(interactive_html([trace]))  # small pages are not packed
+
+
+def test_a_page_of_many_maps_packs_them_to_about_a_byte_per_number():
+    """112 tokens × 270 heads: the JSON page spent about 6 bytes per number (79 MB for 112
+    SmolLM2 tokens); packed, a byte and a third of base64 at most, less once compressed."""
+    rng = np.random.default_rng(0)
+    n = 112
+    labels = token_labels([f"t{i}" for i in range(n)])
+    causal = np.triu(np.ones((n, n), bool), 1)
+    steps = []
+    for layer in range(30):
+        for head in range(9):
+            w = softmax(np.where(causal, -np.inf, rng.normal(size=(n, n)) * 3))
+            steps.append(TraceStep("W", "softmax", "", w, labels, labels, "weights", layer, head))
+    trace = Trace("t", [f"t{i}" for i in range(n)], list(range(n)), {}, steps)
+    numbers = 270 * n * n
+    size = len(interactive_html([trace]).encode())
+    assert size < 1.0 * numbers
+    assert len(interactive_html([trace], pack_above=None).encode()) > 5 * numbers
+
+
+@pytest.mark.reference
+def test_a_packed_page_shows_the_traces_weights_within_the_stated_precision(browser, tmp_path):
+    t = hand_trace(["hi", "how", "are", "you"], causal=True)
+    o = Opened(browser, interactive_html([t], pack_above=0), tmp_path)
+    page = o.page
+    assert "stored to 8 bits: each within 1/508 of its map's range" in page.text_content(
+        "#size-note"
+    )
+    assert page.is_visible("#size-note")
+    for name in ("W", "W_masked"):
+        page.select_option("#step", name)
+        want = t.find(name, 0, 0).data
+        ok = np.isfinite(want)
+        half_step = (want[ok].max() - want[ok].min()) / (2 * LEVELS)
+        for i in range(4):
+            o.hover_token("q", i)
+            shown = as_numbers(o.values("k"))
+            assert np.array_equal(np.isneginf(shown), np.isneginf(want[i]))
+            fin = np.isfinite(want[i])
+            # within half a step, then shown to 4 significant digits
+            assert np.all(
+                np.abs(shown[fin] - want[i][fin]) <= half_step + 5e-4 * np.abs(shown[fin])
+            )
+    o.check_clean()
+    page.close()
 
 
 @pytest.mark.reference

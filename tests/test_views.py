@@ -194,3 +194,59 @@ def test_long_commands_check_their_output_paths_first(tmp_path, args):
         r.stderr
         == f"attn-cli: error: cannot write {nowhere}: directory {tmp_path / 'missing'} does not exist\n"
     )
+
+
+TINY_GGUF = SAMPLES.parent / "tests" / "fixtures" / "gguf" / "tiny-llama.gguf"
+TINY_BERT = SAMPLES.parent / "tests" / "fixtures" / "tiny_bert"
+
+
+def plain_out(args: list[str]) -> str:
+    r = invoke([*args, "--no-color", "--width", "100"])
+    assert r.exit_code == 0, r.output
+    return " ".join(r.stdout.split())  # wrapped sentences on one line
+
+
+def test_geometry_without_a_picture_says_what_to_pass():
+    out = plain_out(["explain", "hi there", "--model", str(TINY_BERT), "--layer", "0", "--head", "0", "--view", "geometry"])  # fmt: skip
+    assert "this trace has none" not in out
+    assert "this trace keeps X (8-d), Y (4-d): pass --layer all to keep the model's final hidden states H" in out  # fmt: skip
+    picture = plain_out(["explain", "hi there", "--model", str(TINY_BERT), "--layer", "all", "--head", "0", "--view", "geometry"])  # fmt: skip
+    assert "Geometry: X (○, before) and H (●, after)" in picture
+    out = plain_out(["explain", "the cat", "--qkv", "--steps", "X,W", "--view", "geometry"])
+    assert "this trace keeps X (384-d): keep X and Y (or O) with --steps, e.g. --steps X,Y" in out
+
+
+def test_heads_header_counts_the_corpus_not_zero_tokens(tmp_path):
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("hi there\nthe cat sat\n", encoding="utf-8")
+    out = plain_out(["heads", str(corpus), "--model", str(TINY_BERT), "-j", "1"])
+    assert "0 tokens" not in out
+    # [CLS] hi there [SEP] and [CLS] the cat sat [SEP]: 4 + 5 tokens
+    assert "─ 2 lines, 9 tokens · pipeline=heads" in out
+
+
+def test_one_layer_is_singular():
+    out = plain_out(["explain", "AB, C", "--model", str(TINY_GGUF), "--layer", "all", "--head", "all", "--view", "grid"])  # fmt: skip
+    assert "1 layer × 4 heads, each map" in out and "1 layers" not in out
+    out = plain_out(["explain", "AB, C", "--model", str(TINY_GGUF)])
+    assert "of 1 layer × 4 heads: choose with" in out
+
+
+def test_decoder_runs_use_no_bert_words_and_bert_runs_keep_them():
+    """A decoder's text has no [CLS] or [SEP], and a rotary model adds no position to its
+    embeddings: the legends and the comparison's sentence say what this model has."""
+    decoder = ["--model", str(TINY_GGUF), "--layer", "all", "--head", "all"]
+    out = plain_out(["explain", "AB, CD.", *decoder, "--view", "overview,summary"])
+    assert "[CLS]" not in out and "[SEP]" not in out
+    assert "F = first token, ~ = broad" in out and "first = on the first token." in out
+    compared = plain_out(["compare", "AB, C", "AB, D", "--model", str(TINY_GGUF)])
+    assert "token + position" not in compared
+    assert (
+        "cos X: its token embeddings (no position is added: equal wherever it stands)" in compared
+    )
+    bert = ["--model", str(TINY_BERT), "--layer", "all", "--head", "all"]
+    out = plain_out(["explain", "hi there", *bert, "--view", "overview,summary"])
+    assert "F = first token ([CLS]), E = [SEP] tokens" in out
+    assert "[CLS] = on the first token, [SEP] = on [SEP] tokens." in out
+    compared = plain_out(["compare", "hi there", "hi you", "--model", str(TINY_BERT)])
+    assert "cos X: its embeddings (token + position: equal at the same position)" in compared

@@ -158,15 +158,20 @@ def test_bf16_conversion_agrees_with_torch_on_every_bit_pattern():
 def test_sharded_checkpoints_resolve_and_are_listed_with_family_and_size(tmp_path, monkeypatch):
     ckpt = checkpoint.resolve(str(FIXTURES / "tiny_gemma3"))
     assert ckpt.family.name == "gemma" and ckpt.weights_path == FIXTURES / "tiny_gemma3"
-    status = checkpoint._status(FIXTURES / "tiny_llama")
+    listed = checkpoint._describe("tiny", FIXTURES / "tiny_llama", "hf-cache")
     w = SafetensorsWeights(FIXTURES / "tiny_llama", "embed_tokens.weight")
     count = w.parameters()
     assert 10_000 < count < 100_000
-    assert (
-        status
-        == f"llama, {count / 1000:.1f}K parameters (BF16), 2 layers × 4 heads (2 key/value heads), ready"
+    assert (listed.family, listed.params, listed.dtype, listed.problem) == (
+        "llama",
+        count,
+        "BF16",
+        None,
     )
-    assert checkpoint._status(FIXTURES / "tiny_gemma3").startswith("gemma (gemma3_text), ")
+    assert listed.shape == "2 layers × 4 heads (2 key/value heads)"
+    assert listed.size_bytes == (FIXTURES / "tiny_llama" / "model.safetensors").stat().st_size
+    gemma = checkpoint._describe("g", FIXTURES / "tiny_gemma3", "hf-cache")
+    assert gemma.family == "gemma (gemma3_text)"
     # the hub cache layout: models--org--name/snapshots/<rev>/
     snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "abc"
     snap.parent.mkdir(parents=True)
@@ -174,8 +179,8 @@ def test_sharded_checkpoints_resolve_and_are_listed_with_family_and_size(tmp_pat
 
     shutil.copytree(FIXTURES / "tiny_gemma3", snap)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    found = {name: status for name, _, status in checkpoint.discover()}
-    assert found["org/tiny"].endswith("ready") and "gemma" in found["org/tiny"]
+    found = {f.name: f for f in checkpoint.discover()}
+    assert found["org/tiny"].problem is None and found["org/tiny"].family == "gemma (gemma3_text)"
     assert checkpoint.resolve("org/tiny").path == snap
 
 

@@ -63,7 +63,7 @@ def test_parameter_tables_show_columns_not_a_wide_label():
     lines = check_lines(run80(["explain", "hi how are you", "--qkv"]))
     header = lines[lines.index("W_q = random 384×384 matrix") + 1]
     assert header.split()[:8] == [f"q{i}" for i in range(8)]
-    assert "… 360 more rows" in lines
+    assert "… 360 more rows (d24 … d383; --max-rows 384 shows every row)" in lines
 
 
 def test_header_wraps_between_items():
@@ -124,3 +124,32 @@ def test_bare_command_prints_the_help_and_succeeds():
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([])
     assert code == 0 and "Usage: attn-cli" in out.getvalue() and err.getvalue() == ""
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_heads_grid_wider_than_the_screen_wraps_into_blocks_that_show_every_head(width):
+    """MiniLM's 12 heads at 80 columns showed 9; SmolLM2's 30 layers were cut at 24 rows
+    without saying which or how to see them."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from attn_cli.methods.detectors import heads_step
+    from attn_cli.render.common import RenderOptions
+    from attn_cli.render.step_tables import render_step
+
+    values = np.arange(30 * 12, dtype=np.float64).reshape(30, 12) / 1000  # all distinct
+    out = io.StringIO()
+    render_step(
+        Console(file=out, width=width), heads_step("prev_token", values), RenderOptions(precision=3)
+    )
+    lines = out.getvalue().splitlines()
+    assert max(cell_len(line) for line in lines) <= width
+    shown = sorted(float(v) for line in lines if re.match(r"L\d+ ", line) for v in line.split()[1:])
+    assert shown == sorted(values[:24].ravel().round(3).tolist())  # every head of 24 layers
+    headers = [line.split() for line in lines if re.fullmatch(r"( *H\d+)+", line)]
+    assert [h for header in headers for h in header] == [f"H{i}" for i in range(12)]
+    if width == 80:  # 12 heads do not fit: two blocks of 6, each saying which columns
+        assert "H0 … H5 (columns 1–6 of 12)" in lines and "H6 … H11 (columns 7–12 of 12)" in lines
+    assert "… 6 more rows (L24 … L29; --max-rows 30 shows every row)" in lines

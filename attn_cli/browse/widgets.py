@@ -31,6 +31,8 @@ CURSOR = Style(reverse=True, bold=True, underline=True)
 PIN_CELL = Style(bold=True, underline=True)  # cells of the selected token's row and column
 LABEL = Style(bold=True)
 DIM = Style(dim=True)
+# Steps whose columns are dimensions (d0, d1 … or q0, q1 …), not tokens.
+DIMENSION_KINDS = ("vectors", "parameters")
 
 
 def fit(text: str, width: int, mark: str = "…") -> str:
@@ -391,6 +393,19 @@ class Heatmap(ScrollView, can_focus=False):
             self._rows_cache[key] = cells
         return cells
 
+    def _spaced_labels(self) -> list[Segment]:
+        """Dimension columns in colour mode (2 cells each): every k-th label whole (d0, d4,
+        d8 …), not each one cut to its first 2 characters (d1d1d1 …)."""
+        longest = max((cell_len(c) for c in self._col_labels), default=1)
+        every = -(-(longest + 1) // self.cell_w)  # columns one label and a space need
+        total = len(self._col_labels) * self.cell_w
+        cells = []
+        for j in range(0, len(self._col_labels), every):
+            span = min(every * self.cell_w, total - j * self.cell_w)
+            text = fit(self._col_labels[j], span, mark="")
+            cells.append(Segment(text + " " * (span - cell_len(text)), LABEL))
+        return cells
+
     def _label(self, text: str, style: Style) -> list[Segment]:
         body = fit(text, self.label_w - 1)
         return [Segment(body, style), Segment(" " * (self.label_w - cell_len(body)))]
@@ -405,7 +420,9 @@ class Heatmap(ScrollView, can_focus=False):
         pin_cols = self.token_map
         if y == 0:
             cells: list[Segment] = []
-            for j, label in enumerate(self._col_labels):
+            if not self.numbers and self.step is not None and self.step.kind in DIMENSION_KINDS:
+                cells = self._spaced_labels()
+            for j, label in enumerate([] if cells else self._col_labels):
                 style = PINNED if pin_cols and j == self.key_token else LABEL
                 if self.numbers:
                     text = fit(label, self.cell_w - 1).rjust(self.cell_w - 1) + " "

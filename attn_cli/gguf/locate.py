@@ -143,7 +143,10 @@ def resolve_gguf(name: str) -> Path:
         return resolve_ollama(name)
     p = Path(name).expanduser()
     if not p.exists():
-        raise InputError(f"{opt('model', name)}: no such file")
+        raise InputError(
+            f"{opt('model', name)}: no such file; pass the path of a .gguf file, a name from "
+            "attn-cli models, smollm2 or ollama:NAME:TAG"
+        )
     if not p.is_file():
         raise InputError(f"{opt('model', name)}: is a directory, expected a .gguf file")
     if not _has_magic(p):

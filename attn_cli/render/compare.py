@@ -8,10 +8,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.cells import cell_len
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, clip, colors_on, format_number
-from attn_cli.render.step_tables import compact_table, trace_header
+from attn_cli.render.step_tables import (
+    COL_OVERHEAD,
+    compact_table,
+    trace_header,
+    wrap_columns,
+)
 from attn_cli.trace import TraceStep, printable
 
 if TYPE_CHECKING:
@@ -115,21 +121,17 @@ def render_shared(console: Console, c: Comparison, opts: RenderOptions) -> None:
     console.print(table)
     if c.shared[0].cos_layers:
         console.print()
-        console.print(Text("Cosine of each shared token's vector, layer by layer", style="bold"))
-        n_layers = len(c.shared[0].cos_layers) - 1
-        table = compact_table()
-        table.add_column(Text("token"), no_wrap=True, style="bold")
-        for i in range(n_layers):
-            table.add_column(Text(f"X{i}"), justify="right", no_wrap=True)
-        table.add_column(Text("H"), justify="right", no_wrap=True)
-        for s in c.shared:
-            table.add_row(Text(s.token), *[Text(format_number(v, p)) for v in s.cos_layers])
-        console.print(table)
+        render_layers(console, c, p)
     if out == "H":
+        arch = c.a.config.get("architecture")
+        if isinstance(arch, dict) and "rope" in arch:  # rotary: position enters Q and K only
+            embeddings = "its token embeddings (no position is added: equal wherever it stands)"
+        else:
+            embeddings = "its embeddings (token + position: equal at the same position)"
         words = (
-            "cos X: its embeddings (token + position: equal at the same position); X1 … the "
-            "input of each later layer; cos H: its final hidden states. Each layer mixes in what "
-            "the token attended to, so the same word drifts apart in different contexts."
+            f"cos X: {embeddings}; X1 … the input of each later layer; cos H: its final hidden "
+            "states. Each layer mixes in what the token attended to, so the same word drifts "
+            "apart in different contexts."
         )
     else:
         words = (
@@ -146,6 +148,50 @@ def render_shared(console: Console, c: Comparison, opts: RenderOptions) -> None:
     for note in c.notes:
         console.print(Text("note: " + note, style="yellow"))
     console.print()
+
+
+def render_layers(console: Console, c: Comparison, precision: int) -> None:
+    """Each shared token's cosine at the input of every layer (X0 …) and of its final hidden
+    states (H): tokens as rows when the layers fit the width; otherwise layers as rows and the
+    tokens as columns, in as many blocks as the width needs, so no number is hidden."""
+    stages = [f"X{i}" for i in range(len(c.shared[0].cos_layers) - 1)] + ["H"]
+    tokens = [s.token for s in c.shared]
+    cells = [[format_number(v, precision) for v in s.cos_layers] for s in c.shared]
+    title = Text("Cosine of each shared token's vector, layer by layer", style="bold")
+    if _table_width(tokens, stages, cells) <= console.width:
+        console.print(title)
+        console.print(_matrix_table("token", tokens, stages, cells))
+        return
+    title.append(" (rows: the input of each layer, then H; columns: the shared tokens)")
+    console.print(title)
+    by_stage = [list(col) for col in zip(*cells, strict=True)]
+    blocks = wrap_columns(*_widths(stages, tokens, by_stage), console.width)
+    for a, b in blocks:
+        if len(blocks) > 1:
+            console.print(Text(f"tokens {a + 1}–{b} of {len(tokens)}", style="dim"))
+        console.print(_matrix_table("", stages, tokens[a:b], [row[a:b] for row in by_stage]))
+
+
+def _matrix_table(corner: str, rows: list[str], cols: list[str], cells: list[list[str]]) -> Table:
+    table = compact_table()
+    table.add_column(Text(corner), no_wrap=True, style="bold")
+    for name in cols:
+        table.add_column(Text(name), justify="right", no_wrap=True)
+    for label, row in zip(rows, cells, strict=True):
+        table.add_row(Text(label), *(Text(v) for v in row))
+    return table
+
+
+def _widths(rows: list[str], cols: list[str], cells: list[list[str]]) -> tuple[int, list[int]]:
+    """The label column's width and each column's (header or widest cell)."""
+    label_w = max([cell_len(r) for r in rows] + [len("token")])
+    widths = [max([cell_len(name)] + [len(row[j]) for row in cells]) for j, name in enumerate(cols)]
+    return label_w, widths
+
+
+def _table_width(rows: list[str], cols: list[str], cells: list[list[str]]) -> int:
+    label_w, widths = _widths(rows, cols, cells)
+    return label_w + sum(w + COL_OVERHEAD for w in widths)
 
 
 def _top(row: np.ndarray, labels: list[str], precision: int, k: int = 2) -> str:

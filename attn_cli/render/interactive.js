@@ -233,8 +233,9 @@
     notes.replaceChildren(...(tr.notes || []).map((n) => el("li", null, n)));
     notes.hidden = !(tr.notes || []).length;
     const size = $("size-note");
-    size.textContent = tr.omitted || "";
-    size.hidden = !tr.omitted;
+    const reduced = [DATA.packed ? DATA.packed.note : null, tr.omitted].filter(Boolean).join(" ");
+    size.textContent = reduced;
+    size.hidden = !reduced;
   }
 
   // ---------- head view ----------
@@ -749,5 +750,48 @@
     renderOverview();
     renderSteps();
   }
-  setup();
+  /* A large page stores its maps packed (interactive.py): one byte per cell, code k meaning
+     lo + k·step (code `masked`: −∞), every map zlib-compressed into one base64 string. Inflate
+     it with the browser's DecompressionStream (no network), then decode each map into rows of
+     numbers the first time it is read, so memory holds only the maps looked at. */
+  async function unpack() {
+    const P = DATA.packed;
+    if (!P) return;
+    const text = atob(P.zlib_base64);
+    P.zlib_base64 = null;
+    const zipped = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) zipped[i] = text.charCodeAt(i);
+    const stream = new Blob([zipped]).stream().pipeThrough(new DecompressionStream("deflate"));
+    const bytes = new Uint8Array(await new Response(stream).arrayBuffer());
+    if (bytes.length !== P.bytes) throw new Error("packed maps: " + bytes.length + " bytes, expected " + P.bytes);
+    for (const tr of DATA.traces) for (const s of tr.steps) {
+      if (!s.packed) continue;
+      Object.defineProperty(s, "data", {
+        configurable: true, enumerable: true,
+        get() {
+          const rows = decodeMap(bytes, s.packed, s.shape[0], s.shape[1], P.masked);
+          Object.defineProperty(s, "data", { value: rows, writable: true, configurable: true, enumerable: true });
+          return rows;
+        },
+      });
+    }
+  }
+  function decodeMap(bytes, q, n, m, masked) {
+    const rows = new Array(n);
+    let p = q.offset;
+    for (let i = 0; i < n; i++) {
+      const row = new Array(m);
+      for (let j = 0; j < m; j++, p++) {
+        const c = bytes[p];
+        row[j] = c === masked ? null : Number((q.lo + c * q.step).toPrecision(4));
+      }
+      rows[i] = row;
+    }
+    return rows;
+  }
+  unpack().then(setup, (err) => {
+    const note = $("size-note");
+    note.textContent = "This page's packed maps could not be decoded (" + err + "); the JSON export (--json) has every number.";
+    note.hidden = false;
+  });
 })();

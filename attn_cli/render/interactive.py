@@ -10,12 +10,20 @@ The page embeds the Trace as JSON, rounded to a few significant digits: every ma
 column is then the source; the pre-softmax score maps are dropped first when they would make the
 page too large), and the top-left corner of every other matrix. Token text is data: it is JSON-escaped here and only ever
 inserted with textContent by the script.
+
+A page whose maps hold more than PACK_ABOVE numbers stores them packed instead, so a browser
+opens it comfortably (112 SmolLM2 tokens, every layer and head: 79 MB as JSON): each map's cells
+as one byte, code k meaning lo + k·step with step = (largest − smallest finite value) / 254 (code
+255: masked), all maps zlib-compressed into one base64 string that the page inflates with the
+browser's own DecompressionStream and decodes map by map when first shown. The page says so.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import math
+import zlib
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -37,6 +45,10 @@ TABLE_ROWS = 24
 TABLE_COLS = 32
 TABLE_BUDGET = 1_000_000
 PRE_SOFTMAX = ("W_raw", "W_scaled", "W_masked")
+# Past this many map numbers a page stores its maps packed to 8 bits per cell (see above).
+PACK_ABOVE = 1_000_000
+LEVELS = 254  # codes 0 … 254 are values, 255 is a masked (or non-finite) cell
+MASKED_CODE = 255
 
 # Content-Security-Policy: nothing may be fetched, only the inline script and style run.
 _CSP = (
@@ -62,6 +74,20 @@ def round_significant(data: np.ndarray, digits: int = SIGNIFICANT) -> np.ndarray
     a[ok] = x
     a[np.isfinite(a) & ~ok] = 0.0
     return a + 0.0  # -0.0 -> 0.0
+
+
+def quantise(data: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """A map as one byte per cell: (codes, lo, step) with cell ≈ lo + code·step, within step/2
+    (1/508 of the map's range); non-finite cells (masked: −∞) get MASKED_CODE."""
+    a = np.asarray(data, dtype=np.float64)
+    finite = np.isfinite(a)
+    codes = np.full(a.shape, MASKED_CODE, dtype=np.uint8)
+    if not finite.any():
+        return codes, 0.0, 0.0
+    lo, hi = float(a[finite].min()), float(a[finite].max())
+    step = (hi - lo) / LEVELS
+    codes[finite] = np.rint((a[finite] - lo) / step) if step > 0 else 0
+    return codes, lo, step
 
 
 def _is_map(step: TraceStep, labels: list[str]) -> bool:
@@ -102,10 +128,12 @@ def page_data(
     table_budget: int = TABLE_BUDGET,
     table_rows: int = TABLE_ROWS,
     table_cols: int = TABLE_COLS,
+    pack_above: int | None = PACK_ABOVE,
 ) -> dict[str, Any]:
     """What the page embeds: per trace its text, tokens, labels, config, notes and steps, each
     step with its metadata and (some of) its numbers, rounded to SIGNIFICANT digits. A
-    matrix's masked (-inf) cells are null."""
+    matrix's masked (-inf) cells are null. Past `pack_above` map numbers (None: never) the
+    maps are packed (doc["packed"], each map's "packed" entry) instead of listed."""
     labels_of = [token_labels(t.tokens) for t in traces]
     maps_of = [
         [_is_map(s, labels) for s in t.steps] for t, labels in zip(traces, labels_of, strict=True)
@@ -136,6 +164,10 @@ def page_data(
         if not is_map
     )
     keep_tables = table_cells <= table_budget
+    packed = pack_above is not None and used > pack_above
+    blob = zlib.compressobj(6) if packed else None
+    chunks: list[bytes] = []
+    offset = 0
 
     out = []
     for k, trace in enumerate(traces):
@@ -144,7 +176,12 @@ def page_data(
         for i, step in enumerate(trace.steps):
             entry = _step_entry(step, maps[i], labels)
             if maps[i]:
-                if (k, i) in keep_map:
+                if (k, i) in keep_map and blob is not None:
+                    codes, lo, q_step = quantise(step.data)
+                    chunks.append(blob.compress(codes.tobytes()))
+                    entry["packed"] = {"offset": offset, "lo": lo, "step": q_step}
+                    offset += codes.size
+                elif (k, i) in keep_map:
                     entry["data"] = round_significant(step.data)
             else:
                 r = min(step.shape[0], table_rows)
@@ -169,13 +206,31 @@ def page_data(
                 "steps": steps,
             }
         )
-    return {
+    doc: dict[str, Any] = {
         "title": title,
         "significant": SIGNIFICANT,
         "table_rows": table_rows,
         "table_cols": table_cols,
         "traces": out,
     }
+    if blob is not None:
+        chunks.append(blob.flush())
+        doc["packed"] = {
+            "levels": LEVELS,
+            "masked": MASKED_CODE,
+            "bytes": offset,
+            "zlib_base64": base64.b64encode(b"".join(chunks)).decode("ascii"),
+            "note": PACKED_NOTE.format(numbers=used, above=pack_above),
+        }
+    return doc
+
+
+PACKED_NOTE = (
+    "To keep this page small, its {numbers:,} attention-map numbers (more than {above:,}) are "
+    f"stored to 8 bits: each within 1/{2 * LEVELS} of its map's range (largest − smallest "
+    "value), shown to 4 significant digits. The JSON export (--json) has every number at full "
+    "precision."
+)
 
 
 def _omitted_note(
@@ -281,19 +336,30 @@ _BODY = """\
   Made by attn-cli. This page is self-contained: it loads nothing and sends nothing.
   Numbers are rounded to {digits} significant digits; step tables show at most their first
   {rows} rows and {cols} columns (the heatmap shows a whole map). Masked cells (−∞) are hatched.
-  The JSON export (<code>--json</code>) has every number at full precision.
+  {packed}The JSON export (<code>--json</code>) has every number at full precision.
 </footer>
 <div id="tip" role="tooltip" hidden></div>
 """
 
 
-def interactive_html(traces: list[Trace], title: str = "attn-cli") -> str:
-    """One self-contained HTML document showing `traces` (a selector when several)."""
+def interactive_html(
+    traces: list[Trace], title: str = "attn-cli", *, pack_above: int | None = PACK_ABOVE
+) -> str:
+    """One self-contained HTML document showing `traces` (a selector when several); maps packed
+    to 8 bits past `pack_above` numbers (None: never)."""
     if not traces:
         raise InputError("no trace to show")
-    doc = page_data(traces, title)
+    doc = page_data(traces, title, pack_above=pack_above)
     shown_title = "" if title == "attn-cli" else f' <span class="sub">{html.escape(title)}</span>'
-    body = _BODY.format(title=shown_title, digits=SIGNIFICANT, rows=TABLE_ROWS, cols=TABLE_COLS)
+    packed = (
+        f"The attention maps are stored to 8 bits: each number within 1/{2 * LEVELS} of its "
+        "map's range (largest − smallest value). "
+        if "packed" in doc
+        else ""
+    )
+    body = _BODY.format(
+        title=shown_title, digits=SIGNIFICANT, rows=TABLE_ROWS, cols=TABLE_COLS, packed=packed
+    )
     return "".join(
         [
             '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',

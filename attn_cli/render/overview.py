@@ -7,15 +7,24 @@ from rich.table import Table
 from rich.text import Text
 
 from attn_cli.render.common import RenderOptions, Scale, colors_on
-from attn_cli.render.statistics import KIND_NOTES, dominant_pattern
+from attn_cli.render.statistics import KIND_NOTES, dominant_pattern, special_names
 from attn_cli.trace import MODEL, Trace, TraceStep
 
 # One letter per pattern keeps a 12-head row inside 80 columns.
 CODES = {"previous": "P", "self": "S", "[SEP]": "E", "broad": "~"}
-LEGEND = (
-    "P = previous token, S = itself, F = first token ([CLS]), E = [SEP] tokens, ~ = broad "
-    "(no pattern ≥ 0.40; the number is its relative entropy)"
-)
+
+
+def legend(tokens: list[str]) -> str:
+    """What the codes mean, naming only the special tokens this text has."""
+    first, seps = special_names(tokens)
+    parts = [
+        "P = previous token",
+        "S = itself",
+        "F = first token" + (f" ({first})" if first else ""),
+    ]
+    if seps:
+        parts.append(f"E = {'/'.join(seps)} tokens")
+    return ", ".join(parts) + ", ~ = broad (no pattern ≥ 0.40; the number is its relative entropy)"
 
 
 def plural(n: int, word: str) -> str:
@@ -59,7 +68,7 @@ def render_block_overview(console: Console, trace: Trace, block: str | None) -> 
             style="italic",
         )
     )
-    console.print(Text(LEGEND, style="dim"))
+    console.print(Text(legend(trace.tokens), style="dim"))
     color = colors_on(console)
     scale = Scale(False, 1.0)
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 0), show_header=True)

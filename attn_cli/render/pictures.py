@@ -20,6 +20,7 @@ from attn_cli.render.common import (
     format_number,
     level_style,
 )
+from attn_cli.render.overview import plural
 from attn_cli.render.pooling import mean_pairwise_distance, pca_2d, pool
 from attn_cli.render.statistics import KIND_NOTES
 from attn_cli.trace import Trace, TraceStep, printable
@@ -194,7 +195,8 @@ def render_block_grid(console: Console, trace: Trace, block: str | None) -> None
     console.print(
         Text(
             ("" if block is None else f"{block} attention: ")
-            + f"{len(layers)} layers × {len(heads)} heads, each map max-pooled to {what}"
+            + f"{plural(len(layers), 'layer')} × {plural(len(heads), 'head')}, each map "
+            + f"max-pooled to {what}"
             + ("" if n <= side else f" from {n_rows}×{n_cols}"),
             style="dim",
         )
@@ -238,16 +240,33 @@ def geometry_pair(trace: Trace) -> tuple[TraceStep, TraceStep] | None:
     return None
 
 
+def geometry_hint(trace: Trace) -> str:
+    """Why a trace has no geometry picture, and what to pass to get one."""
+    kept = [
+        f"{name} ({steps[0].data.shape[1]}-d)"
+        for name in ("X", "Y", "O", "H")
+        if (steps := trace.steps_named(name)) and steps[0].data.ndim == 2
+    ]
+    have = f"this trace keeps {', '.join(kept)}" if kept else "this trace keeps no token vectors"
+    pipeline = trace.config.get("pipeline")
+    if pipeline == "model":
+        fix = "pass --layer all to keep the model's final hidden states H"
+    elif pipeline == "heads":
+        fix = "a corpus's head statistics have no token vectors; run explain on one text"
+    else:
+        fix = "keep X and Y (or O) with --steps, e.g. --steps X,Y"
+    return (
+        "geometry needs X and an output (Y, O or H) of the same size, "
+        f"to place both on one picture; {have}: {fix}"
+    )
+
+
 def render_geometry(console: Console, trace: Trace, opts: RenderOptions) -> None:
     """The parameter-free article's picture: each token before (○, X) and after (●, Y) attention, projected to 2-D
     by one PCA fitted to both, with a measure of how much the points moved together."""
     pair = geometry_pair(trace)
     if pair is None:
-        console.print(
-            Text(
-                "geometry needs X and an output (Y, O or H) of the same shape; this trace has none"
-            )
-        )
+        console.print(Text(geometry_hint(trace), style="yellow"))
         return
     x, y = pair
     n = x.data.shape[0]

@@ -66,6 +66,14 @@ KIND_NOTES = {
 }
 
 
+def special_names(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """The first token's special name ([CLS], <s> …; None for an ordinary token) and the
+    separator / end-of-text tokens after it, as the trace has them: legends name only these
+    (a decoder's text has no [CLS] or [SEP])."""
+    first = FIRST_NAMES.get(tokens[0]) if tokens else None
+    return first, sorted({t for t in tokens[1:] if t in SEP_TOKENS})
+
+
 def relative_entropy(w: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
     """Row entropy over the entropy of a uniform row over the tokens the row may see,
     log(visible): 1 = spread evenly over every visible token, 0 = all weight on one token.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -33,7 +34,12 @@ def trace_header(trace: Trace, label: str | None = None, config: bool = True) ->
     config=False leaves the settings out (a second trace run the same way)."""
     cfg = trace.config
     n = len(trace.tokens)
-    bits = [f"{n} token{'s' if n != 1 else ''}"]
+    lines, tokens = cfg.get("lines"), cfg.get("tokens")
+    if cfg.get("pipeline") == "heads" and isinstance(lines, int) and isinstance(tokens, int):
+        n = tokens  # a corpus: its lines and tokens (the trace itself holds none)
+        bits = [f"{lines:,} line{'s' if lines != 1 else ''}, {n:,} token{'s' if n != 1 else ''}"]
+    else:
+        bits = [f"{n} token{'s' if n != 1 else ''}"]
     for key in (
         "pipeline",
         "embeddings",
@@ -92,6 +98,8 @@ def compact_table() -> Table:
 
 def _visible_cols(widths: list[int], label_w: int, width: int, total: int) -> int:
     """How many leading columns fit, leaving room for a '… k more' column when some are cut."""
+    if len(widths) == total and label_w + sum(w + COL_OVERHEAD for w in widths) <= width:
+        return total  # all of them: no '… k more' column to make room for
     used = label_w
     for k, w in enumerate(widths):
         more = 0 if k + 1 == total else cell_len(f"… {total - k - 1} more") + COL_OVERHEAD
@@ -196,10 +204,54 @@ def step_text(step: TraceStep, opts: RenderOptions, width: int, scale: Scale | N
 
 
 def more_rows_line(step: TraceStep, opts: RenderOptions) -> Text | None:
-    """'… k more rows' under a cut table (outside it, so it does not widen the label column)."""
+    """'… k more rows (L24 … L29; --max-rows 30 shows every row)' under a cut table (outside
+    it, so it does not widen the label column): which rows are hidden, and the flag."""
     n_rows = step.data.shape[0]
-    hidden = n_rows - min(n_rows, opts.max_rows)
-    return Text(f"… {hidden} more rows", style="dim") if hidden > 0 else None
+    shown = min(n_rows, opts.max_rows)
+    hidden = n_rows - shown
+    if hidden <= 0:
+        return None
+    first, last = printable(step.rows[shown]), printable(step.rows[-1])
+    which = first if hidden == 1 else f"{first} … {last}"
+    rows = "row" if hidden == 1 else "rows"
+    return Text(
+        f"… {hidden} more {rows} ({which}; --max-rows {n_rows} shows every row)", style="dim"
+    )
+
+
+def column_blocks(step: TraceStep, opts: RenderOptions, width: int) -> list[TraceStep]:
+    """A layers × heads grid (kind "heads") too wide for `width` as consecutive blocks of its
+    columns that each fit, so every head is shown; any other step as it is (a token table cuts
+    its columns, says how many, and --view heatmap shows the whole matrix)."""
+    if step.kind != "heads":
+        return [step]
+    layout = _layout(step, opts, 1 << 30)
+    blocks = wrap_columns(layout.label_w, layout.widths, width)
+    if len(blocks) == 1:
+        return [step]
+    return [replace(step, data=step.data[:, a:b], cols=step.cols[a:b]) for a, b in blocks]
+
+
+def wrap_columns(label_w: int, widths: list[int], width: int) -> list[tuple[int, int]]:
+    """Column ranges [a, b) whose tables (the label column, then those columns) each fit
+    `width`: as few as fit, of even sizes when they fit too (12 heads: 6 + 6, not 11 + 1);
+    at least one column each."""
+    cost = [w + COL_OVERHEAD for w in widths]
+    starts, used = [0], label_w
+    for j, c in enumerate(cost):
+        if j > starts[-1] and used + c > width:
+            starts.append(j)
+            used = label_w
+        used += c
+    n = len(cost)
+    if len(starts) > 1:
+        per = -(-n // len(starts))
+        even = list(range(0, n, per))
+        if len(even) == len(starts) and all(
+            label_w + sum(cost[a : a + per]) <= width for a in even
+        ):
+            starts = even
+    return list(zip(starts, starts[1:] + [n], strict=True))
 
 
 def step_title(step: TraceStep) -> Text:
@@ -228,10 +280,23 @@ def sink_line(step: TraceStep, opts: RenderOptions) -> Text | None:
 
 def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
     scale = Scale.for_kind(step.kind, step.data) if colors_on(console) else None
-    fast = step_text(step, opts, console.width, scale)
-    parts = [
-        step_title(step),
-        fast if fast is not None else step_table(step, opts, console.width, scale),
+    parts: list = [step_title(step)]
+    blocks = column_blocks(step, opts, console.width)
+    start = 0
+    for block in blocks:
+        if len(blocks) > 1:  # say which columns each block holds
+            end = start + len(block.cols)
+            parts.append(
+                Text(
+                    f"{printable(block.cols[0])} … {printable(block.cols[-1])} (columns "
+                    f"{start + 1}–{end} of {len(step.cols)})",
+                    style="dim",
+                )
+            )
+            start = end
+        fast = step_text(block, opts, console.width, scale)
+        parts.append(fast if fast is not None else step_table(block, opts, console.width, scale))
+    parts += [
         more_rows_line(step, opts),
         sink_line(step, opts),
         scale.legend(opts.precision) if scale is not None else None,

@@ -15,6 +15,7 @@ from attn_cli.render.statistics import (
     relative_entropy,
     row_shares,
     sink_mass,
+    special_names,
     visible_counts,
 )
 from attn_cli.render.step_tables import compact_table
@@ -156,12 +157,15 @@ def render_summary(console: Console, trace: Trace, opts: RenderOptions) -> None:
     for kind in dict.fromkeys(s.kind for s in maps):
         if kind in KIND_NOTES:
             console.print(Text(KIND_NOTES[kind], style="italic"))
+    first, seps = special_names(trace.tokens)
+    words = f"{first or 'first'} = on the first token"
+    if seps:
+        words += f", [SEP] = on {'/'.join(seps)} tokens"
     console.print(
         Text(
             "L = layer, H = head. Entropy: mean over rows, in nats; rel.: divided by log of the "
             "tokens each row may see (1 = spread evenly). Pattern scores are mean weights: prev "
-            "= on the token just before, self = on itself, [CLS]/first = on the first token, "
-            "[SEP] = on [SEP] tokens.",
+            f"= on the token just before, self = on itself, {words}.",
             style="italic",
         )
     )
