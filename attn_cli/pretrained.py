@@ -167,14 +167,12 @@ class Model:
         return ModelParts(self.family, self.weights, self.config, self.tokenizer)
 
     def _check_pair(self, pair: str | None) -> None:
-        import inspect
-
         if pair is None:
             return
         if not isinstance(pair, str):
             raise InputError(f"{opt('pair', pair)}: takes the second sentence as a string")
         types = self.config.get("type_vocab_size", 0)
-        if "segments" not in inspect.signature(self.family.embed).parameters or types < 2:
+        if not self.family.sentence_pairs or types < 2:
             raise InputError(
                 f"{opt('pair')}: {self.name} ({self.family.name}) has no segment (token type) "
                 "embeddings; sentence pairs are for BERT-family models"
@@ -255,7 +253,7 @@ class Model:
             run = MethodRun(methods, labels, ids, self.parts(), layers, heads, method_options)
         if segments is None:
             h = family.embed(self.weights, ids, cfg)
-        else:  # _check_pair made sure this family's embed takes segments
+        else:  # _check_pair made sure this family takes sentence pairs (segments)
             h = family.embed(self.weights, ids, cfg, segments)  # type: ignore[call-arg]
         for i, layer in enumerate(family.layers(self.weights, h, cfg)):
             if bar is not None:

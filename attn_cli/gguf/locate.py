@@ -166,7 +166,8 @@ class Found:
 def describe(path: Path, name: str, source: str) -> Found:
     """Read one file's header (no tensor data) into a Found."""
     from attn_cli.gguf.header import read_header
-    from attn_cli.gguf.to_hf import ARCHS, FILE_TYPES
+    from attn_cli.gguf.to_hf import FILE_TYPES
+    from attn_cli.models.registry import gguf_tables
 
     found = Found(name=name, path=path, source=source)
     try:
@@ -176,8 +177,9 @@ def describe(path: Path, name: str, source: str) -> Found:
         found.error = str(exc)
         return found
     arch = h.metadata.get("general.architecture")
-    found.family = ARCHS.get(str(arch), str(arch) if arch is not None else None)
-    found.supported = arch in ARCHS
+    table = gguf_tables().get(str(arch))
+    found.family = table.model_type if table else (str(arch) if arch is not None else None)
+    found.supported = table is not None
     found.params = sum(t.n_elements for t in h.tensors.values())
     ft = h.metadata.get("general.file_type")
     if isinstance(ft, int):

@@ -13,6 +13,7 @@ import numpy as np
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, MappedFile, TensorInfo, parse_header
 from attn_cli.gguf.to_hf import Recipe, build, recipe_shape, unpermute_index
+from attn_cli.models.weights import finite
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -146,6 +147,7 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         return recipe_shape(self._recipe(name), self._header.tensors)
 
     def _finish(self, a: np.ndarray, r: Recipe) -> np.ndarray:
+        finite(a, self.path.name, ", ".join(r.sources))
         if r.shift:
             a = a - np.float32(r.shift)
         return a

@@ -122,12 +122,12 @@ def attention_stack(layer_steps: Sequence[LayerSteps]) -> np.ndarray:
 def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
     """Layer i's norm after the attention, or None for a pre-norm layer.
 
-    A family whose `norm` mentions "post" provides it as `Family.attn_out_norm(w, i, cfg)`,
+    A family whose `norm` placement is not "pre" provides it as `Family.attn_out_norm(w, i, cfg)`,
     returning (γ, β, ε) for a LayerNorm on (residual + O) (BERT), (γ, β, ε, rms, applies_to)
     otherwise (Gemma 2/3's RMSNorm on O alone: (1 + w, None, ε, True, "attn")), a `PostNorm`,
     or None for a layer without one."""
     fam = parts.family
-    if "post" not in fam.norm.lower():
+    if fam.norm == "pre":
         return None
     hook = parts.attn_out_norm or getattr(fam, "attn_out_norm", None)
     if hook is None:
@@ -180,12 +180,17 @@ class MethodRun:
             raise InputError(
                 f"{', '.join(sorted(m & {'alti', 'lens', 'detectors'}))}: needs a model"
             )
+        if m & {"norms", "alti"} and parts is not None and not parts.family.linear_values:
+            raise InputError(
+                f"{', '.join(sorted(m & {'norms', 'alti'}))}: the {parts.family.name} family's "
+                "attention output is not a linear mix of its value vectors"
+            )
         if "alti" in m:
             assert parts is not None
             post_norm(parts, 0)  # a post-norm family without its norm: refused now, not mid-run
         if "lens" in m:
             assert parts is not None
-            if parts.family.logits is None:
+            if not parts.family.lm_head:
                 raise InputError(
                     f"the logit lens needs a language-model head, which the {parts.family.name} "
                     "family has not"
