@@ -121,11 +121,12 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         return self._mf.uint8(info.offset, info.nbytes).reshape(info.n_rows, info.row_bytes)
 
     def _gguf_rows(self, gname: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Rows of a tensor, dequantised; NaN or ±inf in them is an InputError naming it."""
         info = self._header.tensors[gname]
         raw = self._raw_rows(info)
         if rows is not None:
             raw = raw[rows]
-        return dequantize_rows(raw, info)
+        return finite(dequantize_rows(raw, info), self.path.name, gname)
 
     def gguf_tensor(self, gname: str) -> np.ndarray:
         """A tensor by its GGUF name, dequantised, in numpy order (GGUF ne reversed), without
@@ -147,7 +148,6 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         return recipe_shape(self._recipe(name), self._header.tensors)
 
     def _finish(self, a: np.ndarray, r: Recipe) -> np.ndarray:
-        finite(a, self.path.name, ", ".join(r.sources))
         if r.shift:
             a = a - np.float32(r.shift)
         return a

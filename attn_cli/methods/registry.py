@@ -129,7 +129,7 @@ def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
     fam = parts.family
     if fam.norm == "pre":
         return None
-    hook = parts.attn_out_norm or getattr(fam, "attn_out_norm", None)
+    hook = parts.attn_out_norm or fam.attn_out_norm
     if hook is None:
         raise InputError(
             f"ALTI: the {fam.name} family does not expose its post-attention norm (attn_out_norm)"

@@ -11,8 +11,9 @@ Each layer, pre-norm with RMSNorm:
                                   (Gemma 2/3: pre_ and post_feedforward_layernorm around it)
 then the final norm and the LM head (tied to the embeddings when the config says so).
 
-A family file describes its differences as a `Spec` per model_type; this module runs them.
-Weights are torch Linear [out, in]; they are read one layer at a time.
+A family file describes its differences as a `Spec` per model_type (with the args dataclass
+that reads and checks its config) and its GGUF tables; this module runs them. Weights are
+torch Linear [out, in]; they are read one layer at a time.
 """
 
 from __future__ import annotations

@@ -187,8 +187,8 @@ def _status(d: Path) -> str:
     )
     try:
         dims = family.dims(cfg)
-    except (KeyError, TypeError, ValueError):
-        return f"{label}, {size}, config.json is incomplete"
+    except InputError as exc:  # a missing or bad value, named
+        return f"{label}, {size}, {exc}"
     heads = f"{dims.heads} heads"
     if dims.kv_heads != dims.heads:
         heads += f" ({dims.kv_heads} key/value heads)"
