@@ -141,8 +141,8 @@ class Spec:
     attn_softcap: bool = False
     final_softcap: bool = False  # Gemma 2/3: final_logit_softcapping
     # Which layers slide ('sliding_attention') and how wide the window is (None: no layer does).
-    layer_types: Callable[[Any], list[str]] = lambda a: [FULL] * a.num_hidden_layers
-    window: Callable[[Any], int | None] = lambda a: None
+    layer_types: Callable[[Any], list[str]] = lambda args: [FULL] * args.num_hidden_layers
+    window: Callable[[Any], int | None] = lambda args: None
     local_theta_key: str | None = None  # Gemma 3's rope_local_base_freq (hub-style configs)
 
 
@@ -163,82 +163,82 @@ GGUF_QK_NORMS: dict[str, GGUFSources] = {
 }
 
 
-def dims(a: DecoderArgs) -> Dims:
+def dims(args: DecoderArgs) -> Dims:
     return Dims(
-        a.num_hidden_layers,
-        a.num_attention_heads,
-        a.kv_heads,
-        a.hidden_size,
-        a.head_size,
-        a.vocab_size,
+        args.num_hidden_layers,
+        args.num_attention_heads,
+        args.kv_heads,
+        args.hidden_size,
+        args.head_size,
+        args.vocab_size,
         None,
     )
 
 
-def window(spec: Spec, a: DecoderArgs) -> int | None:
+def window(spec: Spec, args: DecoderArgs) -> int | None:
     """The sliding window width, or None when no layer slides."""
-    w = spec.window(a)
+    w = spec.window(args)
     return None if w is None else int(w)
 
 
 def all_layers(kind: str) -> Callable[[Any], list[str]]:
-    return lambda a: [kind] * a.num_hidden_layers
+    return lambda args: [kind] * args.num_hidden_layers
 
 
-def config_window(a: DecoderArgs) -> int | None:
-    return a.sliding_window
+def config_window(args: DecoderArgs) -> int | None:
+    return args.sliding_window
 
 
-def layer_kinds(spec: Spec, a: DecoderArgs) -> list[str]:
+def layer_kinds(spec: Spec, args: DecoderArgs) -> list[str]:
     """'full_attention' or 'sliding_attention' for each layer."""
-    if window(spec, a) is None:
-        return [FULL] * a.num_hidden_layers
-    return spec.layer_types(a)
+    if window(spec, args) is None:
+        return [FULL] * args.num_hidden_layers
+    return spec.layer_types(args)
 
 
-def tied(a: DecoderArgs, w: WeightSource) -> bool:
-    return bool(a.tie_word_embeddings) or "lm_head.weight" not in w
+def tied(args: DecoderArgs, w: WeightSource) -> bool:
+    return bool(args.tie_word_embeddings) or "lm_head.weight" not in w
 
 
-def activation_name(spec: Spec, a: DecoderArgs) -> str:
+def activation_name(spec: Spec, args: DecoderArgs) -> str:
     name = next(
-        (str(getattr(a, key)) for key in spec.act_keys if getattr(a, key)), spec.default_act
+        (str(getattr(args, key)) for key in spec.act_keys if getattr(args, key)), spec.default_act
     )
     return "gelu_pytorch_tanh" if spec.gelu_means_tanh and name == "gelu" else name
 
 
-def scale(spec: Spec, a: DecoderArgs) -> float | None:
+def scale(spec: Spec, args: DecoderArgs) -> float | None:
     """The score scale: 1/√head_dim (None), or Gemma's query_pre_attn_scalar^-½."""
-    if spec.scale_key is None or getattr(a, spec.scale_key) is None:
+    if spec.scale_key is None or getattr(args, spec.scale_key) is None:
         return None
-    return float(getattr(a, spec.scale_key)) ** -0.5
+    return float(getattr(args, spec.scale_key)) ** -0.5
 
 
-def rotaries(spec: Spec, a: DecoderArgs, source: str) -> dict[str, rope.Rotary]:
-    theta = type(a).default("rope_theta")
+def rotaries(spec: Spec, args: DecoderArgs, source: str) -> dict[str, rope.Rotary]:
+    theta = type(args).default("rope_theta")
     return {
         kind: rope.rotary(
-            a.as_config(), a.head_size, kind, theta, spec.local_theta_key, source=source
+            args.as_config(), args.head_size, kind, theta, spec.local_theta_key, source=source
         )
-        for kind in sorted(set(layer_kinds(spec, a)))
+        for kind in sorted(set(layer_kinds(spec, args)))
     }
 
 
-def check(spec: Spec, w: WeightSource, a: DecoderArgs, source: str) -> None:
+def check(spec: Spec, w: WeightSource, args: DecoderArgs, source: str) -> None:
     """Config options this code runs, and every tensor's shape against config.json."""
-    d, heads, kv, hd = a.hidden_size, a.num_attention_heads, a.kv_heads, a.head_size
-    layers, inter, vocab = a.num_hidden_layers, a.intermediate_size, a.vocab_size
-    if a.use_bidirectional_attention:
+    d, heads, kv, hd = args.hidden_size, args.num_attention_heads, args.kv_heads, args.head_size
+    layers, inter, vocab = args.num_hidden_layers, args.intermediate_size, args.vocab_size
+    if args.use_bidirectional_attention:
         raise InputError(f"{source}: use_bidirectional_attention is not supported (decoders only)")
-    activation(activation_name(spec, a))  # refuses unknown activations by name
-    kinds = layer_kinds(spec, a)
+    activation(activation_name(spec, args))  # refuses unknown activations by name
+    kinds = layer_kinds(spec, args)
     if len(kinds) != layers or any(k not in (FULL, SLIDING) for k in kinds):
         raise InputError(
             f"{source}: layer_types must list {layers} entries of {FULL!r} or {SLIDING!r}"
         )
-    rotaries(spec, a, source)  # refuses unsupported rope types and bad rope values by name
+    rotaries(spec, args, source)  # refuses unsupported rope types and bad rope values by name
     expect_shape(w, ANCHOR, (vocab, d))
-    bias = _biases(spec, a)
+    bias = _biases(spec, args)
     for i in range(layers):
         p = f"layers.{i}."
         expect_shape(w, p + "input_layernorm.weight", (d,))
@@ -246,44 +246,44 @@ def check(spec: Spec, w: WeightSource, a: DecoderArgs, source: str) -> None:
         if spec.sandwich:
             expect_shape(w, p + "pre_feedforward_layernorm.weight", (d,))
             expect_shape(w, p + "post_feedforward_layernorm.weight", (d,))
-        a_ = p + "self_attn."
+        att = p + "self_attn."
         if spec.fused:
-            expect_shape(w, a_ + "qkv_proj.weight", ((heads + 2 * kv) * hd, d))
+            expect_shape(w, att + "qkv_proj.weight", ((heads + 2 * kv) * hd, d))
             expect_shape(w, p + "mlp.gate_up_proj.weight", (2 * inter, d))
         else:
             for name, out in (("q", heads * hd), ("k", kv * hd), ("v", kv * hd)):
-                expect_shape(w, a_ + f"{name}_proj.weight", (out, d))
+                expect_shape(w, att + f"{name}_proj.weight", (out, d))
                 if bias["qkv"]:
-                    expect_shape(w, a_ + f"{name}_proj.bias", (out,))
+                    expect_shape(w, att + f"{name}_proj.bias", (out,))
             expect_shape(w, p + "mlp.gate_proj.weight", (inter, d))
             expect_shape(w, p + "mlp.up_proj.weight", (inter, d))
-        expect_shape(w, a_ + "o_proj.weight", (d, heads * hd))
+        expect_shape(w, att + "o_proj.weight", (d, heads * hd))
         if bias["o"]:
-            expect_shape(w, a_ + "o_proj.bias", (d,))
+            expect_shape(w, att + "o_proj.bias", (d,))
         expect_shape(w, p + "mlp.down_proj.weight", (d, inter))
         if spec.qk_norm:
-            expect_shape(w, a_ + "q_norm.weight", (hd,))
-            expect_shape(w, a_ + "k_norm.weight", (hd,))
+            expect_shape(w, att + "q_norm.weight", (hd,))
+            expect_shape(w, att + "k_norm.weight", (hd,))
     expect_shape(w, "norm.weight", (d,))
-    if not tied(a, w):
+    if not tied(args, w):
         expect_shape(w, "lm_head.weight", (vocab, d))
 
 
-def _biases(spec: Spec, a: DecoderArgs) -> dict[str, bool]:
-    attention_bias = bool(a.attention_bias)
+def _biases(spec: Spec, args: DecoderArgs) -> dict[str, bool]:
+    attention_bias = bool(args.attention_bias)
     return {
         "qkv": attention_bias if spec.qkv_bias is None else spec.qkv_bias,
         "o": attention_bias if spec.o_bias is None else spec.o_bias,
-        "mlp": spec.mlp_bias and bool(a.mlp_bias),
+        "mlp": spec.mlp_bias and bool(args.mlp_bias),
     }
 
 
-def embed(spec: Spec, w: WeightSource, ids: list[int], a: DecoderArgs) -> np.ndarray:
+def embed(spec: Spec, w: WeightSource, ids: list[int], args: DecoderArgs) -> np.ndarray:
     """Token embeddings (Gemma: × √hidden_size, the scale rounded to float32 as transformers
     does for a float32 model)."""
     x = w.rows(ANCHOR, ids)
     if spec.embed_scale:
-        x = x * np.float32(math.sqrt(a.hidden_size))
+        x = x * np.float32(math.sqrt(args.hidden_size))
     return x
 
 
@@ -320,24 +320,24 @@ def qk_hook(
 
 
 def layers(
-    spec: Spec, w: WeightSource, x: np.ndarray, cfg: DecoderArgs, source: str
+    spec: Spec, w: WeightSource, x: np.ndarray, args: DecoderArgs, source: str
 ) -> Iterator[LayerSteps]:
     n = len(x)
-    heads, kv, hd = cfg.num_attention_heads, cfg.kv_heads, cfg.head_size
-    eps = cfg.rms_norm_eps
-    act = activation(activation_name(spec, cfg))
-    bias = _biases(spec, cfg)
-    kinds = layer_kinds(spec, cfg)
-    rots = rotaries(spec, cfg, source)
+    heads, kv, hd = args.num_attention_heads, args.kv_heads, args.head_size
+    eps = args.rms_norm_eps
+    act = activation(activation_name(spec, args))
+    bias = _biases(spec, args)
+    kinds = layer_kinds(spec, args)
+    rots = rotaries(spec, args, source)
     tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
-    width = window(spec, cfg)
+    width = window(spec, args)
     masks = {FULL: causal_mask(n)}
     if width is not None:
         masks[SLIDING] = sliding_window_mask(n, width)
-    s = scale(spec, cfg)
-    cap = getattr(cfg, "attn_logit_softcapping", None) if spec.attn_softcap else None
+    s = scale(spec, args)
+    cap = getattr(args, "attn_logit_softcapping", None) if spec.attn_softcap else None
     x = x.astype(np.float32, copy=False)
-    for i in range(cfg.num_hidden_layers):
+    for i in range(args.num_hidden_layers):
         p = f"layers.{i}."
         a = p + "self_attn."
         kind = kinds[i]
@@ -395,16 +395,16 @@ def _mlp(
     return hidden @ wd if bd is None else hidden @ wd + bd  # [n, inter] @ [inter, d]
 
 
-def final(spec: Spec, w: WeightSource, h: np.ndarray, a: DecoderArgs) -> np.ndarray:
-    return _norm(spec, w, "norm.weight", h, a.rms_norm_eps)
+def final(spec: Spec, w: WeightSource, h: np.ndarray, args: DecoderArgs) -> np.ndarray:
+    return _norm(spec, w, "norm.weight", h, args.rms_norm_eps)
 
 
-def logits(spec: Spec, w: WeightSource, h: np.ndarray, a: DecoderArgs) -> np.ndarray:
+def logits(spec: Spec, w: WeightSource, h: np.ndarray, args: DecoderArgs) -> np.ndarray:
     """Next-token logits (n, vocab): final hidden states times the LM head, read in row blocks
     (tied: the token embeddings); Gemma 2/3 soft-cap them with final_logit_softcapping."""
-    head = ANCHOR if tied(a, w) else "lm_head.weight"
+    head = ANCHOR if tied(args, w) else "lm_head.weight"
     out = matmul_rows_t(w, head, h.astype(np.float32, copy=False))
-    cap = getattr(a, "final_logit_softcapping", None) if spec.final_softcap else None
+    cap = getattr(args, "final_logit_softcapping", None) if spec.final_softcap else None
     return out if cap is None else softcap(out, float(cap))
 
 
@@ -442,14 +442,14 @@ def describe(cfg: Config) -> dict[str, Any]:
     from attn_cli.models.registry import families
 
     families()  # imports every family module, so ALL_SPECS is complete
-    spec, a, source = parsed(ALL_SPECS, cfg)
-    d, heads, kv, hd = a.hidden_size, a.num_attention_heads, a.kv_heads, a.head_size
-    act = activation_name(spec, a)
-    s = scale(spec, a)
-    attn_cap = getattr(a, "attn_logit_softcapping", None) if spec.attn_softcap else None
-    final_cap = getattr(a, "final_logit_softcapping", None) if spec.final_softcap else None
+    spec, args, source = parsed(ALL_SPECS, cfg)
+    d, heads, kv, hd = args.hidden_size, args.num_attention_heads, args.kv_heads, args.head_size
+    act = activation_name(spec, args)
+    s = scale(spec, args)
+    attn_cap = getattr(args, "attn_logit_softcapping", None) if spec.attn_softcap else None
+    final_cap = getattr(args, "final_logit_softcapping", None) if spec.final_softcap else None
     rope_info = {}
-    for kind, r in rotaries(spec, a, source).items():
+    for kind, r in rotaries(spec, args, source).items():
         p = r.params
         info = {
             "type": p.get("rope_type", "default"),
@@ -478,14 +478,14 @@ def describe(cfg: Config) -> dict[str, Any]:
         "mlp": f"{'GeGLU' if 'gelu' in act else 'SwiGLU'} ({act})",
         "qk_norm": spec.qk_norm,
         "rope": rope_info,
-        "layer_types": layer_kinds(spec, a),
-        "sliding_window": window(spec, a),
+        "layer_types": layer_kinds(spec, args),
+        "sliding_window": window(spec, args),
         "score_scale": (1.0 / math.sqrt(hd)) if s is None else s,
-        "query_pre_attn_scalar": getattr(a, spec.scale_key) if spec.scale_key else None,
+        "query_pre_attn_scalar": getattr(args, spec.scale_key) if spec.scale_key else None,
         "attn_logit_softcapping": None if attn_cap is None else float(attn_cap),
         "final_logit_softcapping": None if final_cap is None else float(final_cap),
         "embed_scale": float(np.float32(math.sqrt(d))) if spec.embed_scale else None,
-        "tied_embeddings": bool(a.tie_word_embeddings),
+        "tied_embeddings": bool(args.tie_word_embeddings),
     }
 
 
@@ -499,24 +499,24 @@ def bind(
     ADAPTERS.update(adapt or {})
 
     def run_check(w: WeightSource, cfg: Config) -> None:
-        spec, a, source = parsed(specs, cfg)
-        check(spec, w, a, source)
+        spec, args, source = parsed(specs, cfg)
+        check(spec, w, args, source)
 
     def run_embed(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
-        spec, a, _ = parsed(specs, cfg)
-        return embed(spec, w, ids, a)
+        spec, args, _ = parsed(specs, cfg)
+        return embed(spec, w, ids, args)
 
     def run_layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
-        spec, a, source = parsed(specs, cfg)
-        return layers(spec, w, x, a, source)
+        spec, args, source = parsed(specs, cfg)
+        return layers(spec, w, x, args, source)
 
     def run_final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-        spec, a, _ = parsed(specs, cfg)
-        return final(spec, w, h, a)
+        spec, args, _ = parsed(specs, cfg)
+        return final(spec, w, h, args)
 
     def run_logits(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-        spec, a, _ = parsed(specs, cfg)
-        return logits(spec, w, h, a)
+        spec, args, _ = parsed(specs, cfg)
+        return logits(spec, w, h, args)
 
     return {
         "dims": lambda cfg: dims(parsed(specs, cfg)[1]),

@@ -42,29 +42,29 @@ class BertArgs(Args):
 
 
 def dims(cfg: Config) -> Dims:
-    a = BertArgs.parse(cfg)
-    d, heads = a.hidden_size, a.num_attention_heads
+    args = BertArgs.parse(cfg)
+    d, heads = args.hidden_size, args.num_attention_heads
     return Dims(
-        a.num_hidden_layers,
+        args.num_hidden_layers,
         heads,
         heads,
         d,
         d // heads,
-        a.vocab_size,
-        a.max_position_embeddings,
+        args.vocab_size,
+        args.max_position_embeddings,
     )
 
 
 def check(w: WeightSource, cfg: Config) -> None:
-    a = BertArgs.parse(cfg)
-    d, inter = a.hidden_size, a.intermediate_size
-    if (a.position_embedding_type or "absolute") != "absolute":
+    args = BertArgs.parse(cfg)
+    d, inter = args.hidden_size, args.intermediate_size
+    if (args.position_embedding_type or "absolute") != "absolute":
         raise InputError("only absolute position embeddings are supported")
-    activation(a.hidden_act)  # refuses unknown activations by name
-    expect_shape(w, ANCHOR, (a.vocab_size, d))
-    expect_shape(w, "embeddings.position_embeddings.weight", (a.max_position_embeddings, d))
-    expect_shape(w, "embeddings.token_type_embeddings.weight", (a.type_vocab_size, d))
-    for i in range(a.num_hidden_layers):
+    activation(args.hidden_act)  # refuses unknown activations by name
+    expect_shape(w, ANCHOR, (args.vocab_size, d))
+    expect_shape(w, "embeddings.position_embeddings.weight", (args.max_position_embeddings, d))
+    expect_shape(w, "embeddings.token_type_embeddings.weight", (args.type_vocab_size, d))
+    for i in range(args.num_hidden_layers):
         p = f"encoder.layer.{i}."
         for name in ("query", "key", "value"):
             expect_shape(w, p + f"attention.self.{name}.weight", (d, d))
@@ -93,10 +93,10 @@ def linear_params(w: WeightSource, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
-    a_ = BertArgs.parse(cfg)
-    heads, eps = a_.num_attention_heads, a_.layer_norm_eps
-    act = activation(a_.hidden_act)
-    for i in range(a_.num_hidden_layers):
+    args = BertArgs.parse(cfg)
+    heads, eps = args.num_attention_heads, args.layer_norm_eps
+    act = activation(args.hidden_act)
+    for i in range(args.num_hidden_layers):
         p = f"encoder.layer.{i}."
         (wq, bq), (wk, bk), (wv, bv) = (
             linear_params(w, p + f"attention.self.{n}") for n in ("query", "key", "value")

@@ -78,12 +78,12 @@ class Gemma3TextArgs(Gemma2Args):
     sliding_window_pattern: int = arg(POSITIVE_INT, 6)
 
 
-def _alternating(a: Gemma2Args) -> list[str]:
+def _alternating(args: Gemma2Args) -> list[str]:
     """Layer i slides unless (i + 1) is a multiple of the pattern (transformers' default)."""
-    if a.layer_types:
-        return list(a.layer_types)
-    pattern = a.sliding_window_pattern
-    return [SLIDING if (i + 1) % pattern else FULL for i in range(a.num_hidden_layers)]
+    if args.layer_types:
+        return list(args.layer_types)
+    pattern = args.sliding_window_pattern
+    return [SLIDING if (i + 1) % pattern else FULL for i in range(args.num_hidden_layers)]
 
 
 GEMMA = dict(norm_offset=1.0, embed_scale=True, default_act="gelu_pytorch_tanh")
@@ -228,11 +228,11 @@ GGUF = (
 def attn_out_norm(w: WeightSource, i: int, cfg: Config) -> tuple | None:
     """Gemma 2/3 normalise the attention output before the residual, h = x + RMSNorm(O)·(1 + w):
     (γ, β, ε, rms, applies_to) for ALTI. Gemma 1 has no such norm."""
-    spec, a, _ = parsed(SPECS, cfg)
+    spec, args, _ = parsed(SPECS, cfg)
     if not spec.sandwich:  # Gemma 1: no norm after attention
         return None
     g = w[f"layers.{i}.post_attention_layernorm.weight"]
-    return 1.0 + g, None, float(a.rms_norm_eps), True, "attn"
+    return 1.0 + g, None, float(args.rms_norm_eps), True, "attn"
 
 
 FAMILY = decoder_family(

@@ -41,23 +41,23 @@ class GPT2Args(Args):
 
 
 def dims(cfg: Config) -> Dims:
-    a = GPT2Args.parse(cfg)
-    d, heads = a.n_embd, a.n_head
-    return Dims(a.n_layer, heads, heads, d, d // heads, a.vocab_size, a.n_positions)
+    args = GPT2Args.parse(cfg)
+    d, heads = args.n_embd, args.n_head
+    return Dims(args.n_layer, heads, heads, d, d // heads, args.vocab_size, args.n_positions)
 
 
 def check(w: WeightSource, cfg: Config) -> None:
-    a = GPT2Args.parse(cfg)
-    d = a.n_embd
-    inner = a.n_inner or 4 * d
-    if a.scale_attn_by_inverse_layer_idx or a.reorder_and_upcast_attn:
+    args = GPT2Args.parse(cfg)
+    d = args.n_embd
+    inner = args.n_inner or 4 * d
+    if args.scale_attn_by_inverse_layer_idx or args.reorder_and_upcast_attn:
         raise InputError(
             "GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported"
         )
-    activation(a.activation_function)  # refuses unknown activations by name
-    expect_shape(w, ANCHOR, (a.vocab_size, d))
-    expect_shape(w, "wpe.weight", (a.n_positions, d))
-    for i in range(a.n_layer):
+    activation(args.activation_function)  # refuses unknown activations by name
+    expect_shape(w, ANCHOR, (args.vocab_size, d))
+    expect_shape(w, "wpe.weight", (args.n_positions, d))
+    for i in range(args.n_layer):
         p = f"h.{i}."
         expect_shape(w, p + "attn.c_attn.weight", (d, 3 * d))
         expect_shape(w, p + "attn.c_attn.bias", (3 * d,))
@@ -72,11 +72,11 @@ def embed(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
 
 
 def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerSteps]:
-    a_ = GPT2Args.parse(cfg)
-    heads, eps = a_.n_head, a_.layer_norm_epsilon
-    act = activation(a_.activation_function)
+    args = GPT2Args.parse(cfg)
+    heads, eps = args.n_head, args.layer_norm_epsilon
+    act = activation(args.activation_function)
     mask = causal_mask(len(x))
-    for i in range(a_.n_layer):
+    for i in range(args.n_layer):
         p = f"h.{i}."
         a_in = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)  # pre-LN
         c_attn, b_attn = w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]  # [d, 3d]

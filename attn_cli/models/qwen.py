@@ -18,15 +18,15 @@ from attn_cli.models._decoder import (
 from attn_cli.models.registry import GGUFTable
 
 
-def _window(a: SlidingArgs) -> int | None:
-    return a.sliding_window if a.use_sliding_window else None
+def _window(args: SlidingArgs) -> int | None:
+    return args.sliding_window if args.use_sliding_window else None
 
 
-def _layer_types(a: SlidingArgs) -> list[str]:
-    if a.layer_types:
-        return list(a.layer_types)
-    first = a.max_window_layers
-    return [SLIDING if i >= first else FULL for i in range(a.num_hidden_layers)]
+def _layer_types(args: SlidingArgs) -> list[str]:
+    if args.layer_types:
+        return list(args.layer_types)
+    first = args.max_window_layers
+    return [SLIDING if i >= first else FULL for i in range(args.num_hidden_layers)]
 
 
 SPECS = {
