@@ -174,6 +174,13 @@ def test_the_args_checks_are_the_families_and_values_stay_as_given():
 # -- weights -----------------------------------------------------------------------------------
 
 
+def stored_name(d: Path, tensor: str) -> str:
+    """The name a checkpoint stores `tensor` under (with its wrapper prefix, if any)."""
+    blob = (d / "model.safetensors").read_bytes()
+    stored = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    return next(k for k in stored if k.endswith(tensor.removeprefix("model.")))
+
+
 def poison_safetensors(path: Path, name: str, value: float) -> None:
     """Overwrite the first element of tensor `name` with `value`, in its stored dtype."""
     blob = bytearray(path.read_bytes())
@@ -202,13 +209,7 @@ def poison_safetensors(path: Path, name: str, value: float) -> None:
 def test_weights_holding_nan_or_inf_are_refused(tmp_path, fixture, tensor, value):
     d = tmp_path / fixture
     shutil.copytree(FIXTURES / fixture, d)
-    header = json.loads(
-        (d / "model.safetensors").read_bytes()[8:][: 10**6].split(b"}}", 1)[0] + b"}}"
-    )
-    name = tensor if tensor in header else tensor.removeprefix("model.")
-    if name not in header:
-        name = next(k for k in header if k.endswith(tensor))
-    poison_safetensors(d / "model.safetensors", name, value)
+    poison_safetensors(d / "model.safetensors", stored_name(d, tensor), value)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = invoke(
@@ -217,6 +218,23 @@ def test_weights_holding_nan_or_inf_are_refused(tmp_path, fixture, tensor, value
     runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     shown = "nan" if math.isnan(value) else repr(np.float32(value).item())
     assert_one_line_error(r, runtime, "model.safetensors", tensor.removeprefix("model."), shown)
+
+
+@pytest.mark.parametrize(
+    "fixture, tensor",
+    [
+        ("tiny_llama", "layers.0.self_attn.q_proj.weight"),
+        ("tiny_gpt2", "h.0.attn.c_attn.weight"),
+        ("tiny_bert", "encoder.layer.0.attention.self.query.weight"),
+    ],
+)
+def test_finite_weights_too_large_for_float32_stop_in_one_line(tmp_path, fixture, tensor):
+    """3e38 is a float32, but the products it enters are not: one line, no NaN maps."""
+    d = tmp_path / fixture
+    shutil.copytree(FIXTURES / fixture, d)
+    poison_safetensors(d / "model.safetensors", stored_name(d, tensor), 3e38)
+    r, runtime = explain(d)
+    assert_one_line_error(r, runtime, "numbers beyond float32", "overflow")
 
 
 # -- GGUF metadata -----------------------------------------------------------------------------
@@ -295,7 +313,10 @@ def test_gguf_weights_holding_nan_are_refused(tmp_path, gguf_writer, qtype, at):
     state = gguf_writer.random_state(gguf_writer.llama_shapes(cfg))
     state["model.layers.0.mlp.down_proj.weight"][3, 5] = np.nan
     kv = {"tokenizer.ggml.merges": ["Ġ t"]}
-    path = gguf_writer.write_gguf(tmp_path / "nan.gguf", "llama", cfg, state, qtype, extra_kv=kv)
+    with np.errstate(invalid="ignore"):  # gguf's quantiser casts the NaN block to int8
+        path = gguf_writer.write_gguf(
+            tmp_path / "nan.gguf", "llama", cfg, state, qtype, extra_kv=kv
+        )
     r, runtime = explain(path, GGUF_TEXT)
     assert_one_line_error(r, runtime, "nan.gguf", "blk.0.ffn_down.weight", "nan", at)
 
@@ -333,3 +354,45 @@ def test_no_module_outside_a_family_file_names_a_family():
         if named:
             found[rel] = sorted(named)
     assert found == {}
+
+
+# -- declared capabilities ---------------------------------------------------------------------
+
+
+def test_declared_capabilities_decide_what_runs():
+    """What a family declares, not its display strings or signatures, decides: ALTI reads the
+    norm after attention unless the placement is "pre"; norms and ALTI need a linear value
+    path; sentence pairs need token type ids."""
+    import dataclasses
+
+    import attn_cli
+    from attn_cli.errors import InputError
+    from attn_cli.methods.registry import MethodRun, ModelParts, post_norm
+    from attn_cli.models.registry import family_for
+
+    declared = {
+        name: (f.norm, f.lm_head, f.linear_values, f.sentence_pairs)
+        for name in ("bert", "gpt2", "llama", "gemma", "gemma3_text", "phi3")
+        if (f := family_for(name)) is not None
+    }
+    assert declared == {
+        "bert": ("post", False, True, True),
+        "gpt2": ("pre", True, True, False),
+        "llama": ("pre", True, True, False),
+        "gemma": ("sandwich", True, True, False),
+        "gemma3_text": ("sandwich", True, True, False),
+        "phi3": ("pre", True, True, False),
+    }
+    m = attn_cli.load_model(FIXTURES / "tiny_bert")
+    assert m.trace("the cat", pair="a dog").config["token_type_ids"][-1] == 1
+    bert = m.family
+    nonlinear = ModelParts(dataclasses.replace(bert, linear_values=False), m.weights, m.config)
+    with pytest.raises(InputError, match="not a linear mix of its value vectors"):
+        MethodRun(["norms"], ["a"], [1], nonlinear)
+    assert post_norm(ModelParts(bert, m.weights, m.config), 0) is not None
+    assert (
+        post_norm(ModelParts(dataclasses.replace(bert, norm="pre"), m.weights, m.config), 0) is None
+    )
+    m.family = dataclasses.replace(bert, sentence_pairs=False)
+    with pytest.raises(InputError, match="no segment"):
+        m.trace("the cat", pair="a dog")

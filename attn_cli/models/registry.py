@@ -1,9 +1,11 @@
 """One registry of architecture families.
 
 A family is one file in this package that defines ``FAMILY = Family(...)``: what it runs
-(config ``model_type`` values), how its checkpoint is recognised, its forward pass as small
-numpy functions, and the words its steps are described with. Adding a family is that one file
-and its tests: the registry finds it, nothing else changes.
+(config ``model_type`` values), the args dataclass that reads and checks its config, how its
+checkpoint is recognised, its forward pass as small numpy functions, its GGUF tables (what
+llama.cpp's converter did to it), what it can do (LM head, norm placement, linear value path,
+sentence pairs), and the words its steps are described with. Adding a family is that one file
+and its tests: the registry finds it, nothing else changes, and no other module names it.
 """
 
 from __future__ import annotations
