@@ -42,17 +42,26 @@ def error_line(message: str) -> None:
 
 @contextmanager
 def user_errors():
-    """AttnError -> one line on stderr and its exit code (2: usage/input, 1: other)."""
+    """AttnError -> one line on stderr and its exit code (2: usage/input, 1: other). Numbers
+    beyond float32 (finite weights too large to compute with) stop the run the same way,
+    instead of numpy's RuntimeWarnings and NaN maps."""
+    import numpy as np
+
     from attn_cli.errors import AttnError, flag_vocabulary
 
     try:
-        with flag_vocabulary():
+        with flag_vocabulary(), np.errstate(over="raise", invalid="raise", divide="raise"):
             yield
     except AttnError as exc:
         if _state["debug"]:
             raise
         error_line(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except FloatingPointError as exc:
+        if _state["debug"]:
+            raise
+        error_line(f"numbers beyond float32 ({exc}): the model's weights are too large to run")
+        raise typer.Exit(2) from None
 
 
 def _version(value: bool) -> None:

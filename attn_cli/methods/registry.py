@@ -116,14 +116,12 @@ def parse_methods(spec: str | Iterable[str]) -> list[str]:
 
 
 def family_capabilities(family: Family) -> dict[str, bool]:
-    """What a family offers the methods, by the keys of `NEEDS`. The one place that reads it
-    off a `Family`."""
-    norm = str(family.norm).lower()
+    """What a family offers the methods, by the keys of `NEEDS`: its declared capabilities."""
     return {
-        "lm_head": family.logits is not None,
-        "linear_values": bool(getattr(family, "linear_values", True)),
+        "lm_head": family.lm_head,
+        "linear_values": family.linear_values,
         # a norm after the attention: BERT's post-LN, Gemma 2/3's sandwich
-        "post_norm": "post" in norm or norm == "sandwich",
+        "post_norm": family.norm != "pre",
     }
 
 

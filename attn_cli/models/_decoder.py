@@ -11,8 +11,9 @@ Each layer, pre-norm with RMSNorm:
                                   (Gemma 2/3: pre_ and post_feedforward_layernorm around it)
 then the final norm and the LM head (tied to the embeddings when the config says so).
 
-A family file describes its differences as a `Spec` per model_type; this module runs them.
-Weights are torch Linear [out, in]; they are read one layer at a time.
+A family file describes its differences as a `Spec` per model_type (with the args dataclass
+that reads and checks its config) and its GGUF tables; this module runs them. Weights are
+torch Linear [out, in]; they are read one layer at a time.
 """
 
 from __future__ import annotations
@@ -33,11 +34,25 @@ from attn_cli.attention import (
 )
 from attn_cli.errors import InputError
 from attn_cli.models import rope
+from attn_cli.models.args import (
+    COUNT,
+    FLAG,
+    FRACTION,
+    OBJECT,
+    POSITIVE,
+    POSITIVE_INT,
+    TEXT,
+    TEXTS,
+    Args,
+    arg,
+    source_of,
+)
 from attn_cli.models.layers import activation, rms_norm
 from attn_cli.models.registry import (
     Config,
     Dims,
     Family,
+    GGUFSources,
     WeightSource,
     Wording,
     families,
@@ -49,15 +64,72 @@ ANCHOR = "embed_tokens.weight"
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
+@dataclass(frozen=True, kw_only=True)
+class DecoderArgs(Args):
+    """What the shared forward pass reads of a Llama-style config: transformers' LlamaConfig
+    defaults. A family's args subclass adds its own keys and changes defaults."""
+
+    hidden_size: int = arg(POSITIVE_INT)
+    intermediate_size: int = arg(POSITIVE_INT)
+    num_hidden_layers: int = arg(POSITIVE_INT)
+    num_attention_heads: int = arg(POSITIVE_INT)
+    vocab_size: int = arg(POSITIVE_INT)
+    num_key_value_heads: int | None = arg(POSITIVE_INT, None)  # None: one per query head
+    head_dim: int | None = arg(POSITIVE_INT, None)  # None: hidden_size // num_attention_heads
+    rms_norm_eps: float = arg(POSITIVE, 1e-6)
+    hidden_act: str | None = arg(TEXT, "silu", nullable=True)  # null: the Spec's default_act
+    attention_bias: bool | None = arg(FLAG, False, nullable=True)
+    mlp_bias: bool | None = arg(FLAG, False, nullable=True)
+    tie_word_embeddings: bool | None = arg(FLAG, False, nullable=True)
+    use_bidirectional_attention: bool | None = arg(FLAG, False, nullable=True)
+    max_position_embeddings: int | None = arg(POSITIVE_INT, None)
+    original_max_position_embeddings: int | None = arg(POSITIVE_INT, None)
+    sliding_window: int | None = arg(POSITIVE_INT, None)
+    layer_types: list[str] | None = arg(TEXTS, None)
+    rope_theta: float | None = arg(POSITIVE, rope.DEFAULT_THETA, nullable=True)
+    rope_scaling: Mapping[str, Any] | None = arg(OBJECT, None)
+    rope_parameters: Mapping[str, Any] | None = arg(OBJECT, None)
+    partial_rotary_factor: float | None = arg(FRACTION, None)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    def validate(self, source: str) -> None:
+        if self.head_size < 1:
+            raise InputError(
+                f"{source}: hidden_size {self.hidden_size} gives no head_dim for "
+                f"{self.num_attention_heads} heads (num_attention_heads is larger)"
+            )
+        if self.num_attention_heads % self.kv_heads:
+            raise InputError(
+                f"{source}: num_attention_heads {self.num_attention_heads} is not a multiple "
+                f"of num_key_value_heads {self.kv_heads}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlidingArgs(DecoderArgs):
+    """Qwen2/Qwen3: a window over the layers from max_window_layers on (use_sliding_window)."""
+
+    use_sliding_window: bool | None = arg(FLAG, False, nullable=True)
+    max_window_layers: int = arg(COUNT, 28)
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one model_type differs from Llama."""
 
+    args: type[DecoderArgs] = DecoderArgs  # its config keys, their defaults and checks
     norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + w)
     embed_scale: bool = False  # Gemma: embeddings × √hidden_size
     qkv_bias: bool | None = None  # True: always (Qwen2); None: config attention_bias
     o_bias: bool | None = None  # False: never (Qwen2); None: config attention_bias
-    mlp_bias_key: str | None = None  # config key switching MLP biases on (Llama's mlp_bias)
+    mlp_bias: bool = False  # the config's mlp_bias switches MLP biases on (Llama)
     qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm on each head's q and k before RoPE
     fused: bool = False  # Phi-3: one qkv_proj and one gate_up_proj
     sandwich: bool = False  # Gemma 2/3: norms after attention and around the MLP
@@ -68,114 +140,105 @@ class Spec:
     # Gemma 2: attn_logit_softcapping (Gemma 3 ignores it, as transformers does)
     attn_softcap: bool = False
     final_softcap: bool = False  # Gemma 2/3: final_logit_softcapping
-    tie_default: bool = False  # tie_word_embeddings when config.json does not say
     # Which layers slide ('sliding_attention') and how wide the window is (None: no layer does).
-    layer_types: Callable[[Config], list[str]] = lambda cfg: [FULL] * int(cfg["num_hidden_layers"])
-    window: Callable[[Config], int | None] = lambda cfg: None
-    default_theta: float = rope.DEFAULT_THETA
+    layer_types: Callable[[Any], list[str]] = lambda args: [FULL] * args.num_hidden_layers
+    window: Callable[[Any], int | None] = lambda args: None
     local_theta_key: str | None = None  # Gemma 3's rope_local_base_freq (hub-style configs)
 
 
-def head_dim(cfg: Config) -> int:
-    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+# llama.cpp's names of a Llama-style layer's tensors (gguf-py's TensorNameMap): HF name under
+# model.layers.{i}. -> GGUF name under blk.{i}. q, k and v are split or fused by gguf/to_hf.py.
+GGUF_LAYER_TENSORS: dict[str, GGUFSources] = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+GGUF_OPTIONAL_TENSORS = {"self_attn.o_proj.bias": "attn_output.bias"}
+GGUF_QK_NORMS: dict[str, GGUFSources] = {
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+}
 
 
-def kv_heads(cfg: Config) -> int:
-    return int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
-
-
-def dims(cfg: Config) -> Dims:
+def dims(args: DecoderArgs) -> Dims:
     return Dims(
-        int(cfg["num_hidden_layers"]),
-        int(cfg["num_attention_heads"]),
-        kv_heads(cfg),
-        int(cfg["hidden_size"]),
-        head_dim(cfg),
-        int(cfg["vocab_size"]),
+        args.num_hidden_layers,
+        args.num_attention_heads,
+        args.kv_heads,
+        args.hidden_size,
+        args.head_size,
+        args.vocab_size,
         None,
     )
 
 
-def window(spec: Spec, cfg: Config) -> int | None:
+def window(spec: Spec, args: DecoderArgs) -> int | None:
     """The sliding window width, or None when no layer slides."""
-    w = spec.window(cfg)
+    w = spec.window(args)
     return None if w is None else int(w)
 
 
-def all_layers(kind: str) -> Callable[[Config], list[str]]:
-    return lambda cfg: [kind] * int(cfg["num_hidden_layers"])
+def all_layers(kind: str) -> Callable[[Any], list[str]]:
+    return lambda args: [kind] * args.num_hidden_layers
 
 
-def config_window(
-    key: str = "sliding_window", default: int | None = None
-) -> Callable[[Config], int | None]:
-    return lambda cfg: cfg.get(key, default)
+def config_window(args: DecoderArgs) -> int | None:
+    return args.sliding_window
 
 
-def layer_kinds(spec: Spec, cfg: Config) -> list[str]:
+def layer_kinds(spec: Spec, args: DecoderArgs) -> list[str]:
     """'full_attention' or 'sliding_attention' for each layer."""
-    if window(spec, cfg) is None:
-        return [FULL] * int(cfg["num_hidden_layers"])
-    return spec.layer_types(cfg)
+    if window(spec, args) is None:
+        return [FULL] * args.num_hidden_layers
+    return spec.layer_types(args)
 
 
-def tied(spec: Spec, cfg: Config, w: WeightSource) -> bool:
-    return bool(cfg.get("tie_word_embeddings", spec.tie_default)) or "lm_head.weight" not in w
+def tied(args: DecoderArgs, w: WeightSource) -> bool:
+    return bool(args.tie_word_embeddings) or "lm_head.weight" not in w
 
 
-def activation_name(spec: Spec, cfg: Config) -> str:
-    name = next((str(cfg[key]) for key in spec.act_keys if cfg.get(key)), spec.default_act)
+def activation_name(spec: Spec, args: DecoderArgs) -> str:
+    name = next(
+        (str(getattr(args, key)) for key in spec.act_keys if getattr(args, key)), spec.default_act
+    )
     return "gelu_pytorch_tanh" if spec.gelu_means_tanh and name == "gelu" else name
 
 
-def scale(spec: Spec, cfg: Config) -> float | None:
+def scale(spec: Spec, args: DecoderArgs) -> float | None:
     """The score scale: 1/√head_dim (None), or Gemma's query_pre_attn_scalar^-½."""
-    if spec.scale_key is None or cfg.get(spec.scale_key) is None:
+    if spec.scale_key is None or getattr(args, spec.scale_key) is None:
         return None
-    return float(cfg[spec.scale_key]) ** -0.5
+    return float(getattr(args, spec.scale_key)) ** -0.5
 
 
-def rotaries(spec: Spec, cfg: Config) -> dict[str, rope.Rotary]:
-    d = head_dim(cfg)
+def rotaries(spec: Spec, args: DecoderArgs, source: str) -> dict[str, rope.Rotary]:
+    theta = type(args).default("rope_theta")
     return {
-        kind: rope.rotary(cfg, d, kind, spec.default_theta, spec.local_theta_key)
-        for kind in sorted(set(layer_kinds(spec, cfg)))
+        kind: rope.rotary(
+            args.as_config(), args.head_size, kind, theta, spec.local_theta_key, source=source
+        )
+        for kind in sorted(set(layer_kinds(spec, args)))
     }
 
 
-def check(spec: Spec, w: WeightSource, cfg: Config) -> None:
+def check(spec: Spec, w: WeightSource, args: DecoderArgs, source: str) -> None:
     """Config options this code runs, and every tensor's shape against config.json."""
-    d, heads, kv, hd = (
-        int(cfg["hidden_size"]),
-        int(cfg["num_attention_heads"]),
-        kv_heads(cfg),
-        head_dim(cfg),
-    )
-    layers, inter, vocab = (
-        int(cfg["num_hidden_layers"]),
-        int(cfg["intermediate_size"]),
-        int(cfg["vocab_size"]),
-    )
-    if heads % kv:
-        raise InputError(
-            f"config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
-        )
-    if cfg.get("use_bidirectional_attention"):
-        raise InputError(
-            "config.json: use_bidirectional_attention is not supported (decoders only)"
-        )
-    activation(activation_name(spec, cfg))  # refuses unknown activations by name
-    kinds = layer_kinds(spec, cfg)
+    d, heads, kv, hd = args.hidden_size, args.num_attention_heads, args.kv_heads, args.head_size
+    layers, inter, vocab = args.num_hidden_layers, args.intermediate_size, args.vocab_size
+    if args.use_bidirectional_attention:
+        raise InputError(f"{source}: use_bidirectional_attention is not supported (decoders only)")
+    activation(activation_name(spec, args))  # refuses unknown activations by name
+    kinds = layer_kinds(spec, args)
     if len(kinds) != layers or any(k not in (FULL, SLIDING) for k in kinds):
         raise InputError(
-            f"config.json: layer_types must list {layers} entries of {FULL!r} or {SLIDING!r}"
+            f"{source}: layer_types must list {layers} entries of {FULL!r} or {SLIDING!r}"
         )
-    width = window(spec, cfg)
-    if width is not None and width < 1:
-        raise InputError(f"config.json: sliding_window {width} must be at least 1")
-    rotaries(spec, cfg)  # refuses unsupported rope types by name
+    rotaries(spec, args, source)  # refuses unsupported rope types and bad rope values by name
     expect_shape(w, ANCHOR, (vocab, d))
-    bias = _biases(spec, cfg)
+    bias = _biases(spec, args)
     for i in range(layers):
         p = f"layers.{i}."
         expect_shape(w, p + "input_layernorm.weight", (d,))
@@ -183,44 +246,44 @@ def check(spec: Spec, w: WeightSource, cfg: Config) -> None:
         if spec.sandwich:
             expect_shape(w, p + "pre_feedforward_layernorm.weight", (d,))
             expect_shape(w, p + "post_feedforward_layernorm.weight", (d,))
-        a = p + "self_attn."
+        att = p + "self_attn."
         if spec.fused:
-            expect_shape(w, a + "qkv_proj.weight", ((heads + 2 * kv) * hd, d))
+            expect_shape(w, att + "qkv_proj.weight", ((heads + 2 * kv) * hd, d))
             expect_shape(w, p + "mlp.gate_up_proj.weight", (2 * inter, d))
         else:
             for name, out in (("q", heads * hd), ("k", kv * hd), ("v", kv * hd)):
-                expect_shape(w, a + f"{name}_proj.weight", (out, d))
+                expect_shape(w, att + f"{name}_proj.weight", (out, d))
                 if bias["qkv"]:
-                    expect_shape(w, a + f"{name}_proj.bias", (out,))
+                    expect_shape(w, att + f"{name}_proj.bias", (out,))
             expect_shape(w, p + "mlp.gate_proj.weight", (inter, d))
             expect_shape(w, p + "mlp.up_proj.weight", (inter, d))
-        expect_shape(w, a + "o_proj.weight", (d, heads * hd))
+        expect_shape(w, att + "o_proj.weight", (d, heads * hd))
         if bias["o"]:
-            expect_shape(w, a + "o_proj.bias", (d,))
+            expect_shape(w, att + "o_proj.bias", (d,))
         expect_shape(w, p + "mlp.down_proj.weight", (d, inter))
         if spec.qk_norm:
-            expect_shape(w, a + "q_norm.weight", (hd,))
-            expect_shape(w, a + "k_norm.weight", (hd,))
+            expect_shape(w, att + "q_norm.weight", (hd,))
+            expect_shape(w, att + "k_norm.weight", (hd,))
     expect_shape(w, "norm.weight", (d,))
-    if not tied(spec, cfg, w):
+    if not tied(args, w):
         expect_shape(w, "lm_head.weight", (vocab, d))
 
 
-def _biases(spec: Spec, cfg: Config) -> dict[str, bool]:
-    attention_bias = bool(cfg.get("attention_bias", False))
+def _biases(spec: Spec, args: DecoderArgs) -> dict[str, bool]:
+    attention_bias = bool(args.attention_bias)
     return {
         "qkv": attention_bias if spec.qkv_bias is None else spec.qkv_bias,
         "o": attention_bias if spec.o_bias is None else spec.o_bias,
-        "mlp": bool(spec.mlp_bias_key and cfg.get(spec.mlp_bias_key)),
+        "mlp": spec.mlp_bias and bool(args.mlp_bias),
     }
 
 
-def embed(spec: Spec, w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
+def embed(spec: Spec, w: WeightSource, ids: list[int], args: DecoderArgs) -> np.ndarray:
     """Token embeddings (Gemma: × √hidden_size, the scale rounded to float32 as transformers
     does for a float32 model)."""
     x = w.rows(ANCHOR, ids)
     if spec.embed_scale:
-        x = x * np.float32(math.sqrt(int(cfg["hidden_size"])))
+        x = x * np.float32(math.sqrt(args.hidden_size))
     return x
 
 
@@ -256,23 +319,25 @@ def qk_hook(
     return hook
 
 
-def layers(spec: Spec, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+def layers(
+    spec: Spec, w: WeightSource, x: np.ndarray, args: DecoderArgs, source: str
+) -> Iterator[LayerRecord]:
     n = len(x)
-    heads, kv, hd = int(cfg["num_attention_heads"]), kv_heads(cfg), head_dim(cfg)
-    eps = float(cfg.get("rms_norm_eps", 1e-6))
-    act = activation(activation_name(spec, cfg))
-    bias = _biases(spec, cfg)
-    kinds = layer_kinds(spec, cfg)
-    rots = rotaries(spec, cfg)
+    heads, kv, hd = args.num_attention_heads, args.kv_heads, args.head_size
+    eps = args.rms_norm_eps
+    act = activation(activation_name(spec, args))
+    bias = _biases(spec, args)
+    kinds = layer_kinds(spec, args)
+    rots = rotaries(spec, args, source)
     tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
-    width = window(spec, cfg)
+    width = window(spec, args)
     masks = {FULL: causal_mask(n)}
     if width is not None:
         masks[SLIDING] = sliding_window_mask(n, width)
-    s = scale(spec, cfg)
-    cap = cfg.get("attn_logit_softcapping") if spec.attn_softcap else None
+    s = scale(spec, args)
+    cap = getattr(args, "attn_logit_softcapping", None) if spec.attn_softcap else None
     x = x.astype(np.float32, copy=False)
-    for i in range(int(cfg["num_hidden_layers"])):
+    for i in range(args.num_hidden_layers):
         p = f"layers.{i}."
         a = p + "self_attn."
         kind = kinds[i]
@@ -336,16 +401,16 @@ def _mlp(
     return hidden @ wd if bd is None else hidden @ wd + bd  # [n, inter] @ [inter, d]
 
 
-def final(spec: Spec, w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-    return _norm(spec, w, "norm.weight", h, float(cfg.get("rms_norm_eps", 1e-6)))
+def final(spec: Spec, w: WeightSource, h: np.ndarray, args: DecoderArgs) -> np.ndarray:
+    return _norm(spec, w, "norm.weight", h, args.rms_norm_eps)
 
 
-def logits(spec: Spec, w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
+def logits(spec: Spec, w: WeightSource, h: np.ndarray, args: DecoderArgs) -> np.ndarray:
     """Next-token logits (n, vocab): final hidden states times the LM head, read in row blocks
     (tied: the token embeddings); Gemma 2/3 soft-cap them with final_logit_softcapping."""
-    head = ANCHOR if tied(spec, cfg, w) else "lm_head.weight"
+    head = ANCHOR if tied(args, w) else "lm_head.weight"
     out = matmul_rows_t(w, head, h.astype(np.float32, copy=False))
-    cap = cfg.get("final_logit_softcapping") if spec.final_softcap else None
+    cap = getattr(args, "final_logit_softcapping", None) if spec.final_softcap else None
     return out if cap is None else softcap(out, float(cap))
 
 
@@ -368,25 +433,28 @@ def adapted(cfg: Config) -> Config:
     return cfg if adapt is None else adapt(cfg)
 
 
+def parsed(specs: Mapping[str, Spec], cfg: Config) -> tuple[Spec, DecoderArgs, str]:
+    """The config as the forward pass reads it: its Spec, its checked args, and what messages
+    call it (see bind's `adapt`)."""
+    source = source_of(cfg)
+    cfg = adapted(cfg)
+    spec = spec_for(specs, cfg)
+    return spec, spec.args.parse(cfg, source), source
+
+
 def describe(cfg: Config) -> dict[str, Any]:
     """What a decoder's config means for its attention, for the trace config and the step text:
     grouped heads, norms, rotary settings per layer type, which layers slide, scales, caps."""
 
     families()  # imports every family module, so ALL_SPECS is complete
-    cfg = adapted(cfg)
-    spec = spec_for(ALL_SPECS, cfg)
-    d, heads, kv, hd = (
-        int(cfg["hidden_size"]),
-        int(cfg["num_attention_heads"]),
-        kv_heads(cfg),
-        head_dim(cfg),
-    )
-    act = activation_name(spec, cfg)
-    s = scale(spec, cfg)
-    attn_cap = cfg.get("attn_logit_softcapping") if spec.attn_softcap else None
-    final_cap = cfg.get("final_logit_softcapping") if spec.final_softcap else None
+    spec, args, source = parsed(ALL_SPECS, cfg)
+    d, heads, kv, hd = args.hidden_size, args.num_attention_heads, args.kv_heads, args.head_size
+    act = activation_name(spec, args)
+    s = scale(spec, args)
+    attn_cap = getattr(args, "attn_logit_softcapping", None) if spec.attn_softcap else None
+    final_cap = getattr(args, "final_logit_softcapping", None) if spec.final_softcap else None
     rope_info = {}
-    for kind, r in rotaries(spec, cfg).items():
+    for kind, r in rotaries(spec, args, source).items():
         p = r.params
         info = {
             "type": p.get("rope_type", "default"),
@@ -415,14 +483,14 @@ def describe(cfg: Config) -> dict[str, Any]:
         "mlp": f"{'GeGLU' if 'gelu' in act else 'SwiGLU'} ({act})",
         "qk_norm": spec.qk_norm,
         "rope": rope_info,
-        "layer_types": layer_kinds(spec, cfg),
-        "sliding_window": window(spec, cfg),
+        "layer_types": layer_kinds(spec, args),
+        "sliding_window": window(spec, args),
         "score_scale": (1.0 / math.sqrt(hd)) if s is None else s,
-        "query_pre_attn_scalar": cfg.get(spec.scale_key) if spec.scale_key else None,
+        "query_pre_attn_scalar": getattr(args, spec.scale_key) if spec.scale_key else None,
         "attn_logit_softcapping": None if attn_cap is None else float(attn_cap),
         "final_logit_softcapping": None if final_cap is None else float(final_cap),
         "embed_scale": float(np.float32(math.sqrt(d))) if spec.embed_scale else None,
-        "tied_embeddings": bool(cfg.get("tie_word_embeddings", spec.tie_default)),
+        "tied_embeddings": bool(args.tie_word_embeddings),
     }
 
 
@@ -431,24 +499,39 @@ def bind(
 ) -> dict[str, Any]:
     """The Family callables for a set of model_types, each dispatching on config model_type.
     `adapt` maps a model_type to a function rewriting its config first (a multimodal
-    checkpoint's text_config, defaults its config.json leaves out)."""
+    checkpoint's text_config)."""
     ALL_SPECS.update(specs)
     ADAPTERS.update(adapt or {})
 
-    def view(cfg: Config) -> tuple[Spec, Config]:
-        cfg = adapted(cfg)
-        return spec_for(specs, cfg), cfg
+    def run_check(w: WeightSource, cfg: Config) -> None:
+        spec, args, source = parsed(specs, cfg)
+        check(spec, w, args, source)
 
-    bound: dict[str, Any] = {
-        "dims": lambda cfg: dims(adapted(cfg)),
-        "check": lambda w, cfg: check(view(cfg)[0], w, view(cfg)[1]),
-        "embed": lambda w, ids, cfg: embed(view(cfg)[0], w, ids, view(cfg)[1]),
-        "layers": lambda w, x, cfg: layers(view(cfg)[0], w, x, view(cfg)[1]),
-        "final": lambda w, h, cfg: final(view(cfg)[0], w, h, view(cfg)[1]),
-        "logits": lambda w, h, cfg: logits(view(cfg)[0], w, h, view(cfg)[1]),
+    def run_embed(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
+        spec, args, _ = parsed(specs, cfg)
+        return embed(spec, w, ids, args)
+
+    def run_layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+        spec, args, source = parsed(specs, cfg)
+        return layers(spec, w, x, args, source)
+
+    def run_final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
+        spec, args, _ = parsed(specs, cfg)
+        return final(spec, w, h, args)
+
+    def run_logits(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
+        spec, args, _ = parsed(specs, cfg)
+        return logits(spec, w, h, args)
+
+    return {
+        "dims": lambda cfg: dims(parsed(specs, cfg)[1]),
+        "check": run_check,
+        "embed": run_embed,
+        "layers": run_layers,
+        "final": run_final,
+        "logits": run_logits,
+        "describe": describe,
     }
-    bound["describe"] = describe
-    return bound
 
 
 def decoder_family(
@@ -457,15 +540,17 @@ def decoder_family(
     mask: str,
     multiplies: str = "W_q, W_k and W_v",
     norm: str = "RMSNorm (input_layernorm)",
-    norm_placement: str = "pre-RMSNorm",
     model_types: tuple[str, ...] | None = None,
     **extra: Any,
 ) -> Family:
-    """The Family of a pre-norm decoder over this forward pass: its specs bound, its words."""
+    """The Family of a pre-norm decoder over this forward pass: its specs bound, its words.
+    Sandwich-normed when its specs say so (Gemma 2/3); `extra` are further Family fields
+    (attn_out_norm, gguf)."""
+    scaled = all(spec.embed_scale for spec in specs.values())
 
     def x_description(i: int) -> str:
         source = "the token embeddings" if i == 0 else f"layer {i - 1}'s output"
-        if i == 0 and "1 + w" in norm:
+        if i == 0 and scaled:
             source = "the scaled token embeddings"
         return f" ({source}) after the layer's {norm}: what {multiplies} multiply."
 
@@ -475,7 +560,9 @@ def decoder_family(
         model_types=model_types or tuple(specs),
         anchor=ANCHOR,
         causal=True,
-        norm=norm_placement,
+        norm="sandwich" if any(spec.sandwich for spec in specs.values()) else "pre",
+        linear_values=True,
+        sentence_pairs=False,
         **bound,
         **extra,
         wording=Wording(

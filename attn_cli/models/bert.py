@@ -4,11 +4,13 @@ bidirectional attention and exact (erf) GELU. Weights as torch stores them: Line
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from attn_cli.attention import AttentionParams
 from attn_cli.errors import InputError
+from attn_cli.models.args import POSITIVE, POSITIVE_INT, TEXT, Args, arg
 from attn_cli.models.layers import activation, layer_norm
 from attn_cli.models.registry import Config, Dims, Family, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
@@ -17,29 +19,53 @@ from attn_cli.records import LayerRecord, multi_head_attention
 ANCHOR = "embeddings.word_embeddings.weight"
 
 
+@dataclass(frozen=True, kw_only=True)
+class BertArgs(Args):
+    """What this file reads of a BERT config.json (transformers' BertConfig defaults)."""
+
+    hidden_size: int = arg(POSITIVE_INT)
+    num_attention_heads: int = arg(POSITIVE_INT)
+    num_hidden_layers: int = arg(POSITIVE_INT)
+    intermediate_size: int = arg(POSITIVE_INT)
+    vocab_size: int = arg(POSITIVE_INT)
+    max_position_embeddings: int = arg(POSITIVE_INT)
+    type_vocab_size: int = arg(POSITIVE_INT, 2)
+    layer_norm_eps: float = arg(POSITIVE, 1e-12)
+    hidden_act: str = arg(TEXT, "gelu")
+    position_embedding_type: str | None = arg(TEXT, "absolute", nullable=True)
+
+    def validate(self, source: str) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise InputError(
+                f"{source}: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+
+
 def dims(cfg: Config) -> Dims:
-    d, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    args = BertArgs.parse(cfg)
+    d, heads = args.hidden_size, args.num_attention_heads
     return Dims(
-        int(cfg["num_hidden_layers"]),
+        args.num_hidden_layers,
         heads,
         heads,
         d,
         d // heads,
-        int(cfg["vocab_size"]),
-        int(cfg["max_position_embeddings"]),
+        args.vocab_size,
+        args.max_position_embeddings,
     )
 
 
 def check(w: WeightSource, cfg: Config) -> None:
-    d, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    if d % cfg["num_attention_heads"]:
-        raise InputError(f"config.json: hidden_size {d} is not divisible by num_attention_heads")
-    if cfg.get("position_embedding_type", "absolute") != "absolute":
+    args = BertArgs.parse(cfg)
+    d, inter = args.hidden_size, args.intermediate_size
+    if (args.position_embedding_type or "absolute") != "absolute":
         raise InputError("only absolute position embeddings are supported")
-    expect_shape(w, ANCHOR, (cfg["vocab_size"], d))
-    expect_shape(w, "embeddings.position_embeddings.weight", (cfg["max_position_embeddings"], d))
-    expect_shape(w, "embeddings.token_type_embeddings.weight", (cfg["type_vocab_size"], d))
-    for i in range(cfg["num_hidden_layers"]):
+    activation(args.hidden_act)  # refuses unknown activations by name
+    expect_shape(w, ANCHOR, (args.vocab_size, d))
+    expect_shape(w, "embeddings.position_embeddings.weight", (args.max_position_embeddings, d))
+    expect_shape(w, "embeddings.token_type_embeddings.weight", (args.type_vocab_size, d))
+    for i in range(args.num_hidden_layers):
         p = f"encoder.layer.{i}."
         for name in ("query", "key", "value"):
             expect_shape(w, p + f"attention.self.{name}.weight", (d, d))
@@ -58,9 +84,8 @@ def embed(
     types = w["embeddings.token_type_embeddings.weight"]
     seg = types[0] if segments is None else types[np.asarray(segments)]
     x = w.rows(ANCHOR, ids) + w["embeddings.position_embeddings.weight"][:n] + seg
-    return layer_norm(
-        x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg["layer_norm_eps"]
-    )
+    eps = BertArgs.parse(cfg).layer_norm_eps
+    return layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
 
 
 def linear_params(w: WeightSource, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -69,9 +94,10 @@ def linear_params(w: WeightSource, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
-    heads, eps = cfg["num_attention_heads"], cfg["layer_norm_eps"]
-    act = activation(cfg.get("hidden_act", "gelu"))
-    for i in range(cfg["num_hidden_layers"]):
+    args = BertArgs.parse(cfg)
+    heads, eps = args.num_attention_heads, args.layer_norm_eps
+    act = activation(args.hidden_act)
+    for i in range(args.num_hidden_layers):
         p = f"encoder.layer.{i}."
         (wq, bq), (wk, bk), (wv, bv) = (
             linear_params(w, p + f"attention.self.{n}") for n in ("query", "key", "value")
@@ -99,7 +125,7 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
 def attn_out_norm(w: WeightSource, i: int, cfg: Config) -> tuple[np.ndarray, np.ndarray, float]:
     """Layer i's LayerNorm on (residual + attention output): γ, β, ε (for ALTI)."""
     p = f"encoder.layer.{i}.attention.output.LayerNorm."
-    return w[p + "weight"], w[p + "bias"], float(cfg["layer_norm_eps"])
+    return w[p + "weight"], w[p + "bias"], float(BertArgs.parse(cfg).layer_norm_eps)
 
 
 def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
@@ -115,7 +141,9 @@ FAMILY = Family(
     model_types=("bert",),
     anchor=ANCHOR,
     causal=False,
-    norm="post-LayerNorm",
+    norm="post",
+    linear_values=True,
+    sentence_pairs=True,
     dims=dims,
     check=check,
     embed=embed,

@@ -243,8 +243,8 @@ def _describe(name: str, d: Path, source: str) -> Listed:
         return listed
     try:
         dims = family.dims(cfg)
-    except (KeyError, TypeError, ValueError):
-        listed.problem = "config.json is incomplete"
+    except InputError as exc:  # a missing or bad value, named
+        listed.problem = str(exc)
         return listed
     heads = f"{dims.heads} heads"
     if dims.kv_heads != dims.heads:

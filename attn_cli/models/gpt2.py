@@ -4,11 +4,13 @@ GELU, a final LayerNorm. Conv1D weights are already [in, out]."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from attn_cli.attention import AttentionParams, causal_mask
 from attn_cli.errors import InputError
+from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, TEXT, Args, arg
 from attn_cli.models.layers import activation, layer_norm
 from attn_cli.models.registry import Config, Dims, Family, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
@@ -17,31 +19,46 @@ from attn_cli.records import LayerRecord, multi_head_attention
 ANCHOR = "wte.weight"
 
 
+@dataclass(frozen=True, kw_only=True)
+class GPT2Args(Args):
+    """What this file reads of a GPT-2 config.json (transformers' GPT2Config defaults)."""
+
+    n_embd: int = arg(POSITIVE_INT)
+    n_head: int = arg(POSITIVE_INT)
+    n_layer: int = arg(POSITIVE_INT)
+    vocab_size: int = arg(POSITIVE_INT)
+    n_positions: int = arg(POSITIVE_INT)
+    n_inner: int | None = arg(POSITIVE_INT, None)  # None: 4 × n_embd
+    layer_norm_epsilon: float = arg(POSITIVE, 1e-5)
+    activation_function: str = arg(TEXT, "gelu_new")
+    scale_attn_by_inverse_layer_idx: bool | None = arg(FLAG, False, nullable=True)
+    reorder_and_upcast_attn: bool | None = arg(FLAG, False, nullable=True)
+
+    def validate(self, source: str) -> None:
+        if self.n_embd % self.n_head:
+            raise InputError(
+                f"{source}: n_embd {self.n_embd} is not divisible by n_head {self.n_head}"
+            )
+
+
 def dims(cfg: Config) -> Dims:
-    d, heads = int(cfg["n_embd"]), int(cfg["n_head"])
-    return Dims(
-        int(cfg["n_layer"]),
-        heads,
-        heads,
-        d,
-        d // heads,
-        int(cfg["vocab_size"]),
-        int(cfg["n_positions"]),
-    )
+    args = GPT2Args.parse(cfg)
+    d, heads = args.n_embd, args.n_head
+    return Dims(args.n_layer, heads, heads, d, d // heads, args.vocab_size, args.n_positions)
 
 
 def check(w: WeightSource, cfg: Config) -> None:
-    d = cfg["n_embd"]
-    inner = cfg.get("n_inner") or 4 * d
-    if d % cfg["n_head"]:
-        raise InputError("config.json: n_embd is not divisible by n_head")
-    if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn"):
+    args = GPT2Args.parse(cfg)
+    d = args.n_embd
+    inner = args.n_inner or 4 * d
+    if args.scale_attn_by_inverse_layer_idx or args.reorder_and_upcast_attn:
         raise InputError(
             "GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported"
         )
-    expect_shape(w, ANCHOR, (cfg["vocab_size"], d))
-    expect_shape(w, "wpe.weight", (cfg["n_positions"], d))
-    for i in range(cfg["n_layer"]):
+    activation(args.activation_function)  # refuses unknown activations by name
+    expect_shape(w, ANCHOR, (args.vocab_size, d))
+    expect_shape(w, "wpe.weight", (args.n_positions, d))
+    for i in range(args.n_layer):
         p = f"h.{i}."
         expect_shape(w, p + "attn.c_attn.weight", (d, 3 * d))
         expect_shape(w, p + "attn.c_attn.bias", (3 * d,))
@@ -56,10 +73,11 @@ def embed(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
 
 
 def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
-    heads, eps = cfg["n_head"], cfg.get("layer_norm_epsilon", 1e-5)
-    act = activation(cfg.get("activation_function", "gelu_new"))
+    args = GPT2Args.parse(cfg)
+    heads, eps = args.n_head, args.layer_norm_epsilon
+    act = activation(args.activation_function)
     mask = causal_mask(len(x))
-    for i in range(cfg["n_layer"]):
+    for i in range(args.n_layer):
         p = f"h.{i}."
         a_in = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)  # pre-LN
         c_attn, b_attn = w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]  # [d, 3d]
@@ -88,7 +106,8 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
 
 
 def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-    return layer_norm(h, w["ln_f.weight"], w["ln_f.bias"], cfg.get("layer_norm_epsilon", 1e-5))
+    eps = GPT2Args.parse(cfg).layer_norm_epsilon
+    return layer_norm(h, w["ln_f.weight"], w["ln_f.bias"], eps)
 
 
 def logits(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
@@ -101,7 +120,9 @@ FAMILY = Family(
     model_types=("gpt2",),
     anchor=ANCHOR,
     causal=True,
-    norm="pre-LayerNorm",
+    norm="pre",
+    linear_values=True,
+    sentence_pairs=False,
     dims=dims,
     check=check,
     embed=embed,

@@ -69,7 +69,9 @@ def rms_norm(x: np.ndarray, g: np.ndarray, eps: float, offset: float = 0.0) -> n
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
+    # exp(−x) overflows to inf below x ≈ −88 (float32): x / inf = −0, the right limit
+    with np.errstate(over="ignore"):
+        return x / (1.0 + np.exp(-x))
 
 
 ACTIVATIONS = {

@@ -1,9 +1,11 @@
 """One registry of architecture families.
 
 A family is one file in this package that defines ``FAMILY = Family(...)``: what it runs
-(config ``model_type`` values), how its checkpoint is recognised, its forward pass as small
-numpy functions, and the words its steps are described with. Adding a family is that one file
-and its tests: the registry finds it, nothing else changes.
+(config ``model_type`` values), the args dataclass that reads and checks its config, how its
+checkpoint is recognised, its forward pass as small numpy functions, its GGUF tables (what
+llama.cpp's converter did to it), what it can do (LM head, norm placement, linear value path,
+sentence pairs), and the words its steps are described with. Adding a family is that one file
+and its tests: the registry finds it, nothing else changes, and no other module names it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
 import attn_cli.models as pkg
+from attn_cli.models.args import Args
 from attn_cli.records import LayerRecord
 
 Config = Mapping[str, Any]
+
+# Where a layer normalises: before attention and MLP (GPT-2, Llama), after each residual sum
+# (BERT), or both before and after each sublayer (Gemma 2/3).
+NormPlacement = Literal["pre", "post", "sandwich"]
 
 
 class WeightSource(Protocol):
@@ -60,13 +67,48 @@ class Wording:
     final: str = "The model's output: one vector per token after every layer."
 
 
+# A GGUF tensor a HF tensor is made from: one name, or alternatives (the first whose tensors
+# are all in the file), each a tuple of names whose rows are concatenated.
+GGUFSources = str | tuple[tuple[str, ...], ...]
+# gguf/to_hf.py: a GGUF metadata value the file leaves out is not put in the config at all.
+ABSENT: Any = object()
+
+
 @dataclass(frozen=True)
+class GGUFTable:
+    """What llama.cpp's converter did to one GGUF architecture of a family, as data, so
+    gguf/to_hf.py can undo it without knowing the family."""
+
+    arch: str  # general.architecture
+    model_type: str  # the HF model_type it converts back to
+    hf_class: str  # config.json's architectures entry
+    args: type[Args]  # checks the metadata values, by the HF config key each becomes
+    # per layer: HF name under model.layers.{i}. -> GGUF name(s) under blk.{i}.
+    layer_tensors: Mapping[str, GGUFSources]
+    optional_layer_tensors: Mapping[str, str] = field(default_factory=dict)
+    # GGUF key after "{arch}." -> (HF config key, value when the file leaves it out; ABSENT:
+    # leave the key out, so the args default applies)
+    metadata: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)  # HF values no GGUF key carries
+    permute_qk: bool = False  # q/k rows in ggml's rotary order (LlamaModel.permute)
+    norm_shift: float = 0.0  # every *norm.weight stored as shift + w (Gemma: 1 + w)
+    fused_qkv: bool = False  # the HF model has one qkv_proj (Phi-3)
+    # What no table can say (values that depend on several keys, config from tensors):
+    # adapt(metadata reader, config being built), see gguf/to_hf.py's MetadataReader.
+    adapt: Callable[[Any, dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Family:
     name: str  # shown to users: "bert", "gpt2", "llama" …
     model_types: tuple[str, ...]  # config.json model_type values this family runs
     anchor: str  # a tensor name that every checkpoint of the family has (finds the prefix)
     causal: bool
-    norm: str  # e.g. "post-LayerNorm", "pre-RMSNorm": for `models` and the trace config
+    norm: NormPlacement  # ALTI reads the norm after attention unless "pre"
+    # The value path is linear: O = Σ_j W_ij (x_j W_v + b_v) W_o (the norms and ALTI methods
+    # decompose it so)
+    linear_values: bool
+    sentence_pairs: bool  # embed() takes segments (token type ids) for a sentence pair
     dims: Callable[[Config], Dims]
     check: Callable[[WeightSource, Config], None]  # shapes vs config, refused options
     embed: Callable[[WeightSource, list[int], Config], np.ndarray]  # ids -> (n, d)
@@ -77,7 +119,7 @@ class Family:
     wording: Wording = field(default_factory=Wording)
     # Checkpoint quirks fixed on load (renamed tensors …): name -> name; None keeps names.
     rename: Callable[[str], str] | None = None
-    # Families with a norm after the attention ("post" in `norm`): layer i's norm, for ALTI:
+    # Families with a norm after the attention (`norm` not "pre"): layer i's norm, for ALTI:
     # (γ, β, ε) of a LayerNorm on (residual + O) (BERT); (γ, β, ε, rms, "attn") for a norm on O
     # alone before the residual (Gemma 2/3); None for a layer without one.
     attn_out_norm: Callable[[WeightSource, int, Config], Any] | None = None
@@ -87,10 +129,16 @@ class Family:
     # The words of the family's own stages, by name (narrate.StageText), consulted before the
     # step catalogue: a stage only this family computes is described next to its code.
     stage_texts: Mapping[str, Callable[..., tuple[str, str]]] = field(default_factory=dict)
+    gguf: tuple[GGUFTable, ...] = ()  # the GGUF architectures of this family
+
+    @property
+    def lm_head(self) -> bool:
+        """The family predicts next tokens (the logit lens and the prediction need it)."""
+        return self.logits is not None
 
 
 # Modules of this package that are not families.
-_NOT_FAMILIES = {"registry", "layers", "checkpoint", "weights", "rope"}
+_NOT_FAMILIES = {"registry", "layers", "checkpoint", "weights", "rope", "args"}
 
 
 @cache
@@ -114,3 +162,10 @@ def supported() -> list[str]:
 
 def family_for(model_type: str) -> Family | None:
     return families().get(model_type)
+
+
+@cache
+def gguf_tables() -> dict[str, GGUFTable]:
+    """GGUF general.architecture -> its table, from every family."""
+    unique = {id(f): f for f in families().values()}.values()
+    return {t.arch: t for family in unique for t in family.gguf}

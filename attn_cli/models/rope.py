@@ -39,11 +39,46 @@ from typing import Any
 import numpy as np
 
 from attn_cli.errors import InputError
+from attn_cli.models.args import (
+    FLAG,
+    FRACTION,
+    NUMBER,
+    POSITIVE,
+    POSITIVE_INT,
+    TEXT,
+    Kind,
+    show,
+)
+from attn_cli.models.args import check as check_value
 
 SUPPORTED = ("default", "linear", "llama3", "dynamic", "yarn", "longrope")
 # Types whose scaling is set by the length the model was pretrained at.
 WITH_ORIGINAL_LENGTH = ("llama3", "yarn", "longrope")
 DEFAULT_THETA = 10_000.0
+# What each rope setting must be (null: left out); anything else in the dict is not read.
+KINDS: dict[str, Kind] = {
+    "rope_type": TEXT,
+    "type": TEXT,
+    "rope_theta": POSITIVE,
+    "factor": POSITIVE,
+    "low_freq_factor": POSITIVE,
+    "high_freq_factor": POSITIVE,
+    "original_max_position_embeddings": POSITIVE_INT,
+    "max_position_embeddings": POSITIVE_INT,
+    "beta_fast": POSITIVE,
+    "beta_slow": POSITIVE,
+    "attention_factor": POSITIVE,
+    "mscale": NUMBER,
+    "mscale_all_dim": NUMBER,
+    "partial_rotary_factor": FRACTION,
+    "truncate": FLAG,
+}
+
+
+def _checked(params: Mapping[str, Any], prefix: str) -> None:
+    for key, kind in KINDS.items():
+        if key in params:
+            check_value(kind, params[key], prefix + key, nullable=True)
 
 
 def rope_parameters(
@@ -51,9 +86,11 @@ def rope_parameters(
     layer_type: str | None = None,
     default_theta: float = DEFAULT_THETA,
     local_theta_key: str | None = None,
+    source: str = "config.json",
 ) -> dict[str, Any]:
     """One layer type's rope settings, normalised to transformers 5's flat dict:
-    {"rope_type", "rope_theta", "factor"…, "partial_rotary_factor"?}.
+    {"rope_type", "rope_theta", "factor"…, "partial_rotary_factor"?}; each value checked
+    (messages name `source` and the key it was read from).
 
     `local_theta_key` (Gemma 3: "rope_local_base_freq") names the hub-style key holding the
     base of the sliding-window layers, whose rotary embedding is never scaled."""
@@ -67,13 +104,18 @@ def rope_parameters(
             if key not in per_type:
                 key = next(iter(per_type))
             params = dict(per_type[key])
+            _checked(params, f"{source}: rope_parameters.{key}.")
         else:
             params = dict(nested)
+            _checked(params, f"{source}: rope_parameters.")
     elif local_theta_key is not None and layer_type == "sliding_attention":
-        params = {"rope_type": "default", "rope_theta": cfg.get(local_theta_key, DEFAULT_THETA)}
+        theta = cfg.get(local_theta_key, DEFAULT_THETA)
+        check_value(POSITIVE, theta, f"{source}: {local_theta_key}")
+        params = {"rope_type": "default", "rope_theta": theta}
     else:
         scaling = cfg.get("rope_scaling")
         params = dict(scaling) if isinstance(scaling, Mapping) else {}
+        _checked(params, f"{source}: rope_scaling.")
     params.setdefault("rope_type", params.get("type", "default"))
     params.pop("type", None)
     if params.get("rope_theta") is None:
@@ -88,15 +130,18 @@ def rope_parameters(
         params.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
     # dynamic scales past it; yarn and longrope derive their default factor from it
     params["max_position_embeddings"] = cfg.get("max_position_embeddings")
+    # the keys taken from the top level are checked under their own names
+    _checked({k: cfg.get(k) for k in KINDS if k in cfg}, f"{source}: ")
     return params
 
 
-def check(params: Mapping[str, Any], head_dim: int) -> None:
-    """Refuse rope types this module does not compute, by name, and incomplete settings."""
+def check(params: Mapping[str, Any], head_dim: int, source: str = "config.json") -> None:
+    """Refuse rope types this module does not compute, by name, incomplete settings, and a
+    rotated width that is odd (dimensions rotate in pairs)."""
     kind = params.get("rope_type", "default")
     if kind not in SUPPORTED:
         raise InputError(
-            f"config.json: rope type {kind!r} is not supported (supported: {', '.join(SUPPORTED)})"
+            f"{source}: rope type {kind!r} is not supported (supported: {', '.join(SUPPORTED)})"
         )
     need = {
         "linear": ("factor",),
@@ -106,29 +151,42 @@ def check(params: Mapping[str, Any], head_dim: int) -> None:
     }
     for key in need.get(str(kind), ()):
         if params.get(key) is None:
-            raise InputError(f"config.json: rope type {kind!r} needs {key!r}")
+            raise InputError(f"{source}: rope type {kind!r} needs {key!r}")
     if kind in WITH_ORIGINAL_LENGTH and not params.get("original_max_position_embeddings"):
-        raise InputError(f"config.json: rope type {kind!r} needs original_max_position_embeddings")
+        raise InputError(f"{source}: rope type {kind!r} needs original_max_position_embeddings")
     if (
         kind in ("yarn", "longrope")
         and params.get("factor") is None
         and not params.get("max_position_embeddings")
     ):
-        raise InputError(f"config.json: rope type {kind!r} needs 'factor'")
+        raise InputError(f"{source}: rope type {kind!r} needs 'factor'")
     factor = params.get("partial_rotary_factor", 1.0)
-    if not (isinstance(factor, int | float) and 0 < factor <= 1):
-        raise InputError(f"config.json: partial_rotary_factor {factor!r} is not in (0, 1]")
+    check_value(FRACTION, factor, f"{source}: partial_rotary_factor")
+    dim = int(head_dim * float(factor))
+    if dim % 2 or dim < 2:
+        raise InputError(
+            f"{source}: the rotated width head_dim × partial_rotary_factor = {head_dim} × "
+            f"{factor} = {dim} must be even and at least 2 (dimensions rotate in pairs)"
+        )
+    if kind == "dynamic" and dim < 4:
+        raise InputError(f"{source}: rope type 'dynamic' needs a rotated width of at least 4")
+    if kind == "llama3" and not params["high_freq_factor"] > params["low_freq_factor"]:
+        raise InputError(
+            f"{source}: rope high_freq_factor {params['high_freq_factor']} must be greater "
+            f"than low_freq_factor {params['low_freq_factor']}"
+        )
     if kind == "longrope":
-        half = len(range(0, int(head_dim * float(factor)), 2))  # one per frequency
+        half = dim // 2  # one per frequency
         for key in ("long_factor", "short_factor"):
             values = params[key]
             if not (
                 isinstance(values, list)
                 and len(values) == half
-                and all(isinstance(v, int | float) and v > 0 for v in values)
+                and all(POSITIVE.test(v) for v in values)
             ):
                 raise InputError(
-                    f"config.json: rope {key} must be {half} positive numbers, one per frequency"
+                    f"{source}: rope {key} must be {half} positive numbers, one per frequency, "
+                    f"got {show(values)}"
                 )
 
 
@@ -267,7 +325,8 @@ def rotary(
     layer_type: str | None = None,
     default_theta: float = DEFAULT_THETA,
     local_theta_key: str | None = None,
+    source: str = "config.json",
 ) -> Rotary:
-    params = rope_parameters(cfg, layer_type, default_theta, local_theta_key)
-    check(params, head_dim)
+    params = rope_parameters(cfg, layer_type, default_theta, local_theta_key, source)
+    check(params, head_dim, source)
     return Rotary(params, head_dim)

@@ -62,6 +62,21 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw.astype(np.float32)  # astype copies, also for float32
 
 
+def finite(a: np.ndarray, where: str, name: str) -> np.ndarray:
+    """`a`, or an InputError when it holds NaN or ±inf (a run would give NaN maps). Checked as
+    each tensor is read: its sum is not finite whenever an element is not, which costs one
+    pass without a temporary; only then (or on float32 overflow) are the elements looked at."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(a, axis=None)
+    if np.isfinite(total):
+        return a
+    bad = np.flatnonzero(~np.isfinite(a))
+    if bad.size:
+        at = [int(i) for i in np.unravel_index(bad[0], a.shape)]
+        raise InputError(f"{where}: tensor {name} holds {a.flat[bad[0]]} at {at}")
+    return a
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     file: int  # index into the shard list
@@ -229,7 +244,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         shard.prefetch(t.start, t.stop)
         out = to_float32(shard.view(t), t.dtype).reshape(t.shape)
         shard.release(t.start, t.stop)
-        return out
+        return finite(out, self.label, name)
 
     def rows(self, name: str, ids: list[int]) -> np.ndarray:
         """Rows `ids` of a 2-D table (embeddings), reading only those rows."""
@@ -246,7 +261,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             out[r] = to_float32(shard.view(t, i * width, width), t.dtype)
         for i in ids:
             shard.release(t.start + i * width * size, t.start + (i + 1) * width * size)
-        return out
+        return finite(out, self.label, name)
 
     def row_blocks(self, name: str, block: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
         """A 2-D table in blocks of rows, each converted to float32 and released in turn:
@@ -259,7 +274,8 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             stop = min(rows, start + block)
             shard.prefetch(t.start + start * width * size, t.start + stop * width * size)
             raw = shard.view(t, start * width, (stop - start) * width)
-            yield start, to_float32(raw, t.dtype).reshape(stop - start, width)
+            converted = to_float32(raw, t.dtype).reshape(stop - start, width)
+            yield start, finite(converted, self.label, name)
             shard.release(t.start + start * width * size, t.start + stop * width * size)
 
     def shape(self, name: str) -> tuple[int, ...]:
