@@ -387,7 +387,7 @@ def test_declared_capabilities_decide_what_runs():
     assert m.trace("the cat", pair="a dog").config["token_type_ids"][-1] == 1
     bert = m.family
     nonlinear = ModelParts(dataclasses.replace(bert, linear_values=False), m.weights, m.config)
-    with pytest.raises(InputError, match="not a linear mix of its value vectors"):
+    with pytest.raises(InputError, match="norms needs a linear value path"):
         MethodRun(["norms"], ["a"], [1], nonlinear)
     assert post_norm(ModelParts(bert, m.weights, m.config), 0) is not None
     assert (
