@@ -855,7 +855,7 @@ def heads(
     files: Annotated[
         list[str],
         typer.Argument(
-            metavar="FILE...",
+            metavar="FILE",
             help="UTF-8 text files, one input per line, or globs of them ('shards/*.txt', "
             "read in sorted order); JSON Lines with --field; '-' reads stdin.",
             show_default=False,

@@ -62,9 +62,9 @@ def run_batches(
     """Submit every (index, lines) batch to the cluster at `address`; done(index, line count,
     sums) as each comes back (in any order). At most two batches per worker thread are in
     flight, so memory stays flat however long the input."""
+    client = connect(address)  # first: without distributed, it says what to install
     from distributed import as_completed
 
-    client = connect(address)
     run_id = uuid.uuid4().hex[:12]  # task keys of this run, unique on a shared scheduler
     pending: dict[Any, tuple[int, int]] = {}  # future -> (batch index, line count)
     try:

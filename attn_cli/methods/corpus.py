@@ -236,7 +236,7 @@ def corpus_statistics(
     with Progress("heads", total=total_lines, unit="sentences") as bar:
         if progress is not None and not callable(progress):
             bar.on = progress
-        bar.phase(f"{model}: statistics of every head")
+        bar.phase(Path(model).name or model)  # short: the rate and time left must fit
 
         def done(index: int, count: int, sums: Totals) -> None:
             ledger.record(index, sums)
