@@ -400,7 +400,8 @@ ViewOpt = Annotated[
         "--view",
         metavar="VIEW",
         help="What to show, repeatable or comma-separated: auto (steps, or the overview for "
-        "several layers × heads), steps, overview, summary, top, heatmap, geometry, grid.",
+        "several layers × heads), steps, overview, summary, top, heatmap, geometry, grid, "
+        "surface (corpus statistics of attn-cli heads, as Clark et al. 2019 draw them).",
         rich_help_panel="Views",
     ),
 ]
@@ -855,7 +856,7 @@ def heads(
     files: Annotated[
         list[str],
         typer.Argument(
-            metavar="FILE",
+            metavar="FILE...",
             help="UTF-8 text files, one input per line, or globs of them ('shards/*.txt', "
             "read in sorted order); JSON Lines with --field; '-' reads stdin.",
             show_default=False,

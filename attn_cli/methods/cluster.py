@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from attn_cli.errors import InputError, opt
@@ -63,6 +64,8 @@ def run_batches(
     sums) as each comes back (in any order). At most two batches per worker thread are in
     flight, so memory stays flat however long the input."""
     client = connect(address)  # first: without distributed, it says what to install
+    if Path(model).exists():  # a path: absolute, since workers need not share our directory
+        model = str(Path(model).resolve())
     from distributed import as_completed
 
     run_id = uuid.uuid4().hex[:12]  # task keys of this run, unique on a shared scheduler

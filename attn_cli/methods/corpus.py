@@ -11,9 +11,11 @@ layer × head we average, over every token of every line (token-weighted):
     to_self    attention to itself
     entropy    entropy of the attention row, in nats
 
-Lines run in worker processes (every core by default); each worker loads the model once and
-returns sums and counts per chunk of lines, so memory does not grow with the file. A Rich
-progress bar is drawn on stderr only when stderr is a terminal.
+Lines run in worker processes (every core by default) or on a Dask cluster (cluster.py); each
+worker loads the model once and returns sums and counts per chunk of lines, so memory does not
+grow with the file. Chunk sums are merged exactly (corpus_ledger.py): every way of running,
+resumed or not, gives the same numbers. A progress bar (with the rate and the time left) is
+drawn on stderr only when stderr is a terminal.
 """
 
 from __future__ import annotations

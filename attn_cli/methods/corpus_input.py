@@ -79,7 +79,7 @@ class Corpus:
         for path in self.paths:
             try:
                 with path.open("rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    while block := f.read(1 << 20):
                         h.update(block)
             except OSError as exc:
                 raise InputError(f"cannot read {path}: {exc.strerror}") from None

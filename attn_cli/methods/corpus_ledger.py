@@ -120,7 +120,7 @@ class Ledger:
     # --- the file ---------------------------------------------------------------------------
 
     def save(self) -> None:
-        if self.path is None:
+        if self.path is None or not self.done:  # nothing done: leave no file behind
             return
         import orjson
 

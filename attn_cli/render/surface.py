@@ -98,7 +98,9 @@ def surface_svg(trace: Trace) -> str:
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
     ]
     for i, (title, names) in enumerate(panels):
-        out += _svg_panel(i * PANEL_W, title, [series[n] for n in names], _top(tuple(names), series))
+        out += _svg_panel(
+            i * PANEL_W, title, [series[n] for n in names], _top(tuple(names), series)
+        )
     out.append(f'<text x="8" y="{height - 8}" fill="#555555">{escape(caption)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -117,7 +119,10 @@ def _svg_panel(x0: float, title: str, group: list[Series], top: float) -> list[s
     def y_of(v: float) -> float:
         return TOP + plot_h * (1 - min(max(v / top, 0.0), 1.0))
 
-    out = [f'<g class="panel">', f'<text x="{x0 + LEFT}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
+    out = [
+        '<g class="panel">',
+        f'<text x="{x0 + LEFT}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
+    ]
     for k, s in enumerate(group):  # legend
         label, colour = SERIES[s.name]
         lx = x0 + LEFT + (k % 2) * plot_w / 2
@@ -126,14 +131,15 @@ def _svg_panel(x0: float, title: str, group: list[Series], top: float) -> list[s
         out.append(f'<text x="{lx + 12:.1f}" y="{ly}">{escape(label)}</text>')
     # axes, grid and ticks
     x_axis, y_axis = x0 + LEFT, TOP + plot_h
-    for t in range(5):
-        v = top * t / 4
+    step = 0.25 if top <= 1 else 0.5 if top <= 3 else 1.0
+    for t in range(round(top / step) + 1):
+        v = t * step
         y = y_of(v)
         out.append(
             f'<line x1="{x_axis}" y1="{y:.1f}" x2="{x_axis + plot_w}" y2="{y:.1f}" '
             'stroke="#e6e6e6"/>'
         )
-        out.append(f'<text x="{x_axis - 5}" y="{y + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+        out.append(f'<text x="{x_axis - 5}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
     out.append(
         f'<path d="M{x_axis},{TOP} V{y_axis} H{x_axis + plot_w}" fill="none" stroke="#333333"/>'
     )
@@ -184,7 +190,9 @@ def render_surface(console: Console, trace: Trace, opts: RenderOptions) -> None:
     series = surface_series(trace)
     if not series:
         console.print(
-            Text("no corpus statistics (to_first … entropy) in this trace: attn-cli heads makes them")
+            Text(
+                "no corpus statistics (to_first … entropy) in this trace: attn-cli heads makes them"
+            )
         )
         return
     color = colors_on(console)
