@@ -378,9 +378,10 @@ def test_heads_json_validates_against_the_shipped_schema(tmp_path):
 def test_the_figure_has_a_point_per_head_and_a_line_per_statistic(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(sentences(6)) + "\n", encoding="utf-8")
-    svg = tmp_path / "surface.svg"
+    svg, stats = tmp_path / "surface.svg", tmp_path / "stats.json"
     r = invoke(
         ["heads", str(corpus), "-m", str(BERT), "-j", "1", "--svg", str(svg), "--width", "100"]
+        + ["--json", str(stats)]
     )
     assert r.exit_code == 0, r.output
     root = ET.fromstring(svg.read_text())
@@ -394,6 +395,10 @@ def test_the_figure_has_a_point_per_head_and_a_line_per_statistic(tmp_path):
     # and in the terminal: the surface view after the tables
     assert "x = layer, y = the statistic" in r.output and "to_first: first token" in r.output
     assert "●" in r.output
+    shown = invoke(["show", str(stats), "--view", "surface", "--width", "100"])
+    assert shown.exit_code == 0
+    chart = r.output[r.output.index("x = layer, y = the statistic") :]
+    assert chart in shown.output  # drawn again from the trace alone
 
 
 def test_the_bar_shows_sentences_per_second_on_a_terminal_only(tmp_path):
