@@ -366,7 +366,7 @@ def heads_2000(reps: int) -> Row:
     row.ratio = row.ours / row.base
     identical = sums["one"] == sums["all"] == sums["cluster"]
     row.extra = {
-        "one process": f"{one:.0f} sentences/s",
+        "one process": f"{one:.1f} sentences/s",
         "statistics": "identical (exact sums)" if identical else "DIFFER",
     }
     row.met = row.ratio >= 0.85 and identical
