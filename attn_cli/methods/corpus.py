@@ -11,26 +11,27 @@ layer × head we average, over every token of every line (token-weighted):
     to_self    attention to itself
     entropy    entropy of the attention row, in nats
 
-Lines run in worker processes (every core by default); each worker loads the model once and
-returns sums and counts per chunk of lines, so memory does not grow with the file. A Rich
-progress bar is drawn on stderr only when stderr is a terminal.
+Lines run in worker processes (every core by default) or on a Dask cluster (cluster.py); each
+worker loads the model once and returns sums and counts per chunk of lines, so memory does not
+grow with the file. Chunk sums are merged exactly (corpus_ledger.py): every way of running,
+resumed or not, gives the same numbers. A progress bar (with the rate and the time left) is
+drawn on stderr only when stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from attn_cli.attention import entropy
-from attn_cli.errors import AttnError, InputError
+from attn_cli.errors import AttnError, InputError, opt
 from attn_cli.inputs import read_lines
 from attn_cli.methods.detectors import heads_step
 from attn_cli.methods.registry import ModelParts, attention_stack, forward
@@ -209,36 +210,76 @@ def corpus_statistics(
     max_tokens: int | None = None,
     total_lines: int | None = None,
     progress: bool | Callable[[int], None] | None = None,
+    scheduler: str | None = None,
+    resume: str | Path | None = None,
+    input_digest: str | None = None,
+    checkpoint_every: int = 20,
 ) -> Totals:
     """Run every line through `model` and sum the statistics. workers=None: every core;
-    workers=1 runs in this process. progress=None: a Rich bar when stderr is a terminal;
+    workers=1 runs in this process. progress=None: a bar when stderr is a terminal;
     a callable: called with the number of lines done after each chunk (e.g. a caller's bar).
+
+    scheduler: the address of a Dask scheduler ('tcp://host:8786'): chunks go to its workers
+    instead (pip install 'attn-cli[cluster]'). resume: a file for the partial sums, saved every
+    `checkpoint_every` chunks; a run given the same file skips the chunks it holds. It is
+    refused for other input (input_digest; computed here when `lines` is a list).
+    Chunks are merged exactly: every way of running gives the same numbers.
 
     Workers are spawned, as with any multiprocessing: a script that calls this with several
     workers needs the usual `if __name__ == "__main__":` guard (notebooks and the CLI do not)."""
+    from attn_cli.methods.corpus_ledger import Ledger, lines_digest
+    from attn_cli.progress import Progress
+
     n_workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
-    show = sys.stderr.isatty() if progress is None else progress
-    if callable(show):
-        return _run_lines(lines, model, n_workers, chunk_size, max_tokens, show)
-    with _progress(show, total_lines) as advance:
-        return _run_lines(lines, model, n_workers, chunk_size, max_tokens, advance)
+    if resume is not None and input_digest is None:
+        if not isinstance(lines, Sequence):
+            raise InputError(
+                f"{opt('resume')} needs input_digest= when the lines are read as they come"
+            )
+        input_digest = lines_digest(lines)
+    identity = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "batch_size": chunk_size,
+        "input": input_digest,
+    }
+    ledger = Ledger.open(identity, None if resume is None else Path(resume), checkpoint_every)
+    with Progress("heads", total=total_lines, unit="sentences") as bar:
+        if progress is not None and not callable(progress):
+            bar.on = progress
+        bar.phase(Path(model).name or model)  # short: the rate and time left must fit
+
+        def done(index: int, count: int, sums: Totals) -> None:
+            ledger.record(index, sums)
+            bar.advance(count)
+            if callable(progress):
+                progress(count)
+
+        batches = ledger.todo(_chunks(lines, chunk_size), skip=bar.skip)
+        try:
+            if scheduler is not None:
+                from attn_cli.methods.cluster import run_batches
+
+                run_batches(batches, model, max_tokens, scheduler, done)
+            else:
+                _run_lines(batches, model, n_workers, max_tokens, done)
+        finally:  # finished or interrupted: what is done is kept
+            ledger.save()
+    return Totals(ledger.rounded_sums(), ledger.counts, ledger.lines, ledger.tokens, ledger.skipped)
 
 
 def _run_lines(
-    lines: Iterable[str],
+    batches: Iterable[tuple[int, list[str]]],
     model: str,
     n_workers: int,
-    chunk_size: int,
     max_tokens: int | None,
-    advance: Callable[[int], None],
-) -> Totals:
-    total = Totals()
+    done: Callable[[int, int, Totals], None],
+) -> None:
     if n_workers == 1:
         run = model_runner(model, max_tokens)
-        for chunk in _chunks(lines, chunk_size):
-            total.add(chunk_totals(run, chunk))
-            advance(len(chunk))
-        return total
+        for index, chunk in batches:
+            done(index, len(chunk), chunk_totals(run, chunk))
+        return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -255,17 +296,15 @@ def _run_lines(
     )
     try:
         with _single_threaded_blas():  # workers are spawned at the first submits
-            pending: dict[Future[Totals], int] = {}
-            for chunk in _chunks(lines, chunk_size):
+            pending: dict[Future[Totals], tuple[int, int]] = {}
+            for index, chunk in batches:
                 if len(pending) >= 2 * n_workers:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        total.add(f.result())
-                        advance(pending.pop(f))
-                pending[pool.submit(_work, chunk)] = len(chunk)
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        done(*pending.pop(f), f.result())
+                pending[pool.submit(_work, chunk)] = (index, len(chunk))
             for f in list(pending):
-                total.add(f.result())
-                advance(pending.pop(f))
+                done(*pending.pop(f), f.result())
     except BrokenProcessPool:
         _stop(pool)
         raise AttnError(
@@ -275,7 +314,6 @@ def _run_lines(
         _stop(pool)
         raise
     pool.shutdown()
-    return total
 
 
 def _stop(pool: Any) -> None:
@@ -309,42 +347,31 @@ def _single_threaded_blas() -> Iterator[None]:
                 os.environ[k] = v
 
 
-class _progress:
-    """Context manager yielding advance(k); a Rich bar on stderr when `show`."""
-
-    def __init__(self, show: bool, total: int | None) -> None:
-        self.show, self.total = show, total
-        self._bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.show:
-            return lambda k: None
-        from rich.console import Console
-        from rich.progress import Progress
-
-        # Whether stderr is a terminal, asked now: asked later by the bar's thread, the answer
-        # could be "no" while a tokenizer call points the descriptor elsewhere.
-        console = Console(stderr=True, force_terminal=sys.stderr.isatty())
-        self._bar = Progress(console=console, transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task("lines", total=self.total)
-        return lambda k: self._bar.advance(task, k)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+def corpus_steps(
+    totals: Totals, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None
+) -> list[TraceStep]:
+    """One layers × heads step (kind "heads") per statistic; `layers`/`heads`: only those rows
+    and columns (labelled with the model's indices)."""
+    steps = []
+    for name, m in totals.means().items():
+        rows = list(range(m.shape[0])) if layers is None else list(layers)
+        cols = list(range(m.shape[1])) if heads is None else list(heads)
+        step = heads_step(name, m[np.ix_(rows, cols)])
+        steps.append(replace(step, rows=[f"L{i}" for i in rows], cols=[f"H{h}" for h in cols]))
+    return steps
 
 
-def corpus_steps(totals: Totals) -> list[TraceStep]:
-    """One layers × heads step (kind "heads") per statistic."""
-    return [heads_step(name, m) for name, m in totals.means().items()]
-
-
-def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
+def corpus_trace(
+    totals: Totals,
+    model: str,
+    source: str,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+) -> Trace:
     """The statistics as a Trace of layers × heads steps: rendered, exported (--json) and
     re-shown (`attn-cli show`) like any other trace."""
     means = totals.means()
-    layers, heads = next(iter(means.values())).shape if means else (0, 0)
+    n_layers, n_heads = next(iter(means.values())).shape if means else (0, 0)
     config: dict[str, Any] = {
         "pipeline": HEADS,
         "model": model,
@@ -352,8 +379,8 @@ def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
         "lines": totals.lines,
         "skipped_lines": totals.skipped,
         "tokens": totals.tokens,
-        "layers": layers,
-        "heads": heads,
+        "layers": n_layers,
+        "heads": n_heads,
     }
     notes = [
         f"{totals.lines:,} {'line' if totals.lines == 1 else 'lines'}, {totals.tokens:,} tokens "
@@ -363,7 +390,7 @@ def corpus_trace(totals: Totals, model: str, source: str) -> Trace:
     if totals.skipped:
         lines = "line" if totals.skipped == 1 else "lines"
         notes.append(f"{totals.skipped:,} {lines} skipped: longer than the model's positions")
-    return Trace(source, [], [], config, corpus_steps(totals), notes)
+    return Trace(source, [], [], config, corpus_steps(totals, layers, heads), notes)
 
 
 def file_lines(path: Path) -> Iterator[str]:

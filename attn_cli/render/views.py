@@ -11,7 +11,7 @@ from attn_cli.render.common import RenderOptions
 from attn_cli.render.step_tables import trace_header
 from attn_cli.trace import Trace
 
-VIEWS = ("auto", "steps", "overview", "summary", "top", "heatmap", "geometry", "grid")
+VIEWS = ("auto", "steps", "overview", "summary", "top", "heatmap", "geometry", "grid", "surface")
 
 
 def auto_view(trace: Trace) -> str:
@@ -33,6 +33,7 @@ RENDERERS = {
     "heatmap": ("pictures", "render_heatmap"),
     "geometry": ("pictures", "render_geometry"),
     "grid": ("pictures", "render_grid"),
+    "surface": ("surface", "render_surface"),  # corpus statistics (attn-cli heads)
 }
 
 
