@@ -269,6 +269,7 @@ LAZY_LIBRARIES = {
     "zipfile": "the .npz export only",
     "multiprocessing": "attn-cli heads with several workers only",
     "concurrent.futures": "attn-cli heads with several workers only",
+    "distributed": "attn-cli heads --scheduler only (the optional cluster extra)",
 }
 # attn_cli modules imported inside a function of another one:
 LAZY_MODULES = {

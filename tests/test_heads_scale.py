@@ -22,9 +22,10 @@ import pytest
 
 import attn_cli
 from attn_cli.errors import InputError
-from attn_cli.methods.corpus import STATISTICS, Totals, corpus_statistics
+from attn_cli.methods.corpus import corpus_statistics
 from attn_cli.methods.corpus_input import Corpus
 from attn_cli.methods.corpus_ledger import SHIFT, from_units, to_units
+from attn_cli.methods.corpus_lines import STATISTICS, Totals
 from tests.conftest import SAMPLES, invoke, minilm_dir, require, run_with_stderr_on_a_terminal
 
 BERT = Path(__file__).resolve().parent / "fixtures" / "tiny_bert"

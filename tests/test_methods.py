@@ -19,7 +19,7 @@ import pytest
 
 from attn_cli.attention import AttentionParams, causal_mask, kv_head_of
 from attn_cli.errors import InputError
-from attn_cli.methods import alti, corpus, detectors, lens, norms, rollout
+from attn_cli.methods import alti, corpus, corpus_lines, detectors, lens, norms, rollout
 from attn_cli.methods.registry import ModelParts, forward, method_steps, parse_methods, post_norm
 from attn_cli.models.layers import layer_norm
 from attn_cli.narrate import METHOD_TEXTS
@@ -618,7 +618,7 @@ def test_detectors_find_minilm_previous_token_head(minilm):
 
 def test_line_totals_hand_computed():
     a = np.array([[[[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]]]])
-    t = corpus.line_totals(a, special=[True, False, True], punct=[False, True, False])
+    t = corpus_lines.line_totals(a, special=[True, False, True], punct=[False, True, False])
     m = t.means()
     assert m["to_first"][0, 0] == pytest.approx((1 + 0.5 + 0.2) / 3)
     assert m["to_sep"][0, 0] == pytest.approx(0.5 / 3)  # column 2 (special, not first)
@@ -631,9 +631,9 @@ def test_line_totals_hand_computed():
 
 
 def test_totals_are_token_weighted_and_one_token_lines_give_nan():
-    one = corpus.line_totals(np.ones((1, 1, 1, 1)), [False], [False])
+    one = corpus_lines.line_totals(np.ones((1, 1, 1, 1)), [False], [False])
     assert np.isnan(one.means()["to_prev"][0, 0])
-    two = corpus.line_totals(np.array([[[[1.0, 0], [1, 0]]]]), [False, False], [False, False])
+    two = corpus_lines.line_totals(np.array([[[[1.0, 0], [1, 0]]]]), [False, False], [False, False])
     one.add(two)
     assert one.means()["to_first"][0, 0] == pytest.approx(1.0)  # 3 tokens, all on token 0
     assert one.means()["to_prev"][0, 0] == pytest.approx(1.0)  # only line 2 has a previous
@@ -643,7 +643,7 @@ def test_totals_are_token_weighted_and_one_token_lines_give_nan():
 @pytest.mark.parametrize("tok,want", [(".", True), ("##,", True), ("Ġ!", True), ("?!", True),
                                       ("a", False), ("Ġ", False), ("[SEP]", False), ("3.5", False)])  # fmt: skip
 def test_is_punctuation(tok, want):
-    assert corpus.is_punctuation(tok) is want
+    assert corpus_lines.is_punctuation(tok) is want
 
 
 def test_corpus_statistics_in_process_and_in_workers_agree(tmp_path):
@@ -676,7 +676,7 @@ def test_corpus_statistics_in_process_and_in_workers_agree(tmp_path):
     assert trace.config["layers"] == 2 and trace.config["tokens"] == n_tokens
     assert trace.notes[0].startswith("3 lines, ") and "1 line skipped" in trace.notes[1]
     steps = corpus.corpus_steps(two)
-    assert [s.name for s in steps] == list(corpus.STATISTICS)
+    assert [s.name for s in steps] == list(corpus_lines.STATISTICS)
     assert steps[0].rows == ["L0", "L1"] and steps[0].cols == ["H0", "H1"]
 
 
@@ -698,7 +698,7 @@ def test_every_step_has_text_and_a_known_kind():
         assert s.name.split("@")[0] in METHOD_TEXTS
         assert "{" not in s.formula + s.description  # every template field filled
         assert s.data.dtype == np.float32 and np.isfinite(s.data).all()
-    for name in corpus.STATISTICS:
+    for name in corpus_lines.STATISTICS:
         assert text(name)[0]
 
 

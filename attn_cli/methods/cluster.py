@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from attn_cli.errors import InputError, opt
-from attn_cli.methods.corpus import LineRunner, Totals, chunk_totals, model_runner
+from attn_cli.methods.corpus_lines import LineRunner, Totals, chunk_totals, model_runner
 
 _RUNNERS: dict[tuple[str, int | None], LineRunner] = {}
 _LOADING = threading.Lock()  # a worker with several threads loads the model once

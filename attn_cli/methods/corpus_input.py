@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from attn_cli.errors import InputError, opt
 from attn_cli.methods.corpus import count_lines, file_lines
 
@@ -88,7 +90,6 @@ class Corpus:
 
 
 def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
-    import orjson
 
     for number, line in enumerate(file_lines(path), 1):
         if not line.strip():

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from attn_cli.errors import InputError, opt
+from attn_cli.export import atomic_file
 
 if TYPE_CHECKING:
-    from attn_cli.methods.corpus import Totals
+    from attn_cli.methods.corpus_lines import Totals
 
 FORMAT = "attn-cli/heads-partial"
 VERSION = 1
@@ -122,9 +124,6 @@ class Ledger:
     def save(self) -> None:
         if self.path is None or not self.done:  # nothing done: leave no file behind
             return
-        import orjson
-
-        from attn_cli.export import atomic_file
 
         doc = {
             "format": FORMAT,
@@ -144,7 +143,6 @@ class Ledger:
         self._unsaved = 0
 
     def _load(self, path: Path) -> None:
-        import orjson
 
         where = f"{opt('resume')} {path}"
         try:
