@@ -11,7 +11,6 @@ parameter (`layer=9: minilm has 6 layers (0–5) or 'all'`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attn_cli import attention as att
-from attn_cli import narrate
+from attn_cli import memory, narrate
 from attn_cli.errors import InputError, opt
 from attn_cli.trace import Trace, token_labels
 
@@ -254,11 +253,11 @@ def _pipeline_trace(
     tokens, ids = tokenize(tok, text, opts.special)
     n = len(ids)
     single = not opts.qkv and n >= FLOAT32_FROM
-    if opts.qkv:
-        check_fits_in_memory(n, 4 * opts.heads + 2)
-    else:
-        check_fits_in_memory(n, 3 if single else 4, itemsize=4 if single else 8)
     emb = embed(tokens, ids, str(opts.embeddings), opts.dim, opts.seed)
+    size = f"the text is {n:,} tokens"
+    if not opts.qkv:
+        need = memory.toy_bytes(n, emb.X.shape[1], 4 if single else 8, opts.scale)
+        memory.check_fits(need, size, "use a shorter text")
     config: dict[str, Any] = {
         "pipeline": "qkv" if opts.qkv else "toy",
         "tokenizer": tokenizer_name(opts.tokenizer),
@@ -281,12 +280,23 @@ def _pipeline_trace(
             x = emb.X.astype(np.float32) if single else emb.X
             steps = narrate.toy_steps(x, labels, att.toy_self_attention(x, scale=opts.scale))
         else:
-            from attn_cli.projections import NORM_EPS, layer_norm
+            from attn_cli.projections import NORM_EPS, layer_norm, smaller
 
             d = emb.X.shape[1]
             if d not in projections:
                 projections[d] = _projections(opts, d)
             proj = projections[d]
+            need = memory.qkv_bytes(
+                n,
+                d,
+                proj.heads,
+                proj.d_k,
+                proj.d_v,
+                d if proj.W_o is None else proj.W_o.shape[1],
+                opts.causal,
+                opts.temperature,
+            )
+            memory.check_fits(need, f"{size} with {proj.heads} heads of d_k {proj.d_k}", smaller())
             config.update(
                 {
                     "heads": proj.heads,
@@ -335,24 +345,6 @@ def check_finite(trace: Trace) -> None:
             raise InputError(
                 f"the scores overflowed ({step.name} holds ±inf): the vectors are too large; scale them down"
             )
-
-
-def physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_fits_in_memory(n: int, matrices: int, itemsize: int = 8) -> None:
-    """Not an arbitrary cap: refuse only what this machine cannot hold. A run keeps about
-    `matrices` n × n arrays alive at once (scores, weights, softmax temporaries)."""
-    need, have = n * n * itemsize * matrices, physical_memory()
-    if have is not None and need > 0.8 * have:
-        raise InputError(
-            f"the text is {n:,} tokens: its n × n attention matrices need about {need / 2**30:.0f} GiB, "
-            f"more than this machine's {have / 2**30:.0f} GiB; use a shorter text"
-        )
 
 
 def load(path: str | Path) -> Trace:

@@ -11,10 +11,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from attn_cli import narrate
+from attn_cli import memory, narrate
 from attn_cli.api import (
     Selection,
-    check_fits_in_memory,
     parse_selection,
     parse_steps,
     step_filter,
@@ -212,7 +211,21 @@ class Model:
             )
         if max(ids) >= d.vocab:
             raise InputError(f"token id {max(ids)} is outside {self.name}'s vocabulary ({d.vocab})")
-        check_fits_in_memory(len(ids), 4 * len(layers) * len(heads) + d.heads * 3, itemsize=4)
+        kinds = sum(keep(k) for k in ("W_raw", "W_scaled", "W_capped", "W_masked", "W"))
+        need = memory.model_bytes(
+            len(ids),
+            d.heads,
+            len(layers),
+            kinds,
+            d.layers,
+            self.weights.parameters(),
+            bool(methods),
+        )
+        memory.check_fits(
+            need,
+            f"the text is {len(ids):,} tokens, over {len(layers)} layers of {d.heads} heads",
+            f"choose fewer layers ({opt('layer')}), fewer steps ({opt('steps')}) or a shorter text",
+        )
         tokens = readable_tokens(raw, self._token_style)
         labels = token_labels(tokens)
         every = len(layers) == d.layers
