@@ -257,7 +257,7 @@ class GGUFCheckpoint:
     def tokenizer(self) -> Tokenizer:
         from attn_cli.gguf.tokenizer import build_tokenizer
 
-        return build_tokenizer(self.header.metadata, self.path.name)
+        return build_tokenizer(self.header.metadata, self.path.name, self.path)
 
     # the same read-only properties as attn_cli.models.checkpoint.Checkpoint
     @property
