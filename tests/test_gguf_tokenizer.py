@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from attn_cli.errors import InputError
-from tests.conftest import require
+from tests.conftest import llama, require
 from tests.test_gguf_models import smollm2_file
 from tests.test_gguf_writer import bytes_to_unicode
 
@@ -122,9 +122,8 @@ def smollm2_meta():
 def test_smollm2_ids_equal_llama_cpp():
     from attn_cli.gguf import open_gguf
 
-    llama_cpp = require("llama_cpp")
     path = smollm2_file()
-    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    llm = llama(str(path), vocab_only=True, verbose=False)
     tok = open_gguf(path).tokenizer
     assert compare(llm, tok) == []
     # what the model sees: no BOS for SmolLM2 (add_bos_token false), specials as one token
@@ -153,7 +152,6 @@ PRES = [
 def test_pre_tokenizers_equal_llama_cpp(tmp_path, smollm2_meta, pre):
     """SmolLM2's real byte-level BPE vocabulary split by each pre-tokenizer llama.cpp names."""
 
-    llama_cpp = require("llama_cpp")
     m = smollm2_meta
     path = vocab_only_gguf(
         tmp_path / "v.gguf",
@@ -164,7 +162,7 @@ def test_pre_tokenizers_equal_llama_cpp(tmp_path, smollm2_meta, pre):
         merges=m["tokenizer.ggml.merges"],
         kv={"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2},
     )
-    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    llm = llama(str(path), vocab_only=True, verbose=False)
     assert compare(llm, open_gguf_tokenizer(path)) == []
 
 
@@ -178,7 +176,6 @@ def open_gguf_tokenizer(path: Path):
 @pytest.mark.reference
 @pytest.mark.parametrize("space_prefix", [True, False])
 def test_sentencepiece_equals_llama_cpp(tmp_path, smollm2_meta, space_prefix):
-    llama_cpp = require("llama_cpp")
     m = smollm2_meta
     toks, types, scores = spm_from_bpe(m["tokenizer.ggml.tokens"], m["tokenizer.ggml.token_type"])
     path = vocab_only_gguf(
@@ -194,7 +191,7 @@ def test_sentencepiece_equals_llama_cpp(tmp_path, smollm2_meta, space_prefix):
             "tokenizer.ggml.add_space_prefix": space_prefix,
         },
     )
-    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    llm = llama(str(path), vocab_only=True, verbose=False)
     tok = open_gguf_tokenizer(path)
     assert compare(llm, tok) == []
     assert tok.encode("hi").ids[0] == 1  # SentencePiece vocabularies add BOS by default
