@@ -146,13 +146,15 @@ class Model:
         that takes more than about a second (per input, and per layer within it)."""
         from collections.abc import Sized
 
+        from attn_cli.blas import one_thread_when_busy
         from attn_cli.progress import Progress
 
         bar = Progress(self.name, len(texts) if isinstance(texts, Sized) else None)
         try:
             for text in texts:
                 bar.phase("tokenizing")
-                trace = self._trace(text, layers, heads, keep, pair, methods, options, bar)
+                with one_thread_when_busy():
+                    trace = self._trace(text, layers, heads, keep, pair, methods, options, bar)
                 with bar.paused():
                     yield trace
                 bar.advance()

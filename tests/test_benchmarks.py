@@ -20,6 +20,7 @@ ROWS = [
     "JSON export",
     "heatmap render",
     "long input",
+    "memory estimate",
 ]
 
 
