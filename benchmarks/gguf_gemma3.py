@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -56,12 +57,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", dest="json_out", help="also write the figures as JSON here")
+    ap.add_argument("--text-of", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.text_of is not None:
+        print(json.dumps(text_of(args.text_of, N_TOKENS)))
+        return 0
     path = gemma3_270m()
     with tempfile.TemporaryDirectory() as tmp:
         # The first run on this file, with an empty cache directory: derives the merges.
         cold_env = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
-        text, ids = text_of(path, N_TOKENS)
+        # In a child: a child's ru_maxrss starts from its parent's size at the fork, and the
+        # 262,144-piece tokenizer would make that size larger than either side's own peak.
+        found = subprocess.run(
+            [PY, __file__, "--text-of", str(path)], capture_output=True, text=True, check=True
+        )
+        text, ids = json.loads(found.stdout)
         cpp_script = Path(tmp) / "cpp.py"
         cpp_script.write_text(LLAMA_CPP)
         ours = attn_cli_command() + [

@@ -113,9 +113,18 @@ def main() -> int:
     ap.add_argument(
         "--no-transformers", action="store_true", help="only attn-cli and llama.cpp: a short run"
     )
+    ap.add_argument("--text-of", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.text_of is not None:
+        print(json.dumps(text_of_128_tokens(args.text_of)))
+        return 0
     path = gguf_file()
-    text, ids = text_of_128_tokens(path)
+    # In a child: a child's ru_maxrss starts from its parent's size at the fork, and building
+    # the tokenizer here would make that size count in every side's peak.
+    found = subprocess.run(
+        [PY, __file__, "--text-of", str(path)], capture_output=True, text=True, check=True
+    )
+    text, ids = json.loads(found.stdout)
     attn = attn_cli_command()
     with tempfile.TemporaryDirectory() as tmp:
         tf_script, cpp_script = Path(tmp) / "tf.py", Path(tmp) / "cpp.py"
