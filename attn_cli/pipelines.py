@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,12 +9,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attn_cli import attention as att
-from attn_cli import narrate, records
+from attn_cli import memory, narrate, records
 from attn_cli.embeddings import embed
 from attn_cli.errors import InputError
 from attn_cli.options import Options, parse_steps, step_filter
 from attn_cli.progress import Progress, stream
-from attn_cli.projections import NORM_EPS, layer_norm, load_projections, seeded_projections
+from attn_cli.projections import (
+    NORM_EPS,
+    layer_norm,
+    load_projections,
+    seeded_projections,
+    smaller,
+)
 from attn_cli.tokenizer import load_tokenizer, tokenize, tokenizer_name
 from attn_cli.trace import QKV, TOY, Trace, token_labels
 
@@ -65,11 +70,11 @@ def _pipeline_trace(
     tokens, ids = tokenize(tok, text, opts.special)
     n = len(ids)
     single = not opts.qkv and n >= FLOAT32_FROM
-    if opts.qkv:
-        check_fits_in_memory(n, 4 * opts.heads + 2)
-    else:
-        check_fits_in_memory(n, 3 if single else 4, itemsize=4 if single else 8)
     emb = embed(tokens, ids, str(opts.embeddings), opts.dim, opts.seed)
+    size = f"the text is {n:,} tokens"
+    if not opts.qkv:
+        need = memory.toy_bytes(n, emb.X.shape[1], 4 if single else 8, opts.scale)
+        memory.check_fits(need, size, "use a shorter text")
     config: dict[str, Any] = {
         "pipeline": QKV if opts.qkv else TOY,
         "tokenizer": tokenizer_name(opts.tokenizer),
@@ -96,6 +101,17 @@ def _pipeline_trace(
             if d not in projections:
                 projections[d] = _projections(opts, d)
             proj = projections[d]
+            need = memory.qkv_bytes(
+                n,
+                d,
+                proj.heads,
+                proj.d_k,
+                proj.d_v,
+                d if proj.W_o is None else proj.W_o.shape[1],
+                opts.causal,
+                opts.temperature,
+            )
+            memory.check_fits(need, f"{size} with {proj.heads} heads of d_k {proj.d_k}", smaller())
             config.update(
                 {
                     "heads": proj.heads,
@@ -152,21 +168,3 @@ def check_finite(trace: Trace) -> None:
             raise InputError(
                 f"the scores overflowed ({step.name} holds ±inf): the vectors are too large; scale them down"
             )
-
-
-def physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_fits_in_memory(n: int, matrices: int, itemsize: int = 8) -> None:
-    """Not an arbitrary cap: refuse only what this machine cannot hold. A run keeps about
-    `matrices` n × n arrays alive at once (scores, weights, softmax temporaries)."""
-    need, have = n * n * itemsize * matrices, physical_memory()
-    if have is not None and need > 0.8 * have:
-        raise InputError(
-            f"the text is {n:,} tokens: its n × n attention matrices need about {need / 2**30:.0f} GiB, "
-            f"more than this machine's {have / 2**30:.0f} GiB; use a shorter text"
-        )

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from attn_cli import narrate
+from attn_cli import memory, narrate
+from attn_cli.blas import one_thread_when_busy
 from attn_cli.errors import InputError, opt
 from attn_cli.gguf import open_model
 from attn_cli.gguf.locate import is_gguf_spec
@@ -22,8 +23,7 @@ from attn_cli.models.checkpoint import resolve
 from attn_cli.models.registry import family_for, supported
 from attn_cli.models.weights import SafetensorsWeights
 from attn_cli.options import Selection, parse_selection, parse_steps, step_filter
-from attn_cli.pipelines import check_fits_in_memory
-from attn_cli.progress import stream
+from attn_cli.progress import Progress, stream
 from attn_cli.readable import readable_tokens, tokenizer_kind
 from attn_cli.records import TOKENS
 from attn_cli.tokenizer import load_tokenizer, tokenize, tokenize_pair
@@ -149,11 +149,11 @@ class Model:
         """The traces, one at a time, with a progress line on a terminal's stderr for work
         that takes more than about a second (per input, and per layer within it)."""
 
-        return stream(
-            self.name,
-            texts,
-            lambda text, bar: self._trace(text, layers, heads, keep, pair, methods, options, bar),
-        )
+        def one(text: str, bar: Progress) -> Trace:
+            with one_thread_when_busy():  # spinning BLAS threads slow a loaded machine down
+                return self._trace(text, layers, heads, keep, pair, methods, options, bar)
+
+        return stream(self.name, texts, one)
 
     def parts(self) -> Any:
         """What attn_cli.methods needs from this model."""
@@ -200,7 +200,21 @@ class Model:
             )
         if max(ids) >= d.vocab:
             raise InputError(f"token id {max(ids)} is outside {self.name}'s vocabulary ({d.vocab})")
-        check_fits_in_memory(len(ids), 4 * len(layers) * len(heads) + d.heads * 3, itemsize=4)
+        kinds = sum(keep(k) for k in ("W_raw", "W_scaled", "W_capped", "W_masked", "W"))
+        need = memory.model_bytes(
+            len(ids),
+            d.heads,
+            len(layers),
+            kinds,
+            d.layers,
+            self.weights.parameters(),
+            bool(methods),
+        )
+        memory.check_fits(
+            need,
+            f"the text is {len(ids):,} tokens, over {len(layers)} layers of {d.heads} heads",
+            f"choose fewer layers ({opt('layer')}), fewer steps ({opt('steps')}) or a shorter text",
+        )
         tokens = readable_tokens(raw, self._token_style)
         labels = token_labels(tokens)
         every = len(layers) == d.layers

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attn_cli import memory
 from attn_cli.attention import AttentionParams
 from attn_cli.embeddings import load_npz, seeded_uniform, sha256_file
 from attn_cli.errors import InputError, opt
@@ -63,6 +64,11 @@ class Projections:
         return self.W_v.shape[1] // self.heads
 
 
+def smaller() -> str:
+    """What keeps the Q/K/V pipeline small, for a refusal that names the size."""
+    return f"use fewer heads or a smaller d_k ({opt('heads')}, {opt('d_k')}) or a shorter text"
+
+
 def check_heads(heads: int) -> None:
     if not 1 <= heads <= 1024:
         raise InputError(f"{opt('heads')} must be between 1 and 1024, got {heads}")
@@ -83,6 +89,8 @@ def seeded_projections(d: int, heads: int, d_k: int | None, seed: int) -> Projec
         d_k = d // heads
     if not 1 <= d_k <= 65536:
         raise InputError(f"{opt('d_k')} must be between 1 and 65536, got {d_k}")
+    need = memory.projection_bytes(d, heads, d_k)
+    memory.check_fits(need, f"{heads} heads of d_k {d_k} over d = {d}", smaller())
 
     def uniform(key: int, rows: int, cols: int) -> np.ndarray:
         bound = np.sqrt(3.0 / rows)

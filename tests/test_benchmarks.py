@@ -21,6 +21,7 @@ ROWS = [
     "heatmap render",
     "long input",
     "heads on a cluster",
+    "memory estimate",
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import require
+from tests.conftest import llama, require
 from tests.test_gguf_models import smollm2_file
 
 pytestmark = pytest.mark.reference
@@ -64,11 +64,10 @@ def llama_logits(ckpt, ids: list[int]) -> np.ndarray:
 def test_smollm2_logits_equal_llama_cpp():
     from attn_cli.gguf import open_gguf
 
-    llama_cpp = require("llama_cpp")
     path = smollm2_file()
     ckpt = open_gguf(path)
     ids = ckpt.tokenizer.encode(TEXT).ids
-    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=256, verbose=False)
+    llm = llama(str(path), logits_all=True, n_ctx=256, verbose=False)
     assert llm.tokenize(TEXT.encode(), add_bos=True, special=True) == ids
     llm.eval(ids)
     ref = np.array(llm.scores[: len(ids)], dtype=np.float64)
@@ -78,3 +77,19 @@ def test_smollm2_logits_equal_llama_cpp():
     # llama.cpp multiplies quantised activations with quantised weights; the issue's bar
     assert top1 >= 0.9, top1
     assert min(corr) >= 0.995, min(corr)
+
+
+def test_llama_cpp_loads_without_extra_buffer_types():
+    """On CPUs with AMX llama.cpp repacks weights into extra buffer types and `eval` segfaults
+    (exit 139, the whole run lost): every test and benchmark loads through tests/llama_cpp_safe.py,
+    whose default model parameters turn them off."""
+    require("llama_cpp")
+    from tests.llama_cpp_safe import without_extra_buffers
+
+    lib = without_extra_buffers().llama_cpp
+    params = lib.llama_model_default_params()
+    assert "use_extra_bufts" in [name for name, _ in type(params)._fields_]
+    assert params.use_extra_bufts is False
+    assert without_extra_buffers().llama_cpp.llama_model_default_params is (
+        lib.llama_model_default_params
+    )  # wrapped once, however often it is asked for

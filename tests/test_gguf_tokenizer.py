@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from attn_cli.errors import InputError
-from tests.conftest import require
+from tests.conftest import llama, require
 from tests.test_gguf_models import smollm2_file
 from tests.test_gguf_writer import bytes_to_unicode
 
@@ -122,9 +122,8 @@ def smollm2_meta():
 def test_smollm2_ids_equal_llama_cpp():
     from attn_cli.gguf import open_gguf
 
-    llama_cpp = require("llama_cpp")
     path = smollm2_file()
-    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    llm = llama(str(path), vocab_only=True, verbose=False)
     tok = open_gguf(path).tokenizer
     assert compare(llm, tok) == []
     # what the model sees: no BOS for SmolLM2 (add_bos_token false), specials as one token
@@ -153,7 +152,6 @@ PRES = [
 def test_pre_tokenizers_equal_llama_cpp(tmp_path, smollm2_meta, pre):
     """SmolLM2's real byte-level BPE vocabulary split by each pre-tokenizer llama.cpp names."""
 
-    llama_cpp = require("llama_cpp")
     m = smollm2_meta
     path = vocab_only_gguf(
         tmp_path / "v.gguf",
@@ -164,7 +162,7 @@ def test_pre_tokenizers_equal_llama_cpp(tmp_path, smollm2_meta, pre):
         merges=m["tokenizer.ggml.merges"],
         kv={"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2},
     )
-    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    llm = llama(str(path), vocab_only=True, verbose=False)
     assert compare(llm, open_gguf_tokenizer(path)) == []
 
 
@@ -178,7 +176,6 @@ def open_gguf_tokenizer(path: Path):
 @pytest.mark.reference
 @pytest.mark.parametrize("space_prefix", [True, False])
 def test_sentencepiece_equals_llama_cpp(tmp_path, smollm2_meta, space_prefix):
-    llama_cpp = require("llama_cpp")
     m = smollm2_meta
     toks, types, scores = spm_from_bpe(m["tokenizer.ggml.tokens"], m["tokenizer.ggml.token_type"])
     path = vocab_only_gguf(
@@ -194,7 +191,7 @@ def test_sentencepiece_equals_llama_cpp(tmp_path, smollm2_meta, space_prefix):
             "tokenizer.ggml.add_space_prefix": space_prefix,
         },
     )
-    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    llm = llama(str(path), vocab_only=True, verbose=False)
     tok = open_gguf_tokenizer(path)
     assert compare(llm, tok) == []
     assert tok.encode("hi").ids[0] == 1  # SentencePiece vocabularies add BOS by default
@@ -237,3 +234,153 @@ def test_unknown_pre_tokenizer_and_model_are_refused():
         {**base, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.token_type": types}
     )
     assert tok.get_vocab_size() == 2
+
+
+# -- the merges cache: a SentencePiece vocabulary's merges are derived once per file ----------
+def recorded_ids_hold(tok) -> None:
+    for case in json.loads((FIXTURES / "spm-tiny.ids.json").read_text(encoding="utf-8")):
+        tok.encode_special_tokens = not case["special"]
+        assert tok.encode(case["text"], add_special_tokens=case["add_bos"]).ids == case["ids"]
+
+
+@pytest.fixture
+def spm_file(tmp_path, monkeypatch) -> Path:
+    """The SentencePiece fixture copied into tmp_path, with the user's cache directory there."""
+    import shutil
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "spm.gguf"
+    shutil.copyfile(FIXTURES / "spm-tiny.gguf", path)
+    return path
+
+
+def cached_tokenizer(path: Path):
+    from attn_cli.gguf import read_header
+    from attn_cli.gguf.tokenizer import build_tokenizer
+
+    return build_tokenizer(read_header(path).metadata, path.name, path)
+
+
+def cache_entries(path: Path) -> list[Path]:
+    return sorted((path.parent / "cache" / "attn-cli" / "gguf-merges").glob("*"))
+
+
+def derivations(monkeypatch) -> list[int]:
+    """Counts the calls of _spm_merges (the slow derivation the cache saves)."""
+    from attn_cli.gguf import tokenizer as gt
+
+    calls: list[int] = []
+    derive = gt._spm_merges
+    monkeypatch.setattr(gt, "_spm_merges", lambda *a: (calls.append(1), derive(*a))[1])
+    return calls
+
+
+def test_merges_are_derived_once_then_read_back(spm_file, monkeypatch):
+    calls = derivations(monkeypatch)
+    recorded_ids_hold(cached_tokenizer(spm_file))
+    (entry,) = cache_entries(spm_file)
+    assert entry.suffix == ".bin" and entry.read_bytes().startswith(b"attn-cli gguf merges\n")
+    recorded_ids_hold(cached_tokenizer(spm_file))
+    assert calls == [1]
+    assert cache_entries(spm_file) == [entry]  # no temporary file left behind
+
+
+def test_a_changed_file_is_derived_again(spm_file, monkeypatch):
+    import os
+
+    calls = derivations(monkeypatch)
+    cached_tokenizer(spm_file)
+    st = spm_file.stat()
+    os.utime(spm_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    recorded_ids_hold(cached_tokenizer(spm_file))
+    assert calls == [1, 1] and len(cache_entries(spm_file)) == 2
+
+
+def _valid_entry_with(spm_file: Path, pairs) -> Path:
+    from attn_cli.gguf import read_header
+    from attn_cli.gguf.tokenizer import MergesCache, _token_types
+
+    meta = read_header(spm_file).metadata
+    tokens = meta["tokenizer.ggml.tokens"]
+    cache = MergesCache(
+        spm_file, tokens, meta["tokenizer.ggml.scores"], _token_types(meta, len(tokens), "")
+    )
+    cache.store(pairs)
+    return cache.path
+
+
+def _spoil(entry: Path, how: str) -> None:
+    data = bytearray(entry.read_bytes())
+    if how == "truncated":
+        entry.write_bytes(data[: len(data) - 3])
+    elif how == "flipped":
+        data[-5] ^= 0xFF
+        entry.write_bytes(data)
+    elif how == "magic":
+        entry.write_bytes(b"x" + data[1:])
+    elif how == "header":
+        entry.write_bytes(data.replace(b'"count"', b'"cuont"', 1))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "magic", "header"])
+def test_a_corrupt_entry_is_ignored_and_rewritten(spm_file, monkeypatch, how):
+    cached_tokenizer(spm_file)
+    (entry,) = cache_entries(spm_file)
+    good = entry.read_bytes()
+    _spoil(entry, how)
+    calls = derivations(monkeypatch)
+    recorded_ids_hold(cached_tokenizer(spm_file))
+    assert calls == [1] and entry.read_bytes() == good
+
+
+def test_an_entry_is_validated_not_trusted(spm_file, monkeypatch):
+    """Entries with a correct checksum and key whose ids leave the vocabulary, or whose merges
+    do not join two tokens into a token, are derived again."""
+    from attn_cli.gguf import read_header
+
+    tokens = read_header(spm_file).metadata["tokenizer.ggml.tokens"]
+    vocab = set(tokens)
+    a, b = next(
+        (i, j)
+        for i, x in enumerate(tokens)
+        for j, y in enumerate(tokens)
+        if x + y not in vocab and len(x) == len(y) == 1
+    )
+    calls = derivations(monkeypatch)
+    for pairs in ([(0, len(tokens))], [(-1, 0)], [(a, b)]):
+        entry = _valid_entry_with(spm_file, pairs)
+        recorded_ids_hold(cached_tokenizer(spm_file))
+        assert np.frombuffer(entry.read_bytes().split(b"\n", 2)[2], "<i4").tolist() != [*pairs[0]]
+    assert calls == [1, 1, 1]
+
+
+def test_an_unwritable_cache_directory_costs_only_time(spm_file, monkeypatch):
+    blocker = spm_file.parent / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    calls = derivations(monkeypatch)
+    recorded_ids_hold(cached_tokenizer(spm_file))
+    recorded_ids_hold(cached_tokenizer(spm_file))
+    assert calls == [1, 1]
+
+
+def test_merges_keep_their_order():
+    """The faster derivation gives the merges in the order the first one did: best score first,
+    ties by the merged token's id, then by the left piece's id (written out here)."""
+    from attn_cli.gguf.tokenizer import _spm_merges
+
+    tokens = ["a", "b", "c", "ab", "bc", "abc", "ca", "cab", "<0x41>", "aa"]
+    scores = np.array([0, 0, 0, -1, -1, -2, -1, -3, 0, -0.5], dtype=np.float32)
+    types = np.array([1, 1, 1, 1, 1, 1, 1, 1, 6, 1])
+    vocab = {t: i for i, t in enumerate(tokens)}
+    got = [(tokens[a], tokens[b]) for a, b in _spm_merges(tokens, scores, types, vocab)]
+    assert got == [
+        ("a", "a"),  # aa, score -0.5
+        ("a", "b"),  # ab, -1
+        ("b", "c"),  # bc, -1
+        ("c", "a"),  # ca, -1
+        ("a", "bc"),  # abc, -2: left "a" (id 0) before left "ab" (id 3)
+        ("ab", "c"),
+        ("c", "ab"),  # cab, -3: left "c" (id 2) before left "ca" (id 6)
+        ("ca", "b"),
+    ]

@@ -165,11 +165,20 @@ def test_large_traces_keep_the_weights_and_drop_the_rest():
     assert all(s["data"] is None for s in doc["steps"] if not s["map"])
     assert "not embedded: W_raw (4 of 4), W_masked (4 of 4)." in doc["omitted"]
     assert "not embedded (too many)" in doc["omitted"]
-    # Past the budget even attention maps go, in trace order; each trace keeps its first map.
+    # Past the budget even attention maps go, in trace order, a trace's first map too.
     doc = page_data([trace, trace], map_budget=3 * 36)["traces"]
     w = [[s["data"] is not None for s in d["steps"] if s["name"] == "W"] for d in doc]
-    assert w == [[True, True, True, False], [True, False, False, False]]
-    assert "W (1 of 4)" in doc[0]["omitted"] and "W (3 of 4)" in doc[1]["omitted"]
+    assert w == [[True, True, True, False], [False, False, False, False]]
+    assert "W (1 of 4)" in doc[0]["omitted"] and "W (4 of 4)" in doc[1]["omitted"]
+
+
+def test_a_first_map_larger_than_the_budget_is_left_out():
+    """A single map past the budget is described, not embedded (it used to be kept whatever its
+    size: 10,000 tokens made a page of 10⁸ numbers and 4.5 GiB of memory)."""
+    trace = hand_trace(list("abcdef"), layers=1, heads=1)
+    doc = page_data([trace], map_budget=35)["traces"][0]
+    assert all(s["data"] is None for s in doc["steps"] if s["square"])
+    assert "not embedded: W_raw (1 of 1), W (1 of 1)." in doc["omitted"]
 
 
 def test_several_traces_one_page():

@@ -259,7 +259,7 @@ class GGUFCheckpoint:
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
-        return build_tokenizer(self.header.metadata, self.path.name)
+        return build_tokenizer(self.header.metadata, self.path.name, self.path)
 
     # the same read-only properties as attn_cli.models.checkpoint.Checkpoint
     @property

@@ -24,6 +24,12 @@ gives the same ids as llama.cpp (src/llama-vocab.cpp).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -148,17 +154,21 @@ def _special_id(meta: dict[str, Any], key: str, n: int) -> int | None:
     return None
 
 
-def build_tokenizer(meta: dict[str, Any], fname: str = "model.gguf") -> Tokenizer:
-    """A ``tokenizers.Tokenizer`` equal to llama.cpp's for this file. Raises InputError."""
+def build_tokenizer(
+    meta: dict[str, Any], fname: str = "model.gguf", source: Path | None = None
+) -> Tokenizer:
+    """A ``tokenizers.Tokenizer`` equal to llama.cpp's for this file. Raises InputError.
+    ``source``: the GGUF file the metadata came from; a SentencePiece vocabulary's merges are
+    then cached for it (MergesCache)."""
     try:
-        return _build(meta, fname)
+        return _build(meta, fname, source)
     except InputError:
         raise
     except Exception as exc:  # tokenizers rejects what a hostile file can put in a vocabulary
         raise InputError(f"{fname}: cannot build the tokenizer ({show(str(exc), 120)})") from None
 
 
-def _build(meta: dict[str, Any], fname: str) -> Tokenizer:
+def _build(meta: dict[str, Any], fname: str, source: Path | None) -> Tokenizer:
     from tokenizers import (
         AddedToken,
         Regex,
@@ -233,11 +243,32 @@ def _build(meta: dict[str, Any], fname: str) -> Tokenizer:
             scores = scores_v[:n].astype(np.float64)
         else:
             scores = np.zeros(n)
-        merges = _spm_merges(tokens, scores, types, vocab)
         unk = tokens[unk_id] if unk_id is not None else None
-        model = models.BPE(
-            vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True
-        )
+        cache = MergesCache(source, tokens, scores, types) if source is not None else None
+        cached = cache.load(len(tokens)) if cache is not None else None
+        model = None
+        if cached is not None:
+            try:  # BPE refuses a merge whose halves or whole are not tokens: checked again
+                model = models.BPE(
+                    vocab=vocab,
+                    merges=[(tokens[a], tokens[b]) for a, b in cached],
+                    unk_token=unk,
+                    fuse_unk=True,
+                    byte_fallback=True,
+                )
+            except Exception:
+                model = None
+        if model is None:
+            pairs = _spm_merges(tokens, scores, types, vocab)
+            model = models.BPE(
+                vocab=vocab,
+                merges=[(tokens[a], tokens[b]) for a, b in pairs],
+                unk_token=unk,
+                fuse_unk=True,
+                byte_fallback=True,
+            )
+            if cache is not None:
+                cache.store(pairs)
         tok = Tokenizer(model)
         add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
         steps = [normalizers.Prepend("▁")] if add_prefix else []
@@ -291,18 +322,103 @@ def _build(meta: dict[str, Any], fname: str) -> Tokenizer:
 
 def _spm_merges(
     tokens: list[str], scores: np.ndarray, types: np.ndarray, vocab: dict[str, int]
-) -> list[tuple[str, str]]:
-    """Every split of a token into two tokens, best-scoring merged token first."""
-    found: list[tuple[float, int, int, str, str]] = []
+) -> list[tuple[int, int]]:
+    """Every split of a token into two tokens, as the ids of the two, best-scoring merged token
+    first (ties: lower merged id, then lower left id). Python lists and plain tuples rather than
+    numpy scalars and a key function: 262,144 pieces take a third of the time."""
+    found: list[tuple[float, int, int, int]] = []
+    add, get = found.append, vocab.get
+    negative = (-scores.astype(np.float64)).tolist()
+    skip = (types == BYTE).tolist()
     for i, t in enumerate(tokens):
         # pieces longer than MAX_PIECE are never merged (real ones are < 100 characters; a
         # hostile megabyte-long token would make this loop quadratic)
-        if not 2 <= len(t) <= MAX_PIECE or types[i] == BYTE or vocab.get(t) != i:
+        if not 2 <= len(t) <= MAX_PIECE or skip[i] or get(t) != i:
             continue
-        s = -float(scores[i])
         for k in range(1, len(t)):
-            a, b = t[:k], t[k:]
-            if a in vocab and b in vocab:
-                found.append((s, i, vocab[a], a, b))
-    found.sort(key=lambda x: (x[0], x[1], x[2]))
-    return [(a, b) for _, _, _, a, b in found]
+            a = get(t[:k])
+            if a is not None:
+                b = get(t[k:])
+                if b is not None:
+                    add((negative[i], i, a, b))
+    found.sort()  # (score, merged id, left id): a left id is unique within one merged token
+    return [(a, b) for _, _, a, b in found]
+
+
+class MergesCache:
+    """The merges of a SentencePiece vocabulary, computed once per file: deriving them takes
+    seconds for Gemma's 262,144 pieces, reading them back a few milliseconds.
+
+    Kept under the user's cache directory ($XDG_CACHE_HOME or ~/.cache, then attn-cli/gguf-merges)
+    as int32 id pairs after a one-line JSON header. The key is the file's identity (resolved
+    path, size, mtime_ns) and a SHA-256 of what the merges are derived from (pieces, scores,
+    types, this code's version); the header also holds the data's SHA-256. A file that is
+    missing, unreadable, for another key, corrupt or out of range is ignored and rewritten;
+    models.BPE then checks again that every merge joins two tokens into a token. Written to a
+    temporary file and renamed, so a reader never sees half a file; an unwritable cache
+    directory only costs the time."""
+
+    VERSION = 1
+    MAGIC = b"attn-cli gguf merges\n"
+
+    def __init__(
+        self, source: Path, tokens: list[str], scores: np.ndarray, types: np.ndarray
+    ) -> None:
+        digest = hashlib.sha256(f"{self.VERSION} {MAX_PIECE} {len(tokens)}\n".encode())
+        digest.update("\0".join(tokens).encode("utf-8", "surrogatepass"))
+        digest.update(np.ascontiguousarray(scores, dtype="<f8").tobytes())
+        digest.update(np.ascontiguousarray(types, dtype="<i8").tobytes())
+        self.key = ""
+        try:
+            st = source.stat()
+            self.key = json.dumps(
+                [str(source.resolve()), st.st_size, st.st_mtime_ns, digest.hexdigest()]
+            )
+        except OSError:
+            return
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        name = hashlib.sha256(self.key.encode()).hexdigest()[:32]
+        self.path = Path(base) / "attn-cli" / "gguf-merges" / f"{name}.bin"
+
+    def load(self, n_tokens: int) -> list[list[int]] | None:
+        if not self.key:
+            return None
+        try:
+            with open(self.path, "rb") as f:
+                if f.read(len(self.MAGIC)) != self.MAGIC:
+                    return None
+                header = json.loads(f.readline(4096))
+                data = f.read()
+        except (OSError, ValueError):
+            return None
+        if not isinstance(header, dict) or header.get("key") != self.key:
+            return None
+        count = header.get("count")
+        if not isinstance(count, int) or count < 0 or len(data) != count * 8:
+            return None
+        if hashlib.sha256(data).hexdigest() != header.get("sha256"):
+            return None
+        ids = np.frombuffer(data, dtype="<i4").reshape(count, 2)
+        if count and (ids.min() < 0 or ids.max() >= n_tokens):
+            return None
+        return ids.tolist()
+
+    def store(self, pairs: Sequence[Sequence[int]]) -> None:
+        if not self.key:
+            return
+        data = np.asarray(pairs, dtype="<i4").reshape(-1, 2).tobytes()
+        header = {"key": self.key, "count": len(pairs), "sha256": hashlib.sha256(data).hexdigest()}
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".merges.", suffix=".tmp", dir=self.path.parent)
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.MAGIC + json.dumps(header).encode() + b"\n" + data)
+            os.replace(tmp, self.path)
+            tmp = None
+        except OSError:
+            pass  # a read-only or full cache directory: the next run derives the merges again
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)

@@ -231,8 +231,14 @@ class Scale:
 
     @classmethod
     def for_kind(cls, kind: str, data: np.ndarray) -> Scale:
-        finite = data[np.isfinite(data)]
-        vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
+        # A block of rows at a time: a 20,000-token map is never copied whole (memory.py).
+        vmax = 0.0
+        rows = data.reshape(-1, data.shape[-1]) if data.ndim else data.reshape(1, 1)
+        for start in range(0, rows.shape[0], 256):
+            block = rows[start : start + 256]
+            finite = np.abs(block[np.isfinite(block)])
+            if finite.size:
+                vmax = max(vmax, float(finite.max()))
         return cls(kind not in NON_NEGATIVE_KINDS, vmax if vmax > 0 else 1.0)
 
     def levels(self, values: np.ndarray) -> np.ndarray:

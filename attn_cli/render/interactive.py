@@ -37,7 +37,7 @@ from attn_cli.trace import MAP_KINDS, Trace, TraceStep, printable, token_labels
 SIGNIFICANT = 4
 # Numbers of tokens × tokens maps one page embeds: the attention weights (and other maps) first,
 # then the pre-softmax scores (W_raw, W_scaled, W_masked); past the budget a map is described but
-# its numbers are left out (each trace keeps at least its first map).
+# its numbers are left out (even a trace's first map: one 10,000-token map alone is 10⁸ numbers).
 MAP_BUDGET = 12_000_000
 # Other matrices (X, Q, K, V, Y, W_q …) are embedded as their top-left corner, like the terminal
 # tables, while the total stays under TABLE_BUDGET numbers.
@@ -139,7 +139,7 @@ def page_data(
         [_is_map(s, labels) for s in t.steps] for t, labels in zip(traces, labels_of, strict=True)
     ]
     # Which maps carry their numbers: the whole page shares one budget. Attention weights and
-    # other maps first (in trace order), the pre-softmax scores last; each trace keeps its first.
+    # other maps first (in trace order), the pre-softmax scores last.
     candidates = sorted(
         (
             (t.steps[i].name in PRE_SOFTMAX, k, i)
@@ -149,13 +149,11 @@ def page_data(
         ),
     )
     keep_map: set[tuple[int, int]] = set()
-    has_map: set[int] = set()
     used = 0
     for _, k, i in candidates:
         size = traces[k].steps[i].data.size
-        if used + size <= map_budget or k not in has_map:
+        if used + size <= map_budget:
             keep_map.add((k, i))
-            has_map.add(k)
             used += size
     table_cells = sum(
         min(s.shape[0], table_rows) * min(s.shape[1], table_cols)
