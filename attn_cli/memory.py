@@ -14,6 +14,8 @@ processes.
 from __future__ import annotations
 
 import os
+import resource
+import sys
 from pathlib import Path
 
 from attn_cli.errors import InputError
@@ -52,9 +54,6 @@ def resident_memory() -> int:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import resource
-        import sys
-
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 

@@ -270,6 +270,7 @@ LAZY_LIBRARIES = {
     "multiprocessing": "attn-cli heads with several workers only",
     "concurrent.futures": "attn-cli heads with several workers only",
     "distributed": "attn-cli heads --scheduler only (the optional cluster extra)",
+    "ctypes": "finding OpenBLAS's thread setter, only when a model runs on a busy machine",
 }
 # attn_cli modules imported inside a function of another one:
 LAZY_MODULES = {

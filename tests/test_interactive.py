@@ -177,7 +177,7 @@ def test_a_first_map_larger_than_the_budget_is_left_out():
     size: 10,000 tokens made a page of 10⁸ numbers and 4.5 GiB of memory)."""
     trace = hand_trace(list("abcdef"), layers=1, heads=1)
     doc = page_data([trace], map_budget=35)["traces"][0]
-    assert all(s["data"] is None for s in doc["steps"] if s["square"])
+    assert all(s["data"] is None for s in doc["steps"] if s["map"])
     assert "not embedded: W_raw (1 of 1), W (1 of 1)." in doc["omitted"]
 
 

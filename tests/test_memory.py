@@ -52,7 +52,7 @@ def test_toy_estimate_covers_the_peak_of_explain_and_its_json(
     tmp_path, recorded, monkeypatch, float32_from
 ):
     if float32_from is not None:
-        monkeypatch.setattr("attn_cli.api.FLOAT32_FROM", float32_from)
+        monkeypatch.setattr("attn_cli.pipelines.FLOAT32_FROM", float32_from)
     text = "word " * 1500
     out = tmp_path / "t.json"
     peak = peak_of(lambda: invoke(["explain", text, "--json", str(out)]))
