@@ -650,5 +650,6 @@ STEP_NAMES = (
     "W_o",
     "O",
     "H",
+    "pooled",
     *METHOD_TEXTS,
 )

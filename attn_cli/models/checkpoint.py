@@ -133,14 +133,14 @@ def _checkpoint(name: str, d: Path) -> Checkpoint:
                 "pickle can run arbitrary code; convert it to model.safetensors first"
             )
         raise InputError(f"--model {name}: {d} has no model.safetensors (nor a sharded {INDEX})")
-    if not (d / "tokenizer.json").is_file():
-        raise InputError(
-            f"--model {name}: {d} has no tokenizer.json (the model's own tokenizer is needed)"
-        )
     ckpt = Checkpoint(name, d, config)
     if family_for(ckpt.model_type) is None:
         raise InputError(
             f"--model {name}: model_type {ckpt.model_type!r} is not supported (supported: {', '.join(supported())})"
+        )
+    if ckpt.family.vision is None and not (d / "tokenizer.json").is_file():
+        raise InputError(
+            f"--model {name}: {d} has no tokenizer.json (the model's own tokenizer is needed)"
         )
     return ckpt
 
@@ -176,7 +176,7 @@ def _status(d: Path) -> str:
         return f"{kind}: no model.safetensors" + (
             " (pickle only: refused)" if (d / "pytorch_model.bin").exists() else ""
         )
-    if not (d / "tokenizer.json").is_file():
+    if family.vision is None and not (d / "tokenizer.json").is_file():
         return f"{kind}: no tokenizer.json"
     label = family.name if family.name == kind else f"{family.name} ({kind})"
     summary = header_summary(d)

@@ -60,6 +60,20 @@ class Wording:
 
 
 @dataclass(frozen=True)
+class Vision:
+    """What an image family adds: pictures in instead of token ids."""
+
+    processor: str  # whose image processor defaults apply (images.PROCESSORS): "vit", "clip" …
+    image_size: Callable[[Config], int]  # the side the model was trained at, in pixels
+    patch_size: Callable[[Config], int]  # the side of a patch, in pixels
+    prefix: Callable[[Config], list[str]]  # the tokens before the patches: "[CLS]", "reg0" …
+    # pixels (3, H, W) -> the first hidden states (prefix + rows·cols patches, d), the grid
+    embed: Callable[[WeightSource, np.ndarray, Config], tuple[np.ndarray, tuple[int, int]]]
+    # the last layer's output -> the model's pooled image vector (d,)
+    pooled: Callable[[WeightSource, np.ndarray, Config], np.ndarray]
+
+
+@dataclass(frozen=True)
 class Family:
     name: str  # shown to users: "bert", "gpt2", "llama" …
     model_types: tuple[str, ...]  # config.json model_type values this family runs
@@ -86,6 +100,8 @@ class Family:
     # The words of the family's own stages, by name (narrate.StageText), consulted before the
     # step catalogue: a stage only this family computes is described next to its code.
     stage_texts: Mapping[str, Callable[..., tuple[str, str]]] = field(default_factory=dict)
+    # Image families: how a picture becomes hidden states (None: the family reads text).
+    vision: Vision | None = None
 
 
 # Modules of this package that are not families.
