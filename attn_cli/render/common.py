@@ -21,6 +21,7 @@ class RenderOptions:
     rows: tuple[int, int] | None = None  # heatmap zoom, half-open token ranges
     cols: tuple[int, int] | None = None
     pool: str = "max"  # heatmap block pooling: max or mean
+    position: tuple[int, int] | None = None  # overlay: the query patch (row, col) of a picture
 
 
 class TrimTrailingSpaces:

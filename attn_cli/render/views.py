@@ -8,7 +8,7 @@ from attn_cli.errors import InputError
 from attn_cli.render.common import RenderOptions
 from attn_cli.trace import Trace
 
-VIEWS = ("auto", "steps", "overview", "summary", "top", "heatmap", "geometry", "grid")
+VIEWS = ("auto", "steps", "overview", "summary", "top", "heatmap", "geometry", "grid", "overlay")
 
 
 def auto_view(trace: Trace) -> str:
@@ -30,6 +30,7 @@ RENDERERS = {
     "heatmap": ("pictures", "render_heatmap"),
     "geometry": ("pictures", "render_geometry"),
     "grid": ("pictures", "render_grid"),
+    "overlay": ("overlay", "render_overlay"),
 }
 
 
@@ -50,10 +51,13 @@ def render(console: Console, trace: Trace, views: list[str], opts: RenderOptions
     from attn_cli.render.step_tables import trace_header
 
     console.print(trace_header(trace))
+    # A trace of a picture shows the picture (with attention over it) first.
+    picture = ["overlay"] if "image" in trace.config and "overlay" not in views else []
     for view in views:
-        name = auto_view(trace) if view == "auto" else view
-        module, function = RENDERERS[name]  # imported on first use: start-up stays light
-        getattr(import_module(f"attn_cli.render.{module}"), function)(console, trace, opts)
+        names = [*picture, auto_view(trace)] if view == "auto" else [view]
+        for name in names:
+            module, function = RENDERERS[name]  # imported on first use: start-up stays light
+            getattr(import_module(f"attn_cli.render.{module}"), function)(console, trace, opts)
 
 
 def parse_range(value: str | None, flag: str) -> tuple[int, int] | None:
