@@ -361,6 +361,8 @@ def prepare(img: Image, p: Preprocessor) -> Prepared:
             raise InputError(
                 f"the picture is {img.width} × {img.height}: too narrow to resize to {p.size}"
             )
+        # A long thin strip resized by its short side grows: checked before Pillow allocates it.
+        _check_pixels(width, height, f"the picture resized to {width} × {height}")
         img = img.resize((width, height), resample=p.resample)
     seen = np.asarray(img, dtype=np.uint8)
     if p.do_center_crop and p.crop_size is not None:
