@@ -178,7 +178,8 @@ def preprocessor(
     """The Preprocessor of a preprocessor_config.json's `settings` ({} when the checkpoint has
     none: the `default` processor's defaults, resized to the model's `image_size`)."""
     kind = str(settings.get("image_processor_type") or settings.get("feature_extractor_type") or "")
-    kind = PROCESSOR_TYPES.get(kind.removesuffix("Fast"), default)
+    # transformers 5 also names its backends: CLIPImageProcessorFast, CLIPImageProcessorPil
+    kind = PROCESSOR_TYPES.get(kind.removesuffix("Fast").removesuffix("Pil"), default)
     base = PROCESSORS[kind]
     if not settings and image_size is not None:
         base = base | {

@@ -1,8 +1,9 @@
 """DINOv2 (facebook/dinov2-*), with and without registers: a class token, (register tokens,)
 then the patches; pre-LayerNorm layers whose two branches are each scaled per dimension (layer
 scale γ), an exact-GELU or SwiGLU feed-forward; a final LayerNorm, the class token as the pooled
-output. The position table (trained at 518 pixels) is always resized to the picture's grid with
-antialiased bicubic interpolation; the registers get no position."""
+output. The position table (trained at 518 pixels) is resized to the picture's grid by bicubic
+interpolation, antialiased for the registers variant (as transformers' two implementations
+differ); the registers get no position."""
 
 from __future__ import annotations
 
@@ -98,10 +99,11 @@ def prefix(cfg: Config) -> list[str]:
 
 
 def embed(w: WeightSource, pixels: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[int, int]]:
-    """[CLS, patches] + positions (resized, antialiased bicubic), then the registers after CLS."""
+    """[CLS, patches] + positions (resized by bicubic interpolation), then the registers."""
     patches, grid = patch_embed(w, PATCHES, pixels, patch_size(cfg))
     table = w["embeddings.position_embeddings"][0]
-    positions = np.concatenate([table[:1], resize_positions(table[1:], *grid, antialias=True)])
+    antialias = cfg.get("model_type") == "dinov2_with_registers"
+    positions = np.concatenate([table[:1], resize_positions(table[1:], *grid, antialias)])
     x = np.concatenate([w["embeddings.cls_token"].reshape(1, -1), patches]) + positions
     if registers(cfg):
         regs = w["embeddings.register_tokens"][0]
