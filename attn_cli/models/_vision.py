@@ -5,6 +5,7 @@ encoder layer (ViT, DeiT, DINOv2, CLIP and SigLIP differ only in names and layer
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -231,3 +232,33 @@ def vision_config(cfg: Config) -> Mapping[str, Any]:
 def no_text(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
     """A vision family's text embedding: there is none."""
     raise InputError("this is a vision model: it reads a picture (an image file), not text")
+
+
+# transformers 5 names ViT's and DINOv2's layers as it names the text models' (its model's
+# state_dict; save_pretrained converts back): these are the 4.x names the families read.
+_V5_LAYER = re.compile(r"^layers\.(\d+)\.")
+_V5_ATTENTION = {
+    ".attention.q_proj.": ".attention.attention.query.",
+    ".attention.k_proj.": ".attention.attention.key.",
+    ".attention.v_proj.": ".attention.attention.value.",
+    ".attention.o_proj.": ".attention.output.dense.",
+}
+_V5_VIT_MLP = {".mlp.fc1.": ".intermediate.dense.", ".mlp.fc2.": ".output.dense."}
+
+
+def vit_names(name: str) -> str:
+    """A ViT/DeiT tensor name as transformers 4.x writes it (`layers.3.attention.q_proj.weight`
+    -> `encoder.layer.3.attention.attention.query.weight`)."""
+    if not _V5_LAYER.match(name):
+        return name
+    name = _V5_LAYER.sub(r"encoder.layer.\1.", name)
+    for new, old in (_V5_ATTENTION | _V5_VIT_MLP).items():
+        name = name.replace(new, old)
+    return name
+
+
+def dinov2_names(name: str) -> str:
+    """A DINOv2 tensor name as transformers 4.x writes it (its MLP keeps `mlp.fc1`)."""
+    for new, old in _V5_ATTENTION.items():
+        name = name.replace(new, old)
+    return name

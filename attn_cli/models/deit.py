@@ -31,6 +31,7 @@ FAMILY = Family(
     embed=vit.FAMILY.embed,
     layers=vit.layers,
     final=vit.final,
+    rename=vit.FAMILY.rename,
     wording=vit.WORDING,
     vision=Vision(
         "deit", vit.image_size, vit.patch_size, lambda cfg: list(LABELS), embed, vit.pooled

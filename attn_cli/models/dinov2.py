@@ -15,6 +15,7 @@ from attn_cli.errors import InputError
 from attn_cli.models._vision import (
     LayerNames,
     check_layers,
+    dinov2_names,
     no_text,
     patch_embed,
     prenorm_layers,
@@ -153,6 +154,7 @@ FAMILY = Family(
     embed=no_text,
     layers=layers,
     final=final,
+    rename=dinov2_names,
     wording=Wording(
         x_formula="LayerNorm(hidden states)",
         x_description=_x_description,

@@ -18,9 +18,11 @@ from attn_cli.models._vision import (
     resize_positions,
     setting,
     square,
+    vit_names,
 )
 from attn_cli.models.layers import layer_norm
 from attn_cli.models.registry import Config, Dims, Family, Vision, WeightSource, Wording
+from attn_cli.models.weights import expect_shape
 from attn_cli.records import LayerRecord
 
 ANCHOR = "embeddings.patch_embeddings.projection.weight"
@@ -74,8 +76,6 @@ def check_common(w: WeightSource, cfg: Config, prefix_tokens: int) -> None:
         raise InputError(f"config.json: hidden_size {d} is not divisible by num_attention_heads")
     p, grid = patch_size(cfg), image_size(cfg) // patch_size(cfg)
     expect = (d, int(setting(cfg, "num_channels", 3)), p, p)
-    from attn_cli.models.weights import expect_shape
-
     expect_shape(w, ANCHOR, expect)
     expect_shape(w, "embeddings.position_embeddings", (1, prefix_tokens + grid * grid, d))
     inter = int(setting(cfg, "intermediate_size", 4 * d))
@@ -153,6 +153,7 @@ FAMILY = Family(
     embed=no_text,
     layers=layers,
     final=final,
+    rename=vit_names,
     wording=WORDING,
     vision=Vision("vit", image_size, patch_size, lambda cfg: ["[CLS]"], embed, pooled),
 )
