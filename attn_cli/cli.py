@@ -401,7 +401,8 @@ ViewOpt = Annotated[
         "--view",
         metavar="VIEW",
         help="What to show, repeatable or comma-separated: auto (steps, or the overview for "
-        "several layers × heads), steps, overview, summary, top, heatmap, geometry, grid.",
+        "several layers × heads), steps, overview, summary, top, heatmap, geometry, grid, overlay "
+        "(a vision model's attention on its picture).",
         rich_help_panel="Views",
     ),
 ]

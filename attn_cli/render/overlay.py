@@ -204,7 +204,8 @@ def render_overlay(console: Console, trace: Trace, opts: RenderOptions) -> None:
 
 
 def _legend(console: Console, info: dict[str, Any], color: bool) -> None:
-    parts = ["bright: most attention (each picture scaled to its own largest weight)"]
+    most = "bright" if color else SHADES[-1]
+    parts = [f"{most}: most attention (each picture scaled to its own largest weight)"]
     if color and info.get("outliers"):
         parts.append(f"{OUTLIER_MARK} high-norm outlier patch")
     if info.get("registers"):
