@@ -145,6 +145,23 @@ def image_trace(
         )
         if every and keep(final.name):
             trace.steps.append(final)
+        pool = None if vision.pool_map is None else vision.pool_map(w, out, cfg)
+        if pool is not None and keep("W_pool"):
+            trace.steps += [
+                TraceStep(
+                    "W_pool",
+                    "softmax(q_probe·Kᵀ / √d_k) per head",
+                    f"The pooling head's attention, head {h}: how much its one learned query (the "
+                    "probe) takes from each token of the output to make the pooled vector.",
+                    pool[h],
+                    ["probe"],
+                    labels,
+                    "weights",
+                    head=h,
+                    col_axis=TOKENS,
+                )
+                for h in range(pool.shape[0])
+            ]
         pooled = vision.pooled(w, out, cfg).reshape(1, -1)
         if keep("pooled"):
             trace.steps.append(

@@ -47,3 +47,12 @@ def test_the_token_axis_of_each_fixture():
     assert tokens["vit"][:2] == ["[CLS]", "p(0,0)"] and len(tokens["vit"]) == 1 + 16
     assert tokens["clip"][-1] == "p(4,4)"  # 40 pixels: a 5 × 5 grid
     assert tokens["siglip"][0] == "p(0,0)" and len(tokens["siglip"]) == 16  # no class token
+
+
+def test_siglip_draws_its_pooling_heads_attention():
+    from tests.conftest import invoke
+
+    r = invoke(["explain", str(PICTURE), "--model", str(FIXTURES / "siglip"), "--view", "overlay"])
+    assert r.exit_code == 0, r.output
+    assert "attention from the pooling head's probe over the 4 × 4 patches" in r.output
+    assert "pool H0" in r.output and "pool H1" in r.output

@@ -179,7 +179,17 @@ def _reference(d: Path, forward: dict, img):
     with torch.no_grad():
         out = tower(pixel_values=torch.from_numpy(pixels), output_attentions=True, **forward)
     maps = np.stack([a[0].numpy() for a in out.attentions])
-    return pixels[0], maps, out.pooler_output[0].numpy()
+    # SigLIP's attention-pooling head: its probe's weights over the last hidden state
+    head = getattr(getattr(tower, "vision_model", tower), "head", None)
+    pool = None
+    if head is not None:
+        with torch.no_grad():
+            h = out.last_hidden_state
+            _, weights = head.attention(
+                head.probe, h, h, need_weights=True, average_attn_weights=False
+            )
+        pool = weights[0].numpy()  # (heads, 1, n)
+    return pixels[0], maps, out.pooler_output[0].numpy(), pool
 
 
 NAMES = [
@@ -204,7 +214,7 @@ def test_pixels_maps_and_pooled_output_match_transformers(built, name):
 
     d, forward = built(name)
     img = Image.fromarray(picture(50, 40))
-    ref_pixels, ref_maps, ref_pooled = _reference(d, forward, img)
+    ref_pixels, ref_maps, ref_pooled, ref_pool = _reference(d, forward, img)
     m = attn_cli.load_model(d)
     ours = prepare(open_image(img), m.preprocessor).pixels
     assert ours.shape == ref_pixels.shape
@@ -215,5 +225,10 @@ def test_pixels_maps_and_pooled_output_match_transformers(built, name):
     # far from uniform, so a wrong scale or softmax shows
     assert ref_maps.max(-1).mean() > 2.0 / ref_maps.shape[-1]
     assert np.abs(maps - ref_maps).max() < 1e-5
+    assert (ref_pool is None) == (name not in ("siglip_vision", "siglip"))
+    if ref_pool is not None:
+        pool = np.stack([s.data for s in t.steps_named("W_pool")])
+        assert pool.shape == ref_pool.shape
+        assert np.abs(pool - ref_pool).max() < 1e-5
     pooled = t.find("pooled").data[0]
     assert np.abs(pooled - ref_pooled).max() < 1e-4 * max(1.0, np.abs(ref_pooled).max())

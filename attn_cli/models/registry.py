@@ -71,6 +71,9 @@ class Vision:
     embed: Callable[[WeightSource, np.ndarray, Config], tuple[np.ndarray, tuple[int, int]]]
     # the last layer's output -> the model's pooled image vector (d,)
     pooled: Callable[[WeightSource, np.ndarray, Config], np.ndarray]
+    # An attention-pooling head's map (SigLIP): the last output -> (heads, 1, n) weights of its
+    # learned probe over the tokens; None without one.
+    pool_map: Callable[[WeightSource, np.ndarray, Config], np.ndarray | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,12 @@ def pooled(w: WeightSource, out: np.ndarray, cfg: Config) -> np.ndarray:
     return (y + mlp @ w["head.mlp.fc2.weight"].T + w["head.mlp.fc2.bias"])[0]
 
 
+def pool_map(w: WeightSource, out: np.ndarray, cfg: Config) -> np.ndarray | None:
+    if not setting(vision_config(cfg), "vision_use_head", True):
+        return None
+    return pool_attention(w, out, cfg).W
+
+
 def _x_description(i: int) -> str:
     return (
         " (the patch embeddings with their positions, after LayerNorm; SigLIP has no class token)."
@@ -145,5 +151,5 @@ FAMILY = Family(
         x_description=_x_description,
         final="The vision tower's output: one vector per patch after post_layernorm.",
     ),
-    vision=Vision("siglip", image_size, patch_size, lambda cfg: [], embed, pooled),
+    vision=Vision("siglip", image_size, patch_size, lambda cfg: [], embed, pooled, pool_map),
 )

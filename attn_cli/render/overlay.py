@@ -154,11 +154,15 @@ def _prefix_line(info: dict[str, Any], row: np.ndarray, precision: int) -> Text:
     return line
 
 
-def _maps(trace: Trace) -> tuple[str, list[Any]]:
-    """What to draw: the last rollout when the trace has one, else every W map."""
+def _maps(trace: Trace, query: int | None) -> tuple[str, list[Any]]:
+    """What to draw: the last rollout when the trace has one; else, for a model without a
+    class token (SigLIP) and no query patch chosen, its pooling head's maps; else every W."""
     rollout = trace.steps_named("rollout")
     if rollout:
         return "rollout", [max(rollout, key=lambda s: s.layer or 0)]
+    pool = trace.steps_named("W_pool")
+    if query is None and pool:
+        return "W_pool", pool
     return "W", trace.steps_named("W")
 
 
@@ -170,7 +174,8 @@ def render_overlay(console: Console, trace: Trace, opts: RenderOptions) -> None:
     grid = [int(v) for v in info["grid"]]
     first = len(info.get("prefix", []))
     query = query_index(info, opts.position)
-    name, steps = _maps(trace)
+    name, steps = _maps(trace, query)
+    row_of = 0 if name == "W_pool" else query  # a pooling map is one row: the probe's
     if not steps:
         console.print(Text("no attention weights (W) in this trace"))
         return
@@ -178,26 +183,29 @@ def render_overlay(console: Console, trace: Trace, opts: RenderOptions) -> None:
     who = (
         f"patch {opts.position[0]},{opts.position[1]}"
         if opts.position is not None
+        else "the pooling head's probe"
+        if name == "W_pool"
         else ("[CLS]" if query is not None else "every token (mean)")
     )
     what = "attention rollout" if name == "rollout" else "attention"
     console.print(Text(f"{what} from {who} over the {grid[0]} × {grid[1]} patches", style="bold"))
     if len(steps) == 1:
         step = steps[0]
-        weights = patch_weights(step.data, query, first, grid)
+        weights = patch_weights(step.data, row_of, first, grid)
         px = max(1, min(LARGE_MAX_PX, (console.width - 1) // grid[1]))
         console.print(Text(step.where or "", style="dim"))
         for line in _picture(info, thumb, weights, query, px, color):
             console.print(line)
-        row = step.data.mean(axis=0) if query is None else step.data[query]
+        row = step.data.mean(axis=0) if row_of is None else step.data[row_of]
         if first:
             console.print(_prefix_line(info, row, opts.precision))
     else:
         px = SMALL_PX if grid[1] * SMALL_PX + 2 <= console.width else 1
         cells = []
         for step in steps:
-            weights = patch_weights(step.data, query, first, grid)
-            title = Text(f"L{step.layer} H{step.head}", style="bold")
+            weights = patch_weights(step.data, row_of, first, grid)
+            where = "pool" if step.layer is None else f"L{step.layer}"
+            title = Text(f"{where} H{step.head}", style="bold")
             cells.append(Group(title, *_picture(info, thumb, weights, query, px, color)))
         console.print(Columns(cells, padding=(0, 2)))
     _legend(console, info, color)
