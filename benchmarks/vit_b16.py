@@ -14,6 +14,9 @@ written with numpy alone into a cache directory (ATTN_CLI_BENCH_DIR, default
   transformers  ViTImageProcessor (PIL) + ViTModel.from_pretrained(DIR, attn_implementation=
                 "eager"), one forward pass with output_attentions=True
 
+`--threads N` sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS for both children
+(on a shared 2-core machine, two BLAS threads each fighting other jobs ran 2.5× slower than one).
+
 Reported: whole-process wall time and peak RSS (ru_maxrss of each child, from os.wait4), and the
 ratios (targets: ≥ 3× faster, ≤ 0.3× peak memory).
 """
@@ -104,10 +107,14 @@ def write_checkpoint(d: Path) -> None:
     (d / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
 
 
-def timed(code: str, d: Path) -> tuple[float, float]:
+def timed(code: str, d: Path, threads: int | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of a fresh Python running `code`."""
+    env = dict(os.environ)
+    if threads is not None:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(threads)
     start = time.perf_counter()
-    proc = subprocess.Popen([PY, "-c", code, str(d)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([PY, "-c", code, str(d)], stdout=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status != 0:
@@ -118,14 +125,15 @@ def timed(code: str, d: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     d = Path(os.environ.get("ATTN_CLI_BENCH_DIR", "/tmp/attn-cli-bench")) / "vit-b16"
     write_checkpoint(d)
-    timed(OURS, d)  # warm-up: the page cache holds the checkpoint for both sides
+    timed(OURS, d, args.threads)  # warm-up: the page cache holds the checkpoint for both sides
     ours, theirs = [], []
     for _ in range(args.runs):
-        ours.append(timed(OURS, d))
-        theirs.append(timed(THEIRS, d))
+        ours.append(timed(OURS, d, args.threads))
+        theirs.append(timed(THEIRS, d, args.threads))
     t_o, m_o = statistics.median(o[0] for o in ours), max(o[1] for o in ours)
     t_t, m_t = statistics.median(o[0] for o in theirs), max(o[1] for o in theirs)
     print(f"attn-cli      {t_o:.2f} s, {m_o:,.0f} MiB")
