@@ -673,17 +673,17 @@ def _model_traces(
 
 
 def _default_export_steps(model: bool, method: str | None = None) -> list[str] | None:
-    """What --json/--npz write without --steps: a model's attention maps (W) and the steps of
-    its --method; everything but the parameter matrices otherwise. --steps all writes every
-    step."""
+    """What --json/--npz write without --steps: a model's attention maps (W, and a vision
+    model's pooling-head maps W_pool) and the steps of its --method; everything but the
+    parameter matrices otherwise. --steps all writes every step."""
     from attn_cli.narrate import PARAMETER_STEPS, STEP_NAMES
 
     if model:
         if method:
             from attn_cli.methods.registry import step_names
 
-            return ["W", *step_names(method)]
-        return ["W"]
+            return ["W", "W_pool", *step_names(method)]
+        return ["W", "W_pool"]
     return [n for n in STEP_NAMES if n not in PARAMETER_STEPS]
 
 

@@ -335,3 +335,30 @@ def test_one_patch_of_attention_lights_exactly_that_patchs_cells(target):
     assert lit == {(y, x) for y in range(r * 2, r * 2 + 2) for x in range(c * 4, c * 4 + 4)}
     for y, x in lit:  # both half-pixels of a lit cell are lit
         assert cells[y][x][:3] == cells[y][x][3:]
+
+
+def test_outlier_patches_are_the_long_vectors():
+    from attn_cli.vision import outliers
+
+    h = np.ones((1 + 6, 4), np.float32)  # a class token, then six patches of length 2
+    h[3] *= 10  # length 20: ten times the median
+    h[5] *= 3  # length 6: three times, under the threshold of four
+    assert outliers(h, first_patch=1) == [3]
+
+
+def test_a_saved_picture_keeps_the_pooling_heads_maps(tmp_path):
+    fixture = Path(__file__).resolve().parent / "fixtures" / "tiny_vision"
+    out = tmp_path / "s.json"
+    r = invoke(
+        [
+            "explain",
+            str(fixture / "picture.ppm"),
+            "--model",
+            str(fixture / "siglip"),
+            "--json",
+            str(out),
+        ]
+    )
+    assert r.exit_code == 0, r.output
+    r = invoke(["show", str(out), "--view", "overlay"])
+    assert "attention from the pooling head's probe" in r.output
