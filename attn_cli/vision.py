@@ -16,6 +16,7 @@ import numpy as np
 
 from attn_cli import narrate
 from attn_cli.api import check_fits_in_memory
+from attn_cli.errors import InputError
 from attn_cli.records import TOKENS
 from attn_cli.trace import Axis, Trace, TraceStep, dim_labels, token_labels
 
@@ -62,6 +63,11 @@ def image_trace(
     family, cfg, d, w = model.family, model.config, model.dims, model.weights
     vision = family.vision
     assert vision is not None
+    if methods and "detectors" in methods:
+        raise InputError(
+            "the head detectors score text patterns (previous, duplicate and induction tokens); "
+            f"{model.name} is a vision model: use rollout, norms, alti or flow"
+        )
     if bar is not None:
         bar.phase("reading the picture")
     prepared = prepare(open_image(source), model.preprocessor)

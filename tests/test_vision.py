@@ -362,3 +362,10 @@ def test_a_saved_picture_keeps_the_pooling_heads_maps(tmp_path):
     assert r.exit_code == 0, r.output
     r = invoke(["show", str(out), "--view", "overlay"])
     assert "attention from the pooling head's probe" in r.output
+
+
+def test_text_only_methods_are_refused_for_a_picture(dino, png):
+    r = invoke(["explain", str(png), "--model", str(dino), "--method", "detectors"])
+    assert r.exit_code == 2 and "is a vision model: use rollout, norms, alti or flow" in r.output
+    r = invoke(["explain", str(png), "--model", str(dino), "--method", "lens"])
+    assert r.exit_code == 2 and "needs a language-model head" in r.output
