@@ -369,3 +369,16 @@ def test_text_only_methods_are_refused_for_a_picture(dino, png):
     assert r.exit_code == 2 and "is a vision model: use rollout, norms, alti or flow" in r.output
     r = invoke(["explain", str(png), "--model", str(dino), "--method", "lens"])
     assert r.exit_code == 2 and "needs a language-model head" in r.output
+
+
+def test_the_overlay_position_from_python(dino, png):
+    from rich.console import Console
+
+    t = attn_cli.load_model(dino).trace(str(png), layers=1, heads=0)
+    console = Console(file=io.StringIO(), width=80)
+    t.show(view="overlay", console=console, position=(1, 2))
+    assert "attention from patch 1,2" in console.file.getvalue()
+    with pytest.raises(InputError, match=r"^position='1,2': takes a patch's \(row, column\)$"):
+        t.show(view="overlay", console=console, position="1,2")
+    with pytest.raises(InputError, match=r"the patch grid is 4 × 4"):
+        t.show(view="overlay", console=console, position=(4, 0))

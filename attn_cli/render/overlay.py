@@ -53,7 +53,13 @@ def query_index(info: dict[str, Any], position: tuple[int, int] | None) -> int |
     rows, cols = info["grid"]
     prefix = list(info.get("prefix", []))
     if position is not None:
-        r, c = position
+        if (
+            not isinstance(position, tuple | list)
+            or len(position) != 2
+            or not all(isinstance(v, int | np.integer) for v in position)
+        ):
+            raise InputError(f"{opt('position', position)}: takes a patch's (row, column)")
+        r, c = int(position[0]), int(position[1])
         if not (0 <= r < rows and 0 <= c < cols):
             raise InputError(
                 f"{opt('position', f'{r},{c}')}: the patch grid is {rows} × {cols} (rows 0–"
