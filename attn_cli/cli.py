@@ -210,6 +210,7 @@ def _renderer(views: list[str], display: dict, stack):
         rows=parse_range(display["rows"], "--rows"),
         cols=parse_range(display["cols"], "--cols"),
         pool=display["pool"],
+        position=display.get("position"),
     )
     consoles = _consoles(display, stack)
 
@@ -440,7 +441,8 @@ ViewOpt = Annotated[
         metavar="VIEW",
         help="What to show, repeatable or comma-separated: auto (steps, or the overview for "
         "several layers × heads), steps, overview, summary, top, heatmap, geometry, grid, "
-        "surface (corpus statistics of attn-cli heads, as Clark et al. 2019 draw them).",
+        "surface (corpus statistics of attn-cli heads, as Clark et al. 2019 draw them), overlay "
+        "(a vision model's attention on its picture).",
         rich_help_panel="Views",
     ),
 ]
@@ -611,6 +613,9 @@ def explain(
         # Checked before waiting on stdin, so a bad option is reported at once.
         opts.check()
         export_steps = parse_steps(steps) if steps is not None else None
+        patch = None
+        if position is not None and "lens" not in (method or "") and model is not None:
+            patch, position = _patch_position(position), None  # a picture's patch: R,C
         methods = _method_args(method, position, top_k, model)
         if model is None:
             texts = read_texts(text, sys.stdin)
@@ -619,6 +624,13 @@ def explain(
             from attn_cli.pretrained import load_model
 
             m = load_model(model)
+            if patch is not None and m.family.vision is None:
+                from attn_cli.errors import InputError
+
+                raise InputError(
+                    "--position R,C picks a patch of a vision model's picture; for a text model "
+                    "it applies with --method lens"
+                )
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
@@ -626,7 +638,23 @@ def explain(
         if steps is None and (json_out is not None or npz_out is not None):
             export_steps = _default_export_steps(model is not None, method)
         shown = None if json_out == "-" else views
-        _emit(traces, shown, _display(locals()), json_out, npz_out, export_steps)
+        _emit(
+            traces, shown, _display(locals()) | {"position": patch}, json_out, npz_out, export_steps
+        )
+
+
+def _patch_position(value: str) -> tuple[int, int]:
+    """--position R,C of a vision model: the patch in row R, column C (0-based)."""
+    from attn_cli.errors import InputError
+
+    try:
+        r, c = (int(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(
+            f"--position {value}: a picture's patch is ROW,COLUMN such as 3,5 (or use --method "
+            "lens for token positions)"
+        ) from None
+    return r, c
 
 
 def _options(params: dict):
@@ -689,17 +717,17 @@ def _model_traces(
 
 
 def _default_export_steps(model: bool, method: str | None = None) -> list[str] | None:
-    """What --json/--npz write without --steps: a model's attention maps (W) and the steps of
-    its --method; everything but the parameter matrices otherwise. --steps all writes every
-    step."""
+    """What --json/--npz write without --steps: a model's attention maps (W, and a vision
+    model's pooling-head maps W_pool) and the steps of its --method; everything but the
+    parameter matrices otherwise. --steps all writes every step."""
     from attn_cli.narrate import PARAMETER_STEPS, STEP_NAMES
 
     if model:
         if method:
             from attn_cli.methods.registry import step_names
 
-            return ["W", *step_names(method)]
-        return ["W"]
+            return ["W", "W_pool", *step_names(method)]
+        return ["W", "W_pool"]
     return [n for n in STEP_NAMES if n not in PARAMETER_STEPS]
 
 

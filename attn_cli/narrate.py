@@ -650,5 +650,7 @@ STEP_NAMES = (
     "W_o",
     "O",
     "H",
+    "W_pool",
+    "pooled",
     *METHOD_TEXTS,
 )

@@ -36,6 +36,8 @@ PREDICTION_TOP_K = 5
 class Model:
     """A resolved, shape-checked checkpoint with its tokenizer, ready to trace texts."""
 
+    tokenizer: Any  # a `tokenizers.Tokenizer` (a GGUF file's own); None for a vision model
+
     def __init__(self, name: str) -> None:
         if is_gguf_spec(name):
             g = open_model(name)
@@ -62,16 +64,25 @@ class Model:
             single = ckpt.path / "model.safetensors"  # named in messages when it is one file
             source = single if single.is_file() else ckpt.weights_path
             self.weights = SafetensorsWeights(source, family.anchor, family.rename)
-            self.tokenizer_label = str(ckpt.path / "tokenizer.json")
-            self.tokenizer = load_tokenizer(ckpt.path / "tokenizer.json")
+            if family.vision is None:
+                self.tokenizer_label = str(ckpt.path / "tokenizer.json")
+                self.tokenizer = load_tokenizer(ckpt.path / "tokenizer.json")
+            else:  # pictures, not text: the checkpoint's image processor instead of a tokenizer
+                from attn_cli.images import read_preprocessor
+
+                self.tokenizer = None
+                self.tokenizer_label = str(ckpt.path / "preprocessor_config.json")
+                self.preprocessor = read_preprocessor(
+                    ckpt.path, family.vision.processor, family.vision.image_size(self.config)
+                )
         self.family = family
         try:
             self.dims = family.dims(self.config)
             family.check(self.weights, self.config)
         except KeyError as exc:
             raise InputError(f"{self.name}: the config lacks {exc}") from None
-
-        self._token_style = tokenizer_kind(self.tokenizer)
+        if family.vision is None:
+            self._token_style = tokenizer_kind(self.tokenizer)
 
     def __repr__(self) -> str:
         d = self.dims
@@ -79,12 +90,13 @@ class Model:
 
     def trace(
         self,
-        text: str,
+        text: Any = None,
         layers: Selection = "all",
         heads: Selection = "all",
         steps: str | Sequence[str] | None = None,
         pair: str | None = None,
         methods: str | Sequence[str] | None = None,
+        image: Any = None,
         **method_options: Any,
     ) -> Trace:
         """Run `text` through the model; keep the steps of the chosen layers and heads.
@@ -94,7 +106,15 @@ class Model:
         "rollout,norms", or "all": every method this model can run but flow (a note names those
         left out); their steps follow the attention steps.
         method_options: top_k=5, positions=[-1], seed=0, induction_length=25 … (MethodOptions).
+        image: for a vision model (ViT, DeiT, DINOv2, CLIP, SigLIP), the picture: a file's path
+        (also accepted as `text`), a PIL image or an (H, W, 3) uint8 array.
         """
+        if image is not None:
+            if text is not None:
+                raise InputError(f"{opt('text')} and {opt('image')}: give one of them")
+            text = image
+        if text is None:
+            raise InputError(f"{opt('image' if self.family.vision else 'text')}: nothing to trace")
         return next(
             iter(self.traces([text], layers, heads, steps, pair, methods, **method_options))
         )
@@ -191,6 +211,10 @@ class Model:
         method_options: Any = None,
         bar: Any = None,
     ) -> Trace:
+        if self.family.vision is not None:
+            from attn_cli.vision import image_trace
+
+            return image_trace(self, text, layers, heads, keep, methods, method_options, bar)
         d, cfg, family = self.dims, self.config, self.family
         raw, ids, segments = self._tokenize(text, pair)
         if d.max_positions is not None and len(ids) > d.max_positions:

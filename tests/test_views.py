@@ -82,7 +82,7 @@ def test_unknown_view_is_an_error():
     assert r.exit_code == 2
     assert r.stderr == (
         "attn-cli: error: --view 'pie' is not a view (choose from auto, steps, "
-        "overview, summary, top, heatmap, geometry, grid, surface)\n"
+        "overview, summary, top, heatmap, geometry, grid, surface, overlay)\n"
     )
 
 

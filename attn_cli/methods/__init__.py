@@ -27,6 +27,7 @@ NEEDS = {
     "linear_values": "a linear value path (x·W_v + b_v)·W_o",
     "post_norm": "the post-attention norm of a post-norm family (attn_out_norm)",
     "scipy": "scipy (pip install 'attn-cli[flow]')",
+    "text": "text input (the detectors score token patterns; a vision model reads pictures)",
 }
 
 
@@ -62,7 +63,7 @@ CATALOGUE = (
         "models with an LM head; --top-k candidates",
         needs=("model", "lm_head"),
     ),
-    Method("detectors", ("prev_token", "duplicate_token", "induction"), needs=("model",)),
+    Method("detectors", ("prev_token", "duplicate_token", "induction"), needs=("model", "text")),
 )
 
 BY_NAME = {m.name: m for m in CATALOGUE}

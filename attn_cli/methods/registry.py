@@ -122,6 +122,7 @@ def family_capabilities(family: Family) -> dict[str, bool]:
         "linear_values": family.linear_values,
         # a norm after the attention: BERT's post-LN, Gemma 2/3's sandwich
         "post_norm": family.norm != "pre",
+        "text": family.vision is None,
     }
 
 

@@ -154,14 +154,14 @@ def _checkpoint(name: str, d: Path) -> Checkpoint:
         raise InputError(
             f"{opt('model', name)}: {d} has no model.safetensors (nor a sharded {INDEX})"
         )
-    if not (d / "tokenizer.json").is_file():
-        raise InputError(
-            f"{opt('model', name)}: {d} has no tokenizer.json (the model's own tokenizer is needed)"
-        )
     ckpt = Checkpoint(name, d, config)
     if family_for(ckpt.model_type) is None:
         raise InputError(
             f"{opt('model', name)}: model_type {ckpt.model_type!r} is not supported (supported: {', '.join(supported())})"
+        )
+    if ckpt.family.vision is None and not (d / "tokenizer.json").is_file():
+        raise InputError(
+            f"{opt('model', name)}: {d} has no tokenizer.json (the model's own tokenizer is needed)"
         )
     return ckpt
 
@@ -238,7 +238,7 @@ def _describe(name: str, d: Path, source: str) -> Listed:
         listed.problem = "unreadable weights"
         return listed
     listed.params, listed.dtype = summary
-    if not (d / "tokenizer.json").is_file():
+    if family.vision is None and not (d / "tokenizer.json").is_file():
         listed.problem = "no tokenizer.json"
         return listed
     try:

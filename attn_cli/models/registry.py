@@ -98,6 +98,23 @@ class GGUFTable:
     adapt: Callable[[Any, dict[str, Any]], None] | None = None
 
 
+@dataclass(frozen=True)
+class Vision:
+    """What an image family adds: pictures in instead of token ids."""
+
+    processor: str  # whose image processor defaults apply (images.PROCESSORS): "vit", "clip" …
+    image_size: Callable[[Config], int]  # the side the model was trained at, in pixels
+    patch_size: Callable[[Config], int]  # the side of a patch, in pixels
+    prefix: Callable[[Config], list[str]]  # the tokens before the patches: "[CLS]", "reg0" …
+    # pixels (3, H, W) -> the first hidden states (prefix + rows·cols patches, d), the grid
+    embed: Callable[[WeightSource, np.ndarray, Config], tuple[np.ndarray, tuple[int, int]]]
+    # the last layer's output -> the model's pooled image vector (d,)
+    pooled: Callable[[WeightSource, np.ndarray, Config], np.ndarray]
+    # An attention-pooling head's map (SigLIP): the last output -> (heads, 1, n) weights of its
+    # learned probe over the tokens; None without one.
+    pool_map: Callable[[WeightSource, np.ndarray, Config], np.ndarray | None] | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Family:
     name: str  # shown to users: "bert", "gpt2", "llama" …
@@ -135,6 +152,9 @@ class Family:
     def lm_head(self) -> bool:
         """The family predicts next tokens (the logit lens and the prediction need it)."""
         return self.logits is not None
+
+    # Image families: how a picture becomes hidden states (None: the family reads text).
+    vision: Vision | None = None
 
 
 # Modules of this package that are not families.

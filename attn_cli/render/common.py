@@ -29,6 +29,7 @@ class RenderOptions:
     rows: tuple[int, int] | None = None  # heatmap zoom, half-open token ranges
     cols: tuple[int, int] | None = None
     pool: str = "max"  # heatmap block pooling: max or mean
+    position: tuple[int, int] | None = None  # overlay: the query patch (row, col) of a picture
 
     def __post_init__(self) -> None:
         """Bad values (Trace.show(precision=-1)) are InputErrors naming the parameter."""

@@ -11,7 +11,18 @@ from attn_cli.render.common import RenderOptions
 from attn_cli.render.step_tables import trace_header
 from attn_cli.trace import Trace
 
-VIEWS = ("auto", "steps", "overview", "summary", "top", "heatmap", "geometry", "grid", "surface")
+VIEWS = (
+    "auto",
+    "steps",
+    "overview",
+    "summary",
+    "top",
+    "heatmap",
+    "geometry",
+    "grid",
+    "surface",
+    "overlay",
+)
 
 
 def auto_view(trace: Trace) -> str:
@@ -34,6 +45,7 @@ RENDERERS = {
     "geometry": ("pictures", "render_geometry"),
     "grid": ("pictures", "render_grid"),
     "surface": ("surface", "render_surface"),  # corpus statistics (attn-cli heads)
+    "overlay": ("overlay", "render_overlay"),
 }
 
 
@@ -50,10 +62,13 @@ def parse_views(values: list[str] | None) -> list[str]:
 
 def render(console: Console, trace: Trace, views: list[str], opts: RenderOptions) -> None:
     console.print(trace_header(trace))
+    # A trace of a picture shows the picture (with attention over it) first.
+    picture = ["overlay"] if "image" in trace.config and "overlay" not in views else []
     for view in views:
-        name = auto_view(trace) if view == "auto" else view
-        module, function = RENDERERS[name]  # imported on first use: start-up stays light
-        getattr(import_module(f"attn_cli.render.{module}"), function)(console, trace, opts)
+        names = [*picture, auto_view(trace)] if view == "auto" else [view]
+        for name in names:
+            module, function = RENDERERS[name]  # imported on first use: start-up stays light
+            getattr(import_module(f"attn_cli.render.{module}"), function)(console, trace, opts)
 
 
 def parse_range(value: str | None, flag: str) -> tuple[int, int] | None:
