@@ -284,18 +284,20 @@ def _axes_from_document(doc: dict, n_tokens: int, where: str) -> dict[str, Axis]
         need(name != "tokens" or len(labels) == n_tokens, at, "must have one label per token")
         coords = e.get("coords")
         if coords is not None:
+            # A label without a place (an image's [CLS] or register tokens) has empty coords.
+            placed = [c for c in coords if c] if isinstance(coords, list) else []
             need(
                 isinstance(coords, list)
                 and len(coords) == len(labels)
                 and all(
                     isinstance(c, list)
-                    and c
-                    and len(c) == len(coords[0])
+                    and (not c or len(c) == len(placed[0]))
                     and all(_finite_number(v) for v in c)
                     for c in coords
                 ),
                 at,
-                "'coords' must be one list of finite numbers per label, all the same length",
+                "'coords' must be one list of finite numbers per label (empty for a label "
+                "without a place), all the same length",
             )
             coords = [tuple(float(v) for v in c) for c in coords]
         axes[name] = Axis(name, e["kind"], labels, coords)

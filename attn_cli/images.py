@@ -50,7 +50,7 @@ BILINEAR, BICUBIC = 2, 3
 # Each processor's defaults, for what its preprocessor_config.json leaves out. `square`: an
 # integer `size` means height = width = size (else: the shortest edge).
 PROCESSORS: dict[str, dict[str, Any]] = {
-    "vit": {
+    "ViTImageProcessor": {
         "size": {"height": 224, "width": 224},
         "resample": BILINEAR,
         "do_center_crop": False,
@@ -58,7 +58,7 @@ PROCESSORS: dict[str, dict[str, Any]] = {
         "std": IMAGENET_STANDARD_STD,
         "square": True,
     },
-    "deit": {
+    "DeiTImageProcessor": {
         "size": {"height": 256, "width": 256},
         "resample": BICUBIC,
         "do_center_crop": True,
@@ -67,7 +67,7 @@ PROCESSORS: dict[str, dict[str, Any]] = {
         "std": IMAGENET_DEFAULT_STD,
         "square": True,
     },
-    "bit": {
+    "BitImageProcessor": {
         "size": {"shortest_edge": 224},
         "resample": BICUBIC,
         "do_center_crop": True,
@@ -76,7 +76,7 @@ PROCESSORS: dict[str, dict[str, Any]] = {
         "std": OPENAI_CLIP_STD,
         "square": False,
     },
-    "clip": {
+    "CLIPImageProcessor": {
         "size": {"shortest_edge": 224},
         "resample": BICUBIC,
         "do_center_crop": True,
@@ -85,7 +85,7 @@ PROCESSORS: dict[str, dict[str, Any]] = {
         "std": OPENAI_CLIP_STD,
         "square": False,
     },
-    "siglip": {
+    "SiglipImageProcessor": {
         "size": {"height": 224, "width": 224},
         "resample": BICUBIC,
         "do_center_crop": False,
@@ -94,16 +94,17 @@ PROCESSORS: dict[str, dict[str, Any]] = {
         "square": True,
     },
 }
-# image_processor_type (or the older feature_extractor_type) -> the processor it is.
+# image_processor_type (or the older feature_extractor_type) -> the processor it is (the
+# PROCESSORS key, named after transformers' image processor class).
 PROCESSOR_TYPES = {
-    "ViTImageProcessor": "vit",
-    "ViTFeatureExtractor": "vit",
-    "DeiTImageProcessor": "deit",
-    "DeiTFeatureExtractor": "deit",
-    "BitImageProcessor": "bit",
-    "CLIPImageProcessor": "clip",
-    "CLIPFeatureExtractor": "clip",
-    "SiglipImageProcessor": "siglip",
+    "ViTImageProcessor": "ViTImageProcessor",
+    "ViTFeatureExtractor": "ViTImageProcessor",
+    "DeiTImageProcessor": "DeiTImageProcessor",
+    "DeiTFeatureExtractor": "DeiTImageProcessor",
+    "BitImageProcessor": "BitImageProcessor",
+    "CLIPImageProcessor": "CLIPImageProcessor",
+    "CLIPFeatureExtractor": "CLIPImageProcessor",
+    "SiglipImageProcessor": "SiglipImageProcessor",
 }
 
 # The thumbnail kept in a trace for the views: this many pixels per patch each way, at most

@@ -16,6 +16,7 @@ from attn_cli.blas import one_thread_when_busy
 from attn_cli.errors import InputError, opt
 from attn_cli.gguf import open_model
 from attn_cli.gguf.locate import is_gguf_spec
+from attn_cli.images import read_preprocessor
 from attn_cli.methods.lens import lens_steps, logit_lens
 from attn_cli.methods.registry import MethodRun, ModelParts, select_methods
 from attn_cli.methods.registry import method_options as make_options
@@ -28,6 +29,7 @@ from attn_cli.readable import readable_tokens, tokenizer_kind
 from attn_cli.records import TOKENS
 from attn_cli.tokenizer import load_tokenizer, tokenize, tokenize_pair
 from attn_cli.trace import MODEL, Trace, TraceStep, dim_labels, token_labels
+from attn_cli.vision import image_trace
 
 # Candidates shown for the next-token prediction after the last layer.
 PREDICTION_TOP_K = 5
@@ -68,8 +70,6 @@ class Model:
                 self.tokenizer_label = str(ckpt.path / "tokenizer.json")
                 self.tokenizer = load_tokenizer(ckpt.path / "tokenizer.json")
             else:  # pictures, not text: the checkpoint's image processor instead of a tokenizer
-                from attn_cli.images import read_preprocessor
-
                 self.tokenizer = None
                 self.tokenizer_label = str(ckpt.path / "preprocessor_config.json")
                 self.preprocessor = read_preprocessor(
@@ -212,8 +212,6 @@ class Model:
         bar: Any = None,
     ) -> Trace:
         if self.family.vision is not None:
-            from attn_cli.vision import image_trace
-
             return image_trace(self, text, layers, heads, keep, methods, method_options, bar)
         d, cfg, family = self.dims, self.config, self.family
         raw, ids, segments = self._tokenize(text, pair)

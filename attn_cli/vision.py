@@ -17,6 +17,9 @@ import numpy as np
 
 from attn_cli import memory, narrate
 from attn_cli.errors import opt
+from attn_cli.images import open_image, prepare, thumbnail
+from attn_cli.methods.registry import MethodRun
+from attn_cli.models._vision import patch_labels
 from attn_cli.records import TOKENS
 from attn_cli.trace import Axis, Trace, TraceStep, dim_labels, token_labels
 
@@ -57,8 +60,6 @@ def image_trace(
     bar: Any,
 ) -> Trace:
     """`model` (a pretrained.Model of an image family) run on the picture `source`."""
-    from attn_cli.images import open_image, prepare, thumbnail
-    from attn_cli.models._vision import patch_labels
 
     family, cfg, d, w = model.family, model.config, model.dims, model.weights
     vision = family.vision
@@ -120,8 +121,6 @@ def image_trace(
     }
     run = None
     if methods:
-        from attn_cli.methods.registry import MethodRun
-
         run = MethodRun(
             methods, labels, list(range(n)), model.parts(), layers, heads, method_options
         )

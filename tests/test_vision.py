@@ -69,9 +69,9 @@ def test_center_crop_takes_the_middle_and_pads_a_small_picture_with_zeros():
 
 def test_rescale_and_normalise_by_hand():
     white = Image.fromarray(np.full((2, 2, 3), 255, np.uint8))
-    vit = preprocessor({"size": {"height": 2, "width": 2}}, "vit")
+    vit = preprocessor({"size": {"height": 2, "width": 2}}, "ViTImageProcessor")
     assert np.all(prepare(white, vit).pixels == 1.0)  # (1 − 0.5) / 0.5
-    deit = preprocessor({"size": 2, "crop_size": 2}, "deit")  # ImageNet mean and std
+    deit = preprocessor({"size": 2, "crop_size": 2}, "DeiTImageProcessor")  # ImageNet mean and std
     got = prepare(white, deit).pixels[:, 0, 0]
     want = [
         (np.float32(1) - np.float32(m)) / np.float32(s)
@@ -83,15 +83,22 @@ def test_rescale_and_normalise_by_hand():
 
 def test_config_semantics_follow_the_processor_type():
     # an int size is a square for ViT, a shortest edge for CLIP and Bit (get_size_dict)
-    assert preprocessor({"image_processor_type": "ViTImageProcessor", "size": 30}, "clip").size == {
+    assert preprocessor(
+        {"image_processor_type": "ViTImageProcessor", "size": 30}, "CLIPImageProcessor"
+    ).size == {
         "height": 30,
         "width": 30,
     }
     assert preprocessor(
-        {"feature_extractor_type": "CLIPFeatureExtractor", "size": 30}, "vit"
+        {"feature_extractor_type": "CLIPFeatureExtractor", "size": 30}, "ViTImageProcessor"
     ).size == {"shortest_edge": 30}
-    assert preprocessor({"image_processor_type": "BitImageProcessorFast"}, "vit").processor == "bit"
-    assert preprocessor({}, "siglip").resample == 3
+    assert (
+        preprocessor(
+            {"image_processor_type": "BitImageProcessorFast"}, "ViTImageProcessor"
+        ).processor
+        == "BitImageProcessor"
+    )
+    assert preprocessor({}, "SiglipImageProcessor").resample == 3
     for bad, message in (
         ({"size": {"longest_edge": 3}}, "shortest_edge"),
         ({"image_std": [0, 1, 1]}, "zero"),
@@ -99,7 +106,7 @@ def test_config_semantics_follow_the_processor_type():
         ({"image_mean": "x"}, "not three numbers"),
     ):
         with pytest.raises(InputError, match=message):
-            preprocessor(bad, "vit")
+            preprocessor(bad, "ViTImageProcessor")
 
 
 def test_transparent_pixels_become_white():
@@ -366,7 +373,7 @@ def test_a_saved_picture_keeps_the_pooling_heads_maps(tmp_path):
 
 def test_text_only_methods_are_refused_for_a_picture(dino, png):
     r = invoke(["explain", str(png), "--model", str(dino), "--method", "detectors"])
-    assert r.exit_code == 2 and "is a vision model: use rollout, norms, alti or flow" in r.output
+    assert r.exit_code == 2 and "detectors needs text input" in r.output
     r = invoke(["explain", str(png), "--model", str(dino), "--method", "lens"])
     assert r.exit_code == 2 and "needs a language-model head" in r.output
 

@@ -136,5 +136,7 @@ FAMILY = Family(
         x_description=_x_description,
         final="The vision tower's output: one vector per token after every layer.",
     ),
-    vision=Vision("clip", image_size, patch_size, lambda cfg: ["[CLS]"], embed, pooled),
+    vision=Vision(
+        "CLIPImageProcessor", image_size, patch_size, lambda cfg: ["[CLS]"], embed, pooled
+    ),
 )

@@ -36,6 +36,11 @@ FAMILY = Family(
     rename=vit.FAMILY.rename,
     wording=vit.WORDING,
     vision=Vision(
-        "deit", vit.image_size, vit.patch_size, lambda cfg: list(LABELS), embed, vit.pooled
+        "DeiTImageProcessor",
+        vit.image_size,
+        vit.patch_size,
+        lambda cfg: list(LABELS),
+        embed,
+        vit.pooled,
     ),
 )

@@ -162,5 +162,5 @@ FAMILY = Family(
         x_description=_x_description,
         final="The model's output: one vector per token after the final LayerNorm.",
     ),
-    vision=Vision("bit", image_size, patch_size, prefix, embed, pooled),
+    vision=Vision("BitImageProcessor", image_size, patch_size, prefix, embed, pooled),
 )

@@ -102,7 +102,9 @@ class GGUFTable:
 class Vision:
     """What an image family adds: pictures in instead of token ids."""
 
-    processor: str  # whose image processor defaults apply (images.PROCESSORS): "vit", "clip" …
+    processor: (
+        str  # whose image processor defaults apply (images.PROCESSORS): "ViTImageProcessor" …
+    )
     image_size: Callable[[Config], int]  # the side the model was trained at, in pixels
     patch_size: Callable[[Config], int]  # the side of a patch, in pixels
     prefix: Callable[[Config], list[str]]  # the tokens before the patches: "[CLS]", "reg0" …

@@ -153,5 +153,7 @@ FAMILY = Family(
         x_description=_x_description,
         final="The vision tower's output: one vector per patch after post_layernorm.",
     ),
-    vision=Vision("siglip", image_size, patch_size, lambda cfg: [], embed, pooled, pool_map),
+    vision=Vision(
+        "SiglipImageProcessor", image_size, patch_size, lambda cfg: [], embed, pooled, pool_map
+    ),
 )

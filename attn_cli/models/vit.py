@@ -157,5 +157,7 @@ FAMILY = Family(
     final=final,
     rename=vit_names,
     wording=WORDING,
-    vision=Vision("vit", image_size, patch_size, lambda cfg: ["[CLS]"], embed, pooled),
+    vision=Vision(
+        "ViTImageProcessor", image_size, patch_size, lambda cfg: ["[CLS]"], embed, pooled
+    ),
 )

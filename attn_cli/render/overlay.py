@@ -23,6 +23,7 @@ from rich.style import Style
 from rich.text import Text
 
 from attn_cli.errors import InputError, opt
+from attn_cli.images import thumbnail_pixels
 from attn_cli.render.common import RenderOptions, colors_on, format_number
 from attn_cli.trace import Trace
 
@@ -173,7 +174,6 @@ def _maps(trace: Trace, query: int | None) -> tuple[str, list[Any]]:
 
 
 def render_overlay(console: Console, trace: Trace, opts: RenderOptions) -> None:
-    from attn_cli.images import thumbnail_pixels
 
     info = image_info(trace)
     thumb = thumbnail_pixels(info["thumbnail"])
