@@ -1,6 +1,7 @@
 """`--check` for the fixture scripts: rebuild the fixtures in a temporary directory and compare
 them with the committed ones — weights, tokenizers and configs byte for byte, .npz arrays
-within 1e-6 (another torch build may round differently)."""
+within 1e-5 (float32 results of another torch build or BLAS differ by a few ulps of the
+largest value: 4e-6 on logits of 4–6 measured between torch builds)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def differences(new_root: Path, committed: Path) -> list[str]:
                 for k in a.files:
                     x, y = a[k], b[k]
                     same = x.shape == y.shape and (
-                        np.allclose(x, y, rtol=0, atol=1e-6)
+                        np.allclose(x, y, rtol=0, atol=1e-5)
                         if x.dtype.kind == "f"
                         else np.array_equal(x, y)
                     )
