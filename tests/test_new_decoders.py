@@ -1,0 +1,178 @@
+"""OLMo 2 and SmolLM3 against transformers (eager attention, float32 from bf16 safetensors).
+
+OLMo 2 normalises each sublayer's output (no input norm) and RMS-normalises q and k over the
+full projection width; SmolLM3 leaves the rotary embedding out of every fourth layer (NoPE).
+Each feature is switched off too, to show the maps depend on it. The same models written as
+llama.cpp's converter writes them (GGUF) give the same maps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from attn_cli.errors import InputError
+from attn_cli.models import _decoder
+from attn_cli.models.olmo2 import SPECS
+from attn_cli.models.weights import SafetensorsWeights
+from tests.conftest import require
+from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+
+IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
+TINY = {
+    "olmo2": dict(num_hidden_layers=3),
+    # layers 0-2 rotate, layer 3 is NoPE (no_rope_layer_interval 4, transformers' default)
+    "smollm3": dict(
+        num_hidden_layers=4,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    require("torch")
+    require("transformers")
+    built: dict[str, Path] = {}
+
+    def get(model_type: str, **overrides: Any) -> Path:
+        key = model_type + json.dumps(overrides, sort_keys=True)
+        if key not in built:
+            d = tmp_path_factory.mktemp(model_type)
+            build_random_model(model_type, d, **TINY[model_type], **overrides)
+            built[key] = d
+        return built[key]
+
+    return get
+
+
+def _check_against_reference(d: Path, layers: int) -> dict[str, Any]:
+    ref = reference(d, IDS)
+    ours = run(d, IDS)
+    maps = attention_maps(ours)
+    assert maps.shape == ref["attentions"].shape == (layers, 4, len(IDS), len(IDS))
+    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
+    return {"ours": ours, "ref": ref, "maps": maps}
+
+
+@pytest.mark.reference
+def test_olmo2_maps_and_logits_match_transformers(tiny):
+    d = tiny("olmo2")
+    cfg = json.loads((d / "config.json").read_text())
+    # q/k norms span every head at once (4 × 16 query numbers, 2 × 16 key numbers)
+    w = SafetensorsWeights(d, "embed_tokens.weight")
+    assert w.shape("layers.0.self_attn.q_norm.weight") == (64,)
+    assert w.shape("layers.0.self_attn.k_norm.weight") == (32,)
+    assert "layers.0.input_layernorm.weight" not in w
+    out = _check_against_reference(d, 3)
+    record = out["ours"]["layers"][1].attention
+    names = [s.name for s in record.stages]
+    assert names[names.index("V") + 1 : names.index("W_raw")] == [
+        "Q_norm",
+        "K_norm",
+        "Q_rot",
+        "K_rot",
+    ]
+    # no input norm: X is the residual stream itself (layer 1's X is layer 0's output)
+    np.testing.assert_array_equal(record["X"], out["ours"]["layers"][0].out)
+    fam = family("olmo2")
+    assert fam.norm == "post" and fam.attn_out_norm is not None
+    g, beta, eps, rms, applies = fam.attn_out_norm(w, 1, cfg)
+    np.testing.assert_array_equal(g, w["layers.1.post_attention_layernorm.weight"])
+    assert beta is None and eps == cfg["rms_norm_eps"] and rms is True and applies == "attn"
+    described = fam.describe(cfg) if fam.describe else {}
+    assert described["qk_norm"] is True and "all heads" in described["qk_norm_width"]
+    assert "before each residual sum" in described["norm_placement"]
+
+
+class _Renamed:
+    """A weight source with some tensors replaced (the same model with a feature switched off)."""
+
+    def __init__(self, w: Any, replace: dict[str, np.ndarray]):
+        self.w, self.replace = w, replace
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.replace[name] if name in self.replace else self.w[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.replace or name in self.w
+
+
+@pytest.mark.reference
+def test_olmo2_features_change_the_maps(tiny):
+    """Per-head q/k norms instead of full-width ones change layer 0; norms before each sublayer
+    instead of after it change the later layers: the reference check is not vacuous."""
+    d = tiny("olmo2")
+    cfg = json.loads((d / "config.json").read_text())
+    ref = reference(d, IDS)["attentions"]
+    spec = SPECS["olmo2"]
+    args = spec.args.parse(cfg)
+    w = SafetensorsWeights(d, "embed_tokens.weight")
+    x = _decoder.embed(spec, w, IDS, args)
+
+    def maps(variant: Any, source: Any) -> np.ndarray:
+        return np.stack(
+            [r.attention.weights for r in _decoder.layers(variant, source, x, args, "test")]
+        )
+
+    # per head: each head's 16 numbers normalised alone, by the first head's scale
+    per_head = _Renamed(
+        w,
+        {
+            f"layers.{i}.self_attn.{n}_norm.weight": w[f"layers.{i}.self_attn.{n}_norm.weight"][:16]
+            for i in range(3)
+            for n in "qk"
+        },
+    )
+    head_norm = maps(dataclasses.replace(spec, qk_norm_full=False), per_head)
+    assert np.abs(head_norm[0] - ref[0]).max() > 1e-2
+    # pre-norm: an input RMSNorm (unit scale) before attention and the MLP, none after them
+    pre = _Renamed(
+        w, {f"layers.{i}.input_layernorm.weight": np.ones(64, np.float32) for i in range(3)}
+    )
+    pre_norm = maps(dataclasses.replace(spec, post_norm=False), pre)
+    assert np.abs(pre_norm[1:] - ref[1:]).max() > 1e-2
+
+
+@pytest.mark.reference
+def test_smollm3_maps_and_logits_match_transformers(tiny):
+    d = tiny("smollm3")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["no_rope_layers"] == [1, 1, 1, 0]  # transformers' own derivation
+    out = _check_against_reference(d, 4)
+    for i, layer in enumerate(out["ours"]["layers"]):
+        names = [s.name for s in layer.attention.stages]
+        assert ("Q_rot" in names) == (i != 3) and ("K_rot" in names) == (i != 3)
+        assert layer.attention.facts["rope"] is (i != 3)
+    fam = family("smollm3")
+    assert fam.describe is not None and fam.describe(cfg)["nope_layers"] == [3]
+    # an explicit no_rope_layers list wins over the interval
+    assert fam.describe({**cfg, "no_rope_layers": [0, 1, 1, 1]})["nope_layers"] == [0]
+
+
+@pytest.mark.reference
+def test_smollm3_nope_layers_change_the_maps(tiny):
+    """The same weights with every layer rotating: layers 0-2 equal, the NoPE layer differs."""
+    nope = attention_maps(run(tiny("smollm3"), IDS))
+    d = tiny("smollm3", no_rope_layers=[1, 1, 1, 1])
+    all_rope = reference(d, IDS)["attentions"]
+    np.testing.assert_allclose(nope[:3], all_rope[:3], atol=1e-5)
+    assert np.abs(nope[3] - all_rope[3]).max() > 1e-2
+    np.testing.assert_allclose(attention_maps(run(d, IDS)), all_rope, atol=1e-5)
+
+
+def test_smollm3_refuses_a_bad_no_rope_list(tmp_path):
+    fam = family("smollm3")
+    cfg = {"model_type": "smollm3", "num_hidden_layers": 4, "no_rope_layers": [1, 1]}
+    with pytest.raises(InputError, match="no_rope_layers lists 2 layers, num_hidden_layers is 4"):
+        fam.dims(cfg)
+    with pytest.raises(InputError, match=r"no_rope_layers must be a list of 0 or 1 per layer"):
+        fam.dims({**cfg, "no_rope_layers": [1, 2, 1, 1]})
