@@ -176,3 +176,75 @@ def test_smollm3_refuses_a_bad_no_rope_list(tmp_path):
         fam.dims(cfg)
     with pytest.raises(InputError, match=r"no_rope_layers must be a list of 0 or 1 per layer"):
         fam.dims({**cfg, "no_rope_layers": [1, 2, 1, 1]})
+
+
+def _write_gguf(path: Path, d: Path) -> Path:
+    """The bf16 checkpoint in `d` written as llama.cpp's converter writes it: tensor names by
+    gguf-py's TensorNameMap, SmolLM3's q/k rows permuted as LlamaModel.permute does (OLMo 2 is
+    NeoX-rotary: rows kept), every tensor F32."""
+    gguf = require("gguf")
+    from tests.test_gguf_writer import byte_vocab, converter_permute
+
+    cfg = json.loads((d / "config.json").read_text())
+    arch = cfg["model_type"]
+    n_layer, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    n_kv, hidden = cfg["num_key_value_heads"], cfg["hidden_size"]
+    head_dim = cfg.get("head_dim") or hidden // n_head
+    w = SafetensorsWeights(d, "embed_tokens.weight")
+    tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layer)
+    out = gguf.GGUFWriter(str(path), arch)
+    out.add_context_length(cfg["max_position_embeddings"])
+    out.add_embedding_length(hidden)
+    out.add_block_count(n_layer)
+    out.add_feed_forward_length(cfg["intermediate_size"])
+    out.add_head_count(n_head)
+    out.add_head_count_kv(n_kv)
+    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
+    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    out.add_key_length(head_dim)
+    out.add_value_length(head_dim)
+    out.add_rope_dimension_count(head_dim)
+    out.add_file_type(0)
+    toks, types = byte_vocab(cfg["vocab_size"])
+    out.add_tokenizer_model("gpt2")
+    out.add_tokenizer_pre("gpt-2")
+    out.add_token_list(toks)
+    out.add_token_types(types)
+    out.add_token_merges([])
+    for name in w:
+        data = w["model." + name if "model." + name in w else name]
+        full = name if name == "lm_head.weight" else "model." + name
+        if arch == "smollm3" and name.endswith("q_proj.weight"):
+            data = converter_permute(data, n_head, n_head)
+        if arch == "smollm3" and name.endswith("k_proj.weight"):
+            data = converter_permute(data, n_head, n_kv)
+        new = tmap.get_name(full, try_suffixes=(".weight", ".bias"))
+        assert new is not None, full
+        out.add_tensor(new, np.ascontiguousarray(data, dtype=np.float32))
+    out.write_header_to_file()
+    out.write_kv_data_to_file()
+    out.write_tensors_to_file()
+    out.close()
+    return path
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("model_type", ["olmo2", "smollm3"])
+def test_gguf_gives_the_original_maps(tiny, tmp_path, model_type):
+    from attn_cli.gguf import open_gguf
+
+    d = tiny(model_type)
+    ckpt = open_gguf(_write_gguf(tmp_path / f"{model_type}.gguf", d))
+    cfg = ckpt.config
+    assert cfg["model_type"] == model_type
+    fam = family(model_type)
+    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
+    fam.check(w, cfg)
+    x = fam.embed(w, IDS, cfg)
+    maps = []
+    for layer in fam.layers(w, x, cfg):
+        maps.append(layer.attention.weights)
+        x = layer.out
+    np.testing.assert_allclose(np.stack(maps), attention_maps(run(d, IDS)), atol=1e-6)
+    if model_type == "smollm3":  # llama.cpp fixes the NoPE interval at 4
+        assert fam.describe is not None and fam.describe(cfg)["nope_layers"] == [3]

@@ -56,6 +56,7 @@ GGUF = GGUFTable(
     },
     optional_layer_tensors=GGUF_OPTIONAL_TENSORS,
     config={"hidden_act": "silu"},
+    qk_norm_full=True,
 )
 
 
