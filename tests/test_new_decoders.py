@@ -248,3 +248,40 @@ def test_gguf_gives_the_original_maps(tiny, tmp_path, model_type):
     np.testing.assert_allclose(np.stack(maps), attention_maps(run(d, IDS)), atol=1e-6)
     if model_type == "smollm3":  # llama.cpp fixes the NoPE interval at 4
         assert fam.describe is not None and fam.describe(cfg)["nope_layers"] == [3]
+
+
+# -- torch-free: the committed fixtures (scripts/make_decoder_fixtures.py) --------------------
+
+
+@pytest.mark.parametrize("name, layers", [("tiny_olmo2", 2), ("tiny_smollm3", 4)])
+def test_fixture_matches_transformers(name, layers):
+    from tokenizers import Tokenizer
+
+    from tests.test_decoders_fixtures import FIXTURES, SENTENCE
+
+    d = FIXTURES / name
+    expected = np.load(d / "expected.npz")
+    ids = Tokenizer.from_file(str(d / "tokenizer.json")).encode(SENTENCE).ids
+    assert ids == expected["ids"].tolist()
+    ours = run(d, ids)
+    maps = attention_maps(ours)
+    assert maps.shape == expected["attentions"].shape == (layers, 4, len(ids), len(ids))
+    np.testing.assert_allclose(maps, expected["attentions"], atol=1e-5)
+    last = expected["logits"].shape[0]
+    np.testing.assert_allclose(ours["logits"][-last:], expected["logits"], atol=1e-4)
+
+
+def test_smollm3_steps_say_which_layer_has_no_position_encoding():
+    import attn_cli
+    from tests.test_decoders_fixtures import FIXTURES
+
+    trace = attn_cli.load_model(FIXTURES / "tiny_smollm3").trace("the cat sat")
+    assert trace.config["architecture"]["nope_layers"] == [3]
+    for layer in range(4):
+        steps = [s for s in trace.steps if s.layer == layer and s.head == 0]
+        names = [s.name for s in steps]
+        masked = next(s for s in steps if s.name == "W_masked")
+        nope = "No positional encoding in this layer (NoPE)" in masked.description
+        assert nope == (layer == 3) and ("Q_rot" not in names) == (layer == 3)
+        raw = next(s for s in steps if s.name == "W_raw")
+        assert raw.formula == ("Q·Kᵀ" if layer == 3 else "Q_rot·K_rotᵀ")
