@@ -252,8 +252,6 @@ def check(spec: Spec, w: WeightSource, args: DecoderArgs, source: str) -> None:
             f"{source}: layer_types must list {layers} entries of {FULL!r} or {SLIDING!r}"
         )
     rotaries(spec, args, source)  # refuses unsupported rope types and bad rope values by name
-    if len(rope_layers(spec, args)) != layers:
-        raise InputError(f"{source}: no_rope_layers must list {layers} entries of 0 or 1")
     expect_shape(w, ANCHOR, (vocab, d))
     bias = _biases(spec, args)
     for i in range(layers):
