@@ -285,3 +285,18 @@ def test_smollm3_steps_say_which_layer_has_no_position_encoding():
         assert nope == (layer == 3) and ("Q_rot" not in names) == (layer == 3)
         raw = next(s for s in steps if s.name == "W_raw")
         assert raw.formula == ("Q·Kᵀ" if layer == 3 else "Q_rot·K_rotᵀ")
+
+
+def test_olmo2_steps_say_how_it_normalises():
+    import attn_cli
+    from tests.test_decoders_fixtures import FIXTURES
+
+    trace = attn_cli.load_model(FIXTURES / "tiny_olmo2").trace("the cat sat")
+    steps = {s.name: s for s in trace.steps if s.layer == 1 and s.head in (None, 0)}
+    assert (
+        steps["X"].formula == "hidden states" and "not normalised first" in steps["X"].description
+    )
+    assert steps["Q_norm"].formula == "RMSNorm(Q of every head)"
+    assert "all heads are normalised together" in steps["K_norm"].description
+    arch = trace.config["architecture"]
+    assert arch["qk_norm"] is True and "nope_layers" not in arch

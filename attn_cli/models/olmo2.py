@@ -9,6 +9,7 @@ llama.cpp's "olmo2" architecture keeps HF's q/k row order (NeoX-style rotary).""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from attn_cli.models._decoder import (
     GGUF_LAYER_TENSORS,
@@ -21,6 +22,9 @@ from attn_cli.models._decoder import (
 )
 from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, arg
 from attn_cli.models.registry import Config, GGUFTable, WeightSource
+
+if TYPE_CHECKING:
+    from attn_cli.narrate import StageContext
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,11 +72,22 @@ def attn_out_norm(w: WeightSource, i: int, cfg: Config) -> tuple:
     return g, None, float(args.rms_norm_eps), True, "attn"
 
 
+def _qk_norm(c: StageContext) -> tuple[str, str]:
+    letter = c.stage.name[0]
+    what = "queries" if letter == "Q" else "keys"
+    return f"RMSNorm({c.latest(letter)} of every head)", (
+        f"A token's {what} of all heads are normalised together, as one vector (RMSNorm over "
+        f"the whole {letter.lower()}_proj output, with its own learned scale), then split into "
+        "heads again and rotated: the heads share one size, not one each."
+    )
+
+
 FAMILY = decoder_family(
     "olmo2",
     SPECS,
     mask="The model reads left to right: a token may not look at later tokens, so their scores are −∞.",
     norm=None,
     attn_out_norm=attn_out_norm,
+    stage_texts={"Q_norm": _qk_norm, "K_norm": _qk_norm},
     gguf=(GGUF,),
 )
