@@ -300,3 +300,14 @@ def test_olmo2_steps_say_how_it_normalises():
     assert "all heads are normalised together" in steps["K_norm"].description
     arch = trace.config["architecture"]
     assert arch["qk_norm"] is True and "nope_layers" not in arch
+
+
+@pytest.mark.reference
+def test_smollm3_slides_a_window_on_its_nope_layers(tiny):
+    """With use_sliding_window, SmolLM3Config makes the NoPE layers the sliding ones."""
+    d = tiny("smollm3", use_sliding_window=True, sliding_window=4)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["layer_types"] == ["full_attention"] * 3 + ["sliding_attention"]
+    out = _check_against_reference(d, 4)
+    i, j = np.indices((len(IDS), len(IDS)))
+    assert (out["maps"][3][:, j <= i - 4] == 0).all() and (out["maps"][2][:, j <= i] > 0).all()
