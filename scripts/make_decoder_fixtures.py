@@ -11,6 +11,10 @@
                                 window of 5), byte-level BPE tokenizer
   tests/fixtures/tiny_qwen2/    a random Qwen2 (q/k/v biases, YaRN rope scaling past an 8-token
                                 original length), byte-level BPE tokenizer
+  tests/fixtures/tiny_olmo2/    a random OLMo 2 (norms after attention and the MLP, none before;
+                                q/k RMSNorm over all heads at once), byte-level BPE tokenizer
+  tests/fixtures/tiny_smollm3/  a random SmolLM3 with 4 layers, the last without rotary
+                                embeddings (NoPE), byte-level BPE tokenizer
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -18,6 +22,7 @@ logits of the last three positions (3, vocab) from the eager float32 pass on tho
 numpy forward pass against them without torch.
 
 Run:  python scripts/make_decoder_fixtures.py           (needs torch and transformers)
+      python scripts/make_decoder_fixtures.py tiny_olmo2 (only the fixtures named)
       python scripts/make_decoder_fixtures.py --check   (rebuild in a temporary directory and
                                                          compare with the committed files)
 """
@@ -47,6 +52,7 @@ CORPUS = [
     "hi how are you",
 ] * 4
 
+KNOWN = {"tiny_llama", "tiny_gemma3", "tiny_phi3", "tiny_qwen2", "tiny_olmo2", "tiny_smollm3"}
 LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
 # Smaller than tests/decoder_utils.COMMON (which still gives the 4 query heads on 2 key/value
 # heads); the vocabulary is the tokenizer's.
@@ -142,12 +148,17 @@ def make(
     print(f"{d}: {len(ids)} tokens, {size / 1024:.0f} KB")
 
 
-def make_all(root: Path = FIXTURES) -> None:
-    make(
+def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
+    """Every fixture under `root` (or only those named in `only`)."""
+
+    def fixture(name: str, *args, **config) -> None:
+        if only is None or name in only:
+            make(name, *args, root=root, **config)
+
+    fixture(
         "tiny_llama",
         "llama",
         byte_level_tokenizer(300),
-        root=root,
         rope_parameters={
             "rope_type": "llama3",
             "rope_theta": 500000.0,
@@ -161,12 +172,11 @@ def make_all(root: Path = FIXTURES) -> None:
         eos_token_id=0,
         pad_token_id=None,
     )
-    make(
+    fixture(
         "tiny_gemma3",
         "gemma3_text",
         sentencepiece_tokenizer(320),
         shard="20KB",
-        root=root,
         query_pre_attn_scalar=8,
         sliding_window=3,
         layer_types=["sliding_attention", "full_attention"],
@@ -180,11 +190,10 @@ def make_all(root: Path = FIXTURES) -> None:
         eos_token_id=1,
         bos_token_id=2,
     )
-    make(
+    fixture(
         "tiny_phi3",
         "phi3",
         byte_level_tokenizer(300),
-        root=root,
         partial_rotary_factor=0.5,
         sliding_window=5,
         original_max_position_embeddings=4,
@@ -198,11 +207,10 @@ def make_all(root: Path = FIXTURES) -> None:
         eos_token_id=0,
         pad_token_id=0,
     )
-    make(
+    fixture(
         "tiny_qwen2",
         "qwen2",
         byte_level_tokenizer(300),
-        root=root,
         rope_parameters={
             "rope_type": "yarn",
             "rope_theta": 10000.0,
@@ -212,6 +220,24 @@ def make_all(root: Path = FIXTURES) -> None:
         tie_word_embeddings=False,
         bos_token_id=0,
         eos_token_id=0,
+    )
+    fixture(
+        "tiny_olmo2",
+        "olmo2",
+        byte_level_tokenizer(300),
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    fixture(
+        "tiny_smollm3",
+        "smollm3",
+        byte_level_tokenizer(300),
+        num_hidden_layers=4,  # layer 3 is NoPE (no_rope_layer_interval 4)
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
 
 
@@ -225,9 +251,10 @@ def check() -> int:
 def main() -> None:
     if sys.argv[1:] == ["--check"]:
         raise SystemExit(check())
-    if sys.argv[1:]:
-        raise SystemExit("usage: python scripts/make_decoder_fixtures.py [--check]")
-    make_all()
+    names = set(sys.argv[1:])
+    if names - KNOWN:
+        raise SystemExit("usage: python scripts/make_decoder_fixtures.py [--check | NAME …]")
+    make_all(only=names or None)
 
 
 if __name__ == "__main__":

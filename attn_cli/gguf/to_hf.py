@@ -221,7 +221,8 @@ def build(
     except _MALFORMED as exc:
         raise InputError(f"{fname}: malformed metadata ({show(str(exc), 100)})") from None
     for hf, recipe in plan.items():
-        got, want = recipe_shape(recipe, header.tensors), expected_shape(hf, cfg)
+        got = recipe_shape(recipe, header.tensors)
+        want = expected_shape(hf, cfg, table.qk_norm_full)
         if got != want:
             raise InputError(
                 f"{fname}: {', '.join(recipe.sources)} has shape {list(got)}, but the "
@@ -375,8 +376,9 @@ def recipe_shape(r: Recipe, tensors: dict[str, Any]) -> tuple[int, ...]:
     return (first, *shapes[0][1:])
 
 
-def expected_shape(name: str, cfg: dict[str, Any]) -> tuple[int, ...]:
-    """What the HF model of this config has for tensor ``name``."""
+def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -> tuple[int, ...]:
+    """What the HF model of this config has for tensor ``name`` (`qk_norm_full`: q/k norms
+    over all heads at once, OLMo 2)."""
     h, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg["head_dim"]
     qd, kd = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
@@ -385,8 +387,8 @@ def expected_shape(name: str, cfg: dict[str, Any]) -> tuple[int, ...]:
     out = {
         "embed_tokens": (v, h),
         "lm_head": (v, h),
-        "q_norm": (hd,),
-        "k_norm": (hd,),
+        "q_norm": (qd,) if qk_norm_full else (hd,),
+        "k_norm": (kd,) if qk_norm_full else (hd,),
         "q_proj": (qd, h),
         "k_proj": (kd, h),
         "v_proj": (kd, h),

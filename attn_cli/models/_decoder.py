@@ -53,6 +53,7 @@ from attn_cli.models.registry import (
     Dims,
     Family,
     GGUFSources,
+    NormPlacement,
     WeightSource,
     Wording,
     families,
@@ -133,6 +134,13 @@ class Spec:
     qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm on each head's q and k before RoPE
     fused: bool = False  # Phi-3: one qkv_proj and one gate_up_proj
     sandwich: bool = False  # Gemma 2/3: norms after attention and around the MLP
+    # OLMo 2: no input norm; RMSNorm on the attention and MLP outputs before each residual sum
+    # (post_attention_layernorm, post_feedforward_layernorm)
+    post_norm: bool = False
+    qk_norm_full: bool = False  # OLMo 2: q/k RMSNorm over all heads at once (H·head_dim)
+    # SmolLM3: per layer, whether it applies the rotary embedding (None: every layer does);
+    # a layer without one (NoPE) has no position encoding at all, only the causal mask
+    rope_layers: Callable[[Any], list[bool]] | None = None
     act_keys: tuple[str, ...] = ("hidden_act",)
     default_act: str = "silu"
     gelu_means_tanh: bool = False  # Gemma 1: transformers reads a legacy "gelu" as tanh-GELU
@@ -196,6 +204,13 @@ def layer_kinds(spec: Spec, args: DecoderArgs) -> list[str]:
     return spec.layer_types(args)
 
 
+def rope_layers(spec: Spec, args: DecoderArgs) -> list[bool]:
+    """Whether each layer applies the rotary embedding (False: a NoPE layer)."""
+    if spec.rope_layers is None:
+        return [True] * args.num_hidden_layers
+    return spec.rope_layers(args)
+
+
 def tied(args: DecoderArgs, w: WeightSource) -> bool:
     return bool(args.tie_word_embeddings) or "lm_head.weight" not in w
 
@@ -241,7 +256,8 @@ def check(spec: Spec, w: WeightSource, args: DecoderArgs, source: str) -> None:
     bias = _biases(spec, args)
     for i in range(layers):
         p = f"layers.{i}."
-        expect_shape(w, p + "input_layernorm.weight", (d,))
+        if not spec.post_norm:
+            expect_shape(w, p + "input_layernorm.weight", (d,))
         expect_shape(w, p + "post_attention_layernorm.weight", (d,))
         if spec.sandwich:
             expect_shape(w, p + "pre_feedforward_layernorm.weight", (d,))
@@ -261,9 +277,12 @@ def check(spec: Spec, w: WeightSource, args: DecoderArgs, source: str) -> None:
         if bias["o"]:
             expect_shape(w, att + "o_proj.bias", (d,))
         expect_shape(w, p + "mlp.down_proj.weight", (d, inter))
+        if spec.post_norm:
+            expect_shape(w, p + "post_feedforward_layernorm.weight", (d,))
         if spec.qk_norm:
-            expect_shape(w, att + "q_norm.weight", (hd,))
-            expect_shape(w, att + "k_norm.weight", (hd,))
+            full = spec.qk_norm_full
+            expect_shape(w, att + "q_norm.weight", (heads * hd if full else hd,))
+            expect_shape(w, att + "k_norm.weight", (kv * hd if full else hd,))
     expect_shape(w, "norm.weight", (d,))
     if not tied(args, w):
         expect_shape(w, "lm_head.weight", (vocab, d))
@@ -301,19 +320,29 @@ def qk_hook(
     w: WeightSource,
     prefix: str,
     eps: float,
-    rot: rope.Rotary,
+    rot: rope.Rotary | None,
     cos: np.ndarray,
     sin: np.ndarray,
 ) -> Callable[[np.ndarray, np.ndarray], list[QKStage]]:
-    """q/k norms (if the model has them), then the rotary embedding: stages 'norm' and 'rot'."""
+    """q/k norms (if the model has them), then the rotary embedding (unless `rot` is None: a
+    NoPE layer): stages 'norm' and 'rot'."""
+
+    def norm(x: np.ndarray, name: str) -> np.ndarray:
+        g = w[prefix + name]
+        if not spec.qk_norm_full:
+            return rms_norm(x, g, eps, spec.norm_offset)
+        heads, n, hd = x.shape  # one RMSNorm over every head's numbers of a token
+        flat = x.transpose(1, 0, 2).reshape(n, heads * hd)
+        flat = rms_norm(flat, g, eps, spec.norm_offset)
+        return flat.reshape(n, heads, hd).transpose(1, 0, 2)
 
     def hook(q: np.ndarray, k: np.ndarray) -> list[QKStage]:
         stages: list[QKStage] = []
         if spec.qk_norm:
-            q = rms_norm(q, w[prefix + "q_norm.weight"], eps, spec.norm_offset)
-            k = rms_norm(k, w[prefix + "k_norm.weight"], eps, spec.norm_offset)
+            q, k = norm(q, "q_norm.weight"), norm(k, "k_norm.weight")
             stages.append(("norm", q, k))
-        stages.append(("rot", rot.apply(q, cos, sin), rot.apply(k, cos, sin)))
+        if rot is not None:
+            stages.append(("rot", rot.apply(q, cos, sin), rot.apply(k, cos, sin)))
         return stages
 
     return hook
@@ -328,6 +357,7 @@ def layers(
     act = activation(activation_name(spec, args))
     bias = _biases(spec, args)
     kinds = layer_kinds(spec, args)
+    with_rope = rope_layers(spec, args)
     rots = rotaries(spec, args, source)
     tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
     width = window(spec, args)
@@ -342,7 +372,7 @@ def layers(
         a = p + "self_attn."
         kind = kinds[i]
         # X: what W_q, W_k, W_v multiply
-        a_in = _norm(spec, w, p + "input_layernorm.weight", x, eps)
+        a_in = x if spec.post_norm else _norm(spec, w, p + "input_layernorm.weight", x, eps)
         if spec.fused:
             qkv = w[a + "qkv_proj.weight"].T  # [d, (H + 2·KV)·hd]
             wq, wk, wv = np.split(qkv, [heads * hd, (heads + kv) * hd], axis=1)
@@ -354,7 +384,7 @@ def layers(
         wo, bo = _linear(w, a + "o_proj", bias["o"])
         params = AttentionParams(wq, wk, wv, heads, kv, bq, bk, bv, wo, bo)
         cos, sin = tables[kind]
-        hook = qk_hook(spec, w, a, eps, rots[kind], cos, sin)
+        hook = qk_hook(spec, w, a, eps, rots[kind] if with_rope[i] else None, cos, sin)
         record = multi_head_attention(
             a_in,
             params,
@@ -364,15 +394,19 @@ def layers(
             cap=None if cap is None else float(cap),
             resid=x,
         )
+        record.facts["rope"] = with_rope[i]
         assert record.output is not None
         o = record.output
-        if spec.sandwich:
+        if spec.sandwich or spec.post_norm:
             o = _norm(spec, w, p + "post_attention_layernorm.weight", o, eps)
         h = x + o  # residual
-        mlp_norm = "pre_feedforward_layernorm" if spec.sandwich else "post_attention_layernorm"
-        m = _norm(spec, w, p + mlp_norm + ".weight", h, eps)
+        if spec.post_norm:
+            m = h
+        else:
+            mlp_norm = "pre_feedforward_layernorm" if spec.sandwich else "post_attention_layernorm"
+            m = _norm(spec, w, p + mlp_norm + ".weight", h, eps)
         ff = _mlp(spec, w, p + "mlp.", m, act, bias["mlp"])
-        if spec.sandwich:
+        if spec.sandwich or spec.post_norm:
             ff = _norm(spec, w, p + "post_feedforward_layernorm.weight", ff, eps)
         out = h + ff
         yield LayerRecord([record], out)
@@ -475,7 +509,16 @@ def describe(cfg: Config) -> dict[str, Any]:
         if scaling != 1.0:  # yarn, longrope: what cos and sin are multiplied by
             info["attention_factor"] = scaling
         rope_info[kind] = info
+    # only the models that have them carry these keys (older traces' configs stay as they were)
+    own: dict[str, Any] = {}
+    if spec.qk_norm_full:
+        own["qk_norm_width"] = "all heads at once (H·head_dim)"
+    if spec.post_norm:
+        own["norm_placement"] = "after attention and after the MLP, before each residual sum"
+    if spec.rope_layers is not None:
+        own["nope_layers"] = [i for i, r in enumerate(rope_layers(spec, args)) if not r]
     return {
+        **own,
         "kv_heads": kv,
         "query_heads_per_kv_head": heads // kv,
         "head_dim": hd,
@@ -539,7 +582,7 @@ def decoder_family(
     specs: Mapping[str, Spec],
     mask: str,
     multiplies: str = "W_q, W_k and W_v",
-    norm: str = "RMSNorm (input_layernorm)",
+    norm: str | None = "RMSNorm (input_layernorm)",  # None: no input norm (OLMo 2)
     model_types: tuple[str, ...] | None = None,
     **extra: Any,
 ) -> Family:
@@ -552,21 +595,32 @@ def decoder_family(
         source = "the token embeddings" if i == 0 else f"layer {i - 1}'s output"
         if i == 0 and scaled:
             source = "the scaled token embeddings"
+        if norm is None:
+            return (
+                f" ({source}), not normalised first: what {multiplies} multiply (this model "
+                "normalises each sublayer's output instead)."
+            )
         return f" ({source}) after the layer's {norm}: what {multiplies} multiply."
 
     bound = bind(specs, **{k: extra.pop(k) for k in ("adapt",) if k in extra})
+    # OLMo 2 normalises each sublayer's output before the residual sum and has no input norm
+    placement: NormPlacement = "pre"
+    if any(spec.sandwich for spec in specs.values()):
+        placement = "sandwich"
+    elif any(spec.post_norm for spec in specs.values()):
+        placement = "post"
     return Family(
         name=name,
         model_types=model_types or tuple(specs),
         anchor=ANCHOR,
         causal=True,
-        norm="sandwich" if any(spec.sandwich for spec in specs.values()) else "pre",
+        norm=placement,
         linear_values=True,
         sentence_pairs=False,
         **bound,
         **extra,
         wording=Wording(
-            x_formula="input_layernorm(hidden states)",
+            x_formula="hidden states" if norm is None else "input_layernorm(hidden states)",
             x_description=x_description,
             mask=mask,
             final="The model's output: one vector per token after every layer and the final RMSNorm.",

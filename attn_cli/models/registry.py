@@ -93,6 +93,7 @@ class GGUFTable:
     permute_qk: bool = False  # q/k rows in ggml's rotary order (LlamaModel.permute)
     norm_shift: float = 0.0  # every *norm.weight stored as shift + w (Gemma: 1 + w)
     fused_qkv: bool = False  # the HF model has one qkv_proj (Phi-3)
+    qk_norm_full: bool = False  # q/k norms over all heads at once, H·head_dim wide (OLMo 2)
     # What no table can say (values that depend on several keys, config from tensors):
     # adapt(metadata reader, config being built), see gguf/to_hf.py's MetadataReader.
     adapt: Callable[[Any, dict[str, Any]], None] | None = None
