@@ -11,6 +11,9 @@
                                 window of 5), byte-level BPE tokenizer
   tests/fixtures/tiny_qwen2/    a random Qwen2 (q/k/v biases, YaRN rope scaling past an 8-token
                                 original length), byte-level BPE tokenizer
+  tests/fixtures/tiny_gpt_oss/  a random gpt-oss (a sink logit per head around 1, a 4-token
+                                sliding-window layer then a full one, YaRN, 4 experts top 2),
+                                byte-level BPE tokenizer
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -27,6 +30,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +119,15 @@ def sentencepiece_tokenizer(vocab_size: int):
 
 
 def make(
-    name: str, model_type: str, tokenizer, shard: str | None = None, root: Path = FIXTURES, **config
+    name: str,
+    model_type: str,
+    tokenizer,
+    shard: str | None = None,
+    root: Path = FIXTURES,
+    prepare: Callable[[Path], None] | None = None,
+    **config,
 ) -> None:
+    """One fixture; `prepare` rewrites the saved weights before the reference pass."""
     d = root / name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -124,6 +135,8 @@ def make(
     build_random_model(
         model_type, d, seed=1234, shard=shard, overrides={**SMALL, "vocab_size": vocab, **config}
     )
+    if prepare is not None:
+        prepare(d)
     tokenizer.save(str(d / "tokenizer.json"))
     ids = tokenizer.encode(SENTENCE).ids
     ref = reference(d, ids)
@@ -140,6 +153,21 @@ def make(
     (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     size = sum(f.stat().st_size for f in d.iterdir())
     print(f"{d}: {len(ids)} tokens, {size / 1024:.0f} KB")
+
+
+def visible_sinks(directory: Path) -> None:
+    """gpt-oss's sink logits drawn around 1 (the random init's are near 0 and take little mass)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    gen = torch.Generator().manual_seed(1234)
+    for name in sorted(tensors):
+        if name.endswith("self_attn.sinks"):
+            t = tensors[name]
+            tensors[name] = (torch.randn(t.shape, generator=gen) + 1.0).to(t.dtype)
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def make_all(root: Path = FIXTURES) -> None:
@@ -212,6 +240,29 @@ def make_all(root: Path = FIXTURES) -> None:
         tie_word_embeddings=False,
         bos_token_id=0,
         eos_token_id=0,
+    )
+    make(
+        "tiny_gpt_oss",
+        "gpt_oss",
+        byte_level_tokenizer(300),
+        root=root,
+        prepare=visible_sinks,
+        sliding_window=4,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=32,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 4.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": 8,
+        },
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
 
 
