@@ -49,7 +49,11 @@ def set_sinks(directory: Path, value: float | None, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed)
     for name, t in tensors.items():
         if name.endswith("self_attn.sinks"):
-            new = torch.full_like(t, value) if value is not None else torch.randn(t.shape, generator=gen) + 1.0
+            new = (
+                torch.full_like(t, value)
+                if value is not None
+                else torch.randn(t.shape, generator=gen) + 1.0
+            )
             tensors[name] = new.to(t.dtype)
     save_file(tensors, str(path), metadata={"format": "pt"})
 

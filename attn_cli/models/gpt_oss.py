@@ -207,6 +207,7 @@ def sink_attention(
     weights = rec.add("W", probs[..., :-1], "partial_weights", QUERY_HEADS, QUERY, KEY)
     rec.add("sink", probs[..., -1:], "relevance", QUERY_HEADS, QUERY, ("sink",))
     y = rec.add("Y", weights @ att.repeat_kv(v, heads), heads=QUERY_HEADS, cols=Dims("v"))
+    assert p.w_o is not None  # every gpt-oss layer has its output projection
     rec.output = att.linear(att.merge_heads(y), p.w_o, p.b_o)  # [n, H·d_v] @ [H·d_v, d]
     rec.facts.update(scale=scale, cap=None, temperature=1.0, d_k=d_k, sinks=sinks)
     return rec
@@ -253,7 +254,9 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
     for i in range(args.num_hidden_layers):
         p = f"layers.{i}."
         a = p + "self_attn."
-        proj = {name: (w[a + f"{name}_proj.weight"].T, w[a + f"{name}_proj.bias"]) for name in "qkvo"}
+        proj = {
+            name: (w[a + f"{name}_proj.weight"].T, w[a + f"{name}_proj.bias"]) for name in "qkvo"
+        }
         params = att.AttentionParams(
             proj["q"][0],
             proj["k"][0],
@@ -272,7 +275,9 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
         record = sink_attention(a_in, params, w[a + "sinks"], masks[kind], rots[kind], cos, sin, x)
         assert record.output is not None
         h = x + record.output
-        ff, routing = moe(w, p + "mlp.", rms_norm(h, w[p + "post_attention_layernorm.weight"], eps), args)
+        ff, routing = moe(
+            w, p + "mlp.", rms_norm(h, w[p + "post_attention_layernorm.weight"], eps), args
+        )
         record.add("router", routing, "relevance", None, QUERY, experts)
         out = h + ff
         yield LayerRecord([record], out)
@@ -314,7 +319,7 @@ def _sink(c: StageContext) -> tuple[str, str]:
 
 def _router(c: StageContext) -> tuple[str, str]:
     k = int(np.count_nonzero(c.data[0])) if len(c.data) else 0
-    return f"softmax(top-{k}(X_mlp·W_routerᵀ + b))", (
+    return f"softmax(top-{k}(post_attention_layernorm(h)·W_routerᵀ + b))", (
         f"The mixture-of-experts router: each token's weight on each of the {c.data.shape[1]} "
         f"experts. Only its top {k} experts run on it (their weights sum to 1); the rest are 0."
     )
