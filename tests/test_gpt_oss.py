@@ -16,7 +16,7 @@ import pytest
 from attn_cli.errors import InputError
 from attn_cli.models.gpt_oss import GptOssArgs
 from tests.conftest import ROOT, require
-from tests.decoder_utils import attention_maps, build_random_model, reference, run
+from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]  # 14 tokens > the window (4)
 TINY = dict(
@@ -162,3 +162,35 @@ def test_defaults_are_transformers_gpt_oss_config():
     )
     assert (args.num_local_experts, args.num_experts_per_tok, args.sliding_window) == (128, 4, 128)
     assert (args.swiglu_alpha, args.swiglu_limit, args.attention_bias) == (1.702, 7.0, True)
+
+
+def test_hub_style_rope_keys_give_the_same_maps():
+    """gpt-oss-20b's config.json writes rope_theta and rope_scaling (transformers 4 style)."""
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    hub = {k: v for k, v in cfg.items() if k != "rope_parameters"}
+    rope = dict(cfg["rope_parameters"])
+    hub["rope_theta"] = rope.pop("rope_theta")
+    hub["rope_scaling"] = rope
+    ids = np.load(FIXTURE / "expected.npz")["ids"].tolist()
+    np.testing.assert_array_equal(
+        attention_maps(run(FIXTURE, ids, hub)), attention_maps(run(FIXTURE, ids, cfg))
+    )
+    # and without any rope settings, GptOssConfig's YaRN (factor 32 over 4,096 tokens)
+    plain = {k: v for k, v in hub.items() if k != "rope_scaling"}
+    described = run(FIXTURE, ids, plain)["family"].describe(plain)["rope"]["full_attention"]
+    assert (described["type"], described["factor"]) == ("yarn", 32.0)
+    assert described["original_max_position_embeddings"] == 4096
+
+
+def test_mxfp4_experts_are_refused_in_one_line():
+    """The hub's gpt-oss checkpoints store experts as MXFP4 blocks and scales."""
+    from attn_cli.models.weights import SafetensorsWeights
+
+    class Mxfp4(SafetensorsWeights):
+        def __contains__(self, name: object) -> bool:
+            return name == "layers.0.mlp.experts.gate_up_proj_blocks" or super().__contains__(name)
+
+    fam = family("gpt_oss")
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    with pytest.raises(InputError, match=r"MXFP4 \(gate_up_proj_blocks\).*Mxfp4Config"):
+        fam.check(Mxfp4(FIXTURE, fam.anchor), cfg)

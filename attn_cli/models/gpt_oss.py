@@ -143,6 +143,12 @@ def check(w: WeightSource, cfg: Config) -> None:
             f"{SLIDING!r}"
         )
     rotaries(spec, args, source)  # refuses unsupported rope types and bad rope values by name
+    if "layers.0.mlp.experts.gate_up_proj_blocks" in w:
+        raise InputError(
+            f"{source}: this checkpoint stores its experts in MXFP4 (gate_up_proj_blocks), "
+            "which is not read yet: load it in transformers with "
+            "Mxfp4Config(dequantize=True) and save_pretrained it in bf16"
+        )
     expect_shape(w, ANCHOR, (args.vocab_size, d))
     for i in range(args.num_hidden_layers):
         p = f"layers.{i}."
