@@ -285,6 +285,7 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
             w, p + "mlp.", rms_norm(h, w[p + "post_attention_layernorm.weight"], eps), args
         )
         record.add("router", routing, "relevance", None, QUERY, experts)
+        record.facts["top_k"] = args.num_experts_per_tok
         out = h + ff
         yield LayerRecord([record], out)
         x = out
@@ -324,7 +325,7 @@ def _sink(c: StageContext) -> tuple[str, str]:
 
 
 def _router(c: StageContext) -> tuple[str, str]:
-    k = int(np.count_nonzero(c.data[0])) if len(c.data) else 0
+    k = c.record.facts["top_k"]
     return f"softmax(top-{k}(post_attention_layernorm(h)·W_routerᵀ + b))", (
         f"The mixture-of-experts router: each token's weight on each of the {c.data.shape[1]} "
         f"experts. Only its top {k} experts run on it (their weights sum to 1); the rest are 0."
