@@ -194,3 +194,31 @@ def test_mxfp4_experts_are_refused_in_one_line():
     cfg = json.loads((FIXTURE / "config.json").read_text())
     with pytest.raises(InputError, match=r"MXFP4 \(gate_up_proj_blocks\).*Mxfp4Config"):
         fam.check(Mxfp4(FIXTURE, fam.anchor), cfg)
+
+
+def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
+    from attn_cli.models.weights import SafetensorsWeights
+
+    fam = family("gpt_oss")
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    read: list[tuple[str, tuple[int, ...]]] = []
+
+    class Recording(SafetensorsWeights):
+        def __getitem__(self, name: str) -> np.ndarray:
+            assert not name.endswith(("gate_up_proj", "down_proj")), f"{name} read whole"
+            return super().__getitem__(name)
+
+        def rows(self, name: str, ids: list[int]) -> np.ndarray:
+            read.append((name, tuple(ids)))
+            return super().rows(name, ids)
+
+    w = Recording(FIXTURE, fam.anchor)
+    ids = [5, 17, 3]  # three tokens, top 2 of 4 experts: some experts get no token
+    x = fam.embed(w, ids, cfg)
+    read.clear()
+    for i, layer in enumerate(fam.layers(w, x, cfg)):
+        routed = set(np.flatnonzero(layer.attention["router"].any(axis=0)).tolist())
+        gate_up = {e for name, (e,) in read if name == f"layers.{i}.mlp.experts.gate_up_proj"}
+        down = {e for name, (e,) in read if name == f"layers.{i}.mlp.experts.down_proj"}
+        assert gate_up == down == routed
+    assert any(len(set(e for n, (e,) in read if f"layers.{i}." in n)) < 4 for i in range(2))

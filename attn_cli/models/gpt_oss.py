@@ -228,18 +228,20 @@ def moe(w: WeightSource, p: str, x: np.ndarray, args: GptOssArgs) -> tuple[np.nd
     chosen = np.take_along_axis(logits, top, axis=-1)
     routing = np.zeros_like(logits)
     np.put_along_axis(routing, top, att.row_softmax(chosen), axis=-1)
-    gate_up_w, gate_up_b = w[p + "experts.gate_up_proj"], w[p + "experts.gate_up_proj_bias"]
-    down_w, down_b = w[p + "experts.down_proj"], w[p + "experts.down_proj_bias"]
+    gate_up_b, down_b = w[p + "experts.gate_up_proj_bias"], w[p + "experts.down_proj_bias"]
     alpha, limit = np.float32(args.swiglu_alpha), np.float32(args.swiglu_limit)
     out = np.zeros_like(x)
-    for e in np.flatnonzero((routing > 0).any(axis=0)):
+    for e in (int(e) for e in np.flatnonzero((routing > 0).any(axis=0))):
         tokens = np.flatnonzero(routing[:, e] > 0)
-        gate_up = x[tokens] @ gate_up_w[e] + gate_up_b[e]  # [t, d] @ [d, 2·inter]
+        # one expert's matrices at a time, read only when a token routes to it
+        gate_up_w = w.rows(p + "experts.gate_up_proj", [e])[0]  # [d, 2·inter]
+        down_w = w.rows(p + "experts.down_proj", [e])[0]  # [inter, d]
+        gate_up = x[tokens] @ gate_up_w + gate_up_b[e]  # [t, d] @ [d, 2·inter]
         gate = np.minimum(gate_up[:, ::2], limit)  # gate and up are interleaved columns
         up = np.clip(gate_up[:, 1::2], -limit, limit)
         with np.errstate(over="ignore"):  # exp overflows to inf for very negative gates: glu → 0
             glu = gate / (np.float32(1.0) + np.exp(-alpha * gate))  # gate·σ(α·gate)
-        y = ((up + 1) * glu) @ down_w[e] + down_b[e]  # [t, inter] @ [inter, d]
+        y = ((up + 1) * glu) @ down_w + down_b[e]  # [t, inter] @ [inter, d]
         out[tokens] += y * routing[tokens, e][:, None]
     return out, routing
 
