@@ -645,10 +645,12 @@ STEP_NAMES = (
     "W_capped",
     "W_masked",
     "W",
+    "sink",  # gpt-oss: each row's mass to the attention sink
     "Y",
     "Y_concat",
     "W_o",
     "O",
+    "router",  # mixture-of-experts layers: each token's weight on each expert
     "H",
     "W_pool",
     "pooled",

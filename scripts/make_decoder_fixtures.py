@@ -15,6 +15,9 @@
                                 q/k RMSNorm over all heads at once), byte-level BPE tokenizer
   tests/fixtures/tiny_smollm3/  a random SmolLM3 with 4 layers, the last without rotary
                                 embeddings (NoPE), byte-level BPE tokenizer
+  tests/fixtures/tiny_gpt_oss/  a random gpt-oss (a sink logit per head around 1, a 4-token
+                                sliding-window layer then a full one, YaRN, 4 experts top 2),
+                                byte-level BPE tokenizer
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -32,6 +35,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +56,15 @@ CORPUS = [
     "hi how are you",
 ] * 4
 
-KNOWN = {"tiny_llama", "tiny_gemma3", "tiny_phi3", "tiny_qwen2", "tiny_olmo2", "tiny_smollm3"}
+KNOWN = {
+    "tiny_llama",
+    "tiny_gemma3",
+    "tiny_phi3",
+    "tiny_qwen2",
+    "tiny_olmo2",
+    "tiny_smollm3",
+    "tiny_gpt_oss",
+}
 LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
 # Smaller than tests/decoder_utils.COMMON (which still gives the 4 query heads on 2 key/value
 # heads); the vocabulary is the tokenizer's.
@@ -121,8 +133,15 @@ def sentencepiece_tokenizer(vocab_size: int):
 
 
 def make(
-    name: str, model_type: str, tokenizer, shard: str | None = None, root: Path = FIXTURES, **config
+    name: str,
+    model_type: str,
+    tokenizer,
+    shard: str | None = None,
+    root: Path = FIXTURES,
+    prepare: Callable[[Path], None] | None = None,
+    **config,
 ) -> None:
+    """One fixture; `prepare` rewrites the saved weights before the reference pass."""
     d = root / name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -130,6 +149,8 @@ def make(
     build_random_model(
         model_type, d, seed=1234, shard=shard, overrides={**SMALL, "vocab_size": vocab, **config}
     )
+    if prepare is not None:
+        prepare(d)
     tokenizer.save(str(d / "tokenizer.json"))
     ids = tokenizer.encode(SENTENCE).ids
     ref = reference(d, ids)
@@ -146,6 +167,21 @@ def make(
     (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     size = sum(f.stat().st_size for f in d.iterdir())
     print(f"{d}: {len(ids)} tokens, {size / 1024:.0f} KB")
+
+
+def visible_sinks(directory: Path) -> None:
+    """gpt-oss's sink logits drawn around 1 (the random init's are near 0 and take little mass)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    gen = torch.Generator().manual_seed(1234)
+    for name in sorted(tensors):
+        if name.endswith("self_attn.sinks"):
+            t = tensors[name]
+            tensors[name] = (torch.randn(t.shape, generator=gen) + 1.0).to(t.dtype)
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
@@ -235,6 +271,28 @@ def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
         "smollm3",
         byte_level_tokenizer(300),
         num_hidden_layers=4,  # layer 3 is NoPE (no_rope_layer_interval 4)
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    fixture(
+        "tiny_gpt_oss",
+        "gpt_oss",
+        byte_level_tokenizer(300),
+        prepare=visible_sinks,
+        sliding_window=4,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=32,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 4.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": 8,
+        },
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,

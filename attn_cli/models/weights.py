@@ -247,11 +247,12 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         return finite(out, self.label, name)
 
     def rows(self, name: str, ids: list[int]) -> np.ndarray:
-        """Rows `ids` of a 2-D table (embeddings), reading only those rows."""
+        """Rows `ids` of a 2-D table (embeddings), reading only those rows; of a stacked tensor
+        (experts [E, …]), entries `ids` of its first axis."""
         t = self.info(name)
-        if len(t.shape) != 2 or t.dtype not in FLOATS:
+        if len(t.shape) < 2 or t.dtype not in FLOATS:
             raise InputError(f"{self.label}: {name!r} is not a 2-D floating-point table")
-        rows, width = t.shape
+        rows, width = t.shape[0], int(np.prod(t.shape[1:], dtype=np.int64))
         shard = self._shards[t.file]
         out = np.empty((len(ids), width), dtype=np.float32)
         size = STORED[t.dtype].itemsize
@@ -261,7 +262,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             out[r] = to_float32(shard.view(t, i * width, width), t.dtype)
         for i in ids:
             shard.release(t.start + i * width * size, t.start + (i + 1) * width * size)
-        return finite(out, self.label, name)
+        return finite(out.reshape(len(ids), *t.shape[1:]), self.label, name)
 
     def row_blocks(self, name: str, block: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
         """A 2-D table in blocks of rows, each converted to float32 and released in turn:
