@@ -20,8 +20,12 @@ from rich.text import Text
 from attn_cli.errors import InputError, opt
 from attn_cli.trace import escaped
 
-
 COLOR_SCALES = ("linear", "log")
+
+
+def check_color_scale(value: object) -> None:
+    if value not in COLOR_SCALES:
+        raise InputError(f"{opt('color_scale')} takes linear or log, got {value!r}")
 
 
 @dataclass
@@ -47,8 +51,7 @@ class RenderOptions:
                 raise InputError(f"{opt(name, value)}: must be {shown}")
         if self.pool not in ("max", "mean"):
             raise InputError(f"{opt('pool')} takes max or mean, got {self.pool!r}")
-        if self.color_scale not in COLOR_SCALES:
-            raise InputError(f"{opt('color_scale')} takes linear or log, got {self.color_scale!r}")
+        check_color_scale(self.color_scale)
 
 
 class TrimTrailingSpaces:

@@ -86,7 +86,9 @@ def shade_legend(scale: Scale, opts: RenderOptions, color: bool, what: str = "")
         text = scale_legend(scale, opts)
     else:
         lo, hi = scale.ends(opts.precision)
-        text = Text(f"shades ' ░▒▓█': {lo} … {hi}" + (" (log scale)" if scale.log else ""), style="dim")
+        text = Text(
+            f"shades ' ░▒▓█': {lo} … {hi}" + (" (log scale)" if scale.log else ""), style="dim"
+        )
     if what:
         text.append(what, style="dim")
     return text
