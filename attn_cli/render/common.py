@@ -314,5 +314,5 @@ def scale_legend(scale: Scale, opts: RenderOptions) -> Text:
     linear scale (scores, mixing weights, vectors), it says so."""
     text = scale.legend(opts.precision)
     if opts.color_scale == "log" and not scale.log:
-        text.append("; log scale is for weight maps only", style="dim")
+        text.append("; kept linear", style="dim")
     return text
