@@ -15,6 +15,7 @@ from attn_cli.errors import InputError
 from attn_cli.render.common import LEVELS, MASKED_STYLE, RenderOptions, Scale
 from attn_cli.trace import Trace
 from tests.conftest import invoke
+from tests.test_interactive import browser  # noqa: F401  (the fixture)
 
 TOKENS = ["<s>", "a", "b", "c"]
 # 0.97 on the first token in every row; the rest differ by 0.01 or 0.02.
@@ -158,3 +159,44 @@ def test_cli_bad_color_scale_is_one_line():
     r = invoke(["explain", "the cat sat", "--color-scale", "loud"])
     assert r.exit_code == 2
     assert r.output.strip() == "attn-cli: error: --color-scale takes linear or log, got 'loud'"
+
+
+def rgb_distance(a: str, b: str) -> float:
+    """Distance between two CSS colours 'rgb(r, g, b)'."""
+    ra, rb = (np.array([int(x) for x in re.findall(r"\d+", c)[:3]]) for c in (a, b))
+    return float(np.linalg.norm(ra - rb))
+
+
+@pytest.mark.reference
+def test_page_log_box_recolours_the_weights(browser, tmp_path):
+    from attn_cli.render.interactive import interactive_html
+    from tests.test_interactive import Opened
+
+    row_b = ".step[data-step='W'] tbody tr:nth-child(3) td"
+    colours = "tds => tds.map(t => getComputedStyle(t).backgroundColor)"
+    o = Opened(browser, interactive_html([sinky_trace()]), tmp_path)
+    page = o.page
+    assert not page.is_checked("#log-scale")
+    linear = page.eval_on_selector_all(row_b, colours)
+    assert rgb_distance(linear[1], linear[2]) < 12  # 0.01 and 0.02: (nearly) one colour
+    assert page.text_content("#legend-lo") == "0"
+    page.check("#log-scale")
+    log = page.eval_on_selector_all(row_b, colours)
+    assert rgb_distance(log[1], log[2]) > 20
+    assert page.text_content("#legend-lo") == "9.7e-5"
+    assert page.text_content("#legend-kind").startswith("log scale")
+    o.check_clean()
+    page.close()
+    # --color-scale log: the page opens on the log scale.
+    o = Opened(browser, interactive_html([sinky_trace()], color_scale="log"), tmp_path)
+    assert o.page.is_checked("#log-scale")
+    assert o.page.eval_on_selector_all(row_b, colours) == log
+    o.check_clean()
+    o.page.close()
+
+
+def test_page_refuses_a_bad_color_scale():
+    from attn_cli.render.interactive import interactive_html
+
+    with pytest.raises(InputError, match="color_scale takes linear or log"):
+        interactive_html([sinky_trace()], color_scale="loud")
