@@ -14,8 +14,8 @@ from rich.console import Console
 from attn_cli.errors import InputError
 from attn_cli.render.common import LEVELS, MASKED_STYLE, RenderOptions, Scale
 from attn_cli.trace import Trace
+from tests import test_interactive
 from tests.conftest import invoke
-from tests.test_interactive import browser  # noqa: F401  (the fixture)
 
 TOKENS = ["<s>", "a", "b", "c"]
 # 0.97 on the first token in every row; the rest differ by 0.01 or 0.02.
@@ -27,6 +27,7 @@ SINKY = np.array(
         [0.97, 0.01, 0.01, 0.01],
     ]
 )
+browser = test_interactive.browser  # headless Chromium, as the page's own tests start it
 CELL = re.compile(r"48;2;(\d+);(\d+);(\d+)m\s*(\d\.\d\d)")
 
 
@@ -170,11 +171,10 @@ def rgb_distance(a: str, b: str) -> float:
 @pytest.mark.reference
 def test_page_log_box_recolours_the_weights(browser, tmp_path):
     from attn_cli.render.interactive import interactive_html
-    from tests.test_interactive import Opened
 
     row_b = ".step[data-step='W'] tbody tr:nth-child(3) td"
     colours = "tds => tds.map(t => getComputedStyle(t).backgroundColor)"
-    o = Opened(browser, interactive_html([sinky_trace()]), tmp_path)
+    o = test_interactive.Opened(browser, interactive_html([sinky_trace()]), tmp_path)
     page = o.page
     assert not page.is_checked("#log-scale")
     linear = page.eval_on_selector_all(row_b, colours)
@@ -188,7 +188,9 @@ def test_page_log_box_recolours_the_weights(browser, tmp_path):
     o.check_clean()
     page.close()
     # --color-scale log: the page opens on the log scale.
-    o = Opened(browser, interactive_html([sinky_trace()], color_scale="log"), tmp_path)
+    o = test_interactive.Opened(
+        browser, interactive_html([sinky_trace()], color_scale="log"), tmp_path
+    )
     assert o.page.is_checked("#log-scale")
     assert o.page.eval_on_selector_all(row_b, colours) == log
     o.check_clean()
