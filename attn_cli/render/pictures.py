@@ -254,7 +254,8 @@ def render_block_grid(
         if any(f is not None for f in shares):
             figures = Text(" " * label_w)
             for f in shares:
-                shown = "" if f is None else f"{f[0][0]}{short_share(f[1])}"
+                # 'f.97' / 's.40'; thumbnails narrower than that keep the number only
+                shown = "" if f is None else f[0][0] * (side >= 4) + short_share(f[1])
                 figures.append(clip(shown, side).ljust(side + 1), style="dim")
             console.print(figures)
         console.print()
