@@ -127,6 +127,7 @@ DISPLAY = (
     "rows",
     "cols",
     "pool",
+    "color_scale",
     "svg",
     "html",
     "interactive",
@@ -196,7 +197,7 @@ def _emit(
         if page_traces is not None:
             from attn_cli.render.interactive import interactive_html
 
-            page.write(interactive_html(page_traces).encode())
+            page.write(interactive_html(page_traces, color_scale=display["color_scale"]).encode())
 
 
 def _renderer(views: list[str], display: dict, stack):
@@ -211,6 +212,7 @@ def _renderer(views: list[str], display: dict, stack):
         cols=parse_range(display["cols"], "--cols"),
         pool=display["pool"],
         position=display.get("position"),
+        color_scale=display.get("color_scale", "linear"),
     )
     consoles = _consoles(display, stack)
 
@@ -476,6 +478,17 @@ PoolOpt = Annotated[
         rich_help_panel="Views",
     ),
 ]
+ColorScaleOpt = Annotated[
+    str,
+    typer.Option(
+        "--color-scale",
+        metavar="linear|log",
+        help="Colour attention weights by value (linear) or by log10 of it, from max/10^4 to max "
+        "(log: the small weights beside a first token or sink that takes most of the attention "
+        "get distinct colours).",
+        rich_help_panel="Views",
+    ),
+]
 SvgOpt = Annotated[
     str | None,
     typer.Option(
@@ -581,6 +594,7 @@ def explain(
     rows: RowsOpt = None,
     cols: ColsOpt = None,
     pool: PoolOpt = "max",
+    color_scale: ColorScaleOpt = "linear",
     svg: SvgOpt = None,
     html: HtmlOpt = None,
     interactive: InteractiveOpt = False,
@@ -814,6 +828,7 @@ def show(
     rows: RowsOpt = None,
     cols: ColsOpt = None,
     pool: PoolOpt = "max",
+    color_scale: ColorScaleOpt = "linear",
     svg: SvgOpt = None,
     html: HtmlOpt = None,
     interactive: InteractiveOpt = False,
@@ -1000,6 +1015,7 @@ def heads(
     rows: RowsOpt = None,
     cols: ColsOpt = None,
     pool: PoolOpt = "max",
+    color_scale: ColorScaleOpt = "linear",
     svg: Annotated[
         str | None,
         typer.Option(

@@ -20,6 +20,13 @@ from rich.text import Text
 from attn_cli.errors import InputError, opt
 from attn_cli.trace import escaped
 
+COLOR_SCALES = ("linear", "log")
+
+
+def check_color_scale(value: object) -> None:
+    if value not in COLOR_SCALES:
+        raise InputError(f"{opt('color_scale')} takes linear or log, got {value!r}")
+
 
 @dataclass
 class RenderOptions:
@@ -30,6 +37,7 @@ class RenderOptions:
     cols: tuple[int, int] | None = None
     pool: str = "max"  # heatmap block pooling: max or mean
     position: tuple[int, int] | None = None  # overlay: the query patch (row, col) of a picture
+    color_scale: str = "linear"  # weight maps coloured by value or by log10 of it
 
     def __post_init__(self) -> None:
         """Bad values (Trace.show(precision=-1)) are InputErrors naming the parameter."""
@@ -44,6 +52,7 @@ class RenderOptions:
                 raise InputError(f"{opt(name, value)}: must be {shown}")
         if self.pool not in ("max", "mean"):
             raise InputError(f"{opt('pool')} takes max or mean, got {self.pool!r}")
+        check_color_scale(self.color_scale)
 
 
 class TrimTrailingSpaces:
@@ -223,15 +232,23 @@ MASKED_STYLE = Style(color="grey62", bgcolor="grey23")
 NON_NEGATIVE_KINDS = ("weights", "partial_weights", "relevance", "prediction", "heads")
 
 
+# Kinds a log colour scale applies to: probabilities, where a sink or first token takes most
+# of the weight and the rest differ by orders of magnitude too small for a linear scale.
+LOG_KINDS = ("weights", "partial_weights")
+LOG_DECADES = 4  # a log scale spans max/10^4 … max; anything smaller takes the lowest colour
+
+
 @dataclass(frozen=True)
 class Scale:
-    """Maps values to colour levels: diverging around 0 (±vmax) or sequential (0 … vmax)."""
+    """Maps values to colour levels: diverging around 0 (±vmax) or sequential (0 … vmax), or
+    for weights on a log scale, sequential in log10 from vmax/10^LOG_DECADES to vmax."""
 
     diverging: bool
     vmax: float
+    log: bool = False
 
     @classmethod
-    def for_kind(cls, kind: str, data: np.ndarray) -> Scale:
+    def for_kind(cls, kind: str, data: np.ndarray, color_scale: str = "linear") -> Scale:
         # A block of rows at a time: a 20,000-token map is never copied whole (memory.py).
         vmax = 0.0
         rows = data.reshape(-1, data.shape[-1]) if data.ndim else data.reshape(1, 1)
@@ -240,10 +257,20 @@ class Scale:
             finite = np.abs(block[np.isfinite(block)])
             if finite.size:
                 vmax = max(vmax, float(finite.max()))
-        return cls(kind not in NON_NEGATIVE_KINDS, vmax if vmax > 0 else 1.0)
+        log = color_scale == "log" and kind in LOG_KINDS
+        return cls(kind not in NON_NEGATIVE_KINDS, vmax if vmax > 0 else 1.0, log)
+
+    @property
+    def floor(self) -> float:
+        """The lowest value the scale tells apart: 0, or vmax/10^LOG_DECADES on a log scale."""
+        return self.vmax / 10**LOG_DECADES if self.log else 0.0
 
     def levels(self, values: np.ndarray) -> np.ndarray:
-        if self.diverging:
+        if self.log:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.log10(np.maximum(values, self.floor) / self.floor) / LOG_DECADES
+            t = np.clip(t, 0, 1)
+        elif self.diverging:
             t = (np.clip(values / self.vmax, -1, 1) + 1) / 2
         else:
             t = np.clip(values / self.vmax, 0, 1)
@@ -263,6 +290,8 @@ class Scale:
     def ends(self, precision: int) -> tuple[str, str]:
         """The scale's two ends as text, with enough decimals to tell them apart (a maximum of
         0.0038 reads '0.004', not '0.00')."""
+        if self.log:  # the floor is 10^-4 of the maximum: two significant digits say it
+            return f"{self.floor:.1e}".replace("e-0", "e-"), format_number(self.vmax, precision)
         lo = -self.vmax if self.diverging else 0.0
         p = precision
         while p < 12 and format_number(lo, p) == format_number(self.vmax, p):
@@ -279,7 +308,18 @@ class Scale:
         for lv in range(0, LEVELS, 4):
             text.append("  ", style=level_style(self.diverging, lv))
         text.append(" " + hi)
-        text.append(
-            "   (diverging around 0)" if self.diverging else "   (0 to table max)", style="dim"
-        )
+        if self.log:
+            note = f"   (log scale: max/10^{LOG_DECADES} to table max)"
+        else:
+            note = "   (diverging around 0)" if self.diverging else "   (0 to table max)"
+        text.append(note, style="dim")
         return text
+
+
+def scale_legend(scale: Scale, opts: RenderOptions) -> Text:
+    """A map's colour legend; when a log scale was asked for and this map's kind keeps its
+    linear scale (scores, mixing weights, vectors), it says so."""
+    text = scale.legend(opts.precision)
+    if opts.color_scale == "log" and not scale.log:
+        text.append("; kept linear", style="dim")
+    return text

@@ -5,7 +5,7 @@
   const DATA = JSON.parse(document.getElementById("attn-data").textContent);
   const $ = (id) => document.getElementById(id);
   const root = document.documentElement;
-  const state = { t: 0, layer: null, head: null, step: "W", focus: null, pin: null };
+  const state = { t: 0, layer: null, head: null, step: "W", focus: null, pin: null, log: DATA.color_scale === "log" };
 
   // Colour anchors: the terminal's coolwarm (diverging) and Blues (sequential), and dark variants.
   const PALETTES = {
@@ -134,9 +134,18 @@
     }
     return t;
   }
+  /* The log scale (the "log colours" box, or --color-scale log): a weight map's colour follows
+     log10 of the weight from max/10^4 to max, so the small weights beside a first token or
+     sink that takes most of the attention differ; other kinds keep their linear scale. */
+  const LOG_DECADES = 4;
+  const logScaled = (sc) => state.log && sc.own;
   function cellColor(sc, v, p) {
     if (v === null) return p.masked;
-    const t = sc.diverging ? (v / sc.vmax + 1) / 2 : v / sc.vmax;
+    let t;
+    if (logScaled(sc)) {
+      const lo = sc.vmax / 10 ** LOG_DECADES;
+      t = Math.log10(Math.max(v, lo) / lo) / LOG_DECADES;
+    } else t = sc.diverging ? (v / sc.vmax + 1) / 2 : v / sc.vmax;
     return lut(p, sc.diverging)[Math.round(Math.min(Math.max(t, 0), 1) * 255)];
   }
   /* Paint a matrix into ImageData, one pixel per cell. */
@@ -509,10 +518,12 @@
       g.fillStyle = rgb(sc.diverging ? interp(p.div, t) : interp(p.seq, t));
       g.fillRect(x, 0, 1, h);
     }
-    $("legend-lo").textContent = fmt(sc.diverging ? -sc.vmax : 0);
+    const log = logScaled(sc);
+    $("legend-lo").textContent = log ? (sc.vmax / 10 ** LOG_DECADES).toExponential(1) : fmt(sc.diverging ? -sc.vmax : 0);
     $("legend-hi").textContent = fmt(sc.vmax);
     const s0 = current();
-    $("legend-kind").textContent = (sc.diverging ? "diverging around 0" : "0 to the map's max") + (s0 && KIND_LEGEND[s0.kind] ? " · " + KIND_LEGEND[s0.kind] : "");
+    const range = sc.diverging ? "diverging around 0" : "0 to the map's max";
+    $("legend-kind").textContent = (log ? "log scale: max/10⁴ to the map's max" : range + (state.log ? " (log scale is for weight maps only)" : "")) + (s0 && KIND_LEGEND[s0.kind] ? " · " + KIND_LEGEND[s0.kind] : "");
     const s = current();
     $("masked-key").hidden = !(s && s.data && s.data.some((row) => row.includes(null)));
   }
@@ -571,7 +582,7 @@
   let overviewKey = null;
   function renderOverview() {
     const tr = trace();
-    const key = state.t + "|" + state.step + "|" + (isDark() ? "d" : "l");
+    const key = state.t + "|" + state.step + "|" + (isDark() ? "d" : "l") + (state.log ? "|log" : "");
     const box = $("thumbs");
     if (key === overviewKey) {  // only the selection moved: repainting every map is slow
       for (const c of box.querySelectorAll("canvas")) {
@@ -711,6 +722,9 @@
     $("layer").addEventListener("change", () => select({ layer: parseSel($("layer")) }));
     $("head").addEventListener("change", () => select({ head: parseSel($("head")) }));
     $("step").addEventListener("change", () => select({ step: $("step").value }));
+    const logBox = $("log-scale");
+    logBox.checked = state.log;
+    logBox.addEventListener("change", () => { state.log = logBox.checked; recolour(); });
     $("theme").addEventListener("click", () => {
       root.setAttribute("data-theme", isDark() ? "light" : "dark");
       themeChanged();
@@ -745,6 +759,9 @@
   }
   function themeChanged() {
     updateThemeButton();
+    recolour();
+  }
+  function recolour() {
     prepareHeatmap();
     applyFocus();
     renderOverview();

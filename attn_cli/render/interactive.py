@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 
 from attn_cli.errors import InputError
+from attn_cli.render.common import check_color_scale
 from attn_cli.trace import MAP_KINDS, Trace, TraceStep, printable, token_labels
 
 SIGNIFICANT = 4
@@ -302,6 +303,7 @@ _BODY = """\
   <label>Layer <select id="layer"></select></label>
   <label>Head <select id="head"></select></label>
   <label>Map <select id="step"></select></label>
+  <label title="Colour weight maps by log10 of the weight, from max/10⁴ to max"><input type="checkbox" id="log-scale"> log colours</label>
   <span class="hint" id="hint">hover a token · click to pin</span>
 </nav>
 <p id="size-note" class="info" hidden></p>
@@ -341,13 +343,19 @@ _BODY = """\
 
 
 def interactive_html(
-    traces: list[Trace], title: str = "attn-cli", *, pack_above: int | None = PACK_ABOVE
+    traces: list[Trace],
+    title: str = "attn-cli",
+    *,
+    pack_above: int | None = PACK_ABOVE,
+    color_scale: str = "linear",
 ) -> str:
     """One self-contained HTML document showing `traces` (a selector when several); maps packed
-    to 8 bits past `pack_above` numbers (None: never)."""
+    to 8 bits past `pack_above` numbers (None: never); weight maps coloured on `color_scale`
+    (linear or log) until the page's "log colours" box is switched."""
     if not traces:
         raise InputError("no trace to show")
-    doc = page_data(traces, title, pack_above=pack_above)
+    check_color_scale(color_scale)
+    doc = page_data(traces, title, pack_above=pack_above) | {"color_scale": color_scale}
     shown_title = "" if title == "attn-cli" else f' <span class="sub">{html.escape(title)}</span>'
     packed = (
         f"The attention maps are stored to 8 bits: each number within 1/{2 * LEVELS} of its "

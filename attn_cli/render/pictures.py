@@ -19,10 +19,11 @@ from attn_cli.render.common import (
     colors_on,
     format_number,
     level_style,
+    scale_legend,
 )
 from attn_cli.render.overview import plural
 from attn_cli.render.pooling import mean_pairwise_distance, pca_2d, pool
-from attn_cli.render.statistics import KIND_NOTES
+from attn_cli.render.statistics import KIND_NOTES, first_or_sink
 from attn_cli.trace import Trace, TraceStep, printable
 
 SHADES = " ░▒▓█"  # without colour, a cell's level is its shade
@@ -65,6 +66,11 @@ def _zoom(step: TraceStep, opts: RenderOptions) -> tuple[np.ndarray, int, int]:
     return step.data[r0:r1, c0:c1], r0, c0
 
 
+def short_share(value: float) -> str:
+    """A share in [0, 1] in three characters: '.97', '1.0'."""
+    return f"{value:.2f}".replace("0.", ".", 1).replace("1.00", "1.0")
+
+
 def row_label(pos: int, pos_w: int, token: str) -> str:
     """'  7 river', the position right-aligned, the token cut with '…' to fit LABEL_W: every
     label is cut the same way, whatever the number of digits."""
@@ -74,13 +80,15 @@ def row_label(pos: int, pos_w: int, token: str) -> str:
     return head + clip(text, room)
 
 
-def shade_legend(scale: Scale, precision: int, color: bool, what: str = "") -> Text:
+def shade_legend(scale: Scale, opts: RenderOptions, color: bool, what: str = "") -> Text:
     """The legend under a heatmap or grid: colours (or shades) from one end to the other."""
     if color:
-        text = scale.legend(precision)
+        text = scale_legend(scale, opts)
     else:
-        lo, hi = scale.ends(precision)
-        text = Text(f"shades ' ░▒▓█': {lo} … {hi}", style="dim")
+        lo, hi = scale.ends(opts.precision)
+        text = Text(
+            f"shades ' ░▒▓█': {lo} … {hi}" + (" (log scale)" if scale.log else ""), style="dim"
+        )
     if what:
         text.append(what, style="dim")
     return text
@@ -102,7 +110,7 @@ def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
         # square; shades use one line per row, so half as many.
         out_rows = min(m.shape[0], width if color else max(8, width // 2))
         pooled, rs, cs = pool(m, out_rows, width, opts.pool)
-        scale = Scale.for_kind(step.kind, pooled)
+        scale = Scale.for_kind(step.kind, pooled, opts.color_scale)
         levels = scale.levels(pooled)
         # Small matrices get wider cells (up to 4 characters) so they stay readable.
         f = max(1, min(4, room // len(cs)))
@@ -144,7 +152,7 @@ def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
                 label = row_label(pos, pos_w, step.rows[pos])
                 last = i
             console.print(Text(label + " " * (LABEL_W - cell_len(label)) + " ") + line)
-        console.print(shade_legend(scale, opts.precision, color))
+        console.print(shade_legend(scale, opts, color))
         if step.kind in KIND_NOTES:
             console.print(Text(KIND_NOTES[step.kind], style="dim"))
         console.print()
@@ -157,28 +165,45 @@ def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
         console.print(Text("no attention weights (W) in this trace"))
         return
     for block in trace.blocks:
-        render_block_grid(console, trace, block)
+        render_block_grid(console, trace, block, opts)
     color = colors_on(console)
     kinds = list(dict.fromkeys(s.kind for s in trace.steps_named("W")))
     diverging = any(Scale.for_kind(k, np.zeros(1)).diverging for k in kinds)
+    log = any(Scale.for_kind(k, np.ones(1), opts.color_scale).log for k in kinds)
+    low = "max/10^4" if log else "0"
     if color:
-        legend = Text("colour  0 ")
+        legend = Text(f"colour  {low} ")
         for lv in range(0, LEVELS, 4):
             legend.append("  ", style=level_style(False, lv))
         legend.append(" each map's maximum")
     else:
-        legend = Text("shades ' ░▒▓█': 0 … each map's maximum")
+        legend = Text(f"shades ' ░▒▓█': {low} … each map's maximum")
+    if log:
+        legend.append(", log scale")
+        if len(kinds) > 1:
+            legend.append(" for weight maps")
     if diverging:
         legend.append("; signed maps: diverging around 0")
     legend.append(" (as --view heatmap shades that map)", style="dim")
     console.print(legend)
+    measures = (first_or_sink(s) for s in trace.steps_named("W"))
+    figures = [
+        f"{name[0]} = mean weight on the first token"
+        if name == "first"
+        else f"{name[0]} = mean mass to the sink (1 − row sum)"
+        for name in dict.fromkeys(m[0] for m in measures if m is not None)
+    ]
+    if figures:
+        console.print(Text("Under each map: " + "; ".join(figures), style="dim"))
     for kind in kinds:
         if kind in KIND_NOTES:
             console.print(Text(KIND_NOTES[kind], style="dim"))
     console.print()
 
 
-def render_block_grid(console: Console, trace: Trace, block: str | None) -> None:
+def render_block_grid(
+    console: Console, trace: Trace, block: str | None, opts: RenderOptions
+) -> None:
     maps = {(s.layer or 0, s.head or 0): s for s in trace.steps_named("W") if s.block == block}
     layers = sorted({k[0] for k in maps})
     heads = sorted({k[1] for k in maps})
@@ -213,7 +238,8 @@ def render_block_grid(console: Console, trace: Trace, block: str | None) -> None
                 blocks.append([Text(" " * side)] * (side // 2 if color else side))
                 continue
             pooled, _, _ = pool(step.data, side, side, "max")
-            scale = Scale.for_kind(step.kind, pooled)  # as --view heatmap shades this map
+            # as --view heatmap shades this map
+            scale = Scale.for_kind(step.kind, pooled, opts.color_scale)
             levels = scale.levels(pooled)
             lines = _rows_to_text(levels, scale.diverging, color)
             blocks.append([line + Text(" " * (side - line.cell_len)) for line in lines])
@@ -224,6 +250,14 @@ def render_block_grid(console: Console, trace: Trace, block: str | None) -> None
                 line.append_text(b[li] if li < len(b) else Text(" " * side))
                 line.append(" ")
             console.print(line)
+        shares = [None if (s := maps.get((layer, h))) is None else first_or_sink(s) for h in heads]
+        if any(f is not None for f in shares):
+            figures = Text(" " * label_w)
+            for f in shares:
+                # 'f.97' / 's.40'; thumbnails narrower than that keep the number only
+                shown = "" if f is None else f[0][0] * (side >= 4) + short_share(f[1])
+                figures.append(clip(shown, side).ljust(side + 1), style="dim")
+            console.print(figures)
         console.print()
 
 

@@ -105,3 +105,15 @@ def dominant_pattern(trace: Trace, step: TraceStep) -> tuple[str, float]:
     if scores[name] >= 0.4:
         return name, scores[name]
     return "broad", float(np.mean(relative_entropy(row_shares(step), visible_counts(trace, step))))
+
+
+def first_or_sink(step: TraceStep) -> tuple[str, float] | None:
+    """Where a decoder parks attention: for weights the mean over rows of the weight on the
+    first key ("first"), for partial weights the mean mass to the sink ("sink", 1 − row
+    sum); None for other kinds (signed mixing weights, scores)."""
+    sink = sink_mass(step)
+    if sink is not None:
+        return "sink", float(sink.mean())
+    if step.kind == "weights" and step.data.size:
+        return "first", float(np.mean(np.where(np.isfinite(step.data[:, 0]), step.data[:, 0], 0.0)))
+    return None

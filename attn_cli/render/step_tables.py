@@ -14,7 +14,13 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from attn_cli.render.common import RenderOptions, Scale, colors_on, format_number
+from attn_cli.render.common import (
+    RenderOptions,
+    Scale,
+    colors_on,
+    format_number,
+    scale_legend,
+)
 from attn_cli.render.statistics import KIND_NOTES, row_shares, sink_mass
 from attn_cli.trace import Trace, TraceStep, printable
 
@@ -279,7 +285,7 @@ def sink_line(step: TraceStep, opts: RenderOptions) -> Text | None:
 
 
 def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
-    scale = Scale.for_kind(step.kind, step.data) if colors_on(console) else None
+    scale = Scale.for_kind(step.kind, step.data, opts.color_scale) if colors_on(console) else None
     parts: list = [step_title(step)]
     blocks = column_blocks(step, opts, console.width)
     start = 0
@@ -299,7 +305,7 @@ def render_step(console: Console, step: TraceStep, opts: RenderOptions) -> None:
     parts += [
         more_rows_line(step, opts),
         sink_line(step, opts),
-        scale.legend(opts.precision) if scale is not None else None,
+        scale_legend(scale, opts) if scale is not None else None,
         Text(step.description, style="italic"),
         Text(KIND_NOTES[step.kind], style="italic") if step.kind in KIND_NOTES else None,
         Text(),
