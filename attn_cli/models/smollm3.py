@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from attn_cli import narrate
 from attn_cli.errors import InputError
 from attn_cli.models._decoder import (
     FULL,
@@ -108,16 +109,12 @@ NOPE = (
 
 
 def _masked(c: StageContext) -> tuple[str, str]:
-    from attn_cli.narrate import STAGE_TEXTS
-
-    formula, description = STAGE_TEXTS["W_masked"](c)
+    formula, description = narrate.STAGE_TEXTS["W_masked"](c)
     return formula, description + ("" if c.record.facts.get("rope", True) else NOPE)
 
 
 def _raw(c: StageContext) -> tuple[str, str]:
-    from attn_cli.narrate import STAGE_TEXTS
-
-    formula, description = STAGE_TEXTS["W_raw"](c)
+    formula, description = narrate.STAGE_TEXTS["W_raw"](c)
     if c.record.facts.get("rope", True):
         return formula, description
     return formula, description + " (NoPE layer: Q and K carry no position.)"
