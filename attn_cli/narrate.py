@@ -475,6 +475,20 @@ def qkv_steps(record: AttentionRecord, labels: list[str]) -> list[TraceStep]:
     return record_steps(record, token_axes(labels), TEACHING, numbered=record.heads > 1)
 
 
+def final_step(out: np.ndarray, labels: list[str], description: str) -> TraceStep:
+    """H: the model's output after every layer (and its final norm), one vector per token."""
+    return TraceStep(
+        "H",
+        "final hidden states",
+        description,
+        out,
+        labels,
+        dim_labels(out.shape[1]),
+        "vectors",
+        row_axis=TOKENS,
+    )
+
+
 def model_layer_steps(
     layer: LayerRecord,
     i: int,

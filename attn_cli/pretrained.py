@@ -26,9 +26,8 @@ from attn_cli.models.weights import SafetensorsWeights
 from attn_cli.options import Selection, parse_selection, parse_steps, step_filter
 from attn_cli.progress import Progress, stream
 from attn_cli.readable import readable_tokens, tokenizer_kind
-from attn_cli.records import TOKENS
 from attn_cli.tokenizer import load_tokenizer, tokenize, tokenize_pair
-from attn_cli.trace import MODEL, Trace, TraceStep, dim_labels, token_labels
+from attn_cli.trace import MODEL, Trace, TraceStep, token_labels
 from attn_cli.vision import image_trace
 
 # Candidates shown for the next-token prediction after the last layer.
@@ -304,16 +303,7 @@ class Model:
                 break  # don't compute layers nobody asked for
         if runs_to_end:
             out = family.final(self.weights, h, cfg)
-            final = TraceStep(
-                "H",
-                "final hidden states",
-                family.wording.final,
-                out,
-                labels,
-                dim_labels(out.shape[1]),
-                "vectors",
-                row_axis=TOKENS,
-            )
+            final = narrate.final_step(out, labels, family.wording.final)
             if every and keep(final.name):
                 trace.steps.append(final)
             if predict and not (run is not None and "lens" in run.methods):

@@ -141,16 +141,7 @@ def image_trace(
     if runs_to_end:
         out = family.final(w, h, cfg)
         image["outliers"] = outliers(out, len(prefix))
-        final = TraceStep(
-            "H",
-            "final hidden states",
-            family.wording.final,
-            out,
-            labels,
-            dim_labels(out.shape[1]),
-            "vectors",
-            row_axis=TOKENS,
-        )
+        final = narrate.final_step(out, labels, family.wording.final)
         if every and keep(final.name):
             trace.steps.append(final)
         pool = None if vision.pool_map is None else vision.pool_map(w, out, cfg)
