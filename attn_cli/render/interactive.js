@@ -357,6 +357,7 @@
     }
     drawLines(s, f);
     drawHeatmap(f);
+    paintPicture(s, f);
   }
 
   function drawLines(s, f) {
@@ -410,6 +411,122 @@
         g.lineTo(HV_W - 3, path.segs[k + 1]);
       }
       g.stroke();
+    }
+  }
+
+  // ---------- the picture (a vision trace) ----------
+  /* A trace of a picture (config.image: its patch grid, the tokens before the patches and a
+     small RGB thumbnail) is drawn as that thumbnail under a grid of patch cells. Hovering a
+     patch (or a token before the patches: [CLS], registers) focuses its row of the current map,
+     as in the head view: each patch cell is tinted with opacity PIC_ALPHA × |weight| / the
+     row's largest |weight| over the patches, and the query patch is outlined. */
+  const PIC_ALPHA = 0.75, PIC_HEAT = [255, 196, 0], PIC_SIDE = 320;
+  const pictureOf = (tr) => {
+    const im = tr.config && tr.config.image;
+    return im && Array.isArray(im.grid) && im.thumbnail ? im : null;
+  };
+  /* The thumbnail's RGB bytes as a PNG data: URL (the page's only image source). */
+  function thumbnailURL(th) {
+    const bytes = atob(th.rgb), w = th.width, h = th.height;
+    const c = document.createElement("canvas");
+    c.width = w; c.height = h;
+    const g = c.getContext("2d"), im = g.createImageData(w, h);
+    for (let k = 0; k < w * h; k++) {
+      for (let ch = 0; ch < 3; ch++) im.data[4 * k + ch] = bytes.charCodeAt(3 * k + ch);
+      im.data[4 * k + 3] = 255;
+    }
+    g.putImageData(im, 0, 0);
+    return c.toDataURL("image/png");
+  }
+  /* Which token rows of the current map the picture can show: every row when the map's rows
+     and columns are the tokens; none otherwise (its columns are not the patches). */
+  const pictureMap = (s) => (s && s.data && !s.rows && !s.cols ? s : null);
+
+  function renderPicture() {
+    const box = $("picture");
+    if (!box) return;
+    const tr = trace(), im = pictureOf(tr);
+    box.hidden = !im;
+    if (!im) return;
+    const img = $("pic-img");
+    if (img.dataset.t !== String(state.t)) {
+      img.setAttribute("src", thumbnailURL(im.thumbnail));
+      img.dataset.t = String(state.t);
+    }
+    const [R, C] = im.grid, prefix = im.prefix || [], first = prefix.length;
+    const px = Math.max(4, Math.floor(PIC_SIDE / Math.max(R, C)));
+    img.style.width = C * px + "px";
+    img.style.height = R * px + "px";
+    const grid = $("pic-grid");
+    grid.style.gridTemplateColumns = "repeat(" + C + ", " + px + "px)";
+    grid.style.gridTemplateRows = "repeat(" + R + ", " + px + "px)";
+    const focusable = (cell, i) => {
+      cell.dataset.i = String(i);
+      cell.addEventListener("mouseenter", () => setFocus({ side: "q", i }));
+      cell.addEventListener("mouseleave", () => setFocus(null));
+      cell.addEventListener("click", () => {
+        const same = state.pin && state.pin.side === "q" && state.pin.i === i;
+        state.pin = same ? null : { side: "q", i };
+        applyFocus();
+      });
+    };
+    grid.replaceChildren();
+    for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) {
+      const cell = el("div", "patch");
+      cell.dataset.r = String(r);
+      cell.dataset.c = String(c);
+      cell.title = "p(" + r + "," + c + ")";
+      focusable(cell, first + r * C + c);
+      grid.appendChild(cell);
+    }
+    const buttons = $("pic-prefix");
+    buttons.replaceChildren(...prefix.map((label, i) => {
+      const b = el("button", "pic-token");
+      b.type = "button";
+      b.append(el("span", "lbl", "from " + label), el("span", "w"));
+      focusable(b, i);
+      return b;
+    }));
+    const s = current();
+    $("pic-title").textContent = (s ? s.name + " · " : "") + R + " × " + C + " patches";
+    paintPicture(s, state.focus || state.pin);
+  }
+
+  function paintPicture(s, f) {
+    const box = $("picture");
+    if (!box || box.hidden) return;
+    const im = pictureOf(trace()), first = (im.prefix || []).length, m = pictureMap(s);
+    const cells = $("pic-grid").children, buttons = $("pic-prefix").children;
+    const row = m && f && f.side === "q" ? m.data[f.i] : null;
+    let top = 0;
+    if (row) for (let k = first; k < row.length; k++) if (row[k] !== null) top = Math.max(top, Math.abs(row[k]));
+    for (let k = 0; k < cells.length; k++) {
+      const t = cells[k], v = row ? row[first + k] : null;
+      t.classList.toggle("query", !!f && f.side === "q" && Number(t.dataset.i) === f.i);
+      if (v === null || top === 0) {
+        t.style.background = "";
+        t.removeAttribute("data-value");
+        t.removeAttribute("data-alpha");
+        continue;
+      }
+      const alpha = (PIC_ALPHA * Math.abs(v) / top).toFixed(3);
+      t.dataset.value = String(v);
+      t.dataset.alpha = alpha;
+      t.style.background = rgb(v < 0 ? pal().neg : PIC_HEAT, alpha);
+    }
+    for (let k = 0; k < buttons.length; k++) {
+      const b = buttons[k];
+      b.classList.toggle("query", !!f && f.side === "q" && f.i === k);
+      b.querySelector(".w").textContent = row && row[k] !== null ? " " + fmt(row[k]) : "";
+    }
+    const info = $("pic-info");
+    if (!m) info.textContent = "This map is not over the patches, or not embedded in the page.";
+    else if (!row) info.textContent = "Hover a patch (or a token before the patches) to see what it attends to on the picture; click to pin. Tint opacity: " + PIC_ALPHA + " × weight / the row's largest patch weight.";
+    else {
+      const rest = [];
+      for (let k = 0; k < first; k++) if (row[k] !== null) rest.push(im.prefix[k] + " " + fmt(row[k]));
+      info.replaceChildren(el("b", null, trace().labels[f.i]),
+        document.createTextNode(" attends to the patches tinted (opacity " + PIC_ALPHA + " × weight / " + fmt(top) + ", its largest patch weight)" + (rest.length ? "; not on the picture: " + rest.join(" · ") : "")));
     }
   }
 
@@ -703,6 +820,7 @@
   function renderAll() {
     renderHeader();
     prepareHeatmap();
+    renderPicture();
     renderHeadView();
     renderOverview();
     renderSteps();

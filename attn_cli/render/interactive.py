@@ -11,6 +11,10 @@ column is then the source; the pre-softmax score maps are dropped first when the
 page too large), and the top-left corner of every other matrix. Token text is data: it is JSON-escaped here and only ever
 inserted with textContent by the script.
 
+A trace of a picture (config["image"], from a vision model) adds the picture: the script draws
+its thumbnail as a PNG data: URL (the Content-Security-Policy then allows `img-src data:`, and
+nothing else) under a grid of patch cells that hovering tints by the focused token's row.
+
 A page whose maps hold more than PACK_ABOVE numbers stores them packed instead, so a browser
 opens it comfortably (112 SmolLM2 tokens, every layer and head: 79 MB as JSON): each map's cells
 as one byte, code k meaning lo + k·step with step = (largest − smallest finite value) / 254 (code
@@ -56,6 +60,9 @@ _CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "base-uri 'none'; form-action 'none'"
 )
+# A page with a picture (a vision trace) also shows images, only from the data: URL the script
+# makes from the trace's thumbnail.
+_CSP_PICTURE = _CSP + "; img-src data:"
 
 
 def round_significant(data: np.ndarray, digits: int = SIGNIFICANT) -> np.ndarray:
@@ -309,7 +316,7 @@ _BODY = """\
 <p id="size-note" class="info" hidden></p>
 <div class="grid">
   <div class="col">
-    <section class="card" id="headview">
+{picture}    <section class="card" id="headview">
       <h2>Head view <span class="sub">· <span id="hv-title"></span><span id="hv-where"></span></span></h2>
       <p class="info" id="hv-info"></p>
       <div class="hv-scroll"><div class="hv">
@@ -341,6 +348,16 @@ _BODY = """\
 <div id="tip" role="tooltip" hidden></div>
 """
 
+# Only in a page with a vision trace: the picture with its patch grid (interactive.js).
+_PICTURE = """\
+    <section class="card" id="picture" hidden>
+      <h2>Picture <span class="sub">· <span id="pic-title"></span></span></h2>
+      <p class="info" id="pic-info"></p>
+      <div id="pic-prefix"></div>
+      <div class="pic-wrap"><img id="pic-img" alt="the picture the model saw"><div id="pic-grid"></div></div>
+    </section>
+"""
+
 
 def interactive_html(
     traces: list[Trace],
@@ -363,13 +380,20 @@ def interactive_html(
         if "packed" in doc
         else ""
     )
+    has_picture = any(isinstance(t.config.get("image"), dict) for t in traces)
     body = _BODY.format(
-        title=shown_title, digits=SIGNIFICANT, rows=TABLE_ROWS, cols=TABLE_COLS, packed=packed
+        title=shown_title,
+        digits=SIGNIFICANT,
+        rows=TABLE_ROWS,
+        cols=TABLE_COLS,
+        packed=packed,
+        picture=_PICTURE if has_picture else "",
     )
     return "".join(
         [
             '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
-            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n',
+            '<meta http-equiv="Content-Security-Policy" '
+            f'content="{_CSP_PICTURE if has_picture else _CSP}">\n',
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
             f"<title>{html.escape(title)}</title>\n",
             "<style>\n",
