@@ -318,11 +318,13 @@ def broken(change) -> bytes:
         ),
         (
             lambda d: d["axes"]["source"].update(coords=[[0.0]] * 5),
-            " axis 'source': 'coords' must be one list of finite numbers per label, all the same length",
+            " axis 'source': 'coords' must be one list of finite numbers per label (empty for a label "
+            "without a place), all the same length",
         ),
         (
             lambda d: d["axes"]["source"].update(coords=[["x"]] * 6),
-            " axis 'source': 'coords' must be one list of finite numbers per label, all the same length",
+            " axis 'source': 'coords' must be one list of finite numbers per label (empty for a label "
+            "without a place), all the same length",
         ),
         (
             lambda d: d["axes"].update(tokens={"kind": "text", "labels": ["a"]}),
