@@ -389,3 +389,31 @@ def test_the_overlay_position_from_python(dino, png):
         t.show(view="overlay", console=console, position="1,2")
     with pytest.raises(InputError, match=r"the patch grid is 4 × 4"):
         t.show(view="overlay", console=console, position=(4, 0))
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("num_hidden_layers", "2"),
+        ("num_attention_heads", 0),
+        ("layer_norm_eps", -1e-6),
+        ("hidden_size", True),
+        ("qkv_bias", "yes"),
+        ("num_register_tokens", -1),
+    ],
+)
+def test_bad_vision_config_values_are_one_line_errors(tmp_path, key, value):
+    """A vision config's values are checked like a text family's: one line naming the key."""
+    import json
+    import shutil
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "tiny_vision"
+    model = tmp_path / "model"
+    shutil.copytree(fixtures / "dinov2_registers", model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg[key] = value
+    (model / "config.json").write_text(json.dumps(cfg))
+    r = invoke(["explain", str(fixtures / "picture.ppm"), "--model", str(model)])
+    assert r.exit_code == 2, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in r.stderr

@@ -20,10 +20,27 @@ from attn_cli.models.weights import expect_shape
 from attn_cli.records import LayerRecord, multi_head_attention
 
 
-def setting(cfg: Config, key: str, default: Any) -> Any:
-    """A config value, or the transformers default the config leaves out."""
+def setting(cfg: Config, key: str, default: Any, allow_zero: bool = False) -> Any:
+    """A config value, or the transformers default the config leaves out, checked against the
+    default's type: a flag is a bool, a name a string, a number a finite positive one (or 0,
+    with `allow_zero`); sizes may also be [h, w] lists (see `square`)."""
     value = cfg.get(key)
-    return default if value is None else value
+    if value is None:
+        return default
+    if isinstance(default, bool | str):
+        ok = type(value) is type(default)
+    elif isinstance(value, list | tuple):
+        ok = key in ("image_size", "patch_size")
+    else:
+        ok = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value >= 0 if allow_zero else value > 0)
+        )
+    if not ok:
+        raise InputError(f"config.json: {key} {value!r} is not a valid value")
+    return value
 
 
 def square(value: Any, what: str) -> int:

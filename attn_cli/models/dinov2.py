@@ -65,7 +65,7 @@ def layer_count(cfg: Config) -> int:
 def registers(cfg: Config) -> int:
     if cfg.get("model_type") != "dinov2_with_registers":
         return 0
-    return int(setting(cfg, "num_register_tokens", 4))
+    return int(setting(cfg, "num_register_tokens", 4, allow_zero=True))
 
 
 def patch_size(cfg: Config) -> int:
