@@ -1266,6 +1266,9 @@ def run() -> None:
     """The console script and `python -m attn_cli`: main(), then exit with its code."""
     import gc
 
+    from attn_cli.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # weights freed layer by layer are reused, not page-faulted anew
     code = main()
     # All is printed and written by now; what is left is the interpreter's shutdown, whose final
     # garbage collections walk every object numpy, Rich and Typer made (about 20 ms, a tenth of a

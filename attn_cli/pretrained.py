@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from attn_cli import memory, narrate
-from attn_cli.blas import one_thread_when_busy
+from attn_cli.blas import threads_for_free_cores
 from attn_cli.errors import InputError, opt
 from attn_cli.gguf import open_model
 from attn_cli.gguf.locate import is_gguf_spec
@@ -169,7 +169,7 @@ class Model:
         that takes more than about a second (per input, and per layer within it)."""
 
         def one(text: str, bar: Progress) -> Trace:
-            with one_thread_when_busy():  # spinning BLAS threads slow a loaded machine down
+            with threads_for_free_cores():  # spinning BLAS threads slow a loaded machine down
                 return self._trace(text, layers, heads, keep, pair, methods, options, bar)
 
         return stream(self.name, texts, one)

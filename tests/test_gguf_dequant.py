@@ -181,3 +181,26 @@ def test_numpy_fast_paths_equal_gguf_package(t):
     np.testing.assert_array_equal(
         got.view(np.uint32), ggml_dequantize(lib, raw, t, 96).view(np.uint32)
     )
+
+
+@pytest.mark.parametrize("t", ["Q8_0", "Q4_0", "Q4_1"])
+def test_numpy_types_equal_gguf_py_across_chunks(t):
+    """attn_cli.gguf.quants works a chunk of blocks at a time: tensors smaller than a chunk,
+    exactly one, and a few with a partial last chunk equal gguf-py's dequantisation bit for
+    bit (quantised by gguf-py, whose quantisers are ggml's reference ones)."""
+    gguf = require("gguf")
+    from gguf.quants import dequantize, quantize
+
+    from attn_cli.gguf import quants
+
+    kind = gguf.GGMLQuantizationType[t]
+    rng = np.random.default_rng(3)
+    per_chunk = quants.CHUNK * quants.QK
+    for rows, n in [(1, 32), (3, 96), (quants.CHUNK, 32), (2, per_chunk), (3, per_chunk + 64)]:
+        x = (rng.standard_t(4, size=(rows, n)) * 0.05).astype(np.float32)
+        x[0, :3] = [3.0, -0.0, 40.0]
+        raw = quantize(x, kind)
+        ref = np.asarray(dequantize(raw, kind), dtype=np.float32)
+        got = quants.DEQUANTIZE[t](raw)
+        assert got.shape == ref.shape == (rows, n)
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32), err_msg=t)

@@ -13,6 +13,7 @@ import numpy as np
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, MappedFile, TensorInfo, parse_header
 from attn_cli.gguf.locate import resolve_gguf
+from attn_cli.gguf.quants import DEQUANTIZE
 from attn_cli.gguf.to_hf import Recipe, build, recipe_shape, unpermute_index
 from attn_cli.gguf.tokenizer import build_tokenizer
 from attn_cli.models.weights import finite
@@ -39,47 +40,6 @@ SUPPORTED_TYPES = (
 )
 
 
-def _scales(blocks: np.ndarray, start: int) -> np.ndarray:
-    """The float16 scale at byte ``start`` of every block, as float32 [n_blocks, 1]."""
-    return blocks[:, start : start + 2].copy().view("<f2").astype(np.float32)
-
-
-def _q8_0(raw: np.ndarray) -> np.ndarray:
-    b = raw.reshape(-1, 34)  # f16 d, 32 x int8: y = d * q
-    out = b[:, 2:].view(np.int8).astype(np.float32)
-    out *= _scales(b, 0)
-    return out.reshape(raw.shape[0], -1)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """16 bytes per block -> 32 float32 values: low nibbles are elements 0..15, high 16..31."""
-    out: np.ndarray = np.empty((qs.shape[0], 32), dtype=np.float32)
-    np.bitwise_and(qs, 15, out=out[:, :16], casting="unsafe")
-    np.right_shift(qs, 4, out=out[:, 16:], casting="unsafe")
-    return out
-
-
-def _q4_0(raw: np.ndarray) -> np.ndarray:
-    b = raw.reshape(-1, 18)  # f16 d, 16 bytes of nibbles: y = d * (q - 8)
-    out = _nibbles(b[:, 2:])
-    out -= 8
-    out *= _scales(b, 0)
-    return out.reshape(raw.shape[0], -1)
-
-
-def _q4_1(raw: np.ndarray) -> np.ndarray:
-    b = raw.reshape(-1, 20)  # f16 d, f16 m, 16 bytes of nibbles: y = d * q + m
-    out = _nibbles(b[:, 4:])
-    out *= _scales(b, 0)
-    out += _scales(b, 2)
-    return out.reshape(raw.shape[0], -1)
-
-
-# Plain numpy for the common small-model types (2-3x faster than gguf.quants, no gguf
-# package needed); bit-identical to ggml's C code (tests/test_gguf_dequant.py).
-_FAST = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1}
-
-
 def dequantize_rows(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
     """Rows of raw bytes [n, row_bytes] of tensor ``info`` -> float32 [n, ne0]."""
     t = info.type_name
@@ -93,8 +53,8 @@ def dequantize_rows(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
         return raw.view("<f8").astype(np.float32)
     if t not in SUPPORTED_TYPES:
         raise InputError(f"{info.name} is stored as {t}, which attn-cli cannot dequantise")
-    if t in _FAST:
-        return _FAST[t](np.ascontiguousarray(raw))
+    if t in DEQUANTIZE:  # plain numpy for the common types (no gguf package needed)
+        return DEQUANTIZE[t](raw)
     try:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
