@@ -37,6 +37,7 @@ SUPPORTED_TYPES = (
     "Q4_K",
     "Q5_K",
     "Q6_K",
+    "MXFP4",
 )
 
 
