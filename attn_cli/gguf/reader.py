@@ -135,15 +135,23 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         return self._finish(a, r)
 
     def rows(self, name: str, ids: Iterable[int] | np.ndarray) -> np.ndarray:
-        """Only these rows of a 2-D tensor (an embedding table), dequantising only their bytes.
-        Ids out of range are an InputError."""
+        """Only these rows of a 2-D tensor (an embedding table), or entries of the first axis of
+        a stacked one (experts [E, …]), dequantising only their bytes. Ids out of range are an
+        InputError."""
         r = self._recipe(name)
         idx = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
-        n = self.shape(name)[0]
+        shape = self.shape(name)
+        n = shape[0]
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise InputError(f"{name}: row ids must be in 0..{n - 1}")
         if len(r.sources) != 1:
             return self[name][idx]
+        if len(shape) > 2:  # each entry is a block of ggml rows: read those blocks only
+            info = self._header.tensors[r.sources[0]]
+            raw = self._raw_rows(info)
+            raw = raw.reshape(n, -1, info.row_bytes)[idx].reshape(-1, info.row_bytes)
+            out = finite(dequantize_rows(raw, info), self.path.name, r.sources[0])
+            return self._finish(out.reshape(len(idx), *shape[1:]), r)
         src = idx
         if r.unpermute is not None:
             src = unpermute_index(n, r.unpermute)[idx]

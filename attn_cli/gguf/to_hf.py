@@ -380,7 +380,9 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
     """What the HF model of this config has for tensor ``name`` (`qk_norm_full`: q/k norms
     over all heads at once, OLMo 2)."""
     h, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    hd = cfg["head_dim"]
+    hd, experts = cfg["head_dim"], cfg.get("num_local_experts", 0)
+    if name.endswith(".sinks"):  # gpt-oss: one sink logit per head
+        return (cfg["num_attention_heads"],)
     qd, kd = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     bias = name.endswith(".bias")
     part = name.rsplit(".", 2)[-2]
@@ -398,8 +400,11 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
         "up_proj": (ff, h),
         "gate_up_proj": (2 * ff, h),
         "down_proj": (h, ff),
+        "router": (experts, h),
     }.get(part, (h,))  # every other tensor is a norm over the hidden size
-    return out[:1] if bias else out
+    out = out[:1] if bias else out
+    # a mixture of experts' stacked matrices (gate_proj, up_proj, down_proj): [E, out, in]
+    return (experts, *out) if ".experts." in name else out
 
 
 def _plan(

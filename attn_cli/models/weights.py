@@ -264,6 +264,19 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             shard.release(t.start + i * width * size, t.start + (i + 1) * width * size)
         return finite(out.reshape(len(ids), *t.shape[1:]), self.label, name)
 
+    def stored(self, name: str, index: int) -> np.ndarray:
+        """Entry `index` of a tensor's first axis as stored, any dtype, unconverted: a copy of
+        its bytes (the hub's MXFP4 expert blocks and scales are uint8)."""
+        t = self.info(name)
+        if not t.shape or not 0 <= index < t.shape[0]:
+            raise InputError(f"{self.label}: {name!r} has no entry {index}")
+        width = int(np.prod(t.shape[1:], dtype=np.int64))
+        shard = self._shards[t.file]
+        out = np.array(shard.view(t, index * width, width)).reshape(t.shape[1:])
+        size = STORED[t.dtype].itemsize
+        shard.release(t.start + index * width * size, t.start + (index + 1) * width * size)
+        return out
+
     def row_blocks(self, name: str, block: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
         """A 2-D table in blocks of rows, each converted to float32 and released in turn:
         (first row, block). For the LM head: logits without the whole table in float32."""
