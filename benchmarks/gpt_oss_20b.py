@@ -158,6 +158,16 @@ def token_ids(cfg: dict) -> list[int]:
 
 
 def child_ours(d: Path, ids: list[int]) -> None:
+    """As `attn-cli explain` runs a model: its malloc setting, BLAS threads for the free cores."""
+    from attn_cli.blas import threads_for_free_cores
+    from attn_cli.memory import reuse_freed_memory
+
+    reuse_freed_memory()
+    with threads_for_free_cores():
+        forward(d, ids)
+
+
+def forward(d: Path, ids: list[int]) -> None:
     import numpy as np
 
     from attn_cli.models.registry import family_for

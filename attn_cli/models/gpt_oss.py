@@ -280,9 +280,13 @@ def expert_biases(w: WeightSource, m: str) -> tuple[np.ndarray, np.ndarray]:
     return w[e + "gate_up_proj_bias"], w[e + "down_proj_bias"]
 
 
-def expert(w: WeightSource, m: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+def expert(
+    w: WeightSource, m: str, i: int, buffers: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Expert i's gate_up [d, 2·inter] (gate and up interleaved) and down [inter, d] as
-    transformers multiplies them, read (and dequantised) alone."""
+    transformers multiplies them, read (and dequantised) alone; transformers-format experts
+    are converted into `buffers`, reused from expert to expert (the arrays returned are
+    overwritten by the next call)."""
     e = m + "experts."
     kind = layout(w, m)
     if kind == "gguf":  # [out, in] each, gate and up apart
@@ -295,7 +299,14 @@ def expert(w: WeightSource, m: str, i: int) -> tuple[np.ndarray, np.ndarray]:
         )
         down = mxfp4_pairs(stored(e + "down_proj_blocks", i), stored(e + "down_proj_scales", i))
         return gate_up.T, down.T
-    return w.rows(e + "gate_up_proj", [i])[0], w.rows(e + "down_proj", [i])[0]
+    entry = getattr(w, "entry", None)
+    if entry is None:
+        return w.rows(e + "gate_up_proj", [i])[0], w.rows(e + "down_proj", [i])[0]
+    got = []
+    for name in ("gate_up_proj", "down_proj"):
+        got.append(entry(e + name, i, buffers.get(name)))
+        buffers[name] = got[-1]
+    return got[0], got[1]
 
 
 def sink_attention(
@@ -349,10 +360,11 @@ def moe(w: WeightSource, p: str, x: np.ndarray, args: GptOssArgs) -> tuple[np.nd
     gate_up_b, down_b = expert_biases(w, p)
     alpha, limit = np.float32(args.swiglu_alpha), np.float32(args.swiglu_limit)
     out = np.zeros_like(x)
+    buffers: dict[str, np.ndarray] = {}
     for e in (int(e) for e in np.flatnonzero((routing > 0).any(axis=0))):
         tokens = np.flatnonzero(routing[:, e] > 0)
         # one expert's matrices at a time, read only when a token routes to it
-        gate_up_w, down_w = expert(w, p, e)  # [d, 2·inter], [inter, d]
+        gate_up_w, down_w = expert(w, p, e, buffers)  # [d, 2·inter], [inter, d]
         gate_up = x[tokens] @ gate_up_w + gate_up_b[e]  # [t, d] @ [d, 2·inter]
         gate = np.minimum(gate_up[:, ::2], limit)  # gate and up are interleaved columns
         up = np.clip(gate_up[:, 1::2], -limit, limit)
