@@ -2,7 +2,7 @@
 
     python benchmarks/gpt_oss_20b.py                # write the checkpoint once, then time both
     python benchmarks/gpt_oss_20b.py --runs 3       # alternate the two sides 3 times
-    python benchmarks/gpt_oss_20b.py --layers 1     # a smaller checkpoint (a quick run)
+    python benchmarks/gpt_oss_20b.py --layers 1     # a smaller checkpoint (3.2 GB)
 
 The checkpoint is gpt-oss-20b's geometry (hidden 2880, 64 query / 8 key-value heads of 64, 32
 experts, top 4, intermediate 2880, vocabulary 201,088, untied LM head, sliding window 128 on
@@ -21,7 +21,7 @@ run in fresh processes on the same 128 token ids, same run, alternating:
 Reported: whole-process wall time, CPU time (user + system) and peak RSS (ru_maxrss of each
 child, from os.wait4), the ratios (targets: ≥ 3× faster, ≤ 0.3× peak memory), whether both
 sides predict the same top 5 tokens, and what a full 24-layer model would need, extrapolated
-from the per-layer cost (the difference between a 1-layer and a 2-layer run, `--per-layer`).
+from attn-cli's measured time per layer and the maps it keeps per layer.
 """
 
 from __future__ import annotations
@@ -179,17 +179,29 @@ def forward(d: Path, ids: list[int]) -> None:
     w = SafetensorsWeights(d, fam.anchor, fam.rename)
     fam.check(w, cfg)
     x = fam.embed(w, ids, cfg)
-    kept = []
+    kept, seconds = [], []
+    t0 = time.perf_counter()
     for layer in fam.layers(w, x, cfg):
         kept.append(layer.attention.weights)  # every head's map
         x = layer.out
+        seconds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
     h = fam.final(w, x, cfg)
     logits = fam.logits(w, h[-1:], cfg)[0]
     p = np.exp(logits - logits.max())
     p /= p.sum()
     top = np.argsort(-p)[:5]
     assert all(m.shape == (cfg["num_attention_heads"], len(ids), len(ids)) for m in kept)
-    print(json.dumps({"top": top.tolist(), "p": p[top].tolist()}))
+    print(
+        json.dumps(
+            {
+                "top": top.tolist(),
+                "p": p[top].tolist(),
+                "layer_seconds": seconds,
+                "kept_bytes_per_layer": kept[0].nbytes,
+            }
+        )
+    )
 
 
 def child_transformers(d: Path, ids: list[int]) -> None:
@@ -250,6 +262,8 @@ def measure(d: Path, layers: int, runs: int, sides: tuple[str, ...]) -> dict:
             "cpu_seconds": statistics.median(c for _, _, c in r),
             "peak_bytes": max(m for _, m, _ in r),
             "top5": outputs[side]["top"],
+            "layer_seconds": outputs[side].get("layer_seconds"),
+            "kept_bytes_per_layer": outputs[side].get("kept_bytes_per_layer"),
         }
         for side, r in results.items()
     }
@@ -260,12 +274,6 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dir", type=Path)
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument(
-        "--per-layer",
-        action="store_true",
-        help="also run attn-cli on a 1-layer checkpoint: the per-layer cost for the 24-layer "
-        "extrapolation",
-    )
     ap.add_argument("--child", choices=["ours", "transformers"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     d = args.dir or default_dir(args.layers)
@@ -290,17 +298,17 @@ def main() -> None:
         "runs": args.runs,
         "cpus": os.cpu_count(),
     }
-    if args.per_layer and args.layers > 1:
-        one = measure(default_dir(1), 1, args.runs, ("ours",))["ours"]
-        per_s = (ours["seconds"] - one["seconds"]) / (args.layers - 1)
-        per_b = max(0, ours["peak_bytes"] - one["peak_bytes"]) / (args.layers - 1)
-        extra = FULL_LAYERS - args.layers
-        row["per_layer_s"] = round(per_s, 2)
-        row["full_24_layers_s_estimate"] = round(ours["seconds"] + extra * per_s, 1)
-        # weights are read a layer at a time: only the kept maps grow with the layer count
-        row["full_24_layers_peak_mib_estimate"] = round(
-            (ours["peak_bytes"] + extra * per_b) / 2**20
-        )
+    # A full model: the same fixed costs (imports, embeddings, the LM head), every further
+    # layer as long as a measured one, and its kept maps on top of the peak (weights are read
+    # and released a layer at a time, so nothing else grows with the layer count).
+    per_layer = statistics.median(ours["layer_seconds"])
+    extra = FULL_LAYERS - args.layers
+    row["per_layer_s"] = round(per_layer, 2)
+    row["full_24_layers_s_estimate"] = round(ours["seconds"] + extra * per_layer, 1)
+    row["full_24_layers_peak_mib_estimate"] = round(
+        (ours["peak_bytes"] + extra * ours["kept_bytes_per_layer"]) / 2**20
+    )
+    row["load_average"] = round(os.getloadavg()[0], 1)
     print(json.dumps(row, indent=2))
 
 
