@@ -94,6 +94,10 @@ class GGUFTable:
     norm_shift: float = 0.0  # every *norm.weight stored as shift + w (Gemma: 1 + w)
     fused_qkv: bool = False  # the HF model has one qkv_proj (Phi-3)
     qk_norm_full: bool = False  # q/k norms over all heads at once, H·head_dim wide (OLMo 2)
+    # A mixture of experts stacked in one GGUF tensor [experts, out, in] per projection: HF name
+    # of one expert's matrix under model.layers.{i}. ({e}: its number) -> the GGUF name under
+    # blk.{i}.; the number of experts is config num_experts (or num_local_experts)
+    experts: Mapping[str, str] = field(default_factory=dict)
     # What no table can say (values that depend on several keys, config from tensors):
     # adapt(metadata reader, config being built), see gguf/to_hf.py's MetadataReader.
     adapt: Callable[[Any, dict[str, Any]], None] | None = None
