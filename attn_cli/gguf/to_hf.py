@@ -86,6 +86,7 @@ class Recipe:
     rows: tuple[int, int] | None = None
     unpermute: int | None = None
     shift: float = 0.0
+    expert: int | None = None  # one expert's [out, in] of a stacked [experts, out, in] tensor
 
 
 def unpermute_index(n_rows: int, n_head: int) -> np.ndarray:
@@ -217,6 +218,7 @@ def build(
             cfg["num_key_value_heads"],
             cfg["head_dim"],
             fname,
+            cfg.get("num_local_experts") or cfg.get("num_experts") or 0,
         )
     except _MALFORMED as exc:
         raise InputError(f"{fname}: malformed metadata ({show(str(exc), 100)})") from None
@@ -365,6 +367,9 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
 def recipe_shape(r: Recipe, tensors: dict[str, Any]) -> tuple[int, ...]:
     """The HF shape a recipe produces, from the header alone (trailing dims must agree)."""
     shapes = [tuple(tensors[s].shape) for s in r.sources]
+    if r.expert is not None:
+        stacked = shapes[0]
+        return stacked[1:] if len(stacked) == 3 and 0 <= r.expert < stacked[0] else (-1,)
     if len({sh[1:] for sh in shapes}) != 1:
         return (-1,)
     first = sum(sh[0] for sh in shapes)
@@ -384,6 +389,8 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
     qd, kd = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     bias = name.endswith(".bias")
     part = name.rsplit(".", 2)[-2]
+    if ".experts." in name:  # one expert of a mixture: its own width
+        ff = cfg.get("moe_intermediate_size") or ff
     out = {
         "embed_tokens": (v, h),
         "lm_head": (v, h),
@@ -398,6 +405,7 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
         "up_proj": (ff, h),
         "gate_up_proj": (2 * ff, h),
         "down_proj": (h, ff),
+        "gate": (cfg.get("num_local_experts") or cfg.get("num_experts") or 0, h),  # a router
     }.get(part, (h,))  # every other tensor is a norm over the hidden size
     return out[:1] if bias else out
 
@@ -410,6 +418,7 @@ def _plan(
     n_kv: int,
     head_dim: int,
     fname: str,
+    n_experts: int = 0,
 ) -> dict[str, Recipe]:
     plan: dict[str, Recipe] = {}
 
@@ -439,6 +448,15 @@ def _plan(
         for hf, gname in table.optional_layer_tensors.items():
             if b + gname in tensors:
                 plan[h + hf] = recipe(hf, (b + gname,))
+        for hf, gname in table.experts.items():  # stacked experts: one recipe per expert
+            stacked = tensors[need(b + gname)].shape
+            if len(stacked) != 3 or stacked[0] != n_experts:
+                raise InputError(
+                    f"{fname}: {b + gname} has shape {list(stacked)}, but the metadata implies "
+                    f"{n_experts} experts"
+                )
+            for e in range(n_experts):
+                plan[h + hf.format(e=e)] = Recipe((b + gname,), expert=e)
         for kind in ("weight", "bias"):
             sep = [f"{b}attn_{x}.{kind}" for x in "qkv"]
             fused = f"{b}attn_qkv.{kind}"

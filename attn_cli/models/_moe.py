@@ -89,19 +89,36 @@ def moe_mlp(
     w: WeightSource, p: str, x: np.ndarray, moe: MoE, names: Experts
 ) -> tuple[np.ndarray, np.ndarray]:
     """The MoE MLP of the layer under prefix `p` ("layers.{i}."): its output (n, d) and the
-    routing (n, E). Only the experts some token routes to are read, each on its tokens only."""
+    routing (n, E)."""
     routing = route(x @ w[p + names.router].T, moe)  # [n, d] @ [d, E] -> [n, E]
+
+    def load(e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        gate, up, down = (w[p + n.format(e=e)] for n in (names.gate, names.up, names.down))
+        return gate, up, down
+
+    return run_experts(x, routing, moe, load), routing
+
+
+def run_experts(
+    x: np.ndarray,
+    routing: np.ndarray,
+    moe: MoE,
+    load: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """Σ over each token's chosen experts of weight × expert(x) (Llama 4: expert(weight × x)).
+    `load(e)` reads expert e's gate, up and down matrices (torch Linear [out, in]): called only
+    for experts some token routes to, and each runs on those tokens only."""
     act = activation(moe.act)
     out = np.zeros_like(x)
     for e in (int(e) for e in np.flatnonzero((routing > 0).any(axis=0))):
         tokens = np.flatnonzero(routing[:, e] > 0)
-        gate, up, down = (w[p + name.format(e=e)] for name in (names.gate, names.up, names.down))
+        gate, up, down = load(e)
         weight = routing[tokens, e][:, None]
         if moe.routing == "sigmoid_topk":  # Llama 4 scales the token before the expert
             out[tokens] += swiglu(x[tokens] * weight, gate, up, down, act)
         else:
             out[tokens] += swiglu(x[tokens], gate, up, down, act) * weight
-    return out, routing
+    return out
 
 
 def check_experts(w: WeightSource, p: str, d: int, moe: MoE, names: Experts) -> None:
