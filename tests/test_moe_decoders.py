@@ -204,7 +204,9 @@ def test_experts_are_read_only_when_routed_to(tiny, model_type):
         if "router" not in layer.attention:
             continue
         routed = set(np.flatnonzero(layer.attention["router"].any(axis=0)).tolist())
-        experts = {int(n.split(".")[4]) for n in read if n.startswith(f"layers.{i}.") and ".experts." in n}
+        experts = {
+            int(n.split(".")[4]) for n in read if n.startswith(f"layers.{i}.") and ".experts." in n
+        }
         assert experts == routed and len(routed) == 2
 
 
@@ -249,7 +251,11 @@ def write_qwen3moe_gguf(path: Path, d: Path) -> Path:
     from tests.test_gguf_writer import byte_vocab
 
     cfg = json.loads((d / "config.json").read_text())
-    n_layer, n_head, hidden = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["hidden_size"]
+    n_layer, n_head, hidden = (
+        cfg["num_hidden_layers"],
+        cfg["num_attention_heads"],
+        cfg["hidden_size"],
+    )
     experts = cfg.get("num_local_experts") or cfg["num_experts"]
     w = SafetensorsWeights(d, "embed_tokens.weight")
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3MOE, n_layer)

@@ -161,7 +161,11 @@ def router_text(c: StageContext) -> tuple[str, str]:
             f"Only its top {k} run on it, each on the token scaled by its weight (a sigmoid of "
             "its router logit, so they need not sum to 1); a shared expert runs on every token."
         )
-    norm = "renormalised to sum to 1" if facts["normalize"] else "not renormalised: they sum to less than 1"
+    norm = (
+        "renormalised to sum to 1"
+        if facts["normalize"]
+        else "not renormalised: they sum to less than 1"
+    )
     return f"top-{k}(softmax(post_attention_layernorm(h)·W_routerᵀ))", (
         f"The mixture-of-experts router: each token's weight on each of the {n} experts "
         f"(a softmax over all of them). Only its top {k} run on it, their outputs weighted by "

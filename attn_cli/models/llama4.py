@@ -60,7 +60,9 @@ ROPE_FLAGS = Kind(
 )
 LAYER_LIST = Kind(
     "a list of layer numbers",
-    lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+    lambda v: (
+        isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    ),
 )
 
 
@@ -167,7 +169,7 @@ def rotate_pairs(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 def l2_norm(x: np.ndarray, eps: float) -> np.ndarray:
     """Llama4TextL2Norm: x / √(mean(x²) + ε) over each head's vector, no learned scale."""
-    return rms_norm(x, np.float32(1.0), eps)
+    return rms_norm(x, np.ones(x.shape[-1], np.float32), eps)
 
 
 SPECS = {"llama4_text": Spec(args=Llama4TextArgs, rope_layers=uses_rope)}  # type: ignore[arg-type]
@@ -220,7 +222,9 @@ def check(w: WeightSource, cfg: Config) -> None:
         expect_shape(w, "lm_head.weight", (args.vocab_size, d))
 
 
-def moe(w: WeightSource, f: str, x: np.ndarray, args: Llama4TextArgs) -> tuple[np.ndarray, np.ndarray]:
+def moe(
+    w: WeightSource, f: str, x: np.ndarray, args: Llama4TextArgs
+) -> tuple[np.ndarray, np.ndarray]:
     """Llama4TextMoe: the shared expert on every token plus each token's routed experts, and the
     routing (n, E). An expert's stacked matrices are read only when a token routes to it."""
     m = moe_of(args)
@@ -274,7 +278,13 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
 
         a_in = rms_norm(x, w[p + "input_layernorm.weight"], eps)
         record = multi_head_attention(a_in, params, masks[kinds[i]], hook, resid=x)
-        record.facts.update(rope=rotary, layer_type=kinds[i], chunk=args.attention_chunk_size)
+        record.facts.update(
+            rope=rotary,
+            layer_type=kinds[i],
+            chunk=args.attention_chunk_size,
+            floor_scale=args.floor_scale,
+            attn_scale=args.attn_scale,
+        )
         assert record.output is not None
         h = x + record.output
         m = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
@@ -317,14 +327,15 @@ NOPE = (
 
 
 def _masked(c: StageContext) -> tuple[str, str]:
-    formula, description = narrate.STAGE_TEXTS["W_masked"](c)
     if c.record.facts.get("layer_type") == CHUNKED:
         chunk = c.record.facts["chunk"]
-        description += (
-            f" Chunked attention: a token sees only the earlier tokens of its own block of {chunk} "
-            f"(tokens 0–{chunk - 1}, {chunk}–{2 * chunk - 1}, …); the first token of each block "
-            "sees only itself."
+        return f"{c.logits()}, −∞ above the diagonal and outside the chunk", (
+            f"Chunked attention: a token sees only itself and the earlier tokens of its own "
+            f"block of {chunk} (tokens 0–{chunk - 1}, {chunk}–{2 * chunk - 1}, …); later tokens "
+            "and earlier blocks are −∞ and get weight 0, so the first token of each block sees "
+            "only itself."
         )
+    formula, description = narrate.STAGE_TEXTS["W_masked"](c)
     return formula, description + ("" if c.record.facts.get("rope", True) else NOPE)
 
 
@@ -341,10 +352,11 @@ def _l2_norm(c: StageContext) -> tuple[str, str]:
 def _temp(c: StageContext) -> tuple[str, str]:
     if c.stage.name[0] == "K":
         return "K (unchanged)", "The keys are not scaled; only the queries are (Q_temp)."
-    return "Q · (log(1 + ⌊(p + 1)/floor_scale⌋) · attn_scale + 1)", (
+    floor, scale = c.record.facts["floor_scale"], c.record.facts["attn_scale"]
+    return f"Q · (log(1 + ⌊(p + 1)/{floor:g}⌋) · {scale:g} + 1)", (
         "Attention temperature tuning on this NoPE layer: the query of the token at position p "
-        "is multiplied by a factor that is 1 for the first floor_scale tokens and grows "
-        "slowly (logarithmically) after, so attention stays sharp over long inputs."
+        f"(from 0) is multiplied by a factor that is 1 while p + 1 < floor_scale ({floor:g}) and "
+        "grows slowly (logarithmically) after, so attention stays sharp over long inputs."
     )
 
 

@@ -45,7 +45,9 @@ NAMES = _moe.Experts(
 )
 LAYER_LIST = Kind(
     "a list of layer numbers",
-    lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+    lambda v: (
+        isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    ),
 )
 
 
