@@ -135,8 +135,8 @@ def test_a_bad_config_value_is_one_line_naming_key_and_value(tmp_path, fixture, 
         ({"head_dim": 10}, "shape"),  # config and weights disagree: named, not computed
         ({"num_hidden_layers": 5}, "missing tensor"),
         (
-            {"rope_parameters": {**LLAMA3, "low_freq_factor": 4.0}},
-            "high_freq_factor 4.0 must be greater than low_freq_factor 4.0",
+            {"rope_parameters": {**LLAMA3, "low_freq_factor": 5.0}},
+            "high_freq_factor 4.0 must be at least low_freq_factor 5.0",
         ),
     ],
 )

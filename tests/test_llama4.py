@@ -39,6 +39,16 @@ TINY = dict(
     bos_token_id=1,
     eos_token_id=2,
 )
+# Llama 4 Scout's rope scaling (llama3 with equal low and high frequency factors: a hard cut
+# between the frequencies kept and those divided by 16), over an 8-token original length
+SCOUT_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 16.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 1.0,
+    "original_max_position_embeddings": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +137,7 @@ def test_router_is_transformers_sigmoid_top_k(tiny):
         ({"attn_temperature_tuning": False}, 3),  # only the NoPE layer is tuned
         ({"no_rope_layers": [1, 1, 1, 1]}, 3),  # layer 3 rotates (and is chunked) too
         ({"num_experts_per_tok": 1}, 2),  # layer 1's routing reaches layer 2's input
+        ({"rope_parameters": SCOUT_ROPE}, 0),  # Scout's scaled rotary (not off: other angles)
     ],
 )
 def test_each_feature_switched_off_changes_the_maps(tiny, switch, first):
