@@ -236,6 +236,27 @@ def test_fixture_matches_transformers_without_torch():
     np.testing.assert_allclose(ours["logits"][-3:], expected["logits"], atol=1e-4)
 
 
+def test_the_language_model_of_a_multimodal_checkpoint(tmp_path):
+    """model_type llama4 (the hub's Scout and Maverick): its text_config, and the tensors under
+    language_model. (the LM head too); the vision tower's tensors are not read."""
+    from safetensors.numpy import save_file
+
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    w = SafetensorsWeights(FIXTURE, "embed_tokens.weight")
+    tensors = {(name if name == "lm_head.weight" else "model." + name): w[name] for name in w}
+    tensors = {"language_model." + name: t for name, t in tensors.items()}
+    tensors["vision_model.patch_embedding.linear.weight"] = np.zeros((8, 4), np.float32)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    wrapped = {"model_type": "llama4", "text_config": cfg, "vision_config": {}}
+    (tmp_path / "config.json").write_text(json.dumps(wrapped))
+    ids = np.load(FIXTURE / "expected.npz")["ids"].tolist()
+    ours, original = run(tmp_path, ids), run(FIXTURE, ids)
+    np.testing.assert_array_equal(attention_maps(ours), attention_maps(original))
+    np.testing.assert_array_equal(ours["logits"], original["logits"])  # its own LM head
+    with pytest.raises(InputError, match="a llama4 checkpoint needs a text_config object"):
+        family("llama4").dims({"model_type": "llama4"})
+
+
 def test_steps_say_which_layers_are_nope_chunked_and_tuned():
     import attn_cli
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -173,7 +173,7 @@ def router_text(c: StageContext) -> tuple[str, str]:
     )
 
 
-def describe_moe(moe: MoE, dense: Any = None) -> str:
+def describe_moe(moe: MoE, dense: list[int] | None = None) -> str:
     """The `mlp` entry of a MoE family's description."""
     kind = (
         f"sigmoid of the top {moe.top_k}, input scaled, plus a shared expert"

@@ -16,12 +16,15 @@ Each layer, pre-norm with RMSNorm (× w):
     and weights each by the sigmoid of its logit; the token is scaled by that weight before the
     expert (SwiGLU, gate_up_proj [E, d, 2·inter] gate first) and a shared expert runs on every
     token; the other layers have a dense SwiGLU MLP of width intermediate_size_mlp.
-then the final norm and the LM head. Checkpoints as transformers saves Llama4ForCausalLM.
+then the final norm and the LM head. Checkpoints as transformers saves Llama4ForCausalLM, and
+the language model of the multimodal hub checkpoints (model_type llama4: its text_config, tensors
+under language_model.; the vision tower is not read).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -173,6 +176,23 @@ def l2_norm(x: np.ndarray, eps: float) -> np.ndarray:
 
 
 SPECS = {"llama4_text": Spec(args=Llama4TextArgs, rope_layers=uses_rope)}  # type: ignore[arg-type]
+
+
+def llama4_text(cfg: Config) -> Config:
+    """A llama4_text config; for the multimodal Llama 4 (model_type llama4: Scout, Maverick) its
+    text_config, whose language model this runs."""
+    if cfg.get("model_type") != "llama4":
+        return cfg
+    text = cfg.get("text_config")
+    if not isinstance(text, Mapping):
+        raise InputError("config.json: a llama4 checkpoint needs a text_config object")
+    return {**text, "model_type": "llama4_text"}
+
+
+def rename(name: str) -> str:
+    """The multimodal checkpoints' LM head (language_model.lm_head.weight) by its plain name;
+    the language model's other tensors lose their prefix with the anchor's."""
+    return name.removeprefix("language_model.")
 
 
 def _args(cfg: Config) -> tuple[Spec, Llama4TextArgs, str]:
@@ -379,6 +399,9 @@ FAMILY = dataclasses.replace(
             "scores are −∞; in chunked layers, neither at tokens before its own chunk."
         ),
         stage_texts=STAGE_TEXTS,
+        model_types=(*SPECS, "llama4"),
+        adapt={"llama4_text": llama4_text, "llama4": llama4_text},
+        rename=rename,
     ),
     check=check,
     layers=layers,
