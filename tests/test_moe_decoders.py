@@ -279,7 +279,7 @@ def write_qwen3moe_gguf(path: Path, d: Path) -> Path:
     out.add_tokenizer_pre("qwen2")
     out.add_token_list(toks)
     out.add_token_types(types)
-    out.add_token_merges([])
+    out.add_token_merges(["a b"])  # llama.cpp needs a merges list (ids are given, not text)
     stacks: dict[str, list[np.ndarray]] = {}
     for name in w:
         full = name if name == "lm_head.weight" else "model." + name
@@ -323,6 +323,24 @@ def test_qwen3moe_gguf_gives_the_original_maps(tiny, tmp_path):
     )
     for ours, theirs in zip(layers, original["layers"], strict=True):
         np.testing.assert_array_equal(ours.attention["router"], theirs.attention["router"])
+
+
+@pytest.mark.reference
+def test_llama_cpp_runs_the_same_qwen3moe_file_to_the_same_logits(tiny, tmp_path):
+    """llama.cpp itself on the file (float32 key/value cache): its logits equal attn-cli's and
+    transformers', so the file is laid out as llama.cpp expects (stacked experts, router,
+    q/k norms) and the routing matches llama.cpp's too."""
+    from tests.conftest import llama
+
+    d = tiny("qwen3_moe", mlp_only_layers=[])
+    path = write_qwen3moe_gguf(tmp_path / "qwen3moe.gguf", d)
+    model = llama(
+        model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1,
+        type_k=0, type_v=0, flash_attn=False,
+    )  # fmt: skip
+    model.eval(IDS)
+    theirs = np.array(model.scores[: len(IDS)])
+    np.testing.assert_allclose(theirs, run(d, IDS)["logits"], atol=1e-4)
 
 
 # -- torch-free: the committed fixtures (scripts/make_decoder_fixtures.py) --------------------
