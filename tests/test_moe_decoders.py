@@ -242,55 +242,62 @@ def test_defaults_are_transformers_configs():
 # -- GGUF: llama.cpp's qwen3moe ----------------------------------------------------------------
 
 
-def write_qwen3moe_gguf(path: Path, d: Path) -> Path:
+def write_moe_gguf(path: Path, d: Path) -> Path:
     """The bf16 checkpoint in `d` written as llama.cpp's converter writes a Qwen3-MoE
-    (Qwen3MoeModel): names by gguf-py's TensorNameMap, each layer's experts stacked into one
-    [experts, out, in] tensor per projection (ffn_gate_exps, ffn_up_exps, ffn_down_exps), q/k
-    rows in HF order, expert metadata, every tensor F32."""
+    (Qwen3MoeModel: architecture qwen3moe) or a Mixtral (LlamaModel: architecture llama, q/k rows
+    permuted by LlamaModel.permute): names by gguf-py's TensorNameMap, each layer's experts
+    stacked into one [experts, out, in] tensor per projection (ffn_gate_exps, ffn_up_exps,
+    ffn_down_exps), expert metadata, every tensor F32."""
     gguf = require("gguf")
-    from tests.test_gguf_writer import byte_vocab
+    from tests.test_gguf_writer import byte_vocab, converter_permute
 
     cfg = json.loads((d / "config.json").read_text())
-    n_layer, n_head, hidden = (
-        cfg["num_hidden_layers"],
-        cfg["num_attention_heads"],
-        cfg["hidden_size"],
-    )
+    mixtral = cfg["model_type"] == "mixtral"
+    arch = "llama" if mixtral else "qwen3moe"
+    n_layer, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    n_kv, hidden = cfg["num_key_value_heads"], cfg["hidden_size"]
     experts = cfg.get("num_local_experts") or cfg["num_experts"]
+    head_dim = cfg.get("head_dim") or hidden // n_head
     w = SafetensorsWeights(d, "embed_tokens.weight")
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3MOE, n_layer)
-    out = gguf.GGUFWriter(str(path), "qwen3moe")
+    tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layer)
+    out = gguf.GGUFWriter(str(path), arch)
     out.add_context_length(cfg["max_position_embeddings"])
     out.add_embedding_length(hidden)
     out.add_block_count(n_layer)
     out.add_feed_forward_length(cfg["intermediate_size"])
     out.add_head_count(n_head)
-    out.add_head_count_kv(cfg["num_key_value_heads"])
+    out.add_head_count_kv(n_kv)
     out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
     out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
-    out.add_key_length(cfg["head_dim"])
-    out.add_value_length(cfg["head_dim"])
+    out.add_key_length(head_dim)
+    out.add_value_length(head_dim)
     out.add_expert_count(experts)
     out.add_expert_used_count(cfg["num_experts_per_tok"])
-    out.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    if not mixtral:
+        out.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     out.add_file_type(0)
     toks, types = byte_vocab(cfg["vocab_size"])
     out.add_tokenizer_model("gpt2")
     out.add_tokenizer_pre("qwen2")
     out.add_token_list(toks)
     out.add_token_types(types)
-    out.add_token_merges(["a b"])  # llama.cpp needs a merges list (ids are given, not text)
+    out.add_token_merges(["a b"])  # llama.cpp needs a merges list (the tests give ids)
     stacks: dict[str, list[np.ndarray]] = {}
     for name in w:
         full = name if name == "lm_head.weight" else "model." + name
-        if ".experts." in name:  # model.layers.{i}.mlp.experts.{e}.{proj}.weight
+        data = w[name]
+        if ".experts." in name:  # model.layers.{i}.{mlp|block_sparse_moe}.experts.{e}.{proj}.weight
             parts = full.split(".")
-            merged = ".".join(parts[:5] + parts[6:])  # ….mlp.experts.{proj}.weight
-            stacks.setdefault(merged, [None] * experts)[int(parts[5])] = w[name]
+            merged = ".".join(parts[:5] + parts[6:])  # ….experts.{proj}.weight
+            stacks.setdefault(merged, [data] * experts)[int(parts[5])] = data
             continue
+        if mixtral and name.endswith("q_proj.weight"):
+            data = converter_permute(data, n_head, n_head)
+        if mixtral and name.endswith("k_proj.weight"):
+            data = converter_permute(data, n_head, n_kv)
         new = tmap.get_name(full, try_suffixes=(".weight", ".bias"))
         assert new is not None, full
-        out.add_tensor(new, np.ascontiguousarray(w[name], dtype=np.float32))
+        out.add_tensor(new, np.ascontiguousarray(data, dtype=np.float32))
     for merged, datas in stacks.items():
         new = tmap.get_name(merged, try_suffixes=(".weight",))
         assert new is not None and "_exps" in new, merged
@@ -302,38 +309,50 @@ def write_qwen3moe_gguf(path: Path, d: Path) -> Path:
     return path
 
 
+# llama.cpp's qwen3moe has no dense layers, and its Mixtral no sliding window
+GGUF_MODELS = [("qwen3_moe", {"mlp_only_layers": []}), ("mixtral", {"sliding_window": None})]
+
+
 @pytest.mark.reference
-def test_qwen3moe_gguf_gives_the_original_maps(tiny, tmp_path):
+@pytest.mark.parametrize(("model_type", "overrides"), GGUF_MODELS)
+def test_moe_gguf_gives_the_original_maps(tiny, tmp_path, model_type, overrides):
     from attn_cli.gguf import open_gguf
 
-    d = tiny("qwen3_moe", mlp_only_layers=[])  # llama.cpp's qwen3moe: every layer is MoE
-    ckpt = open_gguf(write_qwen3moe_gguf(tmp_path / "qwen3moe.gguf", d))
+    d = tiny(model_type, **overrides)
+    ckpt = open_gguf(write_moe_gguf(tmp_path / "moe.gguf", d))
     cfg = ckpt.config
-    assert cfg["model_type"] == "qwen3_moe" and cfg["num_experts"] == 4
-    assert cfg["moe_intermediate_size"] == 32 and cfg["norm_topk_prob"] is True
-    assert ckpt.weights.shape("model.layers.0.mlp.experts.3.down_proj.weight") == (64, 32)
-    fam = family("qwen3_moe")
+    assert cfg["model_type"] == model_type and cfg["num_experts_per_tok"] == 2
+    if model_type == "qwen3_moe":
+        assert cfg["num_experts"] == 4 and cfg["moe_intermediate_size"] == 32
+        assert cfg["norm_topk_prob"] is True
+        expert = "model.layers.0.mlp.experts.3.down_proj.weight"
+        assert ckpt.weights.shape(expert) == (64, 32)
+    else:  # llama.cpp's "llama" with experts
+        assert cfg["gguf"]["architecture"] == "llama" and cfg["num_local_experts"] == 4
+        expert = "model.layers.0.block_sparse_moe.experts.3.w2.weight"
+        assert ckpt.weights.shape(expert) == (64, 128)
+    fam = family(model_type)
     w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
     fam.check(w, cfg)
     x = fam.embed(w, IDS, cfg)
     layers = list(fam.layers(w, x, cfg))
     original = run(d, IDS)
-    np.testing.assert_allclose(
-        np.stack([layer.attention.weights for layer in layers]), attention_maps(original), atol=1e-6
-    )
+    maps = np.stack([layer.attention.weights for layer in layers])
+    np.testing.assert_allclose(maps, attention_maps(original), atol=1e-6)
     for ours, theirs in zip(layers, original["layers"], strict=True):
         np.testing.assert_array_equal(ours.attention["router"], theirs.attention["router"])
 
 
 @pytest.mark.reference
-def test_llama_cpp_runs_the_same_qwen3moe_file_to_the_same_logits(tiny, tmp_path):
-    """llama.cpp itself on the file (float32 key/value cache): its logits equal attn-cli's and
-    transformers', so the file is laid out as llama.cpp expects (stacked experts, router,
-    q/k norms) and the routing matches llama.cpp's too."""
+@pytest.mark.parametrize(("model_type", "overrides"), GGUF_MODELS)
+def test_llama_cpp_runs_the_same_file_to_the_same_logits(tiny, tmp_path, model_type, overrides):
+    """llama.cpp itself on the file (float32 key/value cache): its logits equal attn-cli's, so
+    the file is laid out as llama.cpp expects (stacked experts, router, q/k norms or permuted
+    q/k rows) and llama.cpp routes the tokens as attn-cli does."""
     from tests.conftest import llama
 
-    d = tiny("qwen3_moe", mlp_only_layers=[])
-    path = write_qwen3moe_gguf(tmp_path / "qwen3moe.gguf", d)
+    d = tiny(model_type, **overrides)
+    path = write_moe_gguf(tmp_path / "moe.gguf", d)
     model = llama(
         model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1,
         type_k=0, type_v=0, flash_attn=False,

@@ -23,7 +23,7 @@ Every metadata value is checked as the family's args class checks the HF key it 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, show
 from attn_cli.models.args import POSITIVE, POSITIVE_INT, TEXT, Kind, check
-from attn_cli.models.registry import ABSENT, GGUFTable, gguf_tables
+from attn_cli.models.registry import ABSENT, GGUFTable, gguf_table, gguf_tables
 
 REQUIRED: Any = object()  # MetadataReader.value: the file must have the key
 
@@ -208,7 +208,7 @@ def build(
     the metadata."""
     fname = header.path.name
     cfg = config_from_header(header, read_small)
-    table = gguf_tables()[cfg["gguf"]["architecture"]]
+    table = table_for(cfg["gguf"]["architecture"], fname, header.metadata)
     try:
         plan = _plan(
             table,
@@ -249,22 +249,24 @@ def config_from_header(
         ) from None
 
 
-def table_for(arch: object, fname: str) -> GGUFTable:
-    """The family table of a general.architecture, or an InputError saying which are."""
+def table_for(arch: object, fname: str, meta: Mapping[str, Any]) -> GGUFTable:
+    """The family table of a general.architecture (for a file with experts, the table of its
+    experts where the architecture has one), or an InputError saying which are supported."""
     tables = gguf_tables()
     if not isinstance(arch, str):
         raise InputError(f"{fname}: no general.architecture in the metadata")
-    if arch not in tables:
+    table = gguf_table(arch, meta)
+    if table is None:
         raise InputError(
             f"{fname}: architecture {show(arch)} is not supported (supported: {', '.join(tables)})"
         )
-    return tables[arch]
+    return table
 
 
 def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict[str, Any]:
     meta, tensors = header.metadata, header.tensors
     name = header.path.name
-    table = table_for(meta.get("general.architecture"), name)
+    table = table_for(meta.get("general.architecture"), name, meta)
     m = MetadataReader(header, table, read_small)
     n_layer = m.value("block_count", "num_hidden_layers")
     hidden = m.value("embedding_length", "hidden_size")
@@ -405,6 +407,9 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
         "up_proj": (ff, h),
         "gate_up_proj": (2 * ff, h),
         "down_proj": (h, ff),
+        "w1": (ff, h),  # Mixtral's expert gate, up (w3) and down (w2)
+        "w3": (ff, h),
+        "w2": (h, ff),
         "gate": (cfg.get("num_local_experts") or cfg.get("num_experts") or 0, h),  # a router
     }.get(part, (h,))  # every other tensor is a norm over the hidden size
     return out[:1] if bias else out

@@ -7,8 +7,10 @@ window over every layer when sliding_window is set), and its MLP is
   experts' logits), weight the outputs of those experts, each a SwiGLU down(silu(w1·x) ⊙ w3·x)
   with w2 as down. The `router` step shows these weights (tokens × experts).
 Checkpoints as the hub and transformers' save_pretrained write them: block_sparse_moe.gate and
-block_sparse_moe.experts.{e}.w1/w2/w3. llama.cpp converts Mixtral to its "llama" architecture
-with stacked expert tensors, which is not read here."""
+block_sparse_moe.experts.{e}.w1/w2/w3. llama.cpp stores Mixtral as its "llama" architecture with
+{arch}.expert_count set, q/k rows permuted as for Llama, and each layer's experts stacked
+(ffn_gate_exps, ffn_up_exps, ffn_down_exps: [experts, out, in]); the llama files with experts
+are read by this family's table."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import numpy as np
 from attn_cli.errors import InputError
 from attn_cli.models import _moe
 from attn_cli.models._decoder import (
+    GGUF_LAYER_TENSORS,
+    GGUF_OPTIONAL_TENSORS,
     SLIDING,
     DecoderArgs,
     Spec,
@@ -31,7 +35,7 @@ from attn_cli.models._decoder import (
     parsed,
 )
 from attn_cli.models.args import POSITIVE, POSITIVE_INT, arg
-from attn_cli.models.registry import Config, WeightSource
+from attn_cli.models.registry import ABSENT, Config, GGUFTable, WeightSource
 from attn_cli.records import AttentionRecord
 
 NAMES = _moe.Experts(
@@ -101,6 +105,31 @@ SPECS = {
 }
 
 
+GGUF = GGUFTable(
+    arch="llama",
+    model_type="mixtral",
+    hf_class="MixtralForCausalLM",
+    args=MixtralArgs,
+    layer_tensors={
+        **{k: v for k, v in GGUF_LAYER_TENSORS.items() if not k.startswith("mlp.")},
+        NAMES.router: "ffn_gate_inp.weight",
+    },
+    optional_layer_tensors=GGUF_OPTIONAL_TENSORS,
+    metadata={
+        "expert_count": ("num_local_experts", ABSENT),
+        "expert_used_count": ("num_experts_per_tok", ABSENT),
+    },
+    config={"hidden_act": "silu"},
+    permute_qk=True,
+    experts={
+        NAMES.gate: "ffn_gate_exps.weight",
+        NAMES.up: "ffn_up_exps.weight",
+        NAMES.down: "ffn_down_exps.weight",
+    },
+    with_experts=True,
+)
+
+
 def describe_mixtral(cfg: Config) -> dict[str, Any]:
     args = parsed(SPECS, cfg)[1]
     assert isinstance(args, MixtralArgs)
@@ -117,6 +146,7 @@ FAMILY = dataclasses.replace(
             "are −∞."
         ),
         stage_texts={"router": _moe.router_text},
+        gguf=(GGUF,),
     ),
     describe=describe_mixtral,
 )
