@@ -207,6 +207,10 @@ def test_config_defaults_and_bad_values():
         8192,
     )
     assert (args.floor_scale, args.attn_scale, args.use_qk_norm) == (8192, 0.1, True)
+    # Meta's configs write attn_temperature_tuning: 4 (transformers reads it as true)
+    assert Llama4TextArgs.parse({"attn_temperature_tuning": 4}).attn_temperature_tuning == 4
+    with pytest.raises(InputError, match="attn_temperature_tuning must be true, false or an int"):
+        Llama4TextArgs.parse({"attn_temperature_tuning": "yes"})
     no_chunks = Llama4TextArgs.parse({"num_hidden_layers": 4, "attention_chunk_size": None})
     assert layer_types(no_chunks) == ["full_attention"] * 4
     with pytest.raises(InputError, match="no_rope_layers lists 2 layers, num_hidden_layers is 4"):

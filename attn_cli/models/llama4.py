@@ -61,6 +61,11 @@ ROPE_FLAGS = Kind(
     "a list of 0 or 1 per layer",
     lambda v: isinstance(v, list) and all(x in (0, 1) and not isinstance(x, float) for x in v),
 )
+# Meta's Llama 4 configs write attn_temperature_tuning as a number (4): on when non-zero
+SWITCH = Kind(
+    "true, false or an integer",
+    lambda v: isinstance(v, bool | int) and not isinstance(v, float),
+)
 LAYER_LIST = Kind(
     "a list of layer numbers",
     lambda v: (
@@ -92,7 +97,7 @@ class Llama4TextArgs(DecoderArgs):
     no_rope_layers: list[int] | None = arg(ROPE_FLAGS, None, nullable=True)
     no_rope_layer_interval: int = arg(POSITIVE_INT, 4)
     attention_chunk_size: int | None = arg(POSITIVE_INT, 8192, nullable=True)
-    attn_temperature_tuning: bool | None = arg(FLAG, True, nullable=True)
+    attn_temperature_tuning: bool | int | None = arg(SWITCH, True, nullable=True)
     floor_scale: float = arg(POSITIVE, 8192)
     attn_scale: float = arg(POSITIVE, 0.1)
 
