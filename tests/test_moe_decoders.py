@@ -242,12 +242,12 @@ def test_defaults_are_transformers_configs():
 # -- GGUF: llama.cpp's qwen3moe ----------------------------------------------------------------
 
 
-def write_moe_gguf(path: Path, d: Path) -> Path:
+def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
     """The bf16 checkpoint in `d` written as llama.cpp's converter writes a Qwen3-MoE
     (Qwen3MoeModel: architecture qwen3moe) or a Mixtral (LlamaModel: architecture llama, q/k rows
     permuted by LlamaModel.permute): names by gguf-py's TensorNameMap, each layer's experts
     stacked into one [experts, out, in] tensor per projection (ffn_gate_exps, ffn_up_exps,
-    ffn_down_exps), expert metadata, every tensor F32."""
+    ffn_down_exps), expert metadata, every tensor F32 (`experts_q8`: the stacked experts Q8_0)."""
     gguf = require("gguf")
     from tests.test_gguf_writer import byte_vocab, converter_permute
 
@@ -301,7 +301,12 @@ def write_moe_gguf(path: Path, d: Path) -> Path:
     for merged, datas in stacks.items():
         new = tmap.get_name(merged, try_suffixes=(".weight",))
         assert new is not None and "_exps" in new, merged
-        out.add_tensor(new, np.ascontiguousarray(np.stack(datas), dtype=np.float32))
+        stacked = np.ascontiguousarray(np.stack(datas), dtype=np.float32)
+        if experts_q8:
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            out.add_tensor(new, gguf.quants.quantize(stacked, q8), raw_dtype=q8)
+        else:
+            out.add_tensor(new, stacked)
     out.write_header_to_file()
     out.write_kv_data_to_file()
     out.write_tensors_to_file()
@@ -341,6 +346,36 @@ def test_moe_gguf_gives_the_original_maps(tiny, tmp_path, model_type, overrides)
     np.testing.assert_allclose(maps, attention_maps(original), atol=1e-6)
     for ours, theirs in zip(layers, original["layers"], strict=True):
         np.testing.assert_array_equal(ours.attention["router"], theirs.attention["router"])
+
+
+@pytest.mark.reference
+def test_quantised_stacked_experts_are_dequantised_one_expert_at_a_time(tiny, tmp_path):
+    """Q8_0 experts: each expert's matrix is its own rows of the stacked tensor, equal to
+    gguf-py's dequantisation of the whole tensor, and only those rows are read."""
+    gguf = require("gguf")
+    from attn_cli.gguf import open_gguf
+    from attn_cli.gguf.reader import read_tensor
+
+    d = tiny("qwen3_moe", mlp_only_layers=[])
+    path = write_moe_gguf(tmp_path / "q8.gguf", d, experts_q8=True)
+    ckpt = open_gguf(path)
+    assert ckpt.weights.dtype("model.layers.1.mlp.experts.2.up_proj.weight") == "Q8_0"
+    reader = gguf.GGUFReader(str(path))
+    for proj, gname in (("gate_proj", "ffn_gate_exps"), ("down_proj", "ffn_down_exps")):
+        t = next(t for t in reader.tensors if t.name == f"blk.1.{gname}.weight")
+        whole = gguf.quants.dequantize(t.data, t.tensor_type)
+        np.testing.assert_array_equal(read_tensor(path, f"blk.1.{gname}.weight"), whole)
+        for e in range(4):
+            mine = ckpt.weights[f"model.layers.1.mlp.experts.{e}.{proj}.weight"]
+            np.testing.assert_array_equal(mine, whole[e])
+            rows = ckpt.weights.rows(f"model.layers.1.mlp.experts.{e}.{proj}.weight", [3, 1])
+            np.testing.assert_array_equal(rows, whole[e][[3, 1]])
+    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
+    fam = family("qwen3_moe")
+    x = fam.embed(w, IDS, ckpt.config)
+    maps = np.stack([layer.attention.weights for layer in fam.layers(w, x, ckpt.config)])
+    # layer 0's attention comes before any expert (F32 weights): as the original's
+    np.testing.assert_allclose(maps[0], attention_maps(run(d, IDS))[0], atol=1e-6)
 
 
 @pytest.mark.reference
