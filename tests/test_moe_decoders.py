@@ -322,9 +322,12 @@ GGUF_MODELS = [("qwen3_moe", {"mlp_only_layers": []}), ("mixtral", {"sliding_win
 @pytest.mark.parametrize(("model_type", "overrides"), GGUF_MODELS)
 def test_moe_gguf_gives_the_original_maps(tiny, tmp_path, model_type, overrides):
     from attn_cli.gguf import open_gguf
+    from attn_cli.gguf.locate import describe as listed
 
     d = tiny(model_type, **overrides)
-    ckpt = open_gguf(write_moe_gguf(tmp_path / "moe.gguf", d))
+    path = write_moe_gguf(tmp_path / "moe.gguf", d)
+    assert listed(path, "moe", "path").family == model_type  # as `attn-cli models` shows it
+    ckpt = open_gguf(path)
     cfg = ckpt.config
     assert cfg["model_type"] == model_type and cfg["num_experts_per_tok"] == 2
     if model_type == "qwen3_moe":
