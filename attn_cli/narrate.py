@@ -654,6 +654,8 @@ STEP_NAMES = (
     "K_norm",
     "Q_rot",
     "K_rot",
+    "Q_temp",  # Llama 4's NoPE layers: queries scaled by position (attention temperature tuning)
+    "K_temp",
     "W_raw",
     "W_scaled",
     "W_capped",

@@ -18,6 +18,13 @@
   tests/fixtures/tiny_gpt_oss/  a random gpt-oss (a sink logit per head around 1, a 4-token
                                 sliding-window layer then a full one, YaRN, 4 experts top 2),
                                 byte-level BPE tokenizer
+  tests/fixtures/tiny_mixtral/  a random Mixtral (4 experts top 2 in every layer, a sliding
+  tests/fixtures/tiny_qwen3_moe/  window of 5; Qwen3-MoE with q/k norms, renormalised top 2 of 4,
+  tests/fixtures/tiny_olmoe/    a dense MLP on layer 1; OLMoE with full-width q/k norms, top 2 of
+                                4 not renormalised), byte-level BPE tokenizers
+  tests/fixtures/tiny_llama4/   a random Llama 4 text model (4 layers: 0-2 rotary with 4-token
+                                chunked attention and the L2 q/k norm, 3 NoPE with temperature
+                                tuning; experts top 2 of 4 and a shared one on layers 1 and 3)
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -64,6 +71,10 @@ KNOWN = {
     "tiny_olmo2",
     "tiny_smollm3",
     "tiny_gpt_oss",
+    "tiny_mixtral",
+    "tiny_qwen3_moe",
+    "tiny_olmoe",
+    "tiny_llama4",
 }
 LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
 # Smaller than tests/decoder_utils.COMMON (which still gives the 4 query heads on 2 key/value
@@ -297,6 +308,28 @@ def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
         eos_token_id=0,
         pad_token_id=0,
     )
+
+    moe_fixtures(fixture)
+
+
+def moe_fixtures(fixture: Callable[..., None]) -> None:
+    """The mixture-of-experts decoders and Llama 4 (4 experts, top 2)."""
+    ids = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    experts = dict(num_experts_per_tok=2, **ids)
+    fixture(
+        "tiny_mixtral", "mixtral", byte_level_tokenizer(300), num_local_experts=4,
+        sliding_window=5, **experts,
+    )  # fmt: skip
+    fixture(
+        "tiny_qwen3_moe", "qwen3_moe", byte_level_tokenizer(300), num_experts=4,
+        moe_intermediate_size=16, mlp_only_layers=[1], norm_topk_prob=True, **experts,
+    )  # fmt: skip
+    fixture("tiny_olmoe", "olmoe", byte_level_tokenizer(300), num_experts=4, **experts)
+    fixture(
+        "tiny_llama4", "llama4_text", byte_level_tokenizer(300), num_hidden_layers=4,
+        num_local_experts=4, intermediate_size_mlp=64, interleave_moe_layer_step=2,
+        attention_chunk_size=4, floor_scale=2, attn_scale=0.5, **experts,
+    )  # fmt: skip
 
 
 def check() -> int:

@@ -154,9 +154,17 @@ class GGUFWeights(Mapping[str, np.ndarray]):
             a = a - np.float32(r.shift)
         return a
 
+    def _expert_rows(self, r: Recipe) -> int:
+        """The first row of expert r.expert in its stacked tensor's [rows, row_bytes] view."""
+        info = self._header.tensors[r.sources[0]]
+        return 0 if r.expert is None else r.expert * (info.n_rows // info.shape[0])
+
     def __getitem__(self, name: str) -> np.ndarray:
         r = self._recipe(name)
         infos = [self._header.tensors[s] for s in r.sources]
+        if r.expert is not None:  # one expert: only its rows are dequantised
+            start, shape = self._expert_rows(r), infos[0].shape[1:]
+            return self._gguf_rows(r.sources[0], slice(start, start + shape[0])).reshape(shape)
         if len(r.sources) == 1 and len(infos[0].ne) > 1:
             # a matrix: select (and reorder) rows before dequantising
             sel: Any = slice(*r.rows) if r.rows is not None else None
@@ -188,7 +196,7 @@ class GGUFWeights(Mapping[str, np.ndarray]):
             src = unpermute_index(n, r.unpermute)[idx]
         if r.rows is not None:
             src = src + r.rows[0]
-        return self._finish(self._gguf_rows(r.sources[0], src), r)
+        return self._finish(self._gguf_rows(r.sources[0], src + self._expert_rows(r)), r)
 
     def row_blocks(self, name: str, block: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
         """(start, rows[start:start+block]) over a 2-D tensor, e.g. a 262k-row unembedding
