@@ -18,6 +18,10 @@
   tests/fixtures/tiny_gpt_oss/  a random gpt-oss (a sink logit per head around 1, a 4-token
                                 sliding-window layer then a full one, YaRN, 4 experts top 2),
                                 byte-level BPE tokenizer
+  tests/fixtures/tiny_qwen3_next/ a random Qwen3-Next (three Gated DeltaNet linear-attention
+                                layers then a gated softmax layer with partial rotary, (1 + w)
+                                norms, 4 experts top 2 with a shared expert, layer 1 dense),
+                                byte-level BPE tokenizer; its maps are the softmax layer's
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -44,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.decoder_utils import build_random_model, reference  # noqa: E402
+from tests.test_qwen3_next import zero_centred  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SENTENCE = "the cat sat\non the café mat"
@@ -64,6 +69,7 @@ KNOWN = {
     "tiny_olmo2",
     "tiny_smollm3",
     "tiny_gpt_oss",
+    "tiny_qwen3_next",
 }
 LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
 # Smaller than tests/decoder_utils.COMMON (which still gives the 4 query heads on 2 key/value
@@ -293,6 +299,26 @@ def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
             "truncate": False,
             "original_max_position_embeddings": 8,
         },
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    fixture(
+        "tiny_qwen3_next",
+        "qwen3_next",
+        byte_level_tokenizer(300),
+        prepare=zero_centred,
+        num_hidden_layers=4,  # linear, linear, linear, full (full_attention_interval 4)
+        head_dim=16,  # 4 of 16 dimensions rotated (partial_rotary_factor 0.25)
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=24,
+        mlp_only_layers=[1],
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,

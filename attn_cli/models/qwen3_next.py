@@ -347,9 +347,7 @@ def gated_delta_net(
         rows=KEY,
         cols=Cols("v"),
     )
-    qn = rec.add(
-        "Q_norm", l2_normalise(qc) * np.float32(dk**-0.5), heads=KV_HEADS, cols=Cols("q")
-    )
+    qn = rec.add("Q_norm", l2_normalise(qc) * np.float32(dk**-0.5), heads=KV_HEADS, cols=Cols("q"))
     kn = rec.add("K_norm", l2_normalise(kc), heads=KV_HEADS, rows=KEY, cols=Cols("k"))
     beta = 1.0 / (1.0 + np.exp(-b.T))  # [hv, n]
     g = -np.exp(w[a + "A_log"])[:, None] * softplus(a_.T + w[a + "dt_bias"][:, None])  # [hv, n]
@@ -438,7 +436,9 @@ def _expert(w: WeightSource, m: str, e: int) -> tuple[np.ndarray, np.ndarray, np
     return w[p + "gate_proj.weight"], w[p + "up_proj.weight"], w[p + "down_proj.weight"]
 
 
-def moe(w: WeightSource, m: str, x: np.ndarray, args: Qwen3NextArgs) -> tuple[np.ndarray, np.ndarray]:
+def moe(
+    w: WeightSource, m: str, x: np.ndarray, args: Qwen3NextArgs
+) -> tuple[np.ndarray, np.ndarray]:
     """The sparse MoE block (transformers' Qwen3NextSparseMoeBlock): its output (n, d) and the
     routing (n, experts + 1): the weight each token's chosen experts get (zeros elsewhere), and
     in the last column the shared expert's gate σ(x·w_shared_gate). Each expert runs only on the
