@@ -459,7 +459,9 @@ def record_steps(
         )
 
     steps = [step(i, s, 0, None) for i, s in leading]
-    for h in range(record.heads) if heads is None else heads:
+    # a model whose layers differ in head count (Qwen3-Next's linear and softmax layers) shows
+    # each layer the chosen heads it has
+    for h in range(record.heads) if heads is None else [h for h in heads if h < record.heads]:
         steps += [step(i, s, h, h if numbered else None) for i, s in per_head]
     return steps + [step(i, s, 0, None) for i, s in trailing]
 
