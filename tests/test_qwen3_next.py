@@ -368,3 +368,25 @@ def test_defaults_are_transformers_qwen3_next_config():
         10,
         0.25,
     )
+
+
+def test_a_strong_negative_mixing_weight_stays_visible_when_a_map_is_shrunk():
+    """Grid thumbnails and a heatmap that does not fit max-pool blocks of cells; for a signed
+    map they keep each block's value of largest magnitude, so one strongly negative weight
+    shades its block at the scale's negative end (' ' without colour), not at 0 ('▒')."""
+    import io
+
+    from rich.console import Console
+
+    from attn_cli.trace import Trace
+
+    n = 48
+    a = np.zeros((1, 1, n, n))
+    a[0, 0, 30, 4] = -1.0  # one strong negative entry …
+    a[0, 0, 30, 5] = 0.05  # … beside a small positive one in the same block
+    a[0, 0, 40, 40] = 0.5
+    trace = Trace.from_attentions([f"t{i}" for i in range(n)], a, kind="mixing")
+    for view in ("grid", "heatmap"):
+        buf = io.StringIO()
+        trace.show(view=view, console=Console(file=buf, width=60, color_system=None))
+        assert "▒ ▒" in buf.getvalue(), view  # the block at −1 among zeros (0 shades '▒')

@@ -21,7 +21,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from attn_cli.browse.state import Geometry, Key, TraceIndex, is_token_map
-from attn_cli.render.common import Scale, clip, format_number
+from attn_cli.render.common import Scale, clip, format_number, signed
 from attn_cli.render.pictures import half_block_style
 from attn_cli.render.pooling import pool
 from attn_cli.trace import TraceStep, printable
@@ -139,7 +139,7 @@ class ThumbGrid(Widget, can_focus=False):
             if step is None:
                 self._cache[(key, side)] = [Text(" " * side)] * lines_n
             else:
-                pooled, _, _ = pool(step.data, side, side, "max")
+                pooled, _, _ = pool(step.data, side, side, "max", signed(step.kind))
                 scale = (
                     Scale(False, 1.0)
                     if step.kind in ("weights", "partial_weights")

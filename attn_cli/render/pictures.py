@@ -20,6 +20,7 @@ from attn_cli.render.common import (
     format_number,
     level_style,
     scale_legend,
+    signed,
 )
 from attn_cli.render.overview import plural
 from attn_cli.render.pooling import mean_pairwise_distance, pca_2d, pool
@@ -109,7 +110,7 @@ def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
         # Colour packs two matrix rows into each line ('▀'), so as many rows as columns looks
         # square; shades use one line per row, so half as many.
         out_rows = min(m.shape[0], width if color else max(8, width // 2))
-        pooled, rs, cs = pool(m, out_rows, width, opts.pool)
+        pooled, rs, cs = pool(m, out_rows, width, opts.pool, signed(step.kind))
         scale = Scale.for_kind(step.kind, pooled, opts.color_scale)
         levels = scale.levels(pooled)
         # Small matrices get wider cells (up to 4 characters) so they stay readable.
@@ -237,7 +238,7 @@ def render_block_grid(
             if step is None:
                 blocks.append([Text(" " * side)] * (side // 2 if color else side))
                 continue
-            pooled, _, _ = pool(step.data, side, side, "max")
+            pooled, _, _ = pool(step.data, side, side, "max", signed(step.kind))
             # as --view heatmap shades this map
             scale = Scale.for_kind(step.kind, pooled, opts.color_scale)
             levels = scale.levels(pooled)
