@@ -652,10 +652,14 @@ STEP_NAMES = (
     "Q",
     "K",
     "V",
+    "Q_conv",  # Qwen3-Next's linear layers: after the causal convolution
+    "K_conv",
+    "V_conv",
     "Q_norm",
     "K_norm",
     "Q_rot",
     "K_rot",
+    "gates",  # linear layers: each token's decay and write strength
     "W_raw",
     "W_scaled",
     "W_capped",
@@ -663,6 +667,8 @@ STEP_NAMES = (
     "W",
     "sink",  # gpt-oss: each row's mass to the attention sink
     "Y",
+    "gate",  # Qwen3-Next: the output gate, and the heads' outputs through it
+    "Y_gated",
     "Y_concat",
     "W_o",
     "O",

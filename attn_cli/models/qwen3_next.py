@@ -677,6 +677,7 @@ FAMILY = dataclasses.replace(
     decoder_family(
         "qwen3_next",
         SPECS,
+        multiplies="the projections (in_proj_qkvz and in_proj_ba in a linear layer)",
         stage_texts=STAGE_TEXTS,
         mask=(
             "The model reads left to right: a token may not look at later tokens, so their "
