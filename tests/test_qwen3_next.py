@@ -177,19 +177,27 @@ def test_mixing_map_times_values_is_the_recurrence_and_transformers_output(tiny,
     np.testing.assert_allclose(ours["logits"], theirs["logits"], atol=1e-4)
 
 
-def test_the_closed_form_is_the_recurrence_on_random_inputs():
-    """A hand-made case: 3 heads, 9 tokens, random unit keys, decays and write strengths."""
+@pytest.mark.parametrize("n", [9, 150])
+def test_the_mixing_map_is_the_recurrence_and_the_closed_form_on_random_inputs(n):
+    """Hand-made cases: 3 heads of random unit keys, decays and write strengths; 150 tokens run
+    over three chunks of 64 with the state carried between them."""
     rng = np.random.default_rng(5)
-    q = rng.normal(size=(3, 9, 4))
-    k = rng.normal(size=(3, 9, 4))
+    q = rng.normal(size=(3, n, 4)) * 0.5
+    k = rng.normal(size=(3, n, 4))
     k /= np.linalg.norm(k, axis=-1, keepdims=True)
-    v = rng.normal(size=(3, 9, 6))
-    g = -rng.uniform(0.0, 1.0, size=(3, 9))
-    beta = rng.uniform(0.0, 1.0, size=(3, 9))
+    v = rng.normal(size=(3, n, 6))
+    g = -rng.uniform(0.0, 0.3, size=(3, n))
+    beta = rng.uniform(0.0, 1.0, size=(3, n))
     a = delta_rule_map(q, k, g, beta)
     np.testing.assert_allclose(a @ v, recurrence(q, k, v, g, beta), atol=1e-5)
+    # the closed form: (Q·Kᵀ ⊙ D)·(I + strictly_lower(β·K·Kᵀ ⊙ D))⁻¹·diag(β)
+    cum = np.cumsum(g, axis=-1)
+    decay = np.tril(np.exp(np.tril(cum[:, :, None] - cum[:, None, :])))
+    system = np.tril(beta[:, :, None] * (k @ k.transpose(0, 2, 1)) * decay, -1) + np.eye(n)
+    closed = (q @ k.transpose(0, 2, 1)) * decay @ np.linalg.inv(system) * beta[:, None, :]
+    np.testing.assert_allclose(a, closed, atol=1e-5)
     # one token: y_0 = β_0·(q_0·k_0)·v_0
-    np.testing.assert_allclose(a[:, 0, 0], beta[:, 0] * np.sum(q[:, 0] * k[:, 0], -1), rtol=1e-6)
+    np.testing.assert_allclose(a[:, 0, 0], beta[:, 0] * np.sum(q[:, 0] * k[:, 0], -1), rtol=1e-5)
 
 
 @pytest.mark.reference

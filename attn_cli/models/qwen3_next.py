@@ -79,6 +79,7 @@ INDICES = Kind(
 )
 L2_EPS = 1e-6  # transformers' l2norm (as the FLA kernels)
 SOFTPLUS_THRESHOLD = 20.0  # torch's softplus is x itself above this
+CHUNK = 64  # tokens per triangular solve (transformers' chunk_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,26 +291,44 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + np.float32(L2_EPS))
 
 
-def delta_rule_map(q: np.ndarray, k: np.ndarray, g: np.ndarray, beta: np.ndarray) -> np.ndarray:
+def delta_rule_map(
+    q: np.ndarray, k: np.ndarray, g: np.ndarray, beta: np.ndarray, chunk: int = CHUNK
+) -> np.ndarray:
     """The gated delta rule as a mixing matrix per head: y = A·V for every V.
 
     q, k (H, n, d_k), already L2-normalised (q also scaled); g, beta (H, n). Returns A
     (H, n, n), lower-triangular:
         A = (Q·Kᵀ ⊙ D) · (I + strictly_lower(diag(β)·(K·Kᵀ ⊙ D)))⁻¹ · diag(β)
-    with D[t, s] = exp(cumsum(g)_t − cumsum(g)_s) for s ≤ t. Computed in float64 (the decays
-    are differences of cumulative sums), returned as float32."""
-    q64, k64 = q.astype(np.float64), k.astype(np.float64)
-    n = q.shape[1]
-    cum = np.cumsum(g.astype(np.float64), axis=-1)  # [H, n]
-    lower = np.tril(np.ones((n, n), dtype=bool))
-    with np.errstate(over="ignore", invalid="ignore"):
-        decay = np.exp(np.where(lower, cum[:, :, None] - cum[:, None, :], -np.inf))  # [H, n, n]
-    kk = k64 @ k64.transpose(0, 2, 1)  # [H, n, d_k] @ [H, d_k, n]
-    system = np.tril(beta.astype(np.float64)[:, :, None] * kk * decay, -1) + np.eye(n)
-    reads = (q64 @ k64.transpose(0, 2, 1)) * decay  # Q·Kᵀ ⊙ D: [H, n, n]
-    # X·(I + M) = Q·Kᵀ ⊙ D, solved as (I + M)ᵀ·Xᵀ = (Q·Kᵀ ⊙ D)ᵀ; then A = X·diag(β)
-    x = np.linalg.solve(system.transpose(0, 2, 1), reads.transpose(0, 2, 1)).transpose(0, 2, 1)
-    return (x * beta.astype(np.float64)[:, None, :]).astype(np.float32)
+    with D[t, s] = exp(g_(s+1) + … + g_t) for s ≤ t. Evaluated as transformers'
+    torch_chunk_gated_delta_rule runs the rule, on the values of the identity (token s's value
+    is the one-hot e_s, so the output rows are A's rows): a `chunk`-token triangular solve, and
+    a state S (d_k × n) carried between chunks: O(n²·d_k) per head, not the O(n³) of the
+    inverse. float64 inside, float32 out."""
+    heads, n, d_k = q.shape
+    out = np.zeros((heads, n, n), dtype=np.float32)
+    for h in range(heads):
+        # Sᵀ: row s is what token s's one-hot value left in the memory (d_k numbers)
+        state = np.zeros((n, d_k))
+        for c0 in range(0, n, chunk):
+            c1 = min(c0 + chunk, n)
+            size = c1 - c0
+            qc, kc = q[h, c0:c1].astype(np.float64), k[h, c0:c1].astype(np.float64)
+            b = beta[h, c0:c1].astype(np.float64)
+            cum = np.cumsum(g[h, c0:c1].astype(np.float64))  # log decay from the chunk's start
+            with np.errstate(over="ignore"):
+                decay = np.tril(np.exp(np.tril(cum[:, None] - cum[None, :])))  # D in the chunk
+            system = np.tril(b[:, None] * (kc @ kc.T) * decay, -1) + np.eye(size)  # I + M
+            rhs = np.concatenate([np.diag(b), (b * np.exp(cum))[:, None] * kc], axis=1)
+            solved = np.linalg.solve(system, rhs)  # [size, size + d_k]
+            writes, key_reads = solved[:, :size], solved[:, size:]
+            s = state[:c1]  # only earlier tokens can have left anything
+            new = -(key_reads @ s.T)  # [size, d_k] @ [d_k, c1]: what the memory already holds
+            new[:, c0:c1] += writes
+            inter = (qc * np.exp(cum)[:, None]) @ s.T  # the read of the memory before the chunk
+            out[h, c0:c1, :c1] = inter + ((qc @ kc.T) * decay) @ new
+            last = cum[-1]
+            state[:c1] = s * np.exp(last) + new.T @ (kc * np.exp(last - cum)[:, None])
+    return out
 
 
 def gated_delta_net(
