@@ -19,8 +19,9 @@
                                 sliding-window layer then a full one, YaRN, 4 experts top 2),
                                 byte-level BPE tokenizer
   tests/fixtures/tiny_qwen3_next/ a random Qwen3-Next (three Gated DeltaNet linear-attention
-                                layers then a gated softmax layer with partial rotary, (1 + w)
-                                norms, 4 experts top 2 with a shared expert, layer 1 dense),
+                                layers of 8 value heads then a gated softmax layer of 4 heads
+                                with partial rotary, (1 + w) norms, 4 experts top 2 with a
+                                shared expert, layer 1 dense),
                                 byte-level BPE tokenizer; its maps are the softmax layer's
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
@@ -310,10 +311,10 @@ def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
         prepare=zero_centred,
         num_hidden_layers=4,  # linear, linear, linear, full (full_attention_interval 4)
         head_dim=16,  # 4 of 16 dimensions rotated (partial_rotary_factor 0.25)
-        linear_key_head_dim=8,
-        linear_value_head_dim=8,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=4,
+        linear_num_value_heads=8,  # twice the softmax layers' 4 heads, as in Qwen3-Next
         num_experts=4,
         num_experts_per_tok=2,
         moe_intermediate_size=16,

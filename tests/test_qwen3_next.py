@@ -398,3 +398,27 @@ def test_a_strong_negative_mixing_weight_stays_visible_when_a_map_is_shrunk():
         buf = io.StringIO()
         trace.show(view=view, console=Console(file=buf, width=60, color_system=None))
         assert "▒ ▒" in buf.getvalue(), view  # the block at −1 among zeros (0 shades '▒')
+
+
+def test_layers_with_different_head_counts_show_the_heads_they_have():
+    """The fixture's linear layers have 8 value heads, its softmax layer 4 (Qwen3-Next-80B:
+    32 and 16): --head counts up to 8, each layer shows the heads it has, and the head
+    detectors leave the softmax layer's missing heads empty (NaN), not 0."""
+    from attn_cli.pretrained import load_model
+
+    model = load_model(FIXTURE)
+    assert model.dims.heads == 8
+    trace = model.trace("the cat sat on the mat", methods="detectors,rollout")
+    maps = {(s.layer, s.head): s for s in trace.steps_named("W")}
+    assert sorted(h for (layer, h) in maps if layer == 0) == list(range(8))
+    assert sorted(h for (layer, h) in maps if layer == 3) == list(range(4))
+    assert {maps[(0, 5)].kind, maps[(3, 2)].kind} == {"mixing", "weights"}
+    scores = trace.find("prev_token").data
+    assert scores.shape == (4, 8)
+    assert np.isnan(scores[3, 4:]).all() and np.isfinite(scores[:3]).all()
+    assert np.isfinite(scores[3, :4]).all()
+    rolled = trace.find("rollout", layer=3).data  # mixing maps enter as shares: rows sum to 1
+    np.testing.assert_allclose(rolled.sum(-1), 1.0, atol=1e-5)
+    only = model.trace("the cat sat on the mat", layers=3, heads=6)
+    assert not only.steps_named("W")  # the softmax layer has no head 6, and a note says so
+    assert "layer 3 has 4 heads (0–3): it shows only those" in only.notes
