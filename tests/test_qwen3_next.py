@@ -422,3 +422,59 @@ def test_layers_with_different_head_counts_show_the_heads_they_have():
     only = model.trace("the cat sat on the mat", layers=3, heads=6)
     assert not only.steps_named("W")  # the softmax layer has no head 6, and a note says so
     assert "layer 3 has 4 heads (0–3): it shows only those" in only.notes
+
+
+def test_stacked_experts_give_the_same_model(tmp_path):
+    """transformers 5 holds a layer's experts stacked (experts.gate_up_proj [E, 2·inter, d],
+    experts.down_proj [E, d, inter]); a checkpoint saved that way runs the same, each expert
+    still read alone (rows of the stacked tensor)."""
+    from safetensors.numpy import load_file, save_file
+
+    from attn_cli.models.weights import SafetensorsWeights
+
+    tensors = _float32(FIXTURE)
+    stacked: dict[str, np.ndarray] = {}
+    for name, t in tensors.items():
+        if ".mlp.experts." not in name:
+            stacked[name] = t
+    for layer in (0, 2, 3):
+        m = f"model.layers.{layer}.mlp.experts."
+        gate_up = [
+            np.concatenate(
+                [tensors[m + f"{e}.gate_proj.weight"], tensors[m + f"{e}.up_proj.weight"]]
+            )
+            for e in range(4)
+        ]
+        stacked[m + "gate_up_proj"] = np.stack(gate_up)
+        stacked[m + "down_proj"] = np.stack(
+            [tensors[m + f"{e}.down_proj.weight"] for e in range(4)]
+        )
+    out = tmp_path / "stacked"
+    out.mkdir()
+    save_file(stacked, str(out / "model.safetensors"))
+    for f in ("config.json", "tokenizer.json"):
+        shutil.copy(FIXTURE / f, out / f)
+    assert "model.layers.0.mlp.experts.gate_up_proj" in load_file(str(out / "model.safetensors"))
+    ids = np.load(FIXTURE / "expected.npz")["ids"].tolist()
+    np.testing.assert_allclose(run(out, ids)["logits"], run(FIXTURE, ids)["logits"], atol=1e-5)
+    fam = family("qwen3_next")
+    cfg = json.loads((out / "config.json").read_text())
+    read: list[str] = []
+
+    class Recording(SafetensorsWeights):
+        def __getitem__(self, name: str) -> np.ndarray:
+            read.append(name)
+            return super().__getitem__(name)
+
+    w = Recording(out, fam.anchor)
+    for _ in fam.layers(w, fam.embed(w, ids, cfg), cfg):
+        pass
+    assert not [n for n in read if n.endswith(("gate_up_proj", "experts.down_proj"))]
+
+
+def _float32(directory: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint as float32, by its full name (bf16 widened exactly)."""
+    from attn_cli.models.weights import SafetensorsWeights
+
+    w = SafetensorsWeights(directory, "embed_tokens.weight")
+    return {"model." + name if name != "lm_head.weight" else name: w[name] for name in w}
