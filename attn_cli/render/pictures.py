@@ -183,10 +183,19 @@ def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
         legend.append(", log scale")
         if len(kinds) > 1:
             legend.append(" for weight maps")
-    if diverging:
-        legend.append("; signed maps: diverging around 0")
     legend.append(" (as --view heatmap shades that map)", style="dim")
     console.print(legend)
+    if diverging:  # scores, mixing weights: their own scale, −max … 0 … +max
+        if color:
+            signed_legend = Text("signed maps  −m ")
+            for lv in range(0, LEVELS, 4):
+                signed_legend.append("  ", style=level_style(True, lv))
+            signed_legend.append(" +m (m: each map's largest |value|; 0 in the middle)")
+        else:
+            signed_legend = Text(
+                "signed maps: ' ' = −m, '▒' = 0, '█' = +m (m: each map's largest |value|)"
+            )
+        console.print(signed_legend)
     measures = (first_or_sink(s) for s in trace.steps_named("W"))
     figures = [
         f"{name[0]} = mean weight on the first token"
