@@ -398,6 +398,8 @@ def test_a_strong_negative_mixing_weight_stays_visible_when_a_map_is_shrunk():
         buf = io.StringIO()
         trace.show(view=view, console=Console(file=buf, width=60, color_system=None))
         assert "▒ ▒" in buf.getvalue(), view  # the block at −1 among zeros (0 shades '▒')
+        if view == "grid":
+            assert "signed maps: ' ' = −m, '▒' = 0, '█' = +m" in buf.getvalue()
 
 
 def test_layers_with_different_head_counts_show_the_heads_they_have():

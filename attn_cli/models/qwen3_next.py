@@ -280,6 +280,12 @@ def causal_conv(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) = 1/(1 + e^−x); e^−x overflows to inf for very negative x, giving the right 0."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
 def softplus(x: np.ndarray) -> np.ndarray:
     """torch's softplus (beta 1, threshold 20)."""
     with np.errstate(over="ignore"):
@@ -368,7 +374,7 @@ def gated_delta_net(
     )
     qn = rec.add("Q_norm", l2_normalise(qc) * np.float32(dk**-0.5), heads=KV_HEADS, cols=Cols("q"))
     kn = rec.add("K_norm", l2_normalise(kc), heads=KV_HEADS, rows=KEY, cols=Cols("k"))
-    beta = 1.0 / (1.0 + np.exp(-b.T))  # [hv, n]
+    beta = sigmoid(b.T)  # [hv, n]
     g = -np.exp(w[a + "A_log"])[:, None] * softplus(a_.T + w[a + "dt_bias"][:, None])  # [hv, n]
     gates = np.stack([np.exp(g), beta], axis=-1).astype(np.float32)  # [hv, n, 2]
     rec.add("gates", gates, "relevance", QUERY_HEADS, QUERY, ("decay", "beta"))
@@ -426,7 +432,7 @@ def gated_attention(
     hook = qk_hook(SPEC, w, a, args.rms_norm_eps, rot, cos, sin)
     rec = multi_head_attention(x, params, att.causal_mask(len(x)), hook, resid=resid)
     gate_logits = att.linear(x, wg, bg)  # [n, d] @ [d, H·hd]
-    gate = 1.0 / (1.0 + np.exp(-gate_logits))
+    gate = sigmoid(gate_logits)
     gate = rec.add("gate", att.split_heads(gate, heads), heads=QUERY_HEADS, cols=Cols("v"))
     y_gated = rec.add("Y_gated", rec["Y"] * gate, heads=QUERY_HEADS, cols=Cols("v"))
     rec.output = att.linear(
@@ -478,7 +484,7 @@ def moe(
     shared = _swiglu(
         x, w[s + "gate_proj.weight"], w[s + "up_proj.weight"], w[s + "down_proj.weight"]
     )
-    shared_gate = 1.0 / (1.0 + np.exp(-(x @ w[m + "shared_expert_gate.weight"].T)))  # [n, 1]
+    shared_gate = sigmoid(x @ w[m + "shared_expert_gate.weight"].T)  # [n, d] @ [d, 1]
     return out + shared * shared_gate, np.concatenate([routing, shared_gate], axis=1)
 
 
