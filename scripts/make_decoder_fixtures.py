@@ -25,6 +25,11 @@
   tests/fixtures/tiny_llama4/   a random Llama 4 text model (4 layers: 0-2 rotary with 4-token
                                 chunked attention and the L2 q/k norm, 3 NoPE with temperature
                                 tuning; experts top 2 of 4 and a shared one on layers 1 and 3)
+  tests/fixtures/tiny_qwen3_next/ a random Qwen3-Next (three Gated DeltaNet linear-attention
+                                layers of 8 value heads then a gated softmax layer of 4 heads
+                                with partial rotary, (1 + w) norms, 4 experts top 2 with a
+                                shared expert, layer 1 dense),
+                                byte-level BPE tokenizer; its maps are the softmax layer's
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -51,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.decoder_utils import build_random_model, reference  # noqa: E402
+from tests.test_qwen3_next import zero_centred  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SENTENCE = "the cat sat\non the café mat"
@@ -75,6 +81,7 @@ KNOWN = {
     "tiny_qwen3_moe",
     "tiny_olmoe",
     "tiny_llama4",
+    "tiny_qwen3_next",
 }
 LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
 # Smaller than tests/decoder_utils.COMMON (which still gives the 4 query heads on 2 key/value
@@ -304,6 +311,26 @@ def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
             "truncate": False,
             "original_max_position_embeddings": 8,
         },
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    fixture(
+        "tiny_qwen3_next",
+        "qwen3_next",
+        byte_level_tokenizer(300),
+        prepare=zero_centred,
+        num_hidden_layers=4,  # linear, linear, linear, full (full_attention_interval 4)
+        head_dim=16,  # 4 of 16 dimensions rotated (partial_rotary_factor 0.25)
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=4,
+        linear_num_value_heads=8,  # twice the softmax layers' 4 heads, as in Qwen3-Next
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=24,
+        mlp_only_layers=[1],
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,

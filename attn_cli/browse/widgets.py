@@ -24,7 +24,7 @@ from textual.widget import Widget
 
 from attn_cli.browse.state import Geometry, Key, TraceIndex, is_token_map
 from attn_cli.images import thumbnail_pixels
-from attn_cli.render.common import Scale, clip, format_number
+from attn_cli.render.common import Scale, clip, format_number, signed
 from attn_cli.render.overlay import (
     half_blocks,
     overlay_pixels,
@@ -149,7 +149,7 @@ class ThumbGrid(Widget, can_focus=False):
             if step is None:
                 self._cache[(key, side)] = [Text(" " * side)] * lines_n
             else:
-                pooled, _, _ = pool(step.data, side, side, "max")
+                pooled, _, _ = pool(step.data, side, side, "max", signed(step.kind))
                 scale = (
                     Scale(False, 1.0)
                     if step.kind in ("weights", "partial_weights")
