@@ -87,12 +87,19 @@ def make_plan(
     """The standard generation fields as a Plan."""
 
     def get(key: str, default: Any = None) -> Any:
-        return gen.get(key, cfg.get(key, default))
+        """A generation setting: the generation config's alone (transformers ignores
+        config.json's once generation_config.json exists)."""
+        return gen.get(key, default)
 
-    start = _ids(get("decoder_start_token_id"))
+    def token(key: str) -> Any:
+        """A special token id: the generation config's, else config.json's."""
+        return gen.get(key, cfg.get(key))
+
+    start = _ids(token("decoder_start_token_id")) or _ids(token("bos_token_id"))
     if not start:
         raise InputError(
-            "the model's config has no decoder_start_token_id: the decoder's first token is unknown"
+            "the model's config has no decoder_start_token_id (nor bos_token_id): the decoder's "
+            "first token is unknown"
         )
     if max_length is not None:
         length = max_length
@@ -106,7 +113,7 @@ def make_plan(
             length = min(length, cfg["max_position_embeddings"])
     if not isinstance(length, int) or length < 1:
         raise InputError(f"max_length must be a positive integer, got {length!r}")
-    plan = Plan(start, set(_ids(get("eos_token_id"))), int(length))
+    plan = Plan(start, set(_ids(token("eos_token_id"))), int(length))
     bos = get("forced_bos_token_id")
     if bos is not None:
         plan.forced[1] = _ids(bos)[0]

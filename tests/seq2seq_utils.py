@@ -49,6 +49,7 @@ COMMON_BART = dict(
     eos_token_id=2,
     decoder_start_token_id=2,
     forced_eos_token_id=2,
+    init_std=0.25,  # far from uniform maps (transformers' 0.02 makes every row nearly flat)
 )
 # Every tiny model, with its features switched on.
 TINY: dict[str, dict[str, Any]] = {
@@ -191,10 +192,11 @@ def reference_generate(directory: Path, src: list[int], **kwargs: Any) -> list[i
     return [int(i) for i in out[0]]
 
 
-def ours(directory: Path, src: list[int], tgt: list[int]) -> dict[str, Any]:
-    """attn_cli's maps per block and logits, through the family's hook."""
+def ours(directory: Path, src: list[int], tgt: list[int], family: Any = None) -> dict[str, Any]:
+    """attn_cli's maps per block and logits, through the family's hook (`family`: another
+    Family than the registry's, for a feature switched off)."""
     cfg = json.loads((directory / "config.json").read_text())
-    fam = family_for(cfg["model_type"])
+    fam = family or family_for(cfg["model_type"])
     assert fam is not None and fam.seq2seq is not None
     w = SafetensorsWeights(directory, fam.anchor, fam.rename)
     fam.check(w, cfg)

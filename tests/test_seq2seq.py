@@ -7,6 +7,7 @@ switched off changes the maps. Then the public face: `Model.trace(text, target=�
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,87 @@ def check_against_reference(d: Path, enc_layers: int = 2, dec_layers: int = 3) -
     for block in shapes:
         np.testing.assert_allclose(got[block].sum(-1), 1.0, atol=1e-5)
     return got
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["bart", "mbart", "marian"])
+def test_bart_family_maps_and_logits_match_transformers(tiny, name):
+    got = check_against_reference(tiny(name))
+    assert [(b.block, b.kind, b.query, b.key) for b in got["dec_layers"][2].blocks] == [
+        ("decoder", "self", "tokens", "tokens"),
+        ("cross", "cross", "tokens", "source"),
+    ]
+    # scores divided by √d_head (32 / 4 heads = 8)
+    rec = got["enc_layers"][0].blocks[0]
+    np.testing.assert_allclose(rec["W_scaled"], rec["W_raw"] / np.sqrt(8), rtol=1e-6)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    "name, change",
+    [
+        ("bart", {"scale_embedding": False}),  # √d_model-scaled embeddings
+        ("marian", {"scale_embedding": False}),
+        ("bart", {"spec": "offset"}),  # the learned positions' 2-row offset
+        ("mbart", {"spec": "post-norm"}),  # LayerNorm before each sublayer
+        ("marian", {"spec": "no-positions"}),  # sinusoidal positions
+    ],
+)
+def test_bart_family_features_change_the_maps(tiny, monkeypatch, name, change):
+    from attn_cli.models import _bart
+
+    d = tiny(name)
+    before = ours(d, SRC, TGT)
+    if "scale_embedding" in change:
+        cfg = json.loads((d / "config.json").read_text())
+        other = d.parent / (d.name + "-changed")
+        other.mkdir(exist_ok=True)
+        for f in d.iterdir():
+            (other / f.name).write_bytes(f.read_bytes())
+        (other / "config.json").write_text(json.dumps(cfg | change))
+        after = ours(other, SRC, TGT)
+    elif change["spec"] == "offset":
+        import attn_cli.models.bart as bart
+
+        monkeypatch.setattr(_bart, "OFFSET", 0)  # (the checkpoint's table has 2 rows more)
+        unchecked = dataclasses.replace(bart.FAMILY, check=lambda w, cfg: None)
+        after = ours(d, SRC, TGT, family=unchecked)
+    elif change["spec"] == "post-norm":
+        import attn_cli.models.mbart as mbart
+
+        spec = dataclasses.replace(mbart.SPEC, pre_norm=False)
+        after = ours(d, SRC, TGT, family=_bart.family("mbart", ("mbart",), spec))
+    else:
+        monkeypatch.setattr(_bart, "sinusoidal_positions", lambda n, dim: np.zeros((n, dim)))
+        after = ours(d, SRC, TGT)
+    assert np.abs(before["encoder"] - after["encoder"]).max() > 1e-2
+    assert np.abs(before["cross"] - after["cross"]).max() > 1e-2
+
+
+@pytest.mark.reference
+def test_marian_positions_are_transformers_sinusoids():
+    require("torch")
+    require("transformers")
+    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+
+    from attn_cli.models._bart import sinusoidal_positions
+
+    for d in (32, 33):
+        ref = MarianSinusoidalPositionalEmbedding(50, d).create_weight().numpy()
+        np.testing.assert_allclose(sinusoidal_positions(50, d), ref, atol=1e-6)
+
+
+@pytest.mark.reference
+def test_final_logits_bias_is_added(tiny):
+    from attn_cli.models._bart import logits
+    from attn_cli.models.weights import SafetensorsWeights
+
+    d = tiny("bart")
+    w = SafetensorsWeights(d, "decoder.layers.0.encoder_attn.q_proj.weight")
+    h = np.ones((1, 32), dtype=np.float32)
+    bias = w["final_logits_bias"][0]
+    assert np.abs(bias).max() > 0.1
+    np.testing.assert_allclose(logits(w, h, {}) - h @ w["shared.weight"].T, bias[None], atol=1e-5)
 
 
 @pytest.mark.reference
@@ -129,6 +211,9 @@ def test_flan_t5_head_is_not_scaled_and_t5_head_is(tiny):
         ("t5", {}),
         ("t5", {"no_repeat_ngram_size": 1, "max_new_tokens": 12}),
         ("flan-t5", {"no_repeat_ngram_size": 2, "min_length": 6}),
+        ("bart", {"no_repeat_ngram_size": 1}),  # forced_eos_token_id at max_length − 1
+        ("mbart", {"no_repeat_ngram_size": 1, "forced_bos_token_id": 5, "max_length": 9}),
+        ("marian", {"bad_words_ids": [[1]], "suppress_tokens": [7, 8], "no_repeat_ngram_size": 2}),
     ],
 )
 def test_greedy_generation_is_transformers_generate(tiny, name, options):
@@ -141,13 +226,15 @@ def test_greedy_generation_is_transformers_generate(tiny, name, options):
     m = attn_cli.load_model(d)
     text = " ".join(f"w{i}" for i in SRC[:-1])
     t = m.trace(text, generate=True)
-    expected = reference_generate(d, SRC)
+    src = t.config["source_ids"]  # the tokenizer's bos/eos around the words
+    assert src[-1] == json.loads((d / "config.json").read_text())["eos_token_id"]
+    expected = reference_generate(d, src)
     assert t.token_ids == expected
     if options:  # kept from repeating one token: a sequence that tests something
         assert len(set(expected)) > 4
     assert t.config["generated"]["stopped"] in ("eos", "max_length")
     # the maps are those of the generated sequence, as transformers computes them
-    ref = reference(d, SRC, expected)
+    ref = reference(d, src, expected)
     for block in ("encoder", "decoder", "cross"):
         np.testing.assert_allclose(t.attention(block=block), ref[block], atol=1e-5)
 
