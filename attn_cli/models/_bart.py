@@ -196,9 +196,16 @@ def _params(w: WeightSource, p: str, heads: int) -> AttentionParams:
     return AttentionParams(q, k, v, heads, b_q=bq, b_k=bk, b_v=bv, w_o=o, b_o=bo)
 
 
-def _ff(w: WeightSource, p: str, x: np.ndarray, act: Callable[[np.ndarray], np.ndarray]) -> Any:
-    hidden = act(x @ w[p + "fc1.weight"].T + w[p + "fc1.bias"])  # [n, d] -> [n, ffn]
-    return hidden @ w[p + "fc2.weight"].T + w[p + "fc2.bias"]  # [n, ffn] -> [n, d]
+def _ff(
+    w: WeightSource, p: str, act: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray], tuple[np.ndarray, Any]]:
+    """Layer p's feed-forward sublayer: act(x·W_1 + b_1)·W_2 + b_2 (no record)."""
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, Any]:
+        hidden = act(x @ w[p + "fc1.weight"].T + w[p + "fc1.bias"])  # [n, d] -> [n, ffn]
+        return hidden @ w[p + "fc2.weight"].T + w[p + "fc2.bias"], None  # [n, ffn] -> [n, d]
+
+    return run
 
 
 def _sublayer(
@@ -246,9 +253,7 @@ def _encoder(spec: Spec) -> Callable[[WeightSource, np.ndarray, Config], Iterato
                 block="encoder",
             )
             h, rec = _sublayer(spec, w, p + "self_attn_layer_norm", h, attend)
-            h, _ = _sublayer(
-                spec, w, p + "final_layer_norm", h, lambda x, p=p: (_ff(w, p, x, act), None)
-            )
+            h, _ = _sublayer(spec, w, p + "final_layer_norm", h, _ff(w, p, act))
             yield LayerRecord([rec], h)
 
     return run
@@ -270,9 +275,7 @@ def _decoder(
                 w, p + "encoder_attn", heads, h, block="cross", memory=enc, key_axis="source"
             )
             h, cross = _sublayer(spec, w, p + "encoder_attn_layer_norm", h, cross_attn)
-            h, _ = _sublayer(
-                spec, w, p + "final_layer_norm", h, lambda x, p=p: (_ff(w, p, x, act), None)
-            )
+            h, _ = _sublayer(spec, w, p + "final_layer_norm", h, _ff(w, p, act))
             yield LayerRecord([own, cross], h)
 
     return run
