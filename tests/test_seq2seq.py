@@ -267,3 +267,211 @@ def test_trace_with_a_target_has_every_block_with_its_axes(tiny):
         m.trace("w5 w17")
     with pytest.raises(InputError, match="give one of them"):
         m.trace("w5", target="w9", generate=True)
+
+
+# ---------------------------------------------------------------- views, saved traces, the CLI
+
+
+@pytest.fixture(scope="module")
+def t5_trace(tiny):
+    import attn_cli
+
+    return attn_cli.load_model(tiny("t5")).trace("w5 w17 w40 w3", target="w9 w33")
+
+
+SOURCE = ["w5", "w17", "w40", "w3", "</s>"]
+TARGET = ["<pad>", "w9", "w33", "</s>"]
+
+
+def rendered(trace, view: str, width: int = 120) -> str:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    trace.show(view=view, console=Console(file=buf, width=width, color_system=None))
+    return buf.getvalue()
+
+
+@pytest.mark.reference
+def test_every_view_labels_cross_maps_with_target_rows_and_source_columns(t5_trace, tmp_path):
+    from attn_cli.export import loads_traces
+
+    t = t5_trace
+    steps = rendered(t, "steps")
+    cross = steps.split("W = softmax(W_scaled) per row   cross · layer 1 · head 2")[1]
+    header = cross.splitlines()[1].split()
+    assert header == SOURCE
+    assert [ln.split()[0] for ln in cross.splitlines()[3:7]] == TARGET
+    assert "where each token looks in the source." in cross
+    assert "W_biased = W_scaled + B (relative position bias)   encoder · layer 0 · head 0" in steps
+    assert "W_masked = W_biased, −∞ above the diagonal   decoder · layer 0 · head 0" in steps
+    heat = rendered(t, "heatmap")
+    assert "W heatmap   cross · layer 2 · head 3" in heat
+    grid = rendered(t, "grid")
+    assert "encoder attention: 2 layers × 4 heads, each map max-pooled to 5×5" in grid
+    assert "decoder attention: 3 layers × 4 heads, each map max-pooled to 4×4" in grid
+    assert "cross attention: 3 layers × 4 heads, each map max-pooled to 4×5" in grid
+    top = rendered(t, "top")
+    assert "from W (source tokens)   cross · layer 0 · head 0" in top
+    # geometry pairs the encoder's input with the encoder's output (both over the source)
+    from attn_cli.render.pictures import geometry_pair
+
+    pair = geometry_pair(t)
+    assert pair is not None and pair[0].rows == pair[1].rows == SOURCE
+    # saved and loaded: the same trace, the same views
+    path = tmp_path / "t5.json"
+    t.save(path)
+    again = loads_traces(path.read_bytes())[0]
+    assert again.axes["source"].labels == SOURCE and again.tokens == TARGET
+    for block in ("encoder", "decoder", "cross"):
+        np.testing.assert_allclose(
+            again.attention(block=block), t.attention(block=block), atol=1e-6
+        )
+    for view in ("steps", "overview", "summary", "grid", "heatmap"):
+        assert rendered(again, view) == rendered(t, view), view
+
+
+@pytest.mark.reference
+def test_a_saved_seq2seq_trace_validates_against_the_schema(t5_trace, tmp_path):
+    jsonschema = require("jsonschema")
+    from attn_cli.export import dumps_traces
+
+    schema = json.loads(
+        (Path(__file__).parent.parent / "attn_cli/schema/trace-v2.schema.json").read_text()
+    )
+    doc = json.loads(dumps_traces([t5_trace]))
+    docs = doc if isinstance(doc, list) else [doc]
+    for d in docs:
+        jsonschema.validate(d, schema)
+
+
+@pytest.mark.reference
+def test_page_and_browser_switch_between_the_three_blocks(t5_trace, tmp_path):
+    from attn_cli.render.interactive import page_data
+
+    steps = page_data([t5_trace])["traces"][0]["steps"]
+    # a map's rows and columns are the target tokens unless it says otherwise
+    maps = {
+        (s["block"], s.get("rows", TARGET) == SOURCE, s.get("cols", TARGET) == SOURCE)
+        for s in steps
+        if s["map"]
+    }
+    assert ("encoder", True, True) in maps and ("cross", False, True) in maps
+    assert ("decoder", False, False) in maps
+
+    import asyncio
+
+    pytest.importorskip("textual")
+    from attn_cli.browse.app import BrowseApp
+    from attn_cli.browse.widgets import Heatmap
+
+    async def run() -> None:
+        app = BrowseApp([t5_trace])
+        async with app.run_test(size=(120, 40)) as pilot:
+            main = app.main
+            assert main.index.block == "encoder"
+            assert main.query_one(Heatmap)._col_labels == SOURCE
+            await pilot.press("b")
+            assert main.index.block == "decoder"
+            assert main.query_one(Heatmap)._col_labels == TARGET
+            await pilot.press("b")
+            assert main.index.block == "cross"
+            heat = main.query_one(Heatmap)
+            assert heat._row_labels == TARGET and heat._col_labels == SOURCE
+
+    asyncio.run(run())
+
+
+@pytest.mark.reference
+def test_page_head_view_shows_target_left_and_source_right(t5_trace, tmp_path):
+    import os
+
+    from tests.test_interactive import ARGS, CHROMIUM, Opened, as_numbers
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from attn_cli.render.interactive import interactive_html
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        o = Opened(browser, interactive_html([t5_trace]), tmp_path)
+        page = o.page
+        options = page.locator("#step option").all_text_contents()
+        assert {"encoder W", "decoder W", "cross W"} <= set(options)
+        page.select_option("#step", "cross W")
+        left = page.eval_on_selector_all("#hv-left .tok", "ts => ts.map(t => t.title)")
+        right = page.eval_on_selector_all("#hv-right .tok", "ts => ts.map(t => t.title)")
+        assert left == TARGET and right == SOURCE
+        o.hover_token("q", 2)
+        expected = t5_trace.attention(block="cross")[0, 0, 2]
+        assert np.all(np.abs(as_numbers(o.values("k")) - expected) <= 5e-3)
+        page.select_option("#step", "encoder W")
+        left = page.eval_on_selector_all("#hv-left .tok", "ts => ts.map(t => t.title)")
+        assert left == SOURCE
+        o.check_clean()
+        page.close()
+        browser.close()
+
+
+@pytest.mark.reference
+def test_cli_target_and_generate(tiny, tmp_path):
+    from tests.conftest import invoke
+
+    d = str(tiny("t5"))
+    r = invoke(
+        [
+            "explain",
+            "w5 w17 w40 w3",
+            "--model",
+            d,
+            "--target",
+            "w9 w33",
+            "--layer",
+            "1",
+            "--head",
+            "0",
+            "--steps",
+            "W",
+        ]
+    )
+    assert r.exit_code == 0, r.stderr
+    assert "W = softmax(W_scaled) per row   cross · layer 1 · head 0" in r.stdout
+    out = tmp_path / "gen.json"
+    r = invoke(
+        [
+            "explain",
+            "w5 w17 w40 w3",
+            "--model",
+            d,
+            "--generate",
+            "--max-length",
+            "6",
+            "--json",
+            str(out),
+            "--view",
+            "grid",
+        ]
+    )
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(out.read_text())
+    doc = doc[0] if isinstance(doc, list) else doc
+    assert len(doc["token_ids"]) == 6 and doc["config"]["generated"]["stopped"] == "max_length"
+    r = invoke(["show", str(out), "--view", "grid"])
+    assert r.exit_code == 0 and "cross attention: 3 layers × 4 heads" in r.stdout
+    for args, message in (
+        ([], "give the target with --target or let it write one with --generate"),
+        (["--target", "w9", "--generate"], "--target and --generate: give one of them"),
+        (["--method", "rollout", "--target", "w9"], "not available for encoder–decoder"),
+        (
+            ["--max-length", "3", "--target", "w9"],
+            "--max-length 3: a positive number, with --generate",
+        ),
+    ):
+        r = invoke(["explain", "w5", "--model", d, *args])
+        assert (
+            r.exit_code != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        ), (args, r.stderr)
+    r = invoke(["explain", "w5", "--target", "w9"])
+    assert r.exit_code != 0 and "apply with --model" in r.stderr
