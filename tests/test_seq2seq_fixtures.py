@@ -66,3 +66,75 @@ def test_each_fixture_is_its_family():
         "mbart": "mbart",
         "marian": "marian",
     }
+
+
+def copy_of(tmp_path: Path, name: str) -> Path:
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(FIXTURES / name, d)
+    return d
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"max_length": "12"}, "generation config: max_length must be an integer ≥ 0, got '12'"),
+        ({"min_length": -1}, "generation config: min_length must be an integer ≥ 0, got -1"),
+        ({"eos_token_id": 999}, "token id 999 is outside the vocabulary (64)"),
+        ({"suppress_tokens": [64]}, "token id 64 is outside the vocabulary (64)"),
+        ({"forced_decoder_ids": [[1]]}, "forced_decoder_ids holds [1], not [index, id]"),
+        ({"forced_decoder_ids": [["a", 5]]}, "a forced_decoder_ids index must be an integer"),
+        ({"decoder_start_token_id": "x"}, "expected a token id or a list of ids, got 'x'"),
+    ],
+)
+def test_a_bad_generation_config_is_one_line(tmp_path, change, message):
+    import json
+
+    from tests.conftest import invoke
+
+    d = copy_of(tmp_path, "bart")
+    gen = json.loads((d / "generation_config.json").read_text())
+    (d / "generation_config.json").write_text(json.dumps(gen | change))
+    r = invoke(["explain", SOURCE, "--model", str(d), "--generate"])
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_forced_decoder_ids_and_a_null_slot(tmp_path):
+    import json
+
+    d = copy_of(tmp_path, "t5")
+    gen = json.loads((d / "generation_config.json").read_text())
+    forced = {"forced_decoder_ids": [[1, 33], [2, None], [3, 44]], "max_length": 6}
+    (d / "generation_config.json").write_text(json.dumps(gen | forced))
+    t = attn_cli.load_model(d).trace(SOURCE, generate=True)
+    assert t.token_ids[1] == 33 and t.token_ids[3] == 44 and len(t.token_ids) <= 6
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (["spiece.model"], "make tokenizer.json once with transformers"),
+        (["source.spm", "target.spm"], "attn-cli reads a tokenizer.json"),
+    ],
+)
+def test_sentencepiece_only_checkpoints_say_what_to_do(tmp_path, files, message):
+    from tests.conftest import invoke
+
+    d = copy_of(tmp_path, "marian")
+    (d / "tokenizer.json").unlink()
+    for f in files:
+        (d / f).write_bytes(b"\x00")
+    r = invoke(["explain", SOURCE, "--model", str(d), "--generate"])
+    assert r.exit_code != 0 and "has no tokenizer.json" in r.stderr and message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_decoder_only_model_refuses_a_target():
+    from tests.conftest import invoke
+
+    gpt2 = Path(__file__).resolve().parent / "fixtures" / "tiny_gpt2"
+    r = invoke(["explain", "the cat", "--model", str(gpt2), "--target", "le chat"])
+    assert r.exit_code != 0 and "is not an encoder–decoder model" in r.stderr
