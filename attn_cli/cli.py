@@ -765,8 +765,8 @@ def _model_traces(
     middle layer's head 0, with a note saying how to choose."""
     from attn_cli.inputs import read_texts
 
-    d = m.dims
-    chosen_layer = layer if layer is not None else ("all" if every else d.layers // 2)
+    d, n_layers = m.dims, m.layer_count
+    chosen_layer = layer if layer is not None else ("all" if every else n_layers // 2)
     chosen_head = head if head is not None else ("all" if every else 0)
     # Checks the options now, before stdin is read.
     m.traces([], layers=chosen_layer, heads=chosen_head, **run)
@@ -776,8 +776,8 @@ def _model_traces(
         shown_layer = "all" if str(chosen_layer).lower() == "all" else chosen_layer
         shown_head = "all" if str(chosen_head).lower() == "all" else chosen_head
         note = (
-            f"showing layer {shown_layer}, head {shown_head} of {d.layers} "
-            f"layer{'s' if d.layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
+            f"showing layer {shown_layer}, head {shown_head} of {n_layers} "
+            f"layer{'s' if n_layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
             "choose with --layer N|all and --head N|all"
         )
     for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, **run):
