@@ -55,6 +55,7 @@ COMMON_BART = dict(
 TINY: dict[str, dict[str, Any]] = {
     "t5": dict(COMMON_T5, feed_forward_proj="relu", tie_word_embeddings=True),
     "flan-t5": dict(COMMON_T5, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "mt5": dict(COMMON_T5, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
     "bart": dict(COMMON_BART, scale_embedding=True),
     "mbart": dict(COMMON_BART, scale_embedding=True, forced_bos_token_id=5),
     "marian": dict(
@@ -65,7 +66,7 @@ TINY: dict[str, dict[str, Any]] = {
         share_encoder_decoder_embeddings=True,
     ),
 }
-MODEL_TYPE = {"flan-t5": "t5"}
+MODEL_TYPE = {"flan-t5": "t5", "mt5": "t5"}
 
 
 def model_class(name: str):
@@ -74,6 +75,7 @@ def model_class(name: str):
     return {
         "t5": transformers.T5ForConditionalGeneration,
         "flan-t5": transformers.T5ForConditionalGeneration,
+        "mt5": transformers.MT5ForConditionalGeneration,
         "bart": transformers.BartForConditionalGeneration,
         "mbart": transformers.MBartForConditionalGeneration,
         "marian": transformers.MarianMTModel,
@@ -86,6 +88,7 @@ def config_class(name: str):
     return {
         "t5": transformers.T5Config,
         "flan-t5": transformers.T5Config,
+        "mt5": transformers.MT5Config,
         "bart": transformers.BartConfig,
         "mbart": transformers.MBartConfig,
         "marian": transformers.MarianConfig,
@@ -125,7 +128,7 @@ def build(name: str, directory: Path, seed: int = 0, **overrides: Any) -> Path:
             model.final_logits_bias.normal_(0.0, 0.5)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
-    if name == "flan-t5":
+    if name in ("flan-t5", "mt5"):
         hub_style_untied_head(directory, seed)
     t5 = MODEL_TYPE.get(name, name) == "t5"
     specials = SPECIALS["t5" if t5 else "bart"]

@@ -145,7 +145,7 @@ def test_final_logits_bias_is_added(tiny):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["t5", "flan-t5"])
+@pytest.mark.parametrize("name", ["t5", "flan-t5", "mt5"])
 def test_t5_maps_and_logits_match_transformers(tiny, name):
     got = check_against_reference(tiny(name))
     enc, dec = got["enc_layers"], got["dec_layers"]
