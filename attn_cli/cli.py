@@ -667,11 +667,8 @@ def explain(
         if position is not None and "lens" not in (method or "") and model is not None:
             patch, position = _patch_position(position), None  # a picture's patch: R,C
         methods = _method_args(method, position, top_k, model)
+        seq2seq = _seq2seq_args(target, generate, max_length, model)
         if model is None:
-            if target is not None or generate or max_length is not None:
-                from attn_cli.errors import InputError
-
-                raise InputError("--target, --generate and --max-length apply with --model")
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
         else:
@@ -688,7 +685,6 @@ def explain(
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
-            seq2seq = _seq2seq_args(target, generate, max_length)
             traces = _model_traces(
                 m, text, layer, head, every, pair=pair, steps=steps, **seq2seq, **methods
             )
@@ -700,10 +696,16 @@ def explain(
         )
 
 
-def _seq2seq_args(target: str | None, generate: bool, max_length: int | None) -> dict:
+def _seq2seq_args(
+    target: str | None, generate: bool, max_length: int | None, model: str | None
+) -> dict:
     """--target/--generate/--max-length as Model.traces keywords (only those given, so a
     model that is not an encoder–decoder one is refused only when they are)."""
+    from attn_cli.errors import InputError
+
     args: dict[str, Any] = {}
+    if model is None and (target is not None or generate or max_length is not None):
+        raise InputError("--target, --generate and --max-length apply with --model")
     if target is not None:
         args["target"] = target
     if generate:
@@ -968,6 +970,9 @@ def browse(
     temperature: TemperatureOpt = 1.0,
     weights: WeightsOpt = None,
     model: ModelOpt = None,
+    target: TargetOpt = None,
+    generate: GenerateOpt = False,
+    max_length: MaxLengthOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     top_k: TopKOpt = 3,
@@ -989,10 +994,12 @@ def browse(
         require_browser()  # before the model runs: Textual installed, stdout a terminal
         opts = _options(locals())
         opts.check()
+        seq2seq = _seq2seq_args(target, generate, max_length, model)
         if model is None:
             traces = list(explain_all(read_texts(text, sys.stdin), **vars(opts)))
         else:
-            traces = list(_model_traces(load_model(model), text, layer, head, True))
+            m = load_model(model)
+            traces = list(_model_traces(m, text, layer, head, True, **seq2seq))
         run_browser(traces, precision=precision, top_k=top_k)
 
 
