@@ -346,11 +346,12 @@ def seq2seq_trace(
         **family.stage_texts,
         "X": narrate.layer_input(family.wording.x_formula, family.wording.x_description),
     }
-    wanted = set(layers)
+    wanted, all_heads = set(layers), len(heads) == d.heads
     for stack in (enc_records, dec_records):
         for i, layer in enumerate(stack):
             if i in wanted:
-                chosen = [h for h in heads if h < min(b.heads for b in layer.blocks)]
+                n_heads = min(b.heads for b in layer.blocks)  # the decoder's may differ
+                chosen = list(range(n_heads)) if all_heads else [h for h in heads if h < n_heads]
                 trace.steps += narrate.model_layer_steps(
                     layer, i, chosen, trace.axes, voice, texts, keep=keep
                 )

@@ -475,3 +475,17 @@ def test_cli_target_and_generate(tiny, tmp_path):
         ), (args, r.stderr)
     r = invoke(["explain", "w5", "--target", "w9"])
     assert r.exit_code != 0 and "apply with --model" in r.stderr
+
+
+@pytest.mark.reference
+def test_a_decoder_with_more_heads_than_the_encoder(tiny):
+    import attn_cli
+
+    d = tiny("bart", decoder_attention_heads=8)
+    got = ours(d, SRC, decoder_inputs(d))
+    ref = reference(d, SRC, decoder_inputs(d))
+    for block in ("encoder", "decoder", "cross"):
+        np.testing.assert_allclose(got[block], ref[block], atol=1e-5)
+    t = attn_cli.load_model(d).trace("w5 w17", target="w9")
+    assert t.attention(block="encoder").shape[1] == 4
+    assert t.attention(block="cross").shape[1] == t.attention(block="decoder").shape[1] == 8
