@@ -148,9 +148,8 @@ class Seq2Seq:
     # prompt, suppressed tokens …): (config, generation config, plan) -> the plan to use
     # (seq2seq.Plan); None: the standard fields only.
     plan: Callable[[Config, Mapping[str, Any], Any], Any] | None = None
-    # What the source and the target are called in the steps' words.
-    source_words: str = "source text"
-    target_words: str = "target text"
+    # What a source position is called in the steps' words ("source token", "audio frame").
+    source_words: str = "source token"
 
 
 @dataclass(frozen=True, kw_only=True)
