@@ -94,6 +94,16 @@ class GGUFTable:
     norm_shift: float = 0.0  # every *norm.weight stored as shift + w (Gemma: 1 + w)
     fused_qkv: bool = False  # the HF model has one qkv_proj (Phi-3)
     qk_norm_full: bool = False  # q/k norms over all heads at once, H·head_dim wide (OLMo 2)
+    # per layer: HF name -> GGUF tensors stored per head, each (heads, rows, in), or (heads,
+    # in, rows) where flagged (stored transposed), joined head by head into one matrix; used
+    # when the file has no other source of the HF name (DeepSeek's kv_b_proj from attn_k_b
+    # and attn_v_b)
+    per_head_tensors: Mapping[str, tuple[tuple[str, bool], ...]] = field(default_factory=dict)
+    # The table names every attention tensor itself (no attn_q/k/v), the file's key and value
+    # lengths are its own to read (adapt), and `shape` gives the HF shapes of the tensors the
+    # generic rule does not know, None for the rest (DeepSeek's latent attention, experts)
+    own_attention: bool = False
+    shape: Callable[[str, Mapping[str, Any]], tuple[int, ...] | None] | None = None
     # What no table can say (values that depend on several keys, config from tensors):
     # adapt(metadata reader, config being built), see gguf/to_hf.py's MetadataReader.
     adapt: Callable[[Any, dict[str, Any]], None] | None = None
