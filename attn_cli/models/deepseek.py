@@ -232,13 +232,12 @@ def yarn_mscale(factor: float, mscale: float) -> float:
 
 
 def score_scale(args: DeepseekV2Args, rot: rope.Rotary) -> tuple[float, float]:
-    """(the softmax scale, the mscale² it includes): 1/√qk_head_dim, and for DeepSeek-V3 with
-    a scaled rope and mscale_all_dim, × yarn_mscale(factor, mscale_all_dim)² (transformers'
-    DeepseekV3Attention)."""
+    """(the softmax scale, the mscale² it includes): 1/√qk_head_dim, and with a scaled rope and
+    mscale_all_dim, × yarn_mscale(factor, mscale_all_dim)² (transformers' yarn_apply_mscale)."""
     scale = args.qk_head_dim**-0.5
     p = rot.params
     m_all = p.get("mscale_all_dim")
-    if not args.sigmoid or p.get("rope_type", "default") == "default" or not m_all:
+    if p.get("rope_type", "default") == "default" or not m_all:
         return scale, 1.0
     m = yarn_mscale(float(p["factor"]), float(m_all))
     return scale * m * m, m * m
