@@ -157,6 +157,11 @@ class GGUFWeights(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         r = self._recipe(name)
         infos = [self._header.tensors[s] for s in r.sources]
+        if r.per_head is not None:  # per-head blocks, some stored transposed, joined by head
+            blocks = [self._gguf_rows(s).reshape(i.shape) for s, i in zip(r.sources, infos, strict=True)]
+            blocks = [b.transpose(0, 2, 1) if t else b for b, t in zip(blocks, r.per_head, strict=True)]
+            joined = np.concatenate(blocks, axis=1)  # [heads, Σ rows, in]
+            return self._finish(joined.reshape(-1, joined.shape[-1]), r)
         if len(r.sources) == 1 and len(infos[0].ne) > 1:
             # a matrix: select (and reorder) rows before dequantising
             sel: Any = slice(*r.rows) if r.rows is not None else None
@@ -181,8 +186,15 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         n = self.shape(name)[0]
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise InputError(f"{name}: row ids must be in 0..{n - 1}")
-        if len(r.sources) != 1:
+        if len(r.sources) != 1 or r.per_head is not None:
             return self[name][idx]
+        info = self._header.tensors[r.sources[0]]
+        if len(info.shape) > 2 and r.rows is None and r.unpermute is None:
+            # entries of a stacked tensor (experts [E, out, in]): each is `per` GGUF rows
+            per = int(np.prod(info.shape[1:-1]))
+            src = (idx[:, None] * per + np.arange(per)).reshape(-1)
+            entries = self._finish(self._gguf_rows(r.sources[0], src), r)
+            return entries.reshape(len(idx), *info.shape[1:])
         src = idx
         if r.unpermute is not None:
             src = unpermute_index(n, r.unpermute)[idx]

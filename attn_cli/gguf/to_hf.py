@@ -80,12 +80,16 @@ FILE_TYPES = {
 class Recipe:
     """How one HF tensor is made from GGUF tensors: the sources' rows concatenated (a fused
     qkv_proj or gate_up_proj), a row slice (splitting a fused attn_qkv), the rotary row order
-    undone (``unpermute`` = number of heads), and a constant subtracted (a norm's shift)."""
+    undone (``unpermute`` = number of heads), a constant subtracted (a norm's shift), and
+    per-head blocks joined (``per_head``)."""
 
     sources: tuple[str, ...]
     rows: tuple[int, int] | None = None
     unpermute: int | None = None
     shift: float = 0.0
+    # sources stored per head, (heads, rows, in) each, or (heads, in, rows) where True: joined
+    # head by head into one (heads·Σ rows, in) matrix (a table's per_head_tensors)
+    per_head: tuple[bool, ...] | None = None
 
 
 def unpermute_index(n_rows: int, n_head: int) -> np.ndarray:
@@ -222,7 +226,9 @@ def build(
         raise InputError(f"{fname}: malformed metadata ({show(str(exc), 100)})") from None
     for hf, recipe in plan.items():
         got = recipe_shape(recipe, header.tensors)
-        want = expected_shape(hf, cfg, table.qk_norm_full)
+        want = (table.shape and table.shape(hf, cfg)) or expected_shape(
+            hf, cfg, table.qk_norm_full
+        )
         if got != want:
             raise InputError(
                 f"{fname}: {', '.join(recipe.sources)} has shape {list(got)}, but the "
@@ -273,10 +279,12 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
         raise InputError(f"{name}: implausible geometry ({n_layer} layers, {hidden} wide)")
     if n_head % n_kv:
         raise InputError(f"{name}: {n_head} heads cannot share {n_kv} key/value heads")
-    head_dim = m.value("attention.key_length", "head_dim", hidden // n_head)
-    value_dim = m.value("attention.value_length", "head_dim", head_dim)
-    if not head_dim or value_dim != head_dim:
-        raise InputError(f"{name}: key and value head sizes differ: not supported")
+    head_dim = hidden // n_head  # a table that reads its own head sizes sets them (adapt)
+    if not table.own_attention:
+        head_dim = m.value("attention.key_length", "head_dim", head_dim)
+        value_dim = m.value("attention.value_length", "head_dim", head_dim)
+        if not head_dim or value_dim != head_dim:
+            raise InputError(f"{name}: key and value head sizes differ: not supported")
     if "token_embd.weight" not in tensors:
         raise InputError(f"{name}: no token_embd.weight tensor")
     vocab = tensors["token_embd.weight"].shape[0]
@@ -307,7 +315,7 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
     }
 
     rope_dim = m.checked(POSITIVE_INT, "rope.dimension_count")
-    if rope_dim is not None and rope_dim != head_dim:
+    if rope_dim is not None and rope_dim != head_dim and not table.own_attention:
         if rope_dim % 2 or rope_dim > head_dim:
             raise InputError(
                 f"{m.label('rope.dimension_count')} must be even and at most the head size "
@@ -365,6 +373,13 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
 def recipe_shape(r: Recipe, tensors: dict[str, Any]) -> tuple[int, ...]:
     """The HF shape a recipe produces, from the header alone (trailing dims must agree)."""
     shapes = [tuple(tensors[s].shape) for s in r.sources]
+    if r.per_head is not None:  # (heads, rows, in) blocks, or (heads, in, rows) transposed
+        blocks = [
+            (sh[0], sh[2], sh[1]) if t else sh for sh, t in zip(shapes, r.per_head, strict=True)
+        ]
+        if any(len(b) != 3 for b in blocks) or len({(b[0], b[2]) for b in blocks}) != 1:
+            return (-1,)
+        return (blocks[0][0] * sum(b[1] for b in blocks), blocks[0][2])
     if len({sh[1:] for sh in shapes}) != 1:
         return (-1,)
     first = sum(sh[0] for sh in shapes)
@@ -439,6 +454,12 @@ def _plan(
         for hf, gname in table.optional_layer_tensors.items():
             if b + gname in tensors:
                 plan[h + hf] = recipe(hf, (b + gname,))
+        for hf, parts in table.per_head_tensors.items():
+            if h + hf not in plan:
+                srcs = tuple(need(b + g) for g, _ in parts)
+                plan[h + hf] = Recipe(srcs, per_head=tuple(t for _, t in parts))
+        if table.own_attention:
+            continue
         for kind in ("weight", "bias"):
             sep = [f"{b}attn_{x}.{kind}" for x in "qkv"]
             fused = f"{b}attn_qkv.{kind}"

@@ -627,6 +627,7 @@ def _gguf_adapt(m: Any, cfg: dict[str, Any]) -> None:
         head_dim=rope_dim,
     )
     cfg.pop("partial_rotary_factor", None)
+    cfg["attention_bias"] = m.has_tensor("blk.0.attn_kv_a_mqa.bias")
     groups = m.checked(POSITIVE_INT, "expert_group_count", 1)
     used = m.checked(POSITIVE_INT, "expert_group_used_count", groups)
     if sigmoid:
@@ -642,8 +643,8 @@ def _gguf_adapt(m: Any, cfg: dict[str, Any]) -> None:
     log_mul = m.checked(NUMBER, "rope.scaling.yarn_log_multiplier")
     if isinstance(scaling, dict) and scaling.get("rope_type") == "yarn" and log_mul:
         # llama.cpp's kq scale: (1 + yarn_log_multiplier·ln factor)², one mscale for both
-        mscale = float(np.float32(log_mul)) / 0.1
-        mscale = float(np.format_float_positional(np.float32(mscale), unique=True, trim="-"))
+        shortest = float(np.format_float_positional(np.float32(log_mul), unique=True, trim="-"))
+        mscale = round(shortest / 0.1, 9)  # 0.0707 (float32) -> 0.707
         scaling.update(mscale=mscale, mscale_all_dim=mscale, beta_fast=32.0, beta_slow=1.0)
     args.parse(cfg, "GGUF metadata")  # every value checked as config.json's would be
 
@@ -665,6 +666,9 @@ def _gguf_shape(name: str, cfg: Any) -> tuple[int, ...] | None:
         "kv_a_layernorm.weight": (r,),
         "kv_b_proj.weight": (heads * (nope + v), r),
         "o_proj.weight": (d, heads * v),
+        "q_a_proj.bias": (q_r,),
+        "kv_a_proj_with_mqa.bias": (r + rope_dim,),
+        "o_proj.bias": (d,),
         "gate.weight": (experts, d),
         "gate.e_score_correction_bias": (experts,),
         "experts.gate_proj": (experts, inter, d),
@@ -694,6 +698,9 @@ GGUF = GGUFTable(
         "self_attn.q_a_layernorm.weight": "attn_q_a_norm.weight",
         "self_attn.q_b_proj.weight": "attn_q_b.weight",
         "self_attn.kv_b_proj.weight": "attn_kv_b.weight",  # converters before the split
+        "self_attn.q_a_proj.bias": "attn_q_a.bias",
+        "self_attn.kv_a_proj_with_mqa.bias": "attn_kv_a_mqa.bias",
+        "self_attn.o_proj.bias": "attn_output.bias",
         "mlp.gate_proj.weight": "ffn_gate.weight",
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
@@ -722,7 +729,7 @@ GGUF = GGUFTable(
         "expert_weights_scale": ("routed_scaling_factor", 1.0),
         "expert_weights_norm": ("norm_topk_prob", False),
     },
-    config={"hidden_act": "silu", "rope_interleave": True, "attention_bias": False},
+    config={"hidden_act": "silu", "rope_interleave": True},
     own_attention=True,
     shape=_gguf_shape,
     adapt=_gguf_adapt,
