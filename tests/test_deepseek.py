@@ -425,7 +425,7 @@ def test_experts_are_read_only_when_routed_to():
             continue
         routed = set(np.flatnonzero(layer.attention["router"].any(axis=0)).tolist())
         for kind in ("gate_proj", "up_proj", "down_proj"):
-            got = {int(n.split(".")[3]) for n in read if n.startswith(f"layers.{i}.mlp.experts.") and n.endswith(kind + ".weight")}
+            got = {int(n.split(".")[4]) for n in read if n.startswith(f"layers.{i}.mlp.experts.") and n.endswith(kind + ".weight")}
             assert got == routed
         assert len(routed) < cfg["n_routed_experts"]
 
@@ -439,7 +439,7 @@ def test_steps_name_the_latent_and_the_shared_rotary_key():
     steps = {s.name: s for s in trace.steps}
     assert {"c_q", "c_kv", "k_pe", "K", "Q_rot", "K_rot", "W", "router"} <= set(steps)
     assert "shared by all" in steps["c_kv"].description
-    assert steps["K"].formula == "[c_kv·W_kb⁰ ‖ k_pe]"
+    assert steps["K"].formula == "[c_kv·W_kb⁽⁰⁾ ‖ k_pe]"
     assert "mscale²" in steps["W_scaled"].formula
     arch = trace.config["architecture"]
     assert arch["attention"] == "multi-head latent attention" and arch["dense_layers"] == [0]
