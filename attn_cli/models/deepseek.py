@@ -795,7 +795,8 @@ def _latent_rot(c: StageContext) -> tuple[str, str]:
         "interleave": "pairs of neighbouring dimensions (2i, 2i + 1), gathered even then odd",
         "halves": "dimension i with dimension i + r/2",
     }[c.record.facts["rope"]]
-    return f"[{letter}_nope ‖ RoPE({part}, position)]", (
+    rotated = part if letter == "K" else f"Q[:, {nope}:]"
+    return f"[{letter}[:, :{nope}] ‖ RoPE({rotated}, position)]", (
         f"Only the last {rope_dim} numbers are rotated by position ({layout}); the first {nope} "
         "carry no position. Each score is a content match plus a position-aware match."
     )
@@ -817,10 +818,12 @@ def _latent_scaled(c: StageContext) -> tuple[str, str]:
 def _router(c: StageContext) -> tuple[str, str]:
     f = c.record.facts
     k, scaling = f["top_k"], f["scaling"]
-    scores = "σ(h·W_gateᵀ)" if f["sigmoid"] else "softmax(h·W_gateᵀ)"
-    chosen = "the top-k of σ + bias in the best groups" if f["sigmoid"] else f"its top {k}"
+    if f["sigmoid"]:
+        formula = f"top-{k} σ(h·W_gateᵀ), chosen by σ + bias, × {scaling:g}"
+    else:
+        formula = f"top-{k} softmax(h·W_gateᵀ) × {scaling:g}"
     total = "normalised to sum to 1, then" if f["normalised"] and f["sigmoid"] else ""
-    return f"{scores} on {chosen}, × {scaling:g}", (
+    return formula, (
         f"The mixture-of-experts router: each token's weight on each of the {c.data.shape[1]} "
         f"experts. Only its top {k} experts run on it, their scores {total} × "
         f"routed_scaling_factor {scaling:g}; the rest are 0. Shared experts run on every token "
