@@ -64,9 +64,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # group whose best expert scores highest)
     "v2_grouped": (
         "deepseek_v2",
-        dict(
-            q_lora_rank=24, attention_bias=True, topk_method="group_limited_greedy", topk_group=1
-        ),
+        dict(q_lora_rank=24, attention_bias=True, topk_method="group_limited_greedy", topk_group=1),
     ),
 }
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -260,7 +258,9 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True) -> Path:
     from tests.test_gguf_writer import byte_vocab
 
     cfg = json.loads((d / "config.json").read_text())
-    n_layer, n_head, hidden = (cfg[k] for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
+    n_layer, n_head, hidden = (
+        cfg[k] for k in ("num_hidden_layers", "num_attention_heads", "hidden_size")
+    )
     nope, rope_dim, v_dim = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
     r = cfg["kv_lora_rank"]
     w = SafetensorsWeights(d, "embed_tokens.weight")
@@ -322,7 +322,9 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True) -> Path:
             layer, rest = name.split(".mlp.experts.")
             e, kind = rest.split(".", 1)
             stacked = f"model.{layer}.mlp.experts.{kind}"
-            tensors.setdefault(stacked, np.zeros((cfg["n_routed_experts"], *data.shape), np.float32))
+            tensors.setdefault(
+                stacked, np.zeros((cfg["n_routed_experts"], *data.shape), np.float32)
+            )
             tensors[stacked][int(e)] = data
             continue
         if name.endswith("e_score_correction_bias"):
@@ -362,15 +364,19 @@ def _gguf_maps(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize(
-    ("variant", "split"), [("v3", True), ("v2_grouped", True), ("v2", False)]
-)
+@pytest.mark.parametrize(("variant", "split"), [("v3", True), ("v2_grouped", True), ("v2", False)])
 def test_gguf_gives_the_original_maps(tiny, tmp_path, variant, split):
     d = tiny(variant)
     maps, cfg = _gguf_maps(write_deepseek2_gguf(tmp_path / f"{variant}.gguf", d, split))
     assert cfg["model_type"] == VARIANTS[variant][0]
     original = json.loads((d / "config.json").read_text())
-    for key in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "kv_lora_rank", "q_lora_rank"):
+    for key in (
+        "qk_nope_head_dim",
+        "qk_rope_head_dim",
+        "v_head_dim",
+        "kv_lora_rank",
+        "q_lora_rank",
+    ):
         assert cfg[key] == original[key], key
     np.testing.assert_allclose(maps, attention_maps(run(d, IDS)), atol=1e-6)
 
@@ -425,9 +431,27 @@ def test_experts_are_read_only_when_routed_to():
             continue
         routed = set(np.flatnonzero(layer.attention["router"].any(axis=0)).tolist())
         for kind in ("gate_proj", "up_proj", "down_proj"):
-            got = {int(n.split(".")[4]) for n in read if n.startswith(f"layers.{i}.mlp.experts.") and n.endswith(kind + ".weight")}
+            got = {
+                int(n.split(".")[4])
+                for n in read
+                if n.startswith(f"layers.{i}.mlp.experts.") and n.endswith(kind + ".weight")
+            }
             assert got == routed
         assert len(routed) < cfg["n_routed_experts"]
+
+
+def test_fp8_checkpoints_are_refused_in_one_line():
+    """DeepSeek-V3's and Kimi K2's hub weights are FP8 blocks with a weight_scale_inv each."""
+
+    class Fp8(SafetensorsWeights):
+        def __contains__(self, name: object) -> bool:
+            return str(name).endswith("weight_scale_inv") or super().__contains__(name)
+
+    fam = family("deepseek_v3")
+    d = FIXTURES / "tiny_deepseek_v3"
+    cfg = json.loads((d / "config.json").read_text())
+    with pytest.raises(InputError, match=r"FP8 blocks \(weight_scale_inv\).*fp8_cast_bf16"):
+        fam.check(Fp8(d, fam.anchor), cfg)
 
 
 def test_steps_name_the_latent_and_the_shared_rotary_key():
@@ -474,10 +498,30 @@ def test_bad_config_values_are_refused_by_name(args, change, message):
 def test_defaults_are_transformers_configs():
     # transformers leaves V2's num_experts_per_tok unset (its MoE cannot run without it)
     v2, v3 = DeepseekV2Args.parse({"num_experts_per_tok": 6}), DeepseekV3Args.parse({})
-    assert (v2.vocab_size, v2.hidden_size, v2.num_attention_heads, v2.kv_heads) == (102400, 4096, 32, 32)
-    assert (v2.q_lora_rank, v2.kv_lora_rank, v2.topk_method, v2.first_k_dense_replace) == (1536, 512, "greedy", 0)
-    assert (v3.hidden_size, v3.num_attention_heads, v3.n_routed_experts, v3.num_experts_per_tok) == (7168, 128, 256, 8)
-    assert (v3.n_group, v3.topk_group, v3.routed_scaling_factor, v3.first_k_dense_replace) == (8, 4, 2.5, 3)
+    assert (v2.vocab_size, v2.hidden_size, v2.num_attention_heads, v2.kv_heads) == (
+        102400,
+        4096,
+        32,
+        32,
+    )
+    assert (v2.q_lora_rank, v2.kv_lora_rank, v2.topk_method, v2.first_k_dense_replace) == (
+        1536,
+        512,
+        "greedy",
+        0,
+    )
+    assert (
+        v3.hidden_size,
+        v3.num_attention_heads,
+        v3.n_routed_experts,
+        v3.num_experts_per_tok,
+    ) == (7168, 128, 256, 8)
+    assert (v3.n_group, v3.topk_group, v3.routed_scaling_factor, v3.first_k_dense_replace) == (
+        8,
+        4,
+        2.5,
+        3,
+    )
     assert v3.rope_interleave and v3.norm_topk_prob and v3.qk_head_dim == 192
 
 

@@ -158,8 +158,12 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         r = self._recipe(name)
         infos = [self._header.tensors[s] for s in r.sources]
         if r.per_head is not None:  # per-head blocks, some stored transposed, joined by head
-            blocks = [self._gguf_rows(s).reshape(i.shape) for s, i in zip(r.sources, infos, strict=True)]
-            blocks = [b.transpose(0, 2, 1) if t else b for b, t in zip(blocks, r.per_head, strict=True)]
+            blocks = [
+                self._gguf_rows(s).reshape(i.shape) for s, i in zip(r.sources, infos, strict=True)
+            ]
+            blocks = [
+                b.transpose(0, 2, 1) if t else b for b, t in zip(blocks, r.per_head, strict=True)
+            ]
             joined = np.concatenate(blocks, axis=1)  # [heads, Σ rows, in]
             return self._finish(joined.reshape(-1, joined.shape[-1]), r)
         if len(r.sources) == 1 and len(infos[0].ne) > 1:

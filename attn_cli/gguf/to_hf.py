@@ -226,9 +226,7 @@ def build(
         raise InputError(f"{fname}: malformed metadata ({show(str(exc), 100)})") from None
     for hf, recipe in plan.items():
         got = recipe_shape(recipe, header.tensors)
-        want = (table.shape and table.shape(hf, cfg)) or expected_shape(
-            hf, cfg, table.qk_norm_full
-        )
+        want = (table.shape and table.shape(hf, cfg)) or expected_shape(hf, cfg, table.qk_norm_full)
         if got != want:
             raise InputError(
                 f"{fname}: {', '.join(recipe.sources)} has shape {list(got)}, but the "

@@ -261,6 +261,12 @@ def check(w: WeightSource, cfg: Config) -> None:
         args.v_head_dim,
     )
     bias = bool(args.attention_bias)
+    if "layers.0.self_attn.kv_a_proj_with_mqa.weight_scale_inv" in w:
+        raise InputError(
+            f"{source}: this checkpoint stores its weights in FP8 blocks (weight_scale_inv), "
+            "which are not read: convert it to bf16 first (DeepSeek's fp8_cast_bf16.py), or use "
+            "a GGUF file"
+        )
     expect_shape(w, ANCHOR, (vocab, d))
     moe = args.moe_layers()
     for i in range(args.num_hidden_layers):
@@ -417,7 +423,9 @@ def latent_attention(
     if args.q_lora_rank is None:
         q_in, q_name = x, "q_proj"
     else:
-        c_q = rms_norm(_linear(w, a + "q_a_proj", x, bias), w[a + "q_a_layernorm.weight"], LATENT_EPS)
+        c_q = rms_norm(
+            _linear(w, a + "q_a_proj", x, bias), w[a + "q_a_layernorm.weight"], LATENT_EPS
+        )
         q_in, q_name = rec.add("c_q", c_q, cols=Cols("c")), "q_b_proj"
     kv_a = _linear(w, a + "kv_a_proj_with_mqa", x, bias)  # [n, d] @ [d, r + rope]
     c_kv = rms_norm(kv_a[:, :r], w[a + "kv_a_layernorm.weight"], LATENT_EPS)
@@ -429,7 +437,9 @@ def latent_attention(
     k_nope, v = kv[..., :nope], np.ascontiguousarray(kv[..., nope:])
     shared = np.broadcast_to(k_pe, (heads, n, k_pe.shape[1]))
     rec.add("Q", q, heads=QUERY_HEADS, cols=Cols("q"))
-    rec.add("K", np.concatenate([k_nope, shared], axis=-1), heads=KV_HEADS, rows=KEY, cols=Cols("k"))
+    rec.add(
+        "K", np.concatenate([k_nope, shared], axis=-1), heads=KV_HEADS, rows=KEY, cols=Cols("k")
+    )
     rec.add("V", v, heads=KV_HEADS, rows=KEY, cols=Cols("v"))
     mode = rope_mode(args)
     q_rot = np.concatenate([q[..., :nope], _rotate(q[..., nope:], cos, sin, mode)], axis=-1)
@@ -486,7 +496,9 @@ def route(
     return routing, scores
 
 
-def moe(w: WeightSource, m: str, x: np.ndarray, args: DeepseekV2Args) -> tuple[np.ndarray, np.ndarray]:
+def moe(
+    w: WeightSource, m: str, x: np.ndarray, args: DeepseekV2Args
+) -> tuple[np.ndarray, np.ndarray]:
     """The mixture of experts (transformers' DeepseekV2Moe / DeepseekV3MoE): its output (n, d)
     and the routing (n, E). Each expert runs only on the tokens routed to it, its weights read
     only then."""
@@ -573,7 +585,9 @@ def describe(cfg: Config) -> dict[str, Any]:
             "experts": args.n_routed_experts,
             "shared_experts": args.n_shared_experts or 0,
             "top_k": args.num_experts_per_tok,
-            "scores": "sigmoid + e_score_correction_bias for the choice" if args.sigmoid else "softmax",
+            "scores": "sigmoid + e_score_correction_bias for the choice"
+            if args.sigmoid
+            else "softmax",
             "groups": (args.n_group, args.topk_group) if args.grouped else None,
             "norm_topk_prob": args.norm_topk_prob if args.sigmoid else "not read (V2)",
             "routed_scaling_factor": args.routed_scaling_factor,
@@ -617,8 +631,10 @@ def _gguf_adapt(m: Any, cfg: dict[str, Any]) -> None:
         k_len = m.value("attention.key_length", "qk_nope_head_dim")
         v_len = m.value("attention.value_length", "v_head_dim")
     if k_len <= rope_dim:
-        raise InputError(f"{m.label('attention.key_length_mla')}: {k_len} leaves no room for "
-                         f"the {rope_dim} rotary dimensions")
+        raise InputError(
+            f"{m.label('attention.key_length_mla')}: {k_len} leaves no room for "
+            f"the {rope_dim} rotary dimensions"
+        )
     cfg.update(
         qk_rope_head_dim=rope_dim,
         qk_nope_head_dim=k_len - rope_dim,
