@@ -367,8 +367,12 @@ def _gguf_maps(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 @pytest.mark.parametrize(("variant", "split"), [("v3", True), ("v2_grouped", True), ("v2", False)])
 def test_gguf_gives_the_original_maps(tiny, tmp_path, variant, split):
     d = tiny(variant)
-    maps, cfg = _gguf_maps(write_deepseek2_gguf(tmp_path / f"{variant}.gguf", d, split))
+    from attn_cli.gguf.locate import describe
+
+    path = write_deepseek2_gguf(tmp_path / f"{variant}.gguf", d, split)
+    maps, cfg = _gguf_maps(path)
     assert cfg["model_type"] == VARIANTS[variant][0]
+    assert describe(path, variant, "test").family == VARIANTS[variant][0]  # `attn-cli models`
     original = json.loads((d / "config.json").read_text())
     for key in (
         "qk_nope_head_dim",

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -616,10 +616,16 @@ def describe(cfg: Config) -> dict[str, Any]:
 # --- GGUF: llama.cpp's "deepseek2" ---------------------------------------------------------
 
 
+def gguf_model_type(metadata: Mapping[str, Any]) -> str:
+    """deepseek_v3 for sigmoid gating (llama.cpp's expert_gating_func 2), else deepseek_v2."""
+    return V3 if metadata.get("deepseek2.expert_gating_func") == 2 else V2
+
+
 def _gguf_adapt(m: Any, cfg: dict[str, Any]) -> None:
     """What the deepseek2 metadata says that no single key does: V2 (softmax) or V3 (sigmoid)
     routing, the head sizes of the latent attention, the experts' grouping, YaRN's mscale."""
-    sigmoid = m.checked(POSITIVE_INT, "expert_gating_func", 1) == 2
+    m.checked(POSITIVE_INT, "expert_gating_func", 1)
+    sigmoid = gguf_model_type(m.meta) == V3
     cfg["model_type"] = V3 if sigmoid else V2
     cfg["architectures"] = ["DeepseekV3ForCausalLM" if sigmoid else "DeepseekV2ForCausalLM"]
     args = DeepseekV3Args if sigmoid else DeepseekV2Args
@@ -749,6 +755,7 @@ GGUF = GGUFTable(
     own_attention=True,
     shape=_gguf_shape,
     adapt=_gguf_adapt,
+    model_type_of=gguf_model_type,
 )
 
 

@@ -104,6 +104,9 @@ class GGUFTable:
     # generic rule does not know, None for the rest (DeepSeek's latent attention, experts)
     own_attention: bool = False
     shape: Callable[[str, Mapping[str, Any]], tuple[int, ...] | None] | None = None
+    # The HF model_type when the metadata decides it (DeepSeek: V2 or V3 by the gating
+    # function), from the whole metadata; None: always `model_type`
+    model_type_of: Callable[[Mapping[str, Any]], str] | None = None
     # What no table can say (values that depend on several keys, config from tensors):
     # adapt(metadata reader, config being built), see gguf/to_hf.py's MetadataReader.
     adapt: Callable[[Any, dict[str, Any]], None] | None = None
