@@ -538,9 +538,13 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
         if moe_layers[i]:
             ff, routing = moe(w, p + "mlp.", m_in, args)
             record.add("router", routing, "relevance", None, QUERY, experts)
-            record.facts.update(top_k=args.num_experts_per_tok, sigmoid=args.sigmoid)
-            record.facts["scaling"] = args.routed_scaling_factor
-            record.facts["normalised"] = args.norm_topk_prob
+            record.facts.update(
+                top_k=args.num_experts_per_tok,
+                sigmoid=args.sigmoid,
+                scaling=args.routed_scaling_factor,
+                normalised=args.sigmoid and args.norm_topk_prob,  # V2 does not read it
+                groups=(args.topk_group, args.n_group) if args.grouped else None,
+            )
         else:
             ff = swiglu(w, p + "mlp.", m_in)
         out = h + ff
@@ -840,17 +844,24 @@ def _latent_scaled(c: StageContext) -> tuple[str, str]:
 
 def _router(c: StageContext) -> tuple[str, str]:
     f = c.record.facts
-    k, scaling = f["top_k"], f["scaling"]
+    k, scaling, groups = f["top_k"], f["scaling"], f["groups"]
+    within = "" if groups is None else f" in the best {groups[0]} of {groups[1]} groups"
     if f["sigmoid"]:
-        formula = f"top-{k} σ(h·W_gateᵀ), chosen by σ + bias, × {scaling:g}"
+        formula = f"top-{k} σ(h·W_gateᵀ), chosen by σ + bias{within}, × {scaling:g}"
+        how = "chosen by sigmoid score plus a learned bias, weighted by the scores alone"
     else:
-        formula = f"top-{k} softmax(h·W_gateᵀ) × {scaling:g}"
-    total = "normalised to sum to 1, then" if f["normalised"] and f["sigmoid"] else ""
+        formula = f"top-{k} softmax(h·W_gateᵀ){within} × {scaling:g}"
+        how = "chosen and weighted by their softmax scores"
+    if groups is not None:
+        best = "the sum of its best two" if f["sigmoid"] else "its best expert"
+        which = "the group" if groups[0] == 1 else f"the {groups[0]} groups"
+        how += f", only from {which} of experts that score highest ({best})"
+    total = " normalised to sum to 1, then" if f["normalised"] else ""
     return formula, (
         f"The mixture-of-experts router: each token's weight on each of the {c.data.shape[1]} "
-        f"experts. Only its top {k} experts run on it, their scores {total} × "
-        f"routed_scaling_factor {scaling:g}; the rest are 0. Shared experts run on every token "
-        "and are not shown."
+        f"experts. Only its top {k} experts run on it, {how}; their weights are{total} × "
+        f"routed_scaling_factor {scaling:g}, the rest 0. Shared experts run on every token and "
+        "are not shown."
     )
 
 
