@@ -248,12 +248,13 @@ def test_v2_group_limit_changes_the_choice(tiny, tmp_path):
 # -- GGUF: llama.cpp's "deepseek2", kv_b_proj split into attn_k_b and attn_v_b -----------------
 
 
-def write_deepseek2_gguf(path: Path, d: Path, split: bool = True) -> Path:
+def write_deepseek2_gguf(path: Path, d: Path, split: bool = True, experts: str = "F32") -> Path:
     """The bf16 checkpoint in `d` written as llama.cpp's convert_hf_to_gguf.py DeepseekV2Model
     writes it: names by gguf-py's TensorNameMap, experts stacked into 3-D tensors, kv_b_proj
     split per head into k_b (transposed) and v_b (`split` False: one attn_kv_b, as converters
     before the split wrote it), e_score_correction_bias as exp_probs_b.bias, MLA as MQA in the
-    metadata; every tensor F32."""
+    metadata; every tensor F32 (the experts in `experts` where their rows are whole blocks:
+    "Q8_0" quantises gate and up)."""
     gguf = require("gguf")
     from tests.test_gguf_writer import byte_vocab
 
@@ -339,7 +340,12 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True) -> Path:
     for full, data in tensors.items():
         new = tmap.get_name(full, try_suffixes=(".weight", ".bias"))
         assert new is not None, full
-        out.add_tensor(new, np.ascontiguousarray(data, dtype=np.float32))
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if new.endswith("_exps.weight") and experts != "F32" and data.shape[-1] % 32 == 0:
+            q = getattr(gguf.GGMLQuantizationType, experts)
+            out.add_tensor(new, gguf.quants.quantize(data, q), raw_dtype=q)
+        else:
+            out.add_tensor(new, data)
     out.write_header_to_file()
     out.write_kv_data_to_file()
     out.write_tensors_to_file()
@@ -383,6 +389,59 @@ def test_gguf_gives_the_original_maps(tiny, tmp_path, variant, split):
     ):
         assert cfg[key] == original[key], key
     np.testing.assert_allclose(maps, attention_maps(run(d, IDS)), atol=1e-6)
+
+
+@pytest.mark.reference
+def test_gguf_quantised_experts_are_read_one_at_a_time(tiny, tmp_path):
+    """Q8_0 experts stacked [E, out, in]: one expert's rows are dequantised when a token routes
+    to it, equal to that expert of the whole tensor; the maps stay close to the original's."""
+    from attn_cli.gguf import open_gguf
+
+    d = tiny("v3")
+    path = write_deepseek2_gguf(tmp_path / "q8.gguf", d, experts="Q8_0")
+    ckpt = open_gguf(path)
+    cfg = ckpt.config
+    assert cfg["gguf"]["tensor_types"]["Q8_0"] == 2 * 2  # gate and up, two MoE layers
+    whole = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
+    stacked = whole["layers.1.mlp.experts.gate_proj"]
+    assert stacked.shape == (8, 16, 64)
+    for e in (0, 5, 7):
+        np.testing.assert_array_equal(
+            whole.rows("layers.1.mlp.experts.gate_proj", [e])[0], stacked[e]
+        )
+    read: list[tuple[str, tuple[int, ...]]] = []
+
+    class Recording:
+        def __init__(self, w: Any) -> None:
+            self.w = w
+
+        def __getitem__(self, name: str) -> np.ndarray:
+            assert ".experts." not in name, f"{name} read whole"
+            return self.w[name]
+
+        def __contains__(self, name: object) -> bool:
+            return name in self.w
+
+        def shape(self, name: str) -> tuple[int, ...]:
+            return self.w.shape(name)
+
+        def rows(self, name: str, ids: list[int]) -> np.ndarray:
+            read.append((name, tuple(ids)))
+            return self.w.rows(name, ids)
+
+    fam = family("deepseek_v3")
+    w = Recording(whole)
+    x = fam.embed(w, IDS[:3], cfg)
+    read.clear()
+    layers = list(fam.layers(w, x, cfg))
+    for i in (1, 2):
+        routed = set(np.flatnonzero(layers[i].attention["router"].any(axis=0)).tolist())
+        for kind in ("gate", "up", "down"):
+            name = f"layers.{i}.mlp.experts.{kind}_proj"
+            assert {e for n, (e,) in read if n == name} == routed
+        assert len(routed) < 8
+    maps, _ = _gguf_maps(path)
+    np.testing.assert_allclose(maps, attention_maps(run(d, IDS)), atol=2e-2)
 
 
 # -- torch-free: the committed fixtures (scripts/make_decoder_fixtures.py) --------------------
