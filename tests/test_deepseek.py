@@ -60,11 +60,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     # V2: full-rank queries, softmax routing over all experts (greedy), × 1.5
     "v2": ("deepseek_v2", dict(q_lora_rank=None, routed_scaling_factor=1.5)),
-    # V2: low-rank queries with biases, group-limited greedy routing (both experts from the one
-    # group whose best expert scores highest)
+    # V2: low-rank queries, attention and (dense and shared) MLP biases, group-limited greedy
+    # routing (both experts from the one group whose best expert scores highest)
     "v2_grouped": (
         "deepseek_v2",
-        dict(q_lora_rank=24, attention_bias=True, topk_method="group_limited_greedy", topk_group=1),
+        dict(
+            q_lora_rank=24,
+            attention_bias=True,
+            mlp_bias=True,
+            topk_method="group_limited_greedy",
+            topk_group=1,
+        ),
     ),
 }
 FIXTURES = ROOT / "tests" / "fixtures"

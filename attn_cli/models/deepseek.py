@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ from attn_cli.models._decoder import (
     tied,
 )
 from attn_cli.models.args import COUNT, FLAG, NUMBER, POSITIVE, POSITIVE_INT, TEXT, arg
-from attn_cli.models.layers import activation, rms_norm, silu
+from attn_cli.models.layers import activation, rms_norm
 from attn_cli.models.registry import ABSENT, Config, Dims, GGUFTable, WeightSource
 from attn_cli.models.weights import expect_shape
 from attn_cli.narrate import superscript
@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from attn_cli.narrate import StageContext
 
 V2, V3, KIMI = "deepseek_v2", "deepseek_v3", "kimi_k2"
+Act = Callable[[np.ndarray], np.ndarray]
 LATENT_EPS = 1e-6  # q_a_layernorm and kv_a_layernorm keep RMSNorm's default eps
 TOPK_METHODS = ("greedy", "group_limited_greedy")  # V2's; V3 always routes as "noaux_tc"
 
@@ -115,6 +116,15 @@ class DeepseekV2Args(DecoderArgs):
     def sigmoid(self) -> bool:
         """V3's routing: sigmoid scores with a bias correction (V2: softmax)."""
         return False
+
+    @property
+    def mlp_biases(self) -> bool:
+        """The dense and shared MLPs have biases (V2's mlp_bias; V3 has none)."""
+        return not self.sigmoid and bool(self.mlp_bias)
+
+    @property
+    def act(self) -> str:
+        return str(self.hidden_act or "silu")
 
     def moe_layers(self) -> list[bool]:
         """Per layer, whether its MLP is the mixture of experts (DeepSeek's rule; transformers
@@ -246,7 +256,7 @@ def score_scale(args: DeepseekV2Args, rot: rope.Rotary) -> tuple[float, float]:
 def check(w: WeightSource, cfg: Config) -> None:
     """Config options this code runs, and every tensor's shape against config.json."""
     args, source = _args(cfg)
-    activation(str(args.hidden_act or "silu"))
+    activation(args.act)  # refuses unknown activations by name
     rot = rotary(args, source)
     if rot.params.get("rope_type") not in ("default", "linear", "yarn", "dynamic"):
         raise InputError(
@@ -295,10 +305,7 @@ def check(w: WeightSource, cfg: Config) -> None:
         if moe[i]:
             shapes.update(_moe_shapes(w, m, args))
         else:
-            inter = args.intermediate_size
-            shapes[m + "gate_proj.weight"] = (inter, d)
-            shapes[m + "up_proj.weight"] = (inter, d)
-            shapes[m + "down_proj.weight"] = (d, inter)
+            shapes.update(_mlp_shapes(m, args.intermediate_size, d, args.mlp_biases))
         for name, shape in shapes.items():
             expect_shape(w, name, shape)
     expect_shape(w, "norm.weight", (d,))
@@ -315,14 +322,7 @@ def _moe_shapes(w: WeightSource, m: str, args: DeepseekV2Args) -> dict[str, tupl
         shapes[m + "gate.e_score_correction_bias"] = (experts,)
     if args.n_shared_experts:
         shared = inter * args.n_shared_experts
-        s = m + "shared_experts."
-        shapes.update(
-            {
-                s + "gate_proj.weight": (shared, d),
-                s + "up_proj.weight": (shared, d),
-                s + "down_proj.weight": (d, shared),
-            }
-        )
+        shapes.update(_mlp_shapes(m + "shared_experts.", shared, d, args.mlp_biases))
     layout = _layout(w, m)
     if layout == "fused":
         shapes[m + "experts.gate_up_proj"] = (experts, 2 * inter, d)
@@ -337,6 +337,19 @@ def _moe_shapes(w: WeightSource, m: str, args: DeepseekV2Args) -> dict[str, tupl
             shapes[x + "gate_proj.weight"] = (inter, d)
             shapes[x + "up_proj.weight"] = (inter, d)
             shapes[x + "down_proj.weight"] = (d, inter)
+    return shapes
+
+
+def _mlp_shapes(p: str, inter: int, d: int, bias: bool) -> dict[str, tuple[int, ...]]:
+    """A SwiGLU MLP's tensors under prefix `p`."""
+    shapes: dict[str, tuple[int, ...]] = {
+        p + "gate_proj.weight": (inter, d),
+        p + "up_proj.weight": (inter, d),
+        p + "down_proj.weight": (d, inter),
+    }
+    if bias:
+        shapes.update({p + "gate_proj.bias": (inter,), p + "up_proj.bias": (inter,)})
+        shapes[p + "down_proj.bias"] = (d,)
     return shapes
 
 
@@ -372,10 +385,10 @@ def _linear(w: WeightSource, name: str, x: np.ndarray, bias: bool) -> np.ndarray
     return out + w[name + ".bias"] if bias else out
 
 
-def swiglu(w: WeightSource, p: str, x: np.ndarray) -> np.ndarray:
-    """down(silu(gate(x)) ⊙ up(x)) of the MLP under prefix `p`."""
-    gate, up = x @ w[p + "gate_proj.weight"].T, x @ w[p + "up_proj.weight"].T
-    return (silu(gate) * up) @ w[p + "down_proj.weight"].T
+def swiglu(w: WeightSource, p: str, x: np.ndarray, act: Act, bias: bool) -> np.ndarray:
+    """down(act(gate(x)) ⊙ up(x)) of the MLP under prefix `p` (act: SiLU in every release)."""
+    gate, up = _linear(w, p + "gate_proj", x, bias), _linear(w, p + "up_proj", x, bias)
+    return _linear(w, p + "down_proj", act(gate) * up, bias)
 
 
 def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, mode: str) -> np.ndarray:
@@ -497,7 +510,7 @@ def route(
 
 
 def moe(
-    w: WeightSource, m: str, x: np.ndarray, args: DeepseekV2Args
+    w: WeightSource, m: str, x: np.ndarray, args: DeepseekV2Args, act: Act
 ) -> tuple[np.ndarray, np.ndarray]:
     """The mixture of experts (transformers' DeepseekV2Moe / DeepseekV3MoE): its output (n, d)
     and the routing (n, E). Each expert runs only on the tokens routed to it, its weights read
@@ -511,10 +524,10 @@ def moe(
         tokens = np.flatnonzero(routing[:, e] != 0)
         gate, up, down = _expert(w, m, e, layout)
         h = x[tokens]
-        y = (silu(h @ gate.T) * (h @ up.T)) @ down.T  # [t, d] -> [t, inter] -> [t, d]
+        y = (act(h @ gate.T) * (h @ up.T)) @ down.T  # [t, d] -> [t, inter] -> [t, d]
         out[tokens] += y * routing[tokens, e][:, None]
     if args.n_shared_experts:
-        out = out + swiglu(w, m + "shared_experts.", x)
+        out = out + swiglu(w, m + "shared_experts.", x, act, args.mlp_biases)
     return out, routing
 
 
@@ -525,6 +538,7 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
     cos, sin = rot.cos_sin(n)
     scale, mscale2 = score_scale(args, rot)
     moe_layers = args.moe_layers()
+    act = activation(args.act)
     experts = tuple(f"e{e}" for e in range(args.n_routed_experts or 0))
     x = x.astype(np.float32, copy=False)
     for i in range(args.num_hidden_layers):
@@ -536,7 +550,7 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
         h = x + record.output
         m_in = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
         if moe_layers[i]:
-            ff, routing = moe(w, p + "mlp.", m_in, args)
+            ff, routing = moe(w, p + "mlp.", m_in, args, act)
             record.add("router", routing, "relevance", None, QUERY, experts)
             record.facts.update(
                 top_k=args.num_experts_per_tok,
@@ -546,7 +560,7 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
                 groups=(args.topk_group, args.n_group) if args.grouped else None,
             )
         else:
-            ff = swiglu(w, p + "mlp.", m_in)
+            ff = swiglu(w, p + "mlp.", m_in, act, args.mlp_biases)
         out = h + ff
         yield LayerRecord([record], out)
         x = out
@@ -610,7 +624,7 @@ def describe(cfg: Config) -> dict[str, Any]:
         "score_scale": scale,
         "score_mscale_squared": mscale2,
         "dense_layers": [i for i, moe_layer in enumerate(moe_layers) if not moe_layer],
-        "mlp": "SwiGLU (silu); mixture of experts from layer "
+        "mlp": f"SwiGLU ({args.act}); mixture of experts from layer "
         + (str(moe_layers.index(True)) if any(moe_layers) else "none"),
         "routing": routing,
         "tied_embeddings": bool(args.tie_word_embeddings),
@@ -654,6 +668,11 @@ def _gguf_adapt(m: Any, cfg: dict[str, Any]) -> None:
     )
     cfg.pop("partial_rotary_factor", None)
     cfg["attention_bias"] = m.has_tensor("blk.0.attn_kv_a_mqa.bias")
+    cfg["mlp_bias"] = any(
+        m.has_tensor(f"blk.{i}.{name}.bias")
+        for i in range(cfg["num_hidden_layers"])
+        for name in ("ffn_gate", "ffn_gate_shexp")
+    )
     groups = m.checked(POSITIVE_INT, "expert_group_count", 1)
     used = m.checked(POSITIVE_INT, "expert_group_used_count", groups)
     if sigmoid:
@@ -703,6 +722,9 @@ def _gguf_shape(name: str, cfg: Any) -> tuple[int, ...] | None:
         "shared_experts.gate_proj.weight": (shared, d),
         "shared_experts.up_proj.weight": (shared, d),
         "shared_experts.down_proj.weight": (d, shared),
+        "shared_experts.gate_proj.bias": (shared,),
+        "shared_experts.up_proj.bias": (shared,),
+        "shared_experts.down_proj.bias": (d,),
     }.get(part)
 
 
@@ -738,6 +760,11 @@ GGUF = GGUFTable(
         "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
         "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
         "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+        **{
+            f"mlp.{shared}{x}_proj.bias": f"ffn_{x}{shexp}.bias"
+            for shared, shexp in (("", ""), ("shared_experts.", "_shexp"))
+            for x in ("gate", "up", "down")
+        },
     },
     # kv_b_proj from the split: per head, attn_k_b (heads, kv_lora_rank, nope) transposed,
     # then attn_v_b (heads, v_head_dim, kv_lora_rank)
