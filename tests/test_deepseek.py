@@ -320,7 +320,7 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True, experts: str =
     out.add_tokenizer_pre("gpt-2")
     out.add_token_list(toks)
     out.add_token_types(types)
-    out.add_token_merges([])
+    out.add_token_merges([f"{toks[3]} {toks[4]}"])  # llama.cpp needs the key
     tensors: dict[str, np.ndarray] = {}
     for name in w:
         full = name if name == "lm_head.weight" else "model." + name
@@ -395,6 +395,24 @@ def test_gguf_gives_the_original_maps(tiny, tmp_path, variant, split):
     ):
         assert cfg[key] == original[key], key
     np.testing.assert_allclose(maps, attention_maps(run(d, IDS)), atol=1e-6)
+
+
+@pytest.mark.reference
+def test_deepseek2_gguf_logits_equal_llama_cpp(tiny, tmp_path):
+    """llama.cpp itself runs the file (its interleaved rotary, its mscale from
+    yarn_log_multiplier, its grouped sigmoid routing with exp_probs_b, k_b and v_b): its logits
+    equal ours up to its float16 key/value cache."""
+    from tests.conftest import llama
+
+    d = tiny("v3")
+    path = write_deepseek2_gguf(tmp_path / "v3.gguf", d)
+    llm = llama(str(path), logits_all=True, n_ctx=64, verbose=False)
+    llm.eval(IDS)
+    ref = np.array(llm.scores[: len(IDS)], dtype=np.float64)
+    ours = run(d, IDS)["logits"]
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+    assert np.abs(ours - ref).max() < 0.05 and ours.std() > 1.0
+    assert min(np.corrcoef(a, b)[0, 1] for a, b in zip(ours, ref, strict=True)) > 0.9999
 
 
 @pytest.mark.reference
