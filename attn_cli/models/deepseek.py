@@ -13,9 +13,11 @@ Each layer, pre-norm with RMSNorm (× w):
   V    = c_kv·W_vbʰ                                 (W_kb, W_vb: the rows of kv_b_proj)
   Q_rot, K_rot = the rotary embedding on the q_pe / k_pe parts only
   W = softmax(Q_rot·K_rotᵀ · scale, causal mask);  Y = W·V;  h = h + Y_concat·W_o
-  scale = 1/√(qk_nope + qk_rope), × mscale² under YaRN with mscale_all_dim (DeepSeek-V3)
+  scale = 1/√(qk_nope + qk_rope), × yarn_mscale(factor, mscale_all_dim)² under YaRN
   h = h + MLP(post_attention_layernorm(h)): dense SwiGLU in the first first_k_dense_replace
-      layers, then shared experts + routed experts (each token's top-k experts, weighted):
+      layers (and, as DeepSeek's own code has it, in layers not a multiple of moe_layer_freq:
+      1 in every release, transformers does not read it), then shared experts + routed
+      experts (each token's top-k experts, weighted):
       V2: softmax scores, top-k over all experts ("greedy") or within the topk_group groups
           whose best expert scores highest ("group_limited_greedy");
       V3: sigmoid scores; the choice adds e_score_correction_bias and keeps the topk_group
@@ -29,7 +31,9 @@ dimensions and rotates halves, as transformers does.
 Checkpoints: as transformers saves DeepseekV2/V3ForCausalLM, and the hub's one tensor per
 expert (mlp.experts.{e}.gate_proj …). GGUF: llama.cpp's "deepseek2" architecture, whose
 converter splits kv_b_proj into attn_k_b (stored transposed) and attn_v_b per head; they are
-joined back head by head.
+joined back head by head (files from before the split have attn_kv_b). The gating function
+says V2 (softmax) or V3 (sigmoid); files without expert_group_count route without groups, as
+llama.cpp then does. FP8 hub checkpoints (weight_scale_inv) are refused by name.
 """
 
 from __future__ import annotations
