@@ -499,6 +499,25 @@ def test_kimi_k2_runs_deepseek_v3():
     np.testing.assert_array_equal(attention_maps(kimi), attention_maps(run(d, ids, cfg)))
 
 
+@pytest.mark.parametrize("name", ["tiny_deepseek_v2", "tiny_deepseek_v3"])
+def test_hub_style_config_keys_give_the_same_maps(name):
+    """The hub's DeepSeek configs write rope_theta and rope_scaling {"type": "yarn", …}, and
+    keys transformers does not read (scoring_func, topk_method "noaux_tc", aux_loss_alpha)."""
+    d = FIXTURES / name
+    cfg = json.loads((d / "config.json").read_text())
+    rope = dict(cfg["rope_parameters"])
+    hub = {k: v for k, v in cfg.items() if k != "rope_parameters"}
+    hub["rope_theta"] = rope.pop("rope_theta")
+    hub["rope_scaling"] = {"type": rope.pop("rope_type"), **rope}
+    hub.update(scoring_func="sigmoid", aux_loss_alpha=0.001, moe_layer_freq=1)
+    if name.endswith("v3"):
+        hub["topk_method"] = "noaux_tc"
+    ids = np.load(d / "expected.npz")["ids"].tolist()
+    np.testing.assert_array_equal(
+        attention_maps(run(d, ids, hub)), attention_maps(run(d, ids, cfg))
+    )
+
+
 def test_experts_are_read_only_when_routed_to():
     fam = family("deepseek_v3")
     d = FIXTURES / "tiny_deepseek_v3"
@@ -625,3 +644,16 @@ def test_v3_routing_by_hand():
     routing, _ = route(logits, args, np.zeros(4, dtype=np.float32))
     s = scores[0, :2]
     np.testing.assert_allclose(routing[0, :2], 2 * s / s.sum(), atol=1e-6)
+
+
+def test_dense_layers_follow_first_k_dense_replace_and_moe_layer_freq():
+    """DeepSeek's rule: MoE from layer first_k_dense_replace on, in layers i with
+    i % moe_layer_freq == 0 (every release has 1; transformers reads only the first key)."""
+    base = {"num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 5}
+    assert DeepseekV3Args.parse({**base, "first_k_dense_replace": 1}).moe_layers() == [
+        False, True, True, True, True,
+    ]  # fmt: skip
+    freq = DeepseekV3Args.parse({**base, "first_k_dense_replace": 1, "moe_layer_freq": 2})
+    assert freq.moe_layers() == [False, False, True, False, True]
+    dense = DeepseekV2Args.parse({**base, "n_routed_experts": None})
+    assert dense.moe_layers() == [False] * 5
