@@ -23,7 +23,7 @@ Every metadata value is checked as the family's args class checks the HF key it 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, show
 from attn_cli.models.args import POSITIVE, POSITIVE_INT, TEXT, Kind, check
-from attn_cli.models.registry import ABSENT, GGUFTable, gguf_tables
+from attn_cli.models.registry import ABSENT, GGUFTable, gguf_table, gguf_tables
 
 REQUIRED: Any = object()  # MetadataReader.value: the file must have the key
 
@@ -87,6 +87,7 @@ class Recipe:
     rows: tuple[int, int] | None = None
     unpermute: int | None = None
     shift: float = 0.0
+    expert: int | None = None  # one expert's [out, in] of a stacked [experts, out, in] tensor
     # sources stored per head, (heads, rows, in) each, or (heads, in, rows) where True: joined
     # head by head into one (heads·Σ rows, in) matrix (a table's per_head_tensors)
     per_head: tuple[bool, ...] | None = None
@@ -211,7 +212,7 @@ def build(
     the metadata."""
     fname = header.path.name
     cfg = config_from_header(header, read_small)
-    table = gguf_tables()[cfg["gguf"]["architecture"]]
+    table = table_for(cfg["gguf"]["architecture"], fname, header.metadata)
     try:
         plan = _plan(
             table,
@@ -221,6 +222,10 @@ def build(
             cfg["num_key_value_heads"],
             cfg["head_dim"],
             fname,
+            cfg.get("num_local_experts")
+            or cfg.get("num_experts")
+            or cfg.get("n_routed_experts")
+            or 0,
         )
     except _MALFORMED as exc:
         raise InputError(f"{fname}: malformed metadata ({show(str(exc), 100)})") from None
@@ -251,22 +256,24 @@ def config_from_header(
         ) from None
 
 
-def table_for(arch: object, fname: str) -> GGUFTable:
-    """The family table of a general.architecture, or an InputError saying which are."""
+def table_for(arch: object, fname: str, meta: Mapping[str, Any]) -> GGUFTable:
+    """The family table of a general.architecture (for a file with experts, the table of its
+    experts where the architecture has one), or an InputError saying which are supported."""
     tables = gguf_tables()
     if not isinstance(arch, str):
         raise InputError(f"{fname}: no general.architecture in the metadata")
-    if arch not in tables:
+    table = gguf_table(arch, meta)
+    if table is None:
         raise InputError(
             f"{fname}: architecture {show(arch)} is not supported (supported: {', '.join(tables)})"
         )
-    return tables[arch]
+    return table
 
 
 def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict[str, Any]:
     meta, tensors = header.metadata, header.tensors
     name = header.path.name
-    table = table_for(meta.get("general.architecture"), name)
+    table = table_for(meta.get("general.architecture"), name, meta)
     m = MetadataReader(header, table, read_small)
     n_layer = m.value("block_count", "num_hidden_layers")
     hidden = m.value("embedding_length", "hidden_size")
@@ -371,6 +378,9 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
 def recipe_shape(r: Recipe, tensors: dict[str, Any]) -> tuple[int, ...]:
     """The HF shape a recipe produces, from the header alone (trailing dims must agree)."""
     shapes = [tuple(tensors[s].shape) for s in r.sources]
+    if r.expert is not None:
+        stacked = shapes[0]
+        return stacked[1:] if len(stacked) == 3 and 0 <= r.expert < stacked[0] else (-1,)
     if r.per_head is not None:  # (heads, rows, in) blocks, or (heads, in, rows) transposed
         blocks = [
             (sh[0], sh[2], sh[1]) if t else sh for sh, t in zip(shapes, r.per_head, strict=True)
@@ -397,6 +407,8 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
     qd, kd = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     bias = name.endswith(".bias")
     part = name.rsplit(".", 2)[-2]
+    if ".experts." in name:  # one expert of a mixture: its own width
+        ff = cfg.get("moe_intermediate_size") or ff
     out = {
         "embed_tokens": (v, h),
         "lm_head": (v, h),
@@ -411,6 +423,10 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
         "up_proj": (ff, h),
         "gate_up_proj": (2 * ff, h),
         "down_proj": (h, ff),
+        "w1": (ff, h),  # Mixtral's expert gate, up (w3) and down (w2)
+        "w3": (ff, h),
+        "w2": (h, ff),
+        "gate": (cfg.get("num_local_experts") or cfg.get("num_experts") or 0, h),  # a router
     }.get(part, (h,))  # every other tensor is a norm over the hidden size
     return out[:1] if bias else out
 
@@ -423,6 +439,7 @@ def _plan(
     n_kv: int,
     head_dim: int,
     fname: str,
+    n_experts: int = 0,
 ) -> dict[str, Recipe]:
     plan: dict[str, Recipe] = {}
 
@@ -452,6 +469,17 @@ def _plan(
         for hf, gname in table.optional_layer_tensors.items():
             if b + gname in tensors:
                 plan[h + hf] = recipe(hf, (b + gname,))
+        for hf, gname in table.experts.items():  # stacked experts: one recipe per expert
+            if b + gname not in tensors and b + "ffn_gate.weight" in tensors:
+                continue  # a dense layer of a model with both (DeepSeek's first layers)
+            stacked = tensors[need(b + gname)].shape
+            if len(stacked) != 3 or stacked[0] != n_experts:
+                raise InputError(
+                    f"{fname}: {b + gname} has shape {list(stacked)}, but the metadata implies "
+                    f"{n_experts} experts"
+                )
+            for e in range(n_experts):
+                plan[h + hf.format(e=e)] = Recipe((b + gname,), expert=e)
         for hf, parts in table.per_head_tensors.items():
             if h + hf not in plan:
                 srcs = tuple(need(b + g) for g, _ in parts)

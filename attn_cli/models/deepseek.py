@@ -28,8 +28,8 @@ The rotary embedding pairs neighbouring dimensions (2i, 2i + 1): V2 rotates them
 (complex multiplication), V3 (rope_interleave, its default) gathers the even then the odd
 dimensions and rotates halves, as transformers does.
 
-Checkpoints: as transformers saves DeepseekV2/V3ForCausalLM, and the hub's one tensor per
-expert (mlp.experts.{e}.gate_proj …). GGUF: llama.cpp's "deepseek2" architecture, whose
+Checkpoints: as the hub and transformers' save_pretrained write DeepseekV2/V3ForCausalLM (one
+tensor per expert and matrix: mlp.experts.{e}.gate_proj …). GGUF: llama.cpp's "deepseek2" architecture, whose
 converter splits kv_b_proj into attn_k_b (stored transposed) and attn_v_b per head; they are
 joined back head by head (files from before the split have attn_kv_b). The gating function
 says V2 (softmax) or V3 (sigmoid); files without expert_group_count route without groups, as
@@ -327,20 +327,8 @@ def _moe_shapes(w: WeightSource, m: str, args: DeepseekV2Args) -> dict[str, tupl
     if args.n_shared_experts:
         shared = inter * args.n_shared_experts
         shapes.update(_mlp_shapes(m + "shared_experts.", shared, d, args.mlp_biases))
-    layout = _layout(w, m)
-    if layout == "fused":
-        shapes[m + "experts.gate_up_proj"] = (experts, 2 * inter, d)
-        shapes[m + "experts.down_proj"] = (experts, d, inter)
-    elif layout == "stacked":
-        shapes[m + "experts.gate_proj"] = (experts, inter, d)
-        shapes[m + "experts.up_proj"] = (experts, inter, d)
-        shapes[m + "experts.down_proj"] = (experts, d, inter)
-    else:
-        for e in range(experts):
-            x = m + f"experts.{e}."
-            shapes[x + "gate_proj.weight"] = (inter, d)
-            shapes[x + "up_proj.weight"] = (inter, d)
-            shapes[x + "down_proj.weight"] = (d, inter)
+    for e in range(experts):
+        shapes.update(_mlp_shapes(m + f"experts.{e}.", inter, d, False))
     return shapes
 
 
@@ -355,32 +343,6 @@ def _mlp_shapes(p: str, inter: int, d: int, bias: bool) -> dict[str, tuple[int, 
         shapes.update({p + "gate_proj.bias": (inter,), p + "up_proj.bias": (inter,)})
         shapes[p + "down_proj.bias"] = (d,)
     return shapes
-
-
-def _layout(w: WeightSource, m: str) -> str:
-    """How a checkpoint stores a layer's experts: "fused" (transformers 5: gate_up_proj
-    [E, 2·inter, d] and down_proj [E, d, inter]), "stacked" (GGUF's three [E, …] tensors), or
-    "separate" (the hub's one tensor per expert and matrix)."""
-    if m + "experts.gate_up_proj" in w:
-        return "fused"
-    if m + "experts.gate_proj" in w:
-        return "stacked"
-    return "separate"
-
-
-def _expert(
-    w: WeightSource, m: str, e: int, layout: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expert e's gate, up [inter, d] and down [d, inter], read from the checkpoint now (one
-    expert of the stacked tensors, not all of them)."""
-    if layout == "fused":
-        gate, up = np.split(w.rows(m + "experts.gate_up_proj", [e])[0], 2, axis=0)
-        return gate, up, w.rows(m + "experts.down_proj", [e])[0]
-    if layout == "stacked":
-        gate, up, down = (w.rows(m + f"experts.{x}_proj", [e])[0] for x in ("gate", "up", "down"))
-        return gate, up, down
-    x = m + f"experts.{e}."
-    return w[x + "gate_proj.weight"], w[x + "up_proj.weight"], w[x + "down_proj.weight"]
 
 
 def _linear(w: WeightSource, name: str, x: np.ndarray, bias: bool) -> np.ndarray:
@@ -522,13 +484,11 @@ def moe(
     logits = x @ w[m + "gate.weight"].T  # [n, d] @ [d, E]
     bias = w[m + "gate.e_score_correction_bias"] if args.sigmoid else None
     routing, _ = route(logits, args, bias)
-    layout = _layout(w, m)
     out = np.zeros_like(x)
     for e in (int(e) for e in np.flatnonzero((routing != 0).any(axis=0))):
         tokens = np.flatnonzero(routing[:, e] != 0)
-        gate, up, down = _expert(w, m, e, layout)
-        h = x[tokens]
-        y = (act(h @ gate.T) * (h @ up.T)) @ down.T  # [t, d] -> [t, inter] -> [t, d]
+        # one expert's matrices, read (dequantised) now: [t, d] -> [t, inter] -> [t, d]
+        y = swiglu(w, m + f"experts.{e}.", x[tokens], act, False)
         out[tokens] += y * routing[tokens, e][:, None]
     if args.n_shared_experts:
         out = out + swiglu(w, m + "shared_experts.", x, act, args.mlp_biases)
@@ -720,9 +680,6 @@ def _gguf_shape(name: str, cfg: Any) -> tuple[int, ...] | None:
         "o_proj.bias": (d,),
         "gate.weight": (experts, d),
         "gate.e_score_correction_bias": (experts,),
-        "experts.gate_proj": (experts, inter, d),
-        "experts.up_proj": (experts, inter, d),
-        "experts.down_proj": (experts, d, inter),
         "shared_experts.gate_proj.weight": (shared, d),
         "shared_experts.up_proj.weight": (shared, d),
         "shared_experts.down_proj.weight": (d, shared),
@@ -758,9 +715,6 @@ GGUF = GGUFTable(
         "mlp.down_proj.weight": "ffn_down.weight",
         "mlp.gate.weight": "ffn_gate_inp.weight",
         "mlp.gate.e_score_correction_bias": "exp_probs_b.bias",
-        "mlp.experts.gate_proj": "ffn_gate_exps.weight",
-        "mlp.experts.up_proj": "ffn_up_exps.weight",
-        "mlp.experts.down_proj": "ffn_down_exps.weight",
         "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
         "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
         "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
@@ -769,6 +723,10 @@ GGUF = GGUFTable(
             for shared, shexp in (("", ""), ("shared_experts.", "_shexp"))
             for x in ("gate", "up", "down")
         },
+    },
+    # the routed experts, stacked [experts, out, in]: one expert's rows read at a time
+    experts={
+        f"mlp.experts.{{e}}.{x}_proj.weight": f"ffn_{x}_exps.weight" for x in ("gate", "up", "down")
     },
     # kv_b_proj from the split: per head, attn_k_b (heads, kv_lora_rank, nope) transposed,
     # then attn_v_b (heads, v_head_dim, kv_lora_rank)
