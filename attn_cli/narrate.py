@@ -672,6 +672,9 @@ STEP_NAMES = (
     "W_q",
     "W_k",
     "W_v",
+    "c_q",  # DeepSeek's latent attention: the query latent,
+    "c_kv",  # the key/value latent shared by all heads,
+    "k_pe",  # and the one rotary key shared by all heads
     "Q",
     "K",
     "V",

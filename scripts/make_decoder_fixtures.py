@@ -30,6 +30,12 @@
                                 with partial rotary, (1 + w) norms, 4 experts top 2 with a
                                 shared expert, layer 1 dense),
                                 byte-level BPE tokenizer; its maps are the softmax layer's
+  tests/fixtures/tiny_deepseek_v2/  a random DeepSeek-V2 (latent attention with full-rank
+                                queries, YaRN with mscale, a dense first layer, then 8 experts
+                                in 4 groups, softmax group-limited top 2, a shared expert)
+  tests/fixtures/tiny_deepseek_v3/  a random DeepSeek-V3 (low-rank queries, interleaved rotary,
+                                YaRN mscale² on the softmax scale, a dense first layer, then
+                                sigmoid routing with a bias correction of σ 1), byte-level BPE
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -82,6 +88,8 @@ KNOWN = {
     "tiny_olmoe",
     "tiny_llama4",
     "tiny_qwen3_next",
+    "tiny_deepseek_v2",
+    "tiny_deepseek_v3",
 }
 LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
 # Smaller than tests/decoder_utils.COMMON (which still gives the 4 query heads on 2 key/value
@@ -200,6 +208,52 @@ def visible_sinks(directory: Path) -> None:
             t = tensors[name]
             tensors[name] = (torch.randn(t.shape, generator=gen) + 1.0).to(t.dtype)
     save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def strong_bias(directory: Path) -> None:
+    """DeepSeek-V3's e_score_correction_bias drawn with σ 1, so it moves the experts' choice."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    gen = torch.Generator().manual_seed(1234)
+    for name in sorted(tensors):
+        if name.endswith("e_score_correction_bias"):
+            t = tensors[name]
+            tensors[name] = torch.randn(t.shape, generator=gen).to(t.dtype)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+# DeepSeek's latent attention and experts, as small as SMALL's geometry allows
+DEEPSEEK = dict(
+    num_key_value_heads=4,
+    kv_lora_rank=12,
+    qk_nope_head_dim=6,
+    qk_rope_head_dim=4,
+    head_dim=4,  # transformers' rotary width: qk_rope_head_dim
+    v_head_dim=6,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    n_group=4,
+    topk_group=2,
+    n_shared_experts=1,
+    moe_intermediate_size=16,
+    first_k_dense_replace=1,
+    rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 32,
+        "mscale": 0.707,
+        "mscale_all_dim": 0.707,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+    },
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+)
 
 
 def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
@@ -334,6 +388,22 @@ def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+    )
+    fixture(
+        "tiny_deepseek_v2",
+        "deepseek_v2",
+        byte_level_tokenizer(300),
+        q_lora_rank=None,
+        routed_scaling_factor=1.5,
+        **{**DEEPSEEK, "topk_method": "group_limited_greedy", "topk_group": 1},
+    )
+    fixture(
+        "tiny_deepseek_v3",
+        "deepseek_v3",
+        byte_level_tokenizer(300),
+        prepare=strong_bias,
+        q_lora_rank=16,
+        **DEEPSEEK,
     )
 
     moe_fixtures(fixture)

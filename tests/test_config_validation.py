@@ -340,7 +340,7 @@ def test_no_module_outside_a_family_file_names_a_family():
             own.add(Path(str(module.__file__)).resolve())
     assert {path.stem for path in own} == {
         *("bert", "gpt2", "llama", "mistral", "qwen", "gemma", "phi3", "olmo2", "smollm3"),
-        *("gpt_oss", "vit", "deit", "dinov2", "clip", "siglip"),
+        *("gpt_oss", "deepseek", "vit", "deit", "dinov2", "clip", "siglip"),
         *("mixtral", "qwen3_moe", "olmoe", "llama4"),
         "qwen3_next",
         *("t5", "bart", "mbart", "marian"),  # encoder–decoder families

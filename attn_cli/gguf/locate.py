@@ -193,6 +193,8 @@ def describe(path: Path, name: str, source: str) -> Found:
     arch = h.metadata.get("general.architecture")
     table = gguf_table(str(arch), h.metadata)
     found.family = table.model_type if table else (str(arch) if arch is not None else None)
+    if table is not None and table.model_type_of is not None:
+        found.family = table.model_type_of(h.metadata)
     found.supported = table is not None
     found.params = sum(t.n_elements for t in h.tensors.values())
     ft = h.metadata.get("general.file_type")

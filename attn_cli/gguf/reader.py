@@ -165,6 +165,15 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         if r.expert is not None:  # one expert: only its rows are dequantised
             start, shape = self._expert_rows(r), infos[0].shape[1:]
             return self._gguf_rows(r.sources[0], slice(start, start + shape[0])).reshape(shape)
+        if r.per_head is not None:  # per-head blocks, some stored transposed, joined by head
+            blocks = [
+                self._gguf_rows(s).reshape(i.shape) for s, i in zip(r.sources, infos, strict=True)
+            ]
+            blocks = [
+                b.transpose(0, 2, 1) if t else b for b, t in zip(blocks, r.per_head, strict=True)
+            ]
+            joined = np.concatenate(blocks, axis=1)  # [heads, Σ rows, in]
+            return self._finish(joined.reshape(-1, joined.shape[-1]), r)
         if len(r.sources) == 1 and len(infos[0].ne) > 1:
             # a matrix: select (and reorder) rows before dequantising
             sel: Any = slice(*r.rows) if r.rows is not None else None
@@ -189,7 +198,7 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         n = self.shape(name)[0]
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise InputError(f"{name}: row ids must be in 0..{n - 1}")
-        if len(r.sources) != 1:
+        if len(r.sources) != 1 or r.per_head is not None:
             return self[name][idx]
         src = idx
         if r.unpermute is not None:

@@ -80,13 +80,17 @@ FILE_TYPES = {
 class Recipe:
     """How one HF tensor is made from GGUF tensors: the sources' rows concatenated (a fused
     qkv_proj or gate_up_proj), a row slice (splitting a fused attn_qkv), the rotary row order
-    undone (``unpermute`` = number of heads), and a constant subtracted (a norm's shift)."""
+    undone (``unpermute`` = number of heads), a constant subtracted (a norm's shift), and
+    per-head blocks joined (``per_head``)."""
 
     sources: tuple[str, ...]
     rows: tuple[int, int] | None = None
     unpermute: int | None = None
     shift: float = 0.0
     expert: int | None = None  # one expert's [out, in] of a stacked [experts, out, in] tensor
+    # sources stored per head, (heads, rows, in) each, or (heads, in, rows) where True: joined
+    # head by head into one (heads·Σ rows, in) matrix (a table's per_head_tensors)
+    per_head: tuple[bool, ...] | None = None
 
 
 def unpermute_index(n_rows: int, n_head: int) -> np.ndarray:
@@ -218,13 +222,16 @@ def build(
             cfg["num_key_value_heads"],
             cfg["head_dim"],
             fname,
-            cfg.get("num_local_experts") or cfg.get("num_experts") or 0,
+            cfg.get("num_local_experts")
+            or cfg.get("num_experts")
+            or cfg.get("n_routed_experts")
+            or 0,
         )
     except _MALFORMED as exc:
         raise InputError(f"{fname}: malformed metadata ({show(str(exc), 100)})") from None
     for hf, recipe in plan.items():
         got = recipe_shape(recipe, header.tensors)
-        want = expected_shape(hf, cfg, table.qk_norm_full)
+        want = (table.shape and table.shape(hf, cfg)) or expected_shape(hf, cfg, table.qk_norm_full)
         if got != want:
             raise InputError(
                 f"{fname}: {', '.join(recipe.sources)} has shape {list(got)}, but the "
@@ -277,10 +284,12 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
         raise InputError(f"{name}: implausible geometry ({n_layer} layers, {hidden} wide)")
     if n_head % n_kv:
         raise InputError(f"{name}: {n_head} heads cannot share {n_kv} key/value heads")
-    head_dim = m.value("attention.key_length", "head_dim", hidden // n_head)
-    value_dim = m.value("attention.value_length", "head_dim", head_dim)
-    if not head_dim or value_dim != head_dim:
-        raise InputError(f"{name}: key and value head sizes differ: not supported")
+    head_dim = hidden // n_head  # a table that reads its own head sizes sets them (adapt)
+    if not table.own_attention:
+        head_dim = m.value("attention.key_length", "head_dim", head_dim)
+        value_dim = m.value("attention.value_length", "head_dim", head_dim)
+        if not head_dim or value_dim != head_dim:
+            raise InputError(f"{name}: key and value head sizes differ: not supported")
     if "token_embd.weight" not in tensors:
         raise InputError(f"{name}: no token_embd.weight tensor")
     vocab = tensors["token_embd.weight"].shape[0]
@@ -311,7 +320,7 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
     }
 
     rope_dim = m.checked(POSITIVE_INT, "rope.dimension_count")
-    if rope_dim is not None and rope_dim != head_dim:
+    if rope_dim is not None and rope_dim != head_dim and not table.own_attention:
         if rope_dim % 2 or rope_dim > head_dim:
             raise InputError(
                 f"{m.label('rope.dimension_count')} must be even and at most the head size "
@@ -372,6 +381,13 @@ def recipe_shape(r: Recipe, tensors: dict[str, Any]) -> tuple[int, ...]:
     if r.expert is not None:
         stacked = shapes[0]
         return stacked[1:] if len(stacked) == 3 and 0 <= r.expert < stacked[0] else (-1,)
+    if r.per_head is not None:  # (heads, rows, in) blocks, or (heads, in, rows) transposed
+        blocks = [
+            (sh[0], sh[2], sh[1]) if t else sh for sh, t in zip(shapes, r.per_head, strict=True)
+        ]
+        if any(len(b) != 3 for b in blocks) or len({(b[0], b[2]) for b in blocks}) != 1:
+            return (-1,)
+        return (blocks[0][0] * sum(b[1] for b in blocks), blocks[0][2])
     if len({sh[1:] for sh in shapes}) != 1:
         return (-1,)
     first = sum(sh[0] for sh in shapes)
@@ -454,6 +470,8 @@ def _plan(
             if b + gname in tensors:
                 plan[h + hf] = recipe(hf, (b + gname,))
         for hf, gname in table.experts.items():  # stacked experts: one recipe per expert
+            if b + gname not in tensors and b + "ffn_gate.weight" in tensors:
+                continue  # a dense layer of a model with both (DeepSeek's first layers)
             stacked = tensors[need(b + gname)].shape
             if len(stacked) != 3 or stacked[0] != n_experts:
                 raise InputError(
@@ -462,6 +480,12 @@ def _plan(
                 )
             for e in range(n_experts):
                 plan[h + hf.format(e=e)] = Recipe((b + gname,), expert=e)
+        for hf, parts in table.per_head_tensors.items():
+            if h + hf not in plan:
+                srcs = tuple(need(b + g) for g, _ in parts)
+                plan[h + hf] = Recipe(srcs, per_head=tuple(t for _, t in parts))
+        if table.own_attention:
+            continue
         for kind in ("weight", "bias"):
             sep = [f"{b}attn_{x}.{kind}" for x in "qkv"]
             fused = f"{b}attn_qkv.{kind}"

@@ -101,6 +101,19 @@ class GGUFTable:
     # Reads only the files of its architecture with {arch}.expert_count > 0 (Mixtral, which
     # llama.cpp stores as "llama"); the architecture's other table reads the rest.
     with_experts: bool = False
+    # per layer: HF name -> GGUF tensors stored per head, each (heads, rows, in), or (heads,
+    # in, rows) where flagged (stored transposed), joined head by head into one matrix; used
+    # when the file has no other source of the HF name (DeepSeek's kv_b_proj from attn_k_b
+    # and attn_v_b)
+    per_head_tensors: Mapping[str, tuple[tuple[str, bool], ...]] = field(default_factory=dict)
+    # The table names every attention tensor itself (no attn_q/k/v), the file's key and value
+    # lengths are its own to read (adapt), and `shape` gives the HF shapes of the tensors the
+    # generic rule does not know, None for the rest (DeepSeek's latent attention, experts)
+    own_attention: bool = False
+    shape: Callable[[str, Mapping[str, Any]], tuple[int, ...] | None] | None = None
+    # The HF model_type when the metadata decides it (DeepSeek: V2 or V3 by the gating
+    # function), from the whole metadata; None: always `model_type`
+    model_type_of: Callable[[Mapping[str, Any]], str] | None = None
     # What no table can say (values that depend on several keys, config from tensors):
     # adapt(metadata reader, config being built), see gguf/to_hf.py's MetadataReader.
     adapt: Callable[[Any, dict[str, Any]], None] | None = None
