@@ -27,7 +27,16 @@ TIME_PRECISION = 0.02  # seconds per encoder frame (two mel frames of 10 ms)
 PREPEND_PUNCTUATION = "\"'“¡¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 ASCII_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
-NO_SPACE_LANGUAGES = {"chinese", "japanese", "thai", "lao", "myanmar", "cantonese"}
+# Languages written without spaces (split at every whole character), by name and by the code
+# of their <|xx|> token.
+NO_SPACE_LANGUAGES = {
+    "chinese": "zh",
+    "japanese": "ja",
+    "thai": "th",
+    "lao": "lo",
+    "myanmar": "my",
+    "cantonese": "yue",
+}
 
 
 def median_filter(x: np.ndarray, width: int) -> np.ndarray:
@@ -135,7 +144,7 @@ def _split_on_characters(
         current.append(pos)
         text = decode([ids[p] for p in current])
         bad = text.find("\ufffd")
-        if bad < 0 or (offset + bad < len(full) and full[offset + bad] == "\ufffd"):
+        if bad < 0 or offset + bad >= len(full) or full[offset + bad] == "\ufffd":
             out.append((text, current))
             current = []
             offset += len(text)
@@ -156,19 +165,19 @@ def words(
     its last token's end."""
     ids = [sequence[p] for p in text]
     pieces = _split_on_characters(ids, decode)
-    groups: list[list[object]] = []  # [text, positions]
-    if (language or "english").lower() in NO_SPACE_LANGUAGES:
-        groups = [[text, list(pos)] for text, pos in pieces]
-    else:
-        for text, pos in pieces:
-            special = ids[pos[0]] >= eos_id
-            if special or text.startswith(" ") or text.strip() in ASCII_PUNCTUATION or not groups:
-                groups.append([text, list(pos)])
-            else:
-                groups[-1][0] = str(groups[-1][0]) + text
-                groups[-1][1] = list(groups[-1][1]) + pos  # type: ignore[operator]
-    texts = [str(g[0]) for g in groups]
-    places: list[list[int]] = [list(g[1]) for g in groups]  # type: ignore[call-overload]
+    texts: list[str] = []
+    places: list[list[int]] = []  # indices into `text` of each word's tokens
+    lang = (language or "english").lower().strip("<|>")
+    no_spaces = lang in NO_SPACE_LANGUAGES or lang in NO_SPACE_LANGUAGES.values()
+    for piece, pos in pieces:
+        special = ids[pos[0]] >= eos_id
+        punctuation = piece.strip() in ASCII_PUNCTUATION
+        if no_spaces or special or piece.startswith(" ") or punctuation or not texts:
+            texts.append(piece)
+            places.append(list(pos))
+        else:
+            texts[-1] += piece
+            places[-1] += pos
     # leading punctuation joins the word after it
     i, j = len(texts) - 2, len(texts) - 1
     while i >= 0:

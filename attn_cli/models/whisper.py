@@ -467,8 +467,10 @@ def word_times(
     def decode(ids: list[int]) -> str:
         return str(model.tokenizer.decode(ids, skip_special_tokens=False))
 
-    language = gen.get("language")
-    return timestamps.words(seq, times, text, decode, eos_id, language), times
+    # the language token of the prompt ("<|ja|>"), else the configured language, else English
+    langs = {v: k for k, v in _mapping(gen.get("lang_to_id"), "lang_to_id").items()}
+    spoken = next((langs[t] for t in seq[:start_tokens] if t in langs), gen.get("language"))
+    return timestamps.words(seq, times, text, decode, eos_id, spoken), times
 
 
 def _ids_of(value: Any) -> list[int]:
