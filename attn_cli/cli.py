@@ -418,6 +418,37 @@ PairOpt = Annotated[
         "token_type_ids 1, as BERT was trained.",
     ),
 ]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        metavar="TEXT",
+        rich_help_panel="Real checkpoints",
+        help="An encoder–decoder model's target (T5, BART, Marian …): TEXT is the source, the "
+        "decoder reads its start token then this target (teacher forcing); shows the encoder's, "
+        "the decoder's and the cross-attention (target rows × source columns).",
+    ),
+]
+GenerateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--generate",
+        rich_help_panel="Real checkpoints",
+        help="An encoder–decoder model writes the target itself, greedily, as its "
+        "generation_config.json says (start and forced tokens, end token, max_length); the "
+        "maps are those of the generated sequence.",
+    ),
+]
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-length",
+        metavar="N",
+        rich_help_panel="Real checkpoints",
+        help="With --generate: the decoder's sequence is at most N tokens, its start included "
+        "(default: the generation config's max_length, else 20 new tokens).",
+    ),
+]
 LayerOpt = Annotated[
     str | None,
     typer.Option(
@@ -582,6 +613,9 @@ def explain(
     weights: WeightsOpt = None,
     model: ModelOpt = None,
     pair: PairOpt = None,
+    target: TargetOpt = None,
+    generate: GenerateOpt = False,
+    max_length: MaxLengthOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     json_out: JsonOpt = None,
@@ -632,6 +666,10 @@ def explain(
             patch, position = _patch_position(position), None  # a picture's patch: R,C
         methods = _method_args(method, position, top_k, model)
         if model is None:
+            if target is not None or generate or max_length is not None:
+                from attn_cli.errors import InputError
+
+                raise InputError("--target, --generate and --max-length apply with --model")
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
         else:
@@ -648,13 +686,29 @@ def explain(
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
-            traces = _model_traces(m, text, layer, head, every, pair=pair, steps=steps, **methods)
+            seq2seq = _seq2seq_args(target, generate, max_length)
+            traces = _model_traces(
+                m, text, layer, head, every, pair=pair, steps=steps, **seq2seq, **methods
+            )
         if steps is None and (json_out is not None or npz_out is not None):
             export_steps = _default_export_steps(model is not None, method)
         shown = None if json_out == "-" else views
         _emit(
             traces, shown, _display(locals()) | {"position": patch}, json_out, npz_out, export_steps
         )
+
+
+def _seq2seq_args(target: str | None, generate: bool, max_length: int | None) -> dict:
+    """--target/--generate/--max-length as Model.traces keywords (only those given, so a
+    model that is not an encoder–decoder one is refused only when they are)."""
+    args: dict[str, Any] = {}
+    if target is not None:
+        args["target"] = target
+    if generate:
+        args["generate"] = True
+    if max_length is not None:
+        args["max_length"] = max_length
+    return args
 
 
 def _patch_position(value: str) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from attn_cli.models.weights import SafetensorsWeights
 from attn_cli.options import Selection, parse_selection, parse_steps, step_filter
 from attn_cli.progress import Progress, stream
 from attn_cli.readable import readable_tokens, tokenizer_kind
+from attn_cli.seq2seq import seq2seq_trace
 from attn_cli.tokenizer import load_tokenizer, tokenize, tokenize_pair
 from attn_cli.trace import MODEL, Trace, TraceStep, token_labels
 from attn_cli.vision import image_trace
@@ -96,6 +97,9 @@ class Model:
         pair: str | None = None,
         methods: str | Sequence[str] | None = None,
         image: Any = None,
+        target: str | None = None,
+        generate: bool = False,
+        max_length: int | None = None,
         **method_options: Any,
     ) -> Trace:
         """Run `text` through the model; keep the steps of the chosen layers and heads.
@@ -107,6 +111,9 @@ class Model:
         method_options: top_k=5, positions=[-1], seed=0, induction_length=25 … (MethodOptions).
         image: for a vision model (ViT, DeiT, DINOv2, CLIP, SigLIP), the picture: a file's path
         (also accepted as `text`), a PIL image or an (H, W, 3) uint8 array.
+        target, generate: for an encoder–decoder model (T5, BART, Marian …), the target text
+        fed to the decoder (teacher forcing), or generate=True to decode greedily as the
+        model's generation config says (max_length: the decoder's length at most).
         """
         if image is not None:
             if text is not None:
@@ -115,7 +122,20 @@ class Model:
         if text is None:
             raise InputError(f"{opt('image' if self.family.vision else 'text')}: nothing to trace")
         return next(
-            iter(self.traces([text], layers, heads, steps, pair, methods, **method_options))
+            iter(
+                self.traces(
+                    [text],
+                    layers,
+                    heads,
+                    steps,
+                    pair,
+                    methods,
+                    target=target,
+                    generate=generate,
+                    max_length=max_length,
+                    **method_options,
+                )
+            )
         )
 
     def traces(
@@ -126,30 +146,45 @@ class Model:
         steps: str | Sequence[str] | None = None,
         pair: str | None = None,
         methods: str | Sequence[str] | None = None,
+        target: str | None = None,
+        generate: bool = False,
+        max_length: int | None = None,
         **method_options: Any,
     ) -> Iterator[Trace]:
         """One trace per text, computed as consumed; the options are checked now."""
         layer_list, head_list = self.select(layers, heads)
         keep = step_filter(parse_steps(steps))
         self._check_pair(pair)
+        seq2seq = self._check_seq2seq(target, generate, max_length, methods)
         options = None
         if methods:
             select_methods(methods, self.parts())  # a method this model cannot run: refused now
             options = make_options(**method_options)
         elif method_options:
             raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
-        return self._run(texts, layer_list, head_list, keep, pair, methods or None, options)
+        return self._run(
+            texts, layer_list, head_list, keep, pair, methods or None, options, seq2seq
+        )
+
+    @property
+    def layer_count(self) -> int:
+        """Layers a selection picks from: an encoder–decoder model's deeper stack's (layer i of
+        each stack that has one)."""
+        s2s = self.family.seq2seq
+        return (
+            self.dims.layers
+            if s2s is None
+            else max(self.dims.layers, s2s.decoder_layers(self.config))
+        )
 
     def select(
         self, layers: Selection, heads: Selection, params: tuple[str, str] = ("layers", "heads")
     ) -> tuple[list[int], list[int]]:
         """The layer and head indices a selection means, checked; an error names `params`
         (explain's are `layer` and `head`)."""
-        d = self.dims
+        d, count = self.dims, self.layer_count
         return (
-            parse_selection(
-                layers, d.layers, params[0], "--layer", f"{self.name} has {d.layers} layers"
-            ),
+            parse_selection(layers, count, params[0], "--layer", f"{self.name} has {count} layers"),
             parse_selection(
                 heads, d.heads, params[1], "--head", f"{self.name} has {d.heads} heads"
             ),
@@ -164,12 +199,15 @@ class Model:
         pair: str | None,
         methods: str | Sequence[str] | None,
         options: Any,
+        seq2seq: tuple[str | None, bool, int | None] | None = None,
     ) -> Iterator[Trace]:
         """The traces, one at a time, with a progress line on a terminal's stderr for work
         that takes more than about a second (per input, and per layer within it)."""
 
         def one(text: str, bar: Progress) -> Trace:
             with one_thread_when_busy():  # spinning BLAS threads slow a loaded machine down
+                if seq2seq is not None:
+                    return seq2seq_trace(self, text, layers, heads, keep, *seq2seq, bar=bar)
                 return self._trace(text, layers, heads, keep, pair, methods, options, bar)
 
         return stream(self.name, texts, one)
@@ -178,6 +216,46 @@ class Model:
         """What attn_cli.methods needs from this model."""
 
         return ModelParts(self.family, self.weights, self.config, self.tokenizer)
+
+    def _check_seq2seq(
+        self,
+        target: str | None,
+        generate: bool,
+        max_length: int | None,
+        methods: str | Sequence[str] | None,
+    ) -> tuple[str | None, bool, int | None] | None:
+        """An encoder–decoder model's target options (None for other models), checked."""
+        if self.family.seq2seq is None:
+            for name, value in (("target", target), ("generate", generate or None)):
+                if value is not None:
+                    raise InputError(
+                        f"{opt(name)}: {self.name} ({self.family.name}) is not an "
+                        "encoder–decoder model; a target is for T5, BART, Marian, Whisper …"
+                    )
+            if max_length is not None:
+                raise InputError(f"{opt('max_length')} applies with {opt('generate')}")
+            return None
+        if methods:
+            raise InputError(
+                f"{opt('methods')}: not available for encoder–decoder models yet "
+                f"({self.name} is {self.family.name})"
+            )
+        if target is not None and not isinstance(target, str):
+            raise InputError(f"{opt('target', target)}: takes the target text as a string")
+        if target is None and not generate:
+            raise InputError(
+                f"{self.name} is an encoder–decoder model ({self.family.name}): give the target "
+                f"with {opt('target')} or let it write one with {opt('generate')}"
+            )
+        if target is not None and generate:
+            raise InputError(f"{opt('target')} and {opt('generate')}: give one of them")
+        if max_length is not None and (
+            not generate or not isinstance(max_length, int) or max_length < 1
+        ):
+            raise InputError(
+                f"{opt('max_length', max_length)}: a positive number, with {opt('generate')}"
+            )
+        return target, generate, max_length
 
     def _check_pair(self, pair: str | None) -> None:
         if pair is None:

@@ -103,8 +103,9 @@ class TraceStep:
 
     @property
     def where(self) -> str:
-        """'layer 2 · head 5', 'head 0', or '' for steps outside any layer/head."""
-        parts = []
+        """'layer 2 · head 5', 'head 0', or '' for steps outside any layer/head; the block first
+        where there are several ('cross · layer 2 · head 5')."""
+        parts = [] if self.block is None else [self.block]
         if self.layer is not None:
             parts.append(f"layer {self.layer}")
         if self.head is not None:

@@ -119,6 +119,41 @@ class Vision:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Seq2Seq:
+    """What an encoder–decoder family adds (T5, BART, Marian, Whisper …): a source sequence
+    encoded once, a target sequence decoded against it (attn_cli/seq2seq.py runs it).
+
+    The Family's own `embed`, `layers` and `final` are the ENCODER's (the source side): embed
+    takes the source inputs (token ids for text; whatever `read_source` returns otherwise),
+    layers yields one LayerRecord per encoder layer whose one block is "encoder", over the
+    "source" axis. The decoder is below: each of its LayerRecords holds two blocks, the causal
+    self-attention ("decoder", tokens × tokens) then the cross-attention ("cross", tokens ×
+    source, records.multi_head_attention(memory=encoder output, key_axis="source")).
+    """
+
+    decoder_layers: Callable[[Config], int]  # how many decoder layers (may differ from encoder)
+    # target ids -> the decoder's first hidden states (n_target, d); position 0 is the first id
+    embed_target: Callable[[WeightSource, list[int], Config], np.ndarray]
+    # (target hidden states, encoder output) -> one LayerRecord per decoder layer
+    decoder: Callable[[WeightSource, np.ndarray, np.ndarray, Config], Iterator[LayerRecord]]
+    # the decoder's last layer output -> its final hidden states (final norm …)
+    decoder_final: Callable[[WeightSource, np.ndarray, Config], np.ndarray]
+    # the decoder's final hidden states -> logits over the vocabulary (n_target, vocab)
+    logits: Callable[[WeightSource, np.ndarray, Config], np.ndarray]
+    # Sources that are not text (Whisper's audio): (model, what the user gave) -> the encoder
+    # inputs and the source axis (trace.Axis: its labels, kind "frames", coords); None: text,
+    # tokenised by the checkpoint's tokenizer.json.
+    read_source: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    # Generation beyond generation_config.json's standard fields (Whisper's task/language
+    # prompt, suppressed tokens …): (config, generation config, plan) -> the plan to use
+    # (seq2seq.Plan); None: the standard fields only.
+    plan: Callable[[Config, Mapping[str, Any], Any], Any] | None = None
+    # What the source and the target are called in the steps' words.
+    source_words: str = "source text"
+    target_words: str = "target text"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Family:
     name: str  # shown to users: "bert", "gpt2", "llama" …
     model_types: tuple[str, ...]  # config.json model_type values this family runs
@@ -158,6 +193,8 @@ class Family:
 
     # Image families: how a picture becomes hidden states (None: the family reads text).
     vision: Vision | None = None
+    # Encoder–decoder families: the decoder and its generation (None: one stack).
+    seq2seq: Seq2Seq | None = None
 
 
 # Modules of this package that are not families.
