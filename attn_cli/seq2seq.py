@@ -51,6 +51,13 @@ class Plan:
     begin_suppress: tuple[int, ...] = ()  # not chosen at the first generated position
     no_repeat_ngram: int = 0  # an n-gram is never repeated (BART's no_repeat_ngram_size)
     notes: list[str] = field(default_factory=list)
+    # position -> the only tokens that may be chosen there (Whisper's language detection: the
+    # likeliest language token after the start token, from the raw logits)
+    choose_among: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # The decoder's prompt, when it runs past `start` (forced or chosen positions): its length.
+    # It is decoded first for a teacher-forced target too; the first generated position (for
+    # begin_suppress) follows it. None: the prompt is `start`.
+    prompt: int | None = None
 
 
 def _ids(value: Any) -> list[int]:
@@ -115,7 +122,8 @@ def make_plan(
             raise InputError(
                 f"generation config: forced_decoder_ids holds {pair!r}, not [index, id]"
             )
-        plan.forced[int(pair[0])] = _ids(pair[1])[0]
+        if pair[1] is not None:  # Whisper's [1, null]: the language, left to detection
+            plan.forced[int(pair[0])] = _ids(pair[1])[0]
     eos = get("forced_eos_token_id")
     plan.forced_eos = None if eos is None else _ids(eos)[0]
     plan.min_length = int(get("min_length", 0) or 0)
@@ -143,6 +151,9 @@ def choose(logits: np.ndarray, seq: list[int], plan: Plan, first: int) -> int:
     cur = len(seq)
     if cur in plan.forced:
         return plan.forced[cur]
+    if cur in plan.choose_among:
+        among = sorted(plan.choose_among[cur])
+        return among[int(np.argmax(logits[among]))]
     if plan.forced_eos is not None and cur == plan.max_length - 1:
         return plan.forced_eos
     scores = logits.astype(np.float64, copy=True)
@@ -191,12 +202,15 @@ def greedy(
     cfg: Mapping[str, Any],
     plan: Plan,
     bar: Any = None,
+    stop: int | None = None,
 ) -> tuple[list[int], str]:
     """Greedy decoding: the start tokens, then the best next token until an eos or
-    max_length; returns the whole sequence and why it stopped ("eos" or "max_length")."""
+    max_length; returns the whole sequence and why it stopped ("eos" or "max_length").
+    `stop`: generate only this many tokens (the prompt of a teacher-forced target)."""
     seq = list(plan.start)
-    first = len(seq)
-    while len(seq) < plan.max_length:
+    first = len(seq) if plan.prompt is None else plan.prompt
+    end = plan.max_length if stop is None else stop
+    while len(seq) < end:
         if bar is not None:
             bar.phase(f"generating token {len(seq) - first + 1}")
         out, _ = decode(s2s, w, seq, enc, cfg)
@@ -225,20 +239,22 @@ def seq2seq_trace(
     generate: bool,
     max_length: int | None = None,
     bar: Any = None,
+    timestamps: bool = False,
 ) -> Trace:
     """`model` (a pretrained.Model of an encoder–decoder family) on `source`, with `target`
-    teacher-forced or a greedily generated one."""
+    teacher-forced or a greedily generated one. `timestamps`: the family's word times
+    (Whisper) as a step."""
 
     family, cfg, d, w = model.family, model.config, model.dims, model.weights
     s2s = family.seq2seq
     assert s2s is not None
     source_ids: list[int] | None = None
+    source_notes: list[str] = []
     if s2s.read_source is None:
         inputs, src_axis, source_ids = _text_source(model, source)
         name = source
     else:
-        inputs, src_axis = s2s.read_source(model, source)
-        name = source if isinstance(source, str) else type(source).__name__
+        inputs, src_axis, source_notes, name = s2s.read_source(model, source)
     if source_ids is not None:
         if d.max_positions is not None and len(source_ids) > d.max_positions:
             raise InputError(
@@ -253,13 +269,13 @@ def seq2seq_trace(
         plan = s2s.plan(cfg, gen, plan)
     n_src = len(src_axis.labels)
     n_dec = s2s.decoder_layers(cfg)
+    target_ids: list[int] = []
     if target is not None:
         _, target_ids = tokenize(model.tokenizer, target, special=True)
-        seq = plan.start + target_ids
-        if max(seq) >= d.vocab:
-            raise InputError(f"token id {max(seq)} is outside {model.name}'s vocabulary")
-    else:
-        seq = list(plan.start)
+        if max(target_ids, default=0) >= d.vocab:
+            raise InputError(f"token id {max(target_ids)} is outside {model.name}'s vocabulary")
+    prompt = len(plan.start) if plan.prompt is None else plan.prompt
+    seq = list(plan.start) + [0] * (prompt - len(plan.start)) + target_ids  # its length
     n_max = max(n_src, len(seq), plan.max_length if generate else 0)
     kinds = sum(keep(k) for k in ("W_raw", "W_scaled", "W_biased", "W_masked", "W"))
     need = memory.model_bytes(
@@ -282,6 +298,8 @@ def seq2seq_trace(
     stopped = None
     if generate:
         seq, stopped = greedy(s2s, w, enc, cfg, plan, bar)
+    else:  # the prompt's forced or chosen tokens, then the target
+        seq = greedy(s2s, w, enc, cfg, plan, bar, stop=prompt)[0] + target_ids
     out, dec_records = decode(s2s, w, seq, enc, cfg)
 
     raw = [model.tokenizer.id_to_token(int(i)) or f"<{i}>" for i in seq]
@@ -316,7 +334,7 @@ def seq2seq_trace(
     if family.describe is not None:
         config["architecture"] = family.describe(cfg)
     trace = Trace(config["source"], tokens, seq, config, raw_tokens=raw if raw != tokens else None)
-    trace.notes += plan.notes
+    trace.notes += source_notes + plan.notes
     trace.axes[TOKENS] = Axis(TOKENS, "text", labels)
     trace.axes[SOURCE] = src_axis
     voice = narrate.Voice(teaching=False)
@@ -349,6 +367,11 @@ def seq2seq_trace(
                 row_axis=SOURCE,
             )
         )
+    if timestamps:
+        assert s2s.words is not None
+        steps, extra = s2s.words(model, inputs, seq, prompt, dec_records, gen)
+        trace.steps += steps
+        config.update(extra)
     if keep("prediction"):
         trace.steps += _prediction(model, s2s, out, labels)
     return trace

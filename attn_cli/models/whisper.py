@@ -262,9 +262,10 @@ def frame_axis(frames: int) -> Axis:
     return Axis(SOURCE, "frames", [f"{t:.2f} s" for t in times], [(t,) for t in times])
 
 
-def read_source(model: Any, given: Any) -> tuple[Sound, Axis]:
+def read_source(model: Any, given: Any) -> tuple[Sound, Axis, list[str], str]:
     """What the user gave (a file's path, an audio.Audio, or (samples, sampling_rate)) ->
-    the log-mel spectrogram of one 30-s window and the frame axis."""
+    the log-mel spectrogram of one 30-s window, the frame axis, a note when the audio was
+    windowed, and its name."""
     feats = audio.load_features(Path(model.path))
     a = WhisperArgs.parse(model.config)
     if feats.feature_size != a.num_mel_bins:
@@ -284,7 +285,8 @@ def read_source(model: Any, given: Any) -> tuple[Sound, Axis]:
             f"{model.name}: a {feats.chunk_length}-s window makes {mel.shape[1]} mel frames; the "
             f"encoder reads {2 * a.max_source_positions}"
         )
-    return Sound(mel, sound), frame_axis(a.max_source_positions)
+    notes = [] if sound.note is None else [sound.note]
+    return Sound(mel, sound), frame_axis(a.max_source_positions), notes, sound.name
 
 
 def embed_sound(w: WeightSource, inputs: Any, cfg: Config) -> np.ndarray:
@@ -481,6 +483,22 @@ def _ids_of(value: Any) -> list[int]:
     return []
 
 
+def words(
+    model: Any,
+    inputs: Sound,
+    seq: list[int],
+    start_tokens: int,
+    records: list[LayerRecord],
+    gen: Mapping[str, Any],
+) -> tuple[list[TraceStep], dict[str, Any]]:
+    """The Seq2Seq.words hook: the word_times step and the words in the trace's config."""
+    found, times = word_times(model, inputs, seq, start_tokens, records, gen)
+    return [word_step(found)], {
+        "words": [{"text": w.text, "start": w.start, "end": w.end} for w in found],
+        "token_times": [round(float(t), 2) for t in times],
+    }
+
+
 def word_step(words: list[timestamps.Word]) -> TraceStep:
     data = np.array([[w.start, w.end] for w in words], dtype=np.float32).reshape(-1, 2)
     return TraceStep(
@@ -531,6 +549,7 @@ FAMILY = Family(
         logits=logits,
         read_source=read_source,
         plan=plan,
+        words=words,
         source_words="audio frame",
         target_words="transcript",
     ),
