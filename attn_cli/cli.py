@@ -449,6 +449,16 @@ MaxLengthOpt = Annotated[
         "(default: the generation config's max_length, else 20 new tokens).",
     ),
 ]
+TimestampsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--timestamps",
+        rich_help_panel="Real checkpoints",
+        help="A speech model (Whisper): when each word of the transcript is spoken, from the "
+        "cross-attention of the model's alignment heads (median filter, dynamic time warping), "
+        "shown on the transcript.",
+    ),
+]
 LayerOpt = Annotated[
     str | None,
     typer.Option(
@@ -616,6 +626,7 @@ def explain(
     target: TargetOpt = None,
     generate: GenerateOpt = False,
     max_length: MaxLengthOpt = None,
+    timestamps: TimestampsOpt = False,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     json_out: JsonOpt = None,
@@ -666,10 +677,12 @@ def explain(
             patch, position = _patch_position(position), None  # a picture's patch: R,C
         methods = _method_args(method, position, top_k, model)
         if model is None:
-            if target is not None or generate or max_length is not None:
+            if target is not None or generate or max_length is not None or timestamps:
                 from attn_cli.errors import InputError
 
-                raise InputError("--target, --generate and --max-length apply with --model")
+                raise InputError(
+                    "--target, --generate, --max-length and --timestamps apply with --model"
+                )
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
         else:
@@ -686,7 +699,7 @@ def explain(
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
-            seq2seq = _seq2seq_args(target, generate, max_length)
+            seq2seq = _seq2seq_args(target, generate, max_length, timestamps)
             traces = _model_traces(
                 m, text, layer, head, every, pair=pair, steps=steps, **seq2seq, **methods
             )
@@ -698,10 +711,14 @@ def explain(
         )
 
 
-def _seq2seq_args(target: str | None, generate: bool, max_length: int | None) -> dict:
-    """--target/--generate/--max-length as Model.traces keywords (only those given, so a
-    model that is not an encoder–decoder one is refused only when they are)."""
+def _seq2seq_args(
+    target: str | None, generate: bool, max_length: int | None, timestamps: bool = False
+) -> dict:
+    """--target/--generate/--max-length/--timestamps as Model.traces keywords (only those
+    given, so a model that is not an encoder–decoder one is refused only when they are)."""
     args: dict[str, Any] = {}
+    if timestamps:
+        args["timestamps"] = True
     if target is not None:
         args["target"] = target
     if generate:
