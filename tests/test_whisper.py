@@ -118,3 +118,174 @@ def test_words_equal_transformers_grouping():
             assert (w.start, w.end) == pytest.approx(r["timestamp"], abs=1e-6)
         assert "".join(w.text for w in words) == tok.decode(ids)
     assert len(words) > 1
+
+
+# ----------------------------------------------------------------- the tiny model, end to end
+
+
+def _run(directory, source, **kwargs):
+    """Our trace, plus the logits of every position (the trace keeps the last one's)."""
+    import attn_cli
+    from attn_cli import seq2seq
+
+    m = attn_cli.load_model(str(directory))
+    t = m.trace(source, **kwargs)
+    s2s = m.family.seq2seq
+    inputs = s2s.read_source(m, source)[0]
+    enc, _ = seq2seq.encode(m.family, m.weights, inputs, m.config)
+    out, _ = seq2seq.decode(s2s, m.weights, t.token_ids, enc, m.config)
+    return t, s2s.logits(m.weights, out, m.config), inputs
+
+
+@pytest.mark.reference
+def test_tiny_whisper_equals_transformers(tmp_path):
+    """Greedy tokens identical to generate() (language detected, forced task and
+    <|notimestamps|>, suppressed tokens), every encoder/decoder/cross map within 1e-5,
+    logits within 1e-4, token timestamps equal to return_token_timestamps, on a synthetic
+    signal read from a WAV file."""
+    require("torch")
+    from tests import whisper_utils as wu
+
+    wu.build(tmp_path)
+    wav = wu.write_wav(tmp_path / "speech.wav", wu.signal())
+    ref = wu.reference(tmp_path, wu.read_wav(wav))
+    t, logits, inputs = _run(tmp_path, str(wav), generate=True, timestamps=True)
+    assert np.abs(inputs.mel - ref["features"]).max() < 1e-4
+    assert t.token_ids == ref["sequence"]
+    assert t.token_ids[1] in (302, 303)  # the language token was detected
+    for block in ("encoder", "decoder", "cross"):
+        a = t.attention(block=block)
+        assert a.shape == ref[block].shape
+        assert np.abs(a - ref[block]).max() < 1e-5, block
+    assert np.abs(logits - ref["logits"]).max() < 1e-4
+    np.testing.assert_array_equal(np.asarray(t.config["token_times"], np.float32), ref["token_timestamps"])
+    assert max(t.config["token_times"]) > 0 and max(t.config["token_times"]) <= 4.0
+    words = t.config["words"]
+    assert words and all(w["start"] <= w["end"] for w in words)
+    step = next(s for s in t.steps if s.name == "word_times")
+    assert step.rows == [w["text"] for w in words] and step.data.shape == (len(words), 2)
+    src = t.axes["source"]
+    assert src.kind == "frames" and src.labels[:3] == ["0.00 s", "0.02 s", "0.04 s"]
+    assert src.coords is not None and src.coords[1499] == (29.98,)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    ("generation", "kwargs"),
+    [
+        ({"language": "de", "task": "translate"}, {}),  # the config's language and task
+        ({"forced_decoder_ids": None, "lang_to_id": None, "task_to_id": None}, {}),  # .en
+        ({}, {"max_new_tokens": 3}),
+    ],
+)
+def test_prompts_and_lengths_equal_generate(tmp_path, generation, kwargs):
+    require("torch")
+    from tests import whisper_utils as wu
+
+    wu.build(tmp_path, generation=generation, chunk_seconds=2)
+    if kwargs:  # as the generation config's own value
+        import json
+
+        path = tmp_path / "generation_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **kwargs}))
+    x = wu.signal(2.0)
+    ref = wu.reference(tmp_path, x)
+    t, _, _ = _run(tmp_path, (x, 16000), generate=True)
+    assert t.token_ids == ref["sequence"]
+    assert np.abs(t.attention(block="cross") - ref["cross"]).max() < 1e-5
+
+
+@pytest.mark.reference
+def test_teacher_forced_target_after_the_prompt(tmp_path):
+    """--target: the prompt (language detected, forced tokens), then the target's tokens;
+    maps as transformers' forward pass over that sequence."""
+    torch = require("torch")
+    transformers = require("transformers")
+    from tests import whisper_utils as wu
+
+    wu.build(tmp_path, chunk_seconds=2)
+    x = wu.signal(2.0)
+    t, logits, _ = _run(tmp_path, (x, 16000), target=" the cat sat")
+    ids = wu.tokenizer().encode(" the cat sat").ids
+    assert t.token_ids[4:] == ids and t.token_ids[2:4] == [305, 306]
+    fe = transformers.WhisperFeatureExtractor.from_pretrained(tmp_path)
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(
+        tmp_path, attn_implementation="eager"
+    ).eval()
+    with torch.no_grad():
+        lang = model.detect_language(fe(x, sampling_rate=16000, return_tensors="pt").input_features)
+        assert int(lang[0]) == t.token_ids[1]
+        out = model(
+            input_features=fe(x, sampling_rate=16000, return_tensors="pt").input_features,
+            decoder_input_ids=torch.tensor([t.token_ids]),
+            output_attentions=True,
+        )
+    cross = np.stack([a[0].numpy() for a in out.cross_attentions])
+    assert np.abs(t.attention(block="cross") - cross).max() < 1e-5
+    assert np.abs(logits - out.logits[0].numpy()).max() < 1e-4
+
+
+# ---------------------------------------------------------------- the torch-free fixture
+
+FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "tiny_whisper"
+
+
+def test_fixture_without_torch():
+    """The committed tiny Whisper and its 8-kHz WAV: our run (our WAV reader, resampler,
+    log-mel, forward pass, greedy decoding, DTW) against what transformers computed."""
+    expected = np.load(FIXTURE / "expected.npz")
+    t, logits, _ = _run(FIXTURE, str(FIXTURE / "speech.wav"), generate=True, timestamps=True)
+    assert t.token_ids == expected["sequence"].tolist()
+    rows = expected["encoder_rows"]
+    assert np.abs(t.attention(block="encoder")[:, :, rows] - expected["encoder"]).max() < 1e-5
+    for block in ("decoder", "cross"):
+        assert np.abs(t.attention(block=block) - expected[block]).max() < 1e-5
+    assert np.abs(logits[-3:] - expected["logits"]).max() < 1e-4
+    np.testing.assert_array_equal(np.asarray(t.config["token_times"], np.float32), expected["token_timestamps"])
+    assert t.axes["source"].labels[-1] == "1.98 s"
+
+
+def test_fixture_through_the_cli(tmp_path):
+    from tests.conftest import invoke, plain
+
+    wav = str(FIXTURE / "speech.wav")
+    r = invoke(["explain", wav, "--model", str(FIXTURE), "--generate", "--timestamps",
+                "--layer", "1", "--head", "2", "--steps", "W", "--width", "100"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = plain(r.output)
+    assert "source: 100 frames" in out and "words: " in out
+    assert "cross · layer 1 · head 2" in out and "0.02 s" in out
+    j = invoke(["explain", wav, "--model", str(FIXTURE), "--generate", "--json", "-"])
+    import json
+
+    doc = json.loads(j.output)
+    assert doc["axes"]["source"]["kind"] == "frames"
+
+
+def test_hostile_audio_through_the_cli(tmp_path):
+    from tests.conftest import invoke
+    from tests.hostile_audio import make_all
+
+    for name, path in make_all(tmp_path).items():
+        r = invoke(["explain", str(path), "--model", str(FIXTURE), "--generate"])
+        if name == "three_hours":  # windowed: a result, and a note saying so
+            assert r.exit_code == 0 and "windowed to its first 2 s" in r.output, r.output
+            continue
+        assert r.exit_code == 2, (name, r.output)
+        assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, name
+
+
+def test_audio_options_are_checked():
+    import attn_cli
+    from attn_cli.errors import InputError
+
+    m = attn_cli.load_model(str(FIXTURE))
+    with pytest.raises(InputError, match="sampling_rate"):
+        m.trace(audio=np.zeros(16000, np.float32), generate=True)
+    with pytest.raises(InputError, match="sampling_rate applies with audio"):
+        m.trace(str(FIXTURE / "speech.wav"), sampling_rate=16000, generate=True)
+    t = m.trace(audio=np.zeros(8000, np.float32), sampling_rate=8000, generate=True)
+    assert t.attention(block="cross").shape[-1] == 100
+    other = attn_cli.load_model(str(FIXTURE.parent / "tiny_gpt2"))
+    with pytest.raises(InputError, match="timestamps"):
+        other.trace("hi", timestamps=True)

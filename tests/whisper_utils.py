@@ -60,40 +60,57 @@ def tokenizer():
     return tok
 
 
-def signal(seconds: float = 4.0, seed: int = 0) -> np.ndarray:
-    """Syllable-like bursts (voiced tones with formants) between pauses, then silence."""
+def signal(seconds: float = 4.0, seed: int = 0, rate: int = RATE) -> np.ndarray:
+    """Syllable-like bursts (voiced tones with harmonics) between pauses, then silence."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
+    t = np.arange(int(seconds * rate)) / rate
     x = np.zeros_like(t)
-    for start, length, pitch in ((0.3, 0.35, 140), (0.8, 0.25, 180), (1.3, 0.5, 120), (2.1, 0.4, 160)):
+    bursts = ((0.3, 0.35, 140), (0.8, 0.25, 180), (1.3, 0.5, 120), (2.1, 0.4, 160))
+    for start, length, pitch in bursts:
         on = (t >= start) & (t < start + length)
         env = np.sin(np.pi * (t[on] - start) / length) ** 2
-        voiced = sum(np.sin(2 * np.pi * k * pitch * t[on]) / k for k in range(1, 12))
+        harmonics = [k for k in range(1, 12) if k * pitch < rate / 2]
+        voiced = sum(np.sin(2 * np.pi * k * pitch * t[on]) / k for k in harmonics)
         x[on] += 0.2 * env * voiced
     return (x + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def write_wav(path: Path, x: np.ndarray) -> Path:
+def write_wav(path: Path, x: np.ndarray, rate: int = RATE) -> Path:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(RATE)
+        w.setframerate(rate)
         w.writeframes(np.clip(np.round(x * 32768), -32768, 32767).astype("<i2").tobytes())
     return path
 
 
 def read_wav(path: Path) -> np.ndarray:
-    """The reference's own reading (standard library, int16 / 32768)."""
+    """The reference's own reading (standard library, int16 / 32768), resampled to 16 kHz by
+    scipy's resample_poly."""
     with wave.open(str(path), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+        rate = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+    if rate == RATE:
+        return x
+    from scipy.signal import resample_poly
+
+    g = np.gcd(rate, RATE)
+    return resample_poly(x.astype(np.float64), RATE // g, rate // g).astype(np.float32)
 
 
-def build(directory: Path, seed: int = 0, generation: dict[str, Any] | None = None) -> None:
+def build(
+    directory: Path,
+    seed: int = 0,
+    generation: dict[str, Any] | None = None,
+    chunk_seconds: int = 30,
+    **overrides: Any,
+) -> None:
     """A random WhisperForConditionalGeneration (weights drawn larger than transformers' init,
     so attention is far from uniform; the encoder's positions stay sinusoidal) in float32
     safetensors, with tokenizer.json, preprocessor_config.json and generation_config.json
     (the form of openai/whisper-*'s: forced_decoder_ids with the language left to detection,
-    alignment_heads, suppressed tokens)."""
+    alignment_heads, suppressed tokens). `generation` overrides its entries (None: left out);
+    `chunk_seconds` shortens the window (the encoder's positions follow: 50 per second)."""
     import torch
     import transformers
 
@@ -110,7 +127,7 @@ def build(directory: Path, seed: int = 0, generation: dict[str, Any] | None = No
         decoder_start_token_id=ids["<|startoftranscript|>"],
         begin_suppress_tokens=None,
         suppress_tokens=None,
-        **TINY,
+        **{**TINY, "max_source_positions": 50 * chunk_seconds, **overrides},
     )
     torch.manual_seed(seed)
     model = transformers.WhisperForConditionalGeneration(cfg)
@@ -139,22 +156,22 @@ def build(directory: Path, seed: int = 0, generation: dict[str, Any] | None = No
         "begin_suppress_tokens": [tok.token_to_id("Ġ") or 0, eos],
         "suppress_tokens": [5, 6],
         "median_filter_width": 7,
-        **(generation or {}),
     }
+    gen = {k: v for k, v in {**gen, **(generation or {})}.items() if v is not None}
     model.generation_config = transformers.GenerationConfig(**gen)
     model.save_pretrained(d)
     tok.save(str(d / "tokenizer.json"))
-    transformers.WhisperFeatureExtractor().save_pretrained(d)
+    transformers.WhisperFeatureExtractor(chunk_length=chunk_seconds).save_pretrained(d)
     for name in ("config.json", "generation_config.json", "preprocessor_config.json"):
         data = json.loads((d / name).read_text())
         data.pop("transformers_version", None)
         (d / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def reference(directory: Path, samples: np.ndarray, generation: bool = True) -> dict[str, Any]:
+def reference(directory: Path, samples: np.ndarray, **generate: Any) -> dict[str, Any]:
     """transformers on the saved model: features (with the attention mask), greedy generate()
-    with token timestamps, then one eager forward pass over the generated sequence with every
-    attention map."""
+    with token timestamps (`generate`: its keywords), then one eager forward pass over the
+    generated sequence with every attention map."""
     import torch
     import transformers
 
@@ -170,6 +187,7 @@ def reference(directory: Path, samples: np.ndarray, generation: bool = True) -> 
             attention_mask=inputs.attention_mask,
             return_dict_in_generate=True,
             return_token_timestamps=True,
+            **generate,
         )
         seq = out["sequences"]
         fwd = model(
