@@ -280,7 +280,7 @@ def _read_riff(path: Path, max_seconds: float) -> tuple[np.ndarray, int, float]:
 def _read_soundfile(path: Path, max_seconds: float) -> tuple[np.ndarray, int, float]:
     name = str(path)
     try:
-        import soundfile
+        import soundfile  # type: ignore[import-untyped]
     except ImportError:
         raise InputError(
             f"{name}: reading FLAC, MP3 or Ogg needs soundfile: pip install 'attn-cli[audio]' "

@@ -80,10 +80,10 @@ def dynamic_time_warping(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     while i > 0 or j > 0:
         text.append(i - 1)
         time.append(j - 1)
-        t = trace[i, j]
-        if t == 0:
+        move = trace[i, j]
+        if move == 0:
             i, j = i - 1, j - 1
-        elif t == 1:
+        elif move == 1:
             i -= 1
         else:
             j -= 1
@@ -153,7 +153,7 @@ def _split_on_characters(
 
 def words(
     sequence: list[int],
-    times: Sequence[float],
+    times: Sequence[float] | np.ndarray,
     text: list[int],
     decode: Callable[[list[int]], str],
     eos_id: int,
@@ -201,5 +201,7 @@ def words(
         if t and pl:
             first, last = text[pl[0]], text[pl[-1]]
             start = float(times[first - 1]) if first > 0 else 0.0
-            out.append(Word(t, [text[p] for p in pl], round(start, 2), round(float(times[last]), 2)))
+            out.append(
+                Word(t, [text[p] for p in pl], round(start, 2), round(float(times[last]), 2))
+            )
     return out

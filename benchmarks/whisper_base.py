@@ -38,7 +38,12 @@ from pathlib import Path
 
 PY = sys.executable
 D, LAYERS, HEADS, FFN, VOCAB, MELS = 512, 6, 8, 2048, 51865, 80
-PROMPT = [50258, 50259, 50359, 50363]  # <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>
+PROMPT = [
+    50258,
+    50259,
+    50359,
+    50363,
+]  # <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>
 TARGET = " ".join(f"w{i}" for i in range(100, 128))  # 28 tokens of the stand-in tokenizer
 CONFIG = {
     "model_type": "whisper",

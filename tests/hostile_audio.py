@@ -55,7 +55,10 @@ def float_fmt(channels: int, rate: int, bits: int = 32, extensible: bool = False
     if not extensible:
         return struct.pack("<HHIIHH", 3, channels, rate, rate * align, align, bits)
     guid = struct.pack("<H", 3) + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
-    return struct.pack("<HHIIHHHHI", 0xFFFE, channels, rate, rate * align, align, bits, 22, bits, 0) + guid
+    return (
+        struct.pack("<HHIIHHHHI", 0xFFFE, channels, rate, rate * align, align, bits, 22, bits, 0)
+        + guid
+    )
 
 
 def write_float(path: Path, x: np.ndarray, rate: int = RATE, extensible: bool = False) -> Path:

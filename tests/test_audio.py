@@ -27,7 +27,13 @@ def speechlike(seconds: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
 @pytest.mark.reference
 @pytest.mark.parametrize(
     ("seconds", "settings"),
-    [(7.3, {}), (30.0, {}), (41.0, {}), (0.2, {"feature_size": 128}), (3.0, {"padding_value": 0.1})],
+    [
+        (7.3, {}),
+        (30.0, {}),
+        (41.0, {}),
+        (0.2, {"feature_size": 128}),
+        (3.0, {"padding_value": 0.1}),
+    ],
 )
 def test_log_mel_equals_transformers(seconds, settings):
     transformers = require("transformers")

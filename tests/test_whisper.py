@@ -34,7 +34,9 @@ def test_median_filter_and_dtw_equal_transformers():
             np.testing.assert_array_equal(mine, ref)
     # ties: a constant matrix (every path costs the same) takes transformers' tie-breaks
     flat = np.zeros((4, 6))
-    for mine, ref in zip(ts.dynamic_time_warping(flat), gw._dynamic_time_warping(flat), strict=True):
+    for mine, ref in zip(
+        ts.dynamic_time_warping(flat), gw._dynamic_time_warping(flat), strict=True
+    ):
         np.testing.assert_array_equal(mine, ref)
 
 
@@ -158,7 +160,9 @@ def test_tiny_whisper_equals_transformers(tmp_path):
         assert a.shape == ref[block].shape
         assert np.abs(a - ref[block]).max() < 1e-5, block
     assert np.abs(logits - ref["logits"]).max() < 1e-4
-    np.testing.assert_array_equal(np.asarray(t.config["token_times"], np.float32), ref["token_timestamps"])
+    np.testing.assert_array_equal(
+        np.asarray(t.config["token_times"], np.float32), ref["token_timestamps"]
+    )
     assert max(t.config["token_times"]) > 0 and max(t.config["token_times"]) <= 4.0
     words = t.config["words"]
     assert words and all(w["start"] <= w["end"] for w in words)
@@ -241,7 +245,9 @@ def test_fixture_without_torch():
     for block in ("decoder", "cross"):
         assert np.abs(t.attention(block=block) - expected[block]).max() < 1e-5
     assert np.abs(logits[-3:] - expected["logits"]).max() < 1e-4
-    np.testing.assert_array_equal(np.asarray(t.config["token_times"], np.float32), expected["token_timestamps"])
+    np.testing.assert_array_equal(
+        np.asarray(t.config["token_times"], np.float32), expected["token_timestamps"]
+    )
     assert t.axes["source"].labels[-1] == "1.98 s"
 
 

@@ -205,9 +205,7 @@ def embed_target(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
     return tokens + w["decoder.embed_positions.weight"][: len(ids)]
 
 
-def decoder(
-    w: WeightSource, x: np.ndarray, enc: np.ndarray, cfg: Config
-) -> Iterator[LayerRecord]:
+def decoder(w: WeightSource, x: np.ndarray, enc: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
     a = WhisperArgs.parse(cfg)
     heads = a.decoder_attention_heads
     mask = causal_mask(len(x))
@@ -384,9 +382,12 @@ def prompt(cfg: Config, gen: Mapping[str, Any]) -> list[int]:
             init = [task_to_id[task] if t in task_ids else t for t in init]
         else:
             init.append(task_to_id[task])
-    elif language is not None and "transcribe" in task_to_id:
-        if not any(t in task_to_id.values() for t in init):
-            init.append(task_to_id["transcribe"])
+    elif (
+        language is not None
+        and "transcribe" in task_to_id
+        and not any(t in task_to_id.values() for t in init)
+    ):
+        init.append(task_to_id["transcribe"])
     no_ts = gen.get("no_timestamps_token_id")
     if no_ts is not None and init[-1] != no_ts:
         init.append(_token(no_ts, "no_timestamps_token_id"))
