@@ -15,7 +15,7 @@ cross-attention "cross" (rows: target tokens, columns: source positions).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from attn_cli.errors import InputError, opt
 from attn_cli.methods.lens import lens_steps, logit_lens
 from attn_cli.models.registry import Family, Seq2Seq
 from attn_cli.readable import readable_tokens
-from attn_cli.records import TOKENS
+from attn_cli.records import TOKENS, LayerRecord
 from attn_cli.tokenizer import tokenize
 from attn_cli.trace import MODEL, Axis, Trace, TraceStep, dim_labels, token_labels
 
@@ -172,12 +172,23 @@ def choose(logits: np.ndarray, seq: list[int], plan: Plan, first: int) -> int:
     return int(np.argmax(scores))
 
 
-def encode(family: Family, w: Any, inputs: Any, cfg: Mapping[str, Any]) -> tuple[np.ndarray, list]:
-    """The encoder's output (n_source, d) and its LayerRecords."""
+def encode(
+    family: Family,
+    w: Any,
+    inputs: Any,
+    cfg: Mapping[str, Any],
+    each: Callable[[int, LayerRecord], None] | None = None,
+) -> tuple[np.ndarray, list]:
+    """The encoder's output (n_source, d) and its LayerRecords; with `each`, every layer's
+    record is handed to it as it is made and not kept (so the stages nobody keeps are freed
+    layer by layer: a 30-s Whisper encoder's scores are 1,500² per head)."""
     h = family.embed(w, inputs, cfg)
     records = []
-    for layer in family.layers(w, h, cfg):
-        records.append(layer)
+    for i, layer in enumerate(family.layers(w, h, cfg)):
+        if each is None:
+            records.append(layer)
+        else:
+            each(i, layer)
         h = layer.out
     return family.final(w, h, cfg), records
 
@@ -294,7 +305,24 @@ def seq2seq_trace(
     )
     if bar is not None:
         bar.phase("encoding the source")
-    enc, enc_records = encode(family, w, inputs, cfg)
+    voice = narrate.Voice(teaching=False)
+    texts = {
+        **family.stage_texts,
+        "X": narrate.layer_input(family.wording.x_formula, family.wording.x_description),
+    }
+    wanted = set(layers)
+    enc_steps: list[TraceStep] = []
+
+    def narrate_layer(i: int, layer: LayerRecord, axes: Mapping[str, Axis]) -> list[TraceStep]:
+        if i not in wanted:
+            return []
+        chosen = [h for h in heads if h < min(b.heads for b in layer.blocks)]
+        return narrate.model_layer_steps(layer, i, chosen, axes, voice, texts, keep=keep)
+
+    def encoder_steps(i: int, layer: LayerRecord) -> None:
+        enc_steps.extend(narrate_layer(i, layer, {SOURCE: src_axis}))
+
+    enc, _ = encode(family, w, inputs, cfg, encoder_steps)
     stopped = None
     if generate:
         seq, stopped = greedy(s2s, w, enc, cfg, plan, bar)
@@ -337,19 +365,9 @@ def seq2seq_trace(
     trace.notes += source_notes + plan.notes
     trace.axes[TOKENS] = Axis(TOKENS, "text", labels)
     trace.axes[SOURCE] = src_axis
-    voice = narrate.Voice(teaching=False)
-    texts = {
-        **family.stage_texts,
-        "X": narrate.layer_input(family.wording.x_formula, family.wording.x_description),
-    }
-    wanted = set(layers)
-    for stack in (enc_records, dec_records):
-        for i, layer in enumerate(stack):
-            if i in wanted:
-                chosen = [h for h in heads if h < min(b.heads for b in layer.blocks)]
-                trace.steps += narrate.model_layer_steps(
-                    layer, i, chosen, trace.axes, voice, texts, keep=keep
-                )
+    trace.steps += enc_steps
+    for i, layer in enumerate(dec_records):
+        trace.steps += narrate_layer(i, layer, trace.axes)
     if every and keep("H"):
         final = narrate.final_step(out, labels, family.wording.final)
         trace.steps.append(replace(final, block="decoder"))
