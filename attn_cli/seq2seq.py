@@ -224,9 +224,12 @@ def greedy(
     while len(seq) < end:
         if bar is not None:
             bar.phase(f"generating token {len(seq) - first + 1}")
-        out, _ = decode(s2s, w, seq, enc, cfg)
-        logits = s2s.logits(w, out[-1:], cfg)[0]
-        seq.append(choose(logits, seq, plan, first))
+        if len(seq) in plan.forced:  # put there by the plan: no forward pass needed
+            seq.append(plan.forced[len(seq)])
+        else:
+            out, _ = decode(s2s, w, seq, enc, cfg)
+            logits = s2s.logits(w, out[-1:], cfg)[0]
+            seq.append(choose(logits, seq, plan, first))
         if seq[-1] in plan.eos:
             return seq, "eos"
     return seq, "max_length"

@@ -166,8 +166,7 @@ def convert(ct2: Path, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     (out / "preprocessor_config.json").write_text(
-        json.dumps({"feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 80})
-        + "\n"
+        json.dumps({"feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 80}) + "\n"
     )
     shutil.copy(ct2 / "tokenizer.json", out / "tokenizer.json")
     print(f"{out}: {enc_layers} + {dec_layers} layers × {heads} heads, d {d}, vocabulary {vocab}")

@@ -261,11 +261,20 @@ def test_fixture_through_the_cli(tmp_path):
     out = plain(r.output)
     assert "source: 100 frames" in out and "words: " in out
     assert "cross · layer 1 · head 2" in out and "0.02 s" in out
-    j = invoke(["explain", wav, "--model", str(FIXTURE), "--generate", "--json", "-"])
+    saved = tmp_path / "t.json"
+    j = invoke(["explain", wav, "--model", str(FIXTURE), "--generate", "--timestamps",
+                "--json", str(saved)])  # fmt: skip
+    assert j.exit_code == 0, j.output
     import json
 
-    doc = json.loads(j.output)
-    assert doc["axes"]["source"]["kind"] == "frames"
+    doc = json.loads(saved.read_text())
+    assert doc["axes"]["source"]["kind"] == "frames" and doc["axes"]["source"]["coords"][1] == [
+        0.02
+    ]
+    shown = invoke(["show", str(saved), "--view", "heatmap", "--width", "100"])
+    assert shown.exit_code == 0, shown.output
+    words = next(line for line in out.splitlines() if line.startswith("words: "))
+    assert words in plain(shown.output)  # the saved trace keeps the words and their times
 
 
 def test_hostile_audio_through_the_cli(tmp_path):
