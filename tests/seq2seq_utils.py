@@ -49,11 +49,13 @@ COMMON_BART = dict(
     eos_token_id=2,
     decoder_start_token_id=2,
     forced_eos_token_id=2,
+    init_std=0.25,  # far from uniform maps (transformers' 0.02 makes every row nearly flat)
 )
 # Every tiny model, with its features switched on.
 TINY: dict[str, dict[str, Any]] = {
     "t5": dict(COMMON_T5, feed_forward_proj="relu", tie_word_embeddings=True),
     "flan-t5": dict(COMMON_T5, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "mt5": dict(COMMON_T5, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
     "bart": dict(COMMON_BART, scale_embedding=True),
     "mbart": dict(COMMON_BART, scale_embedding=True, forced_bos_token_id=5),
     "marian": dict(
@@ -64,7 +66,7 @@ TINY: dict[str, dict[str, Any]] = {
         share_encoder_decoder_embeddings=True,
     ),
 }
-MODEL_TYPE = {"flan-t5": "t5"}
+MODEL_TYPE = {"flan-t5": "t5", "mt5": "t5"}
 
 
 def model_class(name: str):
@@ -73,6 +75,7 @@ def model_class(name: str):
     return {
         "t5": transformers.T5ForConditionalGeneration,
         "flan-t5": transformers.T5ForConditionalGeneration,
+        "mt5": transformers.MT5ForConditionalGeneration,
         "bart": transformers.BartForConditionalGeneration,
         "mbart": transformers.MBartForConditionalGeneration,
         "marian": transformers.MarianMTModel,
@@ -85,6 +88,7 @@ def config_class(name: str):
     return {
         "t5": transformers.T5Config,
         "flan-t5": transformers.T5Config,
+        "mt5": transformers.MT5Config,
         "bart": transformers.BartConfig,
         "mbart": transformers.MBartConfig,
         "marian": transformers.MarianConfig,
@@ -124,7 +128,7 @@ def build(name: str, directory: Path, seed: int = 0, **overrides: Any) -> Path:
             model.final_logits_bias.normal_(0.0, 0.5)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
-    if name == "flan-t5":
+    if name in ("flan-t5", "mt5"):
         hub_style_untied_head(directory, seed)
     t5 = MODEL_TYPE.get(name, name) == "t5"
     specials = SPECIALS["t5" if t5 else "bart"]
@@ -191,10 +195,11 @@ def reference_generate(directory: Path, src: list[int], **kwargs: Any) -> list[i
     return [int(i) for i in out[0]]
 
 
-def ours(directory: Path, src: list[int], tgt: list[int]) -> dict[str, Any]:
-    """attn_cli's maps per block and logits, through the family's hook."""
+def ours(directory: Path, src: list[int], tgt: list[int], family: Any = None) -> dict[str, Any]:
+    """attn_cli's maps per block and logits, through the family's hook (`family`: another
+    Family than the registry's, for a feature switched off)."""
     cfg = json.loads((directory / "config.json").read_text())
-    fam = family_for(cfg["model_type"])
+    fam = family or family_for(cfg["model_type"])
     assert fam is not None and fam.seq2seq is not None
     w = SafetensorsWeights(directory, fam.anchor, fam.rename)
     fam.check(w, cfg)

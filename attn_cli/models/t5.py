@@ -25,7 +25,7 @@ import numpy as np
 
 from attn_cli.attention import AttentionParams, causal_mask
 from attn_cli.errors import InputError
-from attn_cli.models.args import COUNT, FLAG, POSITIVE, POSITIVE_INT, TEXT, Args, arg
+from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, TEXT, Args, arg
 from attn_cli.models.layers import activation, rms_norm
 from attn_cli.models.registry import Config, Dims, Family, Seq2Seq, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
@@ -54,7 +54,6 @@ class T5Args(Args):
     # transformers 5 writes this (and tie_word_embeddings true) in place of an untied head's
     # tie_word_embeddings: false; None: scale unless tie_word_embeddings is false
     scale_decoder_outputs: bool | None = arg(FLAG, None)
-    decoder_start_token_id: int = arg(COUNT, 0)
 
     @property
     def decoder_depth(self) -> int:

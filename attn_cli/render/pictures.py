@@ -262,14 +262,15 @@ def render_block_grid(
 
 
 def geometry_pair(trace: Trace) -> tuple[TraceStep, TraceStep] | None:
-    """X and the first later step in the same space (Y, then O, then H)."""
+    """X and the first later step in the same space and over the same tokens (Y, then O,
+    then H: an encoder–decoder's source X pairs with the encoder's H, not the decoder's)."""
     xs = trace.steps_named("X")
     if not xs:
         return None
     x = xs[0]
     for name in ("Y", "O", "H"):
         for s in trace.steps_named(name):
-            if s.data.shape == x.data.shape:
+            if s.data.shape == x.data.shape and s.rows == x.rows:
                 return x, s
     return None
 
