@@ -304,3 +304,15 @@ def test_audio_options_are_checked():
     other = attn_cli.load_model(str(FIXTURE.parent / "tiny_gpt2"))
     with pytest.raises(InputError, match="timestamps"):
         other.trace("hi", timestamps=True)
+
+
+def test_whisper_export_validates_against_the_trace_schema():
+    from tests.test_schemas import SCHEMA_PATH, json_of, validator
+
+    wav = str(FIXTURE / "speech.wav")
+    v = validator(SCHEMA_PATH)
+    for doc in json_of(
+        ["explain", wav, "--model", str(FIXTURE), "--generate", "--timestamps", "--json", "-"]
+    ):
+        v.validate(doc)
+        assert doc["config"]["words"] and doc["axes"]["source"]["kind"] == "frames"
