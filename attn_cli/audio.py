@@ -319,8 +319,9 @@ def load(
     sampling_rate: int | None = None,
     param: str = "audio",
 ) -> Audio:
-    """A path (read, windowed) or a 1-D/2-D float array at `sampling_rate` (channels last) ->
-    mono samples at the model's rate, at most one window long."""
+    """A path (read, windowed) or a 1-D/2-D array at `sampling_rate` (channels last; floats
+    in [−1, 1], or PCM integers: int16 / 32768 …) -> mono samples at the model's rate, at most
+    one window long."""
     window = float(feats.chunk_length)
     if isinstance(source, np.ndarray):
         if sampling_rate is None:
@@ -336,7 +337,12 @@ def load(
         x2 = arr.reshape(len(arr), -1)
         _check_header(opt(param), x2.shape[1], sampling_rate, len(x2))
         total = len(x2) / sampling_rate
-        x2 = x2[: int(math.ceil(window * sampling_rate))].astype(np.float32)
+        x2 = x2[: int(math.ceil(window * sampling_rate))]
+        if arr.dtype.kind in "iu":  # PCM integers, scaled as a WAV file's are
+            info = np.iinfo(arr.dtype)
+            middle = 0 if arr.dtype.kind == "i" else (int(info.max) + 1) // 2
+            x2 = (x2.astype(np.float64) - middle) / float(int(info.max) + 1 - middle)
+        x2 = x2.astype(np.float32)
         x, rate, name = _finish(x2, opt(param)), sampling_rate, "the audio"
     elif isinstance(source, str | Path):
         x, rate, total = read(source, window)

@@ -128,6 +128,19 @@ def test_arrays_in(tmp_path):
         audio.load(np.zeros(0), audio.Features(), sampling_rate=16000)
     long = audio.load(np.zeros(16000 * 45, np.float32), audio.Features(), sampling_rate=16000)
     assert len(long.samples) == 480000 and "windowed to its first 30 s" in long.note
+    pcm = np.round(tone(0.5) * 32767).astype(np.int16)  # integers scale as a WAV file's
+    as_int = audio.load(pcm, audio.Features(), sampling_rate=16000).samples
+    assert np.abs(as_int - tone(0.5)).max() < 1e-4
+    u8 = (np.round(tone(0.5) * 127) + 128).astype(np.uint8)
+    assert (
+        np.abs(audio.load(u8, audio.Features(), sampling_rate=16000).samples - tone(0.5)).max()
+        < 1e-2
+    )
+    for bad in (np.array([0.0, np.nan]), np.array([np.inf, 0.0])):
+        with pytest.raises(InputError, match="NaN or infinite"):
+            audio.load(bad, audio.Features(), sampling_rate=16000)
+    with pytest.raises(InputError, match="20 channels"):
+        audio.load(np.zeros((100, 20)), audio.Features(), sampling_rate=16000)
 
 
 @pytest.mark.reference
