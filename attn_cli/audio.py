@@ -455,8 +455,3 @@ def log_mel(samples: np.ndarray, feats: Features) -> np.ndarray:
     logs = np.log10(mel).astype(np.float32)[:, :-1]
     logs = np.maximum(logs, logs.max() - 8.0)
     return ((logs + 4.0) / 4.0).astype(np.float32)
-
-
-def frame_times(frames: int, seconds_per_frame: float) -> list[float]:
-    """The start time of each of `frames` encoder frames, in seconds."""
-    return [round(i * seconds_per_frame, 6) for i in range(frames)]

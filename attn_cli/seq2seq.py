@@ -309,6 +309,12 @@ def seq2seq_trace(
         _, target_ids = tokenize(model.tokenizer, target, special=True)
         if max(target_ids, default=0) >= d.vocab:
             raise InputError(f"token id {max(target_ids)} is outside {model.name}'s vocabulary")
+    if plan.prompt is not None:  # a tokenizer whose template writes the prompt (Whisper's):
+        # its copy is dropped, the plan's prompt (detected language …) comes first instead
+        ours = {*plan.start, *plan.forced.values()}
+        ours.update(t for among in plan.choose_among.values() for t in among)
+        while target_ids and target_ids[0] in ours:
+            target_ids = target_ids[1:]
     prompt = len(plan.start) if plan.prompt is None else plan.prompt
     seq = list(plan.start) + [0] * (prompt - len(plan.start)) + target_ids  # its length
     n_max = max(n_src, len(seq), plan.max_length if generate else 0)

@@ -316,3 +316,29 @@ def test_whisper_export_validates_against_the_trace_schema():
     ):
         v.validate(doc)
         assert doc["config"]["words"] and doc["axes"]["source"]["kind"] == "frames"
+
+
+def test_target_with_whisper_tokenizer_template(tmp_path):
+    """Whisper's tokenizer.json writes <|startoftranscript|><|notimestamps|> … <|endoftext|>
+    around a text: a --target's copy of the prompt is dropped (the plan's prompt, with the
+    detected language, comes first), its <|endoftext|> kept."""
+    import shutil
+
+    from tokenizers import Tokenizer, processors
+
+    import attn_cli
+
+    d = tmp_path / "m"
+    shutil.copytree(FIXTURE, d)
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftranscript|> <|de|> <|transcribe|> <|notimestamps|> $A <|endoftext|>",
+        special_tokens=[(s, tok.token_to_id(s)) for s in
+                        ("<|startoftranscript|>", "<|de|>", "<|transcribe|>", "<|notimestamps|>",
+                         "<|endoftext|>")],
+    )  # fmt: skip
+    tok.save(str(d / "tokenizer.json"))
+    t = attn_cli.load_model(str(d)).trace(str(d / "speech.wav"), target=" the cat")
+    text = tok.encode(" the cat", add_special_tokens=False).ids
+    assert t.token_ids[1] in (302, 303)  # detected, not the template's
+    assert t.token_ids == [301, t.token_ids[1], 305, 306, *text, 300]
