@@ -451,9 +451,7 @@ TimestampsOpt = Annotated[
     typer.Option(
         "--timestamps",
         rich_help_panel="Real checkpoints",
-        help="A speech model (Whisper): when each word of the transcript is spoken, from the "
-        "cross-attention of the model's alignment heads (median filter, dynamic time warping), "
-        "shown on the transcript.",
+        help="Whisper: when each word is spoken.",
     ),
 ]
 LayerOpt = Annotated[
