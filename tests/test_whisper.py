@@ -342,3 +342,35 @@ def test_target_with_whisper_tokenizer_template(tmp_path):
     text = tok.encode(" the cat", add_special_tokens=False).ids
     assert t.token_ids[1] in (302, 303)  # detected, not the template's
     assert t.token_ids == [301, t.token_ids[1], 305, 306, *text, 300]
+
+
+def test_cross_keys_and_values_are_made_once_per_encoder_output():
+    """Greedy decoding reuses each layer's cross-attention keys and values (one projection of
+    the encoder output per layer, not one per token); a new input gets its own."""
+    import attn_cli
+    from attn_cli.models import whisper
+    from attn_cli.records import memory_projections
+
+    m = attn_cli.load_model(str(FIXTURE))
+    calls = []
+
+    def counting(memory, p):
+        calls.append(memory.shape)
+        return memory_projections(memory, p)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(whisper, "memory_projections", counting)
+    try:
+        quiet = m.trace(audio=np.zeros(16000, np.float32), sampling_rate=16000, generate=True)
+        assert len(calls) == 2  # two decoder layers, however many tokens were generated
+        assert len(quiet.token_ids) > 5
+        loud = m.trace(str(FIXTURE / "speech.wav"), generate=True)
+        assert len(calls) == 4
+    finally:
+        mp.undo()
+    fresh = attn_cli.load_model(str(FIXTURE)).trace(str(FIXTURE / "speech.wav"), generate=True)
+    assert loud.token_ids == fresh.token_ids
+    np.testing.assert_array_equal(loud.attention(block="cross"), fresh.attention(block="cross"))
+    assert not np.allclose(
+        quiet.attention(block="cross")[:, :, :5], loud.attention(block="cross")[:, :, :5]
+    )

@@ -22,6 +22,7 @@ greedy until <|endoftext|> or max_length (+ the prompt, within max_target_positi
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from attn_cli.models.layers import gelu_erf, layer_norm
 from attn_cli.models.registry import Config, Dims, Family, Seq2Seq, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
 from attn_cli.narrate import StageContext
-from attn_cli.records import LayerRecord, multi_head_attention
+from attn_cli.records import LayerRecord, memory_projections, multi_head_attention
 from attn_cli.trace import Axis, TraceStep
 
 ANCHOR = "encoder.conv1.weight"
@@ -205,6 +206,31 @@ def embed_target(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
     return tokens + w["decoder.embed_positions.weight"][: len(ids)]
 
 
+class MemoryKV:
+    """Each decoder layer's cross-attention keys and values for one encoder output. Greedy
+    decoding runs the decoder once per token against the same output (1,500 frames for 30 s),
+    so they are made once, and dropped when that output (or the weights) goes away."""
+
+    def __init__(self) -> None:
+        self._enc: weakref.ref | None = None
+        self._w: weakref.ref | None = None
+        self._kv: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(
+        self, w: WeightSource, enc: np.ndarray, layer: int, p: AttentionParams
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self._enc is None or self._enc() is not enc or self._w is None or self._w() is not w:
+            self._kv = {}
+            self._enc = weakref.ref(enc, lambda _: self._kv.clear())
+            self._w = weakref.ref(w)
+        if layer not in self._kv:
+            self._kv[layer] = memory_projections(enc, p)
+        return self._kv[layer]
+
+
+MEMORY_KV = MemoryKV()
+
+
 def decoder(w: WeightSource, x: np.ndarray, enc: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
     a = WhisperArgs.parse(cfg)
     heads = a.decoder_attention_heads
@@ -220,13 +246,15 @@ def decoder(w: WeightSource, x: np.ndarray, enc: np.ndarray, cfg: Config) -> Ite
         )
         assert self_rec.output is not None
         h = x + self_rec.output
+        cross_params = _params(w, p + "encoder_attn.", heads)
         cross = multi_head_attention(
             _norm(w, p + "encoder_attn_layer_norm", h),
-            _params(w, p + "encoder_attn.", heads),
+            cross_params,
             block="cross",
             resid=h,
             memory=enc,
             key_axis=SOURCE,
+            memory_kv=MEMORY_KV.get(w, enc, i, cross_params),
         )
         assert cross.output is not None
         out = _ff(w, p, h + cross.output)
