@@ -282,16 +282,16 @@ class Sound:
     audio: audio.Audio
 
 
-def frame_axis(frames: int) -> Axis:
-    """The encoder's frames as a trace axis: start times, labelled '0.02 s'."""
-    times = [round(i * SECONDS_PER_FRAME, 2) for i in range(frames)]
+def frame_axis(frames: int, seconds: float = SECONDS_PER_FRAME) -> Axis:
+    """The encoder's frames (`seconds` apart) as a trace axis: start times, labelled '0.02 s'."""
+    times = [round(i * seconds, 4) for i in range(frames)]
     return Axis(SOURCE, "frames", [f"{t:.2f} s" for t in times], [(t,) for t in times])
 
 
 def read_source(model: Any, given: Any) -> tuple[Sound, Axis, list[str], str]:
-    """What the user gave (a file's path, an audio.Audio, or (samples, sampling_rate)) ->
-    the log-mel spectrogram of one 30-s window, the frame axis, a note when the audio was
-    windowed, and its name."""
+    """What the user gave (a file's path, or (samples, sampling_rate)) -> the log-mel
+    spectrogram of one 30-s window, the frame axis, a note when the audio was windowed, and
+    its name."""
     feats = audio.load_features(Path(model.path))
     a = WhisperArgs.parse(model.config)
     if feats.feature_size != a.num_mel_bins:
@@ -299,9 +299,7 @@ def read_source(model: Any, given: Any) -> tuple[Sound, Axis, list[str], str]:
             f"{model.name}: preprocessor_config.json makes {feats.feature_size} mel bins, the "
             f"model reads {a.num_mel_bins}"
         )
-    if isinstance(given, audio.Audio):
-        sound = given
-    elif isinstance(given, tuple) and len(given) == 2:
+    if isinstance(given, tuple) and len(given) == 2:
         sound = audio.load(given[0], feats, given[1])
     else:
         sound = audio.load(given, feats)
@@ -312,7 +310,8 @@ def read_source(model: Any, given: Any) -> tuple[Sound, Axis, list[str], str]:
             f"encoder reads {2 * a.max_source_positions}"
         )
     notes = [] if sound.note is None else [sound.note]
-    return Sound(mel, sound), frame_axis(a.max_source_positions), notes, sound.name
+    step = 2 * feats.hop_length / feats.sampling_rate  # the second convolution's stride is 2
+    return Sound(mel, sound), frame_axis(a.max_source_positions, step), notes, sound.name
 
 
 def embed_sound(w: WeightSource, inputs: Any, cfg: Config) -> np.ndarray:
