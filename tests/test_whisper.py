@@ -374,3 +374,23 @@ def test_cross_keys_and_values_are_made_once_per_encoder_output():
     assert not np.allclose(
         quiet.attention(block="cross")[:, :, :5], loud.attention(block="cross")[:, :, :5]
     )
+
+
+def test_timestamps_need_alignment_heads(tmp_path):
+    import json
+    import shutil
+
+    import attn_cli
+    from attn_cli.errors import InputError
+
+    d = tmp_path / "m"
+    shutil.copytree(FIXTURE, d)
+    gen = json.loads((d / "generation_config.json").read_text())
+    for heads, match in ((None, "has no alignment_heads"), ([[5, 0]], "within 2 layers")):
+        if heads is None:
+            gen.pop("alignment_heads", None)
+        else:
+            gen["alignment_heads"] = heads
+        (d / "generation_config.json").write_text(json.dumps(gen))
+        with pytest.raises(InputError, match=match):
+            attn_cli.load_model(str(d)).trace(str(d / "speech.wav"), generate=True, timestamps=True)
