@@ -482,7 +482,9 @@ def record_steps(
         )
 
     steps = [step(i, s, 0, None) for i, s in leading]
-    for h in range(record.heads) if heads is None else heads:
+    # a model whose layers differ in head count (Qwen3-Next's linear and softmax layers) shows
+    # each layer the chosen heads it has
+    for h in range(record.heads) if heads is None else [h for h in heads if h < record.heads]:
         steps += [step(i, s, h, h if numbered else None) for i, s in per_head]
     return steps + [step(i, s, 0, None) for i, s in trailing]
 
@@ -670,13 +672,22 @@ STEP_NAMES = (
     "W_q",
     "W_k",
     "W_v",
+    "c_q",  # DeepSeek's latent attention: the query latent,
+    "c_kv",  # the key/value latent shared by all heads,
+    "k_pe",  # and the one rotary key shared by all heads
     "Q",
     "K",
     "V",
+    "Q_conv",  # Qwen3-Next's linear layers: after the causal convolution
+    "K_conv",
+    "V_conv",
     "Q_norm",
     "K_norm",
     "Q_rot",
     "K_rot",
+    "Q_temp",  # Llama 4's NoPE layers: queries scaled by position (attention temperature tuning)
+    "K_temp",
+    "gates",  # linear layers: each token's decay and write strength
     "W_raw",
     "W_scaled",
     "W_capped",
@@ -684,6 +695,8 @@ STEP_NAMES = (
     "W",
     "sink",  # gpt-oss: each row's mass to the attention sink
     "Y",
+    "gate",  # Qwen3-Next: the output gate, and the heads' outputs through it
+    "Y_gated",
     "Y_concat",
     "W_o",
     "O",

@@ -400,6 +400,11 @@ class Model:
                 trace.steps += narrate.model_layer_steps(
                     layer, i, heads, axes, voice, texts, keep=keep
                 )
+                fewer = min(b.heads for b in layer.blocks)
+                if fewer < d.heads and max(heads) >= fewer:  # Qwen3-Next's softmax layers
+                    trace.notes.append(
+                        f"layer {i} has {fewer} heads (0–{fewer - 1}): it shows only those"
+                    )
             if i >= layers[-1] and not runs_to_end:
                 if family.logits is not None and keep("prediction"):
                     trace.notes.append(

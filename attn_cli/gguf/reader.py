@@ -154,9 +154,26 @@ class GGUFWeights(Mapping[str, np.ndarray]):
             a = a - np.float32(r.shift)
         return a
 
+    def _expert_rows(self, r: Recipe) -> int:
+        """The first row of expert r.expert in its stacked tensor's [rows, row_bytes] view."""
+        info = self._header.tensors[r.sources[0]]
+        return 0 if r.expert is None else r.expert * (info.n_rows // info.shape[0])
+
     def __getitem__(self, name: str) -> np.ndarray:
         r = self._recipe(name)
         infos = [self._header.tensors[s] for s in r.sources]
+        if r.expert is not None:  # one expert: only its rows are dequantised
+            start, shape = self._expert_rows(r), infos[0].shape[1:]
+            return self._gguf_rows(r.sources[0], slice(start, start + shape[0])).reshape(shape)
+        if r.per_head is not None:  # per-head blocks, some stored transposed, joined by head
+            blocks = [
+                self._gguf_rows(s).reshape(i.shape) for s, i in zip(r.sources, infos, strict=True)
+            ]
+            blocks = [
+                b.transpose(0, 2, 1) if t else b for b, t in zip(blocks, r.per_head, strict=True)
+            ]
+            joined = np.concatenate(blocks, axis=1)  # [heads, Σ rows, in]
+            return self._finish(joined.reshape(-1, joined.shape[-1]), r)
         if len(r.sources) == 1 and len(infos[0].ne) > 1:
             # a matrix: select (and reorder) rows before dequantising
             sel: Any = slice(*r.rows) if r.rows is not None else None
@@ -181,14 +198,14 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         n = self.shape(name)[0]
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise InputError(f"{name}: row ids must be in 0..{n - 1}")
-        if len(r.sources) != 1:
+        if len(r.sources) != 1 or r.per_head is not None:
             return self[name][idx]
         src = idx
         if r.unpermute is not None:
             src = unpermute_index(n, r.unpermute)[idx]
         if r.rows is not None:
             src = src + r.rows[0]
-        return self._finish(self._gguf_rows(r.sources[0], src), r)
+        return self._finish(self._gguf_rows(r.sources[0], src + self._expert_rows(r)), r)
 
     def row_blocks(self, name: str, block: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
         """(start, rows[start:start+block]) over a 2-D tensor, e.g. a 262k-row unembedding

@@ -152,6 +152,11 @@ class Spec:
     layer_types: Callable[[Any], list[str]] = lambda args: [FULL] * args.num_hidden_layers
     window: Callable[[Any], int | None] = lambda args: None
     local_theta_key: str | None = None  # Gemma 3's rope_local_base_freq (hub-style configs)
+    # A mixture-of-experts MLP instead of the dense one: mlp(w, layer, x, args, record) -> the
+    # MLP output; it may add stages to the layer's record (the router). mlp_check(w, layer,
+    # args) checks its tensors' shapes. None: the dense MLP.
+    mlp: Callable[..., np.ndarray] | None = None
+    mlp_check: Callable[[WeightSource, int, Any], None] | None = None
 
 
 # llama.cpp's names of a Llama-style layer's tensors (gguf-py's TensorNameMap): HF name under
@@ -271,12 +276,16 @@ def check(spec: Spec, w: WeightSource, args: DecoderArgs, source: str) -> None:
                 expect_shape(w, att + f"{name}_proj.weight", (out, d))
                 if bias["qkv"]:
                     expect_shape(w, att + f"{name}_proj.bias", (out,))
-            expect_shape(w, p + "mlp.gate_proj.weight", (inter, d))
-            expect_shape(w, p + "mlp.up_proj.weight", (inter, d))
         expect_shape(w, att + "o_proj.weight", (d, heads * hd))
         if bias["o"]:
             expect_shape(w, att + "o_proj.bias", (d,))
-        expect_shape(w, p + "mlp.down_proj.weight", (d, inter))
+        if spec.mlp_check is not None:
+            spec.mlp_check(w, i, args)
+        else:
+            if not spec.fused:
+                expect_shape(w, p + "mlp.gate_proj.weight", (inter, d))
+                expect_shape(w, p + "mlp.up_proj.weight", (inter, d))
+            expect_shape(w, p + "mlp.down_proj.weight", (d, inter))
         if spec.post_norm:
             expect_shape(w, p + "post_feedforward_layernorm.weight", (d,))
         if spec.qk_norm:
@@ -405,7 +414,10 @@ def layers(
         else:
             mlp_norm = "pre_feedforward_layernorm" if spec.sandwich else "post_attention_layernorm"
             m = _norm(spec, w, p + mlp_norm + ".weight", h, eps)
-        ff = _mlp(spec, w, p + "mlp.", m, act, bias["mlp"])
+        if spec.mlp is None:
+            ff = _mlp(spec, w, p + "mlp.", m, act, bias["mlp"])
+        else:
+            ff = spec.mlp(w, i, m, args, record)
         if spec.sandwich or spec.post_norm:
             ff = _norm(spec, w, p + "post_feedforward_layernorm.weight", ff, eps)
         out = h + ff

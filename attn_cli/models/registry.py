@@ -94,6 +94,26 @@ class GGUFTable:
     norm_shift: float = 0.0  # every *norm.weight stored as shift + w (Gemma: 1 + w)
     fused_qkv: bool = False  # the HF model has one qkv_proj (Phi-3)
     qk_norm_full: bool = False  # q/k norms over all heads at once, H·head_dim wide (OLMo 2)
+    # A mixture of experts stacked in one GGUF tensor [experts, out, in] per projection: HF name
+    # of one expert's matrix under model.layers.{i}. ({e}: its number) -> the GGUF name under
+    # blk.{i}.; the number of experts is config num_experts (or num_local_experts)
+    experts: Mapping[str, str] = field(default_factory=dict)
+    # Reads only the files of its architecture with {arch}.expert_count > 0 (Mixtral, which
+    # llama.cpp stores as "llama"); the architecture's other table reads the rest.
+    with_experts: bool = False
+    # per layer: HF name -> GGUF tensors stored per head, each (heads, rows, in), or (heads,
+    # in, rows) where flagged (stored transposed), joined head by head into one matrix; used
+    # when the file has no other source of the HF name (DeepSeek's kv_b_proj from attn_k_b
+    # and attn_v_b)
+    per_head_tensors: Mapping[str, tuple[tuple[str, bool], ...]] = field(default_factory=dict)
+    # The table names every attention tensor itself (no attn_q/k/v), the file's key and value
+    # lengths are its own to read (adapt), and `shape` gives the HF shapes of the tensors the
+    # generic rule does not know, None for the rest (DeepSeek's latent attention, experts)
+    own_attention: bool = False
+    shape: Callable[[str, Mapping[str, Any]], tuple[int, ...] | None] | None = None
+    # The HF model_type when the metadata decides it (DeepSeek: V2 or V3 by the gating
+    # function), from the whole metadata; None: always `model_type`
+    model_type_of: Callable[[Mapping[str, Any]], str] | None = None
     # What no table can say (values that depend on several keys, config from tensors):
     # adapt(metadata reader, config being built), see gguf/to_hf.py's MetadataReader.
     adapt: Callable[[Any, dict[str, Any]], None] | None = None
@@ -230,5 +250,20 @@ def family_for(model_type: str) -> Family | None:
 @cache
 def gguf_tables() -> dict[str, GGUFTable]:
     """GGUF general.architecture -> its table, from every family."""
+    return {t.arch: t for t in _all_gguf_tables() if not t.with_experts}
+
+
+def _all_gguf_tables() -> list[GGUFTable]:
     unique = {id(f): f for f in families().values()}.values()
-    return {t.arch: t for family in unique for t in family.gguf}
+    return [t for family in unique for t in family.gguf]
+
+
+def gguf_table(arch: str, meta: Mapping[str, Any]) -> GGUFTable | None:
+    """The table that reads a file of this architecture: the one for files with experts when
+    its metadata counts some ({arch}.expert_count) and the architecture has one."""
+    count = meta.get(f"{arch}.expert_count")
+    if isinstance(count, int | np.integer) and not isinstance(count, bool) and count > 0:
+        moe = [t for t in _all_gguf_tables() if t.arch == arch and t.with_experts]
+        if moe:
+            return moe[0]
+    return gguf_tables().get(arch)
