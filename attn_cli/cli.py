@@ -446,6 +446,14 @@ MaxLengthOpt = Annotated[
         help="With --generate: at most N decoder tokens, the start token included.",
     ),
 ]
+TimestampsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--timestamps",
+        rich_help_panel="Real checkpoints",
+        help="Whisper: when each word is spoken.",
+    ),
+]
 LayerOpt = Annotated[
     str | None,
     typer.Option(
@@ -613,6 +621,7 @@ def explain(
     target: TargetOpt = None,
     generate: GenerateOpt = False,
     max_length: MaxLengthOpt = None,
+    timestamps: TimestampsOpt = False,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     json_out: JsonOpt = None,
@@ -663,7 +672,7 @@ def explain(
         if position is not None and "lens" not in (method or "") and model is not None:
             patch, position = _patch_position(position), None  # a picture's patch: R,C
         methods = _method_args(method, position, top_k, model)
-        seq2seq = _seq2seq_args(target, generate, max_length, model)
+        seq2seq = _seq2seq_args(target, generate, max_length, model, timestamps)
         if model is None:
             texts = read_texts(text, sys.stdin)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
@@ -693,15 +702,21 @@ def explain(
 
 
 def _seq2seq_args(
-    target: str | None, generate: bool, max_length: int | None, model: str | None
+    target: str | None,
+    generate: bool,
+    max_length: int | None,
+    model: str | None,
+    timestamps: bool = False,
 ) -> dict:
-    """--target/--generate/--max-length as Model.traces keywords (only those given, so a
-    model that is not an encoder–decoder one is refused only when they are)."""
+    """--target/--generate/--max-length/--timestamps as Model.traces keywords (only those
+    given, so a model that is not an encoder–decoder one is refused only when they are)."""
     from attn_cli.errors import InputError
 
     args: dict[str, Any] = {}
-    if model is None and (target is not None or generate or max_length is not None):
-        raise InputError("--target, --generate and --max-length apply with --model")
+    if model is None and (target is not None or generate or max_length is not None or timestamps):
+        raise InputError("--target, --generate, --max-length and --timestamps apply with --model")
+    if timestamps:
+        args["timestamps"] = True
     if target is not None:
         args["target"] = target
     if generate:

@@ -100,6 +100,9 @@ class Model:
         target: str | None = None,
         generate: bool = False,
         max_length: int | None = None,
+        audio: Any = None,
+        sampling_rate: int | None = None,
+        timestamps: bool = False,
         **method_options: Any,
     ) -> Trace:
         """Run `text` through the model; keep the steps of the chosen layers and heads.
@@ -114,7 +117,17 @@ class Model:
         target, generate: for an encoder–decoder model (T5, BART, Marian …), the target text
         fed to the decoder (teacher forcing), or generate=True to decode greedily as the
         model's generation config says (max_length: the decoder's length at most).
+        audio, sampling_rate: for a speech model (Whisper), the sound: a file's path (also
+        accepted as `text`: WAV, or FLAC/MP3/Ogg with soundfile) or an array of samples at
+        `sampling_rate` Hz; timestamps=True adds each word's time (from the cross-attention
+        of the model's alignment heads).
         """
+        if audio is not None:
+            if text is not None or image is not None:
+                raise InputError(f"{opt('text')} and {opt('audio')}: give one of them")
+            text = audio if sampling_rate is None else (audio, sampling_rate)
+        elif sampling_rate is not None:
+            raise InputError(f"{opt('sampling_rate')} applies with {opt('audio')}")
         if image is not None:
             if text is not None:
                 raise InputError(f"{opt('text')} and {opt('image')}: give one of them")
@@ -133,6 +146,7 @@ class Model:
                     target=target,
                     generate=generate,
                     max_length=max_length,
+                    timestamps=timestamps,
                     **method_options,
                 )
             )
@@ -149,13 +163,14 @@ class Model:
         target: str | None = None,
         generate: bool = False,
         max_length: int | None = None,
+        timestamps: bool = False,
         **method_options: Any,
     ) -> Iterator[Trace]:
         """One trace per text, computed as consumed; the options are checked now."""
         layer_list, head_list = self.select(layers, heads)
         keep = step_filter(parse_steps(steps))
         self._check_pair(pair)
-        seq2seq = self._check_seq2seq(target, generate, max_length, methods)
+        seq2seq = self._check_seq2seq(target, generate, max_length, methods, timestamps)
         options = None
         if methods:
             select_methods(methods, self.parts())  # a method this model cannot run: refused now
@@ -199,7 +214,7 @@ class Model:
         pair: str | None,
         methods: str | Sequence[str] | None,
         options: Any,
-        seq2seq: tuple[str | None, bool, int | None] | None = None,
+        seq2seq: tuple[str | None, bool, int | None, bool] | None = None,
     ) -> Iterator[Trace]:
         """The traces, one at a time, with a progress line on a terminal's stderr for work
         that takes more than about a second (per input, and per layer within it)."""
@@ -207,7 +222,11 @@ class Model:
         def one(text: str, bar: Progress) -> Trace:
             with threads_for_free_cores():  # spinning BLAS threads slow a loaded machine down
                 if seq2seq is not None:
-                    return seq2seq_trace(self, text, layers, heads, keep, *seq2seq, bar=bar)
+                    target, generate, max_length, timestamps = seq2seq
+                    return seq2seq_trace(
+                        self, text, layers, heads, keep, target, generate, max_length, bar,
+                        timestamps,
+                    )  # fmt: skip
                 return self._trace(text, layers, heads, keep, pair, methods, options, bar)
 
         return stream(self.name, texts, one)
@@ -223,10 +242,15 @@ class Model:
         generate: bool,
         max_length: int | None,
         methods: str | Sequence[str] | None,
-    ) -> tuple[str | None, bool, int | None] | None:
+        timestamps: bool = False,
+    ) -> tuple[str | None, bool, int | None, bool] | None:
         """An encoder–decoder model's target options (None for other models), checked."""
         if self.family.seq2seq is None:
-            for name, value in (("target", target), ("generate", generate or None)):
+            for name, value in (
+                ("target", target),
+                ("generate", generate or None),
+                ("timestamps", timestamps or None),
+            ):
                 if value is not None:
                     raise InputError(
                         f"{opt(name)}: {self.name} ({self.family.name}) is not an "
@@ -255,7 +279,12 @@ class Model:
             raise InputError(
                 f"{opt('max_length', max_length)}: a positive number, with {opt('generate')}"
             )
-        return target, generate, max_length
+        if timestamps and self.family.seq2seq.words is None:
+            raise InputError(
+                f"{opt('timestamps')}: word times are for speech models (Whisper); {self.name} is "
+                f"{self.family.name}"
+            )
+        return target, generate, max_length, bool(timestamps)
 
     def _check_pair(self, pair: str | None) -> None:
         if pair is None:

@@ -149,6 +149,7 @@ def multi_head_attention(
     bias: np.ndarray | None = None,
     memory: np.ndarray | None = None,
     key_axis: str | None = None,
+    memory_kv: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AttentionRecord:
     """Self-attention over `axis`, every step recorded: X (or `inputs`), Q, K, V, the hook's
     q/k stages (Q_norm, K_rot …), W_raw, W_scaled, (W_biased), (W_capped), (W_masked), W, Y;
@@ -157,6 +158,8 @@ def multi_head_attention(
 
     Cross-attention: `memory` (n_key, d), the vectors the keys and values are made from (an
     encoder's output), over `key_axis` ("source"); the queries still come from x over `axis`.
+    `memory_kv`: its keys and values already made, (KV, m, d_k) and (KV, m, d_v) (a decoder
+    run once per generated token reuses them).
 
     `parameters` also records what the Q/K/V pipeline shows: each head's W_q, W_k, W_v, and
     Y_concat (several heads), W_o and O.
@@ -180,8 +183,10 @@ def multi_head_attention(
     else:
         rec.add("X_source", memory, rows=KEY)
         q = att.split_heads(att.linear(x, p.w_q, p.b_q), p.heads)  # [n, d] -> [H, n, d_k]
-        k = att.split_heads(att.linear(memory, p.w_k, p.b_k), p.kv)  # [m, d] -> [KV, m, d_k]
-        v = att.split_heads(att.linear(memory, p.w_v, p.b_v), p.kv)  # [m, d] -> [KV, m, d_v]
+        if memory_kv is None:
+            k, v = memory_projections(memory, p)
+        else:
+            k, v = memory_kv
     d_k = q.shape[-1]
     rec.add("Q", q, heads=QUERY_HEADS, cols=Dims("q"))
     rec.add("K", k, heads=KV_HEADS, rows=KEY, cols=Dims("k"))
@@ -219,6 +224,13 @@ def multi_head_attention(
             rec.add("W_o", p.w_o, "parameters", None, concat if p.heads > 1 else Dims("v"))
             rec.add("O", o)
     return rec
+
+
+def memory_projections(memory: np.ndarray, p: att.AttentionParams) -> tuple[np.ndarray, np.ndarray]:
+    """A cross-attention's keys and values, made from `memory` (n_key, d)."""
+    k = att.split_heads(att.linear(memory, p.w_k, p.b_k), p.kv)  # [m, d] -> [KV, m, d_k]
+    v = att.split_heads(att.linear(memory, p.w_v, p.b_v), p.kv)  # [m, d] -> [KV, m, d_v]
+    return k, v
 
 
 def toy_attention(x: np.ndarray, scale: bool = False, axis: str = TOKENS) -> AttentionRecord:

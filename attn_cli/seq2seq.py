@@ -15,7 +15,7 @@ cross-attention "cross" (rows: target tokens, columns: source positions).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from attn_cli.methods.lens import lens_steps, logit_lens
 from attn_cli.models.args import COUNT, check
 from attn_cli.models.registry import Family, Seq2Seq
 from attn_cli.readable import readable_tokens
-from attn_cli.records import TOKENS
+from attn_cli.records import TOKENS, LayerRecord
 from attn_cli.tokenizer import tokenize
 from attn_cli.trace import MODEL, Axis, Trace, TraceStep, dim_labels, token_labels
 
@@ -52,6 +52,13 @@ class Plan:
     begin_suppress: tuple[int, ...] = ()  # not chosen at the first generated position
     no_repeat_ngram: int = 0  # an n-gram is never repeated (BART's no_repeat_ngram_size)
     notes: list[str] = field(default_factory=list)
+    # position -> the only tokens that may be chosen there (Whisper's language detection: the
+    # likeliest language token after the start token, from the raw logits)
+    choose_among: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # The decoder's prompt, when it runs past `start` (forced or chosen positions): its length.
+    # It is decoded first for a teacher-forced target too; the first generated position (for
+    # begin_suppress) follows it. None: the prompt is `start`.
+    prompt: int | None = None
 
 
 def _ids(value: Any) -> list[int]:
@@ -165,6 +172,9 @@ def choose(logits: np.ndarray, seq: list[int], plan: Plan, first: int) -> int:
     cur = len(seq)
     if cur in plan.forced:
         return plan.forced[cur]
+    if cur in plan.choose_among:
+        among = sorted(plan.choose_among[cur])
+        return among[int(np.argmax(logits[among]))]
     if plan.forced_eos is not None and cur == plan.max_length - 1:
         return plan.forced_eos
     scores = logits.astype(np.float64, copy=True)
@@ -183,12 +193,23 @@ def choose(logits: np.ndarray, seq: list[int], plan: Plan, first: int) -> int:
     return int(np.argmax(scores))
 
 
-def encode(family: Family, w: Any, inputs: Any, cfg: Mapping[str, Any]) -> tuple[np.ndarray, list]:
-    """The encoder's output (n_source, d) and its LayerRecords."""
+def encode(
+    family: Family,
+    w: Any,
+    inputs: Any,
+    cfg: Mapping[str, Any],
+    each: Callable[[int, LayerRecord], None] | None = None,
+) -> tuple[np.ndarray, list]:
+    """The encoder's output (n_source, d) and its LayerRecords; with `each`, every layer's
+    record is handed to it as it is made and not kept (so the stages nobody keeps are freed
+    layer by layer: a 30-s Whisper encoder's scores are 1,500² per head)."""
     h = family.embed(w, inputs, cfg)
     records = []
-    for layer in family.layers(w, h, cfg):
-        records.append(layer)
+    for i, layer in enumerate(family.layers(w, h, cfg)):
+        if each is None:
+            records.append(layer)
+        else:
+            each(i, layer)
         h = layer.out
     return family.final(w, h, cfg), records
 
@@ -213,17 +234,23 @@ def greedy(
     cfg: Mapping[str, Any],
     plan: Plan,
     bar: Any = None,
+    stop: int | None = None,
 ) -> tuple[list[int], str]:
     """Greedy decoding: the start tokens, then the best next token until an eos or
-    max_length; returns the whole sequence and why it stopped ("eos" or "max_length")."""
+    max_length; returns the whole sequence and why it stopped ("eos" or "max_length").
+    `stop`: generate only this many tokens (the prompt of a teacher-forced target)."""
     seq = list(plan.start)
-    first = len(seq)
-    while len(seq) < plan.max_length:
+    first = len(seq) if plan.prompt is None else plan.prompt
+    end = plan.max_length if stop is None else stop
+    while len(seq) < end:
         if bar is not None:
             bar.phase(f"generating token {len(seq) - first + 1}")
-        out, _ = decode(s2s, w, seq, enc, cfg)
-        logits = s2s.logits(w, out[-1:], cfg)[0]
-        seq.append(choose(logits, seq, plan, first))
+        if len(seq) in plan.forced:  # put there by the plan: no forward pass needed
+            seq.append(plan.forced[len(seq)])
+        else:
+            out, _ = decode(s2s, w, seq, enc, cfg)
+            logits = s2s.logits(w, out[-1:], cfg)[0]
+            seq.append(choose(logits, seq, plan, first))
         if seq[-1] in plan.eos:
             return seq, "eos"
     return seq, "max_length"
@@ -247,20 +274,22 @@ def seq2seq_trace(
     generate: bool,
     max_length: int | None = None,
     bar: Any = None,
+    timestamps: bool = False,
 ) -> Trace:
     """`model` (a pretrained.Model of an encoder–decoder family) on `source`, with `target`
-    teacher-forced or a greedily generated one."""
+    teacher-forced or a greedily generated one. `timestamps`: the family's word times
+    (Whisper) as a step."""
 
     family, cfg, d, w = model.family, model.config, model.dims, model.weights
     s2s = family.seq2seq
     assert s2s is not None
     source_ids: list[int] | None = None
+    source_notes: list[str] = []
     if s2s.read_source is None:
         inputs, src_axis, source_ids = _text_source(model, source)
         name = source
     else:
-        inputs, src_axis = s2s.read_source(model, source)
-        name = source if isinstance(source, str) else type(source).__name__
+        inputs, src_axis, source_notes, name = s2s.read_source(model, source)
     if source_ids is not None:
         if d.max_positions is not None and len(source_ids) > d.max_positions:
             raise InputError(
@@ -275,13 +304,19 @@ def seq2seq_trace(
         plan = s2s.plan(cfg, gen, plan)
     n_src = len(src_axis.labels)
     n_dec = s2s.decoder_layers(cfg)
+    target_ids: list[int] = []
     if target is not None:
         _, target_ids = tokenize(model.tokenizer, target, special=True)
-        seq = plan.start + target_ids
-        if max(seq) >= d.vocab:
-            raise InputError(f"token id {max(seq)} is outside {model.name}'s vocabulary")
-    else:
-        seq = list(plan.start)
+        if max(target_ids, default=0) >= d.vocab:
+            raise InputError(f"token id {max(target_ids)} is outside {model.name}'s vocabulary")
+    if plan.prompt is not None:  # a tokenizer whose template writes the prompt (Whisper's):
+        # its copy is dropped, the plan's prompt (detected language …) comes first instead
+        ours = {*plan.start, *plan.forced.values()}
+        ours.update(t for among in plan.choose_among.values() for t in among)
+        while target_ids and target_ids[0] in ours:
+            target_ids = target_ids[1:]
+    prompt = len(plan.start) if plan.prompt is None else plan.prompt
+    seq = list(plan.start) + [0] * (prompt - len(plan.start)) + target_ids  # its length
     n_max = max(n_src, len(seq), plan.max_length if generate else 0)
     kinds = sum(keep(k) for k in ("W_raw", "W_scaled", "W_biased", "W_masked", "W"))
     need = memory.model_bytes(
@@ -300,10 +335,30 @@ def seq2seq_trace(
     )
     if bar is not None:
         bar.phase("encoding the source")
-    enc, enc_records = encode(family, w, inputs, cfg)
+    voice = narrate.Voice(teaching=False)
+    texts = {
+        **family.stage_texts,
+        "X": narrate.layer_input(family.wording.x_formula, family.wording.x_description),
+    }
+    wanted, all_heads = set(layers), len(heads) == d.heads
+    enc_steps: list[TraceStep] = []
+
+    def narrate_layer(i: int, layer: LayerRecord, axes: Mapping[str, Axis]) -> list[TraceStep]:
+        if i not in wanted:
+            return []
+        n_heads = min(b.heads for b in layer.blocks)  # the decoder's may differ
+        chosen = list(range(n_heads)) if all_heads else [h for h in heads if h < n_heads]
+        return narrate.model_layer_steps(layer, i, chosen, axes, voice, texts, keep=keep)
+
+    def encoder_steps(i: int, layer: LayerRecord) -> None:
+        enc_steps.extend(narrate_layer(i, layer, {SOURCE: src_axis}))
+
+    enc, _ = encode(family, w, inputs, cfg, encoder_steps)
     stopped = None
     if generate:
         seq, stopped = greedy(s2s, w, enc, cfg, plan, bar)
+    else:  # the prompt's forced or chosen tokens, then the target
+        seq = greedy(s2s, w, enc, cfg, plan, bar, stop=prompt)[0] + target_ids
     out, dec_records = decode(s2s, w, seq, enc, cfg)
 
     raw = [model.tokenizer.id_to_token(int(i)) or f"<{i}>" for i in seq]
@@ -338,23 +393,12 @@ def seq2seq_trace(
     if family.describe is not None:
         config["architecture"] = family.describe(cfg)
     trace = Trace(config["source"], tokens, seq, config, raw_tokens=raw if raw != tokens else None)
-    trace.notes += plan.notes
+    trace.notes += source_notes + plan.notes
     trace.axes[TOKENS] = Axis(TOKENS, "text", labels)
     trace.axes[SOURCE] = src_axis
-    voice = narrate.Voice(teaching=False)
-    texts = {
-        **family.stage_texts,
-        "X": narrate.layer_input(family.wording.x_formula, family.wording.x_description),
-    }
-    wanted, all_heads = set(layers), len(heads) == d.heads
-    for stack in (enc_records, dec_records):
-        for i, layer in enumerate(stack):
-            if i in wanted:
-                n_heads = min(b.heads for b in layer.blocks)  # the decoder's may differ
-                chosen = list(range(n_heads)) if all_heads else [h for h in heads if h < n_heads]
-                trace.steps += narrate.model_layer_steps(
-                    layer, i, chosen, trace.axes, voice, texts, keep=keep
-                )
+    trace.steps += enc_steps
+    for i, layer in enumerate(dec_records):
+        trace.steps += narrate_layer(i, layer, trace.axes)
     if every and keep("H"):
         final = narrate.final_step(out, labels, family.wording.final)
         trace.steps.append(replace(final, block="decoder"))
@@ -372,6 +416,11 @@ def seq2seq_trace(
                 row_axis=SOURCE,
             )
         )
+    if timestamps:
+        assert s2s.words is not None
+        steps, extra = s2s.words(model, inputs, seq, prompt, dec_records, gen)
+        trace.steps += steps
+        config.update(extra)
     if keep("prediction"):
         trace.steps += _prediction(model, s2s, out, labels)
     return trace

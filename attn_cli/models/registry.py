@@ -161,13 +161,17 @@ class Seq2Seq:
     # the decoder's final hidden states -> logits over the vocabulary (n_target, vocab)
     logits: Callable[[WeightSource, np.ndarray, Config], np.ndarray]
     # Sources that are not text (Whisper's audio): (model, what the user gave) -> the encoder
-    # inputs and the source axis (trace.Axis: its labels, kind "frames", coords); None: text,
-    # tokenised by the checkpoint's tokenizer.json.
-    read_source: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    # inputs, the source axis (trace.Axis: its labels, kind "frames", coords), notes for the
+    # trace (audio windowed to 30 s …) and the source's name; None: text, tokenised by the
+    # checkpoint's tokenizer.json.
+    read_source: Callable[[Any, Any], tuple[Any, Any, list[str], str]] | None = None
     # Generation beyond generation_config.json's standard fields (Whisper's task/language
     # prompt, suppressed tokens …): (config, generation config, plan) -> the plan to use
     # (seq2seq.Plan); None: the standard fields only.
     plan: Callable[[Config, Mapping[str, Any], Any], Any] | None = None
+    # Word times (Whisper's timestamps=True): (model, encoder inputs, decoder sequence, prompt
+    # length, decoder LayerRecords, generation config) -> (trace steps, config entries).
+    words: Callable[..., tuple[list[Any], dict[str, Any]]] | None = None
     # What a source position is called in the steps' words ("source token", "audio frame").
     source_words: str = "source token"
 
