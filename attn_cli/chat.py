@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from attn_cli.errors import InputError
+from attn_cli.gguf import open_gguf
 
 # The special tokens transformers passes to a template (its special_tokens_map).
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
@@ -37,8 +38,6 @@ def template_of(model: Any) -> tuple[str, dict[str, str]]:
     """The model's chat template and its special tokens by name (bos_token …); an InputError
     when it has none."""
     if model.path.is_file():  # a GGUF file
-        from attn_cli.gguf import open_gguf
-
         meta = open_gguf(model.path).metadata
         template = meta.get("tokenizer.chat_template")
         tokens = meta.get("tokenizer.ggml.tokens") or []

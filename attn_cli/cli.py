@@ -751,15 +751,14 @@ def generate(
             "all" if layer is None else layer, "all" if head is None else head,
         )  # fmt: skip
         console = make_console(color=color, width=width, stderr=json_out == "-")
-        if json_out == "-":
-            console.file = sys.stderr
+        status = make_console(color=color, width=width, stderr=True)
         stream.header(console, g)
         try:
             for token in g:
                 stream.token_line(console, token)
         except KeyboardInterrupt:
             g.stopped = "interrupted"
-        stream.footer(console, g)
+        stream.footer(console, status, g)
         shown = None if json_out == "-" else views
         _emit([g.trace()], shown, _display(locals() | {"top_k": 3}), json_out)
 

@@ -18,6 +18,8 @@ every token for each new one: the same numbers, slower (a note says so).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ import numpy as np
 
 from attn_cli.blas import one_thread_when_busy
 from attn_cli.errors import InputError, opt
+from attn_cli.gguf import open_gguf
 from attn_cli.kvcache import KVCache
 from attn_cli.options import Selection
 from attn_cli.readable import readable_tokens
@@ -53,7 +56,7 @@ class NewToken:
     probability: float  # the model's probability for it (softmax of the logits, temperature 1)
     runners_up: list[tuple[str, float]]  # the next likeliest tokens and their probabilities
     # The tokens the pass that wrote it attended to most (mean over the kept layers and heads),
-    # the first token left out (most heads park attention there): (position, token, weight)
+    # the first token left out (most heads park attention there): (position, label, weight)
     attended: list[tuple[int, str, float]]
 
 
@@ -184,15 +187,9 @@ class Generation:
         path = self.model.path
         gen = path / "generation_config.json" if path.is_dir() else None
         if gen is not None and gen.is_file():
-            import json
-
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 sources.append(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
-            except (OSError, ValueError):
-                pass
         if path.is_file():
-            from attn_cli.gguf import open_gguf
-
             meta = open_gguf(path).metadata
             sources += [meta.get("tokenizer.ggml.eos_token_id")]
             sources += [meta.get("tokenizer.ggml.eot_token_id")]
@@ -267,22 +264,23 @@ class Generation:
         m = self.model
         p = softmax(logits)
         order = np.argsort(-p, kind="stable")[: RUNNERS_UP + 1]
-        runners = [(m._candidate_text(int(i)), float(p[i])) for i in order if i != token_id]
+        others = [int(i) for i in order if i != token_id][:RUNNERS_UP]
+        shown = readable_tokens(self._raw([token_id, *others]), m._token_style)
         row = self._rows[-1].mean(axis=(0, 1))  # where the pass that wrote it looked
-        n_keys = len(row)
-        raw = self.prompt_raw + self._raw(self.new_ids)
-        shown = readable_tokens(raw, m._token_style)
-        top = [j for j in np.argsort(-row[1:], kind="stable")[:ATTENDED] + 1 if j < n_keys]
+        labels = token_labels(
+            readable_tokens(self.prompt_raw + self._raw(self.new_ids), m._token_style)
+        )
+        top = np.argsort(-row[1:], kind="stable")[:ATTENDED] + 1
         piece = m.tokenizer.id_to_token(token_id) or ""
         return NewToken(
             index=len(self.new_ids),
             id=token_id,
-            token=readable_tokens([piece], m._token_style)[0],
+            token=shown[0],
             text=str(m.tokenizer.decode([token_id], skip_special_tokens=False)),
             special=piece in m._token_style.special,
             probability=float(p[token_id]),
-            runners_up=runners[:RUNNERS_UP],
-            attended=[(int(j), shown[j], float(row[j])) for j in top],
+            runners_up=[(t, float(p[i])) for t, i in zip(shown[1:], others, strict=True)],
+            attended=[(int(j), labels[j], float(row[j])) for j in top if j < len(row)],
         )
 
     def _raw(self, ids: list[int]) -> list[str]:

@@ -43,21 +43,27 @@ def header(console: Console, g: Any) -> None:
 def token_line(console: Console, t: Any) -> None:
     """One new token: its number, the token, its probability, the runners-up, where it looked."""
     line = Text(f"{t.index:>4} ", style=DIM)
-    line.append(f"{printable(t.token):<14}", style=SPECIAL if t.special else TOKEN)
+    line.append(f"{printable(t.token):<12}", style=SPECIAL if t.special else TOKEN)
     line.append(f" {_percent(t.probability)}")
-    others = "  ".join(f"{printable(c)} {100 * p:.1f}%" for c, p in t.runners_up)
+    others = " · ".join(f"{printable(c)} {_short(p)}" for c, p in t.runners_up)
     line.append(f"  ({others})" if others else "", style=DIM)
-    looked = "  ".join(f"{printable(tok)}@{j} {w:.2f}" for j, tok, w in t.attended)
+    looked = " · ".join(f"{label} {w:.2f}" for _, label, w in t.attended)
     line.append("  ← " + looked if looked else "")
     console.print(line, overflow="ellipsis", no_wrap=True)
 
 
-def footer(console: Console, g: Any) -> None:
-    """The answer as text, why generation stopped, and the speed."""
+def _short(p: float) -> str:
+    return f"{100 * p:.0f}%" if p >= 0.095 else f"{100 * p:.1f}%"
+
+
+def footer(console: Console, status: Console, g: Any) -> None:
+    """The answer as text; why generation stopped and the speed (on `status`: stderr, as
+    timings differ from run to run)."""
     n = len(g.new_ids)
     rate = n / g.seconds if g.seconds > 0 else 0.0
     console.print(Text("answer: ", style=DIM) + Text(printable(g.answer()).replace("\\x0a", "\n")))
-    console.print(
+    console.file.flush()
+    status.print(
         Text(
             f"{n} new token{'s' if n != 1 else ''} in {g.seconds:.2f} s ({rate:.1f}/s), stopped: "
             f"{g.stopped}{'' if g.cached else ' (no key/value cache: a full pass per token)'}",
