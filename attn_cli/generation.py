@@ -263,7 +263,8 @@ class Generation:
     def _new_token(self, token_id: int, logits: np.ndarray) -> NewToken:
         m = self.model
         p = softmax(logits)
-        order = np.argsort(-p, kind="stable")[: RUNNERS_UP + 1]
+        best = np.argpartition(-p, RUNNERS_UP)[: RUNNERS_UP + 1]  # the likeliest, unordered
+        order = best[np.argsort(-p[best], kind="stable")]
         others = [int(i) for i in order if i != token_id][:RUNNERS_UP]
         shown = readable_tokens(self._raw([token_id, *others]), m._token_style)
         row = self._rows[-1].mean(axis=(0, 1))  # where the pass that wrote it looked
