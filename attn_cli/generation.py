@@ -12,8 +12,8 @@ those positions, and the rows transformers' generate(output_attentions=True) ret
 
 The prompt runs once; each new token then costs one row of attention per head with a key/value
 cache (kvcache.KVCache), for the families whose `layers` offers `with_cache` (the Llama-style
-decoders of models/_decoder.py). Any other decoder generates by re-running the full pass over
-every token for each new one: the same numbers, slower (a note says so).
+decoders of models/_decoder.py, gpt-oss). Any other decoder (GPT-2) generates by re-running the
+full pass over every token for each new one: the same numbers, slower (a note says so).
 """
 
 from __future__ import annotations

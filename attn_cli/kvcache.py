@@ -7,12 +7,17 @@ are exactly those a full pass over prompt + answer computes for the new position
 positions for the rotary embedding, the same causal and sliding-window masks (restricted to
 the new rows), the same scale and caps.
 
-A family supports it by accepting a `KVCache` in its forward pass (Family.cached_layers); the
-attention of a layer is then `KVCache.attention` (the standard recipe) or its own code calling
-`KVCache.extend`.
+A family supports it with a forward pass that takes a `KVCache` (`layers(w, x, cfg, cache)`),
+given to the Family as `CachedLayers(layers)`: generation finds `with_cache` on it. A layer's
+attention is then `KVCache.attention` (the standard recipe) or the family's own code calling
+`KVCache.extend`. The family's `embed` must not depend on positions (rotary models): the new
+tokens are embedded alone.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +30,7 @@ from attn_cli.records import (
     TOKENS,
     AttentionRecord,
     Dims,
+    LayerRecord,
 )
 
 
@@ -110,3 +116,18 @@ class KVCache:
             d_k=q.shape[-1],
         )
         return rec
+
+
+class CachedLayers:
+    """A Family's `layers` whose function also takes a KVCache: called as usual it is the full
+    pass; `with_cache` runs it over new tokens only. A family that replaces `layers` with a
+    plain function loses `with_cache`, so generation falls back to full passes for it."""
+
+    def __init__(self, run: Callable[..., Iterator[LayerRecord]]) -> None:
+        self.run = run
+
+    def __call__(self, w: Any, x: np.ndarray, cfg: Any) -> Iterator[LayerRecord]:
+        return self.run(w, x, cfg)
+
+    def with_cache(self, w: Any, x: np.ndarray, cfg: Any, cache: KVCache) -> Iterator[LayerRecord]:
+        return self.run(w, x, cfg, cache)

@@ -53,8 +53,9 @@ LLAMA_CPP = f"""
 import sys, json, time
 sys.path.insert(0, {str(ROOT)!r})
 from tests.llama_cpp_safe import load_llama
-path, ids = sys.argv[1], json.loads(sys.argv[2])
-llm = load_llama(model_path=path, n_ctx=256, n_batch=256, verbose=False)
+path, ids, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+extra = {{"n_threads": threads, "n_threads_batch": threads}} if threads else {{}}
+llm = load_llama(model_path=path, n_ctx=256, n_batch=256, verbose=False, **extra)
 t0 = time.perf_counter()
 out = []
 for token in llm.generate(ids, top_k=1, temp=0.0, reset=True):
@@ -66,8 +67,8 @@ print(json.dumps({{"seconds": seconds, "ids": out, "prompt": len(ids)}}))
 """
 
 
-def run_child(cmd: list[str]) -> tuple[dict, int]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict, int]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -80,7 +81,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", dest="json_out", help="also write the figures as JSON here")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="threads of each side (0: each side's default)"
+    )
     args = ap.parse_args()
+    env = dict(os.environ)
+    if args.threads:
+        env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(args.threads)
     path = gguf_file()
     found = subprocess.run(
         [PY, str(ROOT / "benchmarks" / "gguf_smollm2.py"), "--text-of", str(path)],
@@ -95,16 +102,16 @@ def main() -> int:
         cpp.write_text(LLAMA_CPP)
         sides = {
             "attn-cli": [PY, str(ours), str(path), text],
-            "llama.cpp": [PY, str(cpp), str(path), json.dumps(ids)],
+            "llama.cpp": [PY, str(cpp), str(path), json.dumps(ids), str(args.threads)],
         }
         rate: dict[str, list[float]] = {k: [] for k in sides}
         peaks: dict[str, list[int]] = {k: [] for k in sides}
         tokens: dict[str, list[int]] = {}
         for cmd in sides.values():  # warm-up: file cache, imports
-            run_child(cmd)
+            run_child(cmd, env)
         for _ in range(args.runs):
             for side, cmd in sides.items():
-                result, peak = run_child(cmd)
+                result, peak = run_child(cmd, env)
                 assert result["prompt"] == len(ids), result["prompt"]
                 rate[side].append(len(result["ids"]) / result["seconds"])
                 peaks[side].append(peak)
@@ -119,6 +126,7 @@ def main() -> int:
         "prompt_tokens": len(ids),
         "new_tokens": {k: len(v) for k, v in tokens.items()},
         "runs": args.runs,
+        "threads": args.threads or "default",
         "tokens_per_second": med,
         "peak_rss_mib": rss,
         "speed_vs_llama_cpp": med["attn-cli"] / med["llama.cpp"],

@@ -34,7 +34,7 @@ OWN["gpt_oss"]["rope_parameters"] = {
     **GPT_OSS["rope_parameters"],
     "original_max_position_embeddings": 16,
 }
-CACHED = set(TINY) | set(NEW)  # the families of models/_decoder.py's forward pass
+CACHED = set(TINY) | set(NEW) | {"gpt_oss"}  # every family but GPT-2 (learned positions)
 NO_EOS = {"eos_token_id": None, "bos_token_id": None, "pad_token_id": None}
 
 
@@ -89,6 +89,15 @@ def hf_generate(directory: Path, ids: list[int], n: int):
     return tokens[len(ids) :], out.attentions, np.stack([a[0].numpy() for a in full])
 
 
+def assert_near(ours: np.ndarray, reference: np.ndarray) -> None:
+    """Within 1e-5, but for float32 noise in a few cells of the deepest layer at late tokens,
+    in rows split between two keys (a near tie amplifies rounding): phi3 and qwen3, 2-3 of the
+    17,664 cells up to 1.2e-5 (where transformers' own generate and full pass differ as much);
+    gpt-oss, whose routed experts amplify rounding, 3-4 cells up to 2.5e-5."""
+    diff = np.abs(ours - reference)
+    assert diff.max() < 3e-5 and np.count_nonzero(diff > 1e-5) <= 4, diff.max()
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("model_type", sorted(OWN))
 def test_greedy_tokens_and_every_new_row_match_transformers_generate(tiny, model_type):
@@ -115,15 +124,12 @@ def test_greedy_tokens_and_every_new_row_match_transformers_generate(tiny, model
             end = n_p + i
             generated_rows[layer, :, i, end - row.shape[-1] : end] = row
             assert not maps[layer, :, i, end:].any()  # later tokens: not yet written
-    # within 1e-5, but for float32 noise in a few cells of the deepest layer at late tokens
-    # (phi3, qwen3: 2-3 of 17,664 cells, up to 1.2e-5; transformers' own two paths differ as much)
     for reference_rows in (generated_rows, full_rows):
-        diff = np.abs(maps - reference_rows)
-        assert diff.max() < 2e-5 and np.count_nonzero(diff > 1e-5) <= 4, diff.max()
+        assert_near(maps, reference_rows)
     g = Generation.start(m, PROMPT, NEW_TOKENS, cache=False)
     slow = g.run()
     assert g.cached is False and slow.generated.ids == t.generated.ids
-    np.testing.assert_allclose(slow.attention(), maps, atol=1e-5)
+    assert_near(slow.attention(), maps)
     cached = Generation.start(m, PROMPT, 2).cached
     assert cached == (model_type in CACHED)
     assert t.config["generation"]["kv_cache"] == cached

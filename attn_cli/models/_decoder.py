@@ -33,7 +33,7 @@ from attn_cli.attention import (
     softcap,
 )
 from attn_cli.errors import InputError
-from attn_cli.kvcache import KVCache, mask_rows
+from attn_cli.kvcache import CachedLayers, KVCache, mask_rows
 from attn_cli.models import rope
 from attn_cli.models.args import (
     COUNT,
@@ -553,25 +553,6 @@ def describe(cfg: Config) -> dict[str, Any]:
     }
 
 
-class Layers:
-    """A Family's `layers` over this forward pass; `with_cache` runs it over new tokens only,
-    reading the earlier tokens' keys and values from a KVCache (generation looks for it, so
-    a family that replaces `layers` with its own function falls back to full passes)."""
-
-    def __init__(self, specs: Mapping[str, Spec]) -> None:
-        self.specs = specs
-
-    def __call__(self, w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
-        spec, args, source = parsed(self.specs, cfg)
-        return layers(spec, w, x, args, source)
-
-    def with_cache(
-        self, w: WeightSource, x: np.ndarray, cfg: Config, cache: KVCache
-    ) -> Iterator[LayerRecord]:
-        spec, args, source = parsed(self.specs, cfg)
-        return layers(spec, w, x, args, source, cache)
-
-
 def bind(
     specs: Mapping[str, Spec], adapt: Mapping[str, Callable[[Config], Config]] | None = None
 ) -> dict[str, Any]:
@@ -589,6 +570,12 @@ def bind(
         spec, args, _ = parsed(specs, cfg)
         return embed(spec, w, ids, args)
 
+    def run_layers(
+        w: WeightSource, x: np.ndarray, cfg: Config, cache: KVCache | None = None
+    ) -> Iterator[LayerRecord]:
+        spec, args, source = parsed(specs, cfg)
+        return layers(spec, w, x, args, source, cache)
+
     def run_final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
         spec, args, _ = parsed(specs, cfg)
         return final(spec, w, h, args)
@@ -601,7 +588,7 @@ def bind(
         "dims": lambda cfg: dims(parsed(specs, cfg)[1]),
         "check": run_check,
         "embed": run_embed,
-        "layers": Layers(specs),
+        "layers": CachedLayers(run_layers),
         "final": run_final,
         "logits": run_logits,
         "describe": describe,
