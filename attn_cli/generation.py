@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from attn_cli import memory
 from attn_cli.blas import one_thread_when_busy
 from attn_cli.errors import InputError, opt
 from attn_cli.gguf import open_gguf
@@ -169,6 +170,17 @@ class Generation:
                 f"{max_new_tokens} that is more than the {d.max_positions} positions "
                 f"{model.name} has"
             )
+        # What is kept: one row per new token for each chosen layer and head (and the trace's
+        # copy of them), and the weights once dequantised to float32.
+        total = len(g.prompt_ids) + max_new_tokens
+        kept = 2 * len(layer_list) * len(head_list) * max_new_tokens * total * 4
+        memory.check_fits(
+            kept + 4 * model.weights.parameters(),
+            f"{max_new_tokens:,} new tokens after {len(g.prompt_ids):,}, over "
+            f"{len(layer_list)} layers of {len(head_list)} heads",
+            f"choose fewer layers ({opt('layer')}), heads ({opt('head')}) or new tokens "
+            f"({opt('max_new_tokens')})",
+        )
         return g
 
     # ------------------------------------------------------------------ running
