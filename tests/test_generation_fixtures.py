@@ -60,3 +60,28 @@ def test_ctrl_c_stops_and_keeps_what_was_generated(tmp_path, monkeypatch):
     assert len(t.generated.ids) == 3 and t.attention().shape[2] == 3
     assert t.config["generation"]["stopped"] == "interrupted"
     assert any(n.startswith("interrupted after 3 new tokens") for n in t.notes)
+
+
+@pytest.mark.parametrize("view", ["heatmap", "top", "grid", "summary", "overview", "steps"])
+def test_every_view_shows_the_new_rows(view):
+    import io
+
+    from rich.console import Console
+
+    t = attn_cli.load_model(FIXTURES / "tiny_qwen2").generate(PROMPT, max_new_tokens=4)
+    buf = io.StringIO()
+    t.show(view=view, console=Console(file=buf, width=120, color_system=None))
+    out = buf.getvalue()
+    assert out.strip()
+    if view in ("heatmap", "top", "steps"):
+        for label in t.step("W", 0, 0).rows:  # the new tokens are the rows
+            assert label in out
+
+
+def test_the_interactive_page_carries_the_generated_rows():
+    from attn_cli.render.interactive import interactive_html
+
+    t = attn_cli.load_model(FIXTURES / "tiny_llama").generate(PROMPT, max_new_tokens=3)
+    page = interactive_html([t])
+    words = [label for label in t.step("W", 0, 0).rows if label.isalnum()]
+    assert words and all(f'"{w}"' in page for w in words)  # the rows' labels of the map
