@@ -72,3 +72,18 @@ def test_the_chat_template_renders_as_transformers_does(smollm2):
     n_p = t.config["generation"]["prompt_tokens"]
     assert t.tokens[0] == "<|im_start|>"  # the template's special tokens, as such
     assert t.token_ids[:n_p] == tok(expected, add_special_tokens=False)["input_ids"]
+
+
+def test_cli_chat_and_stop(tmp_path):
+    require("jinja2")
+    from tests.conftest import invoke
+
+    path = tmp_path / "a.json"
+    args = ["generate", "Why is the sky blue?", "--model", str(smollm2_gguf()), "--chat"]
+    r = invoke(args + ["-n", "8", "--layer", "0", "--stop", "answer", "--json", str(path)])
+    assert r.exit_code == 0, r.output
+    t = attn_cli.load(path)
+    g = t.config["generation"]
+    assert g["chat"] and g["stopped"] == "stop" and t.generated.text == "The answer"
+    assert "␣answer" in r.output and "(chat template)" in r.output
+    assert t.tokens[:3] == ["<|im_start|>", "system", "↵"]
