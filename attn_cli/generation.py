@@ -73,6 +73,9 @@ class CachedWeights:
         a = self._kept.get(name)
         if a is None:
             a = self._kept[name] = self._w[name]
+            release = getattr(self._w, "release_mapping", None)
+            if release is not None:  # a GGUF file: its pages are not needed any more
+                release()
         return a
 
     def __contains__(self, name: object) -> bool:
