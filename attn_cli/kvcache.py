@@ -5,7 +5,10 @@ rotary embedding) and values here; the pass over each new token then projects on
 appends its key and value, and attends from its one query row over every key so far. The rows
 are exactly those a full pass over prompt + answer computes for the new positions: the same
 positions for the rotary embedding, the same causal and sliding-window masks (restricted to
-the new rows), the same scale and caps.
+the new rows), the same scale and caps. (Rotary scalings whose frequencies depend on the
+length of the pass, dynamic NTK and LongRoPE past its original length, rotate each key with the
+tables of the pass that first saw it, as transformers' cache does; a full pass over the longer
+text can differ there.)
 
 A family supports it with a forward pass that takes a `KVCache` (`layers(w, x, cfg, cache)`),
 given to the Family as `CachedLayers(layers)`: generation finds `with_cache` on it. A layer's
