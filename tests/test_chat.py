@@ -100,6 +100,7 @@ def test_templates_render_as_transformers_apply_chat_template(template, messages
 
 
 def test_rendered_examples_read_as_the_models_expect():
+    require("jinja2")
     one = [{"role": "user", "content": "Hi"}]
     assert render(QWEN, one, True) == (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
