@@ -726,6 +726,112 @@ def _seq2seq_args(
     return args
 
 
+GEN = "Generation"
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The text the model continues.")],
+    model: ModelOpt = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="At most this many new tokens.")
+    ] = 32,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat", help="Wrap PROMPT in the model's chat template (needs attn-cli[chat])."
+        ),
+    ] = False,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--temperature", rich_help_panel=GEN, help="Sample at this temperature (0: greedy)."
+        ),
+    ] = None,
+    sample_top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", rich_help_panel=GEN, help="Sample among the k likeliest tokens."),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            "--top-p",
+            rich_help_panel=GEN,
+            help="Sample among the likeliest tokens whose probabilities reach p (0: greedy).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            rich_help_panel=GEN,
+            help="Seed of the sampling (the same tokens on every machine).",
+        ),
+    ] = None,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stop",
+            metavar="TEXT",
+            rich_help_panel=GEN,
+            help="Stop once the answer contains TEXT (repeatable).",
+        ),
+    ] = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    json_out: JsonOpt = None,
+    view: ViewOpt = None,
+    rows: RowsOpt = None,
+    cols: ColsOpt = None,
+    pool: PoolOpt = "max",
+    color_scale: ColorScaleOpt = "linear",
+    svg: SvgOpt = None,
+    html: HtmlOpt = None,
+    interactive: InteractiveOpt = False,
+    precision: Precision = 2,
+    color: Color = None,
+    width: Width = None,
+    max_rows: MaxRows = 24,
+) -> None:
+    """Let a model continue PROMPT, token by token, and watch where it looked.
+
+    Each new token streams as it is written, with its probability, the runners-up and the
+    tokens the pass that chose it attended to most (the mean over --layer/--head, default all).
+    At the end --view heatmap/top/grid/… show the maps of the new tokens (rows) over every
+    token (columns); --json saves the trace for `attn-cli show` and `attn-cli browse`.
+    Greedy unless --temperature/--top-k/--top-p; stops at the model's end-of-sequence token,
+    --stop TEXT or --max-new-tokens; Ctrl-C stops and keeps what was generated.
+    """
+    with user_errors():
+        from attn_cli.errors import InputError
+        from attn_cli.generation import Generation
+        from attn_cli.pretrained import load_model
+        from attn_cli.render import stream
+        from attn_cli.render.common import make_console
+        from attn_cli.render.views import parse_views
+
+        views = parse_views(view) if view else None
+        if model is None:
+            raise InputError("--model: generate needs a model (a decoder such as smollm2)")
+        _check_outputs(json_out, svg, html)
+        m = load_model(model)
+        g = Generation.start(
+            m, prompt, max_new_tokens, temperature, sample_top_k, top_p, seed, stop, chat,
+            "all" if layer is None else layer, "all" if head is None else head,
+        )  # fmt: skip
+        console = make_console(color=color, width=width, stderr=json_out == "-")
+        status = make_console(color=color, width=width, stderr=True)
+        stream.header(console, g)
+        try:
+            for token in g:
+                stream.token_line(console, token)
+        except KeyboardInterrupt:
+            g.stopped = "interrupted"
+        stream.footer(console, status, g)
+        shown = None if json_out == "-" else views
+        _emit([g.trace()], shown, _display(locals() | {"top_k": 3}), json_out)
+
+
 def _patch_position(value: str) -> tuple[int, int]:
     """--position R,C of a vision model: the patch in row R, column C (0-based)."""
     from attn_cli.errors import InputError

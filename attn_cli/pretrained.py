@@ -152,6 +152,32 @@ class Model:
             )
         )
 
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 32,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        chat: bool = False,
+        layers: Selection = "all",
+        heads: Selection = "all",
+    ) -> Trace:
+        """Let the model continue `prompt` and keep every new token's attention: a Trace whose
+        maps have one row per new token over every token (layers, heads, n_new, n_prompt +
+        n_new); `t.generated` holds the new tokens. Greedy unless temperature > 0, top_k or
+        top_p asks for sampling (seeded: the same tokens for a seed). It stops at the model's
+        end-of-sequence tokens, at a `stop` text, or after max_new_tokens. chat: the prompt as
+        a user message in the model's chat template (needs Jinja2). See attn_cli.generation
+        (Generation.start(...) streams the tokens one by one)."""
+        from attn_cli.generation import Generation
+
+        return Generation.start(
+            self, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, chat, layers, heads
+        ).run()
+
     def traces(
         self,
         texts: Iterable[str],

@@ -11,7 +11,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -70,6 +70,14 @@ class Axis:
     kind: str  # one of AXIS_KINDS
     labels: list[str]
     coords: list[tuple[float, ...]] | None = None  # patches: (row, col); frames: (seconds,)
+
+
+class Generated(NamedTuple):
+    """The tokens a model generated (Model.generate): their ids, tokens as shown, and the text."""
+
+    ids: list[int]
+    tokens: list[str]
+    text: str
 
 
 @dataclass
@@ -133,6 +141,15 @@ class Trace:
     # Token axes beyond "tokens" (the query sequence): e.g. "source" for cross-attention keys.
     # "tokens" itself is implied by `tokens` when absent.
     axes: dict[str, Axis] = field(default_factory=dict)
+
+    @property
+    def generated(self) -> Generated | None:
+        """The new tokens of a generation trace (Model.generate); None for any other trace."""
+        g = self.config.get("generation")
+        if not isinstance(g, dict):
+            return None
+        n = int(g.get("prompt_tokens", 0))
+        return Generated(self.token_ids[n:], self.tokens[n:], str(g.get("answer", "")))
 
     def tokens_of(self, axis: str | None) -> list[str]:
         """The token texts an axis of a step stands for (for pattern names such as [CLS] or

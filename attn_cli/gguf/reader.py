@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
@@ -77,6 +78,12 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         self._header = header
         self._plan = plan
         self.path = header.path
+
+    def release_mapping(self) -> None:
+        """Drop the file's pages from this process's memory (they stay in the page cache):
+        for a caller that keeps what it dequantised (generation reads every weight per token)."""
+        if hasattr(self._mf.mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._mf.mm.madvise(mmap.MADV_DONTNEED)
 
     # -- raw access -------------------------------------------------------------------------
     def _raw_rows(self, info: TensorInfo) -> np.ndarray:

@@ -33,6 +33,7 @@ from attn_cli.attention import (
     softcap,
 )
 from attn_cli.errors import InputError
+from attn_cli.kvcache import CachedLayers, KVCache, mask_rows
 from attn_cli.models import rope
 from attn_cli.models.args import (
     COUNT,
@@ -358,8 +359,15 @@ def qk_hook(
 
 
 def layers(
-    spec: Spec, w: WeightSource, x: np.ndarray, args: DecoderArgs, source: str
+    spec: Spec,
+    w: WeightSource,
+    x: np.ndarray,
+    args: DecoderArgs,
+    source: str,
+    cache: KVCache | None = None,
 ) -> Iterator[LayerRecord]:
+    """The layers over tokens x; with a `cache`, x are the tokens after those it holds (their
+    keys and values are read from it, the new ones appended): the new rows only."""
     n = len(x)
     heads, kv, hd = args.num_attention_heads, args.kv_heads, args.head_size
     eps = args.rms_norm_eps
@@ -368,11 +376,18 @@ def layers(
     kinds = layer_kinds(spec, args)
     with_rope = rope_layers(spec, args)
     rots = rotaries(spec, args, source)
-    tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
     width = window(spec, args)
-    masks = {FULL: causal_mask(n)}
-    if width is not None:
-        masks[SLIDING] = sliding_window_mask(n, width)
+    if cache is None:
+        tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
+        masks = {FULL: causal_mask(n)}
+        if width is not None:
+            masks[SLIDING] = sliding_window_mask(n, width)
+    else:  # positions start … start + n − 1 of a pass over every token so far
+        start = cache.length
+        tables = {k: _rows(r.cos_sin(start + n), start) for k, r in rots.items()}
+        masks = {FULL: mask_rows(start, start + n)}
+        if width is not None:
+            masks[SLIDING] = mask_rows(start, start + n, width)
     s = scale(spec, args)
     cap = getattr(args, "attn_logit_softcapping", None) if spec.attn_softcap else None
     x = x.astype(np.float32, copy=False)
@@ -394,15 +409,11 @@ def layers(
         params = AttentionParams(wq, wk, wv, heads, kv, bq, bk, bv, wo, bo)
         cos, sin = tables[kind]
         hook = qk_hook(spec, w, a, eps, rots[kind] if with_rope[i] else None, cos, sin)
-        record = multi_head_attention(
-            a_in,
-            params,
-            masks[kind],
-            hook,
-            scale=s,
-            cap=None if cap is None else float(cap),
-            resid=x,
-        )
+        c = None if cap is None else float(cap)
+        if cache is None:
+            record = multi_head_attention(a_in, params, masks[kind], hook, s, c, resid=x)
+        else:
+            record = cache.attention(i, a_in, params, masks[kind], hook, s, c, resid=x)
         record.facts["rope"] = with_rope[i]
         assert record.output is not None
         o = record.output
@@ -423,6 +434,11 @@ def layers(
         out = h + ff
         yield LayerRecord([record], out)
         x = out
+
+
+def _rows(table: tuple[np.ndarray, np.ndarray], start: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (cos, sin) table from position `start` on."""
+    return table[0][start:], table[1][start:]
 
 
 def _mlp(
@@ -566,9 +582,11 @@ def bind(
         spec, args, _ = parsed(specs, cfg)
         return embed(spec, w, ids, args)
 
-    def run_layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+    def run_layers(
+        w: WeightSource, x: np.ndarray, cfg: Config, cache: KVCache | None = None
+    ) -> Iterator[LayerRecord]:
         spec, args, source = parsed(specs, cfg)
-        return layers(spec, w, x, args, source)
+        return layers(spec, w, x, args, source, cache)
 
     def run_final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
         spec, args, _ = parsed(specs, cfg)
@@ -582,7 +600,7 @@ def bind(
         "dims": lambda cfg: dims(parsed(specs, cfg)[1]),
         "check": run_check,
         "embed": run_embed,
-        "layers": run_layers,
+        "layers": CachedLayers(run_layers),
         "final": run_final,
         "logits": run_logits,
         "describe": describe,

@@ -32,6 +32,7 @@ import numpy as np
 from attn_cli import attention as att
 from attn_cli.errors import InputError
 from attn_cli.gguf.quants import mxfp4_pairs
+from attn_cli.kvcache import CachedLayers, KVCache, mask_rows
 from attn_cli.models import rope
 from attn_cli.models._decoder import (
     ANCHOR,
@@ -318,10 +319,13 @@ def sink_attention(
     cos: np.ndarray,
     sin: np.ndarray,
     resid: np.ndarray,
+    cache: tuple[KVCache, int] | None = None,
 ) -> AttentionRecord:
     """Self-attention with one sink logit per head joining each row's softmax (transformers'
     eager_attention_forward for gpt-oss): X, Q, K, V, Q_rot, K_rot, W_raw, W_scaled, W_masked,
-    W (over the real tokens: partial weights), sink (each row's mass to the sink), Y."""
+    W (over the real tokens: partial weights), sink (each row's mass to the sink), Y. With a
+    `cache` (and this layer's index), x are new tokens: their keys and values join the cached
+    ones, and the rows are the new tokens' over every key so far."""
     rec = AttentionRecord("self", TOKENS, TOKENS, p.heads, p.kv_heads, resid=resid, params=p)
     rec.add("X", x)
     q, k, v = att.project(x, p)
@@ -331,6 +335,8 @@ def sink_attention(
     q = rec.add("Q_rot", rot.apply(q, cos, sin), heads=QUERY_HEADS, cols=Dims("q"))
     k = rec.add("K_rot", rot.apply(k, cos, sin), heads=KV_HEADS, rows=KEY, cols=Dims("k"))
     heads, n, d_k = q.shape
+    if cache is not None:
+        k, v = cache[0].extend(cache[1], k, v)
     scale = float(d_k) ** -0.5
     w_raw = att.scores(q, att.repeat_kv(k, heads))  # [H, n, d_k] @ [H, d_k, n] -> [H, n, n]
     w_scaled = w_raw * np.float32(scale)
@@ -375,17 +381,24 @@ def moe(w: WeightSource, p: str, x: np.ndarray, args: GptOssArgs) -> tuple[np.nd
     return out, routing
 
 
-def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+def layers(
+    w: WeightSource, x: np.ndarray, cfg: Config, cache: KVCache | None = None
+) -> Iterator[LayerRecord]:
+    """The layers over tokens x; with a `cache`, x are the tokens after those it holds."""
     spec, args, source = _args(cfg)
     n = len(x)
+    start = 0 if cache is None else cache.length  # the position of x's first token
     heads, kv, eps = args.num_attention_heads, args.kv_heads, args.rms_norm_eps
     kinds = layer_kinds(spec, args)
     rots = rotaries(spec, args, source)
-    tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
+    tables = {}
+    for kind, r in rots.items():
+        cos, sin = r.cos_sin(start + n)
+        tables[kind] = (cos[start:], sin[start:])
     width = window(spec, args)
-    masks = {FULL: att.causal_mask(n)}
+    masks = {FULL: mask_rows(start, start + n)}
     if width is not None:
-        masks[SLIDING] = att.sliding_window_mask(n, width)
+        masks[SLIDING] = mask_rows(start, start + n, width)
     experts = tuple(f"e{e}" for e in range(args.num_local_experts))
     x = x.astype(np.float32, copy=False)
     for i in range(args.num_hidden_layers):
@@ -409,7 +422,10 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
         kind = kinds[i]
         cos, sin = tables[kind]
         a_in = rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        record = sink_attention(a_in, params, w[a + "sinks"], masks[kind], rots[kind], cos, sin, x)
+        at = None if cache is None else (cache, i)
+        record = sink_attention(
+            a_in, params, w[a + "sinks"], masks[kind], rots[kind], cos, sin, x, at
+        )
         assert record.output is not None
         h = x + record.output
         ff, routing = moe(
@@ -480,7 +496,7 @@ FAMILY = dataclasses.replace(
         ),
     ),
     check=check,
-    layers=layers,
+    layers=CachedLayers(layers),
     describe=describe_gpt_oss,
     gguf=(GGUF,),
 )
