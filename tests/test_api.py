@@ -272,6 +272,7 @@ LAZY_LIBRARIES = {
     "distributed": "attn-cli heads --scheduler only (the optional cluster extra)",
     "ctypes": "finding OpenBLAS's thread setter, only when a model runs on a busy machine",
     "jinja2": "rendering a chat template only (generate --chat; the optional chat extra)",
+    "soundfile": "FLAC, MP3 and Ogg files only (the optional audio extra; WAV needs nothing)",
 }
 # attn_cli modules imported inside a function of another one:
 LAZY_MODULES = {
