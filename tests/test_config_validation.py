@@ -128,6 +128,75 @@ def test_a_bad_config_value_is_one_line_naming_key_and_value(tmp_path, fixture, 
     assert_one_line_error(r, runtime, "config.json", key, shown)
 
 
+VISION = "tiny_vision/"
+PICTURE = FIXTURES / "tiny_vision" / "picture.ppm"
+# (vision fixture, key, value, what the message says the value is)
+VISION_CASES = [
+    ("vit", "hidden_size", True, "true"),
+    ("vit", "num_hidden_layers", 2.0, "2.0"),
+    ("vit", "num_attention_heads", None, "null"),
+    ("vit", "intermediate_size", "32", "'32'"),
+    ("vit", "layer_norm_eps", NAN, "nan"),
+    ("vit", "qkv_bias", "yes", "'yes'"),
+    ("vit", "image_size", [32, 16], "[32, 16]"),
+    ("vit", "patch_size", 0, "0"),
+    ("vit", "num_channels", -3, "-3"),
+    ("vit", "hidden_act", 5, "5"),
+    ("dinov2_registers", "mlp_ratio", 0, "0"),
+    ("dinov2_registers", "mlp_ratio", INF, "inf"),
+    ("dinov2_registers", "use_swiglu_ffn", 1, "1"),
+    ("dinov2_registers", "num_register_tokens", -1, "-1"),
+    ("dinov2_registers", "layer_norm_eps", -1e-6, "-1e-06"),
+    ("clip", "num_attention_heads", "2", "'2'"),
+    ("clip", "patch_size", [8.0, 8.0], "[8.0, 8.0]"),
+    ("siglip", "vision_use_head", "no", "'no'"),
+    ("siglip", "hidden_size", 1.5, "1.5"),
+]
+
+
+@pytest.mark.parametrize(
+    "fixture, key, value, shown",
+    VISION_CASES,
+    ids=[f"{c[0]}-{c[1]}-{c[2]!r}" for c in VISION_CASES],
+)
+def test_a_bad_vision_config_value_is_one_line_naming_key_and_value(
+    tmp_path, fixture, key, value, shown
+):
+    r, runtime = explain(with_config(tmp_path, VISION + fixture, {key: value}), str(PICTURE))
+    assert_one_line_error(r, runtime, "config.json", key, shown)
+
+
+@pytest.mark.parametrize("fixture, model_type", [("clip", "clip"), ("siglip", "siglip")])
+def test_a_full_clip_or_siglip_config_is_checked_in_its_vision_config(
+    tmp_path, fixture, model_type
+):
+    """The vision tower's settings of a full checkpoint are its vision_config's: a bad value
+    there is named with it; vision_config itself must be an object."""
+    d = with_config(tmp_path, VISION + fixture, {})
+    vision = json.loads((d / "config.json").read_text())
+    vision.pop("model_type")
+    for nested, shown in [({**vision, "num_hidden_layers": 0}, "0"), ("x", "'x'")]:
+        (d / "config.json").write_text(
+            json.dumps({"model_type": model_type, "vision_config": nested})
+        )
+        r, runtime = explain(d, str(PICTURE))
+        key = "num_hidden_layers" if isinstance(nested, dict) else "vision_config must be"
+        assert_one_line_error(r, runtime, "config.json: vision_config", key, shown)
+
+
+def test_vision_sizes_that_disagree_are_named(tmp_path):
+    r, runtime = explain(with_config(tmp_path, VISION + "vit", {"hidden_size": 15}), str(PICTURE))
+    assert_one_line_error(r, runtime, "hidden_size 15 is not divisible by num_attention_heads 2")
+
+
+def test_the_unchanged_vision_fixtures_run(tmp_path):
+    """The hostile cases above differ from these only in the one value."""
+    for fixture in ("vit", "dinov2_registers", "clip", "siglip"):
+        r, runtime = explain(with_config(tmp_path, VISION + fixture, {}), str(PICTURE))
+        assert r.exit_code == 0, r.stderr
+        assert not runtime
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

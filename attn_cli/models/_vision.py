@@ -1,6 +1,7 @@
 """What the vision transformers share: patches from pixels, position tables resized to other
 grids as torch's bicubic interpolation does, the patch token labels, and the pre-LayerNorm
-encoder layer (ViT, DeiT, DINOv2, CLIP and SigLIP differ only in names and layer scale)."""
+encoder layer (ViT, DeiT, DINOv2, CLIP and SigLIP differ only in names and layer scale), and
+the args every vision family's config dataclass starts from (`VisionArgs`)."""
 
 from __future__ import annotations
 
@@ -8,48 +9,98 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from attn_cli.attention import AttentionParams
 from attn_cli.errors import InputError
+from attn_cli.models.args import POSITIVE, POSITIVE_INT, TEXT, Args, Kind, arg, show, source_of
 from attn_cli.models.layers import activation, layer_norm
-from attn_cli.models.registry import Config, WeightSource
+from attn_cli.models.registry import Config, Dims, WeightSource
 from attn_cli.models.weights import expect_shape
 from attn_cli.records import LayerRecord, multi_head_attention
 
 
-def setting(cfg: Config, key: str, default: Any, allow_zero: bool = False) -> Any:
-    """A config value, or the transformers default the config leaves out, checked against the
-    default's type: a flag is a bool, a name a string, a number a finite positive one (or 0,
-    with `allow_zero`); sizes may also be [h, w] lists (see `square`)."""
-    value = cfg.get(key)
-    if value is None:
-        return default
-    if isinstance(default, bool | str):
-        ok = type(value) is type(default)
-    elif isinstance(value, list | tuple):
-        ok = key in ("image_size", "patch_size")
-    else:
-        ok = (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and (value >= 0 if allow_zero else value > 0)
-        )
-    if not ok:
-        raise InputError(f"config.json: {key} {value!r} is not a valid value")
-    return value
-
-
-def square(value: Any, what: str) -> int:
-    """image_size / patch_size: an int, or [h, w] with h == w (the only kind these models train)."""
+def _square(value: Any) -> bool:
+    """A positive integer, or [n, n] (the only non-int sizes these models train)."""
     if isinstance(value, list | tuple) and len(value) == 2 and value[0] == value[1]:
         value = value[0]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"config.json: {what} {value!r} is not a positive square size")
-    return value
+    return POSITIVE_INT.test(value)
+
+
+SQUARE = Kind("a positive integer or a square [n, n]", _square)
+
+
+def side(value: int | list[int]) -> int:
+    """An image_size / patch_size already checked as SQUARE: its side."""
+    return int(value[0] if isinstance(value, list | tuple) else value)
+
+
+V = TypeVar("V", bound="VisionArgs")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionArgs(Args):
+    """What every vision tower reads of its config; a family's subclass gives its config class's
+    defaults (and the keys only it reads)."""
+
+    hidden_size: int = arg(POSITIVE_INT)
+    num_hidden_layers: int = arg(POSITIVE_INT)
+    num_attention_heads: int = arg(POSITIVE_INT)
+    num_channels: int = arg(POSITIVE_INT)
+    hidden_act: str = arg(TEXT)
+    layer_norm_eps: float = arg(POSITIVE)
+    image_size: int | list[int] = arg(SQUARE)
+    patch_size: int | list[int] = arg(SQUARE)
+
+    @classmethod
+    def read(cls: type[V], cfg: Config) -> V:
+        """The args of a checkpoint's config.json (a full CLIP/SigLIP one: of its vision_config)."""
+        return cls.parse(cfg)
+
+    @classmethod
+    def of_tower(cls: type[V], cfg: Config) -> V:
+        """A full CLIP/SigLIP config's vision_config, else the config itself (vision-only)."""
+        sub = cfg.get("vision_config")
+        if sub is None:
+            return cls.parse(cfg)
+        where = source_of(cfg)
+        if not isinstance(sub, Mapping):
+            raise InputError(f"{where}: vision_config must be a JSON object, got {show(sub)}")
+        return cls.parse(sub, f"{where}: vision_config")
+
+    @classmethod
+    def dims_of(cls, cfg: Config) -> Dims:
+        return cls.read(cfg).dims()
+
+    @classmethod
+    def image_of(cls, cfg: Config) -> int:
+        return side(cls.read(cfg).image_size)
+
+    @classmethod
+    def patch_of(cls, cfg: Config) -> int:
+        return cls.read(cfg).patch
+
+    def dims(self) -> Dims:
+        d, h = self.hidden_size, self.num_attention_heads
+        return Dims(self.num_hidden_layers, h, h, d, d // h, 0, None)
+
+    @property
+    def patch(self) -> int:
+        return side(self.patch_size)
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of the pictures the position table was trained on."""
+        return side(self.image_size) // self.patch
+
+    def validate(self, source: str) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise InputError(
+                f"{source}: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
 
 
 def quick_gelu(x: np.ndarray) -> np.ndarray:
@@ -237,16 +288,6 @@ def prenorm_layers(
         out = (mid + ff).astype(np.float32, copy=False)
         yield LayerRecord([a], out)
         x = out
-
-
-def vision_config(cfg: Config) -> Mapping[str, Any]:
-    """The vision tower's settings: a full CLIP/SigLIP config's vision_config, else the config."""
-    sub = cfg.get("vision_config")
-    if sub is None:
-        return cfg
-    if not isinstance(sub, dict):
-        raise InputError("config.json: vision_config is not an object")
-    return sub
 
 
 def no_text(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:

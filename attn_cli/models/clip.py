@@ -8,23 +8,23 @@ pooled output is the class token through post_layernorm."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from attn_cli.errors import InputError
 from attn_cli.models._vision import (
+    SQUARE,
     LayerNames,
+    VisionArgs,
     check_layers,
     no_text,
     patch_embed,
     prenorm_layers,
     resize_positions,
-    setting,
-    square,
-    vision_config,
 )
+from attn_cli.models.args import POSITIVE, POSITIVE_INT, TEXT, arg
 from attn_cli.models.layers import layer_norm
-from attn_cli.models.registry import Config, Dims, Family, Vision, WeightSource, Wording
+from attn_cli.models.registry import Config, Family, Vision, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
 from attn_cli.records import LayerRecord
 
@@ -43,62 +43,51 @@ NAMES = LayerNames(
 )
 
 
-def hidden(cfg: Config) -> int:
-    return int(setting(vision_config(cfg), "hidden_size", 768))
+@dataclass(frozen=True, kw_only=True)
+class CLIPVisionArgs(VisionArgs):
+    """What this file reads of a CLIP vision config (transformers' CLIPVisionConfig defaults):
+    the config.json of a vision-only checkpoint, or a full one's vision_config."""
 
+    hidden_size: int = arg(POSITIVE_INT, 768)
+    intermediate_size: int = arg(POSITIVE_INT, 3072)
+    num_hidden_layers: int = arg(POSITIVE_INT, 12)
+    num_attention_heads: int = arg(POSITIVE_INT, 12)
+    num_channels: int = arg(POSITIVE_INT, 3)
+    image_size: int | list[int] = arg(SQUARE, 224)
+    patch_size: int | list[int] = arg(SQUARE, 32)
+    hidden_act: str = arg(TEXT, "quick_gelu")
+    layer_norm_eps: float = arg(POSITIVE, 1e-5)
 
-def heads(cfg: Config) -> int:
-    return int(setting(vision_config(cfg), "num_attention_heads", 12))
-
-
-def layer_count(cfg: Config) -> int:
-    return int(setting(vision_config(cfg), "num_hidden_layers", 12))
-
-
-def eps(cfg: Config) -> float:
-    return float(setting(vision_config(cfg), "layer_norm_eps", 1e-5))
-
-
-def patch_size(cfg: Config) -> int:
-    return square(setting(vision_config(cfg), "patch_size", 32), "patch_size")
-
-
-def image_size(cfg: Config) -> int:
-    return square(setting(vision_config(cfg), "image_size", 224), "image_size")
-
-
-def dims(cfg: Config) -> Dims:
-    d, h = hidden(cfg), heads(cfg)
-    return Dims(layer_count(cfg), h, h, d, d // h, 0, None)
+    @classmethod
+    def read(cls, cfg: Config) -> CLIPVisionArgs:
+        return cls.of_tower(cfg)
 
 
 def check(w: WeightSource, cfg: Config) -> None:
-    d, h = hidden(cfg), heads(cfg)
-    if d % h:
-        raise InputError(f"config.json: hidden_size {d} is not divisible by num_attention_heads")
-    p, grid = patch_size(cfg), image_size(cfg) // patch_size(cfg)
-    channels = int(setting(vision_config(cfg), "num_channels", 3))
+    a = CLIPVisionArgs.read(cfg)
+    d, p, grid = a.hidden_size, a.patch, a.grid
     expect_shape(w, ANCHOR, (d,))
-    expect_shape(w, "embeddings.patch_embedding.weight", (d, channels, p, p))
+    expect_shape(w, "embeddings.patch_embedding.weight", (d, a.num_channels, p, p))
     expect_shape(w, "embeddings.position_embedding.weight", (1 + grid * grid, d))
-    inter = int(setting(vision_config(cfg), "intermediate_size", 3072))
-    check_layers(w, NAMES, layer_count(cfg), d, inter)
+    check_layers(w, NAMES, a.num_hidden_layers, d, a.intermediate_size)
 
 
 def embed(w: WeightSource, pixels: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[int, int]]:
     """pre_layrnorm([class, patches] + positions), the patch positions resized to the grid."""
-    patches, grid = patch_embed(
-        w, "embeddings.patch_embedding", pixels, patch_size(cfg), bias=False
-    )
+    a = CLIPVisionArgs.read(cfg)
+    patches, grid = patch_embed(w, "embeddings.patch_embedding", pixels, a.patch, bias=False)
     table = w["embeddings.position_embedding.weight"]
     positions = np.concatenate([table[:1], resize_positions(table[1:], *grid)])
     x = np.concatenate([w[ANCHOR].reshape(1, -1), patches]) + positions
-    return layer_norm(x, w["pre_layrnorm.weight"], w["pre_layrnorm.bias"], eps(cfg)), grid
+    eps = a.layer_norm_eps
+    return layer_norm(x, w["pre_layrnorm.weight"], w["pre_layrnorm.bias"], eps), grid
 
 
 def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
-    act = str(setting(vision_config(cfg), "hidden_act", "quick_gelu"))
-    return prenorm_layers(w, x, NAMES, layer_count(cfg), heads(cfg), eps(cfg), act)
+    a = CLIPVisionArgs.read(cfg)
+    return prenorm_layers(
+        w, x, NAMES, a.num_hidden_layers, a.num_attention_heads, a.layer_norm_eps, a.hidden_act
+    )
 
 
 def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
@@ -106,7 +95,8 @@ def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
 
 
 def pooled(w: WeightSource, out: np.ndarray, cfg: Config) -> np.ndarray:
-    return layer_norm(out[0], w["post_layernorm.weight"], w["post_layernorm.bias"], eps(cfg))
+    eps = CLIPVisionArgs.read(cfg).layer_norm_eps
+    return layer_norm(out[0], w["post_layernorm.weight"], w["post_layernorm.bias"], eps)
 
 
 def _x_description(i: int) -> str:
@@ -126,7 +116,7 @@ FAMILY = Family(
     norm="pre",
     linear_values=True,
     sentence_pairs=False,
-    dims=dims,
+    dims=CLIPVisionArgs.dims_of,
     check=check,
     embed=no_text,
     layers=layers,
@@ -137,6 +127,11 @@ FAMILY = Family(
         final="The vision tower's output: one vector per token after every layer.",
     ),
     vision=Vision(
-        "CLIPImageProcessor", image_size, patch_size, lambda cfg: ["[CLS]"], embed, pooled
+        "CLIPImageProcessor",
+        CLIPVisionArgs.image_of,
+        CLIPVisionArgs.patch_of,
+        lambda cfg: ["[CLS]"],
+        embed,
+        pooled,
     ),
 )

@@ -3,21 +3,52 @@ class token; the layers, final LayerNorm and pooler are ViT's."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 
 from attn_cli.models import vit
+from attn_cli.models._vision import SQUARE
+from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, TEXT, arg
 from attn_cli.models.registry import Config, Family, Vision, WeightSource
+from attn_cli.records import LayerRecord
 
 TOKENS = ["cls_token", "distillation_token"]
 LABELS = ["[CLS]", "[DIST]"]
 
 
+@dataclass(frozen=True, kw_only=True)
+class DeiTArgs(vit.ViTArgs):
+    """What this file reads of a DeiT config.json (transformers' DeiTConfig defaults, which are
+    ViTConfig's)."""
+
+    hidden_size: int = arg(POSITIVE_INT, 768)
+    num_hidden_layers: int = arg(POSITIVE_INT, 12)
+    num_attention_heads: int = arg(POSITIVE_INT, 12)
+    intermediate_size: int = arg(POSITIVE_INT, 3072)
+    hidden_act: str = arg(TEXT, "gelu")
+    layer_norm_eps: float = arg(POSITIVE, 1e-12)
+    image_size: int | list[int] = arg(SQUARE, 224)
+    patch_size: int | list[int] = arg(SQUARE, 16)
+    num_channels: int = arg(POSITIVE_INT, 3)
+    qkv_bias: bool = arg(FLAG, True)
+
+
 def check(w: WeightSource, cfg: Config) -> None:
-    vit.check_common(w, cfg, len(TOKENS))
+    vit.check_common(w, DeiTArgs.parse(cfg), len(TOKENS))
 
 
 def embed(w: WeightSource, pixels: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[int, int]]:
-    return vit.embed_tokens(w, pixels, cfg, TOKENS)
+    return vit.embed_tokens(w, pixels, DeiTArgs.parse(cfg), TOKENS)
+
+
+def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+    return vit.run_layers(w, x, DeiTArgs.parse(cfg))
+
+
+def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
+    return vit.final_norm(w, h, DeiTArgs.parse(cfg))
 
 
 FAMILY = Family(
@@ -28,17 +59,17 @@ FAMILY = Family(
     norm="pre",
     linear_values=True,
     sentence_pairs=False,
-    dims=vit.dims,
+    dims=DeiTArgs.dims_of,
     check=check,
     embed=vit.FAMILY.embed,
-    layers=vit.layers,
-    final=vit.final,
+    layers=layers,
+    final=final,
     rename=vit.FAMILY.rename,
     wording=vit.WORDING,
     vision=Vision(
         "DeiTImageProcessor",
-        vit.image_size,
-        vit.patch_size,
+        DeiTArgs.image_of,
+        DeiTArgs.patch_of,
         lambda cfg: list(LABELS),
         embed,
         vit.pooled,

@@ -8,21 +8,24 @@ differ); the registers get no position."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from attn_cli.errors import InputError
 from attn_cli.models._vision import (
+    SQUARE,
     LayerNames,
+    VisionArgs,
     check_layers,
     dinov2_names,
     no_text,
     patch_embed,
     prenorm_layers,
     resize_positions,
-    setting,
-    square,
+    side,
 )
+from attn_cli.models.args import COUNT, FLAG, POSITIVE, POSITIVE_INT, TEXT, arg
 from attn_cli.models.layers import layer_norm
 from attn_cli.models.registry import Config, Dims, Family, Vision, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
@@ -32,8 +35,52 @@ ANCHOR = "embeddings.patch_embeddings.projection.weight"
 PATCHES = "embeddings.patch_embeddings.projection"
 
 
-def names(cfg: Config) -> LayerNames:
-    swiglu = bool(setting(cfg, "use_swiglu_ffn", False))
+@dataclass(frozen=True, kw_only=True)
+class Dinov2Args(VisionArgs):
+    """What this file reads of a DINOv2 config.json (transformers' Dinov2Config defaults)."""
+
+    hidden_size: int = arg(POSITIVE_INT, 768)
+    num_hidden_layers: int = arg(POSITIVE_INT, 12)
+    num_attention_heads: int = arg(POSITIVE_INT, 12)
+    mlp_ratio: float = arg(POSITIVE, 4)
+    hidden_act: str = arg(TEXT, "gelu")
+    layer_norm_eps: float = arg(POSITIVE, 1e-6)
+    image_size: int | list[int] = arg(SQUARE, 224)
+    patch_size: int | list[int] = arg(SQUARE, 14)
+    num_channels: int = arg(POSITIVE_INT, 3)
+    qkv_bias: bool = arg(FLAG, True)
+    use_swiglu_ffn: bool = arg(FLAG, False)
+
+    # transformers' DINOv2 resizes the position table without antialiasing; with registers, with
+    antialias: ClassVar[bool] = False
+
+    @property
+    def register_count(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dinov2WithRegistersArgs(Dinov2Args):
+    """A DINOv2-with-registers config.json (transformers' Dinov2WithRegistersConfig defaults)."""
+
+    patch_size: int | list[int] = arg(SQUARE, 16)
+    num_register_tokens: int = arg(COUNT, 4)
+
+    antialias: ClassVar[bool] = True
+
+    @property
+    def register_count(self) -> int:
+        return self.num_register_tokens
+
+
+def args(cfg: Config) -> Dinov2Args:
+    if cfg.get("model_type") == "dinov2_with_registers":
+        return Dinov2WithRegistersArgs.parse(cfg)
+    return Dinov2Args.parse(cfg)
+
+
+def names(a: Dinov2Args) -> LayerNames:
+    swiglu = a.use_swiglu_ffn
     return LayerNames(
         prefix="encoder.layer.{}.",
         norm1="norm1",
@@ -50,83 +97,63 @@ def names(cfg: Config) -> LayerNames:
     )
 
 
-def hidden(cfg: Config) -> int:
-    return int(setting(cfg, "hidden_size", 768))
-
-
-def heads(cfg: Config) -> int:
-    return int(setting(cfg, "num_attention_heads", 12))
-
-
-def layer_count(cfg: Config) -> int:
-    return int(setting(cfg, "num_hidden_layers", 12))
-
-
-def registers(cfg: Config) -> int:
-    if cfg.get("model_type") != "dinov2_with_registers":
-        return 0
-    return int(setting(cfg, "num_register_tokens", 4, allow_zero=True))
+def dims(cfg: Config) -> Dims:
+    return args(cfg).dims()
 
 
 def patch_size(cfg: Config) -> int:
-    return square(setting(cfg, "patch_size", 14), "patch_size")
+    return args(cfg).patch
 
 
 def image_size(cfg: Config) -> int:
-    return square(setting(cfg, "image_size", 518), "image_size")
-
-
-def dims(cfg: Config) -> Dims:
-    d, h = hidden(cfg), heads(cfg)
-    return Dims(layer_count(cfg), h, h, d, d // h, 0, None)
+    return side(args(cfg).image_size)
 
 
 def check(w: WeightSource, cfg: Config) -> None:
-    d, h = hidden(cfg), heads(cfg)
-    if d % h:
-        raise InputError(f"config.json: hidden_size {d} is not divisible by num_attention_heads")
-    p, grid = patch_size(cfg), image_size(cfg) // patch_size(cfg)
-    expect_shape(w, ANCHOR, (d, int(setting(cfg, "num_channels", 3)), p, p))
+    a = args(cfg)
+    d, p, grid = a.hidden_size, a.patch, a.grid
+    expect_shape(w, ANCHOR, (d, a.num_channels, p, p))
     expect_shape(w, "embeddings.position_embeddings", (1, 1 + grid * grid, d))
-    if registers(cfg):
-        expect_shape(w, "embeddings.register_tokens", (1, registers(cfg), d))
-    n = names(cfg)
-    inter = None if n.swiglu else int(d * float(setting(cfg, "mlp_ratio", 4)))
-    check_layers(w, n, layer_count(cfg), d, inter, bool(setting(cfg, "qkv_bias", True)))
+    if a.register_count:
+        expect_shape(w, "embeddings.register_tokens", (1, a.register_count, d))
+    n = names(a)
+    inter = None if n.swiglu else int(d * float(a.mlp_ratio))
+    check_layers(w, n, a.num_hidden_layers, d, inter, a.qkv_bias)
 
 
 def prefix(cfg: Config) -> list[str]:
-    return ["[CLS]"] + [f"reg{i}" for i in range(registers(cfg))]
+    return ["[CLS]"] + [f"reg{i}" for i in range(args(cfg).register_count)]
 
 
 def embed(w: WeightSource, pixels: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[int, int]]:
     """[CLS, patches] + positions (resized by bicubic interpolation), then the registers."""
-    patches, grid = patch_embed(w, PATCHES, pixels, patch_size(cfg))
+    a = args(cfg)
+    patches, grid = patch_embed(w, PATCHES, pixels, a.patch)
     table = w["embeddings.position_embeddings"][0]
-    antialias = cfg.get("model_type") == "dinov2_with_registers"
-    positions = np.concatenate([table[:1], resize_positions(table[1:], *grid, antialias)])
+    positions = np.concatenate([table[:1], resize_positions(table[1:], *grid, a.antialias)])
     x = np.concatenate([w["embeddings.cls_token"].reshape(1, -1), patches]) + positions
-    if registers(cfg):
+    if a.register_count:
         regs = w["embeddings.register_tokens"][0]
         x = np.concatenate([x[:1], regs, x[1:]])
     return x.astype(np.float32, copy=False), grid
 
 
 def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+    a = args(cfg)
     return prenorm_layers(
         w,
         x,
-        names(cfg),
-        layer_count(cfg),
-        heads(cfg),
-        float(setting(cfg, "layer_norm_eps", 1e-6)),
-        str(setting(cfg, "hidden_act", "gelu")),
-        bool(setting(cfg, "qkv_bias", True)),
+        names(a),
+        a.num_hidden_layers,
+        a.num_attention_heads,
+        a.layer_norm_eps,
+        a.hidden_act,
+        a.qkv_bias,
     )
 
 
 def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-    eps = float(setting(cfg, "layer_norm_eps", 1e-6))
+    eps = args(cfg).layer_norm_eps
     return layer_norm(h, w["layernorm.weight"], w["layernorm.bias"], eps)
 
 

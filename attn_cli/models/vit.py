@@ -5,23 +5,24 @@ has one (ViTModel; ViTForImageClassification drops it)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from attn_cli.errors import InputError
 from attn_cli.models._vision import (
+    SQUARE,
     LayerNames,
+    VisionArgs,
     check_layers,
     no_text,
     patch_embed,
     prenorm_layers,
     resize_positions,
-    setting,
-    square,
     vit_names,
 )
+from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, TEXT, arg
 from attn_cli.models.layers import layer_norm
-from attn_cli.models.registry import Config, Dims, Family, Vision, WeightSource, Wording
+from attn_cli.models.registry import Config, Family, Vision, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
 from attn_cli.records import LayerRecord
 
@@ -40,58 +41,40 @@ NAMES = LayerNames(
 )
 
 
-def hidden(cfg: Config) -> int:
-    return int(setting(cfg, "hidden_size", 768))
+@dataclass(frozen=True, kw_only=True)
+class ViTArgs(VisionArgs):
+    """What this file reads of a ViT config.json (transformers' ViTConfig defaults)."""
+
+    hidden_size: int = arg(POSITIVE_INT, 768)
+    num_hidden_layers: int = arg(POSITIVE_INT, 12)
+    num_attention_heads: int = arg(POSITIVE_INT, 12)
+    intermediate_size: int = arg(POSITIVE_INT, 3072)
+    hidden_act: str = arg(TEXT, "gelu")
+    layer_norm_eps: float = arg(POSITIVE, 1e-12)
+    image_size: int | list[int] = arg(SQUARE, 224)
+    patch_size: int | list[int] = arg(SQUARE, 16)
+    num_channels: int = arg(POSITIVE_INT, 3)
+    qkv_bias: bool = arg(FLAG, True)
 
 
-def heads(cfg: Config) -> int:
-    return int(setting(cfg, "num_attention_heads", 12))
-
-
-def layer_count(cfg: Config) -> int:
-    return int(setting(cfg, "num_hidden_layers", 12))
-
-
-def eps(cfg: Config) -> float:
-    return float(setting(cfg, "layer_norm_eps", 1e-12))
-
-
-def patch_size(cfg: Config) -> int:
-    return square(setting(cfg, "patch_size", 16), "patch_size")
-
-
-def image_size(cfg: Config) -> int:
-    return square(setting(cfg, "image_size", 224), "image_size")
-
-
-def dims(cfg: Config) -> Dims:
-    d, h = hidden(cfg), heads(cfg)
-    return Dims(layer_count(cfg), h, h, d, d // h, 0, None)
-
-
-def check_common(w: WeightSource, cfg: Config, prefix_tokens: int) -> None:
+def check_common(w: WeightSource, args: ViTArgs, prefix_tokens: int) -> None:
     """What ViT and DeiT share: the patch convolution, the position table, the layers."""
-    d, h = hidden(cfg), heads(cfg)
-    if d % h:
-        raise InputError(f"config.json: hidden_size {d} is not divisible by num_attention_heads")
-    p, grid = patch_size(cfg), image_size(cfg) // patch_size(cfg)
-    expect = (d, int(setting(cfg, "num_channels", 3)), p, p)
-    expect_shape(w, ANCHOR, expect)
+    d, p, grid = args.hidden_size, args.patch, args.grid
+    expect_shape(w, ANCHOR, (d, args.num_channels, p, p))
     expect_shape(w, "embeddings.position_embeddings", (1, prefix_tokens + grid * grid, d))
-    inter = int(setting(cfg, "intermediate_size", 4 * d))
-    check_layers(w, NAMES, layer_count(cfg), d, inter, bool(setting(cfg, "qkv_bias", True)))
+    check_layers(w, NAMES, args.num_hidden_layers, d, args.intermediate_size, args.qkv_bias)
 
 
 def check(w: WeightSource, cfg: Config) -> None:
-    check_common(w, cfg, 1)
+    check_common(w, ViTArgs.parse(cfg), 1)
 
 
 def embed_tokens(
-    w: WeightSource, pixels: np.ndarray, cfg: Config, tokens: list[str]
+    w: WeightSource, pixels: np.ndarray, args: ViTArgs, tokens: list[str]
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """[tokens…, patches] + position embeddings (the patch part resized to this picture's grid
     as interpolate_pos_encoding does: bicubic, no antialiasing)."""
-    patches, grid = patch_embed(w, PATCHES, pixels, patch_size(cfg))
+    patches, grid = patch_embed(w, PATCHES, pixels, args.patch)
     table = w["embeddings.position_embeddings"][0]
     k = len(tokens)
     positions = np.concatenate([table[:k], resize_positions(table[k:], *grid)])
@@ -100,24 +83,32 @@ def embed_tokens(
 
 
 def embed(w: WeightSource, pixels: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[int, int]]:
-    return embed_tokens(w, pixels, cfg, ["cls_token"])
+    return embed_tokens(w, pixels, ViTArgs.parse(cfg), ["cls_token"])
 
 
-def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+def run_layers(w: WeightSource, x: np.ndarray, args: ViTArgs) -> Iterator[LayerRecord]:
     return prenorm_layers(
         w,
         x,
         NAMES,
-        layer_count(cfg),
-        heads(cfg),
-        eps(cfg),
-        str(setting(cfg, "hidden_act", "gelu")),
-        bool(setting(cfg, "qkv_bias", True)),
+        args.num_hidden_layers,
+        args.num_attention_heads,
+        args.layer_norm_eps,
+        args.hidden_act,
+        args.qkv_bias,
     )
 
 
+def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+    return run_layers(w, x, ViTArgs.parse(cfg))
+
+
+def final_norm(w: WeightSource, h: np.ndarray, args: ViTArgs) -> np.ndarray:
+    return layer_norm(h, w["layernorm.weight"], w["layernorm.bias"], args.layer_norm_eps)
+
+
 def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-    return layer_norm(h, w["layernorm.weight"], w["layernorm.bias"], eps(cfg))
+    return final_norm(w, h, ViTArgs.parse(cfg))
 
 
 def pooled(w: WeightSource, out: np.ndarray, cfg: Config) -> np.ndarray:
@@ -150,7 +141,7 @@ FAMILY = Family(
     norm="pre",
     linear_values=True,
     sentence_pairs=False,
-    dims=dims,
+    dims=ViTArgs.dims_of,
     check=check,
     embed=no_text,
     layers=layers,
@@ -158,6 +149,11 @@ FAMILY = Family(
     rename=vit_names,
     wording=WORDING,
     vision=Vision(
-        "ViTImageProcessor", image_size, patch_size, lambda cfg: ["[CLS]"], embed, pooled
+        "ViTImageProcessor",
+        ViTArgs.image_of,
+        ViTArgs.patch_of,
+        lambda cfg: ["[CLS]"],
+        embed,
+        pooled,
     ),
 )
