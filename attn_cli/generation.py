@@ -12,8 +12,9 @@ those positions, and the rows transformers' generate(output_attentions=True) ret
 
 The prompt runs once; each new token then costs one row of attention per head with a key/value
 cache (kvcache.KVCache), for the families whose `layers` offers `with_cache` (the Llama-style
-decoders of models/_decoder.py, gpt-oss). Any other decoder (GPT-2) generates by re-running the
-full pass over every token for each new one: the same numbers, slower (a note says so).
+decoders of models/_decoder.py, gpt-oss, GPT-2: its learned positions through its embed's `at`).
+Without one (or with the cache off) generation re-runs the full pass over every token for each
+new one: the same numbers, slower (a note says so).
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ class Generation:
                 if len(self.new_ids) >= self.max_new_tokens:
                     break
                 if kv is not None:
-                    x = fam.embed(w, [token_id], cfg)
+                    x = self._embed_new(w, token_id, kv.length)
                 else:
                     x = fam.embed(w, self.prompt_ids + self.new_ids, cfg)
                 logits = self._pass(w, x, kv)
@@ -251,6 +252,12 @@ class Generation:
         for _ in self:
             pass
         return self.trace()
+
+    def _embed_new(self, w: Any, token_id: int, position: int) -> np.ndarray:
+        """A new token alone, at its position when the family's embedding depends on it."""
+        fam, cfg = self.model.family, self.model.config
+        at = getattr(fam.embed, "at", None)
+        return fam.embed(w, [token_id], cfg) if at is None else at(w, [token_id], cfg, position)
 
     def _pass(self, w: Any, x: np.ndarray, kv: KVCache | None) -> np.ndarray:
         """The layers over x (new tokens with a cache, every token without); keeps the last

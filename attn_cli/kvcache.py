@@ -13,8 +13,9 @@ text can differ there.)
 A family supports it with a forward pass that takes a `KVCache` (`layers(w, x, cfg, cache)`),
 given to the Family as `CachedLayers(layers)`: generation finds `with_cache` on it. A layer's
 attention is then `KVCache.attention` (the standard recipe) or the family's own code calling
-`KVCache.extend`. The family's `embed` must not depend on positions (rotary models): the new
-tokens are embedded alone.
+`KVCache.extend`. The new tokens are embedded alone: the family's `embed` must not depend on
+positions (rotary models), or it is a `PositionedEmbed` (learned positions that enter with the
+embeddings: GPT-2), whose `at` embeds them at the positions after those the cache holds.
 """
 
 from __future__ import annotations
@@ -134,3 +135,18 @@ class CachedLayers:
 
     def with_cache(self, w: Any, x: np.ndarray, cfg: Any, cache: KVCache) -> Iterator[LayerRecord]:
         return self.run(w, x, cfg, cache)
+
+
+class PositionedEmbed:
+    """A Family's `embed` whose function also takes the position of the first token (learned
+    position embeddings added to the token embeddings): called as usual it embeds from position
+    0; `at` embeds new tokens from position `start` (the cache's length)."""
+
+    def __init__(self, run: Callable[..., np.ndarray]) -> None:
+        self.run = run
+
+    def __call__(self, w: Any, ids: list[int], cfg: Any) -> np.ndarray:
+        return self.run(w, ids, cfg)
+
+    def at(self, w: Any, ids: list[int], cfg: Any, start: int) -> np.ndarray:
+        return self.run(w, ids, cfg, start)

@@ -34,7 +34,7 @@ OWN["gpt_oss"]["rope_parameters"] = {
     **GPT_OSS["rope_parameters"],
     "original_max_position_embeddings": 16,
 }
-CACHED = set(TINY) | set(NEW) | {"gpt_oss"}  # every family but GPT-2 (learned positions)
+CACHED = set(OWN)  # every decoder family (GPT-2: its embed puts new tokens at their positions)
 NO_EOS = {"eos_token_id": None, "bos_token_id": None, "pad_token_id": None}
 
 

@@ -1,5 +1,7 @@
 """GPT-2: token + position embeddings, pre-LayerNorm decoder layers with a causal mask and tanh
-GELU, a final LayerNorm. Conv1D weights are already [in, out]."""
+GELU, a final LayerNorm. Conv1D weights are already [in, out]. Generation uses the key/value
+cache: the new tokens are embedded at their positions (PositionedEmbed.at), the layers run
+over them alone (CachedLayers)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 
 from attn_cli.attention import AttentionParams, causal_mask
 from attn_cli.errors import InputError
+from attn_cli.kvcache import CachedLayers, KVCache, PositionedEmbed, mask_rows
 from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, TEXT, Args, arg
 from attn_cli.models.layers import activation, layer_norm
 from attn_cli.models.registry import Config, Dims, Family, WeightSource, Wording
@@ -68,15 +71,24 @@ def check(w: WeightSource, cfg: Config) -> None:
     expect_shape(w, "ln_f.weight", (d,))
 
 
-def embed(w: WeightSource, ids: list[int], cfg: Config) -> np.ndarray:
-    return w.rows(ANCHOR, ids) + w["wpe.weight"][: len(ids)]  # token + position
+def embed(w: WeightSource, ids: list[int], cfg: Config, start: int = 0) -> np.ndarray:
+    """Token + learned position embeddings, the tokens at positions start, start + 1, …"""
+    return w.rows(ANCHOR, ids) + w["wpe.weight"][start : start + len(ids)]
 
 
-def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+def layers(
+    w: WeightSource, x: np.ndarray, cfg: Config, cache: KVCache | None = None
+) -> Iterator[LayerRecord]:
+    """The layers over tokens x; with a `cache`, x are the tokens after those it holds (their
+    queries against every key so far, the rows a full pass computes for them)."""
     args = GPT2Args.parse(cfg)
     heads, eps = args.n_head, args.layer_norm_epsilon
     act = activation(args.activation_function)
-    mask = causal_mask(len(x))
+    if cache is None:
+        mask = causal_mask(len(x))
+    else:
+        start = cache.length
+        mask = mask_rows(start, start + len(x))
     for i in range(args.n_layer):
         p = f"h.{i}."
         a_in = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)  # pre-LN
@@ -95,7 +107,10 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
             b_o=w[p + "attn.c_proj.bias"],
         )
         # X is ln_1(hidden): what W_q, W_k, W_v multiply
-        a = multi_head_attention(a_in, params, mask, resid=x)
+        if cache is None:
+            a = multi_head_attention(a_in, params, mask, resid=x)
+        else:
+            a = cache.attention(i, a_in, params, mask, resid=x)
         assert a.output is not None
         h = x + a.output  # residual
         m = layer_norm(h, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
@@ -125,8 +140,8 @@ FAMILY = Family(
     sentence_pairs=False,
     dims=dims,
     check=check,
-    embed=embed,
-    layers=layers,
+    embed=PositionedEmbed(embed),
+    layers=CachedLayers(layers),
     final=final,
     logits=logits,
     wording=Wording(
