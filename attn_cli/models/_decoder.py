@@ -32,6 +32,7 @@ from attn_cli.attention import (
     sliding_window_mask,
     softcap,
 )
+from attn_cli import long
 from attn_cli.errors import InputError
 from attn_cli.models import rope
 from attn_cli.models.args import (
@@ -361,9 +362,12 @@ def layers(
     rots = rotaries(spec, args, source)
     tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
     width = window(spec, args)
-    masks = {FULL: causal_mask(n)}
-    if width is not None:
-        masks[SLIDING] = sliding_window_mask(n, width)
+    plan = long.current()  # a long text: attention blockwise, no n × n masks or maps
+    masks = {}
+    if plan is None:
+        masks[FULL] = causal_mask(n)
+        if width is not None:
+            masks[SLIDING] = sliding_window_mask(n, width)
     s = scale(spec, args)
     cap = getattr(args, "attn_logit_softcapping", None) if spec.attn_softcap else None
     x = x.astype(np.float32, copy=False)
@@ -385,15 +389,20 @@ def layers(
         params = AttentionParams(wq, wk, wv, heads, kv, bq, bk, bv, wo, bo)
         cos, sin = tables[kind]
         hook = qk_hook(spec, w, a, eps, rots[kind] if with_rope[i] else None, cos, sin)
-        record = multi_head_attention(
-            a_in,
-            params,
-            masks[kind],
-            hook,
-            scale=s,
-            cap=None if cap is None else float(cap),
-            resid=x,
-        )
+        if plan is not None:
+            slide = width if kind == SLIDING else None
+            cap_ = None if cap is None else float(cap)
+            record = long.attention(plan, i, a_in, params, slide, hook, s, cap_, x)
+        else:
+            record = multi_head_attention(
+                a_in,
+                params,
+                masks[kind],
+                hook,
+                scale=s,
+                cap=None if cap is None else float(cap),
+                resid=x,
+            )
         record.facts["rope"] = with_rope[i]
         assert record.output is not None
         o = record.output
