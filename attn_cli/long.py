@@ -24,7 +24,6 @@ import numpy as np
 from attn_cli import attention as att
 from attn_cli import blockwise
 from attn_cli.errors import InputError, opt
-from attn_cli.memory import gib
 from attn_cli.records import TOKENS, AttentionRecord
 from attn_cli.trace import TraceStep
 
@@ -137,13 +136,22 @@ def long_bytes(n: int, hidden: int, heads: int, kv: int, head_dim: int, inner: i
     Q, K, V, Y and O of one layer, the MLP's gate, up and product, the score blocks of a group
     of query heads, and one shown head's kept queries and keys per layer. Linear in n."""
     vectors = n * 4 * (4 * hidden + 2 * heads * head_dim + 2 * kv * head_dim + 3 * inner)
-    scores = 4 * blockwise.QUERY_BLOCK * blockwise.KEY_BLOCK * 4 * max(1, heads // kv)
-    return int((vectors + scores) * 1.1) + 64 * 2**20
+    block = min(n, blockwise.QUERY_BLOCK) * min(n, blockwise.KEY_BLOCK)
+    scores = 4 * block * 4 * max(1, heads // kv)  # the block, its exp, mask and tile copies
+    return int((vectors + scores) * 1.1) + 16 * 2**20
+
+
+def size(count: int) -> str:
+    """A byte count in GiB, MiB or KiB, whichever reads best."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{max(1, round(count / 2**10))} KiB"
 
 
 def map_size(n: int, heads: int, layers: int) -> str:
     """How big the full maps would be, in words."""
-    return f"{layers} × {heads} maps of {n:,} × {n:,} would take {gib(layers * heads * n * n * 4)}"
+    return f"{layers} × {heads} maps of {n:,} × {n:,} would take {size(layers * heads * n * n * 4)}"
 
 
 def attention(
@@ -209,7 +217,9 @@ def check_block(rows: Span, cols: Span) -> None:
 
 
 def _bin_labels(edges: np.ndarray) -> list[str]:
-    return [f"{a}–{b - 1}" if b - a > 1 else str(a) for a, b in zip(edges[:-1], edges[1:])]
+    return [
+        f"{a}–{b - 1}" if b - a > 1 else str(a) for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
 
 
 def layer_steps(
@@ -233,7 +243,7 @@ def layer_steps(
                 "column range, summed over those keys and averaged over those queries (block "
                 "mean × keys per block), so each row still sums to 1. Computed blockwise from "
                 f"exact weights (each query reads {reads}); the full {n:,} × {n:,} map "
-                f"({gib(n * n * 4)}) was never held. --rows A:B --cols C:D shows exact weights.",
+                f"({size(n * n * 4)}) was never held. --rows A:B --cols C:D shows exact weights.",
                 pooled.astype(np.float32),
                 _bin_labels(kept.row_edges),
                 _bin_labels(kept.col_edges),

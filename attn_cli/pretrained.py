@@ -194,9 +194,7 @@ class Model:
 
         def one(text: str, bar: Progress) -> Trace:
             with one_thread_when_busy():  # spinning BLAS threads slow a loaded machine down
-                return self._trace(
-                    text, layers, heads, keep, pair, methods, options, bar, request
-                )
+                return self._trace(text, layers, heads, keep, pair, methods, options, bar, request)
 
         return stream(self.name, texts, one)
 
@@ -312,7 +310,9 @@ class Model:
         if plan is not None:
             config["long"] = {"pooled_cells": plan.cells, "rows": plan.rows, "cols": plan.cols}
         computed = d.layers if runs_to_end else layers[-1] + 1
-        for i, layer in enumerate(long_layers(plan, family.layers(self.weights, h, cfg), bar, computed)):
+        for i, layer in enumerate(
+            long_layers(plan, family.layers(self.weights, h, cfg), bar, computed)
+        ):
             if bar is not None:
                 bar.phase(f"{len(ids):,} tokens · layer {i + 1} of {d.layers}")
             h = layer.out
@@ -320,9 +320,7 @@ class Model:
                 run.add(i, layer)
             if i in wanted and plan is not None:
                 trace.steps += [
-                    s
-                    for s in long_layer_steps(layer.attention, i, heads, labels)
-                    if keep(s.name)
+                    s for s in long_layer_steps(layer.attention, i, heads, labels) if keep(s.name)
                 ]
             elif i in wanted:
                 trace.steps += narrate.model_layer_steps(

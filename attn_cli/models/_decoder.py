@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from attn_cli import long
 from attn_cli.attention import (
     AttentionParams,
     QKStage,
@@ -32,7 +33,6 @@ from attn_cli.attention import (
     sliding_window_mask,
     softcap,
 )
-from attn_cli import long
 from attn_cli.errors import InputError
 from attn_cli.models import rope
 from attn_cli.models.args import (
