@@ -2,9 +2,9 @@
 for the layers and heads shown a pooled map of the whole text plus any exact block asked for
 (`--rows A:B --cols C:D`), never the n × n map.
 
-The path is taken when the rows or columns of a zoom are given, or when the full maps of the
-shown layers would not fit in memory (memory.model_bytes); `Model.trace(long=True)` asks for it
-outright. The decoders of models/_decoder.py read the plan of the run in progress (`current`)
+The path is taken when the rows or columns of a zoom are given, when the text has more than
+LONG_TOKENS tokens, or when the full maps of the shown layers would not fit in memory
+(memory.model_bytes); `Model.trace(long=True)` asks for it outright, long=False never. The decoders of models/_decoder.py read the plan of the run in progress (`current`)
 and call `attention` instead of building the full map; `layer_steps` turns what it kept into
 the trace's steps: W_pooled (the pooled map, kind weights: its rows sum to 1) and W_block (the
 exact block, kind weights when its columns hold every key its rows read, partial_weights
@@ -27,6 +27,10 @@ from attn_cli.errors import InputError, opt
 from attn_cli.records import TOKENS, AttentionRecord
 from attn_cli.trace import TraceStep
 
+# Above this many tokens a decoder always takes the long path: one head's full map is 64 MiB
+# or more per kind, more than any screen or page shows, and the layers nobody looks at run
+# several times faster blockwise.
+LONG_TOKENS = 4096
 POOLED_CELLS = 256  # bins a side of the pooled map: a page's heatmap, twice a terminal's width
 MAX_BLOCK_CELLS = 1 << 25  # an exact block of at most 32 Mi weights (128 MiB in float32)
 
@@ -280,6 +284,15 @@ def layer_steps(
     return steps
 
 
+def blockwise_advice(family: Any, methods: bool) -> str:
+    """What the memory message adds about the long path."""
+    if not supports(family):
+        return f" ({family.name} has no blockwise path; decoders do)"
+    if methods:
+        return f" (without {opt('methods')}, long texts are computed blockwise)"
+    return f"; {opt('rows')} A:B {opt('cols')} C:D keeps exact blocks only"
+
+
 def decide(
     request: Request,
     family: Any,
@@ -291,28 +304,30 @@ def decide(
     methods: bool,
     inner: int,
 ) -> Plan | None:
-    """The long path's plan for a run of `family` (its Dims `d`), or None for the ordinary path. Taken when asked
-    (request.force, a zoom) or when the full maps of the shown layers (`need` bytes) would not
-    fit; refused in one line when this family cannot take it or even it would not fit."""
+    """The long path's plan for a run of `family` (its Dims `d`), or None for the ordinary
+    path. Taken when asked (request.force, a zoom), above LONG_TOKENS tokens, or when the full
+    maps of the shown layers (`need` bytes) would not fit — unless the family has no blockwise
+    path or methods need every full map, which keep the ordinary path when they were not asked
+    for a zoom. Refused in one line when even the chosen path would not fit."""
     from attn_cli import memory
 
     what = f"the text is {n:,} tokens, over {len(layers)} layers of {d.heads} heads"
     full = map_size(n, d.heads, len(layers))
-    if request.force is False:
-        if request.zoomed:
-            raise InputError(f"{opt('rows')}/{opt('cols')} apply to the long path (long=False)")
-        memory.check_fits(need, what, f"{full}: choose fewer layers or a shorter text")
-        return None
-    wanted = request.force or request.zoomed or not memory.fits(need)
-    if not wanted:
-        return None
-    if not supports(family):
+    if request.force is False and request.zoomed:
+        raise InputError(f"{opt('rows')}/{opt('cols')} apply to the long path (long=False)")
+    asked = bool(request.force or request.zoomed)
+    wanted = asked or n > LONG_TOKENS or not memory.fits(need)
+    if not asked and (not supports(family) or methods):
+        wanted = False  # the ordinary path, or its memory message below
+    if request.force is False or not wanted:
         memory.check_fits(
             need,
             what,
-            f"{full}, and {family.name} has no blockwise path (decoders do): choose fewer "
-            f"layers ({opt('layer')}), fewer steps ({opt('steps')}) or a shorter text",
+            f"{full}: choose fewer layers ({opt('layer')}), fewer steps ({opt('steps')}) or a "
+            f"shorter text{blockwise_advice(family, methods)}",
         )
+        return None
+    if not supports(family):
         raise InputError(
             f"{opt('rows')}/{opt('cols')}: exact blocks of long texts are for decoders; "
             f"{family.name} shows its full maps (use the heatmap's own zoom on a saved trace)"
@@ -327,8 +342,9 @@ def decide(
         check_block(rows or (0, n), cols or (0, n))
     memory.check_fits(
         long_bytes(n, d.hidden, d.heads, d.kv_heads, d.head_dim, inner),
-        f"the text is {n:,} tokens",
-        "even computed blockwise (memory linear in the text) it does not fit: shorten the text",
+        f"the text is {n:,} tokens, computed blockwise (memory linear in the text)",
+        f"with full maps it would need more ({full}): choose fewer layers ({opt('layer')}), "
+        f"fewer steps ({opt('steps')}) or a shorter text",
     )
     return Plan(frozenset(layers), tuple(heads), n, rows, cols)
 
