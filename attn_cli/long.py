@@ -274,8 +274,8 @@ def layer_steps(
                         "share of 1."
                     ),
                     kept.blocks[h],
-                    labels[r0:r1],
-                    labels[c0:c1],
+                    [f"{i}:{labels[i]}" for i in range(r0, r1)],  # position: token
+                    [f"{j}:{labels[j]}" for j in range(c0, c1)],
                     "weights" if whole else "partial_weights",
                     layer,
                     h,

@@ -6,7 +6,7 @@ llama.cpp evaluating the same tokens, same run.
     python benchmarks/long_document.py --tokens 2048   # a shorter run
 
 Sides, each a fresh process on the same token ids (load included), one run each after a
-warm-up (file cache, imports, the tokenizer's merges cache):
+warm-up on 256 tokens (file cache, imports, the tokenizer's merges cache):
 
   attn-cli   `attn-cli explain --file DOC --model FILE --layer L --head 2 --view heatmap`: every
              layer up to L computed blockwise (online softmax over key blocks; sliding layers
@@ -93,21 +93,23 @@ def main() -> int:
         path, tokens, layer = gemma3_270m(), args.tokens or 32_768, 17
         model = str(path)
     with tempfile.TemporaryDirectory() as tmp:
-        doc = Path(tmp) / "doc.txt"
-        subprocess.run([PY, __file__, "--doc-of", str(path), str(tokens), str(doc)], check=True)
-        ids_file = Path(str(doc) + ".ids")
         cpp_script = Path(tmp) / "cpp.py"
         cpp_script.write_text(LLAMA_CPP)
-        sides = {
-            "attn-cli": attn_cli_command()
-            + ["explain", "--file", str(doc), "--model", model, "--layer", str(layer)]
-            + ["--head", "2", "--view", "heatmap"],
-            "llama.cpp": [PY, str(cpp_script), str(path), str(ids_file)],
-        }
-        for cmd in sides.values():  # warm-up: file cache, imports, the merges cache
+
+        def sides(count: int) -> dict[str, list[str]]:
+            doc = Path(tmp) / f"doc{count}.txt"
+            subprocess.run([PY, __file__, "--doc-of", str(path), str(count), str(doc)], check=True)
+            return {
+                "attn-cli": attn_cli_command()
+                + ["explain", "--file", str(doc), "--model", model, "--layer", str(layer)]
+                + ["--head", "2", "--view", "heatmap"],
+                "llama.cpp": [PY, str(cpp_script), str(path), str(doc) + ".ids"],
+            }
+
+        for cmd in sides(256).values():  # warm-up: file cache, imports, the merges cache
             run_child(cmd)
         seconds, peaks = {}, {}
-        for side, cmd in sides.items():
+        for side, cmd in sides(tokens).items():
             seconds[side], peaks[side] = run_child(cmd)
     ratio = seconds["attn-cli"] / seconds["llama.cpp"]
     figures = {
