@@ -13,6 +13,7 @@ otherwise).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
@@ -25,7 +26,7 @@ from attn_cli import attention as att
 from attn_cli import blockwise
 from attn_cli.errors import InputError, opt
 from attn_cli.records import TOKENS, AttentionRecord
-from attn_cli.trace import TraceStep
+from attn_cli.trace import TraceStep, token_labels
 
 # Above this many tokens a decoder always takes the long path: one head's full map is 64 MiB
 # or more per kind, more than any screen or page shows, and the layers nobody looks at run
@@ -226,6 +227,67 @@ def _bin_labels(edges: np.ndarray) -> list[str]:
     ]
 
 
+# What each long trace kept for zooms after the run, by id of the trace (in this process only:
+# exports never hold queries or keys).
+_KEPT: dict[int, tuple[Any, dict[int, Kept]]] = {}
+
+
+def remember(trace: Any, layer: int, record: AttentionRecord) -> None:
+    """Keep a shown layer's queries, keys and normalisers with `trace` for `zoom`."""
+    entry = _KEPT.get(id(trace))
+    if entry is None or entry[0] is not trace:
+        entry = _KEPT[id(trace)] = (trace, {})
+        weakref.finalize(trace, _KEPT.pop, id(trace), None)
+    entry[1][layer] = record.facts["long"]
+
+
+def zoom(trace: Any, layer: int, head: int, rows: Any, cols: Any) -> TraceStep:
+    """The exact weights W[rows, cols] of a shown layer and head of a long trace made in this
+    process, recomputed from its kept queries and keys; also appended to the trace's steps."""
+    entry = _KEPT.get(id(trace))
+    kept = None if entry is None or entry[0] is not trace else entry[1].get(layer)
+    if kept is None or head not in kept.queries:
+        raise InputError(
+            f"layer {layer}, head {head}: not a shown layer and head of a long trace made in "
+            "this process (a loaded trace holds no queries or keys to zoom with)"
+        )
+    n = len(trace.tokens)
+    r = span(rows, n, "rows") or (0, n)
+    c = span(cols, n, "cols") or (0, n)
+    check_block(r, c)
+    kept.rows, kept.cols = r, c
+    kept.blocks[head] = kept.block(head, r, c)
+    step = _block_step(kept, layer, head, token_labels(trace.tokens))
+    trace.steps.append(step)
+    return step
+
+
+def _block_step(kept: Kept, layer: int, h: int, labels: list[str]) -> TraceStep:
+    """W_block: head h's exact block of weights, as kept.rows × kept.cols."""
+    n = len(labels)
+    (r0, r1), (c0, c1) = kept.rows or (0, n), kept.cols or (0, n)
+    first = kept.geo.first_key(r0)
+    whole = c0 <= first and c1 >= r1  # every key the rows read is a column
+    return TraceStep(
+        "W_block",
+        f"W[{r0}:{r1}, {c0}:{c1}] = exp(s_ij − logsumexp_j s_ij)",
+        f"Exact attention weights of queries {r0}–{r1 - 1} (rows) over keys "
+        f"{c0}–{c1 - 1} (columns), recomputed from the layer's queries and keys "
+        "and each row's softmax normaliser over all its keys: "
+        + (
+            "every key these rows read is here, so each row sums to 1."
+            if whole
+            else "keys outside the block are left out, so each row sums to its share of 1."
+        ),
+        kept.blocks[h],
+        [f"{i}:{labels[i]}" for i in range(r0, r1)],  # position: token
+        [f"{j}:{labels[j]}" for j in range(c0, c1)],
+        "weights" if whole else "partial_weights",
+        layer,
+        h,
+    )
+
+
 def layer_steps(
     record: AttentionRecord, layer: int, heads: list[int], labels: list[str]
 ) -> list[TraceStep]:
@@ -257,30 +319,7 @@ def layer_steps(
             )
         )
         if h in kept.blocks:
-            (r0, r1), (c0, c1) = kept.rows or (0, n), kept.cols or (0, n)
-            first = kept.geo.first_key(r0)
-            whole = c0 <= first and c1 >= r1  # every key the rows read is a column
-            steps.append(
-                TraceStep(
-                    "W_block",
-                    f"W[{r0}:{r1}, {c0}:{c1}] = exp(s_ij − logsumexp_j s_ij)",
-                    f"Exact attention weights of queries {r0}–{r1 - 1} (rows) over keys "
-                    f"{c0}–{c1 - 1} (columns), recomputed from the layer's queries and keys "
-                    "and each row's softmax normaliser over all its keys: "
-                    + (
-                        "every key these rows read is here, so each row sums to 1."
-                        if whole
-                        else "keys outside the block are left out, so each row sums to its "
-                        "share of 1."
-                    ),
-                    kept.blocks[h],
-                    [f"{i}:{labels[i]}" for i in range(r0, r1)],  # position: token
-                    [f"{j}:{labels[j]}" for j in range(c0, c1)],
-                    "weights" if whole else "partial_weights",
-                    layer,
-                    h,
-                )
-            )
+            steps.append(_block_step(kept, layer, h, labels))
     return steps
 
 

@@ -22,6 +22,7 @@ from attn_cli.long import Request as LongRequest
 from attn_cli.long import decide as decide_long
 from attn_cli.long import layer_steps as long_layer_steps
 from attn_cli.long import long_layers
+from attn_cli.long import remember as remember_long
 from attn_cli.methods.lens import lens_steps, logit_lens
 from attn_cli.methods.registry import MethodRun, ModelParts, select_methods
 from attn_cli.methods.registry import method_options as make_options
@@ -319,6 +320,7 @@ class Model:
             if run is not None:
                 run.add(i, layer)
             if i in wanted and plan is not None:
+                remember_long(trace, i, layer.attention)  # for long.zoom after the run
                 trace.steps += [
                     s for s in long_layer_steps(layer.attention, i, heads, labels) if keep(s.name)
                 ]

@@ -344,3 +344,29 @@ def test_the_browser_shows_a_long_trace_pooled_map_and_block():
             assert screen.key == (1, 1)  # type: ignore[attr-defined]
 
     asyncio.run(script())
+
+
+def test_zoom_after_the_run_recomputes_any_block_exactly():
+    model = load_model(GEMMA3)
+    text = " ".join(WORDS * 30)
+    ordinary = model.trace(text, layers=[1], heads=[2], long=False)
+    trace = model.trace(text, layers=[1], heads=[2], long=True)
+    step = long.zoom(trace, 1, 2, "200:260", (0, 300))
+    assert trace.steps[-1] is step and step.name == "W_block" and step.kind == "weights"
+    np.testing.assert_allclose(step.data, ordinary.find("W", 1, 2).data[200:260, :300], atol=1e-5)
+    with pytest.raises(InputError, match="not a shown layer and head"):
+        long.zoom(trace, 0, 2, "0:5", "0:5")
+    with pytest.raises(InputError, match="not a shown layer and head"):
+        long.zoom(ordinary, 1, 2, "0:5", "0:5")
+
+
+def test_progress_counting_restores_the_bar():
+    from attn_cli.progress import Progress
+
+    bar = Progress("x", total=1)
+    bar.advance()
+    with bar.counting(100, "tokens"):
+        assert (bar.total, bar.unit, bar.done) == (100, "tokens", 0)
+        bar.advance(40)
+        assert bar.done == 40
+    assert (bar.total, bar.unit, bar.done) == (1, None, 1)
