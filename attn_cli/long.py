@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from attn_cli import attention as att
-from attn_cli import blockwise
+from attn_cli import blockwise, memory
 from attn_cli.errors import InputError, opt
 from attn_cli.records import TOKENS, AttentionRecord
 from attn_cli.trace import TraceStep, token_labels
@@ -348,8 +348,6 @@ def decide(
     maps of the shown layers (`need` bytes) would not fit — unless the family has no blockwise
     path or methods need every full map, which keep the ordinary path when they were not asked
     for a zoom. Refused in one line when even the chosen path would not fit."""
-    from attn_cli import memory
-
     what = f"the text is {n:,} tokens, over {len(layers)} layers of {d.heads} heads"
     full = map_size(n, d.heads, len(layers))
     if request.force is False and request.zoomed:
