@@ -182,6 +182,7 @@ def test_4096_pooled_and_zoomed_equal_the_ordinary_full_map(tiny_4096):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.reference
 def test_4096_pooled_and_zoomed_equal_transformers(tiny_4096):
     torch = require("torch")
     require("transformers")
