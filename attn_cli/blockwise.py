@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 QUERY_BLOCK = 512  # queries per step
-KEY_BLOCK = 4096  # keys per step: a 512 × 4096 float32 score block is 8 MiB per query head
+KEY_BLOCK = 1024  # keys per step: a 512 × 1024 float32 score block is 2 MiB per query head
 
 
 @dataclass(frozen=True)
