@@ -371,3 +371,16 @@ def test_progress_counting_restores_the_bar():
         bar.advance(40)
         assert bar.done == 40
     assert (bar.total, bar.unit, bar.done) == (1, None, 1)
+
+
+def test_the_api_reads_a_file_and_zooms(tmp_path):
+    import attn_cli
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("\n".join(" ".join(WORDS) for _ in range(9)), encoding="utf-8")
+    trace = attn_cli.explain(file=doc, model=str(GEMMA3), layer=1, head=0, rows="5:9")
+    assert trace.text == doc.read_text()
+    assert [s.name for s in trace.steps if s.layer == 1] == ["W_pooled", "W_block"]
+    assert attn_cli.explain(file=doc).text == doc.read_text()
+    with pytest.raises(InputError, match="apply with model="):
+        attn_cli.explain(file=doc, rows="0:2")
