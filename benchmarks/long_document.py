@@ -111,6 +111,7 @@ def main() -> int:
         seconds, peaks = {}, {}
         for side, cmd in sides(tokens).items():
             seconds[side], peaks[side] = run_child(cmd)
+            print(f"{side}: {seconds[side]:.1f} s, peak {peaks[side] / 2**20:.0f} MiB", flush=True)
     ratio = seconds["attn-cli"] / seconds["llama.cpp"]
     figures = {
         "model": "SmolLM2-135M (real)" if args.smollm2 else "Gemma 3 270M geometry (random)",
@@ -120,7 +121,7 @@ def main() -> int:
         "peak_rss_mib": {k: v / 2**20 for k, v in peaks.items()},
         "time_vs_llama_cpp": ratio,
     }
-    for side in sides:
+    for side in seconds:
         print(f"{side:10} {seconds[side]:7.1f} s   peak {peaks[side] / 2**20:7.0f} MiB")
     print(f"attn-cli peak {peaks['attn-cli'] / 2**30:.2f} GiB (target ≤ 4 GB)")
     print(f"attn-cli vs llama.cpp: {ratio:.2f}× its time (target ≤ 3×)")
