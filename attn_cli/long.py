@@ -107,8 +107,10 @@ def planned(plan: Plan) -> Iterator[Plan]:
 
 
 def supports(family: Any) -> bool:
-    """Whether a family's forward pass takes the long path: the shared decoder's does."""
-    return getattr(family.layers, "__module__", None) == "attn_cli.models._decoder"
+    """Whether a family's forward pass takes the long path: the shared decoder's does (also
+    when wrapped, as a key/value cache's `CachedLayers` wraps it in `run`)."""
+    layers = getattr(family.layers, "run", family.layers)
+    return getattr(layers, "__module__", None) == "attn_cli.models._decoder"
 
 
 def span(value: Any, n: int, name: str) -> Span | None:
