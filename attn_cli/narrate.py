@@ -100,10 +100,14 @@ class StageContext:
         """The newest score stage so far: what the softmax (or the mask) takes."""
         return [s.name for s in self.earlier if s.kind == "scores"][-1]
 
-    def input(self) -> str:
+    def input(self, letter: str = "Q") -> str:
         """The newest stage of the whole block's vectors so far: what the projections multiply
-        (X, or X_norm when the Q/K/V pipeline normalises it)."""
-        return [s.name for s in self.earlier if s.heads is None and s.kind == "vectors"][-1]
+        (X, or X_norm when the Q/K/V pipeline normalises it); in a cross-attention block the
+        keys and values are made from X_source (the encoder's output) instead."""
+        if letter != "Q" and any(s.name == "X_source" for s in self.earlier):
+            return "X_source"
+        names = [s.name for s in self.earlier if s.heads is None and s.kind == "vectors"]
+        return [n for n in names if n != "X_source"][-1]
 
 
 # A stage's words: its formula and its plain-words description.
@@ -119,6 +123,22 @@ def _embedded(c: StageContext) -> tuple[str, str]:
     if "X_norm" in c.record:
         into = "normalised, then sent through the projections"
     return "embed(tokens)", f"{each_token(n)} becomes a row vector of {d} numbers: {into}."
+
+
+def _source(c: StageContext) -> tuple[str, str]:
+    n, d = c.data.shape
+    return "encoder output", (
+        f"The encoder's output, one {d}-number vector per source position ({n}): the keys and "
+        "values of this cross-attention are made from it, the queries from the target tokens."
+    )
+
+
+def _biased_scores(c: StageContext) -> tuple[str, str]:
+    return f"{c.logits()} + B", (
+        "Plus the position bias B: a learned number per head for each distance between query "
+        "and key (bucketed), so the scores depend on where the tokens sit, not only on what "
+        "they hold."
+    )
 
 
 def _normalised(c: StageContext) -> tuple[str, str]:
@@ -180,7 +200,7 @@ def _projected(c: StageContext) -> tuple[str, str]:
     bias = p is not None and getattr(p, f"b_{lo}") is not None
     sup = superscript(c.h) if c.voice.teaching and c.head is not None else ""
     width = c.data.shape[-1]
-    formula = f"{c.input()}·W_{lo}{sup}" + (f" + b_{lo}" if bias else "")
+    formula = f"{c.input(letter)}·W_{lo}{sup}" + (f" + b_{lo}" if bias else "")
     if c.voice.teaching:
         return formula, (
             f"{PLURAL[letter]}{c.of}: one row per token, each token's vector sent through "
@@ -277,7 +297,8 @@ def _weights(c: StageContext) -> tuple[str, str]:
         "Each row is now a probability distribution (weights between 0 and 1, summing to 1) "
         "over the tokens this token may attend to." + temp_note
         if c.voice.teaching
-        else "Attention weights: each row sums to 1 — where each token looks."
+        else "Attention weights: each row sums to 1 — where each token looks"
+        + (" in the source." if c.record.kind == "cross" else ".")
     )
 
 
@@ -319,6 +340,7 @@ def _output(c: StageContext) -> tuple[str, str]:
 STAGE_TEXTS: dict[str, StageText] = {
     "X": _embedded,
     "X_norm": _normalised,
+    "X_source": _source,
     "W_q": _projection,
     "W_k": _projection,
     "W_v": _projection,
@@ -331,6 +353,7 @@ STAGE_TEXTS: dict[str, StageText] = {
     "K_rot": _rotated,
     "W_raw": _raw_scores,
     "W_scaled": _scaled_scores,
+    "W_biased": _biased_scores,
     "W_masked": _masked_scores,
     "W": _weights,
     "Y": _mixed_values,
@@ -459,7 +482,9 @@ def record_steps(
         )
 
     steps = [step(i, s, 0, None) for i, s in leading]
-    for h in range(record.heads) if heads is None else heads:
+    # a model whose layers differ in head count (Qwen3-Next's linear and softmax layers) shows
+    # each layer the chosen heads it has
+    for h in range(record.heads) if heads is None else [h for h in heads if h < record.heads]:
         steps += [step(i, s, h, h if numbered else None) for i, s in per_head]
     return steps + [step(i, s, 0, None) for i, s in trailing]
 
@@ -647,13 +672,22 @@ STEP_NAMES = (
     "W_q",
     "W_k",
     "W_v",
+    "c_q",  # DeepSeek's latent attention: the query latent,
+    "c_kv",  # the key/value latent shared by all heads,
+    "k_pe",  # and the one rotary key shared by all heads
     "Q",
     "K",
     "V",
+    "Q_conv",  # Qwen3-Next's linear layers: after the causal convolution
+    "K_conv",
+    "V_conv",
     "Q_norm",
     "K_norm",
     "Q_rot",
     "K_rot",
+    "Q_temp",  # Llama 4's NoPE layers: queries scaled by position (attention temperature tuning)
+    "K_temp",
+    "gates",  # linear layers: each token's decay and write strength
     "W_raw",
     "W_scaled",
     "W_capped",
@@ -661,6 +695,8 @@ STEP_NAMES = (
     "W",
     "sink",  # gpt-oss: each row's mass to the attention sink
     "Y",
+    "gate",  # Qwen3-Next: the output gate, and the heads' outputs through it
+    "Y_gated",
     "Y_concat",
     "W_o",
     "O",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from attn_cli import memory, narrate
-from attn_cli.blas import one_thread_when_busy
+from attn_cli.blas import threads_for_free_cores
 from attn_cli.errors import InputError, opt
 from attn_cli.gguf import open_model
 from attn_cli.gguf.locate import is_gguf_spec
@@ -32,6 +32,7 @@ from attn_cli.models.weights import SafetensorsWeights
 from attn_cli.options import Selection, parse_selection, parse_steps, step_filter
 from attn_cli.progress import Progress, stream
 from attn_cli.readable import readable_tokens, tokenizer_kind
+from attn_cli.seq2seq import seq2seq_trace
 from attn_cli.tokenizer import load_tokenizer, tokenize, tokenize_pair
 from attn_cli.trace import MODEL, Trace, TraceStep, token_labels
 from attn_cli.vision import image_trace
@@ -103,6 +104,12 @@ class Model:
         methods: str | Sequence[str] | None = None,
         image: Any = None,
         file: str | Path | None = None,
+        target: str | None = None,
+        generate: bool = False,
+        max_length: int | None = None,
+        audio: Any = None,
+        sampling_rate: int | None = None,
+        timestamps: bool = False,
         **method_options: Any,
     ) -> Trace:
         """Run `text` through the model; keep the steps of the chosen layers and heads.
@@ -116,11 +123,24 @@ class Model:
         (also accepted as `text`), a PIL image or an (H, W, 3) uint8 array.
         file: a UTF-8 text file, read whole as one text.
         rows, cols, long (keywords): a long text's exact block and path (see `traces`).
+        target, generate: for an encoder–decoder model (T5, BART, Marian …), the target text
+        fed to the decoder (teacher forcing), or generate=True to decode greedily as the
+        model's generation config says (max_length: the decoder's length at most).
+        audio, sampling_rate: for a speech model (Whisper), the sound: a file's path (also
+        accepted as `text`: WAV, or FLAC/MP3/Ogg with soundfile) or an array of samples at
+        `sampling_rate` Hz; timestamps=True adds each word's time (from the cross-attention
+        of the model's alignment heads).
         """
         if file is not None:
             if text is not None:
                 raise InputError(f"{opt('text')} and {opt('file')}: give one of them")
             text = read_file(file)
+        if audio is not None:
+            if text is not None or image is not None:
+                raise InputError(f"{opt('text')} and {opt('audio')}: give one of them")
+            text = audio if sampling_rate is None else (audio, sampling_rate)
+        elif sampling_rate is not None:
+            raise InputError(f"{opt('sampling_rate')} applies with {opt('audio')}")
         if image is not None:
             if text is not None:
                 raise InputError(f"{opt('text')} and {opt('image')}: give one of them")
@@ -128,8 +148,48 @@ class Model:
         if text is None:
             raise InputError(f"{opt('image' if self.family.vision else 'text')}: nothing to trace")
         return next(
-            iter(self.traces([text], layers, heads, steps, pair, methods, **method_options))
+            iter(
+                self.traces(
+                    [text],
+                    layers,
+                    heads,
+                    steps,
+                    pair,
+                    methods,
+                    target=target,
+                    generate=generate,
+                    max_length=max_length,
+                    timestamps=timestamps,
+                    **method_options,
+                )
+            )
         )
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 32,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        chat: bool = False,
+        layers: Selection = "all",
+        heads: Selection = "all",
+    ) -> Trace:
+        """Let the model continue `prompt` and keep every new token's attention: a Trace whose
+        maps have one row per new token over every token (layers, heads, n_new, n_prompt +
+        n_new); `t.generated` holds the new tokens. Greedy unless temperature > 0, top_k or
+        top_p asks for sampling (seeded: the same tokens for a seed). It stops at the model's
+        end-of-sequence tokens, at a `stop` text, or after max_new_tokens. chat: the prompt as
+        a user message in the model's chat template (needs Jinja2). See attn_cli.generation
+        (Generation.start(...) streams the tokens one by one)."""
+        from attn_cli.generation import Generation
+
+        return Generation.start(
+            self, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, chat, layers, heads
+        ).run()
 
     def traces(
         self,
@@ -139,6 +199,10 @@ class Model:
         steps: str | Sequence[str] | None = None,
         pair: str | None = None,
         methods: str | Sequence[str] | None = None,
+        target: str | None = None,
+        generate: bool = False,
+        max_length: int | None = None,
+        timestamps: bool = False,
         rows: Any = None,
         cols: Any = None,
         long: bool | None = None,
@@ -154,6 +218,7 @@ class Model:
         layer_list, head_list = self.select(layers, heads)
         keep = step_filter(parse_steps(steps))
         self._check_pair(pair)
+        seq2seq = self._check_seq2seq(target, generate, max_length, methods, timestamps)
         options = None
         if methods:
             select_methods(methods, self.parts())  # a method this model cannot run: refused now
@@ -161,7 +226,18 @@ class Model:
         elif method_options:
             raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
         return self._run(
-            texts, layer_list, head_list, keep, pair, methods or None, options, request
+            texts, layer_list, head_list, keep, pair, methods or None, options, seq2seq, request
+        )
+
+    @property
+    def layer_count(self) -> int:
+        """Layers a selection picks from: an encoder–decoder model's deeper stack's (layer i of
+        each stack that has one)."""
+        s2s = self.family.seq2seq
+        return (
+            self.dims.layers
+            if s2s is None
+            else max(self.dims.layers, s2s.decoder_layers(self.config))
         )
 
     def select(
@@ -169,11 +245,9 @@ class Model:
     ) -> tuple[list[int], list[int]]:
         """The layer and head indices a selection means, checked; an error names `params`
         (explain's are `layer` and `head`)."""
-        d = self.dims
+        d, count = self.dims, self.layer_count
         return (
-            parse_selection(
-                layers, d.layers, params[0], "--layer", f"{self.name} has {d.layers} layers"
-            ),
+            parse_selection(layers, count, params[0], "--layer", f"{self.name} has {count} layers"),
             parse_selection(
                 heads, d.heads, params[1], "--head", f"{self.name} has {d.heads} heads"
             ),
@@ -188,13 +262,20 @@ class Model:
         pair: str | None,
         methods: str | Sequence[str] | None,
         options: Any,
+        seq2seq: tuple[str | None, bool, int | None, bool] | None = None,
         request: LongRequest | None = None,
     ) -> Iterator[Trace]:
         """The traces, one at a time, with a progress line on a terminal's stderr for work
         that takes more than about a second (per input, and per layer within it)."""
 
         def one(text: str, bar: Progress) -> Trace:
-            with one_thread_when_busy():  # spinning BLAS threads slow a loaded machine down
+            with threads_for_free_cores():  # spinning BLAS threads slow a loaded machine down
+                if seq2seq is not None:
+                    target, generate, max_length, timestamps = seq2seq
+                    return seq2seq_trace(
+                        self, text, layers, heads, keep, target, generate, max_length, bar,
+                        timestamps,
+                    )  # fmt: skip
                 return self._trace(text, layers, heads, keep, pair, methods, options, bar, request)
 
         return stream(self.name, texts, one)
@@ -203,6 +284,56 @@ class Model:
         """What attn_cli.methods needs from this model."""
 
         return ModelParts(self.family, self.weights, self.config, self.tokenizer)
+
+    def _check_seq2seq(
+        self,
+        target: str | None,
+        generate: bool,
+        max_length: int | None,
+        methods: str | Sequence[str] | None,
+        timestamps: bool = False,
+    ) -> tuple[str | None, bool, int | None, bool] | None:
+        """An encoder–decoder model's target options (None for other models), checked."""
+        if self.family.seq2seq is None:
+            for name, value in (
+                ("target", target),
+                ("generate", generate or None),
+                ("timestamps", timestamps or None),
+            ):
+                if value is not None:
+                    raise InputError(
+                        f"{opt(name)}: {self.name} ({self.family.name}) is not an "
+                        "encoder–decoder model; a target is for T5, BART, Marian, Whisper …"
+                    )
+            if max_length is not None:
+                raise InputError(f"{opt('max_length')} applies with {opt('generate')}")
+            return None
+        if methods:
+            raise InputError(
+                f"{opt('methods')}: not available for encoder–decoder models yet "
+                f"({self.name} is {self.family.name})"
+            )
+        if target is not None and not isinstance(target, str):
+            raise InputError(f"{opt('target', target)}: takes the target text as a string")
+        if target is None and not generate:
+            raise InputError(
+                f"{self.name} is an encoder–decoder model ({self.family.name}): give the target "
+                f"with {opt('target')} or let it write one with {opt('generate')}"
+            )
+        if target is not None and generate:
+            raise InputError(f"{opt('target')} and {opt('generate')}: give one of them")
+        if max_length is not None and (
+            not generate or not isinstance(max_length, int) or max_length < 1
+        ):
+            raise InputError(
+                f"{opt('max_length', max_length)}: a positive number, with {opt('generate')}"
+            )
+        if timestamps and self.family.seq2seq.words is None:
+            raise InputError(
+                f"{opt('timestamps')}: word times are for speech models (Whisper); {self.name} is "
+                f"{self.family.name}"
+            )
+        return target, generate, max_length, bool(timestamps)
 
     def _check_pair(self, pair: str | None) -> None:
         if pair is None:
@@ -328,6 +459,11 @@ class Model:
                 trace.steps += narrate.model_layer_steps(
                     layer, i, heads, axes, voice, texts, keep=keep
                 )
+                fewer = min(b.heads for b in layer.blocks)
+                if fewer < d.heads and max(heads) >= fewer:  # Qwen3-Next's softmax layers
+                    trace.notes.append(
+                        f"layer {i} has {fewer} heads (0–{fewer - 1}): it shows only those"
+                    )
             if i >= layers[-1] and not runs_to_end:
                 if family.logits is not None and keep("prediction"):
                     trace.notes.append(

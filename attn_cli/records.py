@@ -146,16 +146,28 @@ def multi_head_attention(
     axis: str = TOKENS,
     block: str | None = None,
     resid: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    memory: np.ndarray | None = None,
+    key_axis: str | None = None,
+    memory_kv: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AttentionRecord:
     """Self-attention over `axis`, every step recorded: X (or `inputs`), Q, K, V, the hook's
-    q/k stages (Q_norm, K_rot …), W_raw, W_scaled, (W_capped), (W_masked), W, Y; the output O.
-    `resid` is the residual stream entering the block (a model's; x itself when x is not
-    normalised first).
+    q/k stages (Q_norm, K_rot …), W_raw, W_scaled, (W_biased), (W_capped), (W_masked), W, Y;
+    the output O. `resid` is the residual stream entering the block (a model's; x itself when
+    x is not normalised first). `bias` is added to the scaled scores (T5's position buckets).
+
+    Cross-attention: `memory` (n_key, d), the vectors the keys and values are made from (an
+    encoder's output), over `key_axis` ("source"); the queries still come from x over `axis`.
+    `memory_kv`: its keys and values already made, (KV, m, d_k) and (KV, m, d_v) (a decoder
+    run once per generated token reuses them).
 
     `parameters` also records what the Q/K/V pipeline shows: each head's W_q, W_k, W_v, and
     Y_concat (several heads), W_o and O.
     """
-    rec = AttentionRecord("self", axis, axis, p.heads, p.kv_heads, block, resid=resid, params=p)
+    kind = "self" if memory is None else "cross"
+    rec = AttentionRecord(
+        kind, axis, key_axis or axis, p.heads, p.kv_heads, block, resid=resid, params=p
+    )
     rec.stages += inputs if inputs is not None else (Stage("X", x),)
     d = x.shape[1]
     if parameters:
@@ -166,7 +178,15 @@ def multi_head_attention(
         ):
             per_head = w.reshape(d, count, width).transpose(1, 0, 2)  # [d, G·w] -> [G, d, w]
             rec.add(f"W_{letter}", per_head, "parameters", heads, Dims("d"), Dims(letter))
-    q, k, v = att.project(x, p)
+    if memory is None:
+        q, k, v = att.project(x, p)
+    else:
+        rec.add("X_source", memory, rows=KEY)
+        q = att.split_heads(att.linear(x, p.w_q, p.b_q), p.heads)  # [n, d] -> [H, n, d_k]
+        if memory_kv is None:
+            k, v = memory_projections(memory, p)
+        else:
+            k, v = memory_kv
     d_k = q.shape[-1]
     rec.add("Q", q, heads=QUERY_HEADS, cols=Dims("q"))
     rec.add("K", k, heads=KV_HEADS, rows=KEY, cols=Dims("k"))
@@ -174,10 +194,11 @@ def multi_head_attention(
     for name, q_s, k_s in [] if qk_hook is None else qk_hook(q, k):
         q = rec.add(f"Q_{name}", q_s, heads=QUERY_HEADS, cols=Dims("q"))
         k = rec.add(f"K_{name}", k_s, heads=KV_HEADS, rows=KEY, cols=Dims("k"))
-    a = att.attend(q, k, v, mask, scale, cap, temperature)
+    a = att.attend(q, k, v, mask, scale, cap, temperature, bias)
     for name, data in (
         ("W_raw", a.W_raw),
         ("W_scaled", a.W_scaled),
+        ("W_biased", a.W_biased),
         ("W_capped", a.W_capped),
         ("W_masked", a.W_masked),
     ):
@@ -203,6 +224,13 @@ def multi_head_attention(
             rec.add("W_o", p.w_o, "parameters", None, concat if p.heads > 1 else Dims("v"))
             rec.add("O", o)
     return rec
+
+
+def memory_projections(memory: np.ndarray, p: att.AttentionParams) -> tuple[np.ndarray, np.ndarray]:
+    """A cross-attention's keys and values, made from `memory` (n_key, d)."""
+    k = att.split_heads(att.linear(memory, p.w_k, p.b_k), p.kv)  # [m, d] -> [KV, m, d_k]
+    v = att.split_heads(att.linear(memory, p.w_v, p.b_v), p.kv)  # [m, d] -> [KV, m, d_v]
+    return k, v
 
 
 def toy_attention(x: np.ndarray, scale: bool = False, axis: str = TOKENS) -> AttentionRecord:

@@ -11,7 +11,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -72,6 +72,14 @@ class Axis:
     coords: list[tuple[float, ...]] | None = None  # patches: (row, col); frames: (seconds,)
 
 
+class Generated(NamedTuple):
+    """The tokens a model generated (Model.generate): their ids, tokens as shown, and the text."""
+
+    ids: list[int]
+    tokens: list[str]
+    text: str
+
+
 @dataclass
 class TraceStep:
     name: str
@@ -103,8 +111,9 @@ class TraceStep:
 
     @property
     def where(self) -> str:
-        """'layer 2 · head 5', 'head 0', or '' for steps outside any layer/head."""
-        parts = []
+        """'layer 2 · head 5', 'head 0', or '' for steps outside any layer/head; the block first
+        where there are several ('cross · layer 2 · head 5')."""
+        parts = [] if self.block is None else [self.block]
         if self.layer is not None:
             parts.append(f"layer {self.layer}")
         if self.head is not None:
@@ -132,6 +141,15 @@ class Trace:
     # Token axes beyond "tokens" (the query sequence): e.g. "source" for cross-attention keys.
     # "tokens" itself is implied by `tokens` when absent.
     axes: dict[str, Axis] = field(default_factory=dict)
+
+    @property
+    def generated(self) -> Generated | None:
+        """The new tokens of a generation trace (Model.generate); None for any other trace."""
+        g = self.config.get("generation")
+        if not isinstance(g, dict):
+            return None
+        n = int(g.get("prompt_tokens", 0))
+        return Generated(self.token_ids[n:], self.tokens[n:], str(g.get("answer", "")))
 
     def tokens_of(self, axis: str | None) -> list[str]:
         """The token texts an axis of a step stands for (for pattern names such as [CLS] or

@@ -15,8 +15,9 @@ Sides, each a fresh process on the same 128 token ids (load included):
                 (tests/llama_cpp_safe.py: AMX CPUs crash otherwise): the floor a user already
                 has; it multiplies in quantised form and cannot show attention maps
 
-Reported: whole-process wall time and peak RSS (ru_maxrss from os.wait4), medians, and the
-ratios. Targets: ≥ 5× faster and ≤ 0.5× peak memory than transformers; ≤ 1.5× llama.cpp's time.
+Reported: whole-process wall time, peak RSS (ru_maxrss from os.wait4) and CPU time (user +
+system: less sensitive than wall time to other processes on a shared machine), medians, the
+ratios, and the load average seen. Targets: ≥ 5× faster and ≤ 0.5× peak memory than transformers; ≤ 1.5× llama.cpp's time.
 `--no-transformers` leaves transformers out (a short run on a shared machine).
 """
 
@@ -95,7 +96,8 @@ def attn_cli_command() -> list[str]:
     return [exe] if exe else [PY, "-m", "attn_cli"]
 
 
-def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS bytes, CPU seconds: user + system) of one child."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -103,7 +105,7 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} … failed: {err.strip()[-400:]}")
-    return elapsed, usage.ru_maxrss * 1024
+    return elapsed, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -141,27 +143,42 @@ def main() -> int:
             del sides["transformers"]
         times: dict[str, list[float]] = {k: [] for k in sides}
         peaks: dict[str, list[int]] = {k: [] for k in sides}
-        for cmd in sides.values():  # warm-up: file cache, imports
-            run_child(cmd)
+        cpus: dict[str, list[float]] = {k: [] for k in sides}
+        loads = [os.getloadavg()[0]]
+        # Bytecode is written as after `pip install` (which compiles it): an environment with
+        # PYTHONDONTWRITEBYTECODE would otherwise recompile attn_cli's modules in every run
+        # (0.1-0.2 s), while llama_cpp's were compiled at install.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        for cmd in sides.values():  # warm-up: file cache, imports, bytecode
+            run_child(cmd, env)
         for _ in range(args.runs):
             for side, cmd in sides.items():
-                t, peak = run_child(cmd)
+                t, peak, cpu = run_child(cmd, env)
                 times[side].append(t)
                 peaks[side].append(peak)
+                cpus[side].append(cpu)
+                loads.append(os.getloadavg()[0])
     med = {k: statistics.median(v) for k, v in times.items()}
     rss = {k: statistics.median(v) for k, v in peaks.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpus.items()}
     figures = {
         "tokens": N_TOKENS,
         "runs": args.runs,
         "seconds": med,
         "peak_rss_mib": {k: v / 2**20 for k, v in rss.items()},
         "time_vs_llama_cpp": med["attn-cli"] / med["llama.cpp"],
+        "cpu_seconds": cpu_med,
+        "load_average": [min(loads), max(loads)],
     }
     if "transformers" in sides:
         figures["speedup_vs_transformers"] = med["transformers"] / med["attn-cli"]
         figures["memory_vs_transformers"] = rss["attn-cli"] / rss["transformers"]
     for side in sides:
-        print(f"{side:13} {med[side]:7.2f} s   peak {rss[side] / 2**20:7.0f} MiB")
+        print(
+            f"{side:13} {med[side]:7.2f} s   peak {rss[side] / 2**20:7.0f} MiB   "
+            f"CPU {cpu_med[side]:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in times[side])})"
+        )
+    print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f}")
     if "transformers" in sides:
         print(
             f"attn-cli vs transformers: {figures['speedup_vs_transformers']:.1f}× faster "

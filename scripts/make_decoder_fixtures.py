@@ -18,6 +18,24 @@
   tests/fixtures/tiny_gpt_oss/  a random gpt-oss (a sink logit per head around 1, a 4-token
                                 sliding-window layer then a full one, YaRN, 4 experts top 2),
                                 byte-level BPE tokenizer
+  tests/fixtures/tiny_mixtral/  a random Mixtral (4 experts top 2 in every layer, a sliding
+  tests/fixtures/tiny_qwen3_moe/  window of 5; Qwen3-MoE with q/k norms, renormalised top 2 of 4,
+  tests/fixtures/tiny_olmoe/    a dense MLP on layer 1; OLMoE with full-width q/k norms, top 2 of
+                                4 not renormalised), byte-level BPE tokenizers
+  tests/fixtures/tiny_llama4/   a random Llama 4 text model (4 layers: 0-2 rotary with 4-token
+                                chunked attention and the L2 q/k norm, 3 NoPE with temperature
+                                tuning; experts top 2 of 4 and a shared one on layers 1 and 3)
+  tests/fixtures/tiny_qwen3_next/ a random Qwen3-Next (three Gated DeltaNet linear-attention
+                                layers of 8 value heads then a gated softmax layer of 4 heads
+                                with partial rotary, (1 + w) norms, 4 experts top 2 with a
+                                shared expert, layer 1 dense),
+                                byte-level BPE tokenizer; its maps are the softmax layer's
+  tests/fixtures/tiny_deepseek_v2/  a random DeepSeek-V2 (latent attention with full-rank
+                                queries, YaRN with mscale, a dense first layer, then 8 experts
+                                in 4 groups, softmax group-limited top 2, a shared expert)
+  tests/fixtures/tiny_deepseek_v3/  a random DeepSeek-V3 (low-rank queries, interleaved rotary,
+                                YaRN mscale² on the softmax scale, a dense first layer, then
+                                sigmoid routing with a bias correction of σ 1), byte-level BPE
 
 Each holds bfloat16 safetensors (as transformers saves them), config.json, tokenizer.json and
 expected.npz: the token ids of SENTENCE, transformers' attention maps (layers, heads, n, n) and
@@ -44,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.decoder_utils import build_random_model, reference  # noqa: E402
+from tests.test_qwen3_next import zero_centred  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SENTENCE = "the cat sat\non the café mat"
@@ -64,6 +83,13 @@ KNOWN = {
     "tiny_olmo2",
     "tiny_smollm3",
     "tiny_gpt_oss",
+    "tiny_mixtral",
+    "tiny_qwen3_moe",
+    "tiny_olmoe",
+    "tiny_llama4",
+    "tiny_qwen3_next",
+    "tiny_deepseek_v2",
+    "tiny_deepseek_v3",
 }
 LAST = 3  # logits kept for the last positions (the next-token prediction is the last one)
 # Smaller than tests/decoder_utils.COMMON (which still gives the 4 query heads on 2 key/value
@@ -184,6 +210,52 @@ def visible_sinks(directory: Path) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
+def strong_bias(directory: Path) -> None:
+    """DeepSeek-V3's e_score_correction_bias drawn with σ 1, so it moves the experts' choice."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    gen = torch.Generator().manual_seed(1234)
+    for name in sorted(tensors):
+        if name.endswith("e_score_correction_bias"):
+            t = tensors[name]
+            tensors[name] = torch.randn(t.shape, generator=gen).to(t.dtype)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+# DeepSeek's latent attention and experts, as small as SMALL's geometry allows
+DEEPSEEK = dict(
+    num_key_value_heads=4,
+    kv_lora_rank=12,
+    qk_nope_head_dim=6,
+    qk_rope_head_dim=4,
+    head_dim=4,  # transformers' rotary width: qk_rope_head_dim
+    v_head_dim=6,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    n_group=4,
+    topk_group=2,
+    n_shared_experts=1,
+    moe_intermediate_size=16,
+    first_k_dense_replace=1,
+    rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 32,
+        "mscale": 0.707,
+        "mscale_all_dim": 0.707,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+    },
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+)
+
+
 def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
     """Every fixture under `root` (or only those named in `only`)."""
 
@@ -297,6 +369,64 @@ def make_all(root: Path = FIXTURES, only: set[str] | None = None) -> None:
         eos_token_id=0,
         pad_token_id=0,
     )
+    fixture(
+        "tiny_qwen3_next",
+        "qwen3_next",
+        byte_level_tokenizer(300),
+        prepare=zero_centred,
+        num_hidden_layers=4,  # linear, linear, linear, full (full_attention_interval 4)
+        head_dim=16,  # 4 of 16 dimensions rotated (partial_rotary_factor 0.25)
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=4,
+        linear_num_value_heads=8,  # twice the softmax layers' 4 heads, as in Qwen3-Next
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=24,
+        mlp_only_layers=[1],
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    fixture(
+        "tiny_deepseek_v2",
+        "deepseek_v2",
+        byte_level_tokenizer(300),
+        q_lora_rank=None,
+        routed_scaling_factor=1.5,
+        **{**DEEPSEEK, "topk_method": "group_limited_greedy", "topk_group": 1},
+    )
+    fixture(
+        "tiny_deepseek_v3",
+        "deepseek_v3",
+        byte_level_tokenizer(300),
+        prepare=strong_bias,
+        q_lora_rank=16,
+        **DEEPSEEK,
+    )
+
+    moe_fixtures(fixture)
+
+
+def moe_fixtures(fixture: Callable[..., None]) -> None:
+    """The mixture-of-experts decoders and Llama 4 (4 experts, top 2)."""
+    ids = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    experts = dict(num_experts_per_tok=2, **ids)
+    fixture(
+        "tiny_mixtral", "mixtral", byte_level_tokenizer(300), num_local_experts=4,
+        sliding_window=5, **experts,
+    )  # fmt: skip
+    fixture(
+        "tiny_qwen3_moe", "qwen3_moe", byte_level_tokenizer(300), num_experts=4,
+        moe_intermediate_size=16, mlp_only_layers=[1], norm_topk_prob=True, **experts,
+    )  # fmt: skip
+    fixture("tiny_olmoe", "olmoe", byte_level_tokenizer(300), num_experts=4, **experts)
+    fixture(
+        "tiny_llama4", "llama4_text", byte_level_tokenizer(300), num_hidden_layers=4,
+        num_local_experts=4, intermediate_size_mlp=64, interleave_moe_layer_step=2,
+        attention_chunk_size=4, floor_scale=2, attn_scale=0.5, **experts,
+    )  # fmt: skip
 
 
 def check() -> int:

@@ -271,6 +271,8 @@ LAZY_LIBRARIES = {
     "concurrent.futures": "attn-cli heads with several workers only",
     "distributed": "attn-cli heads --scheduler only (the optional cluster extra)",
     "ctypes": "finding OpenBLAS's thread setter, only when a model runs on a busy machine",
+    "jinja2": "rendering a chat template only (generate --chat; the optional chat extra)",
+    "soundfile": "FLAC, MP3 and Ogg files only (the optional audio extra; WAV needs nothing)",
 }
 # attn_cli modules imported inside a function of another one:
 LAZY_MODULES = {
@@ -278,6 +280,9 @@ LAZY_MODULES = {
     "attn_cli.cli": "*",
     # the model machinery (families, GGUF, methods) loads when a model is asked for
     "attn_cli.api": {"attn_cli.pretrained"},
+    # generation, and chat templates within it, load when a model is asked to generate
+    "attn_cli.pretrained": {"attn_cli.generation"},
+    "attn_cli.generation": {"attn_cli.chat"},
     "attn_cli.comparison": {
         "attn_cli.pretrained",
         "attn_cli.render.common",

@@ -28,6 +28,7 @@ TYPES = {
     "Q5_K": (13, 256, 176),
     "Q6_K": (14, 256, 210),
 }
+DEQUANTIZE_ONLY = {"MXFP4": (39, 32, 17)}  # no quantize_row_*_ref name pattern: own test
 
 
 WITH_OFFSET = {"Q4_1", "Q5_1", "Q2_K", "Q4_K", "Q5_K"}
@@ -71,6 +72,8 @@ def ggml_dequantize(lib: ctypes.CDLL, raw: np.ndarray, t: str, n: int) -> np.nda
         fn = lib.ggml_fp16_to_fp32_row
     elif t == "BF16":
         fn = lib.ggml_bf16_to_fp32_row
+    elif t in DEQUANTIZE_ONLY:
+        fn = getattr(lib, f"dequantize_row_{t.lower()}")
     else:
         fn = getattr(lib, f"dequantize_row_{t[:2].lower()}{t[2:]}")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
@@ -181,3 +184,76 @@ def test_numpy_fast_paths_equal_gguf_package(t):
     np.testing.assert_array_equal(
         got.view(np.uint32), ggml_dequantize(lib, raw, t, 96).view(np.uint32)
     )
+
+
+@pytest.mark.parametrize("t", ["Q8_0", "Q4_0", "Q4_1"])
+def test_numpy_types_equal_gguf_py_across_chunks(t):
+    """attn_cli.gguf.quants works a chunk of blocks at a time: tensors smaller than a chunk,
+    exactly one, and a few with a partial last chunk equal gguf-py's dequantisation bit for
+    bit (quantised by gguf-py, whose quantisers are ggml's reference ones)."""
+    gguf = require("gguf")
+    from gguf.quants import dequantize, quantize
+
+    from attn_cli.gguf import quants
+
+    kind = gguf.GGMLQuantizationType[t]
+    rng = np.random.default_rng(3)
+    per_chunk = quants.CHUNK * quants.QK
+    for rows, n in [(1, 32), (3, 96), (quants.CHUNK, 32), (2, per_chunk), (3, per_chunk + 64)]:
+        x = (rng.standard_t(4, size=(rows, n)) * 0.05).astype(np.float32)
+        x[0, :3] = [3.0, -0.0, 40.0]
+        raw = quantize(x, kind)
+        ref = np.asarray(dequantize(raw, kind), dtype=np.float32)
+        got = quants.DEQUANTIZE[t](raw)
+        assert got.shape == ref.shape == (rows, n)
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32), err_msg=t)
+
+
+@pytest.mark.reference
+def test_mxfp4_equals_ggml_and_gguf_py():
+    """MXFP4 (gpt-oss's experts): ggml's C quantiser and dequantiser against attn-cli's, bit
+    for bit, and gguf-py's numpy dequantisation of the same bytes, every exponent byte
+    included (0 and 1 give subnormal scales)."""
+    gguf = require("gguf")
+    from gguf.quants import dequantize
+
+    from attn_cli.gguf import quants
+
+    lib = ggml_base()
+    rng = np.random.default_rng(11)
+    x = (rng.standard_t(4, size=(4, 1024)) * 0.05).astype(np.float32)
+    x[0, :5] = [3.0, -0.0, 40.0, 1e-30, -6.0]
+    raw = np.zeros((4, 32 * 17), dtype=np.uint8)
+    quantize = lib.quantize_row_mxfp4_ref
+    quantize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    quantize.restype = None
+    quantize(x.ctypes.data_as(ctypes.c_void_p), raw.ctypes.data_as(ctypes.c_void_p), x.size)
+    # every exponent byte below 255 (255 overflows to inf for the larger codes), random codes
+    blocks = raw.reshape(-1, 17)
+    blocks[:, 0] = np.arange(blocks.shape[0]) % 255
+    blocks[: blocks.shape[0] // 2, 1:] = rng.integers(0, 256, (blocks.shape[0] // 2, 16))
+    ref = ggml_dequantize(lib, raw, "MXFP4", 1024)
+    got = quants.mxfp4(raw)
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+    py = np.asarray(dequantize(raw, gguf.GGMLQuantizationType.MXFP4), dtype=np.float32)
+    np.testing.assert_array_equal(got.view(np.uint32), py.view(np.uint32))
+
+
+def test_mxfp4_hub_layout_equals_transformers():
+    """The hub's MXFP4 blocks and scales (gpt-oss safetensors) give transformers' own
+    dequantised experts (convert_moe_packed_tensors), transposed to its [E, in, out]."""
+    torch = require("torch")
+    require("transformers")
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from attn_cli.gguf import quants
+
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(0, 256, (3, 6, 4, 16), dtype=np.uint8)  # [E, out, G, 16]
+    scales = rng.integers(100, 150, (3, 6, 4), dtype=np.uint8)
+    ref = convert_moe_packed_tensors(
+        torch.from_numpy(blocks), torch.from_numpy(scales), dtype=torch.float32
+    ).numpy()
+    got = quants.mxfp4_pairs(blocks, scales)
+    assert got.shape == (3, 6, 128) and ref.shape == (3, 128, 6)
+    np.testing.assert_array_equal(got.transpose(0, 2, 1), ref)  # −0.0 == +0.0

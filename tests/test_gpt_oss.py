@@ -182,20 +182,6 @@ def test_hub_style_rope_keys_give_the_same_maps():
     assert described["original_max_position_embeddings"] == 4096
 
 
-def test_mxfp4_experts_are_refused_in_one_line():
-    """The hub's gpt-oss checkpoints store experts as MXFP4 blocks and scales."""
-    from attn_cli.models.weights import SafetensorsWeights
-
-    class Mxfp4(SafetensorsWeights):
-        def __contains__(self, name: object) -> bool:
-            return name == "layers.0.mlp.experts.gate_up_proj_blocks" or super().__contains__(name)
-
-    fam = family("gpt_oss")
-    cfg = json.loads((FIXTURE / "config.json").read_text())
-    with pytest.raises(InputError, match=r"MXFP4 \(gate_up_proj_blocks\).*Mxfp4Config"):
-        fam.check(Mxfp4(FIXTURE, fam.anchor), cfg)
-
-
 def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
     from attn_cli.models.weights import SafetensorsWeights
 
@@ -212,6 +198,10 @@ def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
             read.append((name, tuple(ids)))
             return super().rows(name, ids)
 
+        def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
+            read.append((name, (index,)))
+            return super().entry(name, index, out)
+
     w = Recording(FIXTURE, fam.anchor)
     ids = [5, 17, 3]  # three tokens, top 2 of 4 experts: some experts get no token
     x = fam.embed(w, ids, cfg)
@@ -222,3 +212,239 @@ def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
         down = {e for name, (e,) in read if name == f"layers.{i}.mlp.experts.down_proj"}
         assert gate_up == down == routed
     assert any(len(set(e for n, (e,) in read if f"layers.{i}." in n)) < 4 for i in range(2))
+
+
+# --- MXFP4 experts: llama.cpp's GGUF and the hub's safetensors --------------------------------
+
+
+def hf_state(directory: Path) -> dict[str, np.ndarray]:
+    """The saved model's tensors as float32 numpy arrays."""
+    require("torch")
+    from safetensors.torch import load_file
+
+    return {
+        k: v.float().numpy() for k, v in load_file(str(directory / "model.safetensors")).items()
+    }
+
+
+def mxfp4_experts(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each layer's experts as ggml MXFP4 bytes, [E, out, in/32·17] (gguf-py's quantiser, i.e.
+    ggml's reference one), keyed by the GGUF tensor they become: ffn_gate_exps, ffn_up_exps
+    ([E, inter, d]: the even and odd columns of gate_up_proj, transposed) and ffn_down_exps
+    ([E, d, inter]), as convert_hf_to_gguf's GptOssModel writes them."""
+    gguf = require("gguf")
+    out = {}
+    for name, value in state.items():
+        if not name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            continue
+        i = int(name.split(".")[2])
+        t = value.transpose(0, 2, 1)  # [E, out, in]
+        parts = (
+            {"gate": t[:, ::2], "up": t[:, 1::2]} if name.endswith("gate_up_proj") else {"down": t}
+        )
+        for part, data in parts.items():
+            raw = gguf.quants.quantize(np.ascontiguousarray(data), gguf.GGMLQuantizationType.MXFP4)
+            out[f"blk.{i}.ffn_{part}_exps.weight"] = raw
+    return out
+
+
+def dequantised_reference(tiny: Path, directory: Path, experts: dict[str, np.ndarray]) -> Path:
+    """The tiny model with its experts replaced by their MXFP4 values (float32): what the
+    GGUF and the hub's MXFP4 files hold, as transformers would run them."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from attn_cli.gguf.quants import mxfp4
+
+    state = hf_state(tiny)
+    for name in list(state):
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            i = int(name.split(".")[2])
+            if name.endswith("gate_up_proj"):
+                gate, up = (
+                    mxfp4_values(mxfp4, experts[f"blk.{i}.ffn_{p}_exps.weight"])
+                    for p in ("gate", "up")
+                )
+                both = np.empty((gate.shape[0], 2 * gate.shape[1], gate.shape[2]), np.float32)
+                both[:, ::2], both[:, 1::2] = gate, up
+                state[name] = both.transpose(0, 2, 1)
+            else:
+                state[name] = mxfp4_values(
+                    mxfp4, experts[f"blk.{i}.ffn_down_exps.weight"]
+                ).transpose(0, 2, 1)
+    directory.mkdir()
+    for f in ("config.json", "generation_config.json"):
+        if (tiny / f).is_file():
+            shutil.copy(tiny / f, directory / f)
+    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
+              str(directory / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
+    return directory
+
+
+def mxfp4_values(mxfp4, raw: np.ndarray) -> np.ndarray:
+    """ggml MXFP4 bytes [E, out, in/32·17] -> float32 [E, out, in]."""
+    e, rows, width = raw.shape
+    return mxfp4(raw.reshape(e * rows, width)).reshape(e, rows, -1)
+
+
+def write_gpt_oss_gguf(path: Path, tiny: Path, experts: dict[str, np.ndarray]) -> Path:
+    """The tiny model as llama.cpp's converter writes a gpt-oss GGUF: its names, experts split
+    and MXFP4, biases split, sinks as attn_sinks.weight, YaRN as metadata, byte-level vocab."""
+    gguf = require("gguf")
+    from tests.test_gguf_writer import byte_vocab
+
+    cfg = json.loads((tiny / "config.json").read_text())
+    rope = cfg["rope_parameters"]
+    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_expert_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_rope_freq_base(float(rope["rope_theta"]))
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(float(rope["factor"]))
+    w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    w.add_expert_count(cfg["num_local_experts"])
+    w.add_expert_used_count(cfg["num_experts_per_tok"])
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_file_type(38)  # MOSTLY_MXFP4_MOE
+    toks, types = byte_vocab(cfg["vocab_size"])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(toks)
+    w.add_token_types(types)
+    w.add_token_merges([])
+    names = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "post_attention_norm.weight",
+        "self_attn.sinks": "attn_sinks.weight",
+        "mlp.router.weight": "ffn_gate_inp.weight",
+        "mlp.router.bias": "ffn_gate_inp.bias",
+        "mlp.experts.down_proj_bias": "ffn_down_exps.bias",
+        **{f"self_attn.{x}_proj.{k}": f"attn_{y}.{k}" for x, y in
+           (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output")) for k in ("weight", "bias")},
+    }  # fmt: skip
+    for name, value in hf_state(tiny).items():
+        if name == "model.embed_tokens.weight":
+            w.add_tensor("token_embd.weight", value)
+        elif name == "model.norm.weight":
+            w.add_tensor("output_norm.weight", value)
+        elif name == "lm_head.weight":
+            w.add_tensor("output.weight", value)
+        elif name.endswith("experts.gate_up_proj_bias"):
+            i = int(name.split(".")[2])
+            w.add_tensor(f"blk.{i}.ffn_gate_exps.bias", np.ascontiguousarray(value[:, ::2]))
+            w.add_tensor(f"blk.{i}.ffn_up_exps.bias", np.ascontiguousarray(value[:, 1::2]))
+        elif not name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            i, rest = int(name.split(".")[2]), name.split(".", 3)[3]
+            w.add_tensor(f"blk.{i}.{names[rest]}", value)
+    for name, raw in experts.items():
+        w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.MXFP4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_hub_mxfp4(directory: Path, tiny: Path, experts: dict[str, np.ndarray]) -> Path:
+    """The tiny model as the hub stores gpt-oss: experts as *_blocks [E, out, in/32, 16]
+    (two codes a byte, element 2j in the low nibble) and *_scales [E, out, in/32] (E8M0),
+    gate and up rows interleaved; everything else bf16."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    def hub(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        blocks = raw.reshape(*raw.shape[:2], -1, 17)
+        codes = np.concatenate([blocks[..., 1:] & 15, blocks[..., 1:] >> 4], axis=-1)  # ggml order
+        return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8), blocks[..., 0].copy()
+
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)).to(torch.bfloat16)
+             for k, v in hf_state(tiny).items()
+             if not k.endswith(("experts.gate_up_proj", "experts.down_proj"))}  # fmt: skip
+    n_layer = json.loads((tiny / "config.json").read_text())["num_hidden_layers"]
+    for i in range(n_layer):
+        p = f"model.layers.{i}.mlp.experts."
+        (gb, gs), (ub, us) = (hub(experts[f"blk.{i}.ffn_{x}_exps.weight"]) for x in ("gate", "up"))
+        blocks = np.empty((gb.shape[0], 2 * gb.shape[1], *gb.shape[2:]), np.uint8)
+        scales = np.empty((gs.shape[0], 2 * gs.shape[1], gs.shape[2]), np.uint8)
+        blocks[:, ::2], blocks[:, 1::2], scales[:, ::2], scales[:, 1::2] = gb, ub, gs, us
+        db, ds = hub(experts[f"blk.{i}.ffn_down_exps.weight"])
+        for name, arr in (("gate_up_proj_blocks", blocks), ("gate_up_proj_scales", scales),
+                          ("down_proj_blocks", db), ("down_proj_scales", ds)):  # fmt: skip
+            state[p + name] = torch.from_numpy(np.ascontiguousarray(arr))
+    directory.mkdir()
+    cfg = json.loads((tiny / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": []}
+    (directory / "config.json").write_text(json.dumps(cfg))
+    if (tiny / "generation_config.json").is_file():
+        shutil.copy(tiny / "generation_config.json", directory)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def mxfp4_files(tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpt_oss_mxfp4")
+    experts = mxfp4_experts(hf_state(tiny))
+    return {
+        "reference": dequantised_reference(tiny, d / "reference", experts),
+        "gguf": write_gpt_oss_gguf(d / "gpt-oss.gguf", tiny, experts),
+        "hub": write_hub_mxfp4(d / "hub", tiny, experts),
+    }
+
+
+@pytest.mark.reference
+def test_gguf_with_mxfp4_experts_gives_the_original_maps(mxfp4_files):
+    """A gpt-oss GGUF laid out as llama.cpp's converter writes it (MXFP4 experts, gate and up
+    apart): every map and the logits of transformers' model holding the same (dequantised)
+    experts."""
+    from attn_cli.gguf import open_gguf
+
+    ref = reference(mxfp4_files["reference"], IDS)
+    ckpt = open_gguf(mxfp4_files["gguf"])
+    assert (
+        ckpt.model_type == "gpt_oss"
+        and ckpt.weights.dtype("model.layers.0.mlp.experts.gate_proj.weight") == "MXFP4"
+    )
+    cfg = ckpt.config
+    assert (cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["sliding_window"]) == (
+        4,
+        2,
+        4,
+    )
+    assert cfg["rope_scaling"]["truncate"] is False
+    fam = family("gpt_oss")
+    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
+    fam.check(w, cfg)
+    x = fam.embed(w, IDS, cfg)
+    maps = []
+    for layer in fam.layers(w, x, cfg):
+        maps.append(layer.attention.weights)
+        x = layer.out
+    assert fam.logits is not None
+    logits = fam.logits(w, fam.final(w, x, cfg), cfg)
+    np.testing.assert_allclose(np.stack(maps), ref["attentions"], atol=1e-5)
+    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4)
+
+
+@pytest.mark.reference
+def test_hub_mxfp4_safetensors_give_the_original_maps(mxfp4_files, tiny):
+    """The hub's MXFP4 experts (gate_up_proj_blocks/_scales), once refused, are read with the
+    same dequantiser: transformers' maps for those experts; the bf16 experts of the original
+    give other maps (so the check is not vacuous)."""
+    ref = reference(mxfp4_files["reference"], IDS)
+    ours = run(mxfp4_files["hub"], IDS)
+    np.testing.assert_allclose(attention_maps(ours), ref["attentions"], atol=1e-5)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
+    assert np.abs(run(tiny, IDS)["logits"] - ours["logits"]).max() > 1e-3

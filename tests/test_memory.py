@@ -143,3 +143,16 @@ def test_total_memory_is_at_most_the_physical_memory():
     big.write(b"\x01" * (64 * 2**20))
     assert memory.resident_memory() - held >= 60 * 2**20
     big.close()
+
+
+def test_console_script_keeps_freed_buffers_for_reuse():
+    """attn-cli's process lets glibc reuse freed weight buffers (memory.reuse_freed_memory):
+    set where glibc is, a no-op elsewhere. In a child, so this process's allocator is left as
+    it is."""
+    import platform
+    import subprocess
+    import sys
+
+    code = "from attn_cli.memory import reuse_freed_memory; print(reuse_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")

@@ -34,6 +34,23 @@ def test_uneven_blocks_and_masked_cells():
     np.testing.assert_array_equal(mx, [[1.0, -np.inf], [4.0, 6.0]])
 
 
+def test_signed_max_pooling_keeps_the_largest_magnitude_with_its_sign():
+    """A mixing map's (or a score map's) strongest entry may be negative: plain max pooling
+    would hide it behind a small positive neighbour."""
+    m = np.array(
+        [
+            [0.1, -0.9, 0.3, 0.2],
+            [0.0, 0.2, -0.1, 0.4],
+            [-np.inf, -np.inf, -0.5, -0.2],
+            [-np.inf, -np.inf, -0.3, -0.1],
+        ]
+    )
+    plain, _, _ = pool(m, 2, 2, "max")
+    np.testing.assert_array_equal(plain, [[0.2, 0.4], [-np.inf, -0.1]])
+    strongest, _, _ = pool(m, 2, 2, "max", signed=True)
+    np.testing.assert_array_equal(strongest, [[-0.9, 0.4], [-np.inf, -0.5]])
+
+
 def test_pool_keeps_float32_and_fits():
     m = np.random.default_rng(0).random((1000, 1000), dtype=np.float32)
     out, _, _ = pool(m, 70, 70, "mean")

@@ -172,9 +172,9 @@ def test_steps_view_has_the_source_tokens_as_columns_and_the_map_as_numbers():
     assert "4 tokens · pipeline=attentions · heads=3 · source: 6 tokens" in out
     header = next(ln for ln in out.splitlines() if ln.split()[:2] == ["le", "chat"])
     assert header.split() == KEY_LABELS
-    first = out.split("W = attention weights   layer 0 · head 0")[1]
+    first = out.split("W = attention weights   cross · layer 0 · head 0")[1]
     assert table_row(first, "cat") == [format_number(v, 2) for v in A[0, 0, 1]]
-    context = out.split("Context — who attends to whom most, from W   layer 1 · head 2")[1]
+    context = out.split("Context — who attends to whom most, from W   cross · layer 1 · head 2")[1]
     cells = table_row(context, "sat")
     top = np.argsort(-A[1, 2, 2], kind="stable")
     assert cells[:2] == [KEY_LABELS[top[0]], format_number(A[1, 2, 2, top[0]], 2)]
@@ -182,7 +182,9 @@ def test_steps_view_has_the_source_tokens_as_columns_and_the_map_as_numbers():
 
 def test_top_view_ranks_the_source_tokens_of_each_row():
     out = rendered(cross_trace(), "top")
-    assert "Top 3 attended tokens per token, from W (source tokens)   layer 0 · head 0" in out
+    assert (
+        "Top 3 attended tokens per token, from W (source tokens)   cross · layer 0 · head 0" in out
+    )
     cells = table_row(out, "cat")  # layer 0, head 0 comes first
     order = np.argsort(-A[0, 0, 1], kind="stable")[:3]
     picks = [x for j in order for x in (KEY_LABELS[j], format_number(A[0, 0, 1, j], 2))]

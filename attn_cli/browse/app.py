@@ -33,6 +33,7 @@ from attn_cli.browse.widgets import (
     PINNED,
     GeometryView,
     Heatmap,
+    PictureView,
     ThumbGrid,
     exact,
     fit,
@@ -59,6 +60,7 @@ KEYS = [
     ("click a row label", "select that token"),
     ("click a cell", "select query and key; click it again: neuron view"),
     ("click a thumbnail", "open that layer and head"),
+    ("click a patch", "image traces: that patch's attention over the picture"),
     ("n", "numbers in the cells on / off (colour only)"),
     ("< >", "previous / next input (several texts)"),
     ("b", "next attention block (encoder, decoder, cross …) when there are several"),
@@ -286,6 +288,7 @@ class MainScreen(Screen[None]):
     #lower { height: 1fr; }
     #main { width: 3fr; }
     GeometryView { width: 2fr; max-width: 48; height: 1fr; padding-left: 1; }
+    PictureView { width: 2fr; max-width: 66; height: 1fr; padding-left: 1; }
     #tabs { height: auto; background: $panel; }
     #steptitle { height: 2; text-wrap: nowrap; text-overflow: ellipsis; }
     #value { height: 2; background: $boost; text-wrap: nowrap; text-overflow: ellipsis; }
@@ -356,6 +359,7 @@ class MainScreen(Screen[None]):
                 yield Static(id="steptitle")
                 yield Heatmap(precision=self.precision, id="heatmap")
             yield GeometryView(id="geometry")
+            yield PictureView(id="picture")
         yield Static(id="value")
         yield Footer()
 
@@ -380,8 +384,21 @@ class MainScreen(Screen[None]):
             self.numbers,
         )
         self._update_token()
-        self.query_one(GeometryView).set_geometry(geometry_at(self.index, self.key), self.qtok)
+        self._update_side()
         self._update_value()
+
+    def _update_side(self) -> None:
+        """The geometry picture, or for an image trace the picture with the selected token's
+        attention over its patches."""
+        info = self.index.trace.config.get("image")
+        picture, geometry = self.query_one(PictureView), self.query_one(GeometryView)
+        if isinstance(info, dict) and "grid" in info and "thumbnail" in info:
+            w = self.weights
+            picture.set_picture(info, None if w is None else w.data[self.qtok], self.qtok)
+            picture.display, geometry.display = True, False
+        else:
+            picture.display, geometry.display = False, True
+            geometry.set_geometry(geometry_at(self.index, self.key), self.qtok)
 
     def _update_title(self) -> None:
         trace = self.index.trace
@@ -566,6 +583,11 @@ class MainScreen(Screen[None]):
 
     def on_thumb_grid_picked(self, message: ThumbGrid.Picked) -> None:
         self._set_key(message.key)
+
+    def on_picture_view_picked(self, message: PictureView.Picked) -> None:
+        if message.token < len(self.labels):
+            self.qtok = message.token
+            self.update_view()
 
     def on_heatmap_hovered(self, message: Heatmap.Hovered) -> None:
         self._update_value()

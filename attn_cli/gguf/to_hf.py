@@ -23,7 +23,7 @@ Every metadata value is checked as the family's args class checks the HF key it 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, show
 from attn_cli.models.args import POSITIVE, POSITIVE_INT, TEXT, Kind, check
-from attn_cli.models.registry import ABSENT, GGUFTable, gguf_tables
+from attn_cli.models.registry import ABSENT, GGUFTable, gguf_table, gguf_tables
 
 REQUIRED: Any = object()  # MetadataReader.value: the file must have the key
 
@@ -80,12 +80,17 @@ FILE_TYPES = {
 class Recipe:
     """How one HF tensor is made from GGUF tensors: the sources' rows concatenated (a fused
     qkv_proj or gate_up_proj), a row slice (splitting a fused attn_qkv), the rotary row order
-    undone (``unpermute`` = number of heads), and a constant subtracted (a norm's shift)."""
+    undone (``unpermute`` = number of heads), a constant subtracted (a norm's shift), and
+    per-head blocks joined (``per_head``)."""
 
     sources: tuple[str, ...]
     rows: tuple[int, int] | None = None
     unpermute: int | None = None
     shift: float = 0.0
+    expert: int | None = None  # one expert's [out, in] of a stacked [experts, out, in] tensor
+    # sources stored per head, (heads, rows, in) each, or (heads, in, rows) where True: joined
+    # head by head into one (heads·Σ rows, in) matrix (a table's per_head_tensors)
+    per_head: tuple[bool, ...] | None = None
 
 
 def unpermute_index(n_rows: int, n_head: int) -> np.ndarray:
@@ -207,7 +212,7 @@ def build(
     the metadata."""
     fname = header.path.name
     cfg = config_from_header(header, read_small)
-    table = gguf_tables()[cfg["gguf"]["architecture"]]
+    table = table_for(cfg["gguf"]["architecture"], fname, header.metadata)
     try:
         plan = _plan(
             table,
@@ -217,12 +222,16 @@ def build(
             cfg["num_key_value_heads"],
             cfg["head_dim"],
             fname,
+            cfg.get("num_local_experts")
+            or cfg.get("num_experts")
+            or cfg.get("n_routed_experts")
+            or 0,
         )
     except _MALFORMED as exc:
         raise InputError(f"{fname}: malformed metadata ({show(str(exc), 100)})") from None
     for hf, recipe in plan.items():
         got = recipe_shape(recipe, header.tensors)
-        want = expected_shape(hf, cfg, table.qk_norm_full)
+        want = (table.shape and table.shape(hf, cfg)) or expected_shape(hf, cfg, table.qk_norm_full)
         if got != want:
             raise InputError(
                 f"{fname}: {', '.join(recipe.sources)} has shape {list(got)}, but the "
@@ -247,22 +256,24 @@ def config_from_header(
         ) from None
 
 
-def table_for(arch: object, fname: str) -> GGUFTable:
-    """The family table of a general.architecture, or an InputError saying which are."""
+def table_for(arch: object, fname: str, meta: Mapping[str, Any]) -> GGUFTable:
+    """The family table of a general.architecture (for a file with experts, the table of its
+    experts where the architecture has one), or an InputError saying which are supported."""
     tables = gguf_tables()
     if not isinstance(arch, str):
         raise InputError(f"{fname}: no general.architecture in the metadata")
-    if arch not in tables:
+    table = gguf_table(arch, meta)
+    if table is None:
         raise InputError(
             f"{fname}: architecture {show(arch)} is not supported (supported: {', '.join(tables)})"
         )
-    return tables[arch]
+    return table
 
 
 def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict[str, Any]:
     meta, tensors = header.metadata, header.tensors
     name = header.path.name
-    table = table_for(meta.get("general.architecture"), name)
+    table = table_for(meta.get("general.architecture"), name, meta)
     m = MetadataReader(header, table, read_small)
     n_layer = m.value("block_count", "num_hidden_layers")
     hidden = m.value("embedding_length", "hidden_size")
@@ -273,10 +284,12 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
         raise InputError(f"{name}: implausible geometry ({n_layer} layers, {hidden} wide)")
     if n_head % n_kv:
         raise InputError(f"{name}: {n_head} heads cannot share {n_kv} key/value heads")
-    head_dim = m.value("attention.key_length", "head_dim", hidden // n_head)
-    value_dim = m.value("attention.value_length", "head_dim", head_dim)
-    if not head_dim or value_dim != head_dim:
-        raise InputError(f"{name}: key and value head sizes differ: not supported")
+    head_dim = hidden // n_head  # a table that reads its own head sizes sets them (adapt)
+    if not table.own_attention:
+        head_dim = m.value("attention.key_length", "head_dim", head_dim)
+        value_dim = m.value("attention.value_length", "head_dim", head_dim)
+        if not head_dim or value_dim != head_dim:
+            raise InputError(f"{name}: key and value head sizes differ: not supported")
     if "token_embd.weight" not in tensors:
         raise InputError(f"{name}: no token_embd.weight tensor")
     vocab = tensors["token_embd.weight"].shape[0]
@@ -307,7 +320,7 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
     }
 
     rope_dim = m.checked(POSITIVE_INT, "rope.dimension_count")
-    if rope_dim is not None and rope_dim != head_dim:
+    if rope_dim is not None and rope_dim != head_dim and not table.own_attention:
         if rope_dim % 2 or rope_dim > head_dim:
             raise InputError(
                 f"{m.label('rope.dimension_count')} must be even and at most the head size "
@@ -365,6 +378,16 @@ def _config(header: GGUFHeader, read_small: Callable[[str], np.ndarray]) -> dict
 def recipe_shape(r: Recipe, tensors: dict[str, Any]) -> tuple[int, ...]:
     """The HF shape a recipe produces, from the header alone (trailing dims must agree)."""
     shapes = [tuple(tensors[s].shape) for s in r.sources]
+    if r.expert is not None:
+        stacked = shapes[0]
+        return stacked[1:] if len(stacked) == 3 and 0 <= r.expert < stacked[0] else (-1,)
+    if r.per_head is not None:  # (heads, rows, in) blocks, or (heads, in, rows) transposed
+        blocks = [
+            (sh[0], sh[2], sh[1]) if t else sh for sh, t in zip(shapes, r.per_head, strict=True)
+        ]
+        if any(len(b) != 3 for b in blocks) or len({(b[0], b[2]) for b in blocks}) != 1:
+            return (-1,)
+        return (blocks[0][0] * sum(b[1] for b in blocks), blocks[0][2])
     if len({sh[1:] for sh in shapes}) != 1:
         return (-1,)
     first = sum(sh[0] for sh in shapes)
@@ -380,10 +403,14 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
     """What the HF model of this config has for tensor ``name`` (`qk_norm_full`: q/k norms
     over all heads at once, OLMo 2)."""
     h, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    hd = cfg["head_dim"]
+    hd, experts = cfg["head_dim"], cfg.get("num_local_experts", 0)
+    if name.endswith(".sinks"):  # gpt-oss: one sink logit per head
+        return (cfg["num_attention_heads"],)
     qd, kd = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     bias = name.endswith(".bias")
     part = name.rsplit(".", 2)[-2]
+    if ".experts." in name:  # one expert of a mixture: its own width
+        ff = cfg.get("moe_intermediate_size") or ff
     out = {
         "embed_tokens": (v, h),
         "lm_head": (v, h),
@@ -398,8 +425,17 @@ def expected_shape(name: str, cfg: dict[str, Any], qk_norm_full: bool = False) -
         "up_proj": (ff, h),
         "gate_up_proj": (2 * ff, h),
         "down_proj": (h, ff),
+        "router": (experts, h),  # gpt-oss's router
+        "w1": (ff, h),  # Mixtral's expert gate, up (w3) and down (w2)
+        "w3": (ff, h),
+        "w2": (h, ff),
+        "gate": (cfg.get("num_local_experts") or cfg.get("num_experts") or 0, h),  # a router
     }.get(part, (h,))  # every other tensor is a norm over the hidden size
-    return out[:1] if bias else out
+    out = out[:1] if bias else out
+    # gpt-oss's stacked experts, all in one tensor (mlp.experts.gate_proj.weight, not one
+    # expert's mlp.experts.{e}.gate_proj.weight): [E, out, in]
+    stacked = ".experts." in name and not name.split(".experts.")[1][:1].isdigit()
+    return (experts, *out) if stacked else out
 
 
 def _plan(
@@ -410,6 +446,7 @@ def _plan(
     n_kv: int,
     head_dim: int,
     fname: str,
+    n_experts: int = 0,
 ) -> dict[str, Recipe]:
     plan: dict[str, Recipe] = {}
 
@@ -439,6 +476,23 @@ def _plan(
         for hf, gname in table.optional_layer_tensors.items():
             if b + gname in tensors:
                 plan[h + hf] = recipe(hf, (b + gname,))
+        for hf, gname in table.experts.items():  # stacked experts: one recipe per expert
+            if b + gname not in tensors and b + "ffn_gate.weight" in tensors:
+                continue  # a dense layer of a model with both (DeepSeek's first layers)
+            stacked = tensors[need(b + gname)].shape
+            if len(stacked) != 3 or stacked[0] != n_experts:
+                raise InputError(
+                    f"{fname}: {b + gname} has shape {list(stacked)}, but the metadata implies "
+                    f"{n_experts} experts"
+                )
+            for e in range(n_experts):
+                plan[h + hf.format(e=e)] = Recipe((b + gname,), expert=e)
+        for hf, parts in table.per_head_tensors.items():
+            if h + hf not in plan:
+                srcs = tuple(need(b + g) for g, _ in parts)
+                plan[h + hf] = Recipe(srcs, per_head=tuple(t for _, t in parts))
+        if table.own_attention:
+            continue
         for kind in ("weight", "bias"):
             sep = [f"{b}attn_{x}.{kind}" for x in "qkv"]
             fused = f"{b}attn_qkv.{kind}"

@@ -66,7 +66,7 @@ def head_scores(
     exclude_current_token: bool = False,
 ) -> np.ndarray:
     """Σ W·P / Σ W for every head: attention (…, n, n) -> (…). A head with no attention left
-    (everything excluded) scores 0."""
+    (everything excluded) scores 0; a head a layer does not have (NaN maps) scores NaN."""
     a = np.array(attention, dtype=np.float64)  # a copy: columns get zeroed
     if exclude_bos:
         a[..., :, 0] = 0.0
@@ -75,7 +75,7 @@ def head_scores(
         a[..., idx, idx] = 0.0
     hit = (a * detection).sum(axis=(-2, -1))
     total = a.sum(axis=(-2, -1))
-    return np.divide(hit, total, out=np.zeros_like(hit), where=total > 0)
+    return np.divide(hit, total, out=np.where(np.isnan(total), np.nan, 0.0), where=total > 0)
 
 
 def detect(

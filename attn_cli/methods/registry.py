@@ -25,7 +25,7 @@ from attn_cli.methods.lens import LensResult, lens_steps, logit_lens
 from attn_cli.methods.norms import attention_norms, norms_steps, summed_attention_norms
 from attn_cli.methods.rollout import residual_attention, rollout_step
 from attn_cli.models.registry import Config, Family, WeightSource
-from attn_cli.records import LayerRecord
+from attn_cli.records import AttentionRecord, LayerRecord
 from attn_cli.trace import TraceStep
 
 
@@ -179,9 +179,30 @@ def select_methods(
     return run, note
 
 
+def attention_shares(record: AttentionRecord) -> np.ndarray:
+    """A block's map as shares of attention, for rollout, flow and the head detectors: the
+    weights themselves, or for a signed mixing map (linear attention) each value's share of its
+    row's absolute total, as the summary's entropy and patterns read it."""
+    w = record.weights
+    if record.map_kind != "mixing":
+        return w
+    a = np.abs(w)
+    total = a.sum(axis=-1, keepdims=True)
+    return np.divide(a, total, out=np.zeros_like(a), where=total > 0)
+
+
 def attention_stack(layers: Sequence[LayerRecord]) -> np.ndarray:
-    """(L, H, n, n) attention weights: each layer's attention map."""
-    return np.stack([layer.attention.weights for layer in layers])
+    """(L, H, n, n) attention shares (`attention_shares`): each layer's map. A layer with fewer
+    heads than the widest (Qwen3-Next's softmax layers beside its linear ones) has NaN for the
+    heads it does not have."""
+    maps = [attention_shares(layer.attention) for layer in layers]
+    widest = max(len(a) for a in maps)
+    if all(len(a) == widest for a in maps):
+        return np.stack(maps)
+    out = np.full((len(maps), widest, *maps[0].shape[1:]), np.nan, dtype=maps[0].dtype)
+    for i, a in enumerate(maps):
+        out[i, : len(a)] = a
+    return out
 
 
 def post_norm(parts: ModelParts, i: int) -> PostNorm | None:
@@ -271,12 +292,12 @@ class MethodRun:
         w = a.weights
         m = self.methods
         if "rollout" in m:
-            a_hat = residual_attention(w)
+            a_hat = residual_attention(attention_shares(a))
             self._rolled = a_hat if self._rolled is None else a_hat @ self._rolled
             if self._shown(i):
                 self._steps.append(rollout_step(self._rolled, self.labels, i))
         if "flow" in m:
-            self._weights.append(w)
+            self._weights.append(attention_shares(a))
         if "norms" in m and self._shown(i):
             assert a.params is not None
             self._steps += norms_steps(

@@ -34,6 +34,7 @@ from attn_cli.attention import (
     softcap,
 )
 from attn_cli.errors import InputError
+from attn_cli.kvcache import CachedLayers, KVCache, mask_rows
 from attn_cli.models import rope
 from attn_cli.models.args import (
     COUNT,
@@ -153,6 +154,11 @@ class Spec:
     layer_types: Callable[[Any], list[str]] = lambda args: [FULL] * args.num_hidden_layers
     window: Callable[[Any], int | None] = lambda args: None
     local_theta_key: str | None = None  # Gemma 3's rope_local_base_freq (hub-style configs)
+    # A mixture-of-experts MLP instead of the dense one: mlp(w, layer, x, args, record) -> the
+    # MLP output; it may add stages to the layer's record (the router). mlp_check(w, layer,
+    # args) checks its tensors' shapes. None: the dense MLP.
+    mlp: Callable[..., np.ndarray] | None = None
+    mlp_check: Callable[[WeightSource, int, Any], None] | None = None
 
 
 # llama.cpp's names of a Llama-style layer's tensors (gguf-py's TensorNameMap): HF name under
@@ -272,12 +278,16 @@ def check(spec: Spec, w: WeightSource, args: DecoderArgs, source: str) -> None:
                 expect_shape(w, att + f"{name}_proj.weight", (out, d))
                 if bias["qkv"]:
                     expect_shape(w, att + f"{name}_proj.bias", (out,))
-            expect_shape(w, p + "mlp.gate_proj.weight", (inter, d))
-            expect_shape(w, p + "mlp.up_proj.weight", (inter, d))
         expect_shape(w, att + "o_proj.weight", (d, heads * hd))
         if bias["o"]:
             expect_shape(w, att + "o_proj.bias", (d,))
-        expect_shape(w, p + "mlp.down_proj.weight", (d, inter))
+        if spec.mlp_check is not None:
+            spec.mlp_check(w, i, args)
+        else:
+            if not spec.fused:
+                expect_shape(w, p + "mlp.gate_proj.weight", (inter, d))
+                expect_shape(w, p + "mlp.up_proj.weight", (inter, d))
+            expect_shape(w, p + "mlp.down_proj.weight", (d, inter))
         if spec.post_norm:
             expect_shape(w, p + "post_feedforward_layernorm.weight", (d,))
         if spec.qk_norm:
@@ -350,8 +360,15 @@ def qk_hook(
 
 
 def layers(
-    spec: Spec, w: WeightSource, x: np.ndarray, args: DecoderArgs, source: str
+    spec: Spec,
+    w: WeightSource,
+    x: np.ndarray,
+    args: DecoderArgs,
+    source: str,
+    cache: KVCache | None = None,
 ) -> Iterator[LayerRecord]:
+    """The layers over tokens x; with a `cache`, x are the tokens after those it holds (their
+    keys and values are read from it, the new ones appended): the new rows only."""
     n = len(x)
     heads, kv, hd = args.num_attention_heads, args.kv_heads, args.head_size
     eps = args.rms_norm_eps
@@ -360,14 +377,21 @@ def layers(
     kinds = layer_kinds(spec, args)
     with_rope = rope_layers(spec, args)
     rots = rotaries(spec, args, source)
-    tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
     width = window(spec, args)
-    plan = long.current()  # a long text: attention blockwise, no n × n masks or maps
+    plan = long.current() if cache is None else None  # long: blockwise, no n × n masks
     masks = {}
-    if plan is None:
-        masks[FULL] = causal_mask(n)
+    if cache is None:
+        tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
+        if plan is None:
+            masks[FULL] = causal_mask(n)
+            if width is not None:
+                masks[SLIDING] = sliding_window_mask(n, width)
+    else:  # positions start … start + n − 1 of a pass over every token so far
+        start = cache.length
+        tables = {k: _rows(r.cos_sin(start + n), start) for k, r in rots.items()}
+        masks = {FULL: mask_rows(start, start + n)}
         if width is not None:
-            masks[SLIDING] = sliding_window_mask(n, width)
+            masks[SLIDING] = mask_rows(start, start + n, width)
     s = scale(spec, args)
     cap = getattr(args, "attn_logit_softcapping", None) if spec.attn_softcap else None
     x = x.astype(np.float32, copy=False)
@@ -389,20 +413,14 @@ def layers(
         params = AttentionParams(wq, wk, wv, heads, kv, bq, bk, bv, wo, bo)
         cos, sin = tables[kind]
         hook = qk_hook(spec, w, a, eps, rots[kind] if with_rope[i] else None, cos, sin)
+        c = None if cap is None else float(cap)
         if plan is not None:
             slide = width if kind == SLIDING else None
-            cap_ = None if cap is None else float(cap)
-            record = long.attention(plan, i, a_in, params, slide, hook, s, cap_, x)
+            record = long.attention(plan, i, a_in, params, slide, hook, s, c, x)
+        elif cache is None:
+            record = multi_head_attention(a_in, params, masks[kind], hook, s, c, resid=x)
         else:
-            record = multi_head_attention(
-                a_in,
-                params,
-                masks[kind],
-                hook,
-                scale=s,
-                cap=None if cap is None else float(cap),
-                resid=x,
-            )
+            record = cache.attention(i, a_in, params, masks[kind], hook, s, c, resid=x)
         record.facts["rope"] = with_rope[i]
         assert record.output is not None
         o = record.output
@@ -414,12 +432,20 @@ def layers(
         else:
             mlp_norm = "pre_feedforward_layernorm" if spec.sandwich else "post_attention_layernorm"
             m = _norm(spec, w, p + mlp_norm + ".weight", h, eps)
-        ff = _mlp(spec, w, p + "mlp.", m, act, bias["mlp"])
+        if spec.mlp is None:
+            ff = _mlp(spec, w, p + "mlp.", m, act, bias["mlp"])
+        else:
+            ff = spec.mlp(w, i, m, args, record)
         if spec.sandwich or spec.post_norm:
             ff = _norm(spec, w, p + "post_feedforward_layernorm.weight", ff, eps)
         out = h + ff
         yield LayerRecord([record], out)
         x = out
+
+
+def _rows(table: tuple[np.ndarray, np.ndarray], start: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (cos, sin) table from position `start` on."""
+    return table[0][start:], table[1][start:]
 
 
 def _mlp(
@@ -563,9 +589,11 @@ def bind(
         spec, args, _ = parsed(specs, cfg)
         return embed(spec, w, ids, args)
 
-    def run_layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+    def run_layers(
+        w: WeightSource, x: np.ndarray, cfg: Config, cache: KVCache | None = None
+    ) -> Iterator[LayerRecord]:
         spec, args, source = parsed(specs, cfg)
-        return layers(spec, w, x, args, source)
+        return layers(spec, w, x, args, source, cache)
 
     def run_final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
         spec, args, _ = parsed(specs, cfg)
@@ -579,7 +607,7 @@ def bind(
         "dims": lambda cfg: dims(parsed(specs, cfg)[1]),
         "check": run_check,
         "embed": run_embed,
-        "layers": run_layers,
+        "layers": CachedLayers(run_layers),
         "final": run_final,
         "logits": run_logits,
         "describe": describe,

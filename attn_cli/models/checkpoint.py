@@ -161,9 +161,27 @@ def _checkpoint(name: str, d: Path) -> Checkpoint:
         )
     if ckpt.family.vision is None and not (d / "tokenizer.json").is_file():
         raise InputError(
-            f"{opt('model', name)}: {d} has no tokenizer.json (the model's own tokenizer is needed)"
+            f"{opt('model', name)}: {d} has no tokenizer.json (the model's own tokenizer is "
+            f"needed){_sentencepiece_hint(d)}"
         )
     return ckpt
+
+
+def _sentencepiece_hint(d: Path) -> str:
+    """What to do with a checkpoint that ships only SentencePiece models (T5's spiece.model,
+    Marian's source.spm and target.spm)."""
+    if (d / "source.spm").is_file():
+        return (
+            "; it has SentencePiece models (source.spm, target.spm) that only a slow tokenizer "
+            "reads: attn-cli reads a tokenizer.json (the `tokenizers` library's format) only"
+        )
+    if (d / "spiece.model").is_file():
+        return (
+            "; it has spiece.model: make tokenizer.json once with transformers "
+            "(AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR), with sentencepiece "
+            "installed)"
+        )
+    return ""
 
 
 @dataclass

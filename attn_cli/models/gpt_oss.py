@@ -11,9 +11,14 @@ Each layer, pre-norm with RMSNorm (× w):
   h = h + MoE(post_attention_layernorm(h)): the router (linear with bias) picks each token's
       top-k experts, softmax over their logits; each expert's gate_up (gate and up interleaved,
       even and odd columns) runs a clamped SwiGLU, (up + 1)·gate·σ(α·gate), then down.
-then the final norm and the LM head. Checkpoints are as transformers saves GptOssForCausalLM
-(bf16 or float32 experts stacked as [E, d, 2·inter] and [E, inter, d]); the hub's MXFP4
-expert blocks and GGUF are not read.
+then the final norm and the LM head. Experts are read one at a time, in any of three layouts:
+  - transformers' GptOssForCausalLM (bf16 or float32, stacked as [E, d, 2·inter], [E, inter, d]);
+  - the hub's MXFP4 checkpoints (gate_up_proj_blocks/_scales, down_proj_blocks/_scales:
+    [E, out, in/32, 16] codes and [E, out, in/32] exponents), dequantised as transformers does;
+  - llama.cpp's GGUF (architecture `gpt-oss`, convert_hf_to_gguf's GptOssModel): gate and up
+    split apart (ffn_gate_exps, ffn_up_exps [E, inter, d]), ffn_down_exps [E, d, inter], their
+    biases apart, usually MXFP4 (gguf/quants.py, bit-identical to ggml); attn_sinks, the router
+    as ffn_gate_inp, post_attention_norm; no q/k row permutation.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ import numpy as np
 
 from attn_cli import attention as att
 from attn_cli.errors import InputError
+from attn_cli.gguf.quants import mxfp4_pairs
+from attn_cli.kvcache import CachedLayers, KVCache, mask_rows
 from attn_cli.models import rope
 from attn_cli.models._decoder import (
     ANCHOR,
     FULL,
+    GGUF_OPTIONAL_TENSORS,
     SLIDING,
     DecoderArgs,
     Spec,
@@ -44,7 +52,7 @@ from attn_cli.models._decoder import (
 )
 from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, arg
 from attn_cli.models.layers import rms_norm
-from attn_cli.models.registry import Config, WeightSource
+from attn_cli.models.registry import ABSENT, Config, GGUFTable, WeightSource
 from attn_cli.models.weights import expect_shape
 from attn_cli.records import (
     KEY,
@@ -125,6 +133,50 @@ def gpt_oss_config(cfg: Config) -> Config:
     return {**cfg, "rope_parameters": {**DEFAULT_ROPE, "rope_theta": cfg.get("rope_theta")}}
 
 
+def gguf_config(meta: Any, cfg: dict[str, Any]) -> None:
+    """llama.cpp writes YaRN's factor and original length; GptOssConfig's beta_fast, beta_slow
+    and truncate=False come back from its defaults (or the file's yarn_beta_* keys)."""
+    scaling = cfg.get("rope_scaling")
+    if scaling and scaling.get("rope_type") == "yarn":
+        cfg["rope_scaling"] = {
+            **scaling,
+            "beta_fast": meta.checked(POSITIVE, "rope.scaling.yarn_beta_fast", 32.0),
+            "beta_slow": meta.checked(POSITIVE, "rope.scaling.yarn_beta_slow", 1.0),
+            "truncate": False,
+        }
+
+
+# llama.cpp's layout (gguf-py MODEL_ARCH.GPT_OSS): HF-style names of the GGUF tensors; the
+# experts' gate and up are apart here (GGUF_EXPERTS), interleaved again when read.
+GGUF_EXPERTS = {
+    f"mlp.experts.{part}_proj.{kind}": f"ffn_{part}_exps.{kind}"
+    for part in ("gate", "up", "down")
+    for kind in ("weight", "bias")
+}
+GGUF = GGUFTable(
+    arch="gpt-oss",
+    model_type="gpt_oss",
+    hf_class="GptOssForCausalLM",
+    args=GptOssArgs,
+    layer_tensors={
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "post_attention_norm.weight",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "self_attn.sinks": "attn_sinks.weight",
+        "mlp.router.weight": "ffn_gate_inp.weight",
+        "mlp.router.bias": "ffn_gate_inp.bias",
+        **GGUF_EXPERTS,
+    },
+    optional_layer_tensors=GGUF_OPTIONAL_TENSORS,
+    metadata={
+        "expert_count": ("num_local_experts", ABSENT),
+        "expert_used_count": ("num_experts_per_tok", ABSENT),
+        "attention.sliding_window": ("sliding_window", ABSENT),
+    },
+    adapt=gguf_config,
+)
+
+
 def _args(cfg: Config) -> tuple[Spec, GptOssArgs, str]:
     spec, args, source = parsed(SPECS, cfg)
     assert isinstance(args, GptOssArgs)
@@ -143,12 +195,6 @@ def check(w: WeightSource, cfg: Config) -> None:
             f"{SLIDING!r}"
         )
     rotaries(spec, args, source)  # refuses unsupported rope types and bad rope values by name
-    if "layers.0.mlp.experts.gate_up_proj_blocks" in w:
-        raise InputError(
-            f"{source}: this checkpoint stores its experts in MXFP4 (gate_up_proj_blocks), "
-            "which is not read yet: load it in transformers with "
-            "Mxfp4Config(dequantize=True) and save_pretrained it in bf16"
-        )
     expect_shape(w, ANCHOR, (args.vocab_size, d))
     for i in range(args.num_hidden_layers):
         p = f"layers.{i}."
@@ -168,16 +214,100 @@ def check(w: WeightSource, cfg: Config) -> None:
             a + "sinks": (heads,),
             m + "router.weight": (experts, d),
             m + "router.bias": (experts,),
-            m + "experts.gate_up_proj": (experts, d, 2 * inter),
-            m + "experts.gate_up_proj_bias": (experts, 2 * inter),
-            m + "experts.down_proj": (experts, inter, d),
-            m + "experts.down_proj_bias": (experts, d),
+            **_expert_shapes(layout(w, m), m, experts, d, inter),
         }
         for name, shape in shapes.items():
             expect_shape(w, name, shape)
     expect_shape(w, "norm.weight", (d,))
     if not tied(args, w):
         expect_shape(w, "lm_head.weight", (args.vocab_size, d))
+
+
+def layout(w: WeightSource, m: str) -> str:
+    """How a layer's experts are stored: "dense" (transformers), "mxfp4" (the hub's blocks and
+    scales) or "gguf" (gate, up and down apart, [E, out, in])."""
+    if m + "experts.gate_up_proj_blocks" in w:
+        return "mxfp4"
+    if m + "experts.gate_proj.weight" in w:
+        return "gguf"
+    return "dense"
+
+
+def _expert_shapes(
+    kind: str, m: str, experts: int, d: int, inter: int
+) -> dict[str, tuple[int, ...]]:
+    e = m + "experts."
+    if kind == "gguf":
+        return {
+            e + "gate_proj.weight": (experts, inter, d),
+            e + "gate_proj.bias": (experts, inter),
+            e + "up_proj.weight": (experts, inter, d),
+            e + "up_proj.bias": (experts, inter),
+            e + "down_proj.weight": (experts, d, inter),
+            e + "down_proj.bias": (experts, d),
+        }
+    biases = {e + "gate_up_proj_bias": (experts, 2 * inter), e + "down_proj_bias": (experts, d)}
+    if kind == "mxfp4":
+        for size, name in ((d, "d"), (inter, "intermediate_size")):
+            if size % 32:
+                raise InputError(f"MXFP4 experts need {name} to be a multiple of 32, not {size}")
+        return {
+            e + "gate_up_proj_blocks": (experts, 2 * inter, d // 32, 16),
+            e + "gate_up_proj_scales": (experts, 2 * inter, d // 32),
+            e + "down_proj_blocks": (experts, d, inter // 32, 16),
+            e + "down_proj_scales": (experts, d, inter // 32),
+            **biases,
+        }
+    return {
+        e + "gate_up_proj": (experts, d, 2 * inter),
+        e + "down_proj": (experts, inter, d),
+        **biases,
+    }
+
+
+def _interleave(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gate and up side by side as transformers holds them: gate in the even, up in the odd
+    columns (of the last axis)."""
+    out = np.empty((*gate.shape[:-1], 2 * gate.shape[-1]), dtype=np.float32)
+    out[..., ::2], out[..., 1::2] = gate, up
+    return out
+
+
+def expert_biases(w: WeightSource, m: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every expert's gate_up bias [E, 2·inter] (interleaved) and down bias [E, d]."""
+    e = m + "experts."
+    if layout(w, m) == "gguf":
+        return _interleave(w[e + "gate_proj.bias"], w[e + "up_proj.bias"]), w[e + "down_proj.bias"]
+    return w[e + "gate_up_proj_bias"], w[e + "down_proj_bias"]
+
+
+def expert(
+    w: WeightSource, m: str, i: int, buffers: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expert i's gate_up [d, 2·inter] (gate and up interleaved) and down [inter, d] as
+    transformers multiplies them, read (and dequantised) alone; transformers-format experts
+    are converted into `buffers`, reused from expert to expert (the arrays returned are
+    overwritten by the next call)."""
+    e = m + "experts."
+    kind = layout(w, m)
+    if kind == "gguf":  # [out, in] each, gate and up apart
+        gate, up = w.rows(e + "gate_proj.weight", [i])[0], w.rows(e + "up_proj.weight", [i])[0]
+        return _interleave(gate.T, up.T), w.rows(e + "down_proj.weight", [i])[0].T
+    if kind == "mxfp4":  # [out, in/32, 16] codes and [out, in/32] exponents
+        stored = w.stored  # type: ignore[attr-defined]
+        gate_up = mxfp4_pairs(
+            stored(e + "gate_up_proj_blocks", i), stored(e + "gate_up_proj_scales", i)
+        )
+        down = mxfp4_pairs(stored(e + "down_proj_blocks", i), stored(e + "down_proj_scales", i))
+        return gate_up.T, down.T
+    entry = getattr(w, "entry", None)
+    if entry is None:
+        return w.rows(e + "gate_up_proj", [i])[0], w.rows(e + "down_proj", [i])[0]
+    got = []
+    for name in ("gate_up_proj", "down_proj"):
+        got.append(entry(e + name, i, buffers.get(name)))
+        buffers[name] = got[-1]
+    return got[0], got[1]
 
 
 def sink_attention(
@@ -189,10 +319,13 @@ def sink_attention(
     cos: np.ndarray,
     sin: np.ndarray,
     resid: np.ndarray,
+    cache: tuple[KVCache, int] | None = None,
 ) -> AttentionRecord:
     """Self-attention with one sink logit per head joining each row's softmax (transformers'
     eager_attention_forward for gpt-oss): X, Q, K, V, Q_rot, K_rot, W_raw, W_scaled, W_masked,
-    W (over the real tokens: partial weights), sink (each row's mass to the sink), Y."""
+    W (over the real tokens: partial weights), sink (each row's mass to the sink), Y. With a
+    `cache` (and this layer's index), x are new tokens: their keys and values join the cached
+    ones, and the rows are the new tokens' over every key so far."""
     rec = AttentionRecord("self", TOKENS, TOKENS, p.heads, p.kv_heads, resid=resid, params=p)
     rec.add("X", x)
     q, k, v = att.project(x, p)
@@ -202,6 +335,8 @@ def sink_attention(
     q = rec.add("Q_rot", rot.apply(q, cos, sin), heads=QUERY_HEADS, cols=Dims("q"))
     k = rec.add("K_rot", rot.apply(k, cos, sin), heads=KV_HEADS, rows=KEY, cols=Dims("k"))
     heads, n, d_k = q.shape
+    if cache is not None:
+        k, v = cache[0].extend(cache[1], k, v)
     scale = float(d_k) ** -0.5
     w_raw = att.scores(q, att.repeat_kv(k, heads))  # [H, n, d_k] @ [H, d_k, n] -> [H, n, n]
     w_scaled = w_raw * np.float32(scale)
@@ -228,14 +363,14 @@ def moe(w: WeightSource, p: str, x: np.ndarray, args: GptOssArgs) -> tuple[np.nd
     chosen = np.take_along_axis(logits, top, axis=-1)
     routing = np.zeros_like(logits)
     np.put_along_axis(routing, top, att.row_softmax(chosen), axis=-1)
-    gate_up_b, down_b = w[p + "experts.gate_up_proj_bias"], w[p + "experts.down_proj_bias"]
+    gate_up_b, down_b = expert_biases(w, p)
     alpha, limit = np.float32(args.swiglu_alpha), np.float32(args.swiglu_limit)
     out = np.zeros_like(x)
+    buffers: dict[str, np.ndarray] = {}
     for e in (int(e) for e in np.flatnonzero((routing > 0).any(axis=0))):
         tokens = np.flatnonzero(routing[:, e] > 0)
         # one expert's matrices at a time, read only when a token routes to it
-        gate_up_w = w.rows(p + "experts.gate_up_proj", [e])[0]  # [d, 2·inter]
-        down_w = w.rows(p + "experts.down_proj", [e])[0]  # [inter, d]
+        gate_up_w, down_w = expert(w, p, e, buffers)  # [d, 2·inter], [inter, d]
         gate_up = x[tokens] @ gate_up_w + gate_up_b[e]  # [t, d] @ [d, 2·inter]
         gate = np.minimum(gate_up[:, ::2], limit)  # gate and up are interleaved columns
         up = np.clip(gate_up[:, 1::2], -limit, limit)
@@ -246,17 +381,24 @@ def moe(w: WeightSource, p: str, x: np.ndarray, args: GptOssArgs) -> tuple[np.nd
     return out, routing
 
 
-def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
+def layers(
+    w: WeightSource, x: np.ndarray, cfg: Config, cache: KVCache | None = None
+) -> Iterator[LayerRecord]:
+    """The layers over tokens x; with a `cache`, x are the tokens after those it holds."""
     spec, args, source = _args(cfg)
     n = len(x)
+    start = 0 if cache is None else cache.length  # the position of x's first token
     heads, kv, eps = args.num_attention_heads, args.kv_heads, args.rms_norm_eps
     kinds = layer_kinds(spec, args)
     rots = rotaries(spec, args, source)
-    tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
+    tables = {}
+    for kind, r in rots.items():
+        cos, sin = r.cos_sin(start + n)
+        tables[kind] = (cos[start:], sin[start:])
     width = window(spec, args)
-    masks = {FULL: att.causal_mask(n)}
+    masks = {FULL: mask_rows(start, start + n)}
     if width is not None:
-        masks[SLIDING] = att.sliding_window_mask(n, width)
+        masks[SLIDING] = mask_rows(start, start + n, width)
     experts = tuple(f"e{e}" for e in range(args.num_local_experts))
     x = x.astype(np.float32, copy=False)
     for i in range(args.num_hidden_layers):
@@ -280,7 +422,10 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
         kind = kinds[i]
         cos, sin = tables[kind]
         a_in = rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        record = sink_attention(a_in, params, w[a + "sinks"], masks[kind], rots[kind], cos, sin, x)
+        at = None if cache is None else (cache, i)
+        record = sink_attention(
+            a_in, params, w[a + "sinks"], masks[kind], rots[kind], cos, sin, x, at
+        )
         assert record.output is not None
         h = x + record.output
         ff, routing = moe(
@@ -351,6 +496,7 @@ FAMILY = dataclasses.replace(
         ),
     ),
     check=check,
-    layers=layers,
+    layers=CachedLayers(layers),
     describe=describe_gpt_oss,
+    gguf=(GGUF,),
 )

@@ -94,6 +94,26 @@ class GGUFTable:
     norm_shift: float = 0.0  # every *norm.weight stored as shift + w (Gemma: 1 + w)
     fused_qkv: bool = False  # the HF model has one qkv_proj (Phi-3)
     qk_norm_full: bool = False  # q/k norms over all heads at once, H·head_dim wide (OLMo 2)
+    # A mixture of experts stacked in one GGUF tensor [experts, out, in] per projection: HF name
+    # of one expert's matrix under model.layers.{i}. ({e}: its number) -> the GGUF name under
+    # blk.{i}.; the number of experts is config num_experts (or num_local_experts)
+    experts: Mapping[str, str] = field(default_factory=dict)
+    # Reads only the files of its architecture with {arch}.expert_count > 0 (Mixtral, which
+    # llama.cpp stores as "llama"); the architecture's other table reads the rest.
+    with_experts: bool = False
+    # per layer: HF name -> GGUF tensors stored per head, each (heads, rows, in), or (heads,
+    # in, rows) where flagged (stored transposed), joined head by head into one matrix; used
+    # when the file has no other source of the HF name (DeepSeek's kv_b_proj from attn_k_b
+    # and attn_v_b)
+    per_head_tensors: Mapping[str, tuple[tuple[str, bool], ...]] = field(default_factory=dict)
+    # The table names every attention tensor itself (no attn_q/k/v), the file's key and value
+    # lengths are its own to read (adapt), and `shape` gives the HF shapes of the tensors the
+    # generic rule does not know, None for the rest (DeepSeek's latent attention, experts)
+    own_attention: bool = False
+    shape: Callable[[str, Mapping[str, Any]], tuple[int, ...] | None] | None = None
+    # The HF model_type when the metadata decides it (DeepSeek: V2 or V3 by the gating
+    # function), from the whole metadata; None: always `model_type`
+    model_type_of: Callable[[Mapping[str, Any]], str] | None = None
     # What no table can say (values that depend on several keys, config from tensors):
     # adapt(metadata reader, config being built), see gguf/to_hf.py's MetadataReader.
     adapt: Callable[[Any, dict[str, Any]], None] | None = None
@@ -116,6 +136,44 @@ class Vision:
     # An attention-pooling head's map (SigLIP): the last output -> (heads, 1, n) weights of its
     # learned probe over the tokens; None without one.
     pool_map: Callable[[WeightSource, np.ndarray, Config], np.ndarray | None] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Seq2Seq:
+    """What an encoder–decoder family adds (T5, BART, Marian, Whisper …): a source sequence
+    encoded once, a target sequence decoded against it (attn_cli/seq2seq.py runs it).
+
+    The Family's own `embed`, `layers` and `final` are the ENCODER's (the source side): embed
+    takes the source inputs (token ids for text; whatever `read_source` returns otherwise),
+    layers yields one LayerRecord per encoder layer whose one block is "encoder", over the
+    "source" axis. The decoder is below: each of its LayerRecords holds two blocks, the causal
+    self-attention ("decoder", tokens × tokens) then the cross-attention ("cross", tokens ×
+    source, records.multi_head_attention(memory=encoder output, key_axis="source")).
+    """
+
+    decoder_layers: Callable[[Config], int]  # how many decoder layers (may differ from encoder)
+    # target ids -> the decoder's first hidden states (n_target, d); position 0 is the first id
+    embed_target: Callable[[WeightSource, list[int], Config], np.ndarray]
+    # (target hidden states, encoder output) -> one LayerRecord per decoder layer
+    decoder: Callable[[WeightSource, np.ndarray, np.ndarray, Config], Iterator[LayerRecord]]
+    # the decoder's last layer output -> its final hidden states (final norm …)
+    decoder_final: Callable[[WeightSource, np.ndarray, Config], np.ndarray]
+    # the decoder's final hidden states -> logits over the vocabulary (n_target, vocab)
+    logits: Callable[[WeightSource, np.ndarray, Config], np.ndarray]
+    # Sources that are not text (Whisper's audio): (model, what the user gave) -> the encoder
+    # inputs, the source axis (trace.Axis: its labels, kind "frames", coords), notes for the
+    # trace (audio windowed to 30 s …) and the source's name; None: text, tokenised by the
+    # checkpoint's tokenizer.json.
+    read_source: Callable[[Any, Any], tuple[Any, Any, list[str], str]] | None = None
+    # Generation beyond generation_config.json's standard fields (Whisper's task/language
+    # prompt, suppressed tokens …): (config, generation config, plan) -> the plan to use
+    # (seq2seq.Plan); None: the standard fields only.
+    plan: Callable[[Config, Mapping[str, Any], Any], Any] | None = None
+    # Word times (Whisper's timestamps=True): (model, encoder inputs, decoder sequence, prompt
+    # length, decoder LayerRecords, generation config) -> (trace steps, config entries).
+    words: Callable[..., tuple[list[Any], dict[str, Any]]] | None = None
+    # What a source position is called in the steps' words ("source token", "audio frame").
+    source_words: str = "source token"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +216,8 @@ class Family:
 
     # Image families: how a picture becomes hidden states (None: the family reads text).
     vision: Vision | None = None
+    # Encoder–decoder families: the decoder and its generation (None: one stack).
+    seq2seq: Seq2Seq | None = None
 
 
 # Modules of this package that are not families.
@@ -190,5 +250,20 @@ def family_for(model_type: str) -> Family | None:
 @cache
 def gguf_tables() -> dict[str, GGUFTable]:
     """GGUF general.architecture -> its table, from every family."""
+    return {t.arch: t for t in _all_gguf_tables() if not t.with_experts}
+
+
+def _all_gguf_tables() -> list[GGUFTable]:
     unique = {id(f): f for f in families().values()}.values()
-    return {t.arch: t for family in unique for t in family.gguf}
+    return [t for family in unique for t in family.gguf]
+
+
+def gguf_table(arch: str, meta: Mapping[str, Any]) -> GGUFTable | None:
+    """The table that reads a file of this architecture: the one for files with experts when
+    its metadata counts some ({arch}.expert_count) and the architecture has one."""
+    count = meta.get(f"{arch}.expert_count")
+    if isinstance(count, int | np.integer) and not isinstance(count, bool) and count > 0:
+        moe = [t for t in _all_gguf_tables() if t.arch == arch and t.with_experts]
+        if moe:
+            return moe[0]
+    return gguf_tables().get(arch)

@@ -170,10 +170,11 @@ def check(params: Mapping[str, Any], head_dim: int, source: str = "config.json")
         )
     if kind == "dynamic" and dim < 4:
         raise InputError(f"{source}: rope type 'dynamic' needs a rotated width of at least 4")
-    if kind == "llama3" and not params["high_freq_factor"] > params["low_freq_factor"]:
+    # equal factors (Llama 4 Scout: 1 and 1): a hard cut between kept and divided frequencies
+    if kind == "llama3" and not params["high_freq_factor"] >= params["low_freq_factor"]:
         raise InputError(
-            f"{source}: rope high_freq_factor {params['high_freq_factor']} must be greater "
-            f"than low_freq_factor {params['low_freq_factor']}"
+            f"{source}: rope high_freq_factor {params['high_freq_factor']} must be at least "
+            f"low_freq_factor {params['low_freq_factor']}"
         )
     if kind == "longrope":
         half = dim // 2  # one per frequency
@@ -278,8 +279,9 @@ def _llama3(inv_freq: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
     low_wavelen, high_wavelen = old / low, old / high
     wavelen = np.float32(2 * math.pi) / inv_freq
     scaled = np.where(wavelen > low_wavelen, inv_freq / np.float32(factor), inv_freq)
-    smooth = (np.float32(old) / wavelen - np.float32(low)) / np.float32(high - low)
-    smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+    with np.errstate(divide="ignore", invalid="ignore"):  # high = low: no ramp to smooth
+        smooth = (np.float32(old) / wavelen - np.float32(low)) / np.float32(high - low)
+        smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
     medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)
 

@@ -55,11 +55,34 @@ def bf16_to_f32(u16: np.ndarray) -> np.ndarray:
     return np.left_shift(u16, 16, dtype=np.uint32).view(np.float32)  # one pass, no temporary
 
 
-def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """A stored tensor as a new float32 array (never a view of the file)."""
-    if dtype == "BF16":
-        return bf16_to_f32(raw)
-    return raw.astype(np.float32)  # astype copies, also for float32
+CONVERT_CHUNK = 1 << 18  # elements converted (and summed) at a time: 1 MiB of float32
+BLOCK_BYTES = 16 * 2**20  # the largest block of rows matmul_rows_t converts at a time
+
+
+def read_float32(
+    raw: np.ndarray, dtype: str, where: str, name: str, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Stored elements (a flat view of the file) as float32, checked as `finite` checks:
+    converted a cache-sized chunk at a time straight into the result (a new array, or `out`,
+    a buffer the caller reuses), each chunk summed while it is still in the cache, so a
+    tensor costs one pass over the file's bytes and one over the result (not a temporary, a
+    copy and a separate pass for the check)."""
+    if out is None:
+        out = np.empty(raw.shape, dtype=np.float32)
+    elif out.dtype != np.float32 or out.size != raw.size or not out.flags.c_contiguous:
+        raise ValueError("out must be a contiguous float32 array of the tensor's size")
+    flat_in, flat_out = raw.reshape(-1), out.reshape(-1)
+    ok = True
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, flat_in.size, CONVERT_CHUNK):
+            src = flat_in[start : start + CONVERT_CHUNK]
+            dst = flat_out[start : start + CONVERT_CHUNK]
+            if dtype == "BF16":  # the 16 bits are a float32's top half
+                np.left_shift(src, 16, out=dst.view(np.uint32), dtype=np.uint32)
+            else:
+                dst[...] = src
+            ok = ok and bool(np.isfinite(np.add.reduce(dst)))
+    return out if ok else finite(out, where, name)  # finite looks at the elements
 
 
 def finite(a: np.ndarray, where: str, name: str) -> np.ndarray:
@@ -242,9 +265,9 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             raise InputError(f"{self.label}: {name!r} is {t.dtype}, not a floating-point tensor")
         shard = self._shards[t.file]
         shard.prefetch(t.start, t.stop)
-        out = to_float32(shard.view(t), t.dtype).reshape(t.shape)
+        out = read_float32(shard.view(t), t.dtype, self.label, name).reshape(t.shape)
         shard.release(t.start, t.stop)
-        return finite(out, self.label, name)
+        return out
 
     def rows(self, name: str, ids: list[int]) -> np.ndarray:
         """Rows `ids` of a 2-D table (embeddings), reading only those rows; of a stacked tensor
@@ -254,15 +277,51 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             raise InputError(f"{self.label}: {name!r} is not a 2-D floating-point table")
         rows, width = t.shape[0], int(np.prod(t.shape[1:], dtype=np.int64))
         shard = self._shards[t.file]
-        out = np.empty((len(ids), width), dtype=np.float32)
         size = STORED[t.dtype].itemsize
-        for r, i in enumerate(ids):
+        for i in ids:
             if not 0 <= i < rows:
                 raise InputError(f"token id {i} is outside {name!r} ({rows} rows)")
-            out[r] = to_float32(shard.view(t, i * width, width), t.dtype)
+        if len(ids) == 1:  # one expert of a stacked tensor: converted straight into the result
+            (i,) = ids
+            shard.prefetch(t.start + i * width * size, t.start + (i + 1) * width * size)
+            out = read_float32(shard.view(t, i * width, width), t.dtype, self.label, name)
+        else:
+            out = np.empty((len(ids), width), dtype=np.float32)
+            for r, i in enumerate(ids):
+                out[r] = read_float32(shard.view(t, i * width, width), t.dtype, self.label, name)
         for i in ids:
             shard.release(t.start + i * width * size, t.start + (i + 1) * width * size)
-        return finite(out.reshape(len(ids), *t.shape[1:]), self.label, name)
+        return out.reshape(len(ids), *t.shape[1:])
+
+    def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Entry `index` of a stacked tensor's first axis (one expert of [E, …]) as float32,
+        converted into `out` when given: a buffer reused from expert to expert, instead of a
+        new mapping page-faulted for each (an expert of gpt-oss-20b is 66 MB of float32)."""
+        t = self.info(name)
+        if t.dtype not in FLOATS or not t.shape or not 0 <= index < t.shape[0]:
+            raise InputError(f"{self.label}: {name!r} has no floating-point entry {index}")
+        width = int(np.prod(t.shape[1:], dtype=np.int64))
+        shard, size = self._shards[t.file], STORED[t.dtype].itemsize
+        lo, hi = t.start + index * width * size, t.start + (index + 1) * width * size
+        shard.prefetch(lo, hi)
+        raw = shard.view(t, index * width, width)
+        flat = None if out is None else out.reshape(-1)
+        got = read_float32(raw, t.dtype, self.label, name, flat).reshape(t.shape[1:])
+        shard.release(lo, hi)
+        return got
+
+    def stored(self, name: str, index: int) -> np.ndarray:
+        """Entry `index` of a tensor's first axis as stored, any dtype, unconverted: a copy of
+        its bytes (the hub's MXFP4 expert blocks and scales are uint8)."""
+        t = self.info(name)
+        if not t.shape or not 0 <= index < t.shape[0]:
+            raise InputError(f"{self.label}: {name!r} has no entry {index}")
+        width = int(np.prod(t.shape[1:], dtype=np.int64))
+        shard = self._shards[t.file]
+        out = np.array(shard.view(t, index * width, width)).reshape(t.shape[1:])
+        size = STORED[t.dtype].itemsize
+        shard.release(t.start + index * width * size, t.start + (index + 1) * width * size)
+        return out
 
     def row_blocks(self, name: str, block: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
         """A 2-D table in blocks of rows, each converted to float32 and released in turn:
@@ -275,8 +334,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             stop = min(rows, start + block)
             shard.prefetch(t.start + start * width * size, t.start + stop * width * size)
             raw = shard.view(t, start * width, (stop - start) * width)
-            converted = to_float32(raw, t.dtype).reshape(stop - start, width)
-            yield start, finite(converted, self.label, name)
+            yield start, read_float32(raw, t.dtype, self.label, name).reshape(stop - start, width)
             shard.release(t.start + start * width * size, t.start + stop * width * size)
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -306,7 +364,10 @@ def matmul_rows_t(w: object, name: str, h: np.ndarray, block: int = 4096) -> np.
     blocks = getattr(w, "row_blocks", None)
     if blocks is None:
         return h @ w[name].T  # type: ignore[index]
-    rows = w.shape(name)[0]  # type: ignore[attr-defined]
+    rows, width = w.shape(name)  # type: ignore[attr-defined]
+    # blocks of at most 16 MiB of float32: malloc reuses them instead of page-faulting a new
+    # mapping for each (a 201k × 2880 head in blocks of 4096 rows would be 47 MiB each)
+    block = max(256, min(block, BLOCK_BYTES // (4 * width)))
     out = np.empty((h.shape[0], rows), dtype=np.float32)
     for start, t in blocks(name, block):
         out[:, start : start + t.shape[0]] = h @ t.T  # [n, d] @ [d, b] -> [n, b]

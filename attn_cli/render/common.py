@@ -232,6 +232,12 @@ MASKED_STYLE = Style(color="grey62", bgcolor="grey23")
 NON_NEGATIVE_KINDS = ("weights", "partial_weights", "relevance", "prediction", "heads")
 
 
+def signed(kind: str) -> bool:
+    """A step kind whose values may be negative (scores, mixing weights, vectors …): shaded
+    diverging around 0, pooled keeping each block's value of largest magnitude."""
+    return kind not in NON_NEGATIVE_KINDS
+
+
 # Kinds a log colour scale applies to: probabilities, where a sink or first token takes most
 # of the weight and the rest differ by orders of magnitude too small for a linear scale.
 LOG_KINDS = ("weights", "partial_weights")
@@ -258,7 +264,7 @@ class Scale:
             if finite.size:
                 vmax = max(vmax, float(finite.max()))
         log = color_scale == "log" and kind in LOG_KINDS
-        return cls(kind not in NON_NEGATIVE_KINDS, vmax if vmax > 0 else 1.0, log)
+        return cls(signed(kind), vmax if vmax > 0 else 1.0, log)
 
     @property
     def floor(self) -> float:

@@ -123,7 +123,7 @@ def shade_lines(weights: np.ndarray, px: int) -> list[Text]:
     return [Text("".join(SHADES[int(v * (len(SHADES) - 1) + 0.5)] * px for v in row)) for row in a]
 
 
-def _marks(info: dict[str, Any], query: int | None, px: int) -> dict[tuple[int, int], str]:
+def patch_marks(info: dict[str, Any], query: int | None, px: int) -> dict[tuple[int, int], str]:
     """Glyphs on the cell at the top left of the outlier patches and the query patch."""
     first = len(info.get("prefix", []))
     cols = info["grid"][1]
@@ -146,10 +146,10 @@ def _picture(
 ) -> list[Text]:
     if not color:
         return shade_lines(weights, px)
-    return half_blocks(overlay_pixels(thumb, weights, px), _marks(info, query, px))
+    return half_blocks(overlay_pixels(thumb, weights, px), patch_marks(info, query, px))
 
 
-def _prefix_line(info: dict[str, Any], row: np.ndarray, precision: int) -> Text:
+def prefix_line(info: dict[str, Any], row: np.ndarray, precision: int) -> Text:
     """The share of the row that goes to tokens that are not patches ([CLS], registers …)."""
     registers = set(info.get("registers", []))
     line = Text("not on the picture: ", style="dim")
@@ -204,7 +204,7 @@ def render_overlay(console: Console, trace: Trace, opts: RenderOptions) -> None:
             console.print(line)
         row = step.data.mean(axis=0) if row_of is None else step.data[row_of]
         if first:
-            console.print(_prefix_line(info, row, opts.precision))
+            console.print(prefix_line(info, row, opts.precision))
     else:
         px = SMALL_PX if grid[1] * SMALL_PX + 2 <= console.width else 1
         cells = []

@@ -20,6 +20,7 @@ from attn_cli.render.common import (
     format_number,
     level_style,
     scale_legend,
+    signed,
 )
 from attn_cli.render.overview import plural
 from attn_cli.render.pooling import mean_pairwise_distance, pca_2d, pool
@@ -109,7 +110,7 @@ def render_heatmap(console: Console, trace: Trace, opts: RenderOptions) -> None:
         # Colour packs two matrix rows into each line ('▀'), so as many rows as columns looks
         # square; shades use one line per row, so half as many.
         out_rows = min(m.shape[0], width if color else max(8, width // 2))
-        pooled, rs, cs = pool(m, out_rows, width, opts.pool)
+        pooled, rs, cs = pool(m, out_rows, width, opts.pool, signed(step.kind))
         scale = Scale.for_kind(step.kind, pooled, opts.color_scale)
         levels = scale.levels(pooled)
         # Small matrices get wider cells (up to 4 characters) so they stay readable.
@@ -182,10 +183,19 @@ def render_grid(console: Console, trace: Trace, opts: RenderOptions) -> None:
         legend.append(", log scale")
         if len(kinds) > 1:
             legend.append(" for weight maps")
-    if diverging:
-        legend.append("; signed maps: diverging around 0")
     legend.append(" (as --view heatmap shades that map)", style="dim")
     console.print(legend)
+    if diverging:  # scores, mixing weights: their own scale, −max … 0 … +max
+        if color:
+            signed_legend = Text("signed maps  −m ")
+            for lv in range(0, LEVELS, 4):
+                signed_legend.append("  ", style=level_style(True, lv))
+            signed_legend.append(" +m (m: each map's largest |value|; 0 in the middle)")
+        else:
+            signed_legend = Text(
+                "signed maps: ' ' = −m, '▒' = 0, '█' = +m (m: each map's largest |value|)"
+            )
+        console.print(signed_legend)
     measures = (first_or_sink(s) for s in trace.steps_named("W"))
     figures = [
         f"{name[0]} = mean weight on the first token"
@@ -237,7 +247,7 @@ def render_block_grid(
             if step is None:
                 blocks.append([Text(" " * side)] * (side // 2 if color else side))
                 continue
-            pooled, _, _ = pool(step.data, side, side, "max")
+            pooled, _, _ = pool(step.data, side, side, "max", signed(step.kind))
             # as --view heatmap shades this map
             scale = Scale.for_kind(step.kind, pooled, opts.color_scale)
             levels = scale.levels(pooled)
@@ -262,14 +272,15 @@ def render_block_grid(
 
 
 def geometry_pair(trace: Trace) -> tuple[TraceStep, TraceStep] | None:
-    """X and the first later step in the same space (Y, then O, then H)."""
+    """X and the first later step in the same space and over the same tokens (Y, then O,
+    then H: an encoder–decoder's source X pairs with the encoder's H, not the decoder's)."""
     xs = trace.steps_named("X")
     if not xs:
         return None
     x = xs[0]
     for name in ("Y", "O", "H"):
         for s in trace.steps_named(name):
-            if s.data.shape == x.data.shape:
+            if s.data.shape == x.data.shape and s.rows == x.rows:
                 return x, s
     return None
 

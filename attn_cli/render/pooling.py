@@ -12,13 +12,16 @@ def block_edges(n: int, blocks: int) -> np.ndarray:
 
 
 def pool(
-    m: np.ndarray, out_rows: int, out_cols: int, how: str = "max"
+    m: np.ndarray, out_rows: int, out_cols: int, how: str = "max", signed: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reduce m to at most out_rows × out_cols by max- or mean-pooling blocks of cells.
 
     Each block of whole rows is contiguous, so it is reduced in one pass over memory; the
     n × n input is never copied (the temporaries are one block's mask at most, and
     out_rows × n). -inf (masked) cells are ignored by 'mean' unless a whole block is masked.
+    `signed` (a map shaded diverging around 0: scores, mixing weights): 'max' keeps each
+    block's value of largest magnitude, with its sign, so a strong negative entry stays as
+    visible as a positive one (-inf cells still count as masked, not as large).
     Returns (pooled, row_starts, col_starts).
     """
     if how not in ("max", "mean"):
@@ -28,7 +31,17 @@ def pool(
     r_end = np.append(r[1:], m.shape[0])
     if how == "max":
         rows = np.stack([m[a:b].max(axis=0) for a, b in zip(r, r_end, strict=True)])  # [R, n]
-        return np.maximum.reduceat(rows, c, axis=1), r, c  # [R, n] -> [R, C]
+        hi = np.maximum.reduceat(rows, c, axis=1)  # [R, n] -> [R, C]
+        if not signed:
+            return hi, r, c
+        lows = np.stack(
+            [
+                np.where(m[a:b] == -np.inf, np.inf, m[a:b]).min(axis=0)
+                for a, b in zip(r, r_end, strict=True)
+            ]
+        )  # [R, n]: the smallest unmasked value of each column of a block of rows
+        lo = np.minimum.reduceat(lows, c, axis=1)
+        return np.where(-lo > hi, lo, hi), r, c
     sums = np.empty((len(r), m.shape[1]))
     counts = np.empty((len(r), m.shape[1]))
     for i, (a, b) in enumerate(zip(r, r_end, strict=True)):

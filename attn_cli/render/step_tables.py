@@ -75,7 +75,26 @@ def trace_header(trace: Trace, label: str | None = None, config: bool = True) ->
     title.append(printable(text[:60]) + ("…" if len(text) > 60 else ""), style="bold")
     parts: list = [Rule(title, align="left"), Separated(bits if config else bits[:1], "dim")]
     parts += [Text("note: " + n, style="yellow") for n in trace.notes]
+    said = spoken_words(cfg.get("words"))
+    if said:
+        parts.append(Separated(["words: " + said[0], *said[1:]]))
     return Group(*parts)
+
+
+def spoken_words(words: object) -> list[str]:
+    """A speech trace's words with their times ('hello 0.32–0.58 s'), from its config."""
+    if not isinstance(words, list):
+        return []
+
+    def seconds(v: object) -> str:
+        return f"{v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else "?"
+
+    return [
+        f"{printable(str(w.get('text', '')).strip())} {seconds(w.get('start'))}–"
+        f"{seconds(w.get('end'))} s"
+        for w in words
+        if isinstance(w, dict)
+    ]
 
 
 class Separated:

@@ -1,0 +1,152 @@
+"""Mixtral: a Mistral-style decoder whose MLP is a mixture of experts.
+
+Each layer is Mistral's (pre-norm RMSNorm, grouped key/value heads, rotary embedding, a sliding
+window over every layer when sliding_window is set), and its MLP is
+  p = softmax(x·W_gateᵀ) over num_local_experts experts; the top num_experts_per_tok of p,
+  divided by their sum (transformers' MixtralTopKRouter: the same as a softmax over the chosen
+  experts' logits), weight the outputs of those experts, each a SwiGLU down(silu(w1·x) ⊙ w3·x)
+  with w2 as down. The `router` step shows these weights (tokens × experts).
+Checkpoints as the hub and transformers' save_pretrained write them: block_sparse_moe.gate and
+block_sparse_moe.experts.{e}.w1/w2/w3. llama.cpp stores Mixtral as its "llama" architecture with
+{arch}.expert_count set, q/k rows permuted as for Llama, and each layer's experts stacked
+(ffn_gate_exps, ffn_up_exps, ffn_down_exps: [experts, out, in]); the llama files with experts
+are read by this family's table."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from attn_cli.errors import InputError
+from attn_cli.models import _moe
+from attn_cli.models._decoder import (
+    GGUF_LAYER_TENSORS,
+    GGUF_OPTIONAL_TENSORS,
+    SLIDING,
+    DecoderArgs,
+    Spec,
+    all_layers,
+    config_window,
+    decoder_family,
+    describe,
+    parsed,
+)
+from attn_cli.models.args import POSITIVE, POSITIVE_INT, arg
+from attn_cli.models.registry import ABSENT, Config, GGUFTable, WeightSource
+from attn_cli.records import AttentionRecord
+
+NAMES = _moe.Experts(
+    router="block_sparse_moe.gate.weight",
+    gate="block_sparse_moe.experts.{e}.w1.weight",
+    up="block_sparse_moe.experts.{e}.w3.weight",
+    down="block_sparse_moe.experts.{e}.w2.weight",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixtralArgs(DecoderArgs):
+    """transformers' MixtralConfig defaults."""
+
+    vocab_size: int = arg(POSITIVE_INT, 32_000)
+    hidden_size: int = arg(POSITIVE_INT, 4096)
+    intermediate_size: int = arg(POSITIVE_INT, 14_336)
+    num_hidden_layers: int = arg(POSITIVE_INT, 32)
+    num_attention_heads: int = arg(POSITIVE_INT, 32)
+    num_key_value_heads: int | None = arg(POSITIVE_INT, 8, nullable=True)
+    max_position_embeddings: int | None = arg(POSITIVE_INT, 131_072, nullable=True)
+    rms_norm_eps: float = arg(POSITIVE, 1e-5)
+    rope_theta: float | None = arg(POSITIVE, 1_000_000.0, nullable=True)
+    num_local_experts: int = arg(POSITIVE_INT, 8)
+    num_experts_per_tok: int = arg(POSITIVE_INT, 2)
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if self.num_experts_per_tok > self.num_local_experts:
+            raise InputError(
+                f"{source}: num_experts_per_tok {self.num_experts_per_tok} is more than "
+                f"num_local_experts {self.num_local_experts}"
+            )
+
+
+def moe_of(args: MixtralArgs) -> _moe.MoE:
+    return _moe.MoE(
+        experts=args.num_local_experts,
+        top_k=args.num_experts_per_tok,
+        inter=args.intermediate_size,
+        normalize=True,
+        act=str(args.hidden_act or "silu"),
+    )
+
+
+def _mlp(
+    w: WeightSource, i: int, x: np.ndarray, args: MixtralArgs, record: AttentionRecord
+) -> np.ndarray:
+    moe = moe_of(args)
+    out, routing = _moe.moe_mlp(w, f"layers.{i}.", x, moe, NAMES)
+    _moe.add_router(record, routing, moe)
+    return out
+
+
+def _mlp_check(w: WeightSource, i: int, args: MixtralArgs) -> None:
+    _moe.check_experts(w, f"layers.{i}.", args.hidden_size, moe_of(args), NAMES)
+
+
+SPECS = {
+    "mixtral": Spec(
+        args=MixtralArgs,
+        layer_types=all_layers(SLIDING),
+        window=config_window,
+        mlp=_mlp,
+        mlp_check=_mlp_check,  # type: ignore[arg-type]
+    )
+}
+
+
+GGUF = GGUFTable(
+    arch="llama",
+    model_type="mixtral",
+    hf_class="MixtralForCausalLM",
+    args=MixtralArgs,
+    layer_tensors={
+        **{k: v for k, v in GGUF_LAYER_TENSORS.items() if not k.startswith("mlp.")},
+        NAMES.router: "ffn_gate_inp.weight",
+    },
+    optional_layer_tensors=GGUF_OPTIONAL_TENSORS,
+    metadata={
+        "expert_count": ("num_local_experts", ABSENT),
+        "expert_used_count": ("num_experts_per_tok", ABSENT),
+    },
+    config={"hidden_act": "silu"},
+    permute_qk=True,
+    experts={
+        NAMES.gate: "ffn_gate_exps.weight",
+        NAMES.up: "ffn_up_exps.weight",
+        NAMES.down: "ffn_down_exps.weight",
+    },
+    with_experts=True,
+)
+
+
+def describe_mixtral(cfg: Config) -> dict[str, Any]:
+    args = parsed(SPECS, cfg)[1]
+    assert isinstance(args, MixtralArgs)
+    return {**describe(cfg), "mlp": _moe.describe_moe(moe_of(args))}
+
+
+FAMILY = dataclasses.replace(
+    decoder_family(
+        "mixtral",
+        SPECS,
+        mask=(
+            "The model reads left to right: a token may not look at later tokens (nor, when "
+            "sliding_window is set, at tokens more than sliding_window back), so their scores "
+            "are −∞."
+        ),
+        stage_texts={"router": _moe.router_text},
+        gguf=(GGUF,),
+    ),
+    describe=describe_mixtral,
+)
