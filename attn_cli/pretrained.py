@@ -213,7 +213,8 @@ class Model:
         rows, cols: 'A:B' or (A, B), token positions: the exact block of weights W[rows, cols]
         of each shown head, recomputed blockwise (the long path, for decoders). long: True takes
         the long path (a pooled map of the whole text, no n × n map), False never; None (the
-        default) when a zoom is given or the full maps would not fit in memory."""
+        default) when a zoom is given, past long.LONG_TOKENS tokens, or when the full maps would
+        not fit in memory."""
         request = LongRequest(rows, cols, long)
         layer_list, head_list = self.select(layers, heads)
         keep = step_filter(parse_steps(steps))
