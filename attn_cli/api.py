@@ -17,6 +17,7 @@ from typing import Any
 
 from attn_cli.errors import InputError
 from attn_cli.export import loads_traces, read_bytes
+from attn_cli.inputs import read_file
 from attn_cli.options import Options
 from attn_cli.pipelines import Pipeline
 from attn_cli.trace import Trace
@@ -24,22 +25,35 @@ from attn_cli.trace import Trace
 __all__ = ["Options", "explain", "explain_all", "load", "load_all"]
 
 
-def explain(text: str, **options: Any) -> Trace:
+def explain(text: str | None = None, *, file: str | Path | None = None, **options: Any) -> Trace:
     """One text through the parameter-free pipeline (default), `qkv=True`, or `model=...`.
-    Takes the options of `Options` as keywords; returns the Trace."""
+    Takes the options of `Options` as keywords; returns the Trace. `file`: a UTF-8 text file
+    read whole as the one text. With `model`, `rows`/`cols` ('A:B' or (A, B)) add the exact
+    block of weights W[rows, cols] and `long` chooses the blockwise path (Model.traces)."""
+    if file is not None:
+        if text is not None:
+            raise InputError("explain(): give text or file=, not both")
+        text = read_file(file)
+    if text is None:
+        raise InputError("explain(): give a text, or file=PATH")
     return next(iter(explain_all([text], **options)))
 
 
 def explain_all(texts: Iterable[str], **options: Any) -> Iterator[Trace]:
     """One trace per text, computed as it is consumed (memory does not grow with the number of
     texts). The options are checked now, before the first text."""
+    long = {k: options.pop(k) for k in ("rows", "cols", "long") if k in options}
     opts = Options.checked(options, "explain")
+    if long and opts.model is None:
+        raise InputError(f"{', '.join(long)}: apply with model= (a real checkpoint)")
     if opts.model is not None:
         from attn_cli.pretrained import load_model
 
         model = load_model(opts.model)
         layers, heads = model.select(opts.layer, opts.head, ("layer", "head"))
-        return model.traces(texts, layers=layers, heads=heads, steps=opts.steps, pair=opts.pair)
+        return model.traces(
+            texts, layers=layers, heads=heads, steps=opts.steps, pair=opts.pair, **long
+        )
     return Pipeline(opts).traces(texts)
 
 

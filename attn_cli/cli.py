@@ -298,6 +298,16 @@ TextArg = Annotated[
         show_default=False,
     ),
 ]
+FileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--file",
+        metavar="PATH",
+        help="Read a whole UTF-8 text file as ONE text (its lines are not separate inputs); "
+        "with --model, a long document is computed blockwise (see --rows/--cols).",
+        show_default=False,
+    ),
+]
 TokenizerOpt = Annotated[
     str | None,
     typer.Option(
@@ -496,13 +506,20 @@ TopKOpt = Annotated[
 RowsOpt = Annotated[
     str | None,
     typer.Option(
-        "--rows", metavar="A:B", help="Heatmap zoom: query tokens A … B-1.", rich_help_panel="Views"
+        "--rows",
+        metavar="A:B",
+        help="Heatmap zoom: query tokens A … B-1. With --model: the exact weights of that block, "
+        "recomputed blockwise (long texts: no n × n map is held).",
+        rich_help_panel="Views",
     ),
 ]
 ColsOpt = Annotated[
     str | None,
     typer.Option(
-        "--cols", metavar="C:D", help="Heatmap zoom: key tokens C … D-1.", rich_help_panel="Views"
+        "--cols",
+        metavar="C:D",
+        help="Heatmap zoom: key tokens C … D-1 (with --model: as --rows).",
+        rich_help_panel="Views",
     ),
 ]
 PoolOpt = Annotated[
@@ -603,6 +620,7 @@ NpzOpt = Annotated[
 @app.command()
 def explain(
     text: TextArg = None,
+    file: FileOpt = None,
     tokenizer: TokenizerOpt = None,
     special: SpecialOpt = False,
     embeddings: EmbeddingsOpt = "minilm",
@@ -659,7 +677,6 @@ def explain(
     """
     with user_errors():
         from attn_cli.api import explain_all
-        from attn_cli.inputs import read_texts
         from attn_cli.options import parse_steps
         from attn_cli.render.views import WHOLE_MODEL_VIEWS, parse_views
 
@@ -674,7 +691,7 @@ def explain(
         methods = _method_args(method, position, top_k, model)
         seq2seq = _seq2seq_args(target, generate, max_length, model, timestamps)
         if model is None:
-            texts = read_texts(text, sys.stdin)
+            texts = _texts(text, file)
             traces = explain_all(texts, **(vars(opts) | {"steps": steps}))
         else:
             from attn_cli.pretrained import load_model
@@ -690,8 +707,20 @@ def explain(
             every = (
                 json_out is not None or interactive or any(v in WHOLE_MODEL_VIEWS for v in views)
             )
+            zoom = {"rows": rows, "cols": cols} if rows or cols else {}
+            rows = cols = None  # the trace holds the exact block: nothing to zoom into after
             traces = _model_traces(
-                m, text, layer, head, every, pair=pair, steps=steps, **seq2seq, **methods
+                m,
+                text,
+                layer,
+                head,
+                every,
+                file,
+                pair=pair,
+                steps=steps,
+                **seq2seq,
+                **methods,
+                **zoom,
             )
         if steps is None and (json_out is not None or npz_out is not None):
             export_steps = _default_export_steps(model is not None, method)
@@ -877,19 +906,36 @@ def _method_args(method: str | None, position: str | None, top_k: int, model: st
     return args
 
 
+def _texts(text: str | None, file: str | None) -> list[str]:
+    """TEXT (or stdin's lines), or --file's whole content as one text."""
+    from attn_cli.inputs import read_file, read_texts
+
+    if file is None:
+        return read_texts(text, sys.stdin)
+    if text is not None:
+        from attn_cli.errors import InputError
+
+        raise InputError("TEXT and --file: give one of them")
+    return [read_file(file)]
+
+
 def _model_traces(
-    m, text: str | None, layer: str | None, head: str | None, every: bool, **run: Any
+    m,
+    text: str | None,
+    layer: str | None,
+    head: str | None,
+    every: bool,
+    file: str | None = None,
+    **run: Any,
 ):
     """--layer/--head unset: every layer and head for exports and whole-model views, else the
     middle layer's head 0, with a note saying how to choose."""
-    from attn_cli.inputs import read_texts
-
     d, n_layers = m.dims, m.layer_count
     chosen_layer = layer if layer is not None else ("all" if every else n_layers // 2)
     chosen_head = head if head is not None else ("all" if every else 0)
     # Checks the options now, before stdin is read.
     m.traces([], layers=chosen_layer, heads=chosen_head, **run)
-    texts = read_texts(text, sys.stdin)
+    texts = _texts(text, file)
     note = None
     if (layer is None or head is None) and not every:
         shown_layer = "all" if str(chosen_layer).lower() == "all" else chosen_layer
@@ -907,16 +953,18 @@ def _model_traces(
 
 def _default_export_steps(model: bool, method: str | None = None) -> list[str] | None:
     """What --json/--npz write without --steps: a model's attention maps (W, and a vision
-    model's pooling-head maps W_pool) and the steps of its --method; everything but the
+    model's pooling-head maps W_pool, a long text's W_pooled and W_block) and the steps of its
+    --method; everything but the
     parameter matrices otherwise. --steps all writes every step."""
     from attn_cli.narrate import PARAMETER_STEPS, STEP_NAMES
 
     if model:
+        maps = ["W", "W_pool", "W_pooled", "W_block"]  # W_pooled, W_block: long texts (long.py)
         if method:
             from attn_cli.methods.registry import step_names
 
-            return ["W", "W_pool", *step_names(method)]
-        return ["W", "W_pool"]
+            return [*maps, *step_names(method)]
+        return maps
     return [n for n in STEP_NAMES if n not in PARAMETER_STEPS]
 
 
@@ -1073,6 +1121,7 @@ def _show_comparison(doc: dict, source: str, params: dict) -> None:
 @app.command()
 def browse(
     text: TextArg = None,
+    file: FileOpt = None,
     tokenizer: TokenizerOpt = None,
     special: SpecialOpt = False,
     embeddings: EmbeddingsOpt = "minilm",
@@ -1105,7 +1154,6 @@ def browse(
     with user_errors():
         from attn_cli.api import explain_all
         from attn_cli.browse import require_browser, run_browser
-        from attn_cli.inputs import read_texts
         from attn_cli.pretrained import load_model
 
         require_browser()  # before the model runs: Textual installed, stdout a terminal
@@ -1113,10 +1161,10 @@ def browse(
         opts.check()
         seq2seq = _seq2seq_args(target, generate, max_length, model)
         if model is None:
-            traces = list(explain_all(read_texts(text, sys.stdin), **vars(opts)))
+            traces = list(explain_all(_texts(text, file), **vars(opts)))
         else:
             m = load_model(model)
-            traces = list(_model_traces(m, text, layer, head, True, **seq2seq))
+            traces = list(_model_traces(m, text, layer, head, True, file, **seq2seq))
         run_browser(traces, precision=precision, top_k=top_k)
 
 

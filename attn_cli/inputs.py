@@ -1,4 +1,5 @@
-"""Where the text comes from: the TEXT argument, or stdin (one input per non-empty line)."""
+"""Where the text comes from: the TEXT argument, stdin (one input per non-empty line), or a
+file read whole as one text (--file)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,29 @@ def read_texts(text: str | None, stdin) -> list[str]:
     else:
         raw = stdin.read().encode("utf-8", "surrogateescape")
     return texts_from_stdin(raw)
+
+
+def read_file(path) -> str:
+    """A whole UTF-8 text file as ONE text (--file, file=): its lines are not split into
+    inputs. A missing, unreadable, binary (NUL bytes), non-UTF-8, empty or too long file is
+    refused in one line, before more than MAX_LINE_BYTES are read."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_LINE_BYTES + 1)
+    except IsADirectoryError:
+        raise InputError(f"{source} is a directory, not a text file") from None
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > MAX_LINE_BYTES:
+        raise InputError(
+            f"{source} is more than {MAX_LINE_BYTES:,} bytes (attn-cli reads at most "
+            f"{MAX_TEXT_CHARS:,} characters a text): use a shorter file"
+        )
+    if b"\0" in raw:
+        raise InputError(f"{source} is not a text file (it holds NUL bytes)")
+    text = decode_utf8(raw, source)
+    if not text.strip():
+        raise InputError(f"{source} holds no text (empty or only whitespace)")
+    check_length(text, source)
+    return text

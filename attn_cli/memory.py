@@ -159,11 +159,17 @@ def check_fits(need: int, size: str, advice: str) -> None:
     USABLE of this machine's memory. `size` says what is large ('the text is 40,000 tokens'),
     `advice` what keeps it small."""
     have = total_memory()
-    if have is None:
+    if have is None or fits(need):
         return
     peak = resident_memory() + need
-    if peak > USABLE * have:
-        raise InputError(
-            f"{size}: the run would need about {gib(peak)} of memory at its peak, more than "
-            f"{USABLE:.0%} of this machine's {gib(have)}; {advice}"
-        )
+    raise InputError(
+        f"{size}: the run would need about {gib(peak)} of memory at its peak, more than "
+        f"{USABLE:.0%} of this machine's {gib(have)}; {advice}"
+    )
+
+
+def fits(need: int) -> bool:
+    """Whether `need` bytes beyond what this process holds now stay within USABLE of this
+    machine's memory (True when the machine's memory is unknown)."""
+    have = total_memory()
+    return have is None or resident_memory() + need <= USABLE * have

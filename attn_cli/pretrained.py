@@ -17,6 +17,12 @@ from attn_cli.errors import InputError, opt
 from attn_cli.gguf import open_model
 from attn_cli.gguf.locate import is_gguf_spec
 from attn_cli.images import read_preprocessor
+from attn_cli.inputs import read_file
+from attn_cli.long import Request as LongRequest
+from attn_cli.long import decide as decide_long
+from attn_cli.long import layer_steps as long_layer_steps
+from attn_cli.long import long_layers
+from attn_cli.long import remember as remember_long
 from attn_cli.methods.lens import lens_steps, logit_lens
 from attn_cli.methods.registry import MethodRun, ModelParts, select_methods
 from attn_cli.methods.registry import method_options as make_options
@@ -97,6 +103,7 @@ class Model:
         pair: str | None = None,
         methods: str | Sequence[str] | None = None,
         image: Any = None,
+        file: str | Path | None = None,
         target: str | None = None,
         generate: bool = False,
         max_length: int | None = None,
@@ -114,6 +121,8 @@ class Model:
         method_options: top_k=5, positions=[-1], seed=0, induction_length=25 … (MethodOptions).
         image: for a vision model (ViT, DeiT, DINOv2, CLIP, SigLIP), the picture: a file's path
         (also accepted as `text`), a PIL image or an (H, W, 3) uint8 array.
+        file: a UTF-8 text file, read whole as one text.
+        rows, cols, long (keywords): a long text's exact block and path (see `traces`).
         target, generate: for an encoder–decoder model (T5, BART, Marian …), the target text
         fed to the decoder (teacher forcing), or generate=True to decode greedily as the
         model's generation config says (max_length: the decoder's length at most).
@@ -122,6 +131,10 @@ class Model:
         `sampling_rate` Hz; timestamps=True adds each word's time (from the cross-attention
         of the model's alignment heads).
         """
+        if file is not None:
+            if text is not None:
+                raise InputError(f"{opt('text')} and {opt('file')}: give one of them")
+            text = read_file(file)
         if audio is not None:
             if text is not None or image is not None:
                 raise InputError(f"{opt('text')} and {opt('audio')}: give one of them")
@@ -190,9 +203,19 @@ class Model:
         generate: bool = False,
         max_length: int | None = None,
         timestamps: bool = False,
+        rows: Any = None,
+        cols: Any = None,
+        long: bool | None = None,
         **method_options: Any,
     ) -> Iterator[Trace]:
-        """One trace per text, computed as consumed; the options are checked now."""
+        """One trace per text, computed as consumed; the options are checked now.
+
+        rows, cols: 'A:B' or (A, B), token positions: the exact block of weights W[rows, cols]
+        of each shown head, recomputed blockwise (the long path, for decoders). long: True takes
+        the long path (a pooled map of the whole text, no n × n map), False never; None (the
+        default) when a zoom is given, past long.LONG_TOKENS tokens, or when the full maps would
+        not fit in memory."""
+        request = LongRequest(rows, cols, long)
         layer_list, head_list = self.select(layers, heads)
         keep = step_filter(parse_steps(steps))
         self._check_pair(pair)
@@ -204,7 +227,7 @@ class Model:
         elif method_options:
             raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
         return self._run(
-            texts, layer_list, head_list, keep, pair, methods or None, options, seq2seq
+            texts, layer_list, head_list, keep, pair, methods or None, options, seq2seq, request
         )
 
     @property
@@ -241,6 +264,7 @@ class Model:
         methods: str | Sequence[str] | None,
         options: Any,
         seq2seq: tuple[str | None, bool, int | None, bool] | None = None,
+        request: LongRequest | None = None,
     ) -> Iterator[Trace]:
         """The traces, one at a time, with a progress line on a terminal's stderr for work
         that takes more than about a second (per input, and per layer within it)."""
@@ -253,7 +277,7 @@ class Model:
                         self, text, layers, heads, keep, target, generate, max_length, bar,
                         timestamps,
                     )  # fmt: skip
-                return self._trace(text, layers, heads, keep, pair, methods, options, bar)
+                return self._trace(text, layers, heads, keep, pair, methods, options, bar, request)
 
         return stream(self.name, texts, one)
 
@@ -342,6 +366,7 @@ class Model:
         methods: str | Sequence[str] | None = None,
         method_options: Any = None,
         bar: Any = None,
+        request: LongRequest | None = None,
     ) -> Trace:
         if self.family.vision is not None:
             return image_trace(self, text, layers, heads, keep, methods, method_options, bar)
@@ -364,10 +389,9 @@ class Model:
             self.weights.parameters(),
             bool(methods),
         )
-        memory.check_fits(
-            need,
-            f"the text is {len(ids):,} tokens, over {len(layers)} layers of {d.heads} heads",
-            f"choose fewer layers ({opt('layer')}), fewer steps ({opt('steps')}) or a shorter text",
+        inner = int(cfg.get("intermediate_size") or 4 * d.hidden)
+        plan = decide_long(
+            request or LongRequest(), family, d, len(ids), need, layers, heads, bool(methods), inner
         )
         tokens = readable_tokens(raw, self._token_style)
         labels = token_labels(tokens)
@@ -416,13 +440,23 @@ class Model:
             h = family.embed(self.weights, ids, cfg)
         else:  # _check_pair made sure this family takes sentence pairs (segments)
             h = family.embed(self.weights, ids, cfg, segments)  # type: ignore[call-arg]
-        for i, layer in enumerate(family.layers(self.weights, h, cfg)):
+        if plan is not None:
+            config["long"] = {"pooled_cells": plan.cells, "rows": plan.rows, "cols": plan.cols}
+        computed = d.layers if runs_to_end else layers[-1] + 1
+        for i, layer in enumerate(
+            long_layers(plan, family.layers(self.weights, h, cfg), bar, computed)
+        ):
             if bar is not None:
                 bar.phase(f"{len(ids):,} tokens · layer {i + 1} of {d.layers}")
             h = layer.out
             if run is not None:
                 run.add(i, layer)
-            if i in wanted:
+            if i in wanted and plan is not None:
+                remember_long(trace, i, layer.attention)  # for long.zoom after the run
+                trace.steps += [
+                    s for s in long_layer_steps(layer.attention, i, heads, labels) if keep(s.name)
+                ]
+            elif i in wanted:
                 trace.steps += narrate.model_layer_steps(
                     layer, i, heads, axes, voice, texts, keep=keep
                 )

@@ -91,6 +91,20 @@ class Progress:
                     self._live.update(self._task, total=self.total)
 
     @contextmanager
+    def counting(self, total: int, unit: str) -> Iterator[None]:
+        """Within: `total` units of work (advance counts them), shown with a rate and the time
+        left; the count, total and unit before are restored afterwards."""
+        saved = self.total, self.unit, self.done
+        self._hide()
+        self.total, self.unit, self.done = total, unit, 0
+        self._arm()
+        try:
+            yield
+        finally:
+            self._hide()
+            self.total, self.unit, self.done = saved
+
+    @contextmanager
     def paused(self) -> Iterator[None]:
         """Hide the bar while the caller prints (or writes) a result."""
         self._hide()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from attn_cli import long
 from attn_cli.attention import (
     AttentionParams,
     QKStage,
@@ -377,11 +378,14 @@ def layers(
     with_rope = rope_layers(spec, args)
     rots = rotaries(spec, args, source)
     width = window(spec, args)
+    plan = long.current() if cache is None else None  # long: blockwise, no n × n masks
+    masks = {}
     if cache is None:
         tables = {kind: r.cos_sin(n) for kind, r in rots.items()}
-        masks = {FULL: causal_mask(n)}
-        if width is not None:
-            masks[SLIDING] = sliding_window_mask(n, width)
+        if plan is None:
+            masks[FULL] = causal_mask(n)
+            if width is not None:
+                masks[SLIDING] = sliding_window_mask(n, width)
     else:  # positions start … start + n − 1 of a pass over every token so far
         start = cache.length
         tables = {k: _rows(r.cos_sin(start + n), start) for k, r in rots.items()}
@@ -410,7 +414,10 @@ def layers(
         cos, sin = tables[kind]
         hook = qk_hook(spec, w, a, eps, rots[kind] if with_rope[i] else None, cos, sin)
         c = None if cap is None else float(cap)
-        if cache is None:
+        if plan is not None:
+            slide = width if kind == SLIDING else None
+            record = long.attention(plan, i, a_in, params, slide, hook, s, c, x)
+        elif cache is None:
             record = multi_head_attention(a_in, params, masks[kind], hook, s, c, resid=x)
         else:
             record = cache.attention(i, a_in, params, masks[kind], hook, s, c, resid=x)

@@ -50,16 +50,22 @@ def received(w: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(j), float(col[j])) for j in order]
 
 
+def block_counts(step: TraceStep) -> np.ndarray:
+    """The keys each row of a zoomed block reads: its cells the mask leaves (weight > 0)."""
+    return np.maximum((step.data > 0).sum(axis=1), 1)
+
+
 def render_top(console: Console, trace: Trace, opts: RenderOptions) -> None:
     """Every token's top-k attended tokens, its entropy, then the most-attended tokens.
     Partial weights add each row's sink mass; a mixing map ranks by absolute share."""
     p = opts.precision
-    for step in trace.steps_named("W"):
+    # W_block: a long text's exact block (long.py), its rows the tokens of the zoom
+    for step in [*trace.steps_named("W"), *trace.steps_named("W_block")]:
         w = row_shares(step)
         sink = sink_mass(step)
         k = min(opts.top_k, w.shape[1])
-        title = f"Top {k} attended tokens per token, from W"
-        if not step.self_map:
+        title = f"Top {k} attended tokens per token, from {step.name}"
+        if not step.self_map and step.name == "W":
             title += f" ({step.col_axis or 'key'} tokens)"
         console.print(_title(title, step))
         table = compact_table()
@@ -70,7 +76,8 @@ def render_top(console: Console, trace: Trace, opts: RenderOptions) -> None:
         if sink is not None:
             table.add_column(Text("sink"), justify="right", no_wrap=True)
         order = top_indices(w, k)
-        h, rel = entropy(w), relative_entropy(w, visible_counts(trace, step))
+        seen = visible_counts(trace, step) if step.name == "W" else block_counts(step)
+        h, rel = entropy(w), relative_entropy(w, seen)
         for i in range(w.shape[0]):
             picks = "  ".join(
                 f"{printable(step.cols[j])} {format_number(step.data[i, j], p)}"
