@@ -17,15 +17,17 @@ elsewhere. A family file says where its tensors are (`Experts`) and reads its co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from attn_cli.attention import row_softmax
+from attn_cli.errors import InputError
+from attn_cli.models._decoder import GGUF_LAYER_TENSORS
 from attn_cli.models.layers import activation
-from attn_cli.models.registry import WeightSource
+from attn_cli.models.registry import ABSENT, GGUFSources, WeightSource
 from attn_cli.models.weights import expect_shape
 from attn_cli.records import QUERY, AttentionRecord
 
@@ -45,6 +47,24 @@ class Experts:
     gate: str  # "mlp.experts.{e}.gate_proj.weight"
     up: str
     down: str
+
+
+# transformers' names in Qwen3-MoE and OLMoE: mlp.gate, mlp.experts.{e}.gate_proj/up_proj/down_proj
+MLP_EXPERTS = Experts(
+    router="mlp.gate.weight",
+    gate="mlp.experts.{e}.gate_proj.weight",
+    up="mlp.experts.{e}.up_proj.weight",
+    down="mlp.experts.{e}.down_proj.weight",
+)
+
+
+def check_top_k(source: str, top_k: int, experts: int, experts_key: str) -> None:
+    """Refuse a config whose tokens would each pick more experts (num_experts_per_tok) than
+    there are (`experts`, the config's `experts_key`)."""
+    if top_k > experts:
+        raise InputError(
+            f"{source}: num_experts_per_tok {top_k} is more than {experts_key} {experts}"
+        )
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,15 @@ def moe_mlp(
         return gate, up, down
 
     return run_experts(x, routing, moe, load), routing
+
+
+def layer_mlp(
+    w: WeightSource, i: int, x: np.ndarray, moe: MoE, names: Experts, record: AttentionRecord
+) -> np.ndarray:
+    """Layer i's MoE MLP; its `router` stage goes into the layer's record."""
+    out, routing = moe_mlp(w, f"layers.{i}.", x, moe, names)
+    add_router(record, routing, moe)
+    return out
 
 
 def run_experts(
@@ -182,3 +211,30 @@ def describe_moe(moe: MoE, dense: list[int] | None = None) -> str:
     )
     text = f"mixture of {moe.experts} SwiGLU experts ({moe.act}), {kind}"
     return text if not dense else f"{text}; dense SwiGLU MLP on layers {dense}"
+
+
+def gguf_layer_tensors(
+    names: Experts, extra: Mapping[str, GGUFSources] | None = None
+) -> dict[str, GGUFSources]:
+    """A MoE layer's GGUF tensors besides the experts: the decoder's attention and norms (not
+    its dense MLP), `extra`, and the router (ffn_gate_inp)."""
+    attention = {k: v for k, v in GGUF_LAYER_TENSORS.items() if not k.startswith("mlp.")}
+    return {**attention, **(extra or {}), names.router: "ffn_gate_inp.weight"}
+
+
+def gguf_experts(names: Experts) -> dict[str, str]:
+    """llama.cpp's stacked experts ([experts, out, in]) for each expert matrix."""
+    return {
+        names.gate: "ffn_gate_exps.weight",
+        names.up: "ffn_up_exps.weight",
+        names.down: "ffn_down_exps.weight",
+    }
+
+
+def gguf_metadata(experts_key: str) -> dict[str, tuple[str, object]]:
+    """The GGUF metadata keys that give the expert count (into the config's `experts_key`) and
+    num_experts_per_tok."""
+    return {
+        "expert_count": (experts_key, ABSENT),
+        "expert_used_count": ("num_experts_per_tok", ABSENT),
+    }

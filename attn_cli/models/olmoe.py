@@ -24,12 +24,7 @@ from attn_cli.models.olmo2 import _qk_norm
 from attn_cli.models.registry import Config, WeightSource
 from attn_cli.records import AttentionRecord
 
-NAMES = _moe.Experts(
-    router="mlp.gate.weight",
-    gate="mlp.experts.{e}.gate_proj.weight",
-    up="mlp.experts.{e}.up_proj.weight",
-    down="mlp.experts.{e}.down_proj.weight",
-)
+NAMES = _moe.MLP_EXPERTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,11 +51,7 @@ class OlmoeArgs(DecoderArgs):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if self.num_experts_per_tok > self.experts:
-            raise InputError(
-                f"{source}: num_experts_per_tok {self.num_experts_per_tok} is more than "
-                f"num_experts {self.experts}"
-            )
+        _moe.check_top_k(source, self.num_experts_per_tok, self.experts, "num_experts")
         if self.clip_qkv is not None:
             raise InputError(f"{source}: clip_qkv is not supported (OLMoE-1B-7B leaves it null)")
         if self.head_size * self.num_attention_heads != self.hidden_size:
@@ -83,10 +74,7 @@ def moe_of(args: OlmoeArgs) -> _moe.MoE:
 def _mlp(
     w: WeightSource, i: int, x: np.ndarray, args: OlmoeArgs, record: AttentionRecord
 ) -> np.ndarray:
-    moe = moe_of(args)
-    out, routing = _moe.moe_mlp(w, f"layers.{i}.", x, moe, NAMES)
-    _moe.add_router(record, routing, moe)
-    return out
+    return _moe.layer_mlp(w, i, x, moe_of(args), NAMES, record)
 
 
 def _mlp_check(w: WeightSource, i: int, args: OlmoeArgs) -> None:
