@@ -25,7 +25,22 @@ def run(directory: Path, ids: list[int], config: dict[str, Any] | None = None) -
     """Every layer's attention steps and the final logits for token ids `ids`."""
     cfg = config or json.loads((Path(directory) / "config.json").read_text())
     fam = family(cfg["model_type"])
-    w = SafetensorsWeights(Path(directory), fam.anchor, fam.rename)
+    return run_weights(fam, SafetensorsWeights(Path(directory), fam.anchor, fam.rename), ids, cfg)
+
+
+def gguf_weights(ckpt: Any) -> Any:
+    """An opened GGUF checkpoint's weights under the names the family reads (no "model.")."""
+    return ckpt.weights.with_names(lambda n: n.removeprefix("model."))
+
+
+def run_gguf(ckpt: Any, ids: list[int]) -> dict[str, Any]:
+    """`run` on an opened GGUF checkpoint (attn_cli.gguf.open_gguf), with its own config."""
+    cfg = ckpt.config
+    return run_weights(family(cfg["model_type"]), gguf_weights(ckpt), ids, cfg)
+
+
+def run_weights(fam: Family, w: Any, ids: list[int], cfg: dict[str, Any]) -> dict[str, Any]:
+    """`run` on weights already opened."""
     fam.check(w, cfg)
     x = fam.embed(w, ids, cfg)
     layers = []
@@ -35,6 +50,41 @@ def run(directory: Path, ids: list[int], config: dict[str, Any] | None = None) -
     h = fam.final(w, x, cfg)
     assert fam.logits is not None
     return {"family": fam, "layers": layers, "hidden": h, "logits": fam.logits(w, h, cfg)}
+
+
+class ReplacedWeights:
+    """A weight source with some tensors replaced (the same model with a feature switched off)."""
+
+    def __init__(self, w: Any, replace: dict[str, np.ndarray]):
+        self.w, self.replace = w, replace
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.replace[name] if name in self.replace else self.w[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.replace or name in self.w
+
+
+class RecordingWeights(SafetensorsWeights):
+    """A checkpoint's weights that note each tensor read whole (`read`) and each read of some
+    rows or one entry of a stacked tensor (`read_rows`: name and the row or entry numbers)."""
+
+    def __init__(self, path: Path, anchor: str) -> None:
+        super().__init__(path, anchor)
+        self.read: list[str] = []
+        self.read_rows: list[tuple[str, tuple[int, ...]]] = []
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        self.read.append(name)
+        return super().__getitem__(name)
+
+    def rows(self, name: str, ids: list[int]) -> np.ndarray:
+        self.read_rows.append((name, tuple(ids)))
+        return super().rows(name, ids)
+
+    def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        self.read_rows.append((name, (index,)))
+        return super().entry(name, index, out)
 
 
 def attention_maps(result: dict[str, Any]) -> np.ndarray:

@@ -22,7 +22,16 @@ from attn_cli.errors import InputError
 from attn_cli.models.deepseek import DeepseekV2Args, DeepseekV3Args, route
 from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import ROOT, require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    attention_maps,
+    build_random_model,
+    family,
+    gguf_weights,
+    reference,
+    run,
+    run_gguf,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 YARN = {
@@ -363,16 +372,7 @@ def _gguf_maps(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     from attn_cli.gguf import open_gguf
 
     ckpt = open_gguf(path)
-    cfg = ckpt.config
-    fam = family(cfg["model_type"])
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam.check(w, cfg)
-    x = fam.embed(w, IDS, cfg)
-    maps = []
-    for layer in fam.layers(w, x, cfg):
-        maps.append(layer.attention.weights)
-        x = layer.out
-    return np.stack(maps), cfg
+    return attention_maps(run_gguf(ckpt, IDS)), ckpt.config
 
 
 @pytest.mark.reference
@@ -428,7 +428,7 @@ def test_gguf_quantised_experts_are_read_one_at_a_time(tiny, tmp_path):
     assert cfg["gguf"]["tensor_types"]["Q8_0"] == 2 * 2  # gate and up, two MoE layers
     stacked = ckpt.weights.gguf_tensor("blk.1.ffn_gate_exps.weight")
     assert stacked.shape == (8, 16, 64)
-    whole = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
+    whole = gguf_weights(ckpt)
     for e in (0, 5, 7):
         np.testing.assert_array_equal(
             whole[f"layers.1.mlp.experts.{e}.gate_proj.weight"], stacked[e]
@@ -526,14 +526,7 @@ def test_experts_are_read_only_when_routed_to():
     fam = family("deepseek_v3")
     d = FIXTURES / "tiny_deepseek_v3"
     cfg = json.loads((d / "config.json").read_text())
-    read: list[str] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            read.append(name)
-            return super().__getitem__(name)
-
-    w = Recording(d, fam.anchor)
+    w = RecordingWeights(d, fam.anchor)
     ids = [5, 17, 3]
     x = fam.embed(w, ids, cfg)
     for i, layer in enumerate(fam.layers(w, x, cfg)):
@@ -543,7 +536,7 @@ def test_experts_are_read_only_when_routed_to():
         for kind in ("gate_proj", "up_proj", "down_proj"):
             got = {
                 int(n.split(".")[4])
-                for n in read
+                for n in w.read
                 if n.startswith(f"layers.{i}.mlp.experts.") and n.endswith(kind + ".weight")
             }
             assert got == routed

@@ -16,7 +16,15 @@ import pytest
 from attn_cli.errors import InputError
 from attn_cli.models.gpt_oss import GptOssArgs
 from tests.conftest import ROOT, require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    attention_maps,
+    build_random_model,
+    family,
+    reference,
+    run,
+    run_gguf,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]  # 14 tokens > the window (4)
 TINY = dict(
@@ -183,28 +191,13 @@ def test_hub_style_rope_keys_give_the_same_maps():
 
 
 def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
-    from attn_cli.models.weights import SafetensorsWeights
 
     fam = family("gpt_oss")
     cfg = json.loads((FIXTURE / "config.json").read_text())
-    read: list[tuple[str, tuple[int, ...]]] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            assert not name.endswith(("gate_up_proj", "down_proj")), f"{name} read whole"
-            return super().__getitem__(name)
-
-        def rows(self, name: str, ids: list[int]) -> np.ndarray:
-            read.append((name, tuple(ids)))
-            return super().rows(name, ids)
-
-        def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
-            read.append((name, (index,)))
-            return super().entry(name, index, out)
-
-    w = Recording(FIXTURE, fam.anchor)
+    w = RecordingWeights(FIXTURE, fam.anchor)
     ids = [5, 17, 3]  # three tokens, top 2 of 4 experts: some experts get no token
     x = fam.embed(w, ids, cfg)
+    read = w.read_rows
     read.clear()
     for i, layer in enumerate(fam.layers(w, x, cfg)):
         routed = set(np.flatnonzero(layer.attention["router"].any(axis=0)).tolist())
@@ -212,6 +205,7 @@ def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
         down = {e for name, (e,) in read if name == f"layers.{i}.mlp.experts.down_proj"}
         assert gate_up == down == routed
     assert any(len(set(e for n, (e,) in read if f"layers.{i}." in n)) < 4 for i in range(2))
+    assert not [n for n in w.read if n.endswith(("gate_up_proj", "down_proj"))], "read whole"
 
 
 # --- MXFP4 experts: llama.cpp's GGUF and the hub's safetensors --------------------------------
@@ -424,18 +418,10 @@ def test_gguf_with_mxfp4_experts_gives_the_original_maps(mxfp4_files):
         4,
     )
     assert cfg["rope_scaling"]["truncate"] is False
-    fam = family("gpt_oss")
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam.check(w, cfg)
-    x = fam.embed(w, IDS, cfg)
-    maps = []
-    for layer in fam.layers(w, x, cfg):
-        maps.append(layer.attention.weights)
-        x = layer.out
-    assert fam.logits is not None
-    logits = fam.logits(w, fam.final(w, x, cfg), cfg)
-    np.testing.assert_allclose(np.stack(maps), ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4)
+    out = run_gguf(ckpt, IDS)
+    assert cfg["model_type"] == "gpt_oss"
+    np.testing.assert_allclose(attention_maps(out), ref["attentions"], atol=1e-5)
+    np.testing.assert_allclose(out["logits"], ref["logits"], atol=1e-4)
 
 
 @pytest.mark.reference

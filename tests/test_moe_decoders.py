@@ -23,7 +23,16 @@ from attn_cli.models.olmoe import OlmoeArgs
 from attn_cli.models.qwen3_moe import Qwen3MoeArgs
 from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import ROOT, require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    ReplacedWeights,
+    attention_maps,
+    build_random_model,
+    family,
+    reference,
+    run,
+    run_gguf,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -145,19 +154,6 @@ def test_mixtral_slides_its_window_and_qwen3_moe_when_asked(tiny):
     assert (full[:, :, j <= i] > 0).all()
 
 
-class _Replaced:
-    """A weight source with some tensors replaced (the same model with a feature switched off)."""
-
-    def __init__(self, w: Any, replace: dict[str, np.ndarray]):
-        self.w, self.replace = w, replace
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.replace[name] if name in self.replace else self.w[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.replace or name in self.w
-
-
 @pytest.mark.reference
 def test_olmoe_qk_norm_over_the_full_width_changes_the_maps(tiny):
     """q_norm spans all 4 × 16 query numbers of a token (k_norm 2 × 16): normalising each head
@@ -170,7 +166,7 @@ def test_olmoe_qk_norm_over_the_full_width_changes_the_maps(tiny):
     spec = OLMOE_SPECS["olmoe"]
     args = spec.args.parse(cfg)
     x = _decoder.embed(spec, w, IDS, args)
-    per_head = _Replaced(
+    per_head = ReplacedWeights(
         w,
         {
             f"layers.{i}.self_attn.{n}_norm.weight": w[f"layers.{i}.self_attn.{n}_norm.weight"][:16]
@@ -189,23 +185,18 @@ def test_experts_are_read_only_when_routed_to(tiny, model_type):
     d = tiny(model_type)
     cfg = json.loads((d / "config.json").read_text())
     fam = family(model_type)
-    read: list[str] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            read.append(name)
-            return super().__getitem__(name)
-
-    w = Recording(d, fam.anchor)
+    w = RecordingWeights(d, fam.anchor)
     ids = [5]  # one token, top 2 of 4 experts: two experts get no token
     x = fam.embed(w, ids, cfg)
-    read.clear()
+    w.read.clear()
     for i, layer in enumerate(fam.layers(w, x, cfg)):
         if "router" not in layer.attention:
             continue
         routed = set(np.flatnonzero(layer.attention["router"].any(axis=0)).tolist())
         experts = {
-            int(n.split(".")[4]) for n in read if n.startswith(f"layers.{i}.") and ".experts." in n
+            int(n.split(".")[4])
+            for n in w.read
+            if n.startswith(f"layers.{i}.") and ".experts." in n
         }
         assert experts == routed and len(routed) == 2
 
@@ -339,15 +330,9 @@ def test_moe_gguf_gives_the_original_maps(tiny, tmp_path, model_type, overrides)
         assert cfg["gguf"]["architecture"] == "llama" and cfg["num_local_experts"] == 4
         expert = "model.layers.0.block_sparse_moe.experts.3.w2.weight"
         assert ckpt.weights.shape(expert) == (64, 128)
-    fam = family(model_type)
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam.check(w, cfg)
-    x = fam.embed(w, IDS, cfg)
-    layers = list(fam.layers(w, x, cfg))
-    original = run(d, IDS)
-    maps = np.stack([layer.attention.weights for layer in layers])
-    np.testing.assert_allclose(maps, attention_maps(original), atol=1e-6)
-    for ours, theirs in zip(layers, original["layers"], strict=True):
+    from_gguf, original = run_gguf(ckpt, IDS), run(d, IDS)
+    np.testing.assert_allclose(attention_maps(from_gguf), attention_maps(original), atol=1e-6)
+    for ours, theirs in zip(from_gguf["layers"], original["layers"], strict=True):
         np.testing.assert_array_equal(ours.attention["router"], theirs.attention["router"])
 
 
@@ -373,10 +358,7 @@ def test_quantised_stacked_experts_are_dequantised_one_expert_at_a_time(tiny, tm
             np.testing.assert_array_equal(mine, whole[e])
             rows = ckpt.weights.rows(f"model.layers.1.mlp.experts.{e}.{proj}.weight", [3, 1])
             np.testing.assert_array_equal(rows, whole[e][[3, 1]])
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam = family("qwen3_moe")
-    x = fam.embed(w, IDS, ckpt.config)
-    maps = np.stack([layer.attention.weights for layer in fam.layers(w, x, ckpt.config)])
+    maps = attention_maps(run_gguf(ckpt, IDS))
     # layer 0's attention comes before any expert (F32 weights): as the original's
     np.testing.assert_allclose(maps[0], attention_maps(run(d, IDS))[0], atol=1e-6)
 

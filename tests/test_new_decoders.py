@@ -20,7 +20,15 @@ from attn_cli.models import _decoder
 from attn_cli.models.olmo2 import SPECS
 from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    ReplacedWeights,
+    attention_maps,
+    build_random_model,
+    family,
+    reference,
+    run,
+    run_gguf,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 TINY = {
@@ -93,19 +101,6 @@ def test_olmo2_maps_and_logits_match_transformers(tiny):
     assert "before each residual sum" in described["norm_placement"]
 
 
-class _Renamed:
-    """A weight source with some tensors replaced (the same model with a feature switched off)."""
-
-    def __init__(self, w: Any, replace: dict[str, np.ndarray]):
-        self.w, self.replace = w, replace
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.replace[name] if name in self.replace else self.w[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.replace or name in self.w
-
-
 @pytest.mark.reference
 def test_olmo2_features_change_the_maps(tiny):
     """Per-head q/k norms instead of full-width ones change layer 0; norms before each sublayer
@@ -124,7 +119,7 @@ def test_olmo2_features_change_the_maps(tiny):
         )
 
     # per head: each head's 16 numbers normalised alone, by the first head's scale
-    per_head = _Renamed(
+    per_head = ReplacedWeights(
         w,
         {
             f"layers.{i}.self_attn.{n}_norm.weight": w[f"layers.{i}.self_attn.{n}_norm.weight"][:16]
@@ -135,7 +130,7 @@ def test_olmo2_features_change_the_maps(tiny):
     head_norm = maps(dataclasses.replace(spec, qk_norm_full=False), per_head)
     assert np.abs(head_norm[0] - ref[0]).max() > 1e-2
     # pre-norm: an input RMSNorm (unit scale) before attention and the MLP, none after them
-    pre = _Renamed(
+    pre = ReplacedWeights(
         w, {f"layers.{i}.input_layernorm.weight": np.ones(64, np.float32) for i in range(3)}
     )
     pre_norm = maps(dataclasses.replace(spec, post_norm=False), pre)
@@ -238,14 +233,8 @@ def test_gguf_gives_the_original_maps(tiny, tmp_path, model_type):
     cfg = ckpt.config
     assert cfg["model_type"] == model_type
     fam = family(model_type)
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam.check(w, cfg)
-    x = fam.embed(w, IDS, cfg)
-    maps = []
-    for layer in fam.layers(w, x, cfg):
-        maps.append(layer.attention.weights)
-        x = layer.out
-    np.testing.assert_allclose(np.stack(maps), attention_maps(run(d, IDS)), atol=1e-6)
+    maps = attention_maps(run_gguf(ckpt, IDS))
+    np.testing.assert_allclose(maps, attention_maps(run(d, IDS)), atol=1e-6)
     if model_type == "smollm3":  # llama.cpp fixes the NoPE interval at 4
         assert fam.describe is not None and fam.describe(cfg)["nope_layers"] == [3]
 
