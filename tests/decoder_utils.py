@@ -207,6 +207,20 @@ def save_randomized(model, directory: Path, gemma: bool, shard: str | None) -> d
     return json.loads((Path(directory) / "config.json").read_text())
 
 
+def agrees_with_transformers(
+    directory: Path, ids: list[int], layers: int, heads: int = 4
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`run` and transformers' `reference` on the model in `directory`: (layers, heads, n, n)
+    maps each, every map within 1e-5, the logits within 1e-4. Returns (ours, theirs)."""
+    ref = reference(directory, ids)
+    ours = run(directory, ids)
+    maps = attention_maps(ours)
+    assert maps.shape == ref["attentions"].shape == (layers, heads, len(ids), len(ids))
+    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
+    return ours, ref
+
+
 def reference(directory: Path, ids: list[int]) -> dict[str, Any]:
     """transformers' eager float32 forward pass on the saved directory."""
     import torch

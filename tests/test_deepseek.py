@@ -24,11 +24,11 @@ from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import ROOT, require
 from tests.decoder_utils import (
     RecordingWeights,
+    agrees_with_transformers,
     attention_maps,
     build_random_model,
     family,
     gguf_weights,
-    reference,
     run,
     run_gguf,
 )
@@ -135,13 +135,7 @@ def strong_bias(name: str, t: Any) -> Any:
 
 def _agrees(d: Path) -> dict[str, Any]:
     """Every map within 1e-5 of transformers, the logits within 1e-4; our result."""
-    ref = reference(d, IDS)
-    ours = run(d, IDS)
-    maps = attention_maps(ours)
-    assert maps.shape == ref["attentions"].shape == (3, 4, len(IDS), len(IDS))
-    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
-    return ours
+    return agrees_with_transformers(d, IDS, 3)[0]
 
 
 @pytest.mark.reference

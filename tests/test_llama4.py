@@ -22,10 +22,10 @@ from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import ROOT, require
 from tests.decoder_utils import (
     RecordingWeights,
+    agrees_with_transformers,
     attention_maps,
     build_random_model,
     family,
-    reference,
     run,
 )
 
@@ -77,13 +77,7 @@ def tiny(tmp_path_factory):
 
 def _agrees(d: Path) -> np.ndarray:
     """Our maps for the model in `d`, checked against transformers' (and the logits)."""
-    ref = reference(d, IDS)
-    ours = run(d, IDS)
-    maps = attention_maps(ours)
-    assert maps.shape == ref["attentions"].shape == (4, 4, len(IDS), len(IDS))
-    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
-    return maps
+    return attention_maps(agrees_with_transformers(d, IDS, 4)[0])
 
 
 @pytest.mark.reference

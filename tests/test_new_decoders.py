@@ -22,6 +22,7 @@ from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import require
 from tests.decoder_utils import (
     ReplacedWeights,
+    agrees_with_transformers,
     attention_maps,
     build_random_model,
     family,
@@ -62,13 +63,8 @@ def tiny(tmp_path_factory):
 
 
 def _check_against_reference(d: Path, layers: int) -> dict[str, Any]:
-    ref = reference(d, IDS)
-    ours = run(d, IDS)
-    maps = attention_maps(ours)
-    assert maps.shape == ref["attentions"].shape == (layers, 4, len(IDS), len(IDS))
-    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
-    return {"ours": ours, "ref": ref, "maps": maps}
+    ours, ref = agrees_with_transformers(d, IDS, layers)
+    return {"ours": ours, "ref": ref, "maps": attention_maps(ours)}
 
 
 @pytest.mark.reference
