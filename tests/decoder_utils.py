@@ -87,6 +87,41 @@ class RecordingWeights(SafetensorsWeights):
         return super().entry(name, index, out)
 
 
+def gguf_decoder_header(out: Any, cfg: dict[str, Any], kv_heads: int) -> None:
+    """The llama-style metadata every test GGUF of a decoder starts with (gguf-py GGUFWriter
+    `out`): context length, width, depth, MLP width, heads, rotary base and RMSNorm ε."""
+    out.add_context_length(cfg["max_position_embeddings"])
+    out.add_embedding_length(cfg["hidden_size"])
+    out.add_block_count(cfg["num_hidden_layers"])
+    out.add_feed_forward_length(cfg["intermediate_size"])
+    out.add_head_count(cfg["num_attention_heads"])
+    out.add_head_count_kv(kv_heads)
+    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
+    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+
+
+def gguf_byte_tokenizer(out: Any, vocab_size: int, pre: str, merges: list[str]) -> list[str]:
+    """A byte-level "gpt2" tokenizer of `vocab_size` tokens in the GGUF; returns its tokens."""
+    from tests.test_gguf_writer import byte_vocab
+
+    toks, types = byte_vocab(vocab_size)
+    out.add_tokenizer_model("gpt2")
+    out.add_tokenizer_pre(pre)
+    out.add_token_list(toks)
+    out.add_token_types(types)
+    out.add_token_merges(merges)
+    return toks
+
+
+def gguf_finish(out: Any, path: Path) -> Path:
+    """Write the GGUF's header, metadata and tensors and close it; returns its path."""
+    out.write_header_to_file()
+    out.write_kv_data_to_file()
+    out.write_tensors_to_file()
+    out.close()
+    return path
+
+
 def attention_maps(result: dict[str, Any]) -> np.ndarray:
     """(layers, heads, n, n)"""
     return np.stack([layer.attention.weights for layer in result["layers"]])

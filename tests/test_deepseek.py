@@ -28,6 +28,9 @@ from tests.decoder_utils import (
     attention_maps,
     build_random_model,
     family,
+    gguf_byte_tokenizer,
+    gguf_decoder_header,
+    gguf_finish,
     gguf_weights,
     run,
     run_gguf,
@@ -276,14 +279,7 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True, experts: str =
     w = SafetensorsWeights(d, "embed_tokens.weight")
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DEEPSEEK2, n_layer)
     out = gguf.GGUFWriter(str(path), "deepseek2")
-    out.add_context_length(cfg["max_position_embeddings"])
-    out.add_embedding_length(hidden)
-    out.add_block_count(n_layer)
-    out.add_feed_forward_length(cfg["intermediate_size"])
-    out.add_head_count(n_head)
-    out.add_head_count_kv(1 if split else n_head)
-    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
-    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    gguf_decoder_header(out, cfg, 1 if split else n_head)
     out.add_expert_used_count(cfg["num_experts_per_tok"])
     out.add_file_type(0)
     out.add_leading_dense_block_count(cfg["first_k_dense_replace"])
@@ -318,12 +314,10 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True, experts: str =
         out.add_rope_scaling_factor(rope["factor"])
         out.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
         out.add_rope_scaling_yarn_log_mul(0.1 * rope["mscale_all_dim"])
-    toks, types = byte_vocab(cfg["vocab_size"])
-    out.add_tokenizer_model("gpt2")
-    out.add_tokenizer_pre("gpt-2")
-    out.add_token_list(toks)
-    out.add_token_types(types)
-    out.add_token_merges([f"{toks[3]} {toks[4]}"])  # llama.cpp needs the key
+    toks = byte_vocab(cfg["vocab_size"])[0]
+    gguf_byte_tokenizer(
+        out, cfg["vocab_size"], "gpt-2", [f"{toks[3]} {toks[4]}"]
+    )  # llama.cpp needs the key
     tensors: dict[str, np.ndarray] = {}
     for name in w:
         full = name if name == "lm_head.weight" else "model." + name
@@ -355,11 +349,7 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True, experts: str =
             out.add_tensor(new, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             out.add_tensor(new, data)
-    out.write_header_to_file()
-    out.write_kv_data_to_file()
-    out.write_tensors_to_file()
-    out.close()
-    return path
+    return gguf_finish(out, path)
 
 
 def _gguf_maps(path: Path) -> tuple[np.ndarray, dict[str, Any]]:

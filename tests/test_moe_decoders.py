@@ -30,6 +30,9 @@ from tests.decoder_utils import (
     attention_maps,
     build_random_model,
     family,
+    gguf_byte_tokenizer,
+    gguf_decoder_header,
+    gguf_finish,
     reference,
     run,
     run_gguf,
@@ -236,7 +239,7 @@ def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
     stacked into one [experts, out, in] tensor per projection (ffn_gate_exps, ffn_up_exps,
     ffn_down_exps), expert metadata, every tensor F32 (`experts_q8`: the stacked experts Q8_0)."""
     gguf = require("gguf")
-    from tests.test_gguf_writer import byte_vocab, converter_permute
+    from tests.test_gguf_writer import converter_permute
 
     cfg = json.loads((d / "config.json").read_text())
     mixtral = cfg["model_type"] == "mixtral"
@@ -248,14 +251,7 @@ def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
     w = SafetensorsWeights(d, "embed_tokens.weight")
     tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layer)
     out = gguf.GGUFWriter(str(path), arch)
-    out.add_context_length(cfg["max_position_embeddings"])
-    out.add_embedding_length(hidden)
-    out.add_block_count(n_layer)
-    out.add_feed_forward_length(cfg["intermediate_size"])
-    out.add_head_count(n_head)
-    out.add_head_count_kv(n_kv)
-    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
-    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    gguf_decoder_header(out, cfg, n_kv)
     out.add_key_length(head_dim)
     out.add_value_length(head_dim)
     out.add_expert_count(experts)
@@ -263,12 +259,8 @@ def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
     if not mixtral:
         out.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     out.add_file_type(0)
-    toks, types = byte_vocab(cfg["vocab_size"])
-    out.add_tokenizer_model("gpt2")
-    out.add_tokenizer_pre("qwen2")
-    out.add_token_list(toks)
-    out.add_token_types(types)
-    out.add_token_merges(["a b"])  # llama.cpp needs a merges list (the tests give ids)
+    # llama.cpp needs a merges list (the tests give ids)
+    gguf_byte_tokenizer(out, cfg["vocab_size"], "qwen2", ["a b"])
     stacks: dict[str, list[np.ndarray]] = {}
     for name in w:
         full = name if name == "lm_head.weight" else "model." + name
@@ -294,11 +286,7 @@ def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
             out.add_tensor(new, gguf.quants.quantize(stacked, q8), raw_dtype=q8)
         else:
             out.add_tensor(new, stacked)
-    out.write_header_to_file()
-    out.write_kv_data_to_file()
-    out.write_tensors_to_file()
-    out.close()
-    return path
+    return gguf_finish(out, path)
 
 
 # llama.cpp's qwen3moe has no dense layers, and its Mixtral no sliding window

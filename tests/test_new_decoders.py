@@ -26,6 +26,9 @@ from tests.decoder_utils import (
     attention_maps,
     build_random_model,
     family,
+    gguf_byte_tokenizer,
+    gguf_decoder_header,
+    gguf_finish,
     reference,
     run,
     run_gguf,
@@ -174,7 +177,7 @@ def _write_gguf(path: Path, d: Path) -> Path:
     gguf-py's TensorNameMap, SmolLM3's q/k rows permuted as LlamaModel.permute does (OLMo 2 is
     NeoX-rotary: rows kept), every tensor F32."""
     gguf = require("gguf")
-    from tests.test_gguf_writer import byte_vocab, converter_permute
+    from tests.test_gguf_writer import converter_permute
 
     cfg = json.loads((d / "config.json").read_text())
     arch = cfg["model_type"]
@@ -184,24 +187,12 @@ def _write_gguf(path: Path, d: Path) -> Path:
     w = SafetensorsWeights(d, "embed_tokens.weight")
     tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layer)
     out = gguf.GGUFWriter(str(path), arch)
-    out.add_context_length(cfg["max_position_embeddings"])
-    out.add_embedding_length(hidden)
-    out.add_block_count(n_layer)
-    out.add_feed_forward_length(cfg["intermediate_size"])
-    out.add_head_count(n_head)
-    out.add_head_count_kv(n_kv)
-    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
-    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    gguf_decoder_header(out, cfg, n_kv)
     out.add_key_length(head_dim)
     out.add_value_length(head_dim)
     out.add_rope_dimension_count(head_dim)
     out.add_file_type(0)
-    toks, types = byte_vocab(cfg["vocab_size"])
-    out.add_tokenizer_model("gpt2")
-    out.add_tokenizer_pre("gpt-2")
-    out.add_token_list(toks)
-    out.add_token_types(types)
-    out.add_token_merges([])
+    gguf_byte_tokenizer(out, cfg["vocab_size"], "gpt-2", [])
     for name in w:
         data = w["model." + name if "model." + name in w else name]
         full = name if name == "lm_head.weight" else "model." + name
@@ -212,11 +203,7 @@ def _write_gguf(path: Path, d: Path) -> Path:
         new = tmap.get_name(full, try_suffixes=(".weight", ".bias"))
         assert new is not None, full
         out.add_tensor(new, np.ascontiguousarray(data, dtype=np.float32))
-    out.write_header_to_file()
-    out.write_kv_data_to_file()
-    out.write_tensors_to_file()
-    out.close()
-    return path
+    return gguf_finish(out, path)
 
 
 @pytest.mark.reference
