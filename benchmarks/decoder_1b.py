@@ -35,6 +35,9 @@ from harness import (
     PY,
     ChildRun,
     alternate_children,
+    next_token_top5,
+    open_decoder,
+    transformers_top5,
     versus_transformers,
     write_random_bf16_safetensors,
 )
@@ -147,16 +150,7 @@ def token_ids(d: Path) -> tuple[str, list[int]]:
 
 
 def child_ours(d: Path, ids: list[int]) -> None:
-    import numpy as np
-
-    from attn_cli.models.registry import family_for
-    from attn_cli.models.weights import SafetensorsWeights
-
-    cfg = json.loads((d / "config.json").read_text())
-    fam = family_for(cfg["model_type"])
-    assert fam is not None and fam.logits is not None
-    w = SafetensorsWeights(d, fam.anchor, fam.rename)
-    fam.check(w, cfg)
+    fam, w, cfg = open_decoder(d)
     x = fam.embed(w, ids, cfg)
     kept = None
     for i, layer in enumerate(fam.layers(w, x, cfg)):
@@ -164,27 +158,13 @@ def child_ours(d: Path, ids: list[int]) -> None:
             kept = layer.attention.weights[HEAD].copy()
         x = layer.out
     h = fam.final(w, x, cfg)
-    logits = fam.logits(w, h[-1:], cfg)[0]
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    top = np.argsort(-p)[:5]
+    top5 = next_token_top5(fam.logits(w, h[-1:], cfg)[0])
     assert kept is not None and kept.shape == (len(ids), len(ids))
-    print(json.dumps({"top": top.tolist(), "p": p[top].tolist()}))
+    print(json.dumps(top5))
 
 
 def child_transformers(d: Path, ids: list[int]) -> None:
-    import torch
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(d), dtype=torch.float32, attn_implementation="eager"
-    )
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.tensor([ids]), output_attentions=True)
-    p = torch.softmax(out.logits[0, -1], -1)
-    top = torch.topk(p, 5)
-    print(json.dumps({"top": top.indices.tolist(), "p": top.values.tolist()}))
+    transformers_top5(d, ids)
 
 
 def log_run(side: str, run: ChildRun) -> None:

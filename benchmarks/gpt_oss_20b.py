@@ -41,6 +41,9 @@ from harness import (
     bench_dir,
     max_peak_bytes,
     median_seconds,
+    next_token_top5,
+    open_decoder,
+    transformers_top5,
     versus_transformers,
     write_random_bf16_safetensors,
 )
@@ -148,16 +151,7 @@ def child_ours(d: Path, ids: list[int]) -> None:
 
 
 def forward(d: Path, ids: list[int]) -> None:
-    import numpy as np
-
-    from attn_cli.models.registry import family_for
-    from attn_cli.models.weights import SafetensorsWeights
-
-    cfg = json.loads((d / "config.json").read_text())
-    fam = family_for(cfg["model_type"])
-    assert fam is not None and fam.logits is not None
-    w = SafetensorsWeights(d, fam.anchor, fam.rename)
-    fam.check(w, cfg)
+    fam, w, cfg = open_decoder(d)
     x = fam.embed(w, ids, cfg)
     kept, seconds = [], []
     t0 = time.perf_counter()
@@ -167,16 +161,12 @@ def forward(d: Path, ids: list[int]) -> None:
         seconds.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
     h = fam.final(w, x, cfg)
-    logits = fam.logits(w, h[-1:], cfg)[0]
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    top = np.argsort(-p)[:5]
+    top5 = next_token_top5(fam.logits(w, h[-1:], cfg)[0])
     assert all(m.shape == (cfg["num_attention_heads"], len(ids), len(ids)) for m in kept)
     print(
         json.dumps(
             {
-                "top": top.tolist(),
-                "p": p[top].tolist(),
+                **top5,
                 "layer_seconds": seconds,
                 "kept_bytes_per_layer": kept[0].nbytes,
             }
@@ -185,19 +175,8 @@ def forward(d: Path, ids: list[int]) -> None:
 
 
 def child_transformers(d: Path, ids: list[int]) -> None:
-    import torch
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(d), dtype=torch.float32, attn_implementation="eager"
-    )
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.tensor([ids]), output_attentions=True)
+    model, out = transformers_top5(d, ids)
     assert len(out.attentions) == model.config.num_hidden_layers
-    p = torch.softmax(out.logits[0, -1], -1)
-    top = torch.topk(p, 5)
-    print(json.dumps({"top": top.indices.tolist(), "p": top.values.tolist()}))
 
 
 def measure(d: Path, layers: int, runs: int, sides: tuple[str, ...]) -> dict[str, list[ChildRun]]:

@@ -183,3 +183,46 @@ def code_versus_transformers(
     sides = {"attn-cli": [PY, "-c", ours, str(d)], "transformers": [PY, "-c", theirs, str(d)]}
     runs = alternate_children(sides, args.runs, thread_env(args.threads))
     print_versus(runs["attn-cli"], runs["transformers"])
+
+
+def open_decoder(d: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A decoder checkpoint directory as attn-cli opens it: its family (with an LM head), its
+    weights (every shape checked) and its config."""
+    from attn_cli.models.registry import family_for
+    from attn_cli.models.weights import SafetensorsWeights
+
+    cfg = json.loads((d / "config.json").read_text())
+    fam = family_for(cfg["model_type"])
+    assert fam is not None and fam.logits is not None
+    w = SafetensorsWeights(d, fam.anchor, fam.rename)
+    fam.check(w, cfg)
+    return fam, w, cfg
+
+
+def next_token_top5(logits: Any) -> dict[str, list]:
+    """The 5 likeliest next tokens and their probabilities, from one position's logits (numpy)."""
+    import numpy as np
+
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    top = np.argsort(-p)[:5]
+    return {"top": top.tolist(), "p": p[top].tolist()}
+
+
+def transformers_top5(d: Path, ids: list[int]) -> tuple[Any, Any]:
+    """transformers' eager float32 forward pass of the checkpoint in `d` on `ids`, every map
+    returned; prints the next token's top 5 as JSON (as next_token_top5) and returns the model
+    and its output."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(d), dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), output_attentions=True)
+    p = torch.softmax(out.logits[0, -1], -1)
+    top = torch.topk(p, 5)
+    print(json.dumps({"top": top.indices.tolist(), "p": top.values.tolist()}))
+    return model, out
