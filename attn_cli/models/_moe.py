@@ -25,7 +25,8 @@ import numpy as np
 
 from attn_cli.attention import row_softmax
 from attn_cli.errors import InputError
-from attn_cli.models._decoder import GGUF_LAYER_TENSORS
+from attn_cli.models._decoder import GGUF_LAYER_TENSORS, DecoderArgs
+from attn_cli.models.args import FLAG, POSITIVE_INT, arg
 from attn_cli.models.layers import activation
 from attn_cli.models.registry import ABSENT, GGUFSources, WeightSource
 from attn_cli.models.weights import expect_shape
@@ -77,6 +78,36 @@ class MoE:
     routing: Routing = "softmax_topk"
     normalize: bool = False  # divide the top-k probabilities by their sum
     act: str = "silu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftmaxExpertsArgs(DecoderArgs):
+    """The MoE keys of Qwen3-MoE's and OLMoE's configs (a family changes the defaults): the
+    expert count as num_experts (hub checkpoints) or num_local_experts (transformers 5 writes
+    it; it wins when given), the top k, and whether the top k's weights are renormalised."""
+
+    num_experts_per_tok: int = arg(POSITIVE_INT, 8)
+    num_experts: int = arg(POSITIVE_INT, 64)
+    num_local_experts: int | None = arg(POSITIVE_INT, None, nullable=True)
+    norm_topk_prob: bool | None = arg(FLAG, False, nullable=True)
+
+    @property
+    def experts(self) -> int:
+        return self.num_local_experts or self.num_experts
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        check_top_k(source, self.num_experts_per_tok, self.experts, "num_experts")
+
+    def moe(self, inter: int) -> MoE:
+        """The MoE layers' settings, each expert a SwiGLU MLP `inter` wide."""
+        return MoE(
+            experts=self.experts,
+            top_k=self.num_experts_per_tok,
+            inter=inter,
+            normalize=bool(self.norm_topk_prob),
+            act=str(self.hidden_act or "silu"),
+        )
 
 
 def route(logits: np.ndarray, moe: MoE) -> np.ndarray:

@@ -18,8 +18,8 @@ import numpy as np
 
 from attn_cli.errors import InputError
 from attn_cli.models import _moe
-from attn_cli.models._decoder import DecoderArgs, Spec, decoder_family, describe, parsed
-from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, arg
+from attn_cli.models._decoder import Spec, decoder_family, describe, parsed
+from attn_cli.models.args import POSITIVE, POSITIVE_INT, arg
 from attn_cli.models.olmo2 import _qk_norm
 from attn_cli.models.registry import Config, WeightSource
 from attn_cli.records import AttentionRecord
@@ -28,7 +28,7 @@ NAMES = _moe.MLP_EXPERTS
 
 
 @dataclass(frozen=True, kw_only=True)
-class OlmoeArgs(DecoderArgs):
+class OlmoeArgs(_moe.SoftmaxExpertsArgs):
     """transformers' OlmoeConfig defaults."""
 
     vocab_size: int = arg(POSITIVE_INT, 50_304)
@@ -38,20 +38,10 @@ class OlmoeArgs(DecoderArgs):
     num_attention_heads: int = arg(POSITIVE_INT, 16)
     max_position_embeddings: int | None = arg(POSITIVE_INT, 4096, nullable=True)
     rms_norm_eps: float = arg(POSITIVE, 1e-5)
-    num_experts_per_tok: int = arg(POSITIVE_INT, 8)
-    num_experts: int = arg(POSITIVE_INT, 64)
-    # transformers 5 writes num_local_experts (hub checkpoints num_experts): it wins when given
-    num_local_experts: int | None = arg(POSITIVE_INT, None, nullable=True)
-    norm_topk_prob: bool | None = arg(FLAG, False, nullable=True)
     clip_qkv: float | None = arg(POSITIVE, None, nullable=True)
-
-    @property
-    def experts(self) -> int:
-        return self.num_local_experts or self.num_experts
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        _moe.check_top_k(source, self.num_experts_per_tok, self.experts, "num_experts")
         if self.clip_qkv is not None:
             raise InputError(f"{source}: clip_qkv is not supported (OLMoE-1B-7B leaves it null)")
         if self.head_size * self.num_attention_heads != self.hidden_size:
@@ -62,13 +52,7 @@ class OlmoeArgs(DecoderArgs):
 
 
 def moe_of(args: OlmoeArgs) -> _moe.MoE:
-    return _moe.MoE(
-        experts=args.experts,
-        top_k=args.num_experts_per_tok,
-        inter=args.intermediate_size,
-        normalize=bool(args.norm_topk_prob),
-        act=str(args.hidden_act or "silu"),
-    )
+    return args.moe(args.intermediate_size)
 
 
 def _mlp(

@@ -24,7 +24,6 @@ from attn_cli.models._decoder import (
     GGUF_OPTIONAL_TENSORS,
     GGUF_QK_NORMS,
     SLIDING,
-    DecoderArgs,
     Spec,
     all_layers,
     decoder_family,
@@ -45,7 +44,7 @@ LAYER_LIST = Kind(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Qwen3MoeArgs(DecoderArgs):
+class Qwen3MoeArgs(_moe.SoftmaxExpertsArgs):
     """transformers' Qwen3MoeConfig defaults."""
 
     vocab_size: int = arg(POSITIVE_INT, 151_936)
@@ -60,20 +59,8 @@ class Qwen3MoeArgs(DecoderArgs):
     rms_norm_eps: float = arg(POSITIVE, 1e-6)
     decoder_sparse_step: int = arg(POSITIVE_INT, 1)
     moe_intermediate_size: int = arg(POSITIVE_INT, 768)
-    num_experts_per_tok: int = arg(POSITIVE_INT, 8)
     num_experts: int = arg(POSITIVE_INT, 128)
-    # transformers 5 writes num_local_experts (hub checkpoints num_experts): it wins when given
-    num_local_experts: int | None = arg(POSITIVE_INT, None, nullable=True)
-    norm_topk_prob: bool | None = arg(FLAG, False, nullable=True)
     mlp_only_layers: list[int] | None = arg(LAYER_LIST, None, nullable=True)
-
-    @property
-    def experts(self) -> int:
-        return self.num_local_experts or self.num_experts
-
-    def validate(self, source: str) -> None:
-        super().validate(source)
-        _moe.check_top_k(source, self.num_experts_per_tok, self.experts, "num_experts")
 
 
 def sparse(args: Qwen3MoeArgs, i: int) -> bool:
@@ -82,13 +69,7 @@ def sparse(args: Qwen3MoeArgs, i: int) -> bool:
 
 
 def moe_of(args: Qwen3MoeArgs) -> _moe.MoE:
-    return _moe.MoE(
-        experts=args.experts,
-        top_k=args.num_experts_per_tok,
-        inter=args.moe_intermediate_size,
-        normalize=bool(args.norm_topk_prob),
-        act=str(args.hidden_act or "silu"),
-    )
+    return args.moe(args.moe_intermediate_size)
 
 
 def _mlp(
