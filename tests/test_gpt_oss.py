@@ -22,6 +22,9 @@ from tests.decoder_utils import (
     attention_maps,
     build_random_model,
     family,
+    gguf_byte_tokenizer,
+    gguf_decoder_header,
+    gguf_finish,
     reference,
     run,
     run_gguf,
@@ -284,35 +287,21 @@ def write_gpt_oss_gguf(path: Path, tiny: Path, experts: dict[str, np.ndarray]) -
     """The tiny model as llama.cpp's converter writes a gpt-oss GGUF: its names, experts split
     and MXFP4, biases split, sinks as attn_sinks.weight, YaRN as metadata, byte-level vocab."""
     gguf = require("gguf")
-    from tests.test_gguf_writer import byte_vocab
-
     cfg = json.loads((tiny / "config.json").read_text())
     rope = cfg["rope_parameters"]
     w = gguf.GGUFWriter(str(path), "gpt-oss")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
+    gguf_decoder_header(w, cfg, cfg["num_key_value_heads"])
     w.add_expert_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
     w.add_key_length(cfg["head_dim"])
     w.add_value_length(cfg["head_dim"])
-    w.add_rope_freq_base(float(rope["rope_theta"]))
     w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
     w.add_rope_scaling_factor(float(rope["factor"]))
     w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
-    w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
     w.add_expert_count(cfg["num_local_experts"])
     w.add_expert_used_count(cfg["num_experts_per_tok"])
     w.add_sliding_window(cfg["sliding_window"])
     w.add_file_type(38)  # MOSTLY_MXFP4_MOE
-    toks, types = byte_vocab(cfg["vocab_size"])
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_merges([])
+    gguf_byte_tokenizer(w, cfg["vocab_size"], "gpt-2", [])
     names = {
         "input_layernorm.weight": "attn_norm.weight",
         "post_attention_layernorm.weight": "post_attention_norm.weight",
@@ -339,11 +328,7 @@ def write_gpt_oss_gguf(path: Path, tiny: Path, experts: dict[str, np.ndarray]) -
             w.add_tensor(f"blk.{i}.{names[rest]}", value)
     for name, raw in experts.items():
         w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.MXFP4)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return gguf_finish(w, path)
 
 
 def write_hub_mxfp4(directory: Path, tiny: Path, experts: dict[str, np.ndarray]) -> Path:
