@@ -6,6 +6,7 @@ registry."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,17 @@ def save_randomized(model, directory: Path, gemma: bool, shard: str | None) -> d
     kw = {} if shard is None else {"max_shard_size": shard}
     model.save_pretrained(directory, **kw)
     return json.loads((Path(directory) / "config.json").read_text())
+
+
+def rewrite_weights(directory: Path, change: Callable[[str, Any], Any]) -> None:
+    """Rewrite the saved model.safetensors in `directory`: each tensor (torch, taken in name
+    order) becomes change(name, tensor), in its own dtype."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(directory) / "model.safetensors"
+    tensors = load_file(str(path))
+    changed = {k: change(k, tensors[k]).to(tensors[k].dtype) for k in sorted(tensors)}
+    save_file(changed, str(path), metadata={"format": "pt"})
 
 
 def agrees_with_transformers(

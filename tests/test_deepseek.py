@@ -32,6 +32,7 @@ from tests.decoder_utils import (
     gguf_decoder_header,
     gguf_finish,
     gguf_weights,
+    rewrite_weights,
     run,
     run_gguf,
 )
@@ -100,7 +101,7 @@ def tiny(tmp_path_factory):
             d = tmp_path_factory.mktemp(variant)
             build_random_model(model_type, d, overrides={**MLA, **extra})
             if model_type == "deepseek_v3":
-                _rewrite(d, strong_bias)
+                rewrite_weights(d, strong_bias)
             built[variant] = d
         return built[variant]
 
@@ -114,15 +115,6 @@ def _copy(src: Path, dst: Path, **config: Any) -> Path:
     cfg.update(config)
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
-
-
-def _rewrite(d: Path, change: Any) -> None:
-    """Rewrite the safetensors weights of `d`: change(name, tensor) -> tensor."""
-    from safetensors.torch import load_file, save_file
-
-    path = d / "model.safetensors"
-    tensors = load_file(str(path))
-    save_file({k: change(k, t) for k, t in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
 def strong_bias(name: str, t: Any) -> Any:
@@ -211,7 +203,7 @@ def test_the_shared_rotary_key_and_its_layout_change_the_maps(tiny, tmp_path):
     # the rotary key k_pe zeroed (its rows of kv_a_proj_with_mqa): position leaves the keys
     no_pe = tmp_path / "no_pe"
     shutil.copytree(d, no_pe)
-    _rewrite(
+    rewrite_weights(
         no_pe,
         lambda name, t: (
             t.clone().index_fill_(0, __import__("torch").arange(16, 20), 0.0)
@@ -233,7 +225,7 @@ def test_routing_features_change_the_experts_and_the_logits(tiny, tmp_path):
     # without the bias correction the choice changes
     no_bias = tmp_path / "no_bias"
     shutil.copytree(d, no_bias)
-    _rewrite(no_bias, lambda n, t: t * 0 if n.endswith("e_score_correction_bias") else t)
+    rewrite_weights(no_bias, lambda n, t: t * 0 if n.endswith("e_score_correction_bias") else t)
     plain = _agrees(no_bias)
     assert ((plain["layers"][1].attention["router"] != 0) != (routing != 0)).any()
     # every group allowed: experts outside the best two groups are chosen too
@@ -245,7 +237,7 @@ def test_routing_features_change_the_experts_and_the_logits(tiny, tmp_path):
     # the shared expert zeroed changes the logits
     no_shared = tmp_path / "no_shared"
     shutil.copytree(d, no_shared)
-    _rewrite(no_shared, lambda n, t: t * 0 if "shared_experts" in n else t)
+    rewrite_weights(no_shared, lambda n, t: t * 0 if "shared_experts" in n else t)
     assert np.abs(_agrees(no_shared)["logits"] - ours["logits"]).max() > 0.05
 
 

@@ -26,6 +26,7 @@ from tests.decoder_utils import (
     gguf_decoder_header,
     gguf_finish,
     reference,
+    rewrite_weights,
     run,
     run_gguf,
 )
@@ -54,20 +55,17 @@ def set_sinks(directory: Path, value: float | None, seed: int = 0) -> None:
     """Rewrite every layer's sink logits: `value` for all heads, or None for random ones around
     1 (larger than the random init, so rows lose a visible share to the sink)."""
     import torch
-    from safetensors.torch import load_file, save_file
 
-    path = directory / "model.safetensors"
-    tensors = load_file(str(path))
     gen = torch.Generator().manual_seed(seed)
-    for name, t in tensors.items():
-        if name.endswith("self_attn.sinks"):
-            new = (
-                torch.full_like(t, value)
-                if value is not None
-                else torch.randn(t.shape, generator=gen) + 1.0
-            )
-            tensors[name] = new.to(t.dtype)
-    save_file(tensors, str(path), metadata={"format": "pt"})
+
+    def sinks(name, t):
+        if not name.endswith("self_attn.sinks"):
+            return t
+        if value is not None:
+            return torch.full_like(t, value)
+        return torch.randn(t.shape, generator=gen) + 1.0
+
+    rewrite_weights(directory, sinks)
 
 
 @pytest.fixture(scope="module")

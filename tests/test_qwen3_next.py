@@ -21,7 +21,14 @@ import pytest
 from attn_cli.errors import InputError
 from attn_cli.models.qwen3_next import Qwen3NextArgs, delta_rule_map
 from tests.conftest import ROOT, require
-from tests.decoder_utils import RecordingWeights, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    build_random_model,
+    family,
+    reference,
+    rewrite_weights,
+    run,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 # 70 tokens: more than transformers' chunk of 64, so its pass carries state between chunks
@@ -47,36 +54,25 @@ def zero_centred(directory: Path, seed: int = 0) -> None:
     around 0 (tests.decoder_utils draws every norm around 1), q/k norms around 1 (scale ~2),
     and A_log around −2 so a token's memory decays by about a fifth per token (not to nothing)."""
     import torch
-    from safetensors.torch import load_file, save_file
 
-    path = directory / "model.safetensors"
-    tensors = load_file(str(path))
     gen = torch.Generator().manual_seed(seed)
 
-    def draw(t, mean: float, std: float):
-        return (torch.randn(t.shape, generator=gen) * std + mean).to(t.dtype)
+    def draw(name, t):
+        for suffixes, mean, std in (
+            (("layernorm.weight", "model.norm.weight"), 0.0, 0.2),
+            (("q_norm.weight", "k_norm.weight"), 1.0, 0.3),
+            (("A_log",), -2.0, 0.5),
+        ):
+            if name.endswith(suffixes):
+                return torch.randn(t.shape, generator=gen) * std + mean
+        return t
 
-    for name in sorted(tensors):
-        t = tensors[name]
-        if name.endswith(("layernorm.weight", "model.norm.weight")):
-            tensors[name] = draw(t, 0.0, 0.2)
-        elif name.endswith(("q_norm.weight", "k_norm.weight")):
-            tensors[name] = draw(t, 1.0, 0.3)
-        elif name.endswith("A_log"):
-            tensors[name] = draw(t, -2.0, 0.5)
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    rewrite_weights(directory, draw)
 
 
 def set_tensors(directory: Path, suffix: str, change) -> None:
     """Apply `change` (a torch tensor -> tensor) to every saved tensor ending in `suffix`."""
-    from safetensors.torch import load_file, save_file
-
-    path = directory / "model.safetensors"
-    tensors = load_file(str(path))
-    for name, t in tensors.items():
-        if name.endswith(suffix):
-            tensors[name] = change(t.clone()).to(t.dtype)
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    rewrite_weights(directory, lambda name, t: change(t.clone()) if name.endswith(suffix) else t)
 
 
 def recurrence(q, k, v, g, beta):
