@@ -181,6 +181,23 @@ TINY: dict[str, dict[str, Any]] = {
 }
 
 
+def built_once(tmp_path_factory: Any, build: Callable[..., Any]) -> Callable[..., Path]:
+    """A fixture's tiny checkpoints, each built once: get(name, **overrides) makes a directory
+    and calls build(directory, name, **overrides) the first time it is asked for, and returns
+    that directory every time."""
+    built: dict[str, Path] = {}
+
+    def get(name: str = "tiny", **overrides: Any) -> Path:
+        key = name + json.dumps(overrides, sort_keys=True)
+        if key not in built:
+            d = tmp_path_factory.mktemp(name)
+            build(d, name, **overrides)
+            built[key] = d
+        return built[key]
+
+    return get
+
+
 def build_random_model(
     model_type: str,
     directory: Path,

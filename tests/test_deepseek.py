@@ -27,6 +27,7 @@ from tests.decoder_utils import (
     agrees_with_transformers,
     attention_maps,
     build_random_model,
+    built_once,
     family,
     gguf_byte_tokenizer,
     gguf_decoder_header,
@@ -93,19 +94,14 @@ FIXTURES = ROOT / "tests" / "fixtures"
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(variant: str) -> Path:
-        if variant not in built:
-            model_type, extra = VARIANTS[variant]
-            d = tmp_path_factory.mktemp(variant)
-            build_random_model(model_type, d, overrides={**MLA, **extra})
-            if model_type == "deepseek_v3":
-                rewrite_weights(d, strong_bias)
-            built[variant] = d
-        return built[variant]
+    def build(d: Path, variant: str) -> None:
+        model_type, extra = VARIANTS[variant]
+        build_random_model(model_type, d, overrides={**MLA, **extra})
+        if model_type == "deepseek_v3":
+            rewrite_weights(d, strong_bias)
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def _copy(src: Path, dst: Path, **config: Any) -> Path:

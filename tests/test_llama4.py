@@ -25,6 +25,7 @@ from tests.decoder_utils import (
     agrees_with_transformers,
     attention_maps,
     build_random_model,
+    built_once,
     family,
     run,
 )
@@ -62,17 +63,11 @@ SCOUT_ROPE = {
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(**overrides: Any) -> Path:
-        key = json.dumps(overrides, sort_keys=True)
-        if key not in built:
-            d = tmp_path_factory.mktemp("llama4")
-            build_random_model("llama4_text", d, overrides={**TINY, **overrides})
-            built[key] = d
-        return built[key]
+    def build(d: Path, name: str, **overrides: Any) -> None:
+        build_random_model("llama4_text", d, overrides={**TINY, **overrides})
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def _agrees(d: Path) -> np.ndarray:

@@ -29,6 +29,7 @@ from tests.decoder_utils import (
     agrees_with_transformers,
     attention_maps,
     build_random_model,
+    built_once,
     family,
     gguf_byte_tokenizer,
     gguf_decoder_header,
@@ -64,19 +65,13 @@ MOE_LAYERS = {"mixtral": [0, 1, 2], "qwen3_moe": [0, 2], "olmoe": [0, 1, 2]}
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(model_type: str, **overrides: Any) -> Path:
-        key = model_type + json.dumps(overrides, sort_keys=True)
-        if key not in built:
-            d = tmp_path_factory.mktemp(model_type)
-            config = {**TINY[model_type], **overrides}
-            seed = config.pop("seed", 0)
-            build_random_model(model_type, d, seed=seed, overrides=config)
-            built[key] = d
-        return built[key]
+    def build(d: Path, model_type: str, **overrides: Any) -> None:
+        config = {**TINY[model_type], **overrides}
+        seed = config.pop("seed", 0)
+        build_random_model(model_type, d, seed=seed, overrides=config)
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def _router_logits(d: Path) -> list[np.ndarray]:

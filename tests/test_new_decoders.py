@@ -25,6 +25,7 @@ from tests.decoder_utils import (
     agrees_with_transformers,
     attention_maps,
     build_random_model,
+    built_once,
     family,
     gguf_byte_tokenizer,
     gguf_decoder_header,
@@ -52,17 +53,11 @@ TINY = {
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(model_type: str, **overrides: Any) -> Path:
-        key = model_type + json.dumps(overrides, sort_keys=True)
-        if key not in built:
-            d = tmp_path_factory.mktemp(model_type)
-            build_random_model(model_type, d, **TINY[model_type], **overrides)
-            built[key] = d
-        return built[key]
+    def build(d: Path, model_type: str, **overrides: Any) -> None:
+        build_random_model(model_type, d, **TINY[model_type], **overrides)
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def _check_against_reference(d: Path, layers: int) -> dict[str, Any]:
