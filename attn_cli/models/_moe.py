@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -157,6 +157,23 @@ def layer_mlp(
     out, routing = moe_mlp(w, f"layers.{i}.", x, moe, names)
     add_router(record, routing, moe)
     return out
+
+
+def decoder_mlp(
+    moe_of: Callable[[Any], MoE], names: Experts
+) -> tuple[Callable[..., np.ndarray], Callable[[WeightSource, int, Any], None]]:
+    """A decoder Spec's `mlp` and `mlp_check` for a family whose every layer is a MoE layer
+    (`moe_of(args)`: its settings; `names`: where its tensors are)."""
+
+    def mlp(
+        w: WeightSource, i: int, x: np.ndarray, args: Any, record: AttentionRecord
+    ) -> np.ndarray:
+        return layer_mlp(w, i, x, moe_of(args), names, record)
+
+    def mlp_check(w: WeightSource, i: int, args: Any) -> None:
+        check_experts(w, f"layers.{i}.", args.hidden_size, moe_of(args), names)
+
+    return mlp, mlp_check
 
 
 def run_experts(

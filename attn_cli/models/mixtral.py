@@ -18,8 +18,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from attn_cli.models import _moe
 from attn_cli.models._decoder import (
     GGUF_OPTIONAL_TENSORS,
@@ -33,8 +31,7 @@ from attn_cli.models._decoder import (
     parsed,
 )
 from attn_cli.models.args import POSITIVE, POSITIVE_INT, arg
-from attn_cli.models.registry import Config, GGUFTable, WeightSource
-from attn_cli.records import AttentionRecord
+from attn_cli.models.registry import Config, GGUFTable
 
 NAMES = _moe.Experts(
     router="block_sparse_moe.gate.weight",
@@ -77,14 +74,7 @@ def moe_of(args: MixtralArgs) -> _moe.MoE:
     )
 
 
-def _mlp(
-    w: WeightSource, i: int, x: np.ndarray, args: MixtralArgs, record: AttentionRecord
-) -> np.ndarray:
-    return _moe.layer_mlp(w, i, x, moe_of(args), NAMES, record)
-
-
-def _mlp_check(w: WeightSource, i: int, args: MixtralArgs) -> None:
-    _moe.check_experts(w, f"layers.{i}.", args.hidden_size, moe_of(args), NAMES)
+MLP, MLP_CHECK = _moe.decoder_mlp(moe_of, NAMES)
 
 
 SPECS = {
@@ -92,8 +82,8 @@ SPECS = {
         args=MixtralArgs,
         layer_types=all_layers(SLIDING),
         window=config_window,
-        mlp=_mlp,
-        mlp_check=_mlp_check,  # type: ignore[arg-type]
+        mlp=MLP,
+        mlp_check=MLP_CHECK,
     )
 }
 

@@ -14,15 +14,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from attn_cli.errors import InputError
 from attn_cli.models import _moe
 from attn_cli.models._decoder import Spec, decoder_family, describe, parsed
 from attn_cli.models.args import POSITIVE, POSITIVE_INT, arg
 from attn_cli.models.olmo2 import _qk_norm
-from attn_cli.models.registry import Config, WeightSource
-from attn_cli.records import AttentionRecord
+from attn_cli.models.registry import Config
 
 NAMES = _moe.MLP_EXPERTS
 
@@ -55,14 +52,7 @@ def moe_of(args: OlmoeArgs) -> _moe.MoE:
     return args.moe(args.intermediate_size)
 
 
-def _mlp(
-    w: WeightSource, i: int, x: np.ndarray, args: OlmoeArgs, record: AttentionRecord
-) -> np.ndarray:
-    return _moe.layer_mlp(w, i, x, moe_of(args), NAMES, record)
-
-
-def _mlp_check(w: WeightSource, i: int, args: OlmoeArgs) -> None:
-    _moe.check_experts(w, f"layers.{i}.", args.hidden_size, moe_of(args), NAMES)
+MLP, MLP_CHECK = _moe.decoder_mlp(moe_of, NAMES)
 
 
 SPECS = {
@@ -70,8 +60,8 @@ SPECS = {
         args=OlmoeArgs,
         qk_norm=True,
         qk_norm_full=True,
-        mlp=_mlp,
-        mlp_check=_mlp_check,  # type: ignore[arg-type]
+        mlp=MLP,
+        mlp_check=MLP_CHECK,
     )
 }
 
