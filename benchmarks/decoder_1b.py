@@ -27,15 +27,22 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from harness import (
+    PY,
+    ChildRun,
+    alternate_children,
+    next_token_top5,
+    open_decoder,
+    transformers_top5,
+    versus_transformers,
+    write_random_bf16_safetensors,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 CONFIG = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -112,37 +119,9 @@ def tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def write_checkpoint(d: Path) -> None:
-    """Random bf16 weights (normal, std 0.02 like an initialised model; norms 1), written in
-    chunks so writing never holds more than a few MB."""
-    import numpy as np
-
+    """Random bf16 weights (normal, std 0.02 like an initialised model; norms 1)."""
     d.mkdir(parents=True, exist_ok=True)
-    specs = tensors(CONFIG)
-    header, offset = {}, 0
-    for name, shape in specs:
-        size = 2 * int(np.prod(shape))
-        header[name] = {
-            "dtype": "BF16",
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    rng = np.random.default_rng(0)
-    tmp = d / "model.safetensors.partial"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for name, shape in specs:
-            count = int(np.prod(shape))
-            if name.endswith("norm.weight"):
-                f.write((np.ones(count, np.float32).view(np.uint32) >> 16).astype("<u2").tobytes())
-                continue
-            for start in range(0, count, 1 << 22):
-                n = min(1 << 22, count - start)
-                x = rng.standard_normal(n, dtype=np.float32) * np.float32(0.02)
-                f.write((x.view(np.uint32) >> 16).astype("<u2").tobytes())
-    tmp.rename(d / "model.safetensors")
+    write_random_bf16_safetensors(d / "model.safetensors", tensors(CONFIG), lambda name: 0.02)
     (d / "config.json").write_text(json.dumps(CONFIG, indent=2))
     from attn_cli.tokenizer import BUNDLED_TOKENIZER  # 30522 WordPiece tokens < 32000
 
@@ -171,16 +150,7 @@ def token_ids(d: Path) -> tuple[str, list[int]]:
 
 
 def child_ours(d: Path, ids: list[int]) -> None:
-    import numpy as np
-
-    from attn_cli.models.registry import family_for
-    from attn_cli.models.weights import SafetensorsWeights
-
-    cfg = json.loads((d / "config.json").read_text())
-    fam = family_for(cfg["model_type"])
-    assert fam is not None and fam.logits is not None
-    w = SafetensorsWeights(d, fam.anchor, fam.rename)
-    fam.check(w, cfg)
+    fam, w, cfg = open_decoder(d)
     x = fam.embed(w, ids, cfg)
     kept = None
     for i, layer in enumerate(fam.layers(w, x, cfg)):
@@ -188,45 +158,21 @@ def child_ours(d: Path, ids: list[int]) -> None:
             kept = layer.attention.weights[HEAD].copy()
         x = layer.out
     h = fam.final(w, x, cfg)
-    logits = fam.logits(w, h[-1:], cfg)[0]
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    top = np.argsort(-p)[:5]
+    top5 = next_token_top5(fam.logits(w, h[-1:], cfg)[0])
     assert kept is not None and kept.shape == (len(ids), len(ids))
-    print(json.dumps({"top": top.tolist(), "p": p[top].tolist()}))
+    print(json.dumps(top5))
 
 
 def child_transformers(d: Path, ids: list[int]) -> None:
-    import torch
-    import transformers
+    transformers_top5(d, ids)
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(d), dtype=torch.float32, attn_implementation="eager"
+
+def log_run(side: str, run: ChildRun) -> None:
+    print(
+        f"{side:13s} {run.seconds:7.2f} s  {run.cpu_seconds:7.2f} s CPU  "
+        f"{run.peak_bytes / 2**20:8.0f} MiB",
+        file=sys.stderr,
     )
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.tensor([ids]), output_attentions=True)
-    p = torch.softmax(out.logits[0, -1], -1)
-    top = torch.topk(p, 5)
-    print(json.dumps({"top": top.indices.tolist(), "p": top.values.tolist()}))
-
-
-def run_child(cmd: list[str]) -> tuple[float, int, str, float]:
-    """Wall time, peak RSS (bytes), stdout and CPU time (user + system) of one child process."""
-    import tempfile
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - t0
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        text, error = out.read().decode(), err.read().decode(errors="replace")
-    if code != 0:
-        raise RuntimeError(f"{' '.join(cmd[:5])} … failed ({code}): {error.strip()[-500:]}")
-    return elapsed, usage.ru_maxrss * 1024, text, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -264,22 +210,9 @@ def main() -> None:
     else:
         ours_cmd = [PY, script, "--dir", str(d), "--child", "ours"]
     ref_cmd = [PY, script, "--dir", str(d), "--child", "transformers"]
-    results: dict[str, list[tuple[float, int, float]]] = {"attn-cli": [], "transformers": []}
-    outputs = {}
-    for _ in range(args.runs):
-        for side, cmd in (("attn-cli", ours_cmd), ("transformers", ref_cmd)):
-            t, rss, out, cpu = run_child(cmd)
-            results[side].append((t, rss, cpu))
-            outputs[side] = out.strip().splitlines()[-1] if out.strip() else ""
-            print(
-                f"{side:13s} {t:7.2f} s  {cpu:7.2f} s CPU  {rss / 2**20:8.0f} MiB", file=sys.stderr
-            )
-    ours_t = statistics.median(t for t, _, _ in results["attn-cli"])
-    ref_t = statistics.median(t for t, _, _ in results["transformers"])
-    ours_c = statistics.median(c for _, _, c in results["attn-cli"])
-    ref_c = statistics.median(c for _, _, c in results["transformers"])
-    ours_m = max(m for _, m, _ in results["attn-cli"])
-    ref_m = max(m for _, m, _ in results["transformers"])
+    results = alternate_children(
+        {"attn-cli": ours_cmd, "transformers": ref_cmd}, args.runs, warmup=0, each=log_run
+    )
     row = {
         "row": (
             "attn-cli explain … --layer 8 --head 3 (the command itself)"
@@ -287,19 +220,12 @@ def main() -> None:
             else "every layer, layer 8 head 3 kept, next-token prediction"
         )
         + " · 1B-class random Llama (bf16), 128 tokens",
-        "attn_cli_s": round(ours_t, 2),
-        "transformers_s": round(ref_t, 2),
-        "speedup": round(ref_t / ours_t, 2),
-        "attn_cli_cpu_s": round(ours_c, 2),
-        "transformers_cpu_s": round(ref_c, 2),
-        "cpu_ratio": round(ref_c / ours_c, 2),
-        "attn_cli_peak_mib": round(ours_m / 2**20),
-        "transformers_peak_mib": round(ref_m / 2**20),
-        "memory_ratio": round(ours_m / ref_m, 3),
+        **versus_transformers(results["attn-cli"], results["transformers"]),
         "targets": "speedup >= 3, memory_ratio <= 0.3",
         "same_top5": None
         if args.cli
-        else (json.loads(outputs["attn-cli"])["top"] == json.loads(outputs["transformers"])["top"]),
+        else results["attn-cli"][-1].last_json()["top"]
+        == results["transformers"][-1].last_json()["top"],
         "runs": args.runs,
         "cpus": os.cpu_count(),
     }

@@ -30,11 +30,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 NEW_TOKENS = 64
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gguf_smollm2 import gguf_file  # noqa: E402
+from gguf_smollm2 import gguf_file  # noqa: E402
+from harness import PY, alternate_children, median_peak_bytes  # noqa: E402
 
 ATTN_CLI = f"""
 import sys, json, time
@@ -67,16 +67,6 @@ print(json.dumps({{"seconds": seconds, "ids": out, "prompt": len(ids)}}))
 """
 
 
-def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict, int]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out = proc.stdout.read() if proc.stdout else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd[:2])} … failed: {err.strip()[-400:]}")
-    return json.loads(out.decode().strip().splitlines()[-1]), usage.ru_maxrss * 1024
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -104,20 +94,14 @@ def main() -> int:
             "attn-cli": [PY, str(ours), str(path), text],
             "llama.cpp": [PY, str(cpp), str(path), json.dumps(ids), str(args.threads)],
         }
-        rate: dict[str, list[float]] = {k: [] for k in sides}
-        peaks: dict[str, list[int]] = {k: [] for k in sides}
-        tokens: dict[str, list[int]] = {}
-        for cmd in sides.values():  # warm-up: file cache, imports
-            run_child(cmd, env)
-        for _ in range(args.runs):
-            for side, cmd in sides.items():
-                result, peak = run_child(cmd, env)
-                assert result["prompt"] == len(ids), result["prompt"]
-                rate[side].append(len(result["ids"]) / result["seconds"])
-                peaks[side].append(peak)
-                tokens[side] = result["ids"]
+        runs = alternate_children(sides, args.runs, env)  # after a warm-up: file cache, imports
+    results = {k: [r.last_json() for r in v] for k, v in runs.items()}
+    for result in (r for v in results.values() for r in v):
+        assert result["prompt"] == len(ids), result["prompt"]
+    rate = {k: [len(r["ids"]) / r["seconds"] for r in v] for k, v in results.items()}
+    tokens = {k: v[-1]["ids"] for k, v in results.items()}
     med = {k: statistics.median(v) for k, v in rate.items()}
-    rss = {k: statistics.median(v) / 2**20 for k, v in peaks.items()}
+    rss = {k: median_peak_bytes(v) / 2**20 for k, v in runs.items()}
     a, b = tokens["attn-cli"], tokens["llama.cpp"]
     same = next(
         (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))

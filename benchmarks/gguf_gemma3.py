@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,8 @@ N_TOKENS = 145
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from gguf_smollm2 import LLAMA_CPP, PY, attn_cli_command, run_child  # noqa: E402
+from gguf_smollm2 import LLAMA_CPP, attn_cli_command  # noqa: E402
+from harness import PY, alternate_children, median_peak_bytes, median_seconds, run_child  # noqa: E402
 from make_gemma3_270m import gemma3_270m  # noqa: E402
 
 
@@ -88,19 +88,12 @@ def main() -> int:
             "--npz",
             "/dev/null",
         ]
-        cold = run_child(ours, env=cold_env)[0]
+        cold = run_child(ours, env=cold_env).seconds
         sides = {"attn-cli": ours, "llama.cpp": [PY, str(cpp_script), str(path), json.dumps(ids)]}
-        times: dict[str, list[float]] = {k: [] for k in sides}
-        peaks: dict[str, list[int]] = {k: [] for k in sides}
-        for cmd in sides.values():  # warm-up: file cache, imports, the user's merges cache
-            run_child(cmd)
-        for _ in range(args.runs):
-            for side, cmd in sides.items():
-                t, peak = run_child(cmd)
-                times[side].append(t)
-                peaks[side].append(peak)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    rss = {k: statistics.median(v) / 2**20 for k, v in peaks.items()}
+        # the warm-up round: file cache, imports, the user's merges cache
+        runs = alternate_children(sides, args.runs)
+    med = {k: median_seconds(v) for k, v in runs.items()}
+    rss = {k: median_peak_bytes(v) / 2**20 for k, v in runs.items()}
     ratio = med["attn-cli"] / med["llama.cpp"]
     figures = {
         "tokens": N_TOKENS,

@@ -27,15 +27,20 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from harness import (
+    PY,
+    alternate_children,
+    median_cpu_seconds,
+    median_peak_bytes,
+    median_seconds,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 N_TOKENS = 128
 
 
@@ -96,18 +101,6 @@ def attn_cli_command() -> list[str]:
     return [exe] if exe else [PY, "-m", "attn_cli"]
 
 
-def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
-    """(wall seconds, peak RSS bytes, CPU seconds: user + system) of one child."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} … failed: {err.strip()[-400:]}")
-    return elapsed, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -141,26 +134,18 @@ def main() -> int:
         }
         if args.no_transformers:
             del sides["transformers"]
-        times: dict[str, list[float]] = {k: [] for k in sides}
-        peaks: dict[str, list[int]] = {k: [] for k in sides}
-        cpus: dict[str, list[float]] = {k: [] for k in sides}
         loads = [os.getloadavg()[0]]
         # Bytecode is written as after `pip install` (which compiles it): an environment with
         # PYTHONDONTWRITEBYTECODE would otherwise recompile attn_cli's modules in every run
         # (0.1-0.2 s), while llama_cpp's were compiled at install.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        for cmd in sides.values():  # warm-up: file cache, imports, bytecode
-            run_child(cmd, env)
-        for _ in range(args.runs):
-            for side, cmd in sides.items():
-                t, peak, cpu = run_child(cmd, env)
-                times[side].append(t)
-                peaks[side].append(peak)
-                cpus[side].append(cpu)
-                loads.append(os.getloadavg()[0])
-    med = {k: statistics.median(v) for k, v in times.items()}
-    rss = {k: statistics.median(v) for k, v in peaks.items()}
-    cpu_med = {k: statistics.median(v) for k, v in cpus.items()}
+        runs = alternate_children(
+            sides, args.runs, env, each=lambda side, run: loads.append(os.getloadavg()[0])
+        )
+    times = {k: [r.seconds for r in v] for k, v in runs.items()}
+    med = {k: median_seconds(v) for k, v in runs.items()}
+    rss = {k: median_peak_bytes(v) for k, v in runs.items()}
+    cpu_med = {k: median_cpu_seconds(v) for k, v in runs.items()}
     figures = {
         "tokens": N_TOKENS,
         "runs": args.runs,

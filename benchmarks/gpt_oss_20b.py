@@ -30,15 +30,25 @@ import argparse
 import json
 import os
 import statistics
-import struct
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from harness import (
+    PY,
+    ChildRun,
+    alternate_children,
+    bench_dir,
+    max_peak_bytes,
+    median_seconds,
+    next_token_top5,
+    open_decoder,
+    transformers_top5,
+    versus_transformers,
+    write_random_bf16_safetensors,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 FULL_LAYERS = 24  # gpt-oss-20b
 CONFIG = {
     "architectures": ["GptOssForCausalLM"],
@@ -74,8 +84,7 @@ N_TOKENS = 128
 
 
 def default_dir(layers: int) -> Path:
-    base = Path(os.environ.get("ATTN_CLI_BENCH_DIR", "/tmp/attn-cli-bench"))
-    return base / f"gpt-oss-20b-{layers}l"
+    return bench_dir(f"gpt-oss-20b-{layers}l")
 
 
 def config(layers: int) -> dict:
@@ -115,38 +124,12 @@ def tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
 
 def write_checkpoint(d: Path, layers: int) -> None:
     """Random bf16 weights (normal, std 0.02; norms 1; router std 0.2 so tokens pick different
-    experts), written in chunks so writing never holds more than a few MB."""
-    import numpy as np
-
+    experts)."""
     cfg = config(layers)
     d.mkdir(parents=True, exist_ok=True)
-    specs = tensors(cfg)
-    header, offset = {}, 0
-    for name, shape in specs:
-        size = 2 * int(np.prod(shape))
-        header[name] = {
-            "dtype": "BF16",
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    rng = np.random.default_rng(0)
-    tmp = d / "model.safetensors.partial"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for name, shape in specs:
-            count = int(np.prod(shape))
-            if name.endswith("norm.weight"):
-                f.write((np.ones(count, np.float32).view(np.uint32) >> 16).astype("<u2").tobytes())
-                continue
-            std = np.float32(0.2 if "router" in name else 0.02)
-            for start in range(0, count, 1 << 22):
-                n = min(1 << 22, count - start)
-                x = rng.standard_normal(n, dtype=np.float32) * std
-                f.write((x.view(np.uint32) >> 16).astype("<u2").tobytes())
-    tmp.rename(d / "model.safetensors")
+    write_random_bf16_safetensors(
+        d / "model.safetensors", tensors(cfg), lambda name: 0.2 if "router" in name else 0.02
+    )
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
@@ -168,16 +151,7 @@ def child_ours(d: Path, ids: list[int]) -> None:
 
 
 def forward(d: Path, ids: list[int]) -> None:
-    import numpy as np
-
-    from attn_cli.models.registry import family_for
-    from attn_cli.models.weights import SafetensorsWeights
-
-    cfg = json.loads((d / "config.json").read_text())
-    fam = family_for(cfg["model_type"])
-    assert fam is not None and fam.logits is not None
-    w = SafetensorsWeights(d, fam.anchor, fam.rename)
-    fam.check(w, cfg)
+    fam, w, cfg = open_decoder(d)
     x = fam.embed(w, ids, cfg)
     kept, seconds = [], []
     t0 = time.perf_counter()
@@ -187,16 +161,12 @@ def forward(d: Path, ids: list[int]) -> None:
         seconds.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
     h = fam.final(w, x, cfg)
-    logits = fam.logits(w, h[-1:], cfg)[0]
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    top = np.argsort(-p)[:5]
+    top5 = next_token_top5(fam.logits(w, h[-1:], cfg)[0])
     assert all(m.shape == (cfg["num_attention_heads"], len(ids), len(ids)) for m in kept)
     print(
         json.dumps(
             {
-                "top": top.tolist(),
-                "p": p[top].tolist(),
+                **top5,
                 "layer_seconds": seconds,
                 "kept_bytes_per_layer": kept[0].nbytes,
             }
@@ -205,38 +175,11 @@ def forward(d: Path, ids: list[int]) -> None:
 
 
 def child_transformers(d: Path, ids: list[int]) -> None:
-    import torch
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(d), dtype=torch.float32, attn_implementation="eager"
-    )
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.tensor([ids]), output_attentions=True)
+    model, out = transformers_top5(d, ids)
     assert len(out.attentions) == model.config.num_hidden_layers
-    p = torch.softmax(out.logits[0, -1], -1)
-    top = torch.topk(p, 5)
-    print(json.dumps({"top": top.indices.tolist(), "p": top.values.tolist()}))
 
 
-def run_child(cmd: list[str]) -> tuple[float, int, str, float]:
-    """Wall time, peak RSS (bytes), stdout and CPU time (user + system) of one child process."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - t0
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        text, error = out.read().decode(), err.read().decode(errors="replace")
-    if code != 0:
-        raise RuntimeError(f"{' '.join(cmd[:5])} … failed ({code}): {error.strip()[-500:]}")
-    return elapsed, usage.ru_maxrss * 1024, text, usage.ru_utime + usage.ru_stime
-
-
-def measure(d: Path, layers: int, runs: int, sides: tuple[str, ...]) -> dict:
+def measure(d: Path, layers: int, runs: int, sides: tuple[str, ...]) -> dict[str, list[ChildRun]]:
     if not (d / "model.safetensors").is_file():
         t0 = time.perf_counter()
         write_checkpoint(d, layers)
@@ -244,29 +187,15 @@ def measure(d: Path, layers: int, runs: int, sides: tuple[str, ...]) -> dict:
     (d / "ids.json").write_text(json.dumps(token_ids(config(layers))))
     script = str(Path(__file__).resolve())
     cmds = {side: [PY, script, "--dir", str(d), "--child", side] for side in sides}
-    results: dict[str, list[tuple[float, int, float]]] = {side: [] for side in sides}
-    outputs = {}
-    for _ in range(runs):
-        for side, cmd in cmds.items():
-            t, rss, out, cpu = run_child(cmd)
-            results[side].append((t, rss, cpu))
-            outputs[side] = json.loads(out.strip().splitlines()[-1])
-            print(
-                f"{layers} layers  {side:13s} {t:7.2f} s  {cpu:7.2f} s CPU  "
-                f"{rss / 2**20:8.0f} MiB  load {os.getloadavg()[0]:.1f}",
-                file=sys.stderr,
-            )
-    return {
-        side: {
-            "seconds": statistics.median(t for t, _, _ in r),
-            "cpu_seconds": statistics.median(c for _, _, c in r),
-            "peak_bytes": max(m for _, m, _ in r),
-            "top5": outputs[side]["top"],
-            "layer_seconds": outputs[side].get("layer_seconds"),
-            "kept_bytes_per_layer": outputs[side].get("kept_bytes_per_layer"),
-        }
-        for side, r in results.items()
-    }
+
+    def log_run(side: str, run: ChildRun) -> None:
+        print(
+            f"{layers} layers  {side:13s} {run.seconds:7.2f} s  {run.cpu_seconds:7.2f} s CPU  "
+            f"{run.peak_bytes / 2**20:8.0f} MiB  load {os.getloadavg()[0]:.1f}",
+            file=sys.stderr,
+        )
+
+    return alternate_children(cmds, runs, warmup=0, each=log_run)
 
 
 def main() -> None:
@@ -282,19 +211,13 @@ def main() -> None:
         {"ours": child_ours, "transformers": child_transformers}[args.child](d, ids)
         return
     m = measure(d, args.layers, args.runs, ("ours", "transformers"))
-    ours, ref = m["ours"], m["transformers"]
+    ours, ref = m["ours"][-1].last_json(), m["transformers"][-1].last_json()
+    seconds, peak = median_seconds(m["ours"]), max_peak_bytes(m["ours"])
     row = {
         "row": f"gpt-oss-20b geometry, {args.layers} layers (random bf16), 128 tokens, every map",
-        "attn_cli_s": round(ours["seconds"], 2),
-        "transformers_s": round(ref["seconds"], 2),
-        "speedup": round(ref["seconds"] / ours["seconds"], 2),
-        "attn_cli_cpu_s": round(ours["cpu_seconds"], 2),
-        "transformers_cpu_s": round(ref["cpu_seconds"], 2),
-        "attn_cli_peak_mib": round(ours["peak_bytes"] / 2**20),
-        "transformers_peak_mib": round(ref["peak_bytes"] / 2**20),
-        "memory_ratio": round(ours["peak_bytes"] / ref["peak_bytes"], 3),
+        **versus_transformers(m["ours"], m["transformers"]),
         "targets": "speedup >= 3, memory_ratio <= 0.3",
-        "same_top5": ours["top5"] == ref["top5"],
+        "same_top5": ours["top"] == ref["top"],
         "runs": args.runs,
         "cpus": os.cpu_count(),
     }
@@ -304,9 +227,9 @@ def main() -> None:
     per_layer = statistics.median(ours["layer_seconds"])
     extra = FULL_LAYERS - args.layers
     row["per_layer_s"] = round(per_layer, 2)
-    row["full_24_layers_s_estimate"] = round(ours["seconds"] + extra * per_layer, 1)
+    row["full_24_layers_s_estimate"] = round(seconds + extra * per_layer, 1)
     row["full_24_layers_peak_mib_estimate"] = round(
-        (ours["peak_bytes"] + extra * ours["kept_bytes_per_layer"]) / 2**20
+        (peak + extra * ours["kept_bytes_per_layer"]) / 2**20
     )
     row["load_average"] = round(os.getloadavg()[0], 1)
     print(json.dumps(row, indent=2))

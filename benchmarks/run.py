@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import PY, run_child
+
 HERE = Path(__file__).resolve().parent
-PY = sys.executable
 ATTN = shutil.which("attn-cli", path=str(Path(PY).parent)) or shutil.which("attn-cli")
 
 
@@ -41,21 +42,6 @@ class Row:
     extra: dict = field(default_factory=dict)
     skipped: str | None = None
     met: bool | None = None
-
-
-def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
-    """Wall time and peak RSS (bytes) of one child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {err.strip()[-300:]}"
-        )
-    return elapsed, usage.ru_maxrss * 1024
 
 
 WARMUP = 1
@@ -95,7 +81,7 @@ def cold_start(reps: int) -> Row:
     times: list[list[float]] = [[], [], []]
     for i in range(WARMUP + reps):
         for side, cmd in zip(times, (ours, base, unfrozen), strict=True):
-            t = run_child(cmd)[0]
+            t = run_child(cmd).seconds
             if i >= WARMUP:
                 side.append(t)
     row.ours, row.base, plain = (statistics.median(t) for t in times)
@@ -222,7 +208,8 @@ def real_model(reps: int) -> Row:
 
     def side(cmd, key):
         def run() -> float:
-            t, peak = run_child(cmd)
+            child = run_child(cmd)
+            t, peak = child.seconds, child.peak_bytes
             rss[key].append(peak)
             return t
 
@@ -358,7 +345,7 @@ def heads_2000(reps: int) -> Row:
                 if name == "cluster":
                     client.restart()
                 cmd = [ATTN, "heads", str(corpus), "-m", "minilm", "--json", "/dev/null"]
-                t = run_child([*cmd, "--resume", str(partial), *extra], env)[0]
+                t = run_child([*cmd, "--resume", str(partial), *extra], env).seconds
                 rates[name].append(n / t)
                 doc = json.loads(partial.read_text())
                 sums[name] = {k: doc[k] for k in ("sums", "counts", "lines", "tokens")}

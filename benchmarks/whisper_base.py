@@ -26,17 +26,12 @@ ratios (targets: ≥ 3× faster, ≤ 0.3× peak memory).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
-import subprocess
-import sys
-import time
 import wave
 from pathlib import Path
 
-PY = sys.executable
+from harness import code_versus_transformers
+
 D, LAYERS, HEADS, FFN, VOCAB, MELS = 512, 6, 8, 2048, 51865, 80
 PROMPT = [
     50258,
@@ -204,39 +199,5 @@ def write_checkpoint(d: Path) -> None:
         w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
 
 
-def timed(code: str, d: Path, threads: int | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of a fresh Python running `code`."""
-    env = dict(os.environ)
-    if threads is not None:
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[name] = str(threads)
-    start = time.perf_counter()
-    proc = subprocess.Popen([PY, "-c", code, str(d)], stdout=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"a benchmark child failed (status {status})")
-    return wall, usage.ru_maxrss / 1024
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    d = Path(os.environ.get("ATTN_CLI_BENCH_DIR", "/tmp/attn-cli-bench")) / "whisper-base"
-    write_checkpoint(d)
-    timed(OURS, d, args.threads)  # warm-up: the page cache holds the checkpoint for both sides
-    ours, theirs = [], []
-    for _ in range(args.runs):
-        ours.append(timed(OURS, d, args.threads))
-        theirs.append(timed(THEIRS, d, args.threads))
-    t_o, m_o = statistics.median(o[0] for o in ours), max(o[1] for o in ours)
-    t_t, m_t = statistics.median(o[0] for o in theirs), max(o[1] for o in theirs)
-    print(f"attn-cli      {t_o:.2f} s, {m_o:,.0f} MiB")
-    print(f"transformers  {t_t:.2f} s, {m_t:,.0f} MiB")
-    print(f"ratio         {t_t / t_o:.1f}× faster, {m_o / m_t:.2f}× memory")
-
-
 if __name__ == "__main__":
-    main()
+    code_versus_transformers("whisper-base", write_checkpoint, OURS, THEIRS)

@@ -6,6 +6,7 @@ registry."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,22 @@ def run(directory: Path, ids: list[int], config: dict[str, Any] | None = None) -
     """Every layer's attention steps and the final logits for token ids `ids`."""
     cfg = config or json.loads((Path(directory) / "config.json").read_text())
     fam = family(cfg["model_type"])
-    w = SafetensorsWeights(Path(directory), fam.anchor, fam.rename)
+    return run_weights(fam, SafetensorsWeights(Path(directory), fam.anchor, fam.rename), ids, cfg)
+
+
+def gguf_weights(ckpt: Any) -> Any:
+    """An opened GGUF checkpoint's weights under the names the family reads (no "model.")."""
+    return ckpt.weights.with_names(lambda n: n.removeprefix("model."))
+
+
+def run_gguf(ckpt: Any, ids: list[int]) -> dict[str, Any]:
+    """`run` on an opened GGUF checkpoint (attn_cli.gguf.open_gguf), with its own config."""
+    cfg = ckpt.config
+    return run_weights(family(cfg["model_type"]), gguf_weights(ckpt), ids, cfg)
+
+
+def run_weights(fam: Family, w: Any, ids: list[int], cfg: dict[str, Any]) -> dict[str, Any]:
+    """`run` on weights already opened."""
     fam.check(w, cfg)
     x = fam.embed(w, ids, cfg)
     layers = []
@@ -35,6 +51,76 @@ def run(directory: Path, ids: list[int], config: dict[str, Any] | None = None) -
     h = fam.final(w, x, cfg)
     assert fam.logits is not None
     return {"family": fam, "layers": layers, "hidden": h, "logits": fam.logits(w, h, cfg)}
+
+
+class ReplacedWeights:
+    """A weight source with some tensors replaced (the same model with a feature switched off)."""
+
+    def __init__(self, w: Any, replace: dict[str, np.ndarray]):
+        self.w, self.replace = w, replace
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.replace[name] if name in self.replace else self.w[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.replace or name in self.w
+
+
+class RecordingWeights(SafetensorsWeights):
+    """A checkpoint's weights that note each tensor read whole (`read`) and each read of some
+    rows or one entry of a stacked tensor (`read_rows`: name and the row or entry numbers)."""
+
+    def __init__(self, path: Path, anchor: str) -> None:
+        super().__init__(path, anchor)
+        self.read: list[str] = []
+        self.read_rows: list[tuple[str, tuple[int, ...]]] = []
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        self.read.append(name)
+        return super().__getitem__(name)
+
+    def rows(self, name: str, ids: list[int]) -> np.ndarray:
+        self.read_rows.append((name, tuple(ids)))
+        return super().rows(name, ids)
+
+    def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        self.read_rows.append((name, (index,)))
+        return super().entry(name, index, out)
+
+
+def gguf_decoder_header(out: Any, cfg: dict[str, Any], kv_heads: int) -> None:
+    """The llama-style metadata every test GGUF of a decoder starts with (gguf-py GGUFWriter
+    `out`): context length, width, depth, MLP width, heads, rotary base and RMSNorm ε."""
+    out.add_context_length(cfg["max_position_embeddings"])
+    out.add_embedding_length(cfg["hidden_size"])
+    out.add_block_count(cfg["num_hidden_layers"])
+    out.add_feed_forward_length(cfg["intermediate_size"])
+    out.add_head_count(cfg["num_attention_heads"])
+    out.add_head_count_kv(kv_heads)
+    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
+    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+
+
+def gguf_byte_tokenizer(out: Any, vocab_size: int, pre: str, merges: list[str]) -> list[str]:
+    """A byte-level "gpt2" tokenizer of `vocab_size` tokens in the GGUF; returns its tokens."""
+    from tests.test_gguf_writer import byte_vocab
+
+    toks, types = byte_vocab(vocab_size)
+    out.add_tokenizer_model("gpt2")
+    out.add_tokenizer_pre(pre)
+    out.add_token_list(toks)
+    out.add_token_types(types)
+    out.add_token_merges(merges)
+    return toks
+
+
+def gguf_finish(out: Any, path: Path) -> Path:
+    """Write the GGUF's header, metadata and tensors and close it; returns its path."""
+    out.write_header_to_file()
+    out.write_kv_data_to_file()
+    out.write_tensors_to_file()
+    out.close()
+    return path
 
 
 def attention_maps(result: dict[str, Any]) -> np.ndarray:
@@ -93,6 +179,23 @@ TINY: dict[str, dict[str, Any]] = {
     ),
     "phi3": dict(partial_rotary_factor=0.5, sliding_window=4, pad_token_id=0),
 }
+
+
+def built_once(tmp_path_factory: Any, build: Callable[..., Any]) -> Callable[..., Path]:
+    """A fixture's tiny checkpoints, each built once: get(name, **overrides) makes a directory
+    and calls build(directory, name, **overrides) the first time it is asked for, and returns
+    that directory every time."""
+    built: dict[str, Path] = {}
+
+    def get(name: str = "tiny", **overrides: Any) -> Path:
+        key = name + json.dumps(overrides, sort_keys=True)
+        if key not in built:
+            d = tmp_path_factory.mktemp(name)
+            build(d, name, **overrides)
+            built[key] = d
+        return built[key]
+
+    return get
 
 
 def build_random_model(
@@ -155,6 +258,31 @@ def save_randomized(model, directory: Path, gemma: bool, shard: str | None) -> d
     kw = {} if shard is None else {"max_shard_size": shard}
     model.save_pretrained(directory, **kw)
     return json.loads((Path(directory) / "config.json").read_text())
+
+
+def rewrite_weights(directory: Path, change: Callable[[str, Any], Any]) -> None:
+    """Rewrite the saved model.safetensors in `directory`: each tensor (torch, taken in name
+    order) becomes change(name, tensor), in its own dtype."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(directory) / "model.safetensors"
+    tensors = load_file(str(path))
+    changed = {k: change(k, tensors[k]).to(tensors[k].dtype) for k in sorted(tensors)}
+    save_file(changed, str(path), metadata={"format": "pt"})
+
+
+def agrees_with_transformers(
+    directory: Path, ids: list[int], layers: int, heads: int = 4
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`run` and transformers' `reference` on the model in `directory`: (layers, heads, n, n)
+    maps each, every map within 1e-5, the logits within 1e-4. Returns (ours, theirs)."""
+    ref = reference(directory, ids)
+    ours = run(directory, ids)
+    maps = attention_maps(ours)
+    assert maps.shape == ref["attentions"].shape == (layers, heads, len(ids), len(ids))
+    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
+    return ours, ref
 
 
 def reference(directory: Path, ids: list[int]) -> dict[str, Any]:

@@ -70,30 +70,15 @@ TINY: dict[str, dict[str, Any]] = {
 MODEL_TYPE = {"flan-t5": "t5", "mt5": "t5"}
 
 
-def model_class(name: str):
-    import transformers
-
-    return {
-        "t5": transformers.T5ForConditionalGeneration,
-        "flan-t5": transformers.T5ForConditionalGeneration,
-        "mt5": transformers.MT5ForConditionalGeneration,
-        "bart": transformers.BartForConditionalGeneration,
-        "mbart": transformers.MBartForConditionalGeneration,
-        "marian": transformers.MarianMTModel,
-    }[name]
-
-
-def config_class(name: str):
-    import transformers
-
-    return {
-        "t5": transformers.T5Config,
-        "flan-t5": transformers.T5Config,
-        "mt5": transformers.MT5Config,
-        "bart": transformers.BartConfig,
-        "mbart": transformers.MBartConfig,
-        "marian": transformers.MarianConfig,
-    }[name]
+# transformers' model and config class of each tiny model
+CLASSES = {
+    "t5": ("T5ForConditionalGeneration", "T5Config"),
+    "flan-t5": ("T5ForConditionalGeneration", "T5Config"),
+    "mt5": ("MT5ForConditionalGeneration", "MT5Config"),
+    "bart": ("BartForConditionalGeneration", "BartConfig"),
+    "mbart": ("MBartForConditionalGeneration", "MBartConfig"),
+    "marian": ("MarianMTModel", "MarianConfig"),
+}
 
 
 def write_tokenizer(directory: Path, specials: list[str], eos: str, bos: str | None) -> None:
@@ -114,10 +99,12 @@ def write_tokenizer(directory: Path, specials: list[str], eos: str, bos: str | N
 
 def build(name: str, directory: Path, seed: int = 0, **overrides: Any) -> Path:
     import torch
+    import transformers
 
     torch.manual_seed(seed)
-    cfg = config_class(name)(**(TINY[name] | overrides))
-    model = model_class(name)(cfg).eval()
+    model_class, config_class = (getattr(transformers, c) for c in CLASSES[name])
+    cfg = config_class(**(TINY[name] | overrides))
+    model = model_class(cfg).eval()
     with torch.no_grad():  # visible position biases and logits biases
         for n, p in model.named_parameters():
             if "relative_attention_bias" in n:

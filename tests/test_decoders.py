@@ -16,7 +16,15 @@ import pytest
 
 from attn_cli.errors import InputError
 from tests.conftest import require
-from tests.decoder_utils import TINY, attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    TINY,
+    attention_maps,
+    build_random_model,
+    built_once,
+    family,
+    reference,
+    run,
+)
 
 SHARDED = {"qwen2", "gemma2", "phi3"}
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]  # 14 tokens > every window (4)
@@ -27,16 +35,11 @@ def tiny_models(tmp_path_factory):
     """model_type -> directory of a random bf16 checkpoint, built once per session."""
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(model_type: str) -> Path:
-        if model_type not in built:
-            d = tmp_path_factory.mktemp(model_type)
-            build_random_model(model_type, d, shard="60KB" if model_type in SHARDED else None)
-            built[model_type] = d
-        return built[model_type]
+    def build(d: Path, model_type: str) -> None:
+        build_random_model(model_type, d, shard="60KB" if model_type in SHARDED else None)
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 @pytest.mark.reference

@@ -22,7 +22,21 @@ from attn_cli.errors import InputError
 from attn_cli.models.deepseek import DeepseekV2Args, DeepseekV3Args, route
 from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import ROOT, require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    agrees_with_transformers,
+    attention_maps,
+    build_random_model,
+    built_once,
+    family,
+    gguf_byte_tokenizer,
+    gguf_decoder_header,
+    gguf_finish,
+    gguf_weights,
+    rewrite_weights,
+    run,
+    run_gguf,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 YARN = {
@@ -80,19 +94,14 @@ FIXTURES = ROOT / "tests" / "fixtures"
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(variant: str) -> Path:
-        if variant not in built:
-            model_type, extra = VARIANTS[variant]
-            d = tmp_path_factory.mktemp(variant)
-            build_random_model(model_type, d, overrides={**MLA, **extra})
-            if model_type == "deepseek_v3":
-                _rewrite(d, strong_bias)
-            built[variant] = d
-        return built[variant]
+    def build(d: Path, variant: str) -> None:
+        model_type, extra = VARIANTS[variant]
+        build_random_model(model_type, d, overrides={**MLA, **extra})
+        if model_type == "deepseek_v3":
+            rewrite_weights(d, strong_bias)
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def _copy(src: Path, dst: Path, **config: Any) -> Path:
@@ -102,15 +111,6 @@ def _copy(src: Path, dst: Path, **config: Any) -> Path:
     cfg.update(config)
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
-
-
-def _rewrite(d: Path, change: Any) -> None:
-    """Rewrite the safetensors weights of `d`: change(name, tensor) -> tensor."""
-    from safetensors.torch import load_file, save_file
-
-    path = d / "model.safetensors"
-    tensors = load_file(str(path))
-    save_file({k: change(k, t) for k, t in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
 def strong_bias(name: str, t: Any) -> Any:
@@ -126,13 +126,7 @@ def strong_bias(name: str, t: Any) -> Any:
 
 def _agrees(d: Path) -> dict[str, Any]:
     """Every map within 1e-5 of transformers, the logits within 1e-4; our result."""
-    ref = reference(d, IDS)
-    ours = run(d, IDS)
-    maps = attention_maps(ours)
-    assert maps.shape == ref["attentions"].shape == (3, 4, len(IDS), len(IDS))
-    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
-    return ours
+    return agrees_with_transformers(d, IDS, 3)[0]
 
 
 @pytest.mark.reference
@@ -205,7 +199,7 @@ def test_the_shared_rotary_key_and_its_layout_change_the_maps(tiny, tmp_path):
     # the rotary key k_pe zeroed (its rows of kv_a_proj_with_mqa): position leaves the keys
     no_pe = tmp_path / "no_pe"
     shutil.copytree(d, no_pe)
-    _rewrite(
+    rewrite_weights(
         no_pe,
         lambda name, t: (
             t.clone().index_fill_(0, __import__("torch").arange(16, 20), 0.0)
@@ -227,7 +221,7 @@ def test_routing_features_change_the_experts_and_the_logits(tiny, tmp_path):
     # without the bias correction the choice changes
     no_bias = tmp_path / "no_bias"
     shutil.copytree(d, no_bias)
-    _rewrite(no_bias, lambda n, t: t * 0 if n.endswith("e_score_correction_bias") else t)
+    rewrite_weights(no_bias, lambda n, t: t * 0 if n.endswith("e_score_correction_bias") else t)
     plain = _agrees(no_bias)
     assert ((plain["layers"][1].attention["router"] != 0) != (routing != 0)).any()
     # every group allowed: experts outside the best two groups are chosen too
@@ -239,7 +233,7 @@ def test_routing_features_change_the_experts_and_the_logits(tiny, tmp_path):
     # the shared expert zeroed changes the logits
     no_shared = tmp_path / "no_shared"
     shutil.copytree(d, no_shared)
-    _rewrite(no_shared, lambda n, t: t * 0 if "shared_experts" in n else t)
+    rewrite_weights(no_shared, lambda n, t: t * 0 if "shared_experts" in n else t)
     assert np.abs(_agrees(no_shared)["logits"] - ours["logits"]).max() > 0.05
 
 
@@ -273,14 +267,7 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True, experts: str =
     w = SafetensorsWeights(d, "embed_tokens.weight")
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DEEPSEEK2, n_layer)
     out = gguf.GGUFWriter(str(path), "deepseek2")
-    out.add_context_length(cfg["max_position_embeddings"])
-    out.add_embedding_length(hidden)
-    out.add_block_count(n_layer)
-    out.add_feed_forward_length(cfg["intermediate_size"])
-    out.add_head_count(n_head)
-    out.add_head_count_kv(1 if split else n_head)
-    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
-    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    gguf_decoder_header(out, cfg, 1 if split else n_head)
     out.add_expert_used_count(cfg["num_experts_per_tok"])
     out.add_file_type(0)
     out.add_leading_dense_block_count(cfg["first_k_dense_replace"])
@@ -315,12 +302,10 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True, experts: str =
         out.add_rope_scaling_factor(rope["factor"])
         out.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
         out.add_rope_scaling_yarn_log_mul(0.1 * rope["mscale_all_dim"])
-    toks, types = byte_vocab(cfg["vocab_size"])
-    out.add_tokenizer_model("gpt2")
-    out.add_tokenizer_pre("gpt-2")
-    out.add_token_list(toks)
-    out.add_token_types(types)
-    out.add_token_merges([f"{toks[3]} {toks[4]}"])  # llama.cpp needs the key
+    toks = byte_vocab(cfg["vocab_size"])[0]
+    gguf_byte_tokenizer(
+        out, cfg["vocab_size"], "gpt-2", [f"{toks[3]} {toks[4]}"]
+    )  # llama.cpp needs the key
     tensors: dict[str, np.ndarray] = {}
     for name in w:
         full = name if name == "lm_head.weight" else "model." + name
@@ -352,27 +337,14 @@ def write_deepseek2_gguf(path: Path, d: Path, split: bool = True, experts: str =
             out.add_tensor(new, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             out.add_tensor(new, data)
-    out.write_header_to_file()
-    out.write_kv_data_to_file()
-    out.write_tensors_to_file()
-    out.close()
-    return path
+    return gguf_finish(out, path)
 
 
 def _gguf_maps(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     from attn_cli.gguf import open_gguf
 
     ckpt = open_gguf(path)
-    cfg = ckpt.config
-    fam = family(cfg["model_type"])
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam.check(w, cfg)
-    x = fam.embed(w, IDS, cfg)
-    maps = []
-    for layer in fam.layers(w, x, cfg):
-        maps.append(layer.attention.weights)
-        x = layer.out
-    return np.stack(maps), cfg
+    return attention_maps(run_gguf(ckpt, IDS)), ckpt.config
 
 
 @pytest.mark.reference
@@ -428,7 +400,7 @@ def test_gguf_quantised_experts_are_read_one_at_a_time(tiny, tmp_path):
     assert cfg["gguf"]["tensor_types"]["Q8_0"] == 2 * 2  # gate and up, two MoE layers
     stacked = ckpt.weights.gguf_tensor("blk.1.ffn_gate_exps.weight")
     assert stacked.shape == (8, 16, 64)
-    whole = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
+    whole = gguf_weights(ckpt)
     for e in (0, 5, 7):
         np.testing.assert_array_equal(
             whole[f"layers.1.mlp.experts.{e}.gate_proj.weight"], stacked[e]
@@ -526,14 +498,7 @@ def test_experts_are_read_only_when_routed_to():
     fam = family("deepseek_v3")
     d = FIXTURES / "tiny_deepseek_v3"
     cfg = json.loads((d / "config.json").read_text())
-    read: list[str] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            read.append(name)
-            return super().__getitem__(name)
-
-    w = Recording(d, fam.anchor)
+    w = RecordingWeights(d, fam.anchor)
     ids = [5, 17, 3]
     x = fam.embed(w, ids, cfg)
     for i, layer in enumerate(fam.layers(w, x, cfg)):
@@ -543,7 +508,7 @@ def test_experts_are_read_only_when_routed_to():
         for kind in ("gate_proj", "up_proj", "down_proj"):
             got = {
                 int(n.split(".")[4])
-                for n in read
+                for n in w.read
                 if n.startswith(f"layers.{i}.mlp.experts.") and n.endswith(kind + ".weight")
             }
             assert got == routed

@@ -16,7 +16,7 @@ from attn_cli.errors import InputError
 from attn_cli.generation import Generation
 from attn_cli.sampling import Sampler
 from tests.conftest import invoke, require
-from tests.decoder_utils import TINY, build_random_model
+from tests.decoder_utils import TINY, build_random_model, built_once
 from tests.test_gpt_oss import TINY as GPT_OSS
 from tests.test_new_decoders import TINY as NEW
 
@@ -51,20 +51,15 @@ def word_tokenizer(directory: Path, vocab: int = 300) -> None:
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(model_type: str) -> Path:
-        if model_type not in built:
-            d = tmp_path_factory.mktemp(model_type)
-            config = {**OWN[model_type]}
-            if model_type == "gpt2":
-                config["vocab_size"] = 300
-            build_random_model(model_type, d, overrides=config)
-            word_tokenizer(d)
-            built[model_type] = d
-        return built[model_type]
+    def build(d: Path, model_type: str) -> None:
+        config = {**OWN[model_type]}
+        if model_type == "gpt2":
+            config["vocab_size"] = 300
+        build_random_model(model_type, d, overrides=config)
+        word_tokenizer(d)
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def hf_generate(directory: Path, ids: list[int], n: int):

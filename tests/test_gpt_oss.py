@@ -16,7 +16,20 @@ import pytest
 from attn_cli.errors import InputError
 from attn_cli.models.gpt_oss import GptOssArgs
 from tests.conftest import ROOT, require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    agrees_with_transformers,
+    attention_maps,
+    build_random_model,
+    family,
+    gguf_byte_tokenizer,
+    gguf_decoder_header,
+    gguf_finish,
+    reference,
+    rewrite_weights,
+    run,
+    run_gguf,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]  # 14 tokens > the window (4)
 TINY = dict(
@@ -42,20 +55,17 @@ def set_sinks(directory: Path, value: float | None, seed: int = 0) -> None:
     """Rewrite every layer's sink logits: `value` for all heads, or None for random ones around
     1 (larger than the random init, so rows lose a visible share to the sink)."""
     import torch
-    from safetensors.torch import load_file, save_file
 
-    path = directory / "model.safetensors"
-    tensors = load_file(str(path))
     gen = torch.Generator().manual_seed(seed)
-    for name, t in tensors.items():
-        if name.endswith("self_attn.sinks"):
-            new = (
-                torch.full_like(t, value)
-                if value is not None
-                else torch.randn(t.shape, generator=gen) + 1.0
-            )
-            tensors[name] = new.to(t.dtype)
-    save_file(tensors, str(path), metadata={"format": "pt"})
+
+    def sinks(name, t):
+        if not name.endswith("self_attn.sinks"):
+            return t
+        if value is not None:
+            return torch.full_like(t, value)
+        return torch.randn(t.shape, generator=gen) + 1.0
+
+    rewrite_weights(directory, sinks)
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +82,8 @@ def tiny(tmp_path_factory):
 def test_every_attention_map_and_the_logits_match_transformers(tiny):
     cfg = json.loads((tiny / "config.json").read_text())
     assert cfg["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
-    ref = reference(tiny, IDS)
-    ours = run(tiny, IDS)
+    ours = agrees_with_transformers(tiny, IDS, 3)[0]
     maps = attention_maps(ours)
-    assert maps.shape == ref["attentions"].shape == (3, 4, len(IDS), len(IDS))
-    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
     n = len(IDS)
     i, j = np.indices((n, n))
     assert (maps[0][:, (j > i) | (j <= i - 4)] == 0).all()  # sliding: the token and 3 before
@@ -183,28 +189,13 @@ def test_hub_style_rope_keys_give_the_same_maps():
 
 
 def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
-    from attn_cli.models.weights import SafetensorsWeights
 
     fam = family("gpt_oss")
     cfg = json.loads((FIXTURE / "config.json").read_text())
-    read: list[tuple[str, tuple[int, ...]]] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            assert not name.endswith(("gate_up_proj", "down_proj")), f"{name} read whole"
-            return super().__getitem__(name)
-
-        def rows(self, name: str, ids: list[int]) -> np.ndarray:
-            read.append((name, tuple(ids)))
-            return super().rows(name, ids)
-
-        def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
-            read.append((name, (index,)))
-            return super().entry(name, index, out)
-
-    w = Recording(FIXTURE, fam.anchor)
+    w = RecordingWeights(FIXTURE, fam.anchor)
     ids = [5, 17, 3]  # three tokens, top 2 of 4 experts: some experts get no token
     x = fam.embed(w, ids, cfg)
+    read = w.read_rows
     read.clear()
     for i, layer in enumerate(fam.layers(w, x, cfg)):
         routed = set(np.flatnonzero(layer.attention["router"].any(axis=0)).tolist())
@@ -212,6 +203,7 @@ def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
         down = {e for name, (e,) in read if name == f"layers.{i}.mlp.experts.down_proj"}
         assert gate_up == down == routed
     assert any(len(set(e for n, (e,) in read if f"layers.{i}." in n)) < 4 for i in range(2))
+    assert not [n for n in w.read if n.endswith(("gate_up_proj", "down_proj"))], "read whole"
 
 
 # --- MXFP4 experts: llama.cpp's GGUF and the hub's safetensors --------------------------------
@@ -293,35 +285,21 @@ def write_gpt_oss_gguf(path: Path, tiny: Path, experts: dict[str, np.ndarray]) -
     """The tiny model as llama.cpp's converter writes a gpt-oss GGUF: its names, experts split
     and MXFP4, biases split, sinks as attn_sinks.weight, YaRN as metadata, byte-level vocab."""
     gguf = require("gguf")
-    from tests.test_gguf_writer import byte_vocab
-
     cfg = json.loads((tiny / "config.json").read_text())
     rope = cfg["rope_parameters"]
     w = gguf.GGUFWriter(str(path), "gpt-oss")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
+    gguf_decoder_header(w, cfg, cfg["num_key_value_heads"])
     w.add_expert_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
     w.add_key_length(cfg["head_dim"])
     w.add_value_length(cfg["head_dim"])
-    w.add_rope_freq_base(float(rope["rope_theta"]))
     w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
     w.add_rope_scaling_factor(float(rope["factor"]))
     w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
-    w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
     w.add_expert_count(cfg["num_local_experts"])
     w.add_expert_used_count(cfg["num_experts_per_tok"])
     w.add_sliding_window(cfg["sliding_window"])
     w.add_file_type(38)  # MOSTLY_MXFP4_MOE
-    toks, types = byte_vocab(cfg["vocab_size"])
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_merges([])
+    gguf_byte_tokenizer(w, cfg["vocab_size"], "gpt-2", [])
     names = {
         "input_layernorm.weight": "attn_norm.weight",
         "post_attention_layernorm.weight": "post_attention_norm.weight",
@@ -348,11 +326,7 @@ def write_gpt_oss_gguf(path: Path, tiny: Path, experts: dict[str, np.ndarray]) -
             w.add_tensor(f"blk.{i}.{names[rest]}", value)
     for name, raw in experts.items():
         w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.MXFP4)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return gguf_finish(w, path)
 
 
 def write_hub_mxfp4(directory: Path, tiny: Path, experts: dict[str, np.ndarray]) -> Path:
@@ -424,18 +398,10 @@ def test_gguf_with_mxfp4_experts_gives_the_original_maps(mxfp4_files):
         4,
     )
     assert cfg["rope_scaling"]["truncate"] is False
-    fam = family("gpt_oss")
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam.check(w, cfg)
-    x = fam.embed(w, IDS, cfg)
-    maps = []
-    for layer in fam.layers(w, x, cfg):
-        maps.append(layer.attention.weights)
-        x = layer.out
-    assert fam.logits is not None
-    logits = fam.logits(w, fam.final(w, x, cfg), cfg)
-    np.testing.assert_allclose(np.stack(maps), ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4)
+    out = run_gguf(ckpt, IDS)
+    assert cfg["model_type"] == "gpt_oss"
+    np.testing.assert_allclose(attention_maps(out), ref["attentions"], atol=1e-5)
+    np.testing.assert_allclose(out["logits"], ref["logits"], atol=1e-4)
 
 
 @pytest.mark.reference

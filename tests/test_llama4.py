@@ -20,7 +20,15 @@ from attn_cli.errors import InputError
 from attn_cli.models.llama4 import Llama4TextArgs, chunked_mask, layer_types, temperature
 from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import ROOT, require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    agrees_with_transformers,
+    attention_maps,
+    build_random_model,
+    built_once,
+    family,
+    run,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_llama4"
@@ -55,28 +63,16 @@ SCOUT_ROPE = {
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(**overrides: Any) -> Path:
-        key = json.dumps(overrides, sort_keys=True)
-        if key not in built:
-            d = tmp_path_factory.mktemp("llama4")
-            build_random_model("llama4_text", d, overrides={**TINY, **overrides})
-            built[key] = d
-        return built[key]
+    def build(d: Path, name: str, **overrides: Any) -> None:
+        build_random_model("llama4_text", d, overrides={**TINY, **overrides})
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def _agrees(d: Path) -> np.ndarray:
     """Our maps for the model in `d`, checked against transformers' (and the logits)."""
-    ref = reference(d, IDS)
-    ours = run(d, IDS)
-    maps = attention_maps(ours)
-    assert maps.shape == ref["attentions"].shape == (4, 4, len(IDS), len(IDS))
-    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
-    return maps
+    return attention_maps(agrees_with_transformers(d, IDS, 4)[0])
 
 
 @pytest.mark.reference
@@ -155,19 +151,9 @@ def test_experts_are_read_one_at_a_time_and_only_when_routed_to(tiny):
     d = tiny()
     cfg = json.loads((d / "config.json").read_text())
     fam = family("llama4_text")
-    read: list[tuple[str, tuple[int, ...]]] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            assert not name.endswith(("gate_up_proj", "experts.down_proj")), f"{name} read whole"
-            return super().__getitem__(name)
-
-        def rows(self, name: str, ids: list[int]) -> np.ndarray:
-            read.append((name, tuple(ids)))
-            return super().rows(name, ids)
-
-    w = Recording(d, fam.anchor)
+    w = RecordingWeights(d, fam.anchor)
     x = fam.embed(w, [5], cfg)  # one token, top 2 of 4 experts
+    read = w.read_rows
     read.clear()
     for i, layer in enumerate(fam.layers(w, x, cfg)):
         if "router" not in layer.attention:
@@ -176,6 +162,7 @@ def test_experts_are_read_one_at_a_time_and_only_when_routed_to(tiny):
         gate_up = {e for n, (e,) in read if n == f"layers.{i}.feed_forward.experts.gate_up_proj"}
         down = {e for n, (e,) in read if n == f"layers.{i}.feed_forward.experts.down_proj"}
         assert gate_up == down == routed and len(routed) == 2
+    assert not [n for n in w.read if n.endswith(("gate_up_proj", "experts.down_proj"))]
 
 
 def test_chunked_mask_and_temperature_by_hand():

@@ -23,7 +23,21 @@ from attn_cli.models.olmoe import OlmoeArgs
 from attn_cli.models.qwen3_moe import Qwen3MoeArgs
 from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import ROOT, require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    ReplacedWeights,
+    agrees_with_transformers,
+    attention_maps,
+    build_random_model,
+    built_once,
+    family,
+    gguf_byte_tokenizer,
+    gguf_decoder_header,
+    gguf_finish,
+    reference,
+    run,
+    run_gguf,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -51,19 +65,13 @@ MOE_LAYERS = {"mixtral": [0, 1, 2], "qwen3_moe": [0, 2], "olmoe": [0, 1, 2]}
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(model_type: str, **overrides: Any) -> Path:
-        key = model_type + json.dumps(overrides, sort_keys=True)
-        if key not in built:
-            d = tmp_path_factory.mktemp(model_type)
-            config = {**TINY[model_type], **overrides}
-            seed = config.pop("seed", 0)
-            build_random_model(model_type, d, seed=seed, overrides=config)
-            built[key] = d
-        return built[key]
+    def build(d: Path, model_type: str, **overrides: Any) -> None:
+        config = {**TINY[model_type], **overrides}
+        seed = config.pop("seed", 0)
+        build_random_model(model_type, d, seed=seed, overrides=config)
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def _router_logits(d: Path) -> list[np.ndarray]:
@@ -95,12 +103,7 @@ def _expected_routing(logits: np.ndarray, k: int, normalize: bool) -> np.ndarray
 @pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "olmoe"])
 def test_maps_logits_and_router_match_transformers(tiny, model_type):
     d = tiny(model_type)
-    ref = reference(d, IDS)
-    ours = run(d, IDS)
-    maps = attention_maps(ours)
-    assert maps.shape == ref["attentions"].shape == (3, 4, len(IDS), len(IDS))
-    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
+    ours = agrees_with_transformers(d, IDS, 3)[0]
     routed = [i for i, layer in enumerate(ours["layers"]) if "router" in layer.attention]
     assert routed == MOE_LAYERS[model_type]
     normalize = model_type != "olmoe"  # mixtral always; qwen3_moe here by norm_topk_prob
@@ -145,19 +148,6 @@ def test_mixtral_slides_its_window_and_qwen3_moe_when_asked(tiny):
     assert (full[:, :, j <= i] > 0).all()
 
 
-class _Replaced:
-    """A weight source with some tensors replaced (the same model with a feature switched off)."""
-
-    def __init__(self, w: Any, replace: dict[str, np.ndarray]):
-        self.w, self.replace = w, replace
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.replace[name] if name in self.replace else self.w[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.replace or name in self.w
-
-
 @pytest.mark.reference
 def test_olmoe_qk_norm_over_the_full_width_changes_the_maps(tiny):
     """q_norm spans all 4 × 16 query numbers of a token (k_norm 2 × 16): normalising each head
@@ -170,7 +160,7 @@ def test_olmoe_qk_norm_over_the_full_width_changes_the_maps(tiny):
     spec = OLMOE_SPECS["olmoe"]
     args = spec.args.parse(cfg)
     x = _decoder.embed(spec, w, IDS, args)
-    per_head = _Replaced(
+    per_head = ReplacedWeights(
         w,
         {
             f"layers.{i}.self_attn.{n}_norm.weight": w[f"layers.{i}.self_attn.{n}_norm.weight"][:16]
@@ -189,23 +179,18 @@ def test_experts_are_read_only_when_routed_to(tiny, model_type):
     d = tiny(model_type)
     cfg = json.loads((d / "config.json").read_text())
     fam = family(model_type)
-    read: list[str] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            read.append(name)
-            return super().__getitem__(name)
-
-    w = Recording(d, fam.anchor)
+    w = RecordingWeights(d, fam.anchor)
     ids = [5]  # one token, top 2 of 4 experts: two experts get no token
     x = fam.embed(w, ids, cfg)
-    read.clear()
+    w.read.clear()
     for i, layer in enumerate(fam.layers(w, x, cfg)):
         if "router" not in layer.attention:
             continue
         routed = set(np.flatnonzero(layer.attention["router"].any(axis=0)).tolist())
         experts = {
-            int(n.split(".")[4]) for n in read if n.startswith(f"layers.{i}.") and ".experts." in n
+            int(n.split(".")[4])
+            for n in w.read
+            if n.startswith(f"layers.{i}.") and ".experts." in n
         }
         assert experts == routed and len(routed) == 2
 
@@ -249,7 +234,7 @@ def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
     stacked into one [experts, out, in] tensor per projection (ffn_gate_exps, ffn_up_exps,
     ffn_down_exps), expert metadata, every tensor F32 (`experts_q8`: the stacked experts Q8_0)."""
     gguf = require("gguf")
-    from tests.test_gguf_writer import byte_vocab, converter_permute
+    from tests.test_gguf_writer import converter_permute
 
     cfg = json.loads((d / "config.json").read_text())
     mixtral = cfg["model_type"] == "mixtral"
@@ -261,14 +246,7 @@ def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
     w = SafetensorsWeights(d, "embed_tokens.weight")
     tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layer)
     out = gguf.GGUFWriter(str(path), arch)
-    out.add_context_length(cfg["max_position_embeddings"])
-    out.add_embedding_length(hidden)
-    out.add_block_count(n_layer)
-    out.add_feed_forward_length(cfg["intermediate_size"])
-    out.add_head_count(n_head)
-    out.add_head_count_kv(n_kv)
-    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
-    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    gguf_decoder_header(out, cfg, n_kv)
     out.add_key_length(head_dim)
     out.add_value_length(head_dim)
     out.add_expert_count(experts)
@@ -276,12 +254,8 @@ def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
     if not mixtral:
         out.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     out.add_file_type(0)
-    toks, types = byte_vocab(cfg["vocab_size"])
-    out.add_tokenizer_model("gpt2")
-    out.add_tokenizer_pre("qwen2")
-    out.add_token_list(toks)
-    out.add_token_types(types)
-    out.add_token_merges(["a b"])  # llama.cpp needs a merges list (the tests give ids)
+    # llama.cpp needs a merges list (the tests give ids)
+    gguf_byte_tokenizer(out, cfg["vocab_size"], "qwen2", ["a b"])
     stacks: dict[str, list[np.ndarray]] = {}
     for name in w:
         full = name if name == "lm_head.weight" else "model." + name
@@ -307,11 +281,7 @@ def write_moe_gguf(path: Path, d: Path, experts_q8: bool = False) -> Path:
             out.add_tensor(new, gguf.quants.quantize(stacked, q8), raw_dtype=q8)
         else:
             out.add_tensor(new, stacked)
-    out.write_header_to_file()
-    out.write_kv_data_to_file()
-    out.write_tensors_to_file()
-    out.close()
-    return path
+    return gguf_finish(out, path)
 
 
 # llama.cpp's qwen3moe has no dense layers, and its Mixtral no sliding window
@@ -339,15 +309,9 @@ def test_moe_gguf_gives_the_original_maps(tiny, tmp_path, model_type, overrides)
         assert cfg["gguf"]["architecture"] == "llama" and cfg["num_local_experts"] == 4
         expert = "model.layers.0.block_sparse_moe.experts.3.w2.weight"
         assert ckpt.weights.shape(expert) == (64, 128)
-    fam = family(model_type)
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam.check(w, cfg)
-    x = fam.embed(w, IDS, cfg)
-    layers = list(fam.layers(w, x, cfg))
-    original = run(d, IDS)
-    maps = np.stack([layer.attention.weights for layer in layers])
-    np.testing.assert_allclose(maps, attention_maps(original), atol=1e-6)
-    for ours, theirs in zip(layers, original["layers"], strict=True):
+    from_gguf, original = run_gguf(ckpt, IDS), run(d, IDS)
+    np.testing.assert_allclose(attention_maps(from_gguf), attention_maps(original), atol=1e-6)
+    for ours, theirs in zip(from_gguf["layers"], original["layers"], strict=True):
         np.testing.assert_array_equal(ours.attention["router"], theirs.attention["router"])
 
 
@@ -373,10 +337,7 @@ def test_quantised_stacked_experts_are_dequantised_one_expert_at_a_time(tiny, tm
             np.testing.assert_array_equal(mine, whole[e])
             rows = ckpt.weights.rows(f"model.layers.1.mlp.experts.{e}.{proj}.weight", [3, 1])
             np.testing.assert_array_equal(rows, whole[e][[3, 1]])
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam = family("qwen3_moe")
-    x = fam.embed(w, IDS, ckpt.config)
-    maps = np.stack([layer.attention.weights for layer in fam.layers(w, x, ckpt.config)])
+    maps = attention_maps(run_gguf(ckpt, IDS))
     # layer 0's attention comes before any expert (F32 weights): as the original's
     np.testing.assert_allclose(maps[0], attention_maps(run(d, IDS))[0], atol=1e-6)
 

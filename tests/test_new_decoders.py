@@ -20,7 +20,20 @@ from attn_cli.models import _decoder
 from attn_cli.models.olmo2 import SPECS
 from attn_cli.models.weights import SafetensorsWeights
 from tests.conftest import require
-from tests.decoder_utils import attention_maps, build_random_model, family, reference, run
+from tests.decoder_utils import (
+    ReplacedWeights,
+    agrees_with_transformers,
+    attention_maps,
+    build_random_model,
+    built_once,
+    family,
+    gguf_byte_tokenizer,
+    gguf_decoder_header,
+    gguf_finish,
+    reference,
+    run,
+    run_gguf,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 TINY = {
@@ -40,27 +53,16 @@ TINY = {
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
 
-    def get(model_type: str, **overrides: Any) -> Path:
-        key = model_type + json.dumps(overrides, sort_keys=True)
-        if key not in built:
-            d = tmp_path_factory.mktemp(model_type)
-            build_random_model(model_type, d, **TINY[model_type], **overrides)
-            built[key] = d
-        return built[key]
+    def build(d: Path, model_type: str, **overrides: Any) -> None:
+        build_random_model(model_type, d, **TINY[model_type], **overrides)
 
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 def _check_against_reference(d: Path, layers: int) -> dict[str, Any]:
-    ref = reference(d, IDS)
-    ours = run(d, IDS)
-    maps = attention_maps(ours)
-    assert maps.shape == ref["attentions"].shape == (layers, 4, len(IDS), len(IDS))
-    np.testing.assert_allclose(maps, ref["attentions"], atol=1e-5)
-    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-4)
-    return {"ours": ours, "ref": ref, "maps": maps}
+    ours, ref = agrees_with_transformers(d, IDS, layers)
+    return {"ours": ours, "ref": ref, "maps": attention_maps(ours)}
 
 
 @pytest.mark.reference
@@ -93,19 +95,6 @@ def test_olmo2_maps_and_logits_match_transformers(tiny):
     assert "before each residual sum" in described["norm_placement"]
 
 
-class _Renamed:
-    """A weight source with some tensors replaced (the same model with a feature switched off)."""
-
-    def __init__(self, w: Any, replace: dict[str, np.ndarray]):
-        self.w, self.replace = w, replace
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.replace[name] if name in self.replace else self.w[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.replace or name in self.w
-
-
 @pytest.mark.reference
 def test_olmo2_features_change_the_maps(tiny):
     """Per-head q/k norms instead of full-width ones change layer 0; norms before each sublayer
@@ -124,7 +113,7 @@ def test_olmo2_features_change_the_maps(tiny):
         )
 
     # per head: each head's 16 numbers normalised alone, by the first head's scale
-    per_head = _Renamed(
+    per_head = ReplacedWeights(
         w,
         {
             f"layers.{i}.self_attn.{n}_norm.weight": w[f"layers.{i}.self_attn.{n}_norm.weight"][:16]
@@ -135,7 +124,7 @@ def test_olmo2_features_change_the_maps(tiny):
     head_norm = maps(dataclasses.replace(spec, qk_norm_full=False), per_head)
     assert np.abs(head_norm[0] - ref[0]).max() > 1e-2
     # pre-norm: an input RMSNorm (unit scale) before attention and the MLP, none after them
-    pre = _Renamed(
+    pre = ReplacedWeights(
         w, {f"layers.{i}.input_layernorm.weight": np.ones(64, np.float32) for i in range(3)}
     )
     pre_norm = maps(dataclasses.replace(spec, post_norm=False), pre)
@@ -183,7 +172,7 @@ def _write_gguf(path: Path, d: Path) -> Path:
     gguf-py's TensorNameMap, SmolLM3's q/k rows permuted as LlamaModel.permute does (OLMo 2 is
     NeoX-rotary: rows kept), every tensor F32."""
     gguf = require("gguf")
-    from tests.test_gguf_writer import byte_vocab, converter_permute
+    from tests.test_gguf_writer import converter_permute
 
     cfg = json.loads((d / "config.json").read_text())
     arch = cfg["model_type"]
@@ -193,24 +182,12 @@ def _write_gguf(path: Path, d: Path) -> Path:
     w = SafetensorsWeights(d, "embed_tokens.weight")
     tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layer)
     out = gguf.GGUFWriter(str(path), arch)
-    out.add_context_length(cfg["max_position_embeddings"])
-    out.add_embedding_length(hidden)
-    out.add_block_count(n_layer)
-    out.add_feed_forward_length(cfg["intermediate_size"])
-    out.add_head_count(n_head)
-    out.add_head_count_kv(n_kv)
-    out.add_rope_freq_base(float(cfg["rope_parameters"]["rope_theta"]))
-    out.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    gguf_decoder_header(out, cfg, n_kv)
     out.add_key_length(head_dim)
     out.add_value_length(head_dim)
     out.add_rope_dimension_count(head_dim)
     out.add_file_type(0)
-    toks, types = byte_vocab(cfg["vocab_size"])
-    out.add_tokenizer_model("gpt2")
-    out.add_tokenizer_pre("gpt-2")
-    out.add_token_list(toks)
-    out.add_token_types(types)
-    out.add_token_merges([])
+    gguf_byte_tokenizer(out, cfg["vocab_size"], "gpt-2", [])
     for name in w:
         data = w["model." + name if "model." + name in w else name]
         full = name if name == "lm_head.weight" else "model." + name
@@ -221,11 +198,7 @@ def _write_gguf(path: Path, d: Path) -> Path:
         new = tmap.get_name(full, try_suffixes=(".weight", ".bias"))
         assert new is not None, full
         out.add_tensor(new, np.ascontiguousarray(data, dtype=np.float32))
-    out.write_header_to_file()
-    out.write_kv_data_to_file()
-    out.write_tensors_to_file()
-    out.close()
-    return path
+    return gguf_finish(out, path)
 
 
 @pytest.mark.reference
@@ -238,14 +211,8 @@ def test_gguf_gives_the_original_maps(tiny, tmp_path, model_type):
     cfg = ckpt.config
     assert cfg["model_type"] == model_type
     fam = family(model_type)
-    w = ckpt.weights.with_names(lambda n: n.removeprefix("model."))
-    fam.check(w, cfg)
-    x = fam.embed(w, IDS, cfg)
-    maps = []
-    for layer in fam.layers(w, x, cfg):
-        maps.append(layer.attention.weights)
-        x = layer.out
-    np.testing.assert_allclose(np.stack(maps), attention_maps(run(d, IDS)), atol=1e-6)
+    maps = attention_maps(run_gguf(ckpt, IDS))
+    np.testing.assert_allclose(maps, attention_maps(run(d, IDS)), atol=1e-6)
     if model_type == "smollm3":  # llama.cpp fixes the NoPE interval at 4
         assert fam.describe is not None and fam.describe(cfg)["nope_layers"] == [3]
 

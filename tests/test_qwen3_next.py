@@ -21,7 +21,14 @@ import pytest
 from attn_cli.errors import InputError
 from attn_cli.models.qwen3_next import Qwen3NextArgs, delta_rule_map
 from tests.conftest import ROOT, require
-from tests.decoder_utils import build_random_model, family, reference, run
+from tests.decoder_utils import (
+    RecordingWeights,
+    build_random_model,
+    family,
+    reference,
+    rewrite_weights,
+    run,
+)
 
 IDS = [5, 17, 250, 3, 99, 42, 42, 7, 180, 64, 12, 299, 1, 150]
 # 70 tokens: more than transformers' chunk of 64, so its pass carries state between chunks
@@ -47,36 +54,25 @@ def zero_centred(directory: Path, seed: int = 0) -> None:
     around 0 (tests.decoder_utils draws every norm around 1), q/k norms around 1 (scale ~2),
     and A_log around −2 so a token's memory decays by about a fifth per token (not to nothing)."""
     import torch
-    from safetensors.torch import load_file, save_file
 
-    path = directory / "model.safetensors"
-    tensors = load_file(str(path))
     gen = torch.Generator().manual_seed(seed)
 
-    def draw(t, mean: float, std: float):
-        return (torch.randn(t.shape, generator=gen) * std + mean).to(t.dtype)
+    def draw(name, t):
+        for suffixes, mean, std in (
+            (("layernorm.weight", "model.norm.weight"), 0.0, 0.2),
+            (("q_norm.weight", "k_norm.weight"), 1.0, 0.3),
+            (("A_log",), -2.0, 0.5),
+        ):
+            if name.endswith(suffixes):
+                return torch.randn(t.shape, generator=gen) * std + mean
+        return t
 
-    for name in sorted(tensors):
-        t = tensors[name]
-        if name.endswith(("layernorm.weight", "model.norm.weight")):
-            tensors[name] = draw(t, 0.0, 0.2)
-        elif name.endswith(("q_norm.weight", "k_norm.weight")):
-            tensors[name] = draw(t, 1.0, 0.3)
-        elif name.endswith("A_log"):
-            tensors[name] = draw(t, -2.0, 0.5)
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    rewrite_weights(directory, draw)
 
 
 def set_tensors(directory: Path, suffix: str, change) -> None:
     """Apply `change` (a torch tensor -> tensor) to every saved tensor ending in `suffix`."""
-    from safetensors.torch import load_file, save_file
-
-    path = directory / "model.safetensors"
-    tensors = load_file(str(path))
-    for name, t in tensors.items():
-        if name.endswith(suffix):
-            tensors[name] = change(t.clone()).to(t.dtype)
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    rewrite_weights(directory, lambda name, t: change(t.clone()) if name.endswith(suffix) else t)
 
 
 def recurrence(q, k, v, g, beta):
@@ -313,26 +309,18 @@ def test_fixture_matches_transformers_without_torch():
 
 
 def test_experts_are_read_only_when_routed_to():
-    from attn_cli.models.weights import SafetensorsWeights
 
     fam = family("qwen3_next")
     cfg = json.loads((FIXTURE / "config.json").read_text())
-    read: list[str] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            read.append(name)
-            return super().__getitem__(name)
-
-    w = Recording(FIXTURE, fam.anchor)
+    w = RecordingWeights(FIXTURE, fam.anchor)
     x = fam.embed(w, [5, 17, 3], cfg)  # three tokens, top 2 of 4 experts: some get none
-    read.clear()
+    w.read.clear()
     unread = 0
     for i, layer in enumerate(fam.layers(w, x, cfg)):
         if "router" not in layer.attention:
             continue
         routed = set(np.flatnonzero(layer.attention["router"][:, :-1].any(axis=0)).tolist())
-        got = {int(n.split(".")[4]) for n in read if n.startswith(f"layers.{i}.mlp.experts.")}
+        got = {int(n.split(".")[4]) for n in w.read if n.startswith(f"layers.{i}.mlp.experts.")}
         assert got == routed
         unread += 4 - len(routed)
     assert unread > 0
@@ -432,8 +420,6 @@ def test_stacked_experts_give_the_same_model(tmp_path):
     still read alone (rows of the stacked tensor)."""
     from safetensors.numpy import load_file, save_file
 
-    from attn_cli.models.weights import SafetensorsWeights
-
     tensors = _float32(FIXTURE)
     stacked: dict[str, np.ndarray] = {}
     for name, t in tensors.items():
@@ -461,17 +447,10 @@ def test_stacked_experts_give_the_same_model(tmp_path):
     np.testing.assert_allclose(run(out, ids)["logits"], run(FIXTURE, ids)["logits"], atol=1e-5)
     fam = family("qwen3_next")
     cfg = json.loads((out / "config.json").read_text())
-    read: list[str] = []
-
-    class Recording(SafetensorsWeights):
-        def __getitem__(self, name: str) -> np.ndarray:
-            read.append(name)
-            return super().__getitem__(name)
-
-    w = Recording(out, fam.anchor)
+    w = RecordingWeights(out, fam.anchor)
     for _ in fam.layers(w, fam.embed(w, ids, cfg), cfg):
         pass
-    assert not [n for n in read if n.endswith(("gate_up_proj", "experts.down_proj"))]
+    assert not [n for n in w.read if n.endswith(("gate_up_proj", "experts.down_proj"))]
 
 
 def _float32(directory: Path) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import pytest
 
 from attn_cli.errors import InputError
 from tests.conftest import require
+from tests.decoder_utils import built_once
 from tests.seq2seq_utils import build, ours, reference, reference_generate
 
 SRC = [5, 17, 40, 3, 60, 42, 42, 7, 80, 64, 12, 1]
@@ -27,15 +28,7 @@ TGT = [0, 9, 33, 21, 9, 70, 1]
 def tiny(tmp_path_factory):
     require("torch")
     require("transformers")
-    built: dict[str, Path] = {}
-
-    def get(name: str, **overrides: Any) -> Path:
-        key = name + json.dumps(overrides, sort_keys=True)
-        if key not in built:
-            built[key] = build(name, tmp_path_factory.mktemp(name), **overrides)
-        return built[key]
-
-    return get
+    return built_once(tmp_path_factory, lambda d, name, **overrides: build(name, d, **overrides))
 
 
 def decoder_inputs(d: Path) -> list[int]:

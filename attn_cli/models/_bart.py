@@ -62,15 +62,18 @@ class BartArgs(Args):
         return self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
 
     def validate(self, source: str) -> None:
-        for heads, stack in (
-            (self.encoder_attention_heads, "encoder"),
-            (self.decoder_attention_heads, "decoder"),
-        ):
-            if self.d_model % heads:
-                raise InputError(
-                    f"{source}: d_model {self.d_model} is not divisible by "
-                    f"{stack}_attention_heads {heads}"
-                )
+        check_heads(
+            source, self.d_model, self.encoder_attention_heads, self.decoder_attention_heads
+        )
+
+
+def check_heads(source: str, d_model: int, encoder_heads: int, decoder_heads: int) -> None:
+    """Each stack's heads split d_model evenly (BART-style configs, Whisper's too)."""
+    for heads, stack in ((encoder_heads, "encoder"), (decoder_heads, "decoder")):
+        if d_model % heads:
+            raise InputError(
+                f"{source}: d_model {d_model} is not divisible by {stack}_attention_heads {heads}"
+            )
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,7 @@ def check(spec: Spec) -> Callable[[WeightSource, Config], None]:
             for i in range(depth):
                 p = f"{stack}.layers.{i}."
                 for block in blocks:
-                    for m in ("q_proj", "k_proj", "v_proj", "out_proj"):
-                        expect_shape(w, f"{p}{block}.{m}.weight", (d, d))
-                        expect_shape(w, f"{p}{block}.{m}.bias", (d,))
+                    check_attention(w, p + block, d)
                 for norm in norms:
                     expect_shape(w, f"{p}{norm}.weight", (d,))
                 expect_shape(w, f"{p}fc1.weight", (ffn, d))
@@ -178,22 +179,37 @@ def _embed(spec: Spec, stack: str) -> Callable[[WeightSource, list[int], Config]
         else:
             x = x + w[f"{stack}.embed_positions.weight"][OFFSET : OFFSET + n]
         if spec.layernorm_embedding:
-            x = _ln(w, f"{stack}.layernorm_embedding", x)
+            x = ln(w, f"{stack}.layernorm_embedding", x)
         return x
 
     return run
 
 
-def _ln(w: WeightSource, name: str, x: np.ndarray) -> np.ndarray:
+def ln(w: WeightSource, name: str, x: np.ndarray) -> np.ndarray:
+    """The LayerNorm `name` (its weight and bias, torch's ε: these configs have none)."""
     return layer_norm(x, w[name + ".weight"], w[name + ".bias"], EPS)
 
 
-def _params(w: WeightSource, p: str, heads: int) -> AttentionParams:
-    (q, bq), (k, bk), (v, bv), (o, bo) = (
-        (w[f"{p}.{m}.weight"].T, w[f"{p}.{m}.bias"])
-        for m in ("q_proj", "k_proj", "v_proj", "out_proj")
-    )
-    return AttentionParams(q, k, v, heads, b_q=bq, b_k=bk, b_v=bv, w_o=o, b_o=bo)
+def attention_params(w: WeightSource, p: str, heads: int, key_bias: bool = True) -> AttentionParams:
+    """The attention block `p` (…self_attn, …encoder_attn): q/k/v/out_proj with biases (Whisper's
+    k_proj has none: key_bias False)."""
+    q, k, v, o = (w[f"{p}.{m}.weight"].T for m in ("q_proj", "k_proj", "v_proj", "out_proj"))
+    return AttentionParams(
+        q, k, v, heads,
+        b_q=w[f"{p}.q_proj.bias"],
+        b_k=w[f"{p}.k_proj.bias"] if key_bias else None,
+        b_v=w[f"{p}.v_proj.bias"],
+        w_o=o,
+        b_o=w[f"{p}.out_proj.bias"],
+    )  # fmt: skip
+
+
+def check_attention(w: WeightSource, p: str, d: int, key_bias: bool = True) -> None:
+    """Every tensor shape of attention block `p`, as attention_params reads it."""
+    for m in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        expect_shape(w, f"{p}.{m}.weight", (d, d))
+        if key_bias or m != "k_proj":
+            expect_shape(w, f"{p}.{m}.bias", (d,))
 
 
 def _ff(
@@ -217,10 +233,10 @@ def _sublayer(
 ) -> tuple[np.ndarray, Any]:
     """One residual sublayer, normalised before (pre-LN) or after the sum (post-LN)."""
     if spec.pre_norm:
-        out, rec = inner(_ln(w, norm, h))
+        out, rec = inner(ln(w, norm, h))
         return h + out, rec
     out, rec = inner(h)
-    return _ln(w, norm, h + out), rec
+    return ln(w, norm, h + out), rec
 
 
 def _attention(
@@ -231,7 +247,7 @@ def _attention(
     **kw: Any,
 ) -> Callable[[np.ndarray], tuple[np.ndarray, Any]]:
     def run(x: np.ndarray) -> tuple[np.ndarray, Any]:
-        rec = multi_head_attention(x, _params(w, p, heads), resid=h, **kw)
+        rec = multi_head_attention(x, attention_params(w, p, heads), resid=h, **kw)
         assert rec.output is not None
         return rec.output, rec
 
@@ -283,7 +299,7 @@ def _decoder(
 
 def _final(spec: Spec, stack: str) -> Callable[[WeightSource, np.ndarray, Config], np.ndarray]:
     def run(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-        return _ln(w, f"{stack}.layer_norm", h) if spec.pre_norm else h
+        return ln(w, f"{stack}.layer_norm", h) if spec.pre_norm else h
 
     return run
 

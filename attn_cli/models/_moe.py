@@ -17,15 +17,18 @@ elsewhere. A family file says where its tensors are (`Experts`) and reads its co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from attn_cli.attention import row_softmax
+from attn_cli.errors import InputError
+from attn_cli.models._decoder import GGUF_LAYER_TENSORS, DecoderArgs
+from attn_cli.models.args import FLAG, POSITIVE_INT, arg
 from attn_cli.models.layers import activation
-from attn_cli.models.registry import WeightSource
+from attn_cli.models.registry import ABSENT, GGUFSources, WeightSource
 from attn_cli.models.weights import expect_shape
 from attn_cli.records import QUERY, AttentionRecord
 
@@ -47,6 +50,24 @@ class Experts:
     down: str
 
 
+# transformers' names in Qwen3-MoE and OLMoE: mlp.gate, mlp.experts.{e}.gate_proj/up_proj/down_proj
+MLP_EXPERTS = Experts(
+    router="mlp.gate.weight",
+    gate="mlp.experts.{e}.gate_proj.weight",
+    up="mlp.experts.{e}.up_proj.weight",
+    down="mlp.experts.{e}.down_proj.weight",
+)
+
+
+def check_top_k(source: str, top_k: int, experts: int, experts_key: str) -> None:
+    """Refuse a config whose tokens would each pick more experts (num_experts_per_tok) than
+    there are (`experts`, the config's `experts_key`)."""
+    if top_k > experts:
+        raise InputError(
+            f"{source}: num_experts_per_tok {top_k} is more than {experts_key} {experts}"
+        )
+
+
 @dataclass(frozen=True)
 class MoE:
     """One MoE layer's settings, read from the family's config."""
@@ -57,6 +78,36 @@ class MoE:
     routing: Routing = "softmax_topk"
     normalize: bool = False  # divide the top-k probabilities by their sum
     act: str = "silu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftmaxExpertsArgs(DecoderArgs):
+    """The MoE keys of Qwen3-MoE's and OLMoE's configs (a family changes the defaults): the
+    expert count as num_experts (hub checkpoints) or num_local_experts (transformers 5 writes
+    it; it wins when given), the top k, and whether the top k's weights are renormalised."""
+
+    num_experts_per_tok: int = arg(POSITIVE_INT, 8)
+    num_experts: int = arg(POSITIVE_INT, 64)
+    num_local_experts: int | None = arg(POSITIVE_INT, None, nullable=True)
+    norm_topk_prob: bool | None = arg(FLAG, False, nullable=True)
+
+    @property
+    def experts(self) -> int:
+        return self.num_local_experts or self.num_experts
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        check_top_k(source, self.num_experts_per_tok, self.experts, "num_experts")
+
+    def moe(self, inter: int) -> MoE:
+        """The MoE layers' settings, each expert a SwiGLU MLP `inter` wide."""
+        return MoE(
+            experts=self.experts,
+            top_k=self.num_experts_per_tok,
+            inter=inter,
+            normalize=bool(self.norm_topk_prob),
+            act=str(self.hidden_act or "silu"),
+        )
 
 
 def route(logits: np.ndarray, moe: MoE) -> np.ndarray:
@@ -97,6 +148,32 @@ def moe_mlp(
         return gate, up, down
 
     return run_experts(x, routing, moe, load), routing
+
+
+def layer_mlp(
+    w: WeightSource, i: int, x: np.ndarray, moe: MoE, names: Experts, record: AttentionRecord
+) -> np.ndarray:
+    """Layer i's MoE MLP; its `router` stage goes into the layer's record."""
+    out, routing = moe_mlp(w, f"layers.{i}.", x, moe, names)
+    add_router(record, routing, moe)
+    return out
+
+
+def decoder_mlp(
+    moe_of: Callable[[Any], MoE], names: Experts
+) -> tuple[Callable[..., np.ndarray], Callable[[WeightSource, int, Any], None]]:
+    """A decoder Spec's `mlp` and `mlp_check` for a family whose every layer is a MoE layer
+    (`moe_of(args)`: its settings; `names`: where its tensors are)."""
+
+    def mlp(
+        w: WeightSource, i: int, x: np.ndarray, args: Any, record: AttentionRecord
+    ) -> np.ndarray:
+        return layer_mlp(w, i, x, moe_of(args), names, record)
+
+    def mlp_check(w: WeightSource, i: int, args: Any) -> None:
+        check_experts(w, f"layers.{i}.", args.hidden_size, moe_of(args), names)
+
+    return mlp, mlp_check
 
 
 def run_experts(
@@ -182,3 +259,30 @@ def describe_moe(moe: MoE, dense: list[int] | None = None) -> str:
     )
     text = f"mixture of {moe.experts} SwiGLU experts ({moe.act}), {kind}"
     return text if not dense else f"{text}; dense SwiGLU MLP on layers {dense}"
+
+
+def gguf_layer_tensors(
+    names: Experts, extra: Mapping[str, GGUFSources] | None = None
+) -> dict[str, GGUFSources]:
+    """A MoE layer's GGUF tensors besides the experts: the decoder's attention and norms (not
+    its dense MLP), `extra`, and the router (ffn_gate_inp)."""
+    attention = {k: v for k, v in GGUF_LAYER_TENSORS.items() if not k.startswith("mlp.")}
+    return {**attention, **(extra or {}), names.router: "ffn_gate_inp.weight"}
+
+
+def gguf_experts(names: Experts) -> dict[str, str]:
+    """llama.cpp's stacked experts ([experts, out, in]) for each expert matrix."""
+    return {
+        names.gate: "ffn_gate_exps.weight",
+        names.up: "ffn_up_exps.weight",
+        names.down: "ffn_down_exps.weight",
+    }
+
+
+def gguf_metadata(experts_key: str) -> dict[str, tuple[str, object]]:
+    """The GGUF metadata keys that give the expert count (into the config's `experts_key`) and
+    num_experts_per_tok."""
+    return {
+        "expert_count": (experts_key, ABSENT),
+        "expert_used_count": ("num_experts_per_tok", ABSENT),
+    }

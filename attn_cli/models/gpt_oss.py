@@ -33,7 +33,7 @@ from attn_cli import attention as att
 from attn_cli.errors import InputError
 from attn_cli.gguf.quants import mxfp4_pairs
 from attn_cli.kvcache import CachedLayers, KVCache, mask_rows
-from attn_cli.models import rope
+from attn_cli.models import _moe, rope
 from attn_cli.models._decoder import (
     ANCHOR,
     FULL,
@@ -104,11 +104,9 @@ class GptOssArgs(DecoderArgs):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if self.num_experts_per_tok > self.num_local_experts:
-            raise InputError(
-                f"{source}: num_experts_per_tok {self.num_experts_per_tok} is more than "
-                f"num_local_experts {self.num_local_experts}"
-            )
+        _moe.check_top_k(
+            source, self.num_experts_per_tok, self.num_local_experts, "num_local_experts"
+        )
 
 
 def _alternating(args: GptOssArgs) -> list[str]:

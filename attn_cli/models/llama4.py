@@ -103,11 +103,9 @@ class Llama4TextArgs(DecoderArgs):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if self.num_experts_per_tok > self.num_local_experts:
-            raise InputError(
-                f"{source}: num_experts_per_tok {self.num_experts_per_tok} is more than "
-                f"num_local_experts {self.num_local_experts}"
-            )
+        _moe.check_top_k(
+            source, self.num_experts_per_tok, self.num_local_experts, "num_local_experts"
+        )
         if self.no_rope_layers and len(self.no_rope_layers) < self.num_hidden_layers:
             raise InputError(
                 f"{source}: no_rope_layers lists {len(self.no_rope_layers)} layers, "

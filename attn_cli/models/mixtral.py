@@ -18,12 +18,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from attn_cli.errors import InputError
 from attn_cli.models import _moe
 from attn_cli.models._decoder import (
-    GGUF_LAYER_TENSORS,
     GGUF_OPTIONAL_TENSORS,
     SLIDING,
     DecoderArgs,
@@ -35,8 +31,7 @@ from attn_cli.models._decoder import (
     parsed,
 )
 from attn_cli.models.args import POSITIVE, POSITIVE_INT, arg
-from attn_cli.models.registry import ABSENT, Config, GGUFTable, WeightSource
-from attn_cli.records import AttentionRecord
+from attn_cli.models.registry import Config, GGUFTable
 
 NAMES = _moe.Experts(
     router="block_sparse_moe.gate.weight",
@@ -64,11 +59,9 @@ class MixtralArgs(DecoderArgs):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if self.num_experts_per_tok > self.num_local_experts:
-            raise InputError(
-                f"{source}: num_experts_per_tok {self.num_experts_per_tok} is more than "
-                f"num_local_experts {self.num_local_experts}"
-            )
+        _moe.check_top_k(
+            source, self.num_experts_per_tok, self.num_local_experts, "num_local_experts"
+        )
 
 
 def moe_of(args: MixtralArgs) -> _moe.MoE:
@@ -81,17 +74,7 @@ def moe_of(args: MixtralArgs) -> _moe.MoE:
     )
 
 
-def _mlp(
-    w: WeightSource, i: int, x: np.ndarray, args: MixtralArgs, record: AttentionRecord
-) -> np.ndarray:
-    moe = moe_of(args)
-    out, routing = _moe.moe_mlp(w, f"layers.{i}.", x, moe, NAMES)
-    _moe.add_router(record, routing, moe)
-    return out
-
-
-def _mlp_check(w: WeightSource, i: int, args: MixtralArgs) -> None:
-    _moe.check_experts(w, f"layers.{i}.", args.hidden_size, moe_of(args), NAMES)
+MLP, MLP_CHECK = _moe.decoder_mlp(moe_of, NAMES)
 
 
 SPECS = {
@@ -99,8 +82,8 @@ SPECS = {
         args=MixtralArgs,
         layer_types=all_layers(SLIDING),
         window=config_window,
-        mlp=_mlp,
-        mlp_check=_mlp_check,  # type: ignore[arg-type]
+        mlp=MLP,
+        mlp_check=MLP_CHECK,
     )
 }
 
@@ -110,22 +93,12 @@ GGUF = GGUFTable(
     model_type="mixtral",
     hf_class="MixtralForCausalLM",
     args=MixtralArgs,
-    layer_tensors={
-        **{k: v for k, v in GGUF_LAYER_TENSORS.items() if not k.startswith("mlp.")},
-        NAMES.router: "ffn_gate_inp.weight",
-    },
+    layer_tensors=_moe.gguf_layer_tensors(NAMES),
     optional_layer_tensors=GGUF_OPTIONAL_TENSORS,
-    metadata={
-        "expert_count": ("num_local_experts", ABSENT),
-        "expert_used_count": ("num_experts_per_tok", ABSENT),
-    },
+    metadata=_moe.gguf_metadata("num_local_experts"),
     config={"hidden_act": "silu"},
     permute_qk=True,
-    experts={
-        NAMES.gate: "ffn_gate_exps.weight",
-        NAMES.up: "ffn_up_exps.weight",
-        NAMES.down: "ffn_down_exps.weight",
-    },
+    experts=_moe.gguf_experts(NAMES),
     with_experts=True,
 )
 

@@ -14,26 +14,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from attn_cli.errors import InputError
 from attn_cli.models import _moe
-from attn_cli.models._decoder import DecoderArgs, Spec, decoder_family, describe, parsed
-from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, arg
+from attn_cli.models._decoder import Spec, decoder_family, describe, parsed
+from attn_cli.models.args import POSITIVE, POSITIVE_INT, arg
 from attn_cli.models.olmo2 import _qk_norm
-from attn_cli.models.registry import Config, WeightSource
-from attn_cli.records import AttentionRecord
+from attn_cli.models.registry import Config
 
-NAMES = _moe.Experts(
-    router="mlp.gate.weight",
-    gate="mlp.experts.{e}.gate_proj.weight",
-    up="mlp.experts.{e}.up_proj.weight",
-    down="mlp.experts.{e}.down_proj.weight",
-)
+NAMES = _moe.MLP_EXPERTS
 
 
 @dataclass(frozen=True, kw_only=True)
-class OlmoeArgs(DecoderArgs):
+class OlmoeArgs(_moe.SoftmaxExpertsArgs):
     """transformers' OlmoeConfig defaults."""
 
     vocab_size: int = arg(POSITIVE_INT, 50_304)
@@ -43,24 +35,10 @@ class OlmoeArgs(DecoderArgs):
     num_attention_heads: int = arg(POSITIVE_INT, 16)
     max_position_embeddings: int | None = arg(POSITIVE_INT, 4096, nullable=True)
     rms_norm_eps: float = arg(POSITIVE, 1e-5)
-    num_experts_per_tok: int = arg(POSITIVE_INT, 8)
-    num_experts: int = arg(POSITIVE_INT, 64)
-    # transformers 5 writes num_local_experts (hub checkpoints num_experts): it wins when given
-    num_local_experts: int | None = arg(POSITIVE_INT, None, nullable=True)
-    norm_topk_prob: bool | None = arg(FLAG, False, nullable=True)
     clip_qkv: float | None = arg(POSITIVE, None, nullable=True)
-
-    @property
-    def experts(self) -> int:
-        return self.num_local_experts or self.num_experts
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if self.num_experts_per_tok > self.experts:
-            raise InputError(
-                f"{source}: num_experts_per_tok {self.num_experts_per_tok} is more than "
-                f"num_experts {self.experts}"
-            )
         if self.clip_qkv is not None:
             raise InputError(f"{source}: clip_qkv is not supported (OLMoE-1B-7B leaves it null)")
         if self.head_size * self.num_attention_heads != self.hidden_size:
@@ -71,26 +49,10 @@ class OlmoeArgs(DecoderArgs):
 
 
 def moe_of(args: OlmoeArgs) -> _moe.MoE:
-    return _moe.MoE(
-        experts=args.experts,
-        top_k=args.num_experts_per_tok,
-        inter=args.intermediate_size,
-        normalize=bool(args.norm_topk_prob),
-        act=str(args.hidden_act or "silu"),
-    )
+    return args.moe(args.intermediate_size)
 
 
-def _mlp(
-    w: WeightSource, i: int, x: np.ndarray, args: OlmoeArgs, record: AttentionRecord
-) -> np.ndarray:
-    moe = moe_of(args)
-    out, routing = _moe.moe_mlp(w, f"layers.{i}.", x, moe, NAMES)
-    _moe.add_router(record, routing, moe)
-    return out
-
-
-def _mlp_check(w: WeightSource, i: int, args: OlmoeArgs) -> None:
-    _moe.check_experts(w, f"layers.{i}.", args.hidden_size, moe_of(args), NAMES)
+MLP, MLP_CHECK = _moe.decoder_mlp(moe_of, NAMES)
 
 
 SPECS = {
@@ -98,8 +60,8 @@ SPECS = {
         args=OlmoeArgs,
         qk_norm=True,
         qk_norm_full=True,
-        mlp=_mlp,
-        mlp_check=_mlp_check,  # type: ignore[arg-type]
+        mlp=MLP,
+        mlp_check=MLP_CHECK,
     )
 }
 

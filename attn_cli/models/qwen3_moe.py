@@ -19,14 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from attn_cli.errors import InputError
 from attn_cli.models import _moe
 from attn_cli.models._decoder import (
-    GGUF_LAYER_TENSORS,
     GGUF_OPTIONAL_TENSORS,
     GGUF_QK_NORMS,
     SLIDING,
-    DecoderArgs,
     Spec,
     all_layers,
     decoder_family,
@@ -37,12 +34,7 @@ from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, Kind, arg
 from attn_cli.models.registry import ABSENT, Config, GGUFTable, WeightSource
 from attn_cli.records import AttentionRecord
 
-NAMES = _moe.Experts(
-    router="mlp.gate.weight",
-    gate="mlp.experts.{e}.gate_proj.weight",
-    up="mlp.experts.{e}.up_proj.weight",
-    down="mlp.experts.{e}.down_proj.weight",
-)
+NAMES = _moe.MLP_EXPERTS
 LAYER_LIST = Kind(
     "a list of layer numbers",
     lambda v: (
@@ -52,7 +44,7 @@ LAYER_LIST = Kind(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Qwen3MoeArgs(DecoderArgs):
+class Qwen3MoeArgs(_moe.SoftmaxExpertsArgs):
     """transformers' Qwen3MoeConfig defaults."""
 
     vocab_size: int = arg(POSITIVE_INT, 151_936)
@@ -67,24 +59,8 @@ class Qwen3MoeArgs(DecoderArgs):
     rms_norm_eps: float = arg(POSITIVE, 1e-6)
     decoder_sparse_step: int = arg(POSITIVE_INT, 1)
     moe_intermediate_size: int = arg(POSITIVE_INT, 768)
-    num_experts_per_tok: int = arg(POSITIVE_INT, 8)
     num_experts: int = arg(POSITIVE_INT, 128)
-    # transformers 5 writes num_local_experts (hub checkpoints num_experts): it wins when given
-    num_local_experts: int | None = arg(POSITIVE_INT, None, nullable=True)
-    norm_topk_prob: bool | None = arg(FLAG, False, nullable=True)
     mlp_only_layers: list[int] | None = arg(LAYER_LIST, None, nullable=True)
-
-    @property
-    def experts(self) -> int:
-        return self.num_local_experts or self.num_experts
-
-    def validate(self, source: str) -> None:
-        super().validate(source)
-        if self.num_experts_per_tok > self.experts:
-            raise InputError(
-                f"{source}: num_experts_per_tok {self.num_experts_per_tok} is more than "
-                f"num_experts {self.experts}"
-            )
 
 
 def sparse(args: Qwen3MoeArgs, i: int) -> bool:
@@ -93,13 +69,7 @@ def sparse(args: Qwen3MoeArgs, i: int) -> bool:
 
 
 def moe_of(args: Qwen3MoeArgs) -> _moe.MoE:
-    return _moe.MoE(
-        experts=args.experts,
-        top_k=args.num_experts_per_tok,
-        inter=args.moe_intermediate_size,
-        normalize=bool(args.norm_topk_prob),
-        act=str(args.hidden_act or "silu"),
-    )
+    return args.moe(args.moe_intermediate_size)
 
 
 def _mlp(
@@ -107,10 +77,7 @@ def _mlp(
 ) -> np.ndarray:
     if not sparse(args, i):
         return _moe.dense_mlp(w, f"layers.{i}.mlp.", x, str(args.hidden_act or "silu"))
-    moe = moe_of(args)
-    out, routing = _moe.moe_mlp(w, f"layers.{i}.", x, moe, NAMES)
-    _moe.add_router(record, routing, moe)
-    return out
+    return _moe.layer_mlp(w, i, x, moe_of(args), NAMES, record)
 
 
 def _mlp_check(w: WeightSource, i: int, args: Qwen3MoeArgs) -> None:
@@ -140,21 +107,15 @@ GGUF = GGUFTable(
     model_type="qwen3_moe",
     hf_class="Qwen3MoeForCausalLM",
     args=Qwen3MoeArgs,
-    layer_tensors={
-        **{k: v for k, v in GGUF_LAYER_TENSORS.items() if not k.startswith("mlp.")},
-        **GGUF_QK_NORMS,
-        NAMES.router: "ffn_gate_inp.weight",
-    },
+    layer_tensors=_moe.gguf_layer_tensors(NAMES, GGUF_QK_NORMS),
     optional_layer_tensors=GGUF_OPTIONAL_TENSORS,
     metadata={
-        "expert_count": ("num_experts", ABSENT),
-        "expert_used_count": ("num_experts_per_tok", ABSENT),
+        **_moe.gguf_metadata("num_experts"),
         "expert_feed_forward_length": ("moe_intermediate_size", ABSENT),
     },
     config={"hidden_act": "silu", "norm_topk_prob": True},
-    experts={NAMES.gate: "ffn_gate_exps.weight", NAMES.up: "ffn_up_exps.weight",
-             NAMES.down: "ffn_down_exps.weight"},
-)  # fmt: skip
+    experts=_moe.gguf_experts(NAMES),
+)
 
 
 def describe_qwen3_moe(cfg: Config) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import numpy as np
 
 from attn_cli import attention as att
 from attn_cli.errors import InputError
-from attn_cli.models import rope
+from attn_cli.models import _moe, rope
 from attn_cli.models._decoder import (
     ANCHOR,
     FULL,
@@ -139,11 +139,8 @@ class Qwen3NextArgs(DecoderArgs):
                 f"{source}: linear_num_value_heads {self.linear_num_value_heads} is not a "
                 f"multiple of linear_num_key_heads {self.linear_num_key_heads}"
             )
-        if self.num_experts and self.num_experts_per_tok > self.num_experts:
-            raise InputError(
-                f"{source}: num_experts_per_tok {self.num_experts_per_tok} is more than "
-                f"num_experts {self.num_experts}"
-            )
+        if self.num_experts:
+            _moe.check_top_k(source, self.num_experts_per_tok, self.num_experts, "num_experts")
 
 
 SPECS = {"qwen3_next": Spec(args=Qwen3NextArgs, norm_offset=1.0, qk_norm=True)}

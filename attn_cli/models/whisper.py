@@ -33,8 +33,9 @@ import numpy as np
 from attn_cli import audio, timestamps
 from attn_cli.attention import AttentionParams, causal_mask
 from attn_cli.errors import InputError, opt
+from attn_cli.models._bart import attention_params, check_attention, check_heads, ln
 from attn_cli.models.args import COUNT, FLAG, POSITIVE_INT, TEXT, Args, arg
-from attn_cli.models.layers import gelu_erf, layer_norm
+from attn_cli.models.layers import gelu_erf
 from attn_cli.models.registry import Config, Dims, Family, Seq2Seq, WeightSource, Wording
 from attn_cli.models.weights import expect_shape
 from attn_cli.narrate import StageContext
@@ -42,7 +43,6 @@ from attn_cli.records import LayerRecord, memory_projections, multi_head_attenti
 from attn_cli.trace import Axis, TraceStep
 
 ANCHOR = "encoder.conv1.weight"
-EPS = 1e-5  # nn.LayerNorm's default: Whisper's norms are not configurable
 SOURCE = "source"
 SECONDS_PER_FRAME = 0.02  # one encoder frame: two 10-ms mel frames
 
@@ -68,12 +68,9 @@ class WhisperArgs(Args):
     median_filter_width: int = arg(POSITIVE_INT, 7)
 
     def validate(self, source: str) -> None:
-        for what, heads in (
-            ("encoder_attention_heads", self.encoder_attention_heads),
-            ("decoder_attention_heads", self.decoder_attention_heads),
-        ):
-            if self.d_model % heads:
-                raise InputError(f"{source}: d_model {self.d_model} is not divisible by {what}")
+        check_heads(
+            source, self.d_model, self.encoder_attention_heads, self.decoder_attention_heads
+        )
         if self.activation_function != "gelu":
             raise InputError(
                 f"{source}: activation_function {self.activation_function!r}: Whisper uses gelu"
@@ -96,13 +93,6 @@ def dims(cfg: Config) -> Dims:
     )
 
 
-def _attention_shapes(w: WeightSource, p: str, d: int) -> None:
-    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        expect_shape(w, f"{p}{proj}.weight", (d, d))
-        if proj != "k_proj":
-            expect_shape(w, f"{p}{proj}.bias", (d,))
-
-
 def check(w: WeightSource, cfg: Config) -> None:
     a = WhisperArgs.parse(cfg)
     d = a.d_model
@@ -118,7 +108,7 @@ def check(w: WeightSource, cfg: Config) -> None:
         for i in range(n):
             p = f"{stack}.layers.{i}."
             for block in blocks:
-                _attention_shapes(w, f"{p}{block}.", d)
+                check_attention(w, p + block, d, key_bias=False)
                 expect_shape(w, f"{p}{block}_layer_norm.weight", (d,))
             expect_shape(w, p + "fc1.weight", (ffn, d))
             expect_shape(w, p + "fc2.weight", (d, ffn))
@@ -151,24 +141,11 @@ def embed(w: WeightSource, mel: np.ndarray, cfg: Config) -> np.ndarray:
 
 
 def _params(w: WeightSource, p: str, heads: int) -> AttentionParams:
-    return AttentionParams(
-        w[p + "q_proj.weight"].T,
-        w[p + "k_proj.weight"].T,
-        w[p + "v_proj.weight"].T,
-        heads,
-        b_q=w[p + "q_proj.bias"],
-        b_v=w[p + "v_proj.bias"],
-        w_o=w[p + "out_proj.weight"].T,
-        b_o=w[p + "out_proj.bias"],
-    )
-
-
-def _norm(w: WeightSource, name: str, x: np.ndarray) -> np.ndarray:
-    return layer_norm(x, w[name + ".weight"], w[name + ".bias"], EPS)
+    return attention_params(w, p, heads, key_bias=False)
 
 
 def _ff(w: WeightSource, p: str, x: np.ndarray) -> np.ndarray:
-    m = _norm(w, p + "final_layer_norm", x)
+    m = ln(w, p + "final_layer_norm", x)
     hidden = gelu_erf(m @ w[p + "fc1.weight"].T + w[p + "fc1.bias"])  # [n, d] -> [n, ffn]
     return x + hidden @ w[p + "fc2.weight"].T + w[p + "fc2.bias"]  # -> [n, d]
 
@@ -177,9 +154,9 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
     a = WhisperArgs.parse(cfg)
     for i in range(a.encoder_layers):
         p = f"encoder.layers.{i}."
-        params = _params(w, p + "self_attn.", a.encoder_attention_heads)
+        params = _params(w, p + "self_attn", a.encoder_attention_heads)
         rec = multi_head_attention(
-            _norm(w, p + "self_attn_layer_norm", x), params, axis=SOURCE, block="encoder", resid=x
+            ln(w, p + "self_attn_layer_norm", x), params, axis=SOURCE, block="encoder", resid=x
         )
         assert rec.output is not None
         out = _ff(w, p, x + rec.output)
@@ -188,7 +165,7 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
 
 
 def final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-    return _norm(w, "encoder.layer_norm", h)
+    return ln(w, "encoder.layer_norm", h)
 
 
 # ------------------------------------------------------------------------------ the decoder
@@ -238,17 +215,17 @@ def decoder(w: WeightSource, x: np.ndarray, enc: np.ndarray, cfg: Config) -> Ite
     for i in range(a.decoder_layers):
         p = f"decoder.layers.{i}."
         self_rec = multi_head_attention(
-            _norm(w, p + "self_attn_layer_norm", x),
-            _params(w, p + "self_attn.", heads),
+            ln(w, p + "self_attn_layer_norm", x),
+            _params(w, p + "self_attn", heads),
             mask,
             block="decoder",
             resid=x,
         )
         assert self_rec.output is not None
         h = x + self_rec.output
-        cross_params = _params(w, p + "encoder_attn.", heads)
+        cross_params = _params(w, p + "encoder_attn", heads)
         cross = multi_head_attention(
-            _norm(w, p + "encoder_attn_layer_norm", h),
+            ln(w, p + "encoder_attn_layer_norm", h),
             cross_params,
             block="cross",
             resid=h,
@@ -263,7 +240,7 @@ def decoder(w: WeightSource, x: np.ndarray, enc: np.ndarray, cfg: Config) -> Ite
 
 
 def decoder_final(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
-    return _norm(w, "decoder.layer_norm", h)
+    return ln(w, "decoder.layer_norm", h)
 
 
 def logits(w: WeightSource, h: np.ndarray, cfg: Config) -> np.ndarray:
