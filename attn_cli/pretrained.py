@@ -161,7 +161,9 @@ class Model:
             select_methods(methods, self.parts())  # a method this model cannot run: refused now
             options = make_options(**method_options)
         elif method_options:
-            raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
+            raise InputError(
+                f"{opt(next(iter(method_options)))} applies with {opt('methods', flag='--method')}"
+            )
         return self._run(
             texts, layer_list, head_list, keep, pair, methods or None, options, seq2seq
         )
@@ -237,7 +239,7 @@ class Model:
             return None
         if methods:
             raise InputError(
-                f"{opt('methods')}: not available for encoder–decoder models yet "
+                f"{opt('methods', flag='--method')}: not available for encoder–decoder models yet "
                 f"({self.name} is {self.family.name})"
             )
         if target is not None and not isinstance(target, str):
