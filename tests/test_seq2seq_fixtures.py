@@ -172,3 +172,25 @@ def test_only_the_decoder_map_is_causal_in_relative_entropy():
         rel = relative_entropy(step.data, visible_counts(t, step))
         want = entropy(step.data) / np.log(np.maximum(seen, 2))
         np.testing.assert_allclose(rel[np.array(seen) > 1], want[np.array(seen) > 1], atol=1e-12)
+
+
+def test_max_length_beyond_the_position_table(tmp_path):
+    """BART's decoder has 32 learned positions: --max-length 5000 is refused at once, naming
+    the flag (not after 32 tokens were generated); a generation config asking for more stops
+    at the table's end, and a note says so."""
+    import json
+
+    from tests.conftest import invoke
+
+    r = invoke(
+        ["explain", SOURCE, "--model", str(FIXTURES / "bart"), "--generate", "--max-length", "5000"]
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code != 0 and len(lines) == 1, r.stderr
+    assert "--max-length 5000" in lines[0] and "32" in lines[0], lines[0]
+    d = copy_of(tmp_path, "bart")
+    gen = json.loads((d / "generation_config.json").read_text())
+    (d / "generation_config.json").write_text(json.dumps(gen | {"max_length": 100}))
+    t = attn_cli.load_model(d).trace(SOURCE, generate=True)
+    assert len(t.token_ids) <= 32 and t.config["generated"]["max_length"] == 32
+    assert any("32 positions" in n for n in t.notes), t.notes
