@@ -17,6 +17,7 @@ from attn_cli.errors import InputError, opt
 from attn_cli.gguf import open_model
 from attn_cli.gguf.locate import is_gguf_spec
 from attn_cli.images import read_preprocessor
+from attn_cli.inputs import check_utf8
 from attn_cli.methods.lens import lens_steps, logit_lens
 from attn_cli.methods.registry import MethodRun, ModelParts, select_methods
 from attn_cli.methods.registry import method_options as make_options
@@ -244,6 +245,8 @@ class Model:
             )
         if target is not None and not isinstance(target, str):
             raise InputError(f"{opt('target', target)}: takes the target text as a string")
+        if target is not None:
+            check_utf8(target, opt("target"))
         if target is None and not generate:
             raise InputError(
                 f"{self.name} is an encoder–decoder model ({self.family.name}): give the target "
@@ -264,6 +267,7 @@ class Model:
             return
         if not isinstance(pair, str):
             raise InputError(f"{opt('pair', pair)}: takes the second sentence as a string")
+        check_utf8(pair, opt("pair"))
         types = self.config.get("type_vocab_size", 0)
         if not self.family.sentence_pairs or types < 2:
             raise InputError(
