@@ -68,7 +68,7 @@ def line_totals(attention: np.ndarray, special: Sequence[bool], punct: Sequence[
     layer does not have (NaN, `attention_stack`) adds 0; then `present` counts the lines each
     head was seen in."""
     a = np.asarray(attention, dtype=np.float64)
-    missing = np.isnan(a).all(axis=(-2, -1))
+    missing = np.asarray(np.isnan(a).all(axis=(-2, -1)))
     a = np.where(missing[..., None, None], 0.0, a)
     n = a.shape[-1]
     sp = np.asarray(special, dtype=bool).copy()
