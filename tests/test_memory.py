@@ -143,3 +143,10 @@ def test_total_memory_is_at_most_the_physical_memory():
     big.write(b"\x01" * (64 * 2**20))
     assert memory.resident_memory() - held >= 60 * 2**20
     big.close()
+
+
+def test_a_huge_estimate_reads_as_a_number():
+    """`--generate --max-length 10¹¹` on T5 (no position table) estimated ~1.6·10¹⁵ GiB,
+    printed as '1630745828151703.0 GiB': large sizes get thousands separators."""
+    assert memory.gib(2**30) == "1.0 GiB"
+    assert memory.gib(1234567 * 2**30) == "1,234,567.0 GiB"
