@@ -172,3 +172,9 @@ def test_the_new_families_fit_80_columns_in_every_view(name, monkeypatch):
     every = ["--layer", "all", "--head", "all", "--color-scale", "log"]
     for view in VIEWS:
         check_lines(run80(["explain", *NEW_FAMILIES[name], "--view", view, *every]))
+
+
+def test_the_model_help_names_the_new_families():
+    text = " ".join(run80(["explain", "--help"]).split())
+    for name in ("Mixtral", "DeepSeek", "gpt-oss", "OLMo", "Marian"):
+        assert name in text, name
