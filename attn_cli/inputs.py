@@ -77,22 +77,27 @@ def texts_from_stdin(raw: bytes) -> list[str]:
     return lines
 
 
+def check_utf8(text: str, source: str) -> None:
+    """Refuse a string that is not text: undecodable argv bytes arrive as lone surrogates
+    (PEP 383), reported as the byte they were; other unpaired surrogates by name."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = None
+        if raw is not None:
+            decode_utf8(raw, source)
+        raise InputError(
+            f"{source} holds unpaired surrogate characters, which are not text"
+        ) from None
+
+
 def read_texts(text: str | None, stdin) -> list[str]:
     """TEXT as given; '-', or no TEXT with stdin not a terminal, reads stdin."""
     if text is not None and text != "-":
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # Undecodable argv bytes arrive as lone surrogates (PEP 383): report the byte.
-            try:
-                raw = text.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError:
-                raw = None
-            if raw is not None:
-                decode_utf8(raw, "the text")
-            raise InputError(
-                "the text holds unpaired surrogate characters, which are not text"
-            ) from None
+        check_utf8(text, "the text")
         if not text.strip():
             raise InputError(f"the text is empty or only whitespace: {EXAMPLE}")
         check_length(text)

@@ -151,7 +151,7 @@ def model_bytes(
 
 
 def gib(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB"
+    return f"{size / 2**30:,.1f} GiB"
 
 
 def check_fits(need: int, size: str, advice: str) -> None:

@@ -17,7 +17,7 @@ from attn_cli.errors import InputError, opt
 from attn_cli.gguf import open_model
 from attn_cli.gguf.locate import is_gguf_spec
 from attn_cli.images import read_preprocessor
-from attn_cli.inputs import read_file
+from attn_cli.inputs import check_utf8, read_file
 from attn_cli.long import Request as LongRequest
 from attn_cli.long import decide as decide_long
 from attn_cli.long import layer_steps as long_layer_steps
@@ -225,7 +225,9 @@ class Model:
             select_methods(methods, self.parts())  # a method this model cannot run: refused now
             options = make_options(**method_options)
         elif method_options:
-            raise InputError(f"{opt(next(iter(method_options)))} applies with {opt('methods')}")
+            raise InputError(
+                f"{opt(next(iter(method_options)))} applies with {opt('methods', flag='--method')}"
+            )
         return self._run(
             texts, layer_list, head_list, keep, pair, methods or None, options, seq2seq, request
         )
@@ -311,11 +313,13 @@ class Model:
             return None
         if methods:
             raise InputError(
-                f"{opt('methods')}: not available for encoder–decoder models yet "
+                f"{opt('methods', flag='--method')}: not available for encoder–decoder models yet "
                 f"({self.name} is {self.family.name})"
             )
         if target is not None and not isinstance(target, str):
             raise InputError(f"{opt('target', target)}: takes the target text as a string")
+        if target is not None:
+            check_utf8(target, opt("target"))
         if target is None and not generate:
             raise InputError(
                 f"{self.name} is an encoder–decoder model ({self.family.name}): give the target "
@@ -341,6 +345,7 @@ class Model:
             return
         if not isinstance(pair, str):
             raise InputError(f"{opt('pair', pair)}: takes the second sentence as a string")
+        check_utf8(pair, opt("pair"))
         types = self.config.get("type_vocab_size", 0)
         if not self.family.sentence_pairs or types < 2:
             raise InputError(

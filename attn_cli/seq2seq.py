@@ -302,6 +302,17 @@ def seq2seq_trace(
     plan = make_plan(gen, cfg, d.vocab, max_length)
     if s2s.plan is not None:
         plan = s2s.plan(cfg, gen, plan)
+    if generate and d.max_positions is not None and plan.max_length > d.max_positions:
+        if max_length is not None:  # the user's: refused now, not after the table's end
+            raise InputError(
+                f"{opt('max_length', max_length)}: more than the {d.max_positions} target "
+                f"positions of {model.name}"
+            )
+        plan = replace(plan, max_length=d.max_positions)
+        plan.notes.append(
+            f"the generation config's max_length is beyond the model's {d.max_positions} "
+            f"positions: generating at most {d.max_positions} tokens"
+        )
     n_src = len(src_axis.labels)
     n_dec = s2s.decoder_layers(cfg)
     target_ids: list[int] = []

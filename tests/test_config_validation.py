@@ -115,6 +115,25 @@ CONFIG_CASES = [
     ("tiny_gpt2", "layer_norm_epsilon", NAN, "nan"),
     ("tiny_gpt2", "n_embd", None, "null"),
     ("tiny_gpt2", "n_inner", 0, "0"),
+    # the families of issues 22 and 23
+    ("tiny_mixtral", "num_local_experts", "4", "'4'"),
+    ("tiny_mixtral", "num_experts_per_tok", 0, "0"),
+    ("tiny_mixtral", "num_hidden_layers", 10**12, "1000000000000"),  # no list per layer first
+    ("tiny_qwen3_moe", "decoder_sparse_step", 0, "0"),
+    ("tiny_qwen3_moe", "num_hidden_layers", 10**12, "1000000000000"),
+    ("tiny_olmoe", "num_experts", -1, "-1"),
+    ("tiny_llama4", "interleave_moe_layer_step", 0, "0"),
+    ("tiny_llama4", "num_experts_per_tok", 10**12, "1000000000000"),
+    ("tiny_deepseek_v2", "kv_lora_rank", "12", "'12'"),
+    ("tiny_deepseek_v2", "first_k_dense_replace", -1, "-1"),
+    ("tiny_deepseek_v3", "routed_scaling_factor", NAN, "nan"),
+    ("tiny_deepseek_v3", "num_hidden_layers", 10**12, "1000000000000"),
+    ("tiny_qwen3_next", "linear_conv_kernel_dim", 0, "0"),
+    ("tiny_qwen3_next", "linear_num_value_heads", 1.5, "1.5"),
+    ("tiny_seq2seq/t5", "relative_attention_num_buckets", 0, "0"),
+    ("tiny_seq2seq/bart", "encoder_layers", "2", "'2'"),
+    ("tiny_seq2seq/marian", "d_model", None, "null"),
+    ("tiny_seq2seq/mbart", "scale_embedding", "yes", "'yes'"),
 ]
 
 
@@ -471,3 +490,28 @@ def test_declared_capabilities_decide_what_runs():
     m.family = dataclasses.replace(bert, sentence_pairs=False)
     with pytest.raises(InputError, match="no segment"):
         m.trace("the cat", pair="a dog")
+
+
+@pytest.mark.parametrize(
+    "fixture, change, says",
+    [
+        ("tiny_deepseek_v3", {"n_routed_experts": 10**12}, "mlp.gate.weight has shape (8, 32)"),
+        ("tiny_deepseek_v2", {"n_routed_experts": 10**12}, "mlp.gate.weight has shape (8, 32)"),
+        ("tiny_qwen3_next", {"num_experts": 10**12}, "mlp.gate.weight has shape (4, 32)"),
+        (
+            "tiny_qwen3_next",
+            {"num_hidden_layers": 10**12, "layer_types": None},
+            "num_hidden_layers 1000000000000 is more than model.safetensors holds",
+        ),
+    ],
+)
+def test_absurd_expert_and_layer_counts_stop_before_anything_is_built(
+    tmp_path, fixture, change, says
+):
+    """An expert count is checked against the router's weight before a name is listed per
+    expert (10¹² of them filled memory), a layer count against the checkpoint's tensors before
+    a list is built per layer: one line, in a child limited to 2 GiB."""
+    from tests.test_hostile import one_line_error, run
+
+    d = with_config(tmp_path, fixture, change)
+    one_line_error(run(["explain", "the cat", "--model", str(d)]), says=says)

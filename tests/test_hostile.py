@@ -449,3 +449,28 @@ def test_an_svg_export_loads_no_remote_font(tmp_path):
         "https://www.textualize.io",
     ]
     assert "monospace" in text
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (
+            [b"w3", b"--model", b"tests/fixtures/tiny_seq2seq/t5", b"--target", b"w4 \xff"],
+            "--target is not valid UTF-8 (byte 0xff at offset 3)",
+        ),
+        (
+            [b"hi", b"--model", str(TINY_BERT).encode(), b"--pair", b"x \xfe"],
+            "--pair is not valid UTF-8 (byte 0xfe at offset 2)",
+        ),
+    ],
+)
+def test_a_target_or_pair_that_is_not_utf8_is_one_line(args, says):
+    """Undecodable argv bytes in --target / --pair (as in TEXT) are named, not a TypeError
+    from the tokenizer; the Python API refuses lone surrogates the same way."""
+    import attn_cli
+    from attn_cli.errors import InputError
+
+    one_line_error(run(["explain", *args], cwd=ROOT), says=says)
+    m = attn_cli.load_model(ROOT / "tests" / "fixtures" / "tiny_seq2seq" / "t5")
+    with pytest.raises(InputError, match="target is not valid UTF-8"):
+        m.trace("w3", target="w4 \udcff")

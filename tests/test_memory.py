@@ -156,3 +156,10 @@ def test_console_script_keeps_freed_buffers_for_reuse():
     code = "from attn_cli.memory import reuse_freed_memory; print(reuse_freed_memory())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
+
+
+def test_a_huge_estimate_reads_as_a_number():
+    """`--generate --max-length 10¹¹` on T5 (no position table) estimated ~1.6·10¹⁵ GiB,
+    printed as '1630745828151703.0 GiB': large sizes get thousands separators."""
+    assert memory.gib(2**30) == "1.0 GiB"
+    assert memory.gib(1234567 * 2**30) == "1,234,567.0 GiB"

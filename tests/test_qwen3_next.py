@@ -459,3 +459,34 @@ def _float32(directory: Path) -> dict[str, np.ndarray]:
 
     w = SafetensorsWeights(directory, "embed_tokens.weight")
     return {"model." + name if name != "lm_head.weight" else name: w[name] for name in w}
+
+
+def test_heads_over_a_corpus_leaves_missing_heads_empty():
+    """`attn-cli heads` on layers with different head counts: the softmax layer's missing heads
+    are NaN in every statistic (as the detectors leave them), the others finite; no refusal."""
+    from attn_cli.methods.corpus import corpus_statistics
+    from attn_cli.methods.corpus_lines import model_runner
+
+    totals = corpus_statistics(
+        ["the cat sat on the mat", "a dog ran"], str(FIXTURE), workers=1, progress=False
+    )
+    means = totals.means()
+    assert set(means) == {
+        "to_first",
+        "to_sep",
+        "to_punct",
+        "to_prev",
+        "to_next",
+        "to_self",
+        "entropy",
+    }
+    for name, m in means.items():
+        assert m.shape == (4, 8), name
+        assert np.isnan(m[3, 4:]).all() and np.isfinite(m[:3]).all(), name
+        assert np.isfinite(m[3, :4]).all(), name
+    # the present heads' means are those of the lines' own maps (as shares of each row)
+    run = model_runner(str(FIXTURE))
+    firsts = [run(t)[0][..., :, 0] for t in ("the cat sat on the mat", "a dog ran")]
+    want = np.concatenate(firsts, axis=-1).mean(-1)
+    np.testing.assert_allclose(means["to_first"][:3], want[:3], atol=1e-6)
+    np.testing.assert_allclose(means["to_first"][3, :4], want[3, :4], atol=1e-6)

@@ -466,7 +466,7 @@ def test_cli_target_and_generate(tiny, tmp_path):
     for args, message in (
         ([], "give the target with --target or let it write one with --generate"),
         (["--target", "w9", "--generate"], "--target and --generate: give one of them"),
-        (["--method", "rollout", "--target", "w9"], "not available for encoder–decoder"),
+        (["--method", "rollout", "--target", "w9"], "--method: not available for encoder–decoder"),
         (
             ["--max-length", "3", "--target", "w9"],
             "--max-length 3: a positive number, with --generate",

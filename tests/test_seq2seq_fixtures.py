@@ -150,3 +150,47 @@ def test_compare_refuses_an_encoder_decoder_model_and_heads_reads_its_encoder(tm
     corpus.write_text("w10 w11 w12\nw13 w14 w15 w16\n")
     r = invoke(["heads", str(corpus), "--model", t5])
     assert r.exit_code == 0, r.stderr
+
+
+def test_only_the_decoder_map_is_causal_in_relative_entropy():
+    """The trace is 'causal' (its decoder), but an encoder row sees every source token and a
+    cross row every source position: 'vs uniform' / rel. divides by log(n_source) there, by
+    log(i + 1) only in the decoder's own map."""
+    from attn_cli.attention import entropy
+    from attn_cli.render.statistics import relative_entropy, visible_counts
+
+    t = attn_cli.load_model(FIXTURES / "t5").trace(SOURCE, target=TARGET)
+    assert t.config["causal"]
+    n_src, n_tgt = len(t.config["source_ids"]), len(t.token_ids)
+    for block, seen in (
+        ("encoder", [n_src] * n_src),
+        ("cross", [n_src] * n_tgt),
+        ("decoder", list(range(1, n_tgt + 1))),
+    ):
+        step = next(s for s in t.steps_named("W") if s.block == block)
+        assert visible_counts(t, step).tolist() == seen, block
+        rel = relative_entropy(step.data, visible_counts(t, step))
+        want = entropy(step.data) / np.log(np.maximum(seen, 2))
+        np.testing.assert_allclose(rel[np.array(seen) > 1], want[np.array(seen) > 1], atol=1e-12)
+
+
+def test_max_length_beyond_the_position_table(tmp_path):
+    """BART's decoder has 32 learned positions: --max-length 5000 is refused at once, naming
+    the flag (not after 32 tokens were generated); a generation config asking for more stops
+    at the table's end, and a note says so."""
+    import json
+
+    from tests.conftest import invoke
+
+    r = invoke(
+        ["explain", SOURCE, "--model", str(FIXTURES / "bart"), "--generate", "--max-length", "5000"]
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code != 0 and len(lines) == 1, r.stderr
+    assert "--max-length 5000" in lines[0] and "32" in lines[0], lines[0]
+    d = copy_of(tmp_path, "bart")
+    gen = json.loads((d / "generation_config.json").read_text())
+    (d / "generation_config.json").write_text(json.dumps(gen | {"max_length": 100}))
+    t = attn_cli.load_model(d).trace(SOURCE, generate=True)
+    assert len(t.token_ids) <= 32 and t.config["generated"]["max_length"] == 32
+    assert any("32 positions" in n for n in t.notes), t.notes

@@ -153,3 +153,28 @@ def test_a_heads_grid_wider_than_the_screen_wraps_into_blocks_that_show_every_he
     if width == 80:  # 12 heads do not fit: two blocks of 6, each saying which columns
         assert "H0 … H5 (columns 1–6 of 12)" in lines and "H6 … H11 (columns 7–12 of 12)" in lines
     assert "… 6 more rows (L24 … L29; --max-rows 30 shows every row)" in lines
+
+
+NEW_FAMILIES = {  # torch-free fixtures of issues 22 and 23: routers, mixing maps, three blocks
+    "mixtral": ["the cat sat on the mat", "--model", "tests/fixtures/tiny_mixtral"],
+    "qwen3_next": ["the cat sat on the mat", "--model", "tests/fixtures/tiny_qwen3_next"],
+    "deepseek_v3": ["the cat sat on the mat", "--model", "tests/fixtures/tiny_deepseek_v3"],
+    "t5": ["w3 w7 w9", "--model", "tests/fixtures/tiny_seq2seq/t5", "--target", "w4 w5"],
+    "marian": ["w3 w7 w9", "--model", "tests/fixtures/tiny_seq2seq/marian", "--generate"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_FAMILIES))
+def test_the_new_families_fit_80_columns_in_every_view(name, monkeypatch):
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    every = ["--layer", "all", "--head", "all", "--color-scale", "log"]
+    for view in VIEWS:
+        check_lines(run80(["explain", *NEW_FAMILIES[name], "--view", view, *every]))
+
+
+def test_the_model_help_names_the_new_families():
+    text = " ".join(run80(["explain", "--help"]).split())
+    for name in ("Mixtral", "DeepSeek", "gpt-oss", "OLMo", "Marian"):
+        assert name in text, name

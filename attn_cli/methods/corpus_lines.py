@@ -52,9 +52,10 @@ class Totals:
 
     def means(self) -> dict[str, np.ndarray]:
         """Every statistic's (L, H) mean; NaN where nothing was counted (one-token lines have
-        no previous or next token)."""
+        no previous or next token) and for a head its layer does not have (`present`)."""
+        absent = self.sums["present"] == 0 if "present" in self.sums else False
         return {
-            k: self.sums[k] / self.counts[k]
+            k: np.where(absent, np.nan, self.sums[k] / self.counts[k])
             if self.counts[k]
             else np.full_like(self.sums[k], np.nan)
             for k in STATISTICS
@@ -63,8 +64,12 @@ class Totals:
 
 
 def line_totals(attention: np.ndarray, special: Sequence[bool], punct: Sequence[bool]) -> Totals:
-    """Sums of every statistic for one line: attention (L, H, n, n), masks (n,)."""
+    """Sums of every statistic for one line: attention (L, H, n, n), masks (n,). A head its
+    layer does not have (NaN, `attention_stack`) adds 0; then `present` counts the lines each
+    head was seen in."""
     a = np.asarray(attention, dtype=np.float64)
+    missing = np.asarray(np.isnan(a).all(axis=(-2, -1)))
+    a = np.where(missing[..., None, None], 0.0, a)
     n = a.shape[-1]
     sp = np.asarray(special, dtype=bool).copy()
     sp[0] = False  # the first token has a statistic of its own
@@ -77,9 +82,11 @@ def line_totals(attention: np.ndarray, special: Sequence[bool], punct: Sequence[
         "to_prev": a[..., i[1:], i[1:] - 1].sum(-1),
         "to_next": a[..., i[:-1], i[:-1] + 1].sum(-1),
         "to_self": a[..., i, i].sum(-1),
-        "entropy": entropy(a).sum(-1),
+        "entropy": np.where(missing, 0.0, entropy(a).sum(-1)),
     }
     counts = {k: n for k in STATISTICS}
+    if missing.any():  # the same heads on every line of a model
+        sums["present"], counts["present"] = (~missing).astype(np.float64), 1
     counts["to_prev"] = counts["to_next"] = n - 1
     return Totals(sums, counts, 1, n)
 

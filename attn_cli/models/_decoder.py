@@ -60,7 +60,7 @@ from attn_cli.models.registry import (
     Wording,
     families,
 )
-from attn_cli.models.weights import expect_shape, matmul_rows_t
+from attn_cli.models.weights import expect_layers, expect_shape, matmul_rows_t
 from attn_cli.records import LayerRecord, multi_head_attention
 
 ANCHOR = "embed_tokens.weight"
@@ -253,6 +253,7 @@ def check(spec: Spec, w: WeightSource, args: DecoderArgs, source: str) -> None:
     if args.use_bidirectional_attention:
         raise InputError(f"{source}: use_bidirectional_attention is not supported (decoders only)")
     activation(activation_name(spec, args))  # refuses unknown activations by name
+    expect_layers(w, layers, f"{source}: num_hidden_layers {layers}")
     kinds = layer_kinds(spec, args)
     if len(kinds) != layers or any(k not in (FULL, SLIDING) for k in kinds):
         raise InputError(

@@ -61,7 +61,7 @@ from attn_cli.models._decoder import (
 from attn_cli.models.args import COUNT, FLAG, NUMBER, POSITIVE, POSITIVE_INT, TEXT, arg
 from attn_cli.models.layers import activation, rms_norm
 from attn_cli.models.registry import ABSENT, Config, Dims, GGUFTable, WeightSource
-from attn_cli.models.weights import expect_shape
+from attn_cli.models.weights import expect_layers, expect_shape
 from attn_cli.narrate import superscript
 from attn_cli.records import (
     KEY,
@@ -158,7 +158,12 @@ class DeepseekV2Args(DecoderArgs):
                 f"{source}: topk_method {self.topk_method!r} is not supported (supported: "
                 f"{', '.join(TOPK_METHODS)})"
             )
-        if self.n_routed_experts is None or not any(self.moe_layers()):
+        # the first MoE layer, found without a list per layer (num_hidden_layers is not
+        # checked against the checkpoint yet)
+        freq = self.moe_layer_freq
+        if self.n_routed_experts is None or (
+            -(-self.first_k_dense_replace // freq) * freq >= self.num_hidden_layers
+        ):
             return
         experts, top_k = self.n_routed_experts, self.num_experts_per_tok
         if top_k is None or top_k > experts:
@@ -282,6 +287,9 @@ def check(w: WeightSource, cfg: Config) -> None:
             "a GGUF file"
         )
     expect_shape(w, ANCHOR, (vocab, d))
+    expect_layers(
+        w, args.num_hidden_layers, f"{source}: num_hidden_layers {args.num_hidden_layers}"
+    )
     moe = args.moe_layers()
     for i in range(args.num_hidden_layers):
         p = f"layers.{i}."
@@ -321,7 +329,8 @@ def _moe_shapes(w: WeightSource, m: str, args: DeepseekV2Args) -> dict[str, tupl
     d, inter = args.hidden_size, args.moe_intermediate_size
     experts = args.n_routed_experts
     assert experts is not None
-    shapes: dict[str, tuple[int, ...]] = {m + "gate.weight": (experts, d)}
+    expect_shape(w, m + "gate.weight", (experts, d))  # the expert count, before the loop below
+    shapes: dict[str, tuple[int, ...]] = {}
     if args.sigmoid:
         shapes[m + "gate.e_score_correction_bias"] = (experts,)
     if args.n_shared_experts:

@@ -57,7 +57,7 @@ from attn_cli.models._decoder import (
 from attn_cli.models.args import COUNT, FLAG, FRACTION, POSITIVE, POSITIVE_INT, Kind, arg
 from attn_cli.models.layers import activation, rms_norm, silu
 from attn_cli.models.registry import Config, Dims, WeightSource
-from attn_cli.models.weights import expect_shape
+from attn_cli.models.weights import expect_layers, expect_shape
 from attn_cli.narrate import STAGE_TEXTS as CATALOGUE
 from attn_cli.narrate import StageContext
 from attn_cli.records import (
@@ -128,8 +128,10 @@ class Qwen3NextArgs(DecoderArgs):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        kinds = self.kinds
-        if len(kinds) != self.num_hidden_layers or any(k not in (FULL, LINEAR) for k in kinds):
+        kinds = self.layer_types  # without it every kind is valid (and no list is built yet)
+        if kinds and (
+            len(kinds) != self.num_hidden_layers or any(k not in (FULL, LINEAR) for k in kinds)
+        ):
             raise InputError(
                 f"{source}: layer_types must list {self.num_hidden_layers} entries of "
                 f"{FULL!r} or {LINEAR!r}"
@@ -186,6 +188,9 @@ def check(w: WeightSource, cfg: Config) -> None:
     activation(args.hidden_act or "silu")  # refuses unknown activations by name
     _rotary(args, source)  # refuses unsupported rope types and bad rope values by name
     expect_shape(w, ANCHOR, (args.vocab_size, d))
+    expect_layers(
+        w, args.num_hidden_layers, f"{source}: num_hidden_layers {args.num_hidden_layers}"
+    )
     conv = 2 * hk * dk + hv * dv
     for i, kind in enumerate(args.kinds):
         p = f"layers.{i}."
@@ -228,8 +233,8 @@ def check(w: WeightSource, cfg: Config) -> None:
                 args.moe_intermediate_size,
                 args.shared_expert_intermediate_size,
             )
+            expect_shape(w, m + "gate.weight", (e, d))  # the expert count, before the loop
             shapes |= {
-                m + "gate.weight": (e, d),
                 m + "shared_expert_gate.weight": (1, d),
                 m + "shared_expert.gate_proj.weight": (shared, d),
                 m + "shared_expert.up_proj.weight": (shared, d),

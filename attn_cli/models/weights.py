@@ -22,7 +22,7 @@ import contextlib
 import json
 import mmap
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -397,6 +397,15 @@ def header_summary(directory: Path) -> tuple[int, str] | None:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
     return count, "/".join(sorted(dtypes))
+
+
+def expect_layers(w: object, layers: int, label: str) -> None:
+    """Refuse a layer (or expert) count that the checkpoint cannot hold, each having tensors
+    of its own, before anything is built per layer: 'config.json: num_hidden_layers 10¹²'
+    would otherwise fill memory with per-layer lists before a missing tensor is noticed."""
+    if isinstance(w, Sized) and layers > len(w):
+        where = getattr(w, "label", None) or getattr(getattr(w, "path", None), "name", "checkpoint")
+        raise InputError(f"{label} is more than {where} holds ({len(w)} tensors)")
 
 
 def expect_shape(w, name: str, shape: tuple[int, ...]) -> None:

@@ -88,16 +88,19 @@ def relative_entropy(w: np.ndarray, visible: np.ndarray | None = None) -> np.nda
 def visible_counts(trace: Trace, step: TraceStep) -> np.ndarray:
     """How many tokens each row of an attention map may attend to: the finite cells of the
     matching W_masked step, else (generated rows) the prompt and the new tokens before, else
-    i + 1 under a causal mask (config causal), else every token."""
+    i + 1 under a causal mask (config causal: the text's own self-attention, not an encoder's
+    over the source nor a cross map), else every token."""
     n_rows, n_cols = step.data.shape
     for s in trace.steps_named("W_masked"):
-        if s.layer == step.layer and s.head == step.head and s.data.shape == step.data.shape:
+        if (s.layer, s.head, s.block) == (step.layer, step.head, step.block) and (
+            s.data.shape == step.data.shape
+        ):
             return np.isfinite(s.data).sum(axis=1)
     generation = trace.config.get("generation")
     if isinstance(generation, dict) and step.row_axis != step.col_axis:
         # Model.generate's rows: the pass that chose new token i saw the prompt and i new ones
         return np.minimum(np.arange(n_rows) + int(generation.get("prompt_tokens", 1)), n_cols)
-    if trace.config.get("causal"):
+    if trace.config.get("causal") and step.self_map and step.row_axis != "source":
         return np.minimum(np.arange(1, n_rows + 1), n_cols)
     return np.full(n_rows, n_cols)
 
