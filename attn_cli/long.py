@@ -334,6 +334,27 @@ def blockwise_advice(family: Any, methods: bool) -> str:
     return f"; {opt('rows')} A:B {opt('cols')} C:D keeps exact blocks only"
 
 
+def has_long_path(family: Any) -> bool:
+    """Whether `family` computes texts blockwise: a text decoder on the shared decoder (not a
+    picture's encoder, not an encoder–decoder model)."""
+    return family.vision is None and family.seq2seq is None and supports(family)
+
+
+def no_long_path(family: Any) -> InputError:
+    """The one-line refusal of a zoom (or long=True) for a family without the long path."""
+    return InputError(
+        f"{opt('rows')}/{opt('cols')}: {family.name} has no long (blockwise) path to recompute "
+        "exact blocks with; leave them out for its full maps (attn-cli show FILE --rows A:B "
+        "--cols C:D zooms a saved trace's heatmap)"
+    )
+
+
+def check_request(request: Request, family: Any) -> None:
+    """Refuse, before any work, a zoom or long=True that `family` cannot honour."""
+    if (request.zoomed or request.force) and not has_long_path(family):
+        raise no_long_path(family)
+
+
 def decide(
     request: Request,
     family: Any,
@@ -367,10 +388,7 @@ def decide(
         )
         return None
     if not supports(family):
-        raise InputError(
-            f"{opt('rows')}/{opt('cols')}: exact blocks of long texts are for decoders; "
-            f"{family.name} shows its full maps (use the heatmap's own zoom on a saved trace)"
-        )
+        raise no_long_path(family)
     if methods:
         raise InputError(
             f"{opt('methods')}: the methods need every layer's full map ({full}); "
