@@ -243,16 +243,25 @@ def remember(trace: Any, layer: int, record: AttentionRecord) -> None:
     entry[1][layer] = record.facts["long"]
 
 
+def zoomable(trace: Any, layer: int | None, head: int | None) -> bool:
+    """Whether `zoom` can recompute blocks of this layer and head of `trace`: a long trace
+    made in this process (a loaded one holds no queries or keys)."""
+    entry = _KEPT.get(id(trace))
+    if entry is None or entry[0] is not trace or layer is None:
+        return False
+    kept = entry[1].get(layer)
+    return kept is not None and head in kept.queries
+
+
 def zoom(trace: Any, layer: int, head: int, rows: Any, cols: Any) -> TraceStep:
     """The exact weights W[rows, cols] of a shown layer and head of a long trace made in this
     process, recomputed from its kept queries and keys; also appended to the trace's steps."""
-    entry = _KEPT.get(id(trace))
-    kept = None if entry is None or entry[0] is not trace else entry[1].get(layer)
-    if kept is None or head not in kept.queries:
+    if not zoomable(trace, layer, head):
         raise InputError(
             f"layer {layer}, head {head}: not a shown layer and head of a long trace made in "
             "this process (a loaded trace holds no queries or keys to zoom with)"
         )
+    kept = _KEPT[id(trace)][1][layer]
     n = len(trace.tokens)
     r = span(rows, n, "rows") or (0, n)
     c = span(cols, n, "cols") or (0, n)
