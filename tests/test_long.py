@@ -461,3 +461,20 @@ def test_the_browser_zooms_into_the_pooled_cell_under_the_cursor():
     np.testing.assert_allclose(block, full[r0:r1, c0:c1], atol=1e-5)
     assert block.shape == (r1 - r0, c1 - c0) and block.any()
     asyncio.run(script(BrowseApp([saved]), False))
+
+
+def test_attn_cli_browse_of_a_long_file_hands_the_browser_zoomable_traces(monkeypatch, tmp_path):
+    """`attn-cli browse --file … --model …` (a fresh run): the browser gets the long traces
+    themselves, so z can recompute blocks from their kept queries and keys."""
+    import attn_cli.browse as browse
+
+    got = []
+    monkeypatch.setattr(browse, "require_browser", lambda: None)
+    monkeypatch.setattr(browse, "run_browser", lambda traces, **kw: got.extend(traces))
+    monkeypatch.setattr(long, "LONG_TOKENS", 200)  # a long text for the test: past 200 tokens
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(WORDS * 20), encoding="utf-8")
+    assert main(["browse", "--file", str(doc), "--model", str(GEMMA3), "--layer", "1"]) in (0, None)
+    (trace,) = got
+    assert len(trace.tokens) > 200 and steps(trace, "W_pooled") and not steps(trace, "W")
+    assert all(long.zoomable(trace, 1, h) for h in range(4)) and not long.zoomable(trace, 0, 0)
