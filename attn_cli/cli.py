@@ -1148,6 +1148,7 @@ def browse(
 
     Arrows / hjkl: layer and head. tab: step. [ ]: token. , .: key token.
     enter: neuron view (q, k, q⊙k, sum, score, weight). mouse: exact values. ?: keys. q: quit.
+    z on a long text's W_pooled: the exact block under the cursor, recomputed (a fresh run).
 
     Takes explain's options; with --model, every layer and head unless --layer/--head.
     """

@@ -243,16 +243,25 @@ def remember(trace: Any, layer: int, record: AttentionRecord) -> None:
     entry[1][layer] = record.facts["long"]
 
 
+def zoomable(trace: Any, layer: int | None, head: int | None) -> bool:
+    """Whether `zoom` can recompute blocks of this layer and head of `trace`: a long trace
+    made in this process (a loaded one holds no queries or keys)."""
+    entry = _KEPT.get(id(trace))
+    if entry is None or entry[0] is not trace or layer is None:
+        return False
+    kept = entry[1].get(layer)
+    return kept is not None and head in kept.queries
+
+
 def zoom(trace: Any, layer: int, head: int, rows: Any, cols: Any) -> TraceStep:
     """The exact weights W[rows, cols] of a shown layer and head of a long trace made in this
     process, recomputed from its kept queries and keys; also appended to the trace's steps."""
-    entry = _KEPT.get(id(trace))
-    kept = None if entry is None or entry[0] is not trace else entry[1].get(layer)
-    if kept is None or head not in kept.queries:
+    if not zoomable(trace, layer, head):
         raise InputError(
             f"layer {layer}, head {head}: not a shown layer and head of a long trace made in "
             "this process (a loaded trace holds no queries or keys to zoom with)"
         )
+    kept = _KEPT[id(trace)][1][layer]
     n = len(trace.tokens)
     r = span(rows, n, "rows") or (0, n)
     c = span(cols, n, "cols") or (0, n)
@@ -334,6 +343,27 @@ def blockwise_advice(family: Any, methods: bool) -> str:
     return f"; {opt('rows')} A:B {opt('cols')} C:D keeps exact blocks only"
 
 
+def has_long_path(family: Any) -> bool:
+    """Whether `family` computes texts blockwise: a text decoder on the shared decoder (not a
+    picture's encoder, not an encoder–decoder model)."""
+    return family.vision is None and family.seq2seq is None and supports(family)
+
+
+def no_long_path(family: Any) -> InputError:
+    """The one-line refusal of a zoom (or long=True) for a family without the long path."""
+    return InputError(
+        f"{opt('rows')}/{opt('cols')}: {family.name} has no long (blockwise) path to recompute "
+        "exact blocks with; leave them out for its full maps (attn-cli show FILE --rows A:B "
+        "--cols C:D zooms a saved trace's heatmap)"
+    )
+
+
+def check_request(request: Request, family: Any) -> None:
+    """Refuse, before any work, a zoom or long=True that `family` cannot honour."""
+    if (request.zoomed or request.force) and not has_long_path(family):
+        raise no_long_path(family)
+
+
 def decide(
     request: Request,
     family: Any,
@@ -367,10 +397,7 @@ def decide(
         )
         return None
     if not supports(family):
-        raise InputError(
-            f"{opt('rows')}/{opt('cols')}: exact blocks of long texts are for decoders; "
-            f"{family.name} shows its full maps (use the heatmap's own zoom on a saved trace)"
-        )
+        raise no_long_path(family)
     if methods:
         raise InputError(
             f"{opt('methods')}: the methods need every layer's full map ({full}); "

@@ -19,6 +19,7 @@ from attn_cli.gguf.locate import is_gguf_spec
 from attn_cli.images import read_preprocessor
 from attn_cli.inputs import check_utf8, read_file
 from attn_cli.long import Request as LongRequest
+from attn_cli.long import check_request as check_long_request
 from attn_cli.long import decide as decide_long
 from attn_cli.long import layer_steps as long_layer_steps
 from attn_cli.long import long_layers
@@ -216,6 +217,7 @@ class Model:
         default) when a zoom is given, past long.LONG_TOKENS tokens, or when the full maps would
         not fit in memory."""
         request = LongRequest(rows, cols, long)
+        check_long_request(request, self.family)
         layer_list, head_list = self.select(layers, heads)
         keep = step_filter(parse_steps(steps))
         self._check_pair(pair)

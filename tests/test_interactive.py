@@ -612,3 +612,59 @@ def test_screenshots(browser, minilm_trace, tmp_path):
         o.check_clean()
         o.page.close()
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_long_trace_page_shows_the_pooled_map_and_the_block(browser, tmp_path):
+    """--html --interactive of a long run (tiny Gemma 3, more tokens than pooled bins): the Map
+    selector offers W_pooled and W_block, labelled by token ranges and positions, with their
+    numbers; the page holds no n × n map."""
+    import attn_cli
+    from attn_cli import blockwise
+
+    gemma = ROOT / "tests" / "fixtures" / "tiny_gemma3"
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(["the cat sat on a mat by the river bank"] * 40), encoding="utf-8")
+    out = tmp_path / "long.html"
+    args = ["explain", "--file", str(doc), "--model", str(gemma), "--layer", "1", "--head", "2"]
+    zoom = ["--rows", "300:340", "--cols", "250:350"]
+    r = invoke([*args, *zoom, "--html", str(out), "--interactive"])
+    assert r.exit_code == 0, r.stderr
+    # the same run in this process, at full precision (the JSON export rounds)
+    trace = attn_cli.explain(
+        file=doc, model=str(gemma), layer=1, head=2, rows="300:340", cols="250:350"
+    )
+    n = len(trace.tokens)
+    pooled, block = trace.find("W_pooled", 1, 2), trace.find("W_block", 1, 2)
+    assert n > 256 and pooled.data.shape == (256, 256) and block.data.shape == (40, 100)
+    doc_data = embedded(out.read_text(encoding="utf-8"))
+    assert all(s["shape"] != [n, n] for s in doc_data["traces"][0]["steps"])  # never the n² map
+    e = blockwise.edges(n, 256)
+    ranges = [f"{a}–{b - 1}" for a, b in zip(e[:-1], e[1:], strict=True)]
+    labels = token_labels(trace.tokens)
+
+    o = Opened(browser, out.read_text(encoding="utf-8"), tmp_path)
+    page = o.page
+    assert page.eval_on_selector_all("#step option", "os => os.map(o => o.value)") == [
+        "W_pooled",
+        "W_block",
+    ]
+    assert page.input_value("#step") == "W_pooled"
+    assert page.text_content("#hm-title") == "W_pooled"
+    assert page.locator("#hv-left .tok .lbl").all_text_contents() == ranges
+    assert page.locator("#hv-right .tok .lbl").all_text_contents() == ranges
+    o.hover_token("q", 200)
+    assert_close(as_numbers(o.values("k")), pooled.data[200].astype(np.float64))
+    assert ranges[200] in page.text_content("#hv-info")
+
+    page.select_option("#step", "W_block")
+    assert page.text_content("#hm-title") == "W_block"
+    assert page.locator("#hv-left .tok .lbl").all_text_contents() == [
+        f"{i}:{labels[i]}" for i in range(300, 340)
+    ]
+    assert page.locator("#hv-right .tok .lbl").all_text_contents() == [
+        f"{j}:{labels[j]}" for j in range(250, 350)
+    ]
+    o.hover_token("q", 5)
+    assert_close(as_numbers(o.values("k")), block.data[5].astype(np.float64))
+    assert page.evaluate("document.getElementById('hm').width") > 0  # the heatmap is drawn
+    o.check_clean()

@@ -217,11 +217,35 @@ def test_long_path_kicks_in_when_full_maps_would_not_fit(monkeypatch):
 
 def test_models_without_a_blockwise_path_say_how_big_the_map_would_be(monkeypatch):
     model = load_model(FIXTURES / "tiny_bert")
-    with pytest.raises(InputError, match="exact blocks of long texts are for decoders"):
+    with pytest.raises(InputError, match="bert has no long"):
         model.trace("the cat sat", rows="0:2")
     monkeypatch.setattr(memory, "total_memory", lambda: memory.resident_memory() + 1)
     with pytest.raises(InputError, match=r"2 × 2 maps of 8 × 8 would take 1 KiB.*fewer layers"):
         model.trace("the cat sat on the mat", layers="all")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "args"),
+    [
+        ("tiny_bert", ["the cat sat"]),
+        ("tiny_gpt2", ["the cat sat"]),
+        ("tiny_qwen3_next", ["the cat sat"]),
+        ("tiny_vision/vit", [str(FIXTURES / "tiny_vision" / "picture.ppm")]),
+        ("tiny_seq2seq/t5", ["the cat sat", "--target", "a cat"]),
+        ("tiny_whisper", [str(FIXTURES / "tiny_whisper" / "speech.wav"), "--target", "hi"]),
+    ],
+)
+@pytest.mark.parametrize("flag", ["--rows", "--cols"])
+def test_rows_and_cols_without_a_long_path_are_refused_in_one_line(fixture, args, flag):
+    r = invoke(["explain", *args, "--model", str(FIXTURES / fixture), flag, "0:2", "--view", "top"])
+    assert r.exit_code != 0 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "--rows/--cols" in r.stderr and "has no long (blockwise) path" in r.stderr
+    # not vacuous: without the flag the same run works
+    assert (
+        invoke(["explain", *args, "--model", str(FIXTURES / fixture), "--view", "top"]).exit_code
+        == 0
+    )
 
 
 def test_zoom_ranges_are_checked():
@@ -384,3 +408,73 @@ def test_the_api_reads_a_file_and_zooms(tmp_path):
     assert attn_cli.explain(file=doc).text == doc.read_text()
     with pytest.raises(InputError, match="apply with model="):
         attn_cli.explain(file=doc, rows="0:2")
+
+
+def test_the_browser_zooms_into_the_pooled_cell_under_the_cursor():
+    """z on W_pooled recomputes the exact block of the cursor's pooled cell (its rows × columns
+    of tokens): it equals the ordinary full map's cells; a saved trace says it cannot."""
+    require("textual")
+    import asyncio
+
+    from attn_cli.browse.app import BrowseApp, MainScreen
+    from attn_cli.browse.widgets import Heatmap
+    from attn_cli.export import dumps_traces, loads_traces
+
+    model = load_model(GEMMA3)
+    text = text_of(model, 600)
+    full = model.trace(text, layers=[1], heads=[2], long=False).find("W", 1, 2).data
+    trace = model.trace(text, layers=[1], heads=[2], long=True)  # a long trace below 4,096
+    e = blockwise.edges(600, 256)  # bins of 2 or 3 tokens
+    saved = loads_traces(dumps_traces([trace]))[0]
+    shown: list[tuple[tuple[int, int], tuple[int, int], np.ndarray, str]] = []
+
+    async def script(app: BrowseApp, fresh: bool) -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, MainScreen) and screen.step.name == "W_pooled"
+            screen.qtok, screen.key_token = 451, 300  # then by bins: ] and .
+            await pilot.press("right_square_bracket", "full_stop", "full_stop", "comma")
+            r, c = int(np.searchsorted(e, 451, "right")), int(np.searchsorted(e, 300, "right"))
+            assert (screen.qtok, screen.key_token) == (e[r], e[c])
+            assert screen.query_one(Heatmap).qtok == r  # the heatmap's cursor is the cell
+            await pilot.press("z")
+            await pilot.pause()
+            note = [n.message for n in app._notifications][-1]
+            if not fresh:
+                assert screen.step.name == "W_pooled" and note.count("\n") == 0
+                assert "needs a fresh run" in note and "--rows A:B --cols C:D" in note
+                return
+            step = screen.step
+            assert step.name == "W_block" and screen.query_one(Heatmap).step is step
+            shown.append(((e[r], e[r + 1]), (e[c], e[c + 1]), step.data, note))
+            assert [x.split(":")[0] for x in step.rows] == [str(i) for i in range(e[r], e[r + 1])]
+            # zoom again from another cell: the new block replaces the one z made
+            await pilot.press("shift+tab", "comma", "z")
+            await pilot.pause()
+            assert [s.name for s in screen.steps].count("W_block") == 1
+            assert screen.step.cols[0].startswith(f"{e[c - 1]}:")
+
+    asyncio.run(script(BrowseApp([trace]), True))
+    ((r0, r1), (c0, c1), block, note) = shown[0]
+    assert f"queries {r0}–{r1 - 1} over keys {c0}–{c1 - 1}" in note
+    np.testing.assert_allclose(block, full[r0:r1, c0:c1], atol=1e-5)
+    assert block.shape == (r1 - r0, c1 - c0) and block.any()
+    asyncio.run(script(BrowseApp([saved]), False))
+
+
+def test_attn_cli_browse_of_a_long_file_hands_the_browser_zoomable_traces(monkeypatch, tmp_path):
+    """`attn-cli browse --file … --model …` (a fresh run): the browser gets the long traces
+    themselves, so z can recompute blocks from their kept queries and keys."""
+    import attn_cli.browse as browse
+
+    got = []
+    monkeypatch.setattr(browse, "require_browser", lambda: None)
+    monkeypatch.setattr(browse, "run_browser", lambda traces, **kw: got.extend(traces))
+    monkeypatch.setattr(long, "LONG_TOKENS", 200)  # a long text for the test: past 200 tokens
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(WORDS * 20), encoding="utf-8")
+    assert main(["browse", "--file", str(doc), "--model", str(GEMMA3), "--layer", "1"]) in (0, None)
+    (trace,) = got
+    assert len(trace.tokens) > 200 and steps(trace, "W_pooled") and not steps(trace, "W")
+    assert all(long.zoomable(trace, 1, h) for h in range(4)) and not long.zoomable(trace, 0, 0)

@@ -16,7 +16,9 @@ from textual.geometry import Region
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
+from attn_cli import long
 from attn_cli.attention import entropy
+from attn_cli.blockwise import edges
 from attn_cli.browse.state import (
     Key,
     Neuron,
@@ -61,6 +63,7 @@ KEYS = [
     ("click a cell", "select query and key; click it again: neuron view"),
     ("click a thumbnail", "open that layer and head"),
     ("click a patch", "image traces: that patch's attention over the picture"),
+    ("z", "long texts: the exact block under W_pooled's cursor cell, as W_block"),
     ("n", "numbers in the cells on / off (colour only)"),
     ("< >", "previous / next input (several texts)"),
     ("b", "next attention block (encoder, decoder, cross …) when there are several"),
@@ -302,6 +305,7 @@ class MainScreen(Screen[None]):
         *KEY_TOKEN_BINDINGS,
         Binding("enter", "neuron", "neuron"),
         Binding("n", "numbers", "numbers", show=False),
+        Binding("z", "zoom", "zoom", show=False),
         Binding("less_than_sign", "trace(-1)", "input", show=False),
         Binding("b", "block", "block", show=False),
         Binding("greater_than_sign", "trace(1)", "input", show=False),
@@ -314,6 +318,7 @@ class MainScreen(Screen[None]):
         self.precision, self.top_k = precision, top_k
         self.numbers: bool | None = None
         self.grid_hover: Key | None = None
+        self._zoomed: set[int] = set()  # ids of the W_block steps the z key made
         self._load(0)
 
     # -- state ------------------------------------------------------------------------------
@@ -339,6 +344,25 @@ class MainScreen(Screen[None]):
     @property
     def step(self) -> TraceStep:
         return self.steps[self.step_i]
+
+    def _bins(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """A long text's W_pooled map of bins wider than a token: where its row and column
+        bins start (the cursor moves by bins there); None for any other step."""
+        step, n = self.step, self.index.n
+        if step.name != "W_pooled" or step.data.ndim != 2 or is_token_map(step, n):
+            return None
+        return edges(n, step.data.shape[0]), edges(n, step.data.shape[1])
+
+    def _cell(self) -> tuple[int, int] | None:
+        """The W_pooled cell (row bin, column bin) holding the cursor's query and key token."""
+        bins = self._bins()
+        if bins is None:
+            return None
+        rows, cols = bins
+        return (
+            int(np.searchsorted(rows, self.qtok, "right")) - 1,
+            int(np.searchsorted(cols, self.key_token, "right")) - 1,
+        )
 
     @property
     def weights(self) -> TraceStep | None:
@@ -376,11 +400,12 @@ class MainScreen(Screen[None]):
             Region(0, y, 1, h), animate=False, immediate=True
         )
         self._update_tabs()
+        cell = self._cell()  # a pooled map's cursor is the cell of bins holding it
         self.query_one(Heatmap).show(
             self.step,
-            self.index.n,
-            self.qtok,
-            self.key_token,
+            self.index.n if cell is None else self.step.data.shape[0],
+            self.qtok if cell is None else cell[0],
+            self.key_token if cell is None else cell[1],
             self.numbers,
         )
         self._update_token()
@@ -477,7 +502,12 @@ class MainScreen(Screen[None]):
         n = self.index.n
         heat = self.query_one(Heatmap)
         t = Text()
-        if is_token_map(step, n):
+        cell = self._cell()
+        if cell is not None:
+            t.append("cursor ", DIM)
+            t.append_text(self._cell_text(step, *cell))
+            t.append("  z: the exact block", DIM)
+        elif is_token_map(step, n):
             t.append("cursor ", DIM)
             t.append_text(self._cell_text(step, self.qtok, self.key_token))
         elif has_token_rows(step, n):
@@ -539,11 +569,62 @@ class MainScreen(Screen[None]):
         self.update_view()
 
     def action_token(self, d: int) -> None:
-        self.qtok = min(max(self.qtok + d, 0), self.index.n - 1)
+        bins, cell = self._bins(), self._cell()
+        if bins is not None and cell is not None:  # a pooled map: one bin of rows
+            self.qtok = int(bins[0][min(max(cell[0] + d, 0), len(bins[0]) - 2)])
+        else:
+            self.qtok = min(max(self.qtok + d, 0), self.index.n - 1)
         self.update_view()
 
     def action_key_token(self, d: int) -> None:
-        self.key_token = min(max(self.key_token + d, 0), self.index.key_count(self.key) - 1)
+        bins, cell = self._bins(), self._cell()
+        if bins is not None and cell is not None:  # a pooled map: one bin of columns
+            self.key_token = int(bins[1][min(max(cell[1] + d, 0), len(bins[1]) - 2)])
+        else:
+            self.key_token = min(max(self.key_token + d, 0), self.index.key_count(self.key) - 1)
+        self.update_view()
+
+    def action_zoom(self) -> None:
+        """Recompute the exact weights under the cursor's W_pooled cell (its rows × columns of
+        tokens) from the queries and keys a fresh long run keeps, and show them as W_block."""
+        step, bins, cell = self.step, self._bins(), self._cell()
+        if step.name != "W_pooled":
+            self.notify("z zooms into a long text's W_pooled map (tab to it)", markup=False)
+            return
+        layer, head = step.layer, step.head
+        trace = self.index.trace
+        if not long.zoomable(trace, layer, head):
+            self.notify(
+                "zooming needs a fresh run (a saved trace holds no queries or keys): "
+                "attn-cli explain --file … --model … --rows A:B --cols C:D",
+                markup=False,
+                severity="warning",
+            )
+            return
+        if bins is None or cell is None:  # bins of one token: the cursor's cell is a token
+            bins = edges(self.index.n, step.data.shape[0]), edges(self.index.n, step.data.shape[1])
+            cell = self.qtok, self.key_token
+        (r, c), (row_edges, col_edges) = cell, bins
+        rows = int(row_edges[r]), int(row_edges[r + 1])
+        cols = int(col_edges[c]), int(col_edges[c + 1])
+        assert layer is not None and head is not None  # zoomable: a shown layer and head
+        block = long.zoom(trace, layer, head, rows, cols)  # appended to the trace's steps
+        # shown next to its W_pooled, in place of the block the z key made before for this head
+        kept = [
+            s
+            for s in trace.steps[:-1]
+            if not (id(s) in self._zoomed and (s.layer, s.head) == (layer, head))
+        ]
+        at = next(i for i, s in enumerate(kept) if s is step) + 1
+        trace.steps[:] = [*kept[:at], block, *kept[at:]]
+        self._zoomed = {id(s) for s in trace.steps if id(s) in self._zoomed} | {id(block)}
+        self.index = TraceIndex(trace, self.index.block)
+        self.step_i = next(i for i, s in enumerate(self.steps) if s is block)
+        self.notify(
+            f"W_block: exact weights of queries {rows[0]}–{rows[1] - 1} over keys "
+            f"{cols[0]}–{cols[1] - 1}",
+            markup=False,
+        )
         self.update_view()
 
     def action_block(self) -> None:
@@ -598,6 +679,16 @@ class MainScreen(Screen[None]):
 
     def on_heatmap_clicked(self, message: Heatmap.Clicked) -> None:
         heat = self.query_one(Heatmap)
+        bins = self._bins()
+        if bins is not None:  # a pooled map's cell: its first query and key token
+            if message.col is not None and (message.row, message.col) == self._cell():
+                self.action_zoom()
+                return
+            self.qtok = int(bins[0][message.row])
+            if message.col is not None:
+                self.key_token = int(bins[1][message.col])
+            self.update_view()
+            return
         if message.col is None:
             if heat.token_rows:
                 self.qtok = message.row

@@ -50,6 +50,9 @@ TABLE_ROWS = 24
 TABLE_COLS = 32
 TABLE_BUDGET = 1_000_000
 PRE_SOFTMAX = ("W_raw", "W_scaled", "W_masked")
+# A long text's maps (long.py): the pooled map (rows and columns: bins of tokens, "0–35") and
+# the exact block ("300:tok"); the page shows them, and a long trace holds no n × n map.
+LONG_MAPS = ("W_pooled", "W_block")
 # Past this many map numbers a page stores its maps packed to 8 bits per cell (see above).
 PACK_ABOVE = 1_000_000
 LEVELS = 254  # codes 0 … 254 are values, 255 is a masked (or non-finite) cell
@@ -100,8 +103,11 @@ def quantise(data: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 def _is_map(step: TraceStep, labels: list[str]) -> bool:
     """A map of the head view and heatmap: tokens × tokens, or an attention map over the
-    trace's axes (cross attention: tokens × source tokens; an encoder's source × source)."""
+    trace's axes (cross attention: tokens × source tokens; an encoder's source × source), or
+    a long text's pooled map and exact block (their rows and columns: token ranges)."""
     if step.rows == labels and step.cols == labels:
+        return True
+    if step.name in LONG_MAPS and step.kind in MAP_KINDS and step.data.ndim == 2:
         return True
     return step.kind in MAP_KINDS and step.row_axis is not None and step.col_axis is not None
 
