@@ -303,8 +303,8 @@ FileOpt = Annotated[
     typer.Option(
         "--file",
         metavar="PATH",
-        help="Read a whole UTF-8 text file as ONE text (its lines are not separate inputs); "
-        "with --model, a long document is computed blockwise (see --rows/--cols).",
+        help="A whole UTF-8 file as ONE text (not one input per line); long documents run "
+        "blockwise (see --rows).",
         show_default=False,
     ),
 ]
@@ -508,8 +508,8 @@ RowsOpt = Annotated[
     typer.Option(
         "--rows",
         metavar="A:B",
-        help="Heatmap zoom: query tokens A … B-1. With --model: the exact weights of that block, "
-        "recomputed blockwise (long texts: no n × n map is held).",
+        help="Zoom: query tokens A … B-1 (with --model: that block's exact weights, recomputed; "
+        "no n × n map is held).",
         rich_help_panel="Views",
     ),
 ]
@@ -536,9 +536,8 @@ ColorScaleOpt = Annotated[
     typer.Option(
         "--color-scale",
         metavar="linear|log",
-        help="Colour attention weights by value (linear) or by log10 of it, from max/10^4 to max "
-        "(log: the small weights beside a first token or sink that takes most of the attention "
-        "get distinct colours).",
+        help="Colour weights by value, or by log10 from max/10^4 (log: small weights beside a "
+        "sink that takes most of the attention stay distinct).",
         rich_help_panel="Views",
     ),
 ]
@@ -565,10 +564,8 @@ StepsOpt = Annotated[
     typer.Option(
         "--steps",
         metavar="NAMES",
-        help="Keep only these steps, e.g. W or W,Y, or all (tables and exports). Without it the "
-        "tables show every step, and --json/--npz write a model's attention maps W (and its "
-        "--method steps; 85 MB of JSON for 380 MiniLM tokens × 72 heads), or every step but the "
-        "parameter matrices W_q/W_k/W_v/W_o.",
+        help="Keep only these steps (W, W,Y, all) in tables and exports. Default: tables show "
+        "every step; --json/--npz a model's maps W (and --method steps), else all but W_q … W_o.",
     ),
 ]
 InteractiveOpt = Annotated[
@@ -670,10 +667,11 @@ def explain(
     projection matrices (seeded random, or yours with --weights), scaling by √d_k, optional
     causal mask and temperature, several heads.
 
-    --model: a real model (BERT/MiniLM, GPT-2, Llama, Qwen, Gemma, Phi-3; HF directories or
-    GGUF files) run in numpy, any layer and head; --method adds rollout, norms, ALTI, the
-    logit lens or head detectors; --pair adds a second sentence; --target or --generate
-    for an encoder–decoder model.
+    --model: a real model (encoders, decoders, encoder–decoders, vision and speech; HF
+    directories or GGUF files) run in numpy, any layer and head; --method adds rollout,
+    norms, ALTI, the logit lens or head detectors; --pair a second sentence; --target or
+    --generate for an encoder–decoder model; a picture or a WAV file is TEXT for vision
+    and speech models.
     """
     with user_errors():
         from attn_cli.api import explain_all
