@@ -198,9 +198,9 @@ def test_experts_are_read_one_at_a_time_and_only_when_routed_to():
             read.append((name, tuple(ids)))
             return super().rows(name, ids)
 
-        def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        def entry_product(self, name: str, index: int, x: np.ndarray) -> np.ndarray:
             read.append((name, (index,)))
-            return super().entry(name, index, out)
+            return super().entry_product(name, index, x)
 
     w = Recording(FIXTURE, fam.anchor)
     ids = [5, 17, 3]  # three tokens, top 2 of 4 experts: some experts get no token

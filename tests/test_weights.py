@@ -324,16 +324,20 @@ def test_peak_memory_is_about_one_layer_not_the_whole_model(tmp_path):
     )
 
 
-def test_entry_converts_one_expert_into_a_reused_buffer(tmp_path):
-    """SafetensorsWeights.entry: entry i of a stacked bf16 tensor, exactly (the bf16 bits are
-    a float32's top half), into the caller's buffer when given; NaN in it is refused by name."""
+def test_entry_product_multiplies_one_expert_converted_a_few_columns_at_a_time(
+    tmp_path, monkeypatch
+):
+    """SafetensorsWeights.entry_product: x @ entry i of a stacked bf16 tensor, converted in
+    blocks of 16 columns (3 blocks, the last one short), equal to the product with the exactly
+    converted matrix (float32 rounding); NaN in it is refused by name."""
+    monkeypatch.setattr(weights, "FUSED_BYTES", 16 * 4 * 4)
     rng = np.random.default_rng(0)
-    f32 = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    f32 = rng.standard_normal((3, 4, 40)).astype(np.float32)
     bits = (f32.view(np.uint32) >> 16).astype(np.uint16)
-    bits[2, 1, 1] = 0x7FC0  # NaN
+    bits[2, 1, 33] = 0x7FC0  # NaN, in the last block
     header = {
         "model.embed_tokens.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
-        "model.experts": {"dtype": "BF16", "shape": [3, 4, 5], "data_offsets": [16, 136]},
+        "model.experts": {"dtype": "BF16", "shape": [3, 4, 40], "data_offsets": [16, 976]},
     }
     head = json.dumps(header).encode()
     head += b" " * (-len(head) % 8)
@@ -341,11 +345,11 @@ def test_entry_converts_one_expert_into_a_reused_buffer(tmp_path):
         struct.pack("<Q", len(head)) + head + bytes(16) + bits.tobytes()
     )
     w = SafetensorsWeights(tmp_path, "embed_tokens.weight")
-    want = (bits.astype(np.uint32) << 16).view(np.float32)
-    buf = np.empty((4, 5), np.float32)
-    got = w.entry("experts", 1, buf)
-    assert got.base is buf or got is buf or np.shares_memory(got, buf)
-    np.testing.assert_array_equal(got, want[1])
-    np.testing.assert_array_equal(w.entry("experts", 0), want[0])
-    with pytest.raises(InputError, match="experts holds nan"):
-        w.entry("experts", 2, buf)
+    want = bf16_to_f32(bits)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    for i in (0, 1):
+        got = w.entry_product("experts", i, x)
+        np.testing.assert_allclose(got, x @ want[i], rtol=1e-6, atol=1e-6)
+        assert not np.allclose(got, x @ want[1 - i])
+    with pytest.raises(InputError, match=r"experts\[2\] holds nan at \[1, 33\]"):
+        w.entry_product("experts", 2, x)
