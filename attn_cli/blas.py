@@ -29,8 +29,12 @@ _NAMES = (
 
 @cache
 def _openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """OpenBLAS's get/set thread count, from the library this process has loaded."""
+    """OpenBLAS's get/set thread count, from the library numpy loads (imported here first: a
+    caller that has not imported numpy yet would find no library and, this being cached, run
+    every later product on all of OpenBLAS's threads)."""
     import ctypes
+
+    import numpy  # noqa: F401  (loads its OpenBLAS)
 
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:

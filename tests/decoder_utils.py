@@ -83,9 +83,9 @@ class RecordingWeights(SafetensorsWeights):
         self.read_rows.append((name, tuple(ids)))
         return super().rows(name, ids)
 
-    def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
+    def entry_product(self, name: str, index: int, x: np.ndarray) -> np.ndarray:
         self.read_rows.append((name, (index,)))
-        return super().entry(name, index, out)
+        return super().entry_product(name, index, x)
 
 
 def gguf_decoder_header(out: Any, cfg: dict[str, Any], kv_heads: int) -> None:

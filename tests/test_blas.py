@@ -3,6 +3,9 @@ machine is busy, the thread count as it was on an idle machine."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -63,3 +66,15 @@ def test_free_cores_of_a_larger_machine(monkeypatch):
     assert blas.free_cores() == 5
     monkeypatch.setattr("os.getloadavg", lambda: (30.0, 30.0, 30.0))
     assert blas.free_cores() == 1
+
+
+def test_found_when_numpy_is_not_imported_yet(openblas):
+    """A process that limits its threads before its first numpy import (the gpt-oss benchmark's
+    child did) still finds numpy's OpenBLAS, instead of caching "none" and running on all of
+    OpenBLAS's threads."""
+    code = (
+        "import sys; from attn_cli import blas; assert 'numpy' not in sys.modules; "
+        "print(blas._openblas() is not None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from attn_cli.errors import InputError
-from attn_cli.models import checkpoint
-from attn_cli.models.weights import SafetensorsWeights, bf16_to_f32, matmul_rows_t
+from attn_cli.models import checkpoint, weights
+from attn_cli.models.weights import SafetensorsWeights, bf16_to_f32, convert_into, matmul_rows_t
 from tests.conftest import ROOT, require
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -125,6 +125,55 @@ def test_lm_head_in_row_blocks_equals_the_full_product(tmp_path):
         matmul_rows_t(w, "embed_tokens.weight", h, block=5), h @ full.T, rtol=1e-6, atol=1e-6
     )
     assert [start for start, _ in w.row_blocks("embed_tokens.weight", 16)] == [0, 16, 32]
+
+
+def test_convert_into_is_bit_identical_to_the_reference_on_every_pattern():
+    bits = np.arange(65536, dtype="<u2")
+    ref = bf16_to_f32(bits)
+    # a strided block (every other column of a 2-D view), as a block of a mapping is read
+    src = np.stack([bits, bits[::-1]], axis=1).reshape(512, 256)[:, ::2]
+    out = np.empty(src.shape, dtype=np.float32)
+    assert not convert_into(src, "BF16", out)  # the patterns include NaN and ±inf
+    np.testing.assert_array_equal(out.view(np.uint32), bf16_to_f32(src).view(np.uint32))
+    small = np.abs(ref) < 1e30  # finite, and their sum does not overflow float32
+    out = np.empty(int(small.sum()), dtype=np.float32)
+    assert convert_into(bits[small], "BF16", out)
+    np.testing.assert_array_equal(out.view(np.uint32), ref[small].view(np.uint32))
+    half = np.arange(65536, dtype="<u2").view("<f2")
+    out = np.empty(half.shape, dtype=np.float32)
+    assert not convert_into(half, "F16", out)
+    np.testing.assert_array_equal(out, half.astype(np.float32))
+
+
+def test_lm_head_converted_in_cache_blocks_is_bit_identical_for_the_predicted_row(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(weights, "FUSED_BYTES", 16 * 4 * 64)  # 16-row blocks: many of them
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(1001, 64)).astype(np.float32)
+    bits = (table.view(np.uint32) >> 16).astype("<u2")
+    write_safetensors(
+        tmp_path / "model.safetensors",
+        {"embed_tokens.weight": ("BF16", bits.shape, bits.tobytes())},
+    )
+    w = SafetensorsWeights(tmp_path, "embed_tokens.weight")
+    full = bf16_to_f32(bits)
+    h = rng.normal(size=(1, 64)).astype(np.float32)
+    for block in (100, 4096):  # mapping released every 96 rows, or once
+        got = matmul_rows_t(w, "embed_tokens.weight", h, block=block)
+        np.testing.assert_array_equal(got, h @ full.T)
+        np.testing.assert_array_equal(
+            got,
+            np.concatenate([h @ b.T for _, b in w.row_blocks("embed_tokens.weight", 300)], axis=1),
+        )
+    bits[700, 3] = 0x7FC0  # NaN: refused as reading the tensor refuses it
+    write_safetensors(
+        tmp_path / "model.safetensors",
+        {"embed_tokens.weight": ("BF16", bits.shape, bits.tobytes())},
+    )
+    w = SafetensorsWeights(tmp_path, "embed_tokens.weight")
+    with pytest.raises(InputError, match=r"embed_tokens.weight holds nan at \[700, 3\]"):
+        matmul_rows_t(w, "embed_tokens.weight", h)
 
 
 @pytest.mark.parametrize(
@@ -275,16 +324,20 @@ def test_peak_memory_is_about_one_layer_not_the_whole_model(tmp_path):
     )
 
 
-def test_entry_converts_one_expert_into_a_reused_buffer(tmp_path):
-    """SafetensorsWeights.entry: entry i of a stacked bf16 tensor, exactly (the bf16 bits are
-    a float32's top half), into the caller's buffer when given; NaN in it is refused by name."""
+def test_entry_product_multiplies_one_expert_converted_a_few_columns_at_a_time(
+    tmp_path, monkeypatch
+):
+    """SafetensorsWeights.entry_product: x @ entry i of a stacked bf16 tensor, converted in
+    blocks of 16 columns (3 blocks, the last one short), equal to the product with the exactly
+    converted matrix (float32 rounding); NaN in it is refused by name."""
+    monkeypatch.setattr(weights, "FUSED_BYTES", 16 * 4 * 4)
     rng = np.random.default_rng(0)
-    f32 = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    f32 = rng.standard_normal((3, 4, 40)).astype(np.float32)
     bits = (f32.view(np.uint32) >> 16).astype(np.uint16)
-    bits[2, 1, 1] = 0x7FC0  # NaN
+    bits[2, 1, 33] = 0x7FC0  # NaN, in the last block
     header = {
         "model.embed_tokens.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
-        "model.experts": {"dtype": "BF16", "shape": [3, 4, 5], "data_offsets": [16, 136]},
+        "model.experts": {"dtype": "BF16", "shape": [3, 4, 40], "data_offsets": [16, 976]},
     }
     head = json.dumps(header).encode()
     head += b" " * (-len(head) % 8)
@@ -292,11 +345,11 @@ def test_entry_converts_one_expert_into_a_reused_buffer(tmp_path):
         struct.pack("<Q", len(head)) + head + bytes(16) + bits.tobytes()
     )
     w = SafetensorsWeights(tmp_path, "embed_tokens.weight")
-    want = (bits.astype(np.uint32) << 16).view(np.float32)
-    buf = np.empty((4, 5), np.float32)
-    got = w.entry("experts", 1, buf)
-    assert got.base is buf or got is buf or np.shares_memory(got, buf)
-    np.testing.assert_array_equal(got, want[1])
-    np.testing.assert_array_equal(w.entry("experts", 0), want[0])
-    with pytest.raises(InputError, match="experts holds nan"):
-        w.entry("experts", 2, buf)
+    want = bf16_to_f32(bits)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    for i in (0, 1):
+        got = w.entry_product("experts", i, x)
+        np.testing.assert_allclose(got, x @ want[i], rtol=1e-6, atol=1e-6)
+        assert not np.allclose(got, x @ want[1 - i])
+    with pytest.raises(InputError, match=r"experts\[2\] holds nan at \[1, 33\]"):
+        w.entry_product("experts", 2, x)

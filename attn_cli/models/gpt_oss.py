@@ -279,13 +279,9 @@ def expert_biases(w: WeightSource, m: str) -> tuple[np.ndarray, np.ndarray]:
     return w[e + "gate_up_proj_bias"], w[e + "down_proj_bias"]
 
 
-def expert(
-    w: WeightSource, m: str, i: int, buffers: dict[str, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
+def expert(w: WeightSource, m: str, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Expert i's gate_up [d, 2·inter] (gate and up interleaved) and down [inter, d] as
-    transformers multiplies them, read (and dequantised) alone; transformers-format experts
-    are converted into `buffers`, reused from expert to expert (the arrays returned are
-    overwritten by the next call)."""
+    transformers multiplies them, read (and dequantised) alone."""
     e = m + "experts."
     kind = layout(w, m)
     if kind == "gguf":  # [out, in] each, gate and up apart
@@ -298,14 +294,7 @@ def expert(
         )
         down = mxfp4_pairs(stored(e + "down_proj_blocks", i), stored(e + "down_proj_scales", i))
         return gate_up.T, down.T
-    entry = getattr(w, "entry", None)
-    if entry is None:
-        return w.rows(e + "gate_up_proj", [i])[0], w.rows(e + "down_proj", [i])[0]
-    got = []
-    for name in ("gate_up_proj", "down_proj"):
-        got.append(entry(e + name, i, buffers.get(name)))
-        buffers[name] = got[-1]
-    return got[0], got[1]
+    return w.rows(e + "gate_up_proj", [i])[0], w.rows(e + "down_proj", [i])[0]
 
 
 def sink_attention(
@@ -364,17 +353,26 @@ def moe(w: WeightSource, p: str, x: np.ndarray, args: GptOssArgs) -> tuple[np.nd
     gate_up_b, down_b = expert_biases(w, p)
     alpha, limit = np.float32(args.swiglu_alpha), np.float32(args.swiglu_limit)
     out = np.zeros_like(x)
-    buffers: dict[str, np.ndarray] = {}
+    # transformers-format experts from safetensors: converted as they are multiplied, a few
+    # columns at a time in the cache (never a whole expert in float32)
+    product = getattr(w, "entry_product", None) if layout(w, p) == "dense" else None
     for e in (int(e) for e in np.flatnonzero((routing > 0).any(axis=0))):
         tokens = np.flatnonzero(routing[:, e] > 0)
         # one expert's matrices at a time, read only when a token routes to it
-        gate_up_w, down_w = expert(w, p, e, buffers)  # [d, 2·inter], [inter, d]
-        gate_up = x[tokens] @ gate_up_w + gate_up_b[e]  # [t, d] @ [d, 2·inter]
+        if product is not None:  # [t, d] @ [d, 2·inter]
+            gate_up = product(p + "experts.gate_up_proj", e, x[tokens]) + gate_up_b[e]
+        else:
+            gate_up_w, down_w = expert(w, p, e)  # [d, 2·inter], [inter, d]
+            gate_up = x[tokens] @ gate_up_w + gate_up_b[e]
         gate = np.minimum(gate_up[:, ::2], limit)  # gate and up are interleaved columns
         up = np.clip(gate_up[:, 1::2], -limit, limit)
         with np.errstate(over="ignore"):  # exp overflows to inf for very negative gates: glu → 0
             glu = gate / (np.float32(1.0) + np.exp(-alpha * gate))  # gate·σ(α·gate)
-        y = ((up + 1) * glu) @ down_w + down_b[e]  # [t, inter] @ [inter, d]
+        act = (up + 1) * glu
+        if product is not None:  # [t, inter] @ [inter, d]
+            y = product(p + "experts.down_proj", e, act) + down_b[e]
+        else:
+            y = act @ down_w + down_b[e]
         out[tokens] += y * routing[tokens, e][:, None]
     return out, routing
 

@@ -59,30 +59,41 @@ CONVERT_CHUNK = 1 << 18  # elements converted (and summed) at a time: 1 MiB of f
 BLOCK_BYTES = 16 * 2**20  # the largest block of rows matmul_rows_t converts at a time
 
 
-def read_float32(
-    raw: np.ndarray, dtype: str, where: str, name: str, out: np.ndarray | None = None
-) -> np.ndarray:
-    """Stored elements (a flat view of the file) as float32, checked as `finite` checks:
-    converted a cache-sized chunk at a time straight into the result (a new array, or `out`,
-    a buffer the caller reuses), each chunk summed while it is still in the cache, so a
-    tensor costs one pass over the file's bytes and one over the result (not a temporary, a
-    copy and a separate pass for the check)."""
-    if out is None:
-        out = np.empty(raw.shape, dtype=np.float32)
-    elif out.dtype != np.float32 or out.size != raw.size or not out.flags.c_contiguous:
-        raise ValueError("out must be a contiguous float32 array of the tensor's size")
+def read_float32(raw: np.ndarray, dtype: str, where: str, name: str) -> np.ndarray:
+    """Stored elements (a flat view of the file) as a new float32 array, checked as `finite`
+    checks: converted a cache-sized chunk at a time straight into the result, each chunk summed
+    while it is still in the cache, so a tensor costs one pass over the file's bytes and one
+    over the result (not a temporary, a copy and a separate pass for the check)."""
+    out = np.empty(raw.shape, dtype=np.float32)
     flat_in, flat_out = raw.reshape(-1), out.reshape(-1)
     ok = True
-    with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, flat_in.size, CONVERT_CHUNK):
-            src = flat_in[start : start + CONVERT_CHUNK]
-            dst = flat_out[start : start + CONVERT_CHUNK]
-            if dtype == "BF16":  # the 16 bits are a float32's top half
-                np.left_shift(src, 16, out=dst.view(np.uint32), dtype=np.uint32)
-            else:
-                dst[...] = src
-            ok = ok and bool(np.isfinite(np.add.reduce(dst)))
+    for start in range(0, flat_in.size, CONVERT_CHUNK):
+        chunk = slice(start, start + CONVERT_CHUNK)
+        ok = convert_into(flat_in[chunk], dtype, flat_out[chunk]) and ok
     return out if ok else finite(out, where, name)  # finite looks at the elements
+
+
+FUSED_BYTES = 1 << 20  # float32 bytes of a block converted and multiplied while in the cache
+
+
+def fused_rows(width: int) -> int:
+    """Rows of a table (columns of a matrix) converted and multiplied at a time: FUSED_BYTES
+    of float32, a multiple of 16 (a one-row product then sums each row exactly as unblocked
+    OpenBLAS does)."""
+    return max(16, FUSED_BYTES // (4 * width) // 16 * 16)
+
+
+def convert_into(src: np.ndarray, dtype: str, out: np.ndarray) -> bool:
+    """Stored elements `src` (any shape or strides: a block of the file's mapping) converted
+    exactly into `out`, a float32 buffer of the same shape, in one pass without a temporary (a
+    BF16 element is its uint16 bits shifted into a float32's top half); True when they are all
+    finite (their sum is: `finite` says why that suffices)."""
+    if dtype == "BF16":
+        np.left_shift(src, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        out[...] = src
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.add.reduce(out, axis=None)))
 
 
 def finite(a: np.ndarray, where: str, name: str) -> np.ndarray:
@@ -293,22 +304,31 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             shard.release(t.start + i * width * size, t.start + (i + 1) * width * size)
         return out.reshape(len(ids), *t.shape[1:])
 
-    def entry(self, name: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Entry `index` of a stacked tensor's first axis (one expert of [E, …]) as float32,
-        converted into `out` when given: a buffer reused from expert to expert, instead of a
-        new mapping page-faulted for each (an expert of gpt-oss-20b is 66 MB of float32)."""
+    def entry_product(self, name: str, index: int, x: np.ndarray) -> np.ndarray:
+        """x @ E for entry `index` of a stacked tensor of matrices (one expert's [k, m] of
+        [E, k, m]) without E in float32: a few of E's columns at a time (`fused_rows`) are
+        converted into one small buffer and multiplied while it is still in the cache. Each
+        output column is a dot product over all of k, but OpenBLAS may block narrower products
+        differently: equal to x @ E within float32 rounding (not always bit for bit). Non-finite
+        elements are refused as `read_float32` refuses them."""
         t = self.info(name)
-        if t.dtype not in FLOATS or not t.shape or not 0 <= index < t.shape[0]:
-            raise InputError(f"{self.label}: {name!r} has no floating-point entry {index}")
-        width = int(np.prod(t.shape[1:], dtype=np.int64))
+        if t.dtype not in FLOATS or len(t.shape) != 3 or not 0 <= index < t.shape[0]:
+            raise InputError(f"{self.label}: {name!r} has no floating-point matrix {index}")
+        k, m = t.shape[1:]
         shard, size = self._shards[t.file], STORED[t.dtype].itemsize
-        lo, hi = t.start + index * width * size, t.start + (index + 1) * width * size
+        lo, hi = t.start + index * k * m * size, t.start + (index + 1) * k * m * size
         shard.prefetch(lo, hi)
-        raw = shard.view(t, index * width, width)
-        flat = None if out is None else out.reshape(-1)
-        got = read_float32(raw, t.dtype, self.label, name, flat).reshape(t.shape[1:])
+        raw = shard.view(t, index * k * m, k * m).reshape(k, m)
+        step = fused_rows(k)
+        buf = np.empty((k, step), dtype=np.float32)
+        out = np.empty((x.shape[0], m), dtype=np.float32)
+        for start in range(0, m, step):
+            part = buf[:, : min(step, m - start)]
+            if not convert_into(raw[:, start : start + step], t.dtype, part):
+                read_float32(raw, t.dtype, self.label, f"{name}[{index}]")  # NaN/inf: raises
+            out[:, start : start + part.shape[1]] = x @ part  # [n, k] @ [k, b]
         shard.release(lo, hi)
-        return got
+        return out
 
     def stored(self, name: str, index: int) -> np.ndarray:
         """Entry `index` of a tensor's first axis as stored, any dtype, unconverted: a copy of
@@ -337,6 +357,34 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
             yield start, read_float32(raw, t.dtype, self.label, name).reshape(stop - start, width)
             shard.release(t.start + start * width * size, t.start + stop * width * size)
 
+    def product_t(self, name: str, h: np.ndarray, block: int = 4096) -> np.ndarray:
+        """h @ Tᵀ for a 2-D table T (the LM head) without T in float32: a few of T's rows at a
+        time (`fused_rows`) are converted into one small buffer and multiplied while it is
+        still in the cache, so the file's bytes are read once and no float32 copy is written to
+        memory and read back; the mapping is released `block` rows at a time. Non-finite
+        elements are refused as `read_float32` refuses them."""
+        t = self.info(name)
+        if t.dtype not in FLOATS or len(t.shape) != 2:
+            raise InputError(f"{self.label}: {name!r} is not a 2-D floating-point table")
+        rows, width = t.shape
+        shard, size = self._shards[t.file], STORED[t.dtype].itemsize
+        step = fused_rows(width)
+        block = max(step, block - block % step)
+        buf = np.empty((step, width), dtype=np.float32)
+        out = np.empty((h.shape[0], rows), dtype=np.float32)
+        for start in range(0, rows, block):
+            stop = min(rows, start + block)
+            lo, hi = t.start + start * width * size, t.start + stop * width * size
+            shard.prefetch(lo, hi)
+            raw = shard.view(t, start * width, (stop - start) * width).reshape(-1, width)
+            for i in range(0, stop - start, step):
+                part = buf[: min(step, stop - start - i)]
+                if not convert_into(raw[i : i + step], t.dtype, part):
+                    read_float32(raw, t.dtype, self.label, name)  # raises on NaN/inf
+                out[:, start + i : start + i + len(part)] = h @ part.T  # [n, d] @ [d, b]
+            shard.release(lo, hi)
+        return out
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self.info(name).shape
 
@@ -361,6 +409,9 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
 def matmul_rows_t(w: object, name: str, h: np.ndarray, block: int = 4096) -> np.ndarray:
     """h · Tᵀ for a 2-D table T = w[name] (vocab, d): the LM head. Reads T in row blocks when the
     source can (`row_blocks`), so the whole table is never in float32 at once."""
+    product = getattr(w, "product_t", None)
+    if product is not None:
+        return product(name, h, block)
     blocks = getattr(w, "row_blocks", None)
     if blocks is None:
         return h @ w[name].T  # type: ignore[index]
