@@ -61,8 +61,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.decoder_utils import build_random_model, reference  # noqa: E402
-from tests.test_qwen3_next import zero_centred  # noqa: E402
+from tests.decoder_utils import build_random_model, reference, zero_centred  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SENTENCE = "the cat sat\non the café mat"

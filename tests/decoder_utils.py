@@ -302,3 +302,24 @@ def reference(directory: Path, ids: list[int]) -> dict[str, Any]:
         "logits": out.logits[0].numpy(),
         "hidden": out.hidden_states[-1][0].numpy(),
     }
+
+
+def zero_centred(directory: Path, seed: int = 0) -> None:
+    """Rewrite the saved weights as a Qwen3-Next checkpoint has them: the (1 + w) norms' w
+    around 0 (tests.decoder_utils draws every norm around 1), q/k norms around 1 (scale ~2),
+    and A_log around −2 so a token's memory decays by about a fifth per token (not to nothing)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(name, t):
+        for suffixes, mean, std in (
+            (("layernorm.weight", "model.norm.weight"), 0.0, 0.2),
+            (("q_norm.weight", "k_norm.weight"), 1.0, 0.3),
+            (("A_log",), -2.0, 0.5),
+        ):
+            if name.endswith(suffixes):
+                return torch.randn(t.shape, generator=gen) * std + mean
+        return t
+
+    rewrite_weights(directory, draw)

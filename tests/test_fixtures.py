@@ -195,3 +195,28 @@ def test_fixtures_are_small_and_complete() -> None:
             assert all(n.startswith("bert.") for n in names)
         else:  # the hub's gpt2 naming
             assert "h.0.attn.c_attn.weight" in names
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "make_fixtures",
+        "make_decoder_fixtures",
+        "make_vision_fixtures",
+        "make_seq2seq_fixtures",
+        "make_whisper_fixtures",
+    ],
+)
+def test_fixture_scripts_run_without_pytest(script):
+    """.ci/run checks the fixtures before the test extras (pytest) are installed: a fixture
+    script must not import a test module that imports pytest."""
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys; sys.modules['pytest'] = None; sys.path.insert(0, '.'); "
+        f"runpy.run_path('scripts/{script}.py', run_name='imported')"
+    )
+    root = FIXTURES.parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
