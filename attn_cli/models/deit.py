@@ -9,8 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from attn_cli.models import vit
-from attn_cli.models._vision import SQUARE
-from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, TEXT, arg
 from attn_cli.models.registry import Config, Family, Vision, WeightSource
 from attn_cli.records import LayerRecord
 
@@ -20,19 +18,8 @@ LABELS = ["[CLS]", "[DIST]"]
 
 @dataclass(frozen=True, kw_only=True)
 class DeiTArgs(vit.ViTArgs):
-    """What this file reads of a DeiT config.json (transformers' DeiTConfig defaults, which are
-    ViTConfig's)."""
-
-    hidden_size: int = arg(POSITIVE_INT, 768)
-    num_hidden_layers: int = arg(POSITIVE_INT, 12)
-    num_attention_heads: int = arg(POSITIVE_INT, 12)
-    intermediate_size: int = arg(POSITIVE_INT, 3072)
-    hidden_act: str = arg(TEXT, "gelu")
-    layer_norm_eps: float = arg(POSITIVE, 1e-12)
-    image_size: int | list[int] = arg(SQUARE, 224)
-    patch_size: int | list[int] = arg(SQUARE, 16)
-    num_channels: int = arg(POSITIVE_INT, 3)
-    qkv_bias: bool = arg(FLAG, True)
+    """What this file reads of a DeiT config.json: transformers' DeiTConfig defaults are
+    ViTConfig's, so ViT's args read it."""
 
 
 def check(w: WeightSource, cfg: Config) -> None:
