@@ -207,11 +207,18 @@ def test_fixtures_are_small_and_complete() -> None:
         "make_whisper_fixtures",
     ],
 )
+@pytest.mark.reference
 def test_fixture_scripts_run_without_pytest(script):
     """.ci/run checks the fixtures before the test extras (pytest) are installed: a fixture
-    script must not import a test module that imports pytest."""
+    script must not import a test module that imports pytest. The scripts need the reference
+    libraries (torch, transformers, and Pillow for the vision one) that make the fixtures."""
     import subprocess
     import sys
+
+    from tests.conftest import require
+
+    for module in ("torch", "transformers", "PIL"):
+        require(module)
 
     code = (
         "import runpy, sys; sys.modules['pytest'] = None; sys.path.insert(0, '.'); "
