@@ -731,6 +731,16 @@ def test_step_texts_name_the_layer_they_belong_to():
     assert "layer 1" in steps[1].description and "layers 0–1" in steps[2].description
 
 
+def test_flow_token_limit_is_checked_when_the_run_is_made():
+    from attn_cli.methods.registry import MethodOptions, MethodRun
+
+    require("scipy")  # attention flow is the optional [flow] extra
+    parts, tok = load(FIXTURES / "tiny_gpt2")
+    tokens, ids, _ = run_text(parts, tok, "the cat sat")
+    with pytest.raises(InputError, match="limited to 2 tokens"):
+        MethodRun(["flow"], tokens, ids, parts, options=MethodOptions(flow_max_tokens=2))
+
+
 def test_method_run_checks_options_when_made_and_layer_order():
     from attn_cli.methods.registry import MethodOptions, MethodRun
 
@@ -738,8 +748,6 @@ def test_method_run_checks_options_when_made_and_layer_order():
     tokens, ids, layers = run_text(parts, tok, "the cat sat")
     with pytest.raises(InputError, match="top_k=0"):
         MethodRun(["lens"], tokens, ids, parts, options=MethodOptions(top_k=0))
-    with pytest.raises(InputError, match="limited to 2 tokens"):
-        MethodRun(["flow"], tokens, ids, parts, options=MethodOptions(flow_max_tokens=2))
     with pytest.raises(InputError, match="needs a model"):
         MethodRun(["alti"], tokens, ids, None)
     run = MethodRun(["rollout"], tokens, ids, parts)

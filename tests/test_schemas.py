@@ -15,7 +15,7 @@ from referencing.exceptions import NoSuchResource
 
 from attn_cli.export import COMPARISON_SCHEMA_PATH, SCHEMA_PATH, dumps_traces
 from attn_cli.trace import Axis, Trace
-from tests.conftest import SAMPLES, invoke
+from tests.conftest import SAMPLES, invoke, require
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BERT, GPT2 = FIXTURES / "tiny_bert", FIXTURES / "tiny_gpt2"
@@ -93,6 +93,8 @@ def json_of(args: list[str]) -> list[dict]:
     ],
 )
 def test_explain_and_method_exports_validate(args):
+    if any("flow" in a for a in args):
+        require("scipy")  # attention flow is the optional [flow] extra
     v = validator(SCHEMA_PATH)
     for doc in json_of(args):
         assert doc["version"] == 2
