@@ -24,15 +24,8 @@ def openblas():
     set_(before)
 
 
-def busy(monkeypatch, load: float, now: float | None = None) -> None:
-    """A machine whose 1-minute load average is `load` and whose other processes have `now`
-    runnable threads at the moment (default: as many as the load)."""
-    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(blas, "others_running", lambda: load if now is None else now)
-
-
 def test_busy_machine_one_thread_then_restored(openblas, monkeypatch):
-    busy(monkeypatch, 8.0)
+    monkeypatch.setattr("os.getloadavg", lambda: (8.0, 8.0, 8.0))
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     with blas.threads_for_free_cores():
         assert openblas() == 1
@@ -42,7 +35,7 @@ def test_busy_machine_one_thread_then_restored(openblas, monkeypatch):
 
 
 def test_idle_machine_keeps_its_threads(openblas, monkeypatch):
-    busy(monkeypatch, 0.5)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.5, 0.5, 0.5))
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     with blas.threads_for_free_cores():
         assert openblas() == 2
@@ -50,7 +43,7 @@ def test_idle_machine_keeps_its_threads(openblas, monkeypatch):
 
 
 def test_restored_after_an_error(openblas, monkeypatch):
-    busy(monkeypatch, 8.0)
+    monkeypatch.setattr("os.getloadavg", lambda: (8.0, 8.0, 8.0))
     with pytest.raises(ValueError), blas.threads_for_free_cores():
         raise ValueError
     assert openblas() == 2
@@ -60,7 +53,7 @@ def test_restored_after_an_error(openblas, monkeypatch):
 def test_a_core_partly_in_use_is_not_free(openblas, monkeypatch, load, threads):
     """On 2 cores, a second thread only while the load is below 0.5: another process busy
     part of the time makes a spinning second thread cost more than it gains."""
-    busy(monkeypatch, load)
+    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     with blas.threads_for_free_cores():
         assert openblas() == threads
@@ -68,41 +61,11 @@ def test_a_core_partly_in_use_is_not_free(openblas, monkeypatch, load, threads):
 
 
 def test_free_cores_of_a_larger_machine(monkeypatch):
-    busy(monkeypatch, 3.2)
+    monkeypatch.setattr("os.getloadavg", lambda: (3.2, 3.2, 3.2))
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert blas.free_cores() == 5
-    busy(monkeypatch, 30.0)
+    monkeypatch.setattr("os.getloadavg", lambda: (30.0, 30.0, 30.0))
     assert blas.free_cores() == 1
-
-
-@pytest.mark.parametrize(("load", "now", "threads"), [(0.9, 0.0, 2), (0.9, 0.75, 1), (0.2, 3.0, 2)])
-def test_a_load_left_by_ended_processes_is_not_busy(openblas, monkeypatch, load, now, threads):
-    """The load average still counts processes that ended (this program's previous run): with
-    nothing else runnable now, both cores are free; a process running most of these
-    milliseconds keeps one; and a burst now on a machine idle for a minute is not counted
-    above the average."""
-    busy(monkeypatch, load, now)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    with blas.threads_for_free_cores():
-        assert openblas() == threads
-
-
-def test_others_running_is_the_mean_of_other_processes_runnable_threads(monkeypatch):
-    """Each sample: the machine's running threads less this process's own (at least itself,
-    the one reading); the mean over the samples."""
-    running = iter([1, 3, 2, 4, 1, 2, 3, 2])  # the machine, this process included
-    own = iter([1, 1, 2, 3, 0, 1, 1, 2])  # ours: a spinning BLAS thread is not another process
-    monkeypatch.setattr(blas, "_running_threads", lambda: next(running))
-    monkeypatch.setattr(blas, "_own_running_threads", lambda: next(own))
-    monkeypatch.setattr(blas, "SAMPLE_SECONDS", 0.0)
-    assert blas.others_running() == (0 + 2 + 0 + 1 + 0 + 1 + 2 + 0) / 8
-    monkeypatch.setattr(blas, "_running_threads", lambda: None)  # no /proc
-    assert blas.others_running() is None
-
-
-def test_this_process_reads_itself_as_running():
-    assert blas._own_running_threads() >= 1
-    assert (blas._running_threads() or 0) >= 1
 
 
 def test_found_when_numpy_is_not_imported_yet(openblas):
