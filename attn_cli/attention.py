@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from attn_cli.blas import matmul
+
 # Rows of the score matrix computed per BLAS call: bounds temporaries, and keeps every call a
 # plain GEMM (see `scores`).
 SCORE_BLOCK = 4096
@@ -64,7 +66,7 @@ def entropy(p: np.ndarray) -> np.ndarray:
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x·W (+ b), weights stored [in, out]."""
-    return x @ w if b is None else x @ w + b
+    return matmul(x, w) if b is None else matmul(x, w) + b
 
 
 def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
@@ -104,11 +106,11 @@ def scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     k_t = np.ascontiguousarray(np.swapaxes(k, -1, -2))  # [..., d, n_k], a buffer of its own
     n_q = q.shape[-2]
     if n_q <= SCORE_BLOCK:
-        return q @ k_t
+        return matmul(q, k_t)
     out = np.empty((*q.shape[:-1], k_t.shape[-1]), dtype=np.result_type(q, k_t))
     for start in range(0, n_q, SCORE_BLOCK):
         stop = min(start + SCORE_BLOCK, n_q)
-        out[..., start:stop, :] = q[..., start:stop, :] @ k_t
+        out[..., start:stop, :] = matmul(q[..., start:stop, :], k_t)
     return out
 
 
@@ -161,7 +163,7 @@ def attend(
     if w_masked is not None:
         logits = w_masked
     w = row_softmax(logits / temperature if temperature != 1.0 else logits)
-    y = w @ v  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
+    y = matmul(w, v)  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
     return AttentionSteps(w_raw, w_scaled, w_capped, w_masked, w, y, w_biased)
 
 

@@ -1,23 +1,40 @@
-"""BLAS threads on a busy machine.
+"""Products on the free cores, with the same numbers whatever the machine's load.
 
-OpenBLAS's threads wait for work by spinning. When another process holds a core, a spinning
-thread competes with it (and with its sibling threads) for the CPU, and a model's many
-mid-sized products take several times longer than on one thread: 128 SmolLM2 tokens took 84 s
-with two threads and 13–33 s with one at a load of 15 on 2 cores, and a 128 × 576 by 576 × 1536
-product 4× longer (measured); at a load of 1.7 (one other process busy) the same run took
-1.0–8.5 s with two threads and 1.1–1.7 s with one, and on an idle machine two threads gain
-nothing on it. So a model run
-uses only as many BLAS threads as the machine has free cores: the cores less the load average,
-rounded, at least one (on 2 cores: two threads only while the load is below 0.5). Anything
-other than OpenBLAS, or a platform without /proc, is left alone.
+Two facts shape this module (both measured; 2-core machines):
+- OpenBLAS's own threads make a busy machine slower, not faster: each product waits for its
+  slowest thread, and a thread that another process preempts holds every product up. 128
+  SmolLM2 tokens took 84 s with two BLAS threads and 13–33 s with one at a load of 15; at a
+  load of 1.7 (one other process busy) 1.0–8.5 s with two and 1.1–1.7 s with one.
+- OpenBLAS's threads split a product where they like, and a product's last digits depend on the
+  split: 128 × 576 by 576 × 1536 differs by up to 6e-5 between one thread and two. A thread
+  count that follows the load would make two runs of the same command disagree.
+
+So inside a model run (`threads_for_free_cores`) OpenBLAS runs on one thread, and the large
+products (`matmul`) are cut into fixed pieces: a matrix's rows, or a stack's matrices, cut
+into as many pieces as the machine has cores, at a fixed place that depends only on the
+shapes. The pieces are computed by as many threads as there are free cores (numpy lets go of
+the GIL inside BLAS), so the numbers are the same with one free core or all of them. Row cuts
+fall on a multiple of ROW_ALIGN, a multiple of the row unroll of OpenBLAS's float32 kernels,
+so each piece equals those rows of the whole product on one thread, bit for bit.
+
+Free cores are the cores less what other processes use: the smaller of the 1-minute load
+average and the other processes' runnable threads now (the load average alone still counts a
+process that ended seconds ago, such as this program's previous run). Anything other than
+OpenBLAS, or a platform without /proc, keeps its threads; the pieces still run.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
+
+import numpy as np
 
 # numpy's own OpenBLAS (scipy-openblas, 64-bit ints), then other builds.
 _NAMES = (
@@ -26,15 +43,21 @@ _NAMES = (
     ("openblas_get_num_threads", "openblas_set_num_threads"),
 )
 
+# Row cuts fall on multiples of this: OpenBLAS's float32 kernels unroll 4, 6, 8, 12 or 24 rows
+# of a row-major left operand (checked on its Haswell/Zen kernel: any multiple of 12 cut a
+# product into pieces equal to the whole, bit for bit; 8 and 16 did not).
+ROW_ALIGN = 24
+# Below this many multiply-adds a product is not worth a thread's hand-over (about 20 µs).
+MIN_WORK = 1 << 21
+
+SAMPLES, SAMPLE_SECONDS = 8, 0.002  # how long others_running watches: about 16 ms
+
 
 @cache
 def _openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """OpenBLAS's get/set thread count, from the library numpy loads (imported here first: a
-    caller that has not imported numpy yet would find no library and, this being cached, run
-    every later product on all of OpenBLAS's threads)."""
+    """OpenBLAS's get/set thread count, from the library numpy loads (numpy is imported at the
+    top of this module, so its library is mapped by the time /proc/self/maps is read)."""
     import ctypes
-
-    import numpy  # noqa: F401  (loads its OpenBLAS)
 
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
@@ -56,28 +79,139 @@ def _openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     return None
 
 
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def others_running() -> float | None:
+    """The mean number of runnable threads of other processes over a few milliseconds: the
+    machine's running count less this process's own running threads; None without /proc."""
+    seen = []
+    for i in range(SAMPLES):
+        if i:
+            time.sleep(SAMPLE_SECONDS)
+        running = _running_threads()
+        if running is None:
+            return None
+        seen.append(max(0, running - max(_own_running_threads(), 1)))
+    return sum(seen) / len(seen)
+
+
+def _running_threads() -> int | None:
+    """Runnable threads on the machine now (/proc/loadavg's fourth field, running/total)."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _own_running_threads() -> int:
+    """This process's threads in state R (running or runnable) now."""
+    own = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            own += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return own
+
+
 def free_cores() -> int:
-    """The cores no other process is using: the core count less the 1-minute load average,
-    rounded, at least 1."""
-    cores = os.cpu_count() or 1
+    """The cores no other process is using: the core count less the smaller of the 1-minute
+    load average and the other processes' runnable threads now, rounded, at least 1."""
+    n = cores()
     try:
         load = os.getloadavg()[0]
     except OSError:
-        return cores
-    return max(1, min(cores, int(cores - load + 0.5)))
+        return n
+    now = others_running()
+    busy = load if now is None else min(load, now)
+    return max(1, min(n, int(n - busy + 0.5)))
+
+
+class _Run:
+    """The threads of the model run in progress: how many compute pieces (0 outside a run:
+    `matmul` is then a plain product), and the pool that lends the extra ones."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.workers = 0
+        self.pool: ThreadPoolExecutor | None = None
+
+
+_RUN = _Run()
 
 
 @contextmanager
 def threads_for_free_cores() -> Iterator[None]:
-    """At most one BLAS thread per free core inside the block (never more than before);
-    restored after."""
+    """A model run: OpenBLAS on one thread, `matmul`'s pieces on the free cores; restored after
+    (re-entrant: an inner block keeps the outer one's choice)."""
     blas = _openblas()
-    before = blas[0]() if blas is not None else 1
-    wanted = min(before, free_cores())
-    if blas is not None and wanted < before:
-        blas[1](wanted)
+    with _RUN.lock:
+        outer = _RUN.depth == 0
+        _RUN.depth += 1
+    before = blas[0]() if blas is not None and outer else 1
+    if outer:
+        workers = free_cores()
+        if blas is not None and before > 1:
+            blas[1](1)
+        if workers > 1 and _RUN.pool is None:
+            _RUN.pool = ThreadPoolExecutor(cores() - 1, thread_name_prefix="attn-cli-matmul")
+        _RUN.workers = workers
     try:
         yield
     finally:
-        if blas is not None and wanted < before:
-            blas[1](before)
+        with _RUN.lock:
+            _RUN.depth -= 1
+            if outer:
+                _RUN.workers = 0
+                if blas is not None and before > 1:
+                    blas[1](before)
+
+
+def row_cuts(rows: int, pieces: int) -> list[int]:
+    """Where `rows` rows are cut into at most `pieces` pieces of near-equal size, each cut on a
+    multiple of ROW_ALIGN: the boundaries, 0 and `rows` included."""
+    blocks = -(-rows // ROW_ALIGN)
+    pieces = max(1, min(pieces, blocks))
+    inner = [min(rows, round(blocks * i / pieces) * ROW_ALIGN) for i in range(1, pieces)]
+    return [0, *inner, rows]
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b; inside a model run, cut into fixed pieces computed on the free cores (see the
+    module's text): a 2-D `a`'s rows, or a stack's matrices (3-D `a` and `b`, one each)."""
+    workers = _RUN.workers
+    if workers == 0:
+        return a @ b
+    if a.ndim == 2 and b.ndim == 2:
+        cuts = row_cuts(a.shape[0], cores())
+    elif a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]:
+        stack = a.shape[0]
+        n = min(cores(), stack)
+        cuts = [stack * i // n for i in range(n + 1)]
+    else:
+        return a @ b
+    work = a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.ndim == 3 else 1)
+    if len(cuts) == 2 or work < MIN_WORK:
+        return a @ b
+    out = np.empty((*a.shape[:-1], b.shape[-1]), dtype=np.result_type(a, b))
+
+    def piece(i: int) -> None:
+        s = slice(cuts[i], cuts[i + 1])
+        np.matmul(a[s], b[s] if a.ndim == 3 else b, out=out[s])
+
+    # lane 0 is this thread; the pool (made when the run began with workers > 1) runs the rest
+    lanes = [range(lane, len(cuts) - 1, workers) for lane in range(workers)]
+    pool = _RUN.pool
+    others = [pool.submit(_each, piece, ps) for ps in lanes[1:] if ps] if pool else []
+    _each(piece, lanes[0])
+    for f in others:
+        f.result()
+    return out
+
+
+def _each(piece: Callable[[int], None], indices: range) -> None:
+    for i in indices:
+        piece(i)

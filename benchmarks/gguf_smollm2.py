@@ -3,6 +3,7 @@ head, against transformers and against llama.cpp, same run.
 
     python benchmarks/gguf_smollm2.py             # 3 alternating runs of each side
     python benchmarks/gguf_smollm2.py --runs 5
+    python benchmarks/gguf_smollm2.py --threads 1   # one thread each side (a loaded machine)
 
 Sides, each a fresh process on the same 128 token ids (load included):
 
@@ -90,8 +91,9 @@ LLAMA_CPP = f"""
 import sys, json
 sys.path.insert(0, {str(ROOT)!r})
 from tests.llama_cpp_safe import load_llama
-path, ids = sys.argv[1], json.loads(sys.argv[2])
-llm = load_llama(model_path=path, n_ctx=256, n_batch=256, verbose=False)
+path, ids, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+extra = {{"n_threads": threads, "n_threads_batch": threads}} if threads else {{}}
+llm = load_llama(model_path=path, n_ctx=256, n_batch=256, verbose=False, **extra)
 llm.eval(ids)
 """
 
@@ -107,6 +109,9 @@ def main() -> int:
     ap.add_argument("--json", dest="json_out", help="also write the figures as JSON here")
     ap.add_argument(
         "--no-transformers", action="store_true", help="only attn-cli and llama.cpp: a short run"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=0, help="threads of each side (0: each side's default)"
     )
     ap.add_argument("--text-of", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -130,7 +135,7 @@ def main() -> int:
             + ["explain", text, "--model", "smollm2", "--layer", "all", "--head", "all"]
             + ["--steps", "W", "--npz", "/dev/null"],
             "transformers": [PY, str(tf_script), str(path), json.dumps(ids)],
-            "llama.cpp": [PY, str(cpp_script), str(path), json.dumps(ids)],
+            "llama.cpp": [PY, str(cpp_script), str(path), json.dumps(ids), str(args.threads)],
         }
         if args.no_transformers:
             del sides["transformers"]
@@ -139,6 +144,8 @@ def main() -> int:
         # PYTHONDONTWRITEBYTECODE would otherwise recompile attn_cli's modules in every run
         # (0.1-0.2 s), while llama_cpp's were compiled at install.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        if args.threads:  # BLAS for attn-cli, OpenMP and BLAS for transformers' torch
+            env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(args.threads)
         runs = alternate_children(
             sides, args.runs, env, each=lambda side, run: loads.append(os.getloadavg()[0])
         )
@@ -149,6 +156,7 @@ def main() -> int:
     figures = {
         "tokens": N_TOKENS,
         "runs": args.runs,
+        "threads": args.threads or "default",
         "seconds": med,
         "peak_rss_mib": {k: v / 2**20 for k, v in rss.items()},
         "time_vs_llama_cpp": med["attn-cli"] / med["llama.cpp"],

@@ -273,9 +273,6 @@ LAZY_LIBRARIES = {
     "ctypes": "finding OpenBLAS's thread setter, only when a model runs on a busy machine",
     "jinja2": "rendering a chat template only (generate --chat; the optional chat extra)",
     "soundfile": "FLAC, MP3 and Ogg files only (the optional audio extra; WAV needs nothing)",
-    # blas._openblas imports numpy so that numpy's OpenBLAS is loaded before it is looked for
-    # (a process that limits threads before its first numpy import must still find it)
-    "numpy": "blas: loading numpy's OpenBLAS before looking it up",
 }
 # attn_cli modules imported inside a function of another one:
 LAZY_MODULES = {

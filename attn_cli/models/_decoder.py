@@ -30,9 +30,11 @@ from attn_cli.attention import (
     AttentionParams,
     QKStage,
     causal_mask,
+    linear,
     sliding_window_mask,
     softcap,
 )
+from attn_cli.blas import matmul
 from attn_cli.errors import InputError
 from attn_cli.kvcache import CachedLayers, KVCache, mask_rows
 from attn_cli.models import rope
@@ -459,16 +461,13 @@ def _mlp(
 ) -> np.ndarray:
     """down(act(gate(x)) ⊙ up(x)): SwiGLU with SiLU, GeGLU with tanh-GELU."""
     if spec.fused:
-        gate_up = x @ w[p + "gate_up_proj.weight"].T  # [n, d] @ [d, 2·inter]
+        gate_up = matmul(x, w[p + "gate_up_proj.weight"].T)  # [n, d] @ [d, 2·inter]
         gate, up = np.split(gate_up, 2, axis=-1)
     else:
-        wg, bg = _linear(w, p + "gate_proj", bias)
-        gate = x @ wg if bg is None else x @ wg + bg  # [n, d] @ [d, inter]
-        wu, bu = _linear(w, p + "up_proj", bias)
-        up = x @ wu if bu is None else x @ wu + bu
-    wd, bd = _linear(w, p + "down_proj", bias)
+        gate = linear(x, *_linear(w, p + "gate_proj", bias))  # [n, d] @ [d, inter]
+        up = linear(x, *_linear(w, p + "up_proj", bias))
     hidden = act(gate) * up
-    return hidden @ wd if bd is None else hidden @ wd + bd  # [n, inter] @ [inter, d]
+    return linear(hidden, *_linear(w, p + "down_proj", bias))  # [n, inter] @ [inter, d]
 
 
 def final(spec: Spec, w: WeightSource, h: np.ndarray, args: DecoderArgs) -> np.ndarray:
