@@ -145,15 +145,16 @@ _RUN = _Run()
 
 @contextmanager
 def threads_for_free_cores() -> Iterator[None]:
-    """A model run: OpenBLAS on one thread, `matmul`'s pieces on the free cores; restored after
-    (re-entrant: an inner block keeps the outer one's choice)."""
+    """A model run: OpenBLAS on one thread, `matmul`'s pieces on the free cores (no more than
+    OpenBLAS's threads before); restored after (re-entrant: an inner block keeps the outer
+    one's choice)."""
     blas = _openblas()
     with _RUN.lock:
         outer = _RUN.depth == 0
         _RUN.depth += 1
     before = blas[0]() if blas is not None and outer else 1
-    if outer:
-        workers = free_cores()
+    if outer:  # never more threads than OpenBLAS was given (OPENBLAS_NUM_THREADS=1: one)
+        workers = min(free_cores(), before) if blas is not None else free_cores()
         if blas is not None and before > 1:
             blas[1](1)
         if workers > 1 and _RUN.pool is None:

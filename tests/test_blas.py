@@ -44,6 +44,16 @@ def test_a_run_puts_openblas_on_one_thread_and_restores_it(openblas, monkeypatch
     assert openblas() == 2 and blas._RUN.workers == 0
 
 
+def test_no_more_workers_than_openblas_was_given(openblas, monkeypatch):
+    """OPENBLAS_NUM_THREADS=1 (the corpus pool's workers, `--threads 1` benchmarks) keeps a
+    run on one thread even on an idle machine."""
+    busy(monkeypatch, 0.0)
+    blas._openblas()[1](1)
+    with blas.threads_for_free_cores():
+        assert blas._RUN.workers == 1
+    assert openblas() == 1
+
+
 def test_restored_after_an_error(openblas, monkeypatch):
     busy(monkeypatch, 8.0)
     with pytest.raises(ValueError), blas.threads_for_free_cores():
