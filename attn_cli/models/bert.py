@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attn_cli.attention import AttentionParams
+from attn_cli.attention import AttentionParams, linear
 from attn_cli.errors import InputError
 from attn_cli.models.args import POSITIVE, POSITIVE_INT, TEXT, Args, arg
 from attn_cli.models.layers import activation, layer_norm
@@ -114,7 +114,7 @@ def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]
         )  # post-LN residual
         wi, bi = linear_params(w, p + "intermediate.dense")
         wf, bf = linear_params(w, p + "output.dense")
-        ff = act(h @ wi + bi) @ wf + bf  # [n, d] -> [n, 4d] -> [n, d]
+        ff = linear(act(linear(h, wi, bi)), wf, bf)  # [n, d] -> [n, 4d] -> [n, d]
         out = layer_norm(
             ff + h, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps
         )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attn_cli.attention import AttentionParams, causal_mask
+from attn_cli.attention import AttentionParams, causal_mask, linear
 from attn_cli.errors import InputError
 from attn_cli.kvcache import CachedLayers, KVCache, PositionedEmbed, mask_rows
 from attn_cli.models.args import FLAG, POSITIVE, POSITIVE_INT, TEXT, Args, arg
@@ -114,8 +114,8 @@ def layers(
         assert a.output is not None
         h = x + a.output  # residual
         m = layer_norm(h, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
-        ff = act(m @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])  # [n, d] -> [n, 4d]
-        out = h + ff @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]  # -> [n, d]
+        ff = act(linear(m, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]))  # [n, d] -> [n, 4d]
+        out = h + linear(ff, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"])  # -> [n, d]
         yield LayerRecord([a], out)
         x = out
 
