@@ -60,7 +60,10 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 def gelu_erf(x: np.ndarray) -> np.ndarray:
     """BERT's GELU: x·Φ(x) = x/2 · (1 + erf(x/√2))."""
-    return 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
+    phi2 = erf(x / np.float32(np.sqrt(2.0)))  # then 1 + erf and the product, in place
+    phi2 += 1.0
+    phi2 *= 0.5 * x
+    return phi2
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:

@@ -146,8 +146,12 @@ def _params(w: WeightSource, p: str, heads: int) -> AttentionParams:
 
 def _ff(w: WeightSource, p: str, x: np.ndarray) -> np.ndarray:
     m = ln(w, p + "final_layer_norm", x)
-    hidden = gelu_erf(m @ w[p + "fc1.weight"].T + w[p + "fc1.bias"])  # [n, d] -> [n, ffn]
-    return x + hidden @ w[p + "fc2.weight"].T + w[p + "fc2.bias"]  # -> [n, d]
+    hidden = m @ w[p + "fc1.weight"].T  # [n, d] -> [n, ffn]; the biases added in place
+    hidden += w[p + "fc1.bias"]
+    out = gelu_erf(hidden) @ w[p + "fc2.weight"].T  # -> [n, d]
+    out += x
+    out += w[p + "fc2.bias"]
+    return out
 
 
 def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
