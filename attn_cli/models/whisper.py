@@ -137,7 +137,7 @@ def embed(w: WeightSource, mel: np.ndarray, cfg: Config) -> np.ndarray:
     """Log-mel (mel bins, 3000) -> the encoder's first hidden states (1500, d)."""
     h = gelu_erf(conv1d(mel, w["encoder.conv1.weight"], w["encoder.conv1.bias"], 1))
     h = gelu_erf(conv1d(h, w["encoder.conv2.weight"], w["encoder.conv2.bias"], 2))
-    return (h.T + w["encoder.embed_positions.weight"][: h.shape[1]]).astype(np.float32)
+    return (h.T + w["encoder.embed_positions.weight"][: h.shape[1]]).astype(np.float32, copy=False)
 
 
 def _params(w: WeightSource, p: str, heads: int) -> AttentionParams:
