@@ -29,19 +29,24 @@ from attn_cli.blas import matmul
 SCORE_BLOCK = 4096
 
 
-def row_softmax(w: np.ndarray) -> np.ndarray:
+def row_softmax(w: np.ndarray, in_place: bool = False) -> np.ndarray:
     """Softmax of each row, made stable by subtracting the row max first.
 
     exp(w - max) never overflows, so logits of ±1e30 are fine. Masked entries are -inf and get
     weight exactly 0. A row that is masked entirely has no distribution to normalise: it comes
     out as all zeros (never NaN), so that row's output is the zero vector.
+
+    `in_place`: w itself becomes the weights (the same numbers), no n × n array is made.
     """
     m = np.max(w, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)  # fully masked row: keep exp(-inf) = 0, avoid inf - inf
-    e = w - m  # the one n × n temporary: exp and the division happen in place
+    # the one n × n array (w itself when in place): exp and the division happen in it
+    e = np.subtract(w, m, out=w if in_place else None)
     np.exp(e, out=e)
     total = np.sum(e, axis=-1, keepdims=True)
-    np.divide(e, total, out=e, where=total > 0)  # a row with total 0 is all zeros already
+    # a row with total 0 is all zeros already: divided by 1 (a plain division, twice as fast
+    # as one with where=)
+    np.divide(e, np.where(total > 0, total, 1), out=e)
     return e
 
 
@@ -165,6 +170,38 @@ def attend(
     w = row_softmax(logits / temperature if temperature != 1.0 else logits)
     y = matmul(w, v)  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
     return AttentionSteps(w_raw, w_scaled, w_capped, w_masked, w, y, w_biased)
+
+
+def attend_in_place(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None = None,
+    scale: float | None = None,
+    cap: float | None = None,
+    temperature: float = 1.0,
+    bias: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """attend's W and Y alone, bit for bit: every step from the scores to the weights is taken
+    in place in the one (H, n_q, n_k) array of the scores, which becomes W. attend keeps each
+    step (W_raw, W_scaled …), three or more arrays of that size; a run that shows only the maps
+    (a 30-s Whisper encoder: 8 × 1,500² per layer) needs one."""
+    heads, d_k = q.shape[0], q.shape[-1]
+    k, v = repeat_kv(k, heads), repeat_kv(v, heads)  # [KV, n, d] -> [H, n, d]
+    w = scores(q, k)  # W_raw: [H, n, d_k] @ [H, d_k, n] -> [H, n, n]
+    w *= np.asarray(1.0 / np.sqrt(d_k) if scale is None else scale, dtype=w.dtype)  # W_scaled
+    if bias is not None:
+        w += bias.astype(w.dtype, copy=False)  # W_biased
+    if cap is not None:  # W_capped = cap·tanh(w / cap)
+        w /= cap
+        np.tanh(w, out=w)
+        w *= cap
+    if mask is not None:
+        np.copyto(w, -np.inf, where=~mask)  # W_masked
+    if temperature != 1.0:
+        w /= temperature
+    w = row_softmax(w, in_place=True)
+    return w, w @ v  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,10 @@ class StageContext:
         return names[-1] if names else letter
 
     def logits(self) -> str:
-        """The newest score stage so far: what the softmax (or the mask) takes."""
-        return [s.name for s in self.earlier if s.kind == "scores"][-1]
+        """The newest score stage so far: what the softmax (or the mask) takes; the one the
+        softmax took when the scores were not recorded (records.maps_only)."""
+        names = [s.name for s in self.earlier if s.kind == "scores"]
+        return names[-1] if names else self.record.facts["softmax_of"]
 
     def input(self, letter: str = "Q") -> str:
         """The newest stage of the whole block's vectors so far: what the projections multiply

@@ -17,6 +17,9 @@ differs records its own stages with `AttentionRecord.add`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +136,22 @@ class LayerRecord:
         return self.blocks[0]
 
 
+_MAPS_ONLY: ContextVar[bool] = ContextVar("attn_cli_maps_only", default=False)
+
+
+@contextmanager
+def maps_only() -> Iterator[None]:
+    """Inside: multi_head_attention records no score stages (W_raw, W_scaled …) and takes them
+    in place in the array that becomes W (attention.attend_in_place), for a run that keeps no
+    score step: a 30-s Whisper encoder's are 72 MiB per stage per layer. The W stage's words
+    still name the scores it is the softmax of (facts["softmax_of"])."""
+    token = _MAPS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _MAPS_ONLY.reset(token)
+
+
 def multi_head_attention(
     x: np.ndarray,
     p: att.AttentionParams,
@@ -194,19 +213,26 @@ def multi_head_attention(
     for name, q_s, k_s in [] if qk_hook is None else qk_hook(q, k):
         q = rec.add(f"Q_{name}", q_s, heads=QUERY_HEADS, cols=Dims("q"))
         k = rec.add(f"K_{name}", k_s, heads=KV_HEADS, rows=KEY, cols=Dims("k"))
-    a = att.attend(q, k, v, mask, scale, cap, temperature, bias)
-    for name, data in (
-        ("W_raw", a.W_raw),
-        ("W_scaled", a.W_scaled),
-        ("W_biased", a.W_biased),
-        ("W_capped", a.W_capped),
-        ("W_masked", a.W_masked),
-    ):
-        if data is not None:
-            rec.add(name, data, "scores", QUERY_HEADS, QUERY, KEY)
-    rec.add("W", a.W, "weights", QUERY_HEADS, QUERY, KEY)
-    rec.add("Y", a.Y, heads=QUERY_HEADS, cols=Dims("v"))
-    y_concat = att.merge_heads(a.Y)  # [H, n, d_v] -> [n, H·d_v]
+    if _MAPS_ONLY.get():
+        w, y = att.attend_in_place(q, k, v, mask, scale, cap, temperature, bias)
+        score_names = ("W_scaled", "W_biased", "W_capped", "W_masked")
+        given = (True, bias is not None, cap is not None, mask is not None)
+        rec.facts["softmax_of"] = [n for n, g in zip(score_names, given, strict=True) if g][-1]
+    else:
+        a = att.attend(q, k, v, mask, scale, cap, temperature, bias)
+        for name, data in (
+            ("W_raw", a.W_raw),
+            ("W_scaled", a.W_scaled),
+            ("W_biased", a.W_biased),
+            ("W_capped", a.W_capped),
+            ("W_masked", a.W_masked),
+        ):
+            if data is not None:
+                rec.add(name, data, "scores", QUERY_HEADS, QUERY, KEY)
+        w, y = a.W, a.Y
+    rec.add("W", w, "weights", QUERY_HEADS, QUERY, KEY)
+    rec.add("Y", y, heads=QUERY_HEADS, cols=Dims("v"))
+    y_concat = att.merge_heads(y)  # [H, n, d_v] -> [n, H·d_v]
     o = None if p.w_o is None else att.linear(y_concat, p.w_o, p.b_o)  # [n, H·d_v] @ [H·d_v, d_o]
     rec.output = o
     rec.facts.update(
@@ -216,7 +242,7 @@ def multi_head_attention(
         d_k=d_k,
     )
     if parameters:
-        d_v = a.Y.shape[-1]
+        d_v = y.shape[-1]
         concat = tuple(f"h{h}.v{j}" for h in range(p.heads) for j in range(d_v))
         if p.heads > 1:
             rec.add("Y_concat", y_concat, cols=concat)

@@ -28,7 +28,7 @@ from attn_cli.methods.lens import lens_steps, logit_lens
 from attn_cli.models.args import COUNT, check
 from attn_cli.models.registry import Family, Seq2Seq
 from attn_cli.readable import readable_tokens
-from attn_cli.records import TOKENS, LayerRecord
+from attn_cli.records import TOKENS, LayerRecord, maps_only
 from attn_cli.tokenizer import tokenize
 from attn_cli.trace import MODEL, Axis, Trace, TraceStep, dim_labels, token_labels
 
@@ -364,7 +364,11 @@ def seq2seq_trace(
     def encoder_steps(i: int, layer: LayerRecord) -> None:
         enc_steps.extend(narrate_layer(i, layer, {SOURCE: src_axis}))
 
-    enc, _ = encode(family, w, inputs, cfg, encoder_steps)
+    if any(keep(k) for k in ("W_raw", "W_scaled", "W_biased", "W_capped", "W_masked")):
+        enc, _ = encode(family, w, inputs, cfg, encoder_steps)
+    else:  # the scores are in no step: each layer's taken in place in its maps (1,500² a head)
+        with maps_only():
+            enc, _ = encode(family, w, inputs, cfg, encoder_steps)
     stopped = None
     if generate:
         seq, stopped = greedy(s2s, w, enc, cfg, plan, bar)

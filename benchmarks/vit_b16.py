@@ -17,8 +17,8 @@ written with numpy alone into a cache directory (ATTN_CLI_BENCH_DIR, default
 `--threads N` sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS for both children
 (on a shared 2-core machine, two BLAS threads each fighting other jobs ran 2.5× slower than one).
 
-Reported: whole-process wall time and peak RSS (ru_maxrss of each child, from os.wait4), and the
-ratios (targets: ≥ 3× faster, ≤ 0.3× peak memory).
+Reported: whole-process wall time, CPU time (user + system) and peak RSS (ru_maxrss of each
+child, from os.wait4), and the ratios (targets: ≥ 3× faster, ≤ 0.3× peak memory).
 """
 
 from __future__ import annotations

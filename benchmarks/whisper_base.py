@@ -20,8 +20,8 @@ decoder tokens (the 4-token prompt and 28 target tokens):
 
 `--threads N` sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS for both children.
 
-Reported: whole-process wall time and peak RSS (ru_maxrss of each child, from os.wait4), and the
-ratios (targets: ≥ 3× faster, ≤ 0.3× peak memory).
+Reported: whole-process wall time, CPU time (user + system) and peak RSS (ru_maxrss of each
+child, from os.wait4), and the ratios (targets: ≥ 3× faster, ≤ 0.3× peak memory).
 """
 
 from __future__ import annotations

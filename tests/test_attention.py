@@ -100,3 +100,29 @@ def test_permuting_tokens_permutes_every_matrix(x, rnd):
 def test_entropy_of_uniform_and_one_hot():
     p = np.array([[0.25] * 4, [1.0, 0, 0, 0]])
     np.testing.assert_allclose(att.entropy(p), [math.log(4), 0.0], atol=1e-12)
+
+
+def test_attend_in_place_is_attend_bit_for_bit():
+    """The maps-only path (one buffer, every score step in place) gives attend's W and Y
+    exactly, with each optional step: bias, cap, mask (a fully masked row too), temperature,
+    grouped key/value heads."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((4, 5, 8), dtype=np.float32) * 3
+    k = rng.standard_normal((2, 6, 8), dtype=np.float32) * 3
+    v = rng.standard_normal((2, 6, 3), dtype=np.float32)
+    bias = rng.standard_normal((4, 5, 6), dtype=np.float32)
+    mask = np.tri(5, 6, dtype=bool)
+    mask[0] = False
+    for kwargs in (
+        {},
+        {"scale": 0.3},
+        {"bias": bias},
+        {"cap": 2.5},
+        {"mask": mask},
+        {"temperature": 0.7},
+        {"mask": mask, "bias": bias, "cap": 2.5, "temperature": 1.3},
+    ):
+        a = att.attend(q, k, v, **kwargs)
+        w, y = att.attend_in_place(q, k, v, **kwargs)
+        assert w.dtype == np.float32 and np.array_equal(w, a.W), kwargs
+        assert np.array_equal(y, a.Y), kwargs

@@ -251,6 +251,23 @@ def test_fixture_without_torch():
     assert t.axes["source"].labels[-1] == "1.98 s"
 
 
+def test_maps_only_run_keeps_the_same_maps():
+    """A trace keeping only W takes the encoder's scores in place (records.maps_only): its W
+    steps equal, number for number and word for word, those of a run keeping the scores."""
+    import attn_cli
+
+    m = attn_cli.load_model(str(FIXTURE))
+    wav = str(FIXTURE / "speech.wav")
+    only = [s for s in m.trace(wav, generate=True, steps="W").steps if s.name == "W"]
+    full = m.trace(wav, generate=True, steps="W_raw,W_scaled,W").steps
+    assert any(s.name == "W_scaled" and s.block == "encoder" for s in full)
+    full = [s for s in full if s.name == "W"]
+    assert len(only) == len(full) > 0
+    for a, b in zip(only, full, strict=True):
+        assert (a.block, a.formula, a.description) == (b.block, b.formula, b.description)
+        np.testing.assert_array_equal(a.data, b.data)
+
+
 def test_fixture_through_the_cli(tmp_path):
     from tests.conftest import invoke, plain
 

@@ -18,7 +18,7 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.nd
 # erf's polynomial in t, highest power first (Numerical Recipes' erfc fit), and its block size:
 # evaluated a block at a time, the float64 temporaries stay in cache (18× faster on a
 # 1500 × 2048 activation than whole-array temporaries, with the same operations in the same
-# order, so bit for bit the same result).
+# order, so bit for bit the same result; 16k values a block measured faster than 32k or 8k).
 ERF_POLY = (
     0.17087277,
     -0.82215223,
@@ -31,12 +31,13 @@ ERF_POLY = (
     1.00002368,
     -1.26551223,
 )
-ERF_BLOCK = 1 << 15
+ERF_BLOCK = 1 << 14
 
 
 def erf(x: np.ndarray) -> np.ndarray:
     """erf without scipy: erfc(z) = t·exp(−z² + P(t)), t = 1/(1 + z/2), relative error < 1.2e-7
-    (Numerical Recipes' Chebyshev fit), evaluated in float64, a block of values at a time."""
+    (Numerical Recipes' Chebyshev fit), evaluated in float64, a block of values at a time;
+    erf(x) = sign(x)·(1 − erfc(|x|)) (erf is odd)."""
     arr = np.asarray(x)
     flat = arr.reshape(-1)
     out = np.empty(flat.shape, dtype=arr.dtype)
@@ -46,21 +47,26 @@ def erf(x: np.ndarray) -> np.ndarray:
         t = 0.5 * z
         t += 1.0
         np.divide(1.0, t, out=t)
-        poly = np.full_like(t, ERF_POLY[0])
-        for c in ERF_POLY[1:]:  # Horner: P(t) = ((c0·t + c1)·t + …)·t + c9
+        poly = t * ERF_POLY[0]
+        poly += ERF_POLY[1]
+        for c in ERF_POLY[2:]:  # Horner: P(t) = ((c0·t + c1)·t + …)·t + c9
             poly *= t
             poly += c
         z *= z
         poly -= z
         np.exp(poly, out=poly)
         poly *= t  # erfc(|x|)
-        out[a : a + ERF_BLOCK] = np.where(x64 >= 0, 1.0 - poly, poly - 1.0)
+        np.subtract(1.0, poly, out=poly)
+        out[a : a + ERF_BLOCK] = np.copysign(poly, x64, out=poly)
     return out.reshape(arr.shape)
 
 
 def gelu_erf(x: np.ndarray) -> np.ndarray:
     """BERT's GELU: x·Φ(x) = x/2 · (1 + erf(x/√2))."""
-    return 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
+    phi2 = erf(x / np.float32(np.sqrt(2.0)))  # then 1 + erf and the product, in place
+    phi2 += 1.0
+    phi2 *= 0.5 * x
+    return phi2
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:

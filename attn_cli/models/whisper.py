@@ -137,7 +137,7 @@ def embed(w: WeightSource, mel: np.ndarray, cfg: Config) -> np.ndarray:
     """Log-mel (mel bins, 3000) -> the encoder's first hidden states (1500, d)."""
     h = gelu_erf(conv1d(mel, w["encoder.conv1.weight"], w["encoder.conv1.bias"], 1))
     h = gelu_erf(conv1d(h, w["encoder.conv2.weight"], w["encoder.conv2.bias"], 2))
-    return (h.T + w["encoder.embed_positions.weight"][: h.shape[1]]).astype(np.float32)
+    return (h.T + w["encoder.embed_positions.weight"][: h.shape[1]]).astype(np.float32, copy=False)
 
 
 def _params(w: WeightSource, p: str, heads: int) -> AttentionParams:
@@ -146,8 +146,12 @@ def _params(w: WeightSource, p: str, heads: int) -> AttentionParams:
 
 def _ff(w: WeightSource, p: str, x: np.ndarray) -> np.ndarray:
     m = ln(w, p + "final_layer_norm", x)
-    hidden = gelu_erf(m @ w[p + "fc1.weight"].T + w[p + "fc1.bias"])  # [n, d] -> [n, ffn]
-    return x + hidden @ w[p + "fc2.weight"].T + w[p + "fc2.bias"]  # -> [n, d]
+    hidden = m @ w[p + "fc1.weight"].T  # [n, d] -> [n, ffn]; the biases added in place
+    hidden += w[p + "fc1.bias"]
+    out = gelu_erf(hidden) @ w[p + "fc2.weight"].T  # -> [n, d]
+    out += x
+    out += w[p + "fc2.bias"]
+    return out
 
 
 def layers(w: WeightSource, x: np.ndarray, cfg: Config) -> Iterator[LayerRecord]:
