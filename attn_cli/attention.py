@@ -201,7 +201,7 @@ def attend_in_place(
     if temperature != 1.0:
         w /= temperature
     w = row_softmax(w, in_place=True)
-    return w, w @ v  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
+    return w, matmul(w, v)  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
 
 
 @dataclass(frozen=True)

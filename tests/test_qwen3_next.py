@@ -216,12 +216,21 @@ def test_gates_switched_off_change_the_mixing_maps(tiny, tmp_path):
 @pytest.mark.reference
 def test_partial_rotary_and_the_output_gate_switched_off(tiny, tmp_path):
     """Rotating every dimension changes the softmax maps; an output gate of ½ everywhere (its
-    q_proj rows zeroed) leaves the layer's map but changes its output. Both as transformers."""
+    q_proj rows zeroed) leaves the layer's map but changes its output. Both as transformers.
+    The rotary comparison runs with q/k norms × 0.7: at full strength this map is at float32's
+    limit (transformers' own float32 and float64 passes differ by up to 1.2e-5 on such tiny
+    models, and an AMD EPYC put attn-cli 1.1e-5 from its float32 answer); × 0.7 keeps the map
+    sharp and every pass within 3e-6 of the float64 answer."""
+    softer = tmp_path / "softer"
+    shutil.copytree(tiny, softer)
+    for name in ("q_norm.weight", "k_norm.weight"):
+        set_tensors(softer, name, lambda t: t * 0.7)
     full_rotary = tmp_path / "full_rotary"
-    shutil.copytree(tiny, full_rotary)
+    shutil.copytree(softer, full_rotary)
     cfg = json.loads((full_rotary / "config.json").read_text())
     cfg["rope_parameters"]["partial_rotary_factor"] = 1.0
     (full_rotary / "config.json").write_text(json.dumps(cfg))
+    soft = run(softer, IDS)["layers"][3].attention
     base = run(tiny, IDS)
     record = base["layers"][3].attention
     assert record.facts["rotary_dim"] == 4
@@ -230,7 +239,7 @@ def test_partial_rotary_and_the_output_gate_switched_off(tiny, tmp_path):
     assert rotated["layers"][3].attention.facts["rotary_dim"] == 16
     maps = rotated["layers"][3].attention.weights
     np.testing.assert_allclose(maps, reference(full_rotary, IDS)["attentions"][0], atol=1e-5)
-    assert np.abs(maps - record.weights).max() > 0.05
+    assert np.abs(maps - soft.weights).max() > 0.05
 
     ungated = tmp_path / "ungated"
     shutil.copytree(tiny, ungated)

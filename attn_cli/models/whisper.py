@@ -32,6 +32,7 @@ import numpy as np
 
 from attn_cli import audio, timestamps
 from attn_cli.attention import AttentionParams, causal_mask
+from attn_cli.blas import matmul
 from attn_cli.errors import InputError, opt
 from attn_cli.models._bart import attention_params, check_attention, check_heads, ln
 from attn_cli.models.args import COUNT, FLAG, POSITIVE_INT, TEXT, Args, arg
@@ -130,7 +131,7 @@ def conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int) -> 
         [padded[:, j : j + stride * (t_out - 1) + 1 : stride] for j in range(k)], axis=1
     )  # (C_in, k, T_out)
     w2 = weight.reshape(c_out, c_in * k)  # [C_out, C_in·k] @ [C_in·k, T_out]
-    return w2 @ cols.reshape(c_in * k, t_out) + bias[:, None]
+    return matmul(w2, cols.reshape(c_in * k, t_out)) + bias[:, None]
 
 
 def embed(w: WeightSource, mel: np.ndarray, cfg: Config) -> np.ndarray:
@@ -146,9 +147,9 @@ def _params(w: WeightSource, p: str, heads: int) -> AttentionParams:
 
 def _ff(w: WeightSource, p: str, x: np.ndarray) -> np.ndarray:
     m = ln(w, p + "final_layer_norm", x)
-    hidden = m @ w[p + "fc1.weight"].T  # [n, d] -> [n, ffn]; the biases added in place
+    hidden = matmul(m, w[p + "fc1.weight"].T)  # [n, d] -> [n, ffn]; the biases added in place
     hidden += w[p + "fc1.bias"]
-    out = gelu_erf(hidden) @ w[p + "fc2.weight"].T  # -> [n, d]
+    out = matmul(gelu_erf(hidden), w[p + "fc2.weight"].T)  # -> [n, d]
     out += x
     out += w[p + "fc2.bias"]
     return out
