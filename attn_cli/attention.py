@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from attn_cli.blas import matmul
+from attn_cli.blas import by_rows, matmul
 
 # Rows of the score matrix computed per BLAS call: bounds temporaries, and keeps every call a
 # plain GEMM (see `scores`).
@@ -38,16 +38,20 @@ def row_softmax(w: np.ndarray, in_place: bool = False) -> np.ndarray:
 
     `in_place`: w itself becomes the weights (the same numbers), no n × n array is made.
     """
+    # the one n × n array (w itself when in place): exp and the division happen in it
+    out = w if in_place else np.empty(w.shape, dtype=np.result_type(w.dtype, np.float16))
+    return by_rows(_softmax_into, w, out)
+
+
+def _softmax_into(w: np.ndarray, e: np.ndarray) -> None:
     m = np.max(w, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)  # fully masked row: keep exp(-inf) = 0, avoid inf - inf
-    # the one n × n array (w itself when in place): exp and the division happen in it
-    e = np.subtract(w, m, out=w if in_place else None)
+    np.subtract(w, m, out=e)
     np.exp(e, out=e)
     total = np.sum(e, axis=-1, keepdims=True)
     # a row with total 0 is all zeros already: divided by 1 (a plain division, twice as fast
     # as one with where=)
     np.divide(e, np.where(total > 0, total, 1), out=e)
-    return e
 
 
 def causal_mask(n: int) -> np.ndarray:

@@ -49,6 +49,8 @@ _NAMES = (
 ROW_ALIGN = 24
 # Below this many multiply-adds a product is not worth a thread's hand-over (about 20 µs).
 MIN_WORK = 1 << 21
+# Below this many values a row-by-row function (softmax, GELU) is not worth one either.
+MIN_VALUES = 1 << 16
 
 SAMPLES, SAMPLE_SECONDS = 8, 0.002  # how long others_running watches: about 16 ms
 
@@ -208,6 +210,33 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     pool = _RUN.pool
     others = [pool.submit(_each, piece, ps) for ps in lanes[1:] if ps] if pool else []
     _each(piece, lanes[0])
+    for f in others:
+        f.result()
+    return out
+
+
+def by_rows(
+    fill: Callable[[np.ndarray, np.ndarray], object], x: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """`fill(x, out)` for a function that fills `out` from `x` one row (last axis) at a time,
+    such as a softmax or an activation; inside a model run, in row pieces on the free cores.
+    Each row's numbers do not depend on the pieces, so here the pieces follow the free cores.
+    `out` may be `x` (in place). Returns `out`."""
+    workers = _RUN.workers
+    contiguous = x.flags.c_contiguous and out.flags.c_contiguous
+    if workers <= 1 or x.ndim < 2 or x.size < MIN_VALUES or not contiguous:
+        fill(x, out)
+        return out
+    rows, out_rows = x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
+    cuts = [len(rows) * i // workers for i in range(workers + 1)]
+
+    def piece(i: int) -> None:
+        s = slice(cuts[i], cuts[i + 1])
+        fill(rows[s], out_rows[s])
+
+    pool = _RUN.pool
+    others = [pool.submit(piece, i) for i in range(1, workers)] if pool else []
+    _each(piece, range(1) if others else range(workers))
     for f in others:
         f.result()
     return out

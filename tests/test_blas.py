@@ -203,3 +203,28 @@ def test_found_when_numpy_is_not_imported_yet():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_softmax_gives_the_same_numbers_on_one_free_core_or_two(openblas, monkeypatch):
+    """The softmax runs in row pieces on the free cores: each row's numbers are its own."""
+    from attn_cli.attention import row_softmax
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 300, 300), dtype=np.float32) * 8
+    w[1, 7] = -np.inf  # a fully masked row stays all zeros
+    got = {}
+    for load in (8.0, 0.0):
+        busy(monkeypatch, load)
+        with blas.threads_for_free_cores():
+            inplace = w.copy()
+            row_softmax(inplace, in_place=True)
+            got[blas._RUN.workers] = (row_softmax(w), inplace)
+    assert set(got) == {1, 2}
+    for one, two in zip(got[1], got[2], strict=True):
+        assert np.array_equal(one, two)
+    p = got[2][0]
+    assert np.array_equal(p, got[2][1])
+    np.testing.assert_allclose(p.sum(-1)[np.arange(4) != 1], 1.0, rtol=1e-5)
+    assert (p[1, 7] == 0).all() and np.isfinite(p).all()
+    e = np.exp(w[0].astype(np.float64) - w[0].max(-1, keepdims=True))
+    np.testing.assert_allclose(p[0], e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
