@@ -128,6 +128,9 @@ def softcap(w: np.ndarray, cap: float) -> np.ndarray:
     return cap * np.tanh(w / cap)
 
 
+EMPTY = np.empty(0, dtype=np.float32)  # Y of `weigh`'s steps, before the values are mixed
+
+
 class AttentionSteps(NamedTuple):
     """Every intermediate of scaled dot-product attention, heads stacked on axis 0."""
 
@@ -159,9 +162,25 @@ def attend(
     q is (H, n, d_k); k and v are (KV, n, d) with KV dividing H (grouped key/value heads are
     shared by H / KV query heads each). scale defaults to 1/√d_k.
     """
-    heads, d_k = q.shape[0], q.shape[-1]
+    heads = q.shape[0]
     k, v = repeat_kv(k, heads), repeat_kv(v, heads)  # [KV, n, d] -> [H, n, d]
     w_raw = scores(q, k)  # [H, n, d_k] @ [H, d_k, n] -> [H, n, n]
+    steps = weigh(w_raw, q.shape[-1], mask, scale, cap, temperature, bias)
+    y = matmul(steps.W, v)  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
+    return steps._replace(Y=y)
+
+
+def weigh(
+    w_raw: np.ndarray,
+    d_k: int,
+    mask: np.ndarray | None = None,
+    scale: float | None = None,
+    cap: float | None = None,
+    temperature: float = 1.0,
+    bias: np.ndarray | None = None,
+) -> AttentionSteps:
+    """`attend`'s steps from the raw scores to the weights W: scale, bias, cap, mask, softmax.
+    Y is left empty for the caller to mix the values with W."""
     s = 1.0 / np.sqrt(d_k) if scale is None else scale
     w_scaled = w_raw * np.asarray(s, dtype=w_raw.dtype)
     w_biased = None if bias is None else w_scaled + bias.astype(w_raw.dtype, copy=False)
@@ -172,8 +191,7 @@ def attend(
     if w_masked is not None:
         logits = w_masked
     w = row_softmax(logits / temperature if temperature != 1.0 else logits)
-    y = matmul(w, v)  # [H, n, n] @ [H, n, d_v] -> [H, n, d_v]
-    return AttentionSteps(w_raw, w_scaled, w_capped, w_masked, w, y, w_biased)
+    return AttentionSteps(w_raw, w_scaled, w_capped, w_masked, w, EMPTY, w_biased)
 
 
 def attend_in_place(

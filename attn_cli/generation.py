@@ -113,6 +113,7 @@ class Generation:
     stopped: str = "not started"
     seconds: float = 0.0
     _rows: list[np.ndarray] = field(default_factory=list)  # per new token (L, H, n_keys)
+    _shown: list[str] = field(default_factory=list)  # every token so far as shown (readable)
     _kind: str = "weights"
 
     @classmethod
@@ -198,15 +199,16 @@ class Generation:
         """The model's end-of-sequence tokens: config.json, generation_config.json, the GGUF's
         eos (and end-of-turn) tokens."""
         found: set[int] = set()
-        cfg = self.model.config
+        m = self.model
+        cfg = m.config
         sources = [cfg.get("eos_token_id"), cfg.get("gguf", {}).get("eos_token_id")]
-        path = self.model.path
+        path = m.path
         gen = path / "generation_config.json" if path.is_dir() else None
         if gen is not None and gen.is_file():
             with contextlib.suppress(OSError, ValueError):
                 sources.append(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
-        if path.is_file():
-            meta = open_gguf(path).metadata
+        if path.is_file():  # a GGUF: its weights carry the header already read
+            meta = getattr(m.weights, "metadata", None) or open_gguf(path).metadata
             sources += [meta.get("tokenizer.ggml.eos_token_id")]
             sources += [meta.get("tokenizer.ggml.eot_token_id")]
         for s in sources:
@@ -224,6 +226,7 @@ class Generation:
         ends = self.end_ids()
         started = time.perf_counter()
         self.stopped = "max_new_tokens"
+        self._shown = readable_tokens(self.prompt_raw + self._raw(self.new_ids), m._token_style)
         with threads_for_free_cores():
             logits = self._pass(w, fam.embed(w, self.prompt_ids, cfg), kv)
             while True:
@@ -231,6 +234,7 @@ class Generation:
                 new = self._new_token(token_id, logits)
                 self.new_ids.append(token_id)
                 self.new_tokens.append(new)
+                self._shown.append(new.token)
                 self.seconds = time.perf_counter() - started
                 yield new
                 if token_id in ends:
@@ -290,9 +294,7 @@ class Generation:
         others = [int(i) for i in order if i != token_id][:RUNNERS_UP]
         shown = readable_tokens(self._raw([token_id, *others]), m._token_style)
         row = self._rows[-1].mean(axis=(0, 1))  # where the pass that wrote it looked
-        labels = token_labels(
-            readable_tokens(self.prompt_raw + self._raw(self.new_ids), m._token_style)
-        )
+        labels = token_labels(self._shown)  # of every token so far: the pass's keys
         top = np.argsort(-row[1:], kind="stable")[:ATTENDED] + 1
         piece = m.tokenizer.id_to_token(token_id) or ""
         return NewToken(

@@ -101,7 +101,7 @@ class KVCache:
             q = rec.add(f"Q_{name}", q_s, heads=QUERY_HEADS, cols=Dims("q"))
             k = rec.add(f"K_{name}", k_s, heads=KV_HEADS, rows=QUERY, cols=Dims("k"))
         keys, values = self.extend(layer, k, v)
-        a = att.attend(q, keys, values, mask, scale, cap)
+        a = attend_grouped(q, keys, values, mask, scale, cap)
         for name, data in (
             ("W_raw", a.W_raw),
             ("W_scaled", a.W_scaled),
@@ -120,6 +120,29 @@ class KVCache:
             d_k=q.shape[-1],
         )
         return rec
+
+
+def attend_grouped(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray,
+    scale: float | None = None,
+    cap: float | None = None,
+) -> att.AttentionSteps:
+    """attention.attend for new queries (H, n_new, d_k) against the cache's keys and values
+    (KV, n, d), without repeating the cache for each query head: the H / KV query heads that
+    share a key/value head are stacked and multiplied with it at once (query head h reads
+    key/value head h // (H / KV), so head-major rows group by reshaping)."""
+    heads, n_new, d_k = q.shape
+    kv, n = k.shape[0], k.shape[1]
+    grouped = q.reshape(kv, heads // kv * n_new, d_k)  # [KV, group·n_new, d_k]
+    # [KV, group·n_new, d_k] @ [KV, d_k, n] -> [H, n_new, n]; q and k are separate buffers, so
+    # no SYRK shortcut (attention.scores)
+    w_raw = (grouped @ k.transpose(0, 2, 1)).reshape(heads, n_new, n)
+    steps = att.weigh(w_raw, d_k, mask, scale, cap)
+    y = steps.W.reshape(kv, -1, n) @ v  # [KV, group·n_new, n] @ [KV, n, d_v]
+    return steps._replace(Y=y.reshape(heads, n_new, -1))
 
 
 class CachedLayers:

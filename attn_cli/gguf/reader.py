@@ -79,6 +79,11 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         self._plan = plan
         self.path = header.path
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The file's metadata, as its header was read (no second parse of the file)."""
+        return self._header.metadata
+
     def release_mapping(self) -> None:
         """Drop the file's pages from this process's memory (they stay in the page cache):
         for a caller that keeps what it dequantised (generation reads every weight per token)."""

@@ -391,7 +391,7 @@ def layers(
                 masks[SLIDING] = sliding_window_mask(n, width)
     else:  # positions start … start + n − 1 of a pass over every token so far
         start = cache.length
-        tables = {k: _rows(r.cos_sin(start + n), start) for k, r in rots.items()}
+        tables = {k: r.cos_sin(start + n, start) for k, r in rots.items()}
         masks = {FULL: mask_rows(start, start + n)}
         if width is not None:
             masks[SLIDING] = mask_rows(start, start + n, width)
@@ -444,11 +444,6 @@ def layers(
         out = h + ff
         yield LayerRecord([record], out)
         x = out
-
-
-def _rows(table: tuple[np.ndarray, np.ndarray], start: int) -> tuple[np.ndarray, np.ndarray]:
-    """A (cos, sin) table from position `start` on."""
-    return table[0][start:], table[1][start:]
 
 
 def _mlp(

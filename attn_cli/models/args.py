@@ -92,6 +92,18 @@ def source_of(cfg: Mapping[str, Any]) -> str:
     return "GGUF metadata" if "gguf" in cfg else "config.json"
 
 
+_FIELDS: dict[type, dict[str, dataclasses.Field]] = {}
+
+
+def _fields_by_name(cls: type) -> dict[str, dataclasses.Field]:
+    """An args class's fields by name: a config is parsed for every call of a family's
+    functions (each new token of a generation), so each key's lookup must not scan them all."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = {f.name: f for f in fields(cls)}
+    return found
+
+
 @dataclass(frozen=True, kw_only=True)
 class Args:
     """Base of every family's args dataclass (fields declared with `arg`)."""
@@ -126,10 +138,10 @@ class Args:
 
     @classmethod
     def _field(cls, key: str) -> dataclasses.Field:
-        for f in fields(cls):
-            if f.name == key:
-                return f
-        raise KeyError(f"{cls.__name__} has no field {key!r}")
+        f = _fields_by_name(cls).get(key)
+        if f is None:
+            raise KeyError(f"{cls.__name__} has no field {key!r}")
+        return f
 
     def validate(self, source: str) -> None:
         """Checks between fields (a family overrides it); each field alone is already checked."""

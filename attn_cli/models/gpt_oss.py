@@ -387,10 +387,7 @@ def layers(
     heads, kv, eps = args.num_attention_heads, args.kv_heads, args.rms_norm_eps
     kinds = layer_kinds(spec, args)
     rots = rotaries(spec, args, source)
-    tables = {}
-    for kind, r in rots.items():
-        cos, sin = r.cos_sin(start + n)
-        tables[kind] = (cos[start:], sin[start:])
+    tables = {kind: r.cos_sin(start + n, start) for kind, r in rots.items()}
     width = window(spec, args)
     masks = {FULL: mask_rows(start, start + n)}
     if width is not None:

@@ -96,7 +96,9 @@ def rms_norm(x: np.ndarray, g: np.ndarray, eps: float, offset: float = 0.0) -> n
     """x / √(mean(x²) + eps) · (offset + g): Llama's RMSNorm (Gemma's uses offset 1, i.e. 1 + w).
     Computed in float32 like the reference implementations."""
     x32 = x.astype(np.float32, copy=False)
-    ms = np.mean(x32 * x32, axis=-1, keepdims=True)
+    # mean(x²) as a float32 sum over the count: np.mean's number bit for bit (it divides in
+    # float64 and rounds to float32, which for a quotient is the same), without its overhead
+    ms = (x32 * x32).sum(axis=-1, keepdims=True) / np.float32(x32.shape[-1])
     return x32 / np.sqrt(ms + np.float32(eps)) * (np.float32(offset) + g)
 
 

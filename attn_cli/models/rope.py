@@ -298,11 +298,14 @@ class Rotary:
         dim = int(self.head_dim * float(self.params.get("partial_rotary_factor", 1.0)))
         return 2 * len(range(0, dim, 2))  # two dimensions per frequency
 
-    def cos_sin(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, r) cos and sin tables, float32 (angle ⧺ angle, as transformers lays them out),
-        for a pass over n tokens: dynamic and longrope scaling depend on n."""
+    def cos_sin(self, n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(n − start, r) cos and sin tables, float32 (angle ⧺ angle, as transformers lays them
+        out), of positions start … n − 1 in a pass over n tokens: dynamic and longrope scaling
+        depend on n. (A key/value cache asks for its new positions only: each row is the same
+        as in the whole table.)"""
         inv_freq, scaling = inverse_frequencies(self.params, self.head_dim, n)
-        freqs = np.arange(n, dtype=np.float32)[:, None] * inv_freq[None, :]  # [n, r/2]
+        positions = np.arange(start, n, dtype=np.float32)
+        freqs = positions[:, None] * inv_freq[None, :]  # [n − start, r/2]
         emb = np.concatenate([freqs, freqs], axis=-1)  # [n, r]
         cos, sin = np.cos(emb), np.sin(emb)
         if scaling != 1.0:  # yarn, longrope: transformers' attention_scaling
