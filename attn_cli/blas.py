@@ -139,6 +139,7 @@ class _Run:
         self.lock = threading.Lock()
         self.depth = 0
         self.workers = 0
+        self.cores = 1  # the machine's, read once per run (os.cpu_count reads /sys)
         self.pool: ThreadPoolExecutor | None = None
 
 
@@ -161,6 +162,7 @@ def threads_for_free_cores() -> Iterator[None]:
             blas[1](1)
         if workers > 1 and _RUN.pool is None:
             _RUN.pool = ThreadPoolExecutor(cores() - 1, thread_name_prefix="attn-cli-matmul")
+        _RUN.cores = cores()
         _RUN.workers = workers
     try:
         yield
@@ -189,10 +191,10 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if workers == 0:
         return a @ b
     if a.ndim == 2 and b.ndim == 2:
-        cuts = row_cuts(a.shape[0], cores())
+        cuts = row_cuts(a.shape[0], _RUN.cores)
     elif a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]:
         stack = a.shape[0]
-        n = min(cores(), stack)
+        n = min(_RUN.cores, stack)
         cuts = [stack * i // n for i in range(n + 1)]
     else:
         return a @ b

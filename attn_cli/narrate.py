@@ -443,14 +443,16 @@ def record_steps(
     heads: Iterable[int] | None = None,
     texts: Mapping[str, StageText] | None = None,
     numbered: bool = True,
+    keep: StepFilter = keep_all,
 ) -> list[TraceStep]:
     """One attention block's stages as described steps: the stages over the whole block that
     come before the first per-head stage, then every per-head stage of each head in `heads`
     (default: all), then the rest. `texts` (a family's own words) are consulted before the
-    catalogue; `numbered` False shows a one-head pipeline's steps without a head number."""
+    catalogue; `numbered` False shows a one-head pipeline's steps without a head number; only
+    the stages `keep` names become steps (their words are not written for nothing)."""
     own = texts or {}
     first = next((i for i, s in enumerate(record.stages) if s.heads is not None), None)
-    indexed = list(enumerate(record.stages))
+    indexed = [(i, s) for i, s in enumerate(record.stages) if keep(s.name)]
     leading = [(i, s) for i, s in indexed if first is None or i < first]
     per_head = [(i, s) for i, s in indexed if s.heads is not None]
     trailing = [(i, s) for i, s in indexed if first is not None and i > first and s.heads is None]
@@ -528,8 +530,8 @@ def model_layer_steps(
     """One model layer: each attention block's X, then every stage of each selected head."""
     steps, chosen = [], list(heads)
     for record in layer.blocks:
-        steps += record_steps(record, axes, voice, i, chosen, texts)
-    return [s for s in steps if keep(s.name)]
+        steps += record_steps(record, axes, voice, i, chosen, texts, keep=keep)
+    return steps
 
 
 # --- methods beyond raw weights (attn_cli/methods) ----------------------------------------

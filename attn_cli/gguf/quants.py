@@ -51,6 +51,12 @@ def _chunks(n_blocks: int, out: np.ndarray) -> Iterator[tuple[slice, np.ndarray]
         yield slice(start, stop), out[start * QK : stop * QK]
 
 
+def _values(raw: np.ndarray, blocks_per_row: int, out: np.ndarray | None) -> np.ndarray:
+    """Where rows of raw blocks [rows, row_bytes] are dequantised to: `out` (float32,
+    C-contiguous, [rows, values per row]) or a new array."""
+    return np.empty((raw.shape[0], blocks_per_row * QK), dtype=np.float32) if out is None else out
+
+
 def _per_value(scale: np.ndarray) -> np.ndarray:
     """Each block's float16 scale as float32, repeated for its 32 values."""
     return np.repeat(scale.astype(np.float32), QK)
@@ -73,35 +79,35 @@ class _Nibbles:
         return self.values[: k * QK]
 
 
-def q8_0(raw: np.ndarray) -> np.ndarray:
+def q8_0(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     blk = _blocks(raw, Q8_0)
-    out = np.empty(blk.size * QK, dtype=np.float32)
-    for s, o in _chunks(blk.size, out):
+    out = _values(raw, blk.size // max(1, raw.shape[0]), out)
+    for s, o in _chunks(blk.size, out.reshape(-1)):
         o[...] = np.ascontiguousarray(blk["qs"][s]).view(np.int8)
         o *= _per_value(blk["d"][s])
-    return out.reshape(raw.shape[0], -1)
+    return out
 
 
-def q4_0(raw: np.ndarray) -> np.ndarray:
+def q4_0(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     blk = _blocks(raw, Q4_0)
-    out = np.empty(blk.size * QK, dtype=np.float32)
+    out = _values(raw, blk.size // max(1, raw.shape[0]), out)
     nibbles = _Nibbles()
-    for s, o in _chunks(blk.size, out):
+    for s, o in _chunks(blk.size, out.reshape(-1)):
         o[...] = nibbles(blk["qs"][s])
         o -= 8
         o *= _per_value(blk["d"][s])
-    return out.reshape(raw.shape[0], -1)
+    return out
 
 
-def q4_1(raw: np.ndarray) -> np.ndarray:
+def q4_1(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     blk = _blocks(raw, Q4_1)
-    out = np.empty(blk.size * QK, dtype=np.float32)
+    out = _values(raw, blk.size // max(1, raw.shape[0]), out)
     nibbles = _Nibbles()
-    for s, o in _chunks(blk.size, out):
+    for s, o in _chunks(blk.size, out.reshape(-1)):
         o[...] = nibbles(blk["qs"][s])
         o *= _per_value(blk["d"][s])
         o += _per_value(blk["m"][s])
-    return out.reshape(raw.shape[0], -1)
+    return out
 
 
 def e8m0_half(e: np.ndarray) -> np.ndarray:
@@ -112,14 +118,14 @@ def e8m0_half(e: np.ndarray) -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
-def mxfp4(raw: np.ndarray) -> np.ndarray:
+def mxfp4(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     blk = _blocks(raw, MXFP4)
-    out = np.empty(blk.size * QK, dtype=np.float32)
+    out = _values(raw, blk.size // max(1, raw.shape[0]), out)
     nibbles = _Nibbles()
-    for s, o in _chunks(blk.size, out):
+    for s, o in _chunks(blk.size, out.reshape(-1)):
         KVALUES.take(nibbles(blk["qs"][s]), out=o)
         o *= np.repeat(e8m0_half(blk["e"][s]), QK)
-    return out.reshape(raw.shape[0], -1)
+    return out
 
 
 def mxfp4_pairs(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -134,8 +140,8 @@ def mxfp4_pairs(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out.reshape(*scales.shape[:-1], -1)
 
 
-# ggml type name -> raw bytes [rows, row_bytes] -> float32 [rows, values per row]
-DEQUANTIZE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+# ggml type name -> (raw bytes [rows, row_bytes], optional out) -> float32 [rows, values per row]
+DEQUANTIZE: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
     "Q8_0": q8_0,
     "Q4_0": q4_0,
     "Q4_1": q4_1,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attn_cli.blas import by_rows
 from attn_cli.errors import InputError
 from attn_cli.gguf.header import GGUFHeader, MappedFile, TensorInfo, parse_header
 from attn_cli.gguf.locate import resolve_gguf
@@ -56,7 +57,9 @@ def dequantize_rows(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
     if t not in SUPPORTED_TYPES:
         raise InputError(f"{info.name} is stored as {t}, which attn-cli cannot dequantise")
     if t in DEQUANTIZE:  # plain numpy for the common types (no gguf package needed)
-        return DEQUANTIZE[t](raw)
+        # in row pieces on a model run's free cores: each block's values are its own
+        out = np.empty((raw.shape[0], info.ne[0]), dtype=np.float32)
+        return by_rows(DEQUANTIZE[t], raw, out)
     try:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize

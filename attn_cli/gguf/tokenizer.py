@@ -221,14 +221,11 @@ def _build(meta: dict[str, Any], fname: str, source: Path | None) -> Tokenizer:
                 f"{fname}: pre-tokenizer {show(pre_name)} (tokenizer.ggml.pre) is not supported"
             )
         regexes, ignore_merges, add_bos_default = _PRE[pre_name]
-        merges = []
-        for m in _strings(meta, "tokenizer.ggml.merges", fname):
-            p = m.find(" ", 1)
-            if p < 0:
-                continue
-            a, b = m[:p], m[p + 1 :]
-            if a in vocab and b in vocab and a + b in vocab:
-                merges.append((a, b))
+        # "a b" -> (a, b), a merge of two tokens into a token (BPE refuses anything else);
+        # comprehensions, not a loop: 49k merges take half the time
+        merge_texts = _strings(meta, "tokenizer.ggml.merges", fname)
+        split = [(m[:p], m[p + 1 :]) for m in merge_texts if (p := m.find(" ", 1)) > 0]
+        merges = [(a, b) for a, b in split if a in vocab and b in vocab and a + b in vocab]
         model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
         tok = Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.Sequence(
