@@ -35,6 +35,7 @@ from attn_cli.records import (
     AttentionRecord,
     Dims,
     LayerRecord,
+    add_scores,
 )
 
 
@@ -102,14 +103,7 @@ class KVCache:
             k = rec.add(f"K_{name}", k_s, heads=KV_HEADS, rows=QUERY, cols=Dims("k"))
         keys, values = self.extend(layer, k, v)
         a = attend_grouped(q, keys, values, mask, scale, cap)
-        for name, data in (
-            ("W_raw", a.W_raw),
-            ("W_scaled", a.W_scaled),
-            ("W_capped", a.W_capped),
-            ("W_masked", a.W_masked),
-        ):
-            if data is not None:
-                rec.add(name, data, "scores", QUERY_HEADS, QUERY, KEY)
+        add_scores(rec, a)
         rec.add("W", a.W, "weights", QUERY_HEADS, QUERY, KEY)
         rec.add("Y", a.Y, heads=QUERY_HEADS, cols=Dims("v"))
         rec.output = att.linear(att.merge_heads(a.Y), p.w_o, p.b_o) if p.w_o is not None else None

@@ -152,6 +152,20 @@ def maps_only() -> Iterator[None]:
         _MAPS_ONLY.reset(token)
 
 
+def add_scores(rec: AttentionRecord, a: att.AttentionSteps) -> None:
+    """The score steps `attend` took (W_raw, W_scaled, and W_biased, W_capped, W_masked when
+    the model has them), each kept as a stage of every query head."""
+    for name, data in (
+        ("W_raw", a.W_raw),
+        ("W_scaled", a.W_scaled),
+        ("W_biased", a.W_biased),
+        ("W_capped", a.W_capped),
+        ("W_masked", a.W_masked),
+    ):
+        if data is not None:
+            rec.add(name, data, "scores", QUERY_HEADS, QUERY, KEY)
+
+
 def multi_head_attention(
     x: np.ndarray,
     p: att.AttentionParams,
@@ -220,15 +234,7 @@ def multi_head_attention(
         rec.facts["softmax_of"] = [n for n, g in zip(score_names, given, strict=True) if g][-1]
     else:
         a = att.attend(q, k, v, mask, scale, cap, temperature, bias)
-        for name, data in (
-            ("W_raw", a.W_raw),
-            ("W_scaled", a.W_scaled),
-            ("W_biased", a.W_biased),
-            ("W_capped", a.W_capped),
-            ("W_masked", a.W_masked),
-        ):
-            if data is not None:
-                rec.add(name, data, "scores", QUERY_HEADS, QUERY, KEY)
+        add_scores(rec, a)
         w, y = a.W, a.Y
     rec.add("W", w, "weights", QUERY_HEADS, QUERY, KEY)
     rec.add("Y", y, heads=QUERY_HEADS, cols=Dims("v"))
