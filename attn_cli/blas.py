@@ -146,6 +146,17 @@ class _Run:
 _RUN = _Run()
 
 
+def _forget_the_parents_threads() -> None:
+    """In a forked child the pool's threads do not exist (fork copies only the calling thread):
+    a new run there makes its own pool instead of waiting on threads that never run."""
+    global _RUN
+    _RUN = _Run()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_the_parents_threads)
+
+
 @contextmanager
 def threads_for_free_cores() -> Iterator[None]:
     """A model run: OpenBLAS on one thread, `matmul`'s pieces on the free cores (no more than

@@ -228,3 +228,31 @@ def test_softmax_gives_the_same_numbers_on_one_free_core_or_two(openblas, monkey
     assert (p[1, 7] == 0).all() and np.isfinite(p).all()
     e = np.exp(w[0].astype(np.float64) - w[0].max(-1, keepdims=True))
     np.testing.assert_allclose(p[0], e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_a_forked_child_makes_its_own_pool(openblas, monkeypatch):
+    """fork copies only the calling thread: after a run has made its pool, a forked child's run
+    must not wait on the parent's threads (it would hang)."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    busy(monkeypatch, 0.0)
+    a = np.ones((192, 256), dtype=np.float32)
+    b = np.ones((256, 512), dtype=np.float32)
+    with blas.threads_for_free_cores():
+        assert blas._RUN.pool is not None and np.all(blas.matmul(a, b) == 256)
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_run_in_child, args=(a, b))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child's run hung on its parent's threads")
+    assert child.exitcode == 0
+
+
+def _run_in_child(a: np.ndarray, b: np.ndarray) -> None:
+    with blas.threads_for_free_cores():
+        assert blas._RUN.workers == 2
+        assert np.all(blas.matmul(a, b) == 256)
