@@ -29,12 +29,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 # numpy's own OpenBLAS (scipy-openblas, 64-bit ints), then other builds.
 _NAMES = (
@@ -172,6 +175,10 @@ def threads_for_free_cores() -> Iterator[None]:
         if blas is not None and before > 1:
             blas[1](1)
         if workers > 1 and _RUN.pool is None:
+            # imported here: the toy pipeline's start-up (attention.py imports this module)
+            # would pay 7 ms for it
+            from concurrent.futures import ThreadPoolExecutor
+
             _RUN.pool = ThreadPoolExecutor(cores() - 1, thread_name_prefix="attn-cli-matmul")
         _RUN.cores = cores()
         _RUN.workers = workers
@@ -218,13 +225,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         s = slice(cuts[i], cuts[i + 1])
         np.matmul(a[s], b[s] if a.ndim == 3 else b, out=out[s])
 
-    # lane 0 is this thread; the pool (made when the run began with workers > 1) runs the rest
-    lanes = [range(lane, len(cuts) - 1, workers) for lane in range(workers)]
-    pool = _RUN.pool
-    others = [pool.submit(_each, piece, ps) for ps in lanes[1:] if ps] if pool else []
-    _each(piece, lanes[0])
-    for f in others:
-        f.result()
+    _on_workers(piece, len(cuts) - 1, workers)
     return out
 
 
@@ -247,14 +248,22 @@ def by_rows(
         s = slice(cuts[i], cuts[i + 1])
         fill(rows[s], out_rows[s])
 
-    pool = _RUN.pool
-    others = [pool.submit(piece, i) for i in range(1, workers)] if pool else []
-    _each(piece, range(1) if others else range(workers))
-    for f in others:
-        f.result()
+    _on_workers(piece, workers, workers)
     return out
 
 
-def _each(piece: Callable[[int], None], indices: range) -> None:
-    for i in indices:
-        piece(i)
+def _on_workers(piece: Callable[[int], None], pieces: int, workers: int) -> None:
+    """piece(0) … piece(pieces − 1) on `workers` lanes, each taking every workers-th piece:
+    lane 0 in this thread, the others on the run's pool (made when the run began with
+    workers > 1)."""
+    pool = _RUN.pool
+    assert workers == 1 or pool is not None
+
+    def lane(first: int) -> None:
+        for i in range(first, pieces, workers):
+            piece(i)
+
+    others = [pool.submit(lane, k) for k in range(1, min(workers, pieces))] if pool else []
+    lane(0)
+    for f in others:
+        f.result()

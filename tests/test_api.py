@@ -268,7 +268,7 @@ LAZY_LIBRARIES = {
     "hashlib": "hashing a user's embeddings file only",
     "zipfile": "the .npz export only",
     "multiprocessing": "attn-cli heads with several workers only",
-    "concurrent.futures": "attn-cli heads with several workers only",
+    "concurrent.futures": "attn-cli heads with several workers, and a model run's pieces on free cores",
     "distributed": "attn-cli heads --scheduler only (the optional cluster extra)",
     "ctypes": "finding OpenBLAS's thread setter, only when a model runs on a busy machine",
     "jinja2": "rendering a chat template only (generate --chat; the optional chat extra)",

@@ -51,10 +51,12 @@ def _chunks(n_blocks: int, out: np.ndarray) -> Iterator[tuple[slice, np.ndarray]
         yield slice(start, stop), out[start * QK : stop * QK]
 
 
-def _values(raw: np.ndarray, blocks_per_row: int, out: np.ndarray | None) -> np.ndarray:
-    """Where rows of raw blocks [rows, row_bytes] are dequantised to: `out` (float32,
-    C-contiguous, [rows, values per row]) or a new array."""
-    return np.empty((raw.shape[0], blocks_per_row * QK), dtype=np.float32) if out is None else out
+def _values(raw: np.ndarray, blk: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """Where rows of raw bytes [rows, row_bytes], read as the blocks `blk`, are dequantised to:
+    `out` (float32, C-contiguous, [rows, values per row]) or a new array."""
+    if out is not None:
+        return out
+    return np.empty((raw.shape[0], blk.size // max(1, raw.shape[0]) * QK), dtype=np.float32)
 
 
 def _per_value(scale: np.ndarray) -> np.ndarray:
@@ -81,7 +83,7 @@ class _Nibbles:
 
 def q8_0(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     blk = _blocks(raw, Q8_0)
-    out = _values(raw, blk.size // max(1, raw.shape[0]), out)
+    out = _values(raw, blk, out)
     for s, o in _chunks(blk.size, out.reshape(-1)):
         o[...] = np.ascontiguousarray(blk["qs"][s]).view(np.int8)
         o *= _per_value(blk["d"][s])
@@ -90,7 +92,7 @@ def q8_0(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def q4_0(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     blk = _blocks(raw, Q4_0)
-    out = _values(raw, blk.size // max(1, raw.shape[0]), out)
+    out = _values(raw, blk, out)
     nibbles = _Nibbles()
     for s, o in _chunks(blk.size, out.reshape(-1)):
         o[...] = nibbles(blk["qs"][s])
@@ -101,7 +103,7 @@ def q4_0(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def q4_1(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     blk = _blocks(raw, Q4_1)
-    out = _values(raw, blk.size // max(1, raw.shape[0]), out)
+    out = _values(raw, blk, out)
     nibbles = _Nibbles()
     for s, o in _chunks(blk.size, out.reshape(-1)):
         o[...] = nibbles(blk["qs"][s])
@@ -120,7 +122,7 @@ def e8m0_half(e: np.ndarray) -> np.ndarray:
 
 def mxfp4(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     blk = _blocks(raw, MXFP4)
-    out = _values(raw, blk.size // max(1, raw.shape[0]), out)
+    out = _values(raw, blk, out)
     nibbles = _Nibbles()
     for s, o in _chunks(blk.size, out.reshape(-1)):
         KVALUES.take(nibbles(blk["qs"][s]), out=o)
